@@ -1,0 +1,241 @@
+//! The KV gRPC service: converts between protobuf and the request path.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::ops::{refused, Consistency};
+use super::{observed, request_timeout, validate};
+use crate::error::{Error, InvalidRequest};
+use crate::node::NodeCore;
+use crate::proto;
+use crate::proto::compare_and_swap_request::{Expected, New};
+use crate::raft::{KeyValue, Op, Outcome};
+use crate::store::state_machine::ScanRange;
+
+pub struct KvService {
+    pub core: Arc<NodeCore>,
+}
+
+impl From<KeyValue> for proto::KeyValue {
+    fn from(kv: KeyValue) -> proto::KeyValue {
+        proto::KeyValue {
+            key: kv.key.into(),
+            value: kv.value.into(),
+            create_revision: kv.create_revision,
+            mod_revision: kv.mod_revision,
+            version: kv.version,
+        }
+    }
+}
+
+fn consistency(value: i32) -> Result<Consistency, Error> {
+    match proto::Consistency::try_from(value) {
+        Ok(proto::Consistency::Linearizable) => Ok(Consistency::Linearizable),
+        Ok(proto::Consistency::Serializable) => Ok(Consistency::Serializable),
+        Err(_) => Err(InvalidRequest::UnknownEnum {
+            field: "consistency",
+            value,
+        }
+        .into()),
+    }
+}
+
+/// An outcome of another kind than the request's: its id was reused.
+fn reused() -> Status {
+    Error::from(InvalidRequest::RequestIdReused).into()
+}
+
+impl KvService {
+    async fn write(
+        &self,
+        op: Op,
+        request_id: &[u8],
+        timeout: Option<std::time::Duration>,
+    ) -> Result<Outcome, Error> {
+        let request_id = validate::request_id(request_id)?;
+        let (key, delta) = match &op {
+            Op::Increment { key, delta } => (key.clone(), *delta),
+            _ => (Vec::new(), 0),
+        };
+        let outcome = self.core.write(op, request_id, timeout).await?;
+        refused(&key, delta, outcome)
+    }
+}
+
+#[tonic::async_trait]
+impl proto::kv_server::Kv for KvService {
+    type WatchStream = super::watch::WatchStream;
+
+    async fn get(
+        &self,
+        request: Request<proto::GetRequest>,
+    ) -> Result<Response<proto::GetResponse>, Status> {
+        observed(&self.core, "Get", async {
+            let timeout = request_timeout(&request);
+            let request = request.into_inner();
+            let (kv, revision) = self
+                .core
+                .get(&request.key, consistency(request.consistency)?, timeout)
+                .await?;
+            Ok(Response::new(proto::GetResponse {
+                kv: kv.map(Into::into),
+                revision,
+            }))
+        })
+        .await
+    }
+
+    async fn put(
+        &self,
+        request: Request<proto::PutRequest>,
+    ) -> Result<Response<proto::PutResponse>, Status> {
+        observed(&self.core, "Put", async {
+            let timeout = request_timeout(&request);
+            let request = request.into_inner();
+            let op = Op::Put {
+                key: request.key.to_vec(),
+                value: request.value.to_vec(),
+            };
+            match self.write(op, &request.request_id, timeout).await? {
+                Outcome::Put { revision, prev } => Ok(Response::new(proto::PutResponse {
+                    revision,
+                    prev_kv: prev.map(Into::into),
+                })),
+                _ => Err(reused()),
+            }
+        })
+        .await
+    }
+
+    async fn delete(
+        &self,
+        request: Request<proto::DeleteRequest>,
+    ) -> Result<Response<proto::DeleteResponse>, Status> {
+        observed(&self.core, "Delete", async {
+            let timeout = request_timeout(&request);
+            let request = request.into_inner();
+            let op = Op::Delete {
+                key: request.key.to_vec(),
+            };
+            match self.write(op, &request.request_id, timeout).await? {
+                Outcome::Deleted { revision, prev } => Ok(Response::new(proto::DeleteResponse {
+                    revision,
+                    deleted: prev.is_some(),
+                    prev_kv: prev.map(Into::into),
+                })),
+                _ => Err(reused()),
+            }
+        })
+        .await
+    }
+
+    async fn scan(
+        &self,
+        request: Request<proto::ScanRequest>,
+    ) -> Result<Response<proto::ScanResponse>, Status> {
+        observed(&self.core, "Scan", async {
+            let timeout = request_timeout(&request);
+            let request = request.into_inner();
+            let range = ScanRange {
+                prefix: request.prefix.to_vec(),
+                start: request.start.to_vec(),
+                end: (!request.end.is_empty()).then(|| request.end.to_vec()),
+            };
+            let (page, revision) = self
+                .core
+                .scan(
+                    &range,
+                    request.limit,
+                    consistency(request.consistency)?,
+                    timeout,
+                )
+                .await?;
+            Ok(Response::new(proto::ScanResponse {
+                kvs: page.kvs.into_iter().map(Into::into).collect(),
+                next_key: page.next_key.map(Into::into),
+                revision,
+            }))
+        })
+        .await
+    }
+
+    async fn compare_and_swap(
+        &self,
+        request: Request<proto::CompareAndSwapRequest>,
+    ) -> Result<Response<proto::CompareAndSwapResponse>, Status> {
+        observed(&self.core, "CompareAndSwap", async {
+            let timeout = request_timeout(&request);
+            let request = request.into_inner();
+            let expected = match request.expected {
+                Some(Expected::ExpectedValue(value)) => Some(value.to_vec()),
+                Some(Expected::ExpectAbsent(true)) => None,
+                Some(Expected::ExpectAbsent(false)) | None => {
+                    return Err(Error::from(InvalidRequest::Missing {
+                        field: "expected_value or expect_absent",
+                    })
+                    .into())
+                }
+            };
+            let new = match request.new {
+                Some(New::NewValue(value)) => Some(value.to_vec()),
+                Some(New::Delete(true)) => None,
+                Some(New::Delete(false)) | None => {
+                    return Err(Error::from(InvalidRequest::Missing {
+                        field: "new_value or delete",
+                    })
+                    .into())
+                }
+            };
+            let op = Op::CompareAndSwap {
+                key: request.key.to_vec(),
+                expected,
+                new,
+            };
+            match self.write(op, &request.request_id, timeout).await? {
+                Outcome::Swapped { revision } => {
+                    Ok(Response::new(proto::CompareAndSwapResponse { revision }))
+                }
+                _ => Err(reused()),
+            }
+        })
+        .await
+    }
+
+    async fn increment(
+        &self,
+        request: Request<proto::IncrementRequest>,
+    ) -> Result<Response<proto::IncrementResponse>, Status> {
+        observed(&self.core, "Increment", async {
+            let timeout = request_timeout(&request);
+            let request = request.into_inner();
+            let op = Op::Increment {
+                key: request.key.to_vec(),
+                delta: request.delta,
+            };
+            match self.write(op, &request.request_id, timeout).await? {
+                Outcome::Incremented { revision, value } => {
+                    Ok(Response::new(proto::IncrementResponse { value, revision }))
+                }
+                _ => Err(reused()),
+            }
+        })
+        .await
+    }
+
+    async fn watch(
+        &self,
+        request: Request<proto::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        observed(&self.core, "Watch", async {
+            let request = request.into_inner();
+            let stream = super::watch::start(
+                self.core.clone(),
+                request.prefix.to_vec(),
+                request.start_revision,
+            )?;
+            Ok(Response::new(stream))
+        })
+        .await
+    }
+}

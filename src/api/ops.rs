@@ -1,0 +1,343 @@
+//! The request path every client entry point shares (gRPC, HTTP, embedded):
+//! writes proposed on the leader or forwarded to it, and reads behind a
+//! linearizable barrier.
+//!
+//! Retries: a write carries a request id that the state machine remembers,
+//! so re-sending it after an ambiguous failure (a lost connection, a leader
+//! change) returns the first outcome instead of applying twice. A write that
+//! still has no answer at its deadline is reported as "outcome unknown";
+//! one that provably was never proposed (no leader, no quorum, overload) as
+//! safe to retry.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use openraft::error::{ClientWriteError, RaftError};
+use tokio::time::{timeout_at, Instant};
+
+use super::validate;
+use crate::error::{status_says_nothing_proposed, Error, Result};
+use crate::node::NodeCore;
+use crate::raft::network::decode;
+use crate::raft::{Command, KeyValue, Member, Op, Outcome};
+use crate::store::state_machine::{ScanPage, ScanRange};
+
+/// How stale a read may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Consistency {
+    /// Sees every write acknowledged before the read began.
+    #[default]
+    Linearizable,
+    /// This node's current state, possibly behind the leader.
+    Serializable,
+}
+
+/// Why one attempt failed, and whether to try again.
+pub(crate) enum Attempt {
+    /// Worth another try before the deadline. `proposed` is true when the
+    /// write may have entered the log.
+    Retry {
+        proposed: bool,
+        why: Error,
+    },
+    Fail(Error),
+}
+
+/// Pause between attempts while a leader is elected or found.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+impl NodeCore {
+    /// Applies a write through Raft from any node and returns its outcome.
+    /// `timeout` is the caller's deadline; the proposal timeout caps it.
+    pub async fn write(
+        &self,
+        op: Op,
+        request_id: Option<Vec<u8>>,
+        timeout: Option<Duration>,
+    ) -> Result<Outcome> {
+        validate::op(&op)?;
+        let command = Command {
+            request_id: request_id.unwrap_or_else(new_request_id),
+            proposed_at_ms: 0,
+            op,
+        };
+        let deadline = self.deadline(timeout);
+        // Without a leader, give up well before a long client deadline.
+        let leaderless_deadline = Instant::now() + self.config.quorum_timeout();
+        let mut proposed = false;
+        loop {
+            let attempt = match self.leader() {
+                Some((id, _)) if id == self.id => {
+                    self.propose_as_leader(command.clone(), deadline).await
+                }
+                Some((_, leader)) => self.forward_write(&leader, &command, deadline).await,
+                None => Err(Attempt::Retry {
+                    proposed: false,
+                    why: Error::NoLeader,
+                }),
+            };
+            match attempt {
+                Ok(outcome) => return Ok(outcome),
+                Err(Attempt::Fail(e)) => return Err(e),
+                Err(Attempt::Retry { proposed: p, why }) => {
+                    proposed |= p;
+                    let now = Instant::now();
+                    let give_up = now >= deadline || (!proposed && now >= leaderless_deadline);
+                    if give_up {
+                        return Err(if proposed {
+                            Error::OutcomeUnknown {
+                                reason: why.to_string(),
+                            }
+                        } else {
+                            why
+                        });
+                    }
+                    tokio::time::sleep(RETRY_PAUSE.min(deadline - now)).await;
+                }
+            }
+        }
+    }
+
+    /// Proposes on this node, which believes it leads. Called for local
+    /// writes and for writes forwarded by followers.
+    pub(crate) async fn propose_as_leader(
+        &self,
+        mut command: Command,
+        deadline: Instant,
+    ) -> Result<Outcome, Attempt> {
+        if let Some(millis) = self.millis_without_quorum() {
+            return Err(Attempt::Fail(Error::NoQuorum { millis }));
+        }
+        let Ok(_permit) = self.proposals.try_acquire() else {
+            return Err(Attempt::Fail(Error::Overloaded {
+                limit: self.config.max_pending_proposals,
+            }));
+        };
+        command.proposed_at_ms = now_ms();
+        match timeout_at(deadline, self.raft.client_write(command)).await {
+            Err(_) => Err(Attempt::Fail(Error::OutcomeUnknown {
+                reason: format!(
+                    "not committed within {} ms (is a quorum reachable?)",
+                    self.config.proposal_timeout_ms
+                ),
+            })),
+            Ok(Ok(response)) => Ok(response.data),
+            // Leadership moved, possibly after the entry was appended.
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                Err(Attempt::Retry {
+                    proposed: true,
+                    why: Error::NoLeader,
+                })
+            }
+            Ok(Err(RaftError::APIError(e))) => Err(Attempt::Fail(Error::Raft(e.to_string()))),
+            Ok(Err(RaftError::Fatal(e))) => Err(Attempt::Fail(Error::Raft(e.to_string()))),
+        }
+    }
+
+    async fn forward_write(
+        &self,
+        leader: &Member,
+        command: &Command,
+        deadline: Instant,
+    ) -> Result<Outcome, Attempt> {
+        let mut client = self
+            .peers
+            .client(&leader.peer_addr)
+            .map_err(|s| Attempt::Fail(Error::Leader(s)))?;
+        let request = self.peers.request(command, remaining(deadline));
+        match client.propose(request).await {
+            Ok(reply) => {
+                decode(&reply.get_ref().payload).map_err(|s| Attempt::Fail(Error::Leader(s)))
+            }
+            Err(status) => Err(classify_forward_failure(status)),
+        }
+    }
+
+    /// Waits until a read on this node would be linearizable: the leader
+    /// confirms it still leads and names its commit index, and this node
+    /// applies up to it. Returns that index.
+    pub async fn read_barrier(&self, timeout: Option<Duration>) -> Result<u64> {
+        let deadline = self.deadline(timeout);
+        loop {
+            let attempt = match self.leader() {
+                Some((id, _)) if id == self.id => self.read_index_as_leader(deadline).await,
+                Some((_, leader)) => self.forward_read_index(&leader, deadline).await,
+                None => Err(Attempt::Retry {
+                    proposed: false,
+                    why: Error::NoLeader,
+                }),
+            };
+            let why = match attempt {
+                Ok(index) => {
+                    self.wait_applied(index, deadline).await?;
+                    return Ok(index);
+                }
+                Err(Attempt::Fail(e)) => return Err(e),
+                Err(Attempt::Retry { why, .. }) => why,
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(why);
+            }
+            tokio::time::sleep(RETRY_PAUSE.min(deadline - now)).await;
+        }
+    }
+
+    /// On the leader: confirms leadership with a quorum and returns the
+    /// index a linearizable read must wait for.
+    pub(crate) async fn read_index_as_leader(&self, deadline: Instant) -> Result<u64, Attempt> {
+        if let Some(millis) = self.millis_without_quorum() {
+            return Err(Attempt::Fail(Error::NoQuorum { millis }));
+        }
+        match timeout_at(deadline, self.raft.ensure_linearizable()).await {
+            Err(_) => Err(Attempt::Fail(Error::NoQuorum {
+                millis: self.config.proposal_timeout_ms,
+            })),
+            Ok(Ok(read_log_id)) => Ok(read_log_id.map_or(0, |id| id.index)),
+            Ok(Err(RaftError::APIError(_))) => Err(Attempt::Retry {
+                proposed: false,
+                why: Error::NoLeader,
+            }),
+            Ok(Err(RaftError::Fatal(e))) => Err(Attempt::Fail(Error::Raft(e.to_string()))),
+        }
+    }
+
+    async fn forward_read_index(&self, leader: &Member, deadline: Instant) -> Result<u64, Attempt> {
+        let mut client = self
+            .peers
+            .client(&leader.peer_addr)
+            .map_err(|s| Attempt::Fail(Error::Leader(s)))?;
+        let request = self.peers.request(&(), remaining(deadline));
+        match client.read_index(request).await {
+            Ok(reply) => {
+                decode(&reply.get_ref().payload).map_err(|s| Attempt::Fail(Error::Leader(s)))
+            }
+            Err(status) => Err(classify_forward_failure(status)),
+        }
+    }
+
+    async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<()> {
+        self.raft
+            .wait(Some(remaining(deadline)))
+            .applied_index_at_least(Some(index), "linearizable read")
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::OutcomeUnknown {
+                reason: format!("this node did not catch up in time: {e}"),
+            })
+    }
+
+    pub async fn get(
+        &self,
+        key: &[u8],
+        consistency: Consistency,
+        timeout: Option<Duration>,
+    ) -> Result<(Option<KeyValue>, u64)> {
+        validate::key("key", key)?;
+        self.barrier(consistency, timeout).await?;
+        let revision = self.reader.applied_index()?;
+        Ok((self.reader.get(key)?, revision))
+    }
+
+    pub async fn scan(
+        &self,
+        range: &ScanRange,
+        limit: u32,
+        consistency: Consistency,
+        timeout: Option<Duration>,
+    ) -> Result<(ScanPage, u64)> {
+        validate::key_bound("prefix", &range.prefix)?;
+        validate::key_bound("start", &range.start)?;
+        if let Some(end) = &range.end {
+            validate::key_bound("end", end)?;
+        }
+        let limit = validate::scan_limit(limit)?;
+        self.barrier(consistency, timeout).await?;
+        let revision = self.reader.applied_index()?;
+        Ok((
+            self.reader
+                .scan(range, limit as usize, crate::limits::MAX_SCAN_BYTES)?,
+            revision,
+        ))
+    }
+
+    async fn barrier(&self, consistency: Consistency, timeout: Option<Duration>) -> Result<()> {
+        match consistency {
+            Consistency::Linearizable => self.read_barrier(timeout).await.map(|_| ()),
+            Consistency::Serializable => Ok(()),
+        }
+    }
+
+    /// `Some(ms)` when this leader has not heard from a quorum for longer
+    /// than the quorum timeout.
+    fn millis_without_quorum(&self) -> Option<u64> {
+        let millis = self.raft.metrics().borrow().millis_since_quorum_ack?;
+        (millis > self.config.quorum_timeout().as_millis() as u64).then_some(millis)
+    }
+
+    fn deadline(&self, timeout: Option<Duration>) -> Instant {
+        let limit = self.config.proposal_timeout();
+        Instant::now() + timeout.map_or(limit, |t| t.min(limit))
+    }
+}
+
+/// A forwarded call failed. The leader's final answers pass through; an
+/// unavailable leader (it moved, lost quorum, or the connection broke) is
+/// worth another try, and unless it said so the request may have reached it.
+fn classify_forward_failure(status: tonic::Status) -> Attempt {
+    use tonic::Code;
+    match status.code() {
+        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Aborted => Attempt::Retry {
+            proposed: !status_says_nothing_proposed(&status),
+            why: Error::Leader(status),
+        },
+        _ => Attempt::Fail(Error::Leader(status)),
+    }
+}
+
+impl From<Attempt> for tonic::Status {
+    /// How the leader answers a forwarded call: a retryable failure stays
+    /// UNAVAILABLE so the follower tries again.
+    fn from(attempt: Attempt) -> tonic::Status {
+        match attempt {
+            Attempt::Retry {
+                proposed: true,
+                why,
+            } => tonic::Status::unavailable(why.to_string()),
+            Attempt::Retry {
+                proposed: false,
+                why,
+            }
+            | Attempt::Fail(why) => why.into(),
+        }
+    }
+}
+
+fn remaining(deadline: Instant) -> Duration {
+    deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(1))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// 16 random bytes: unique enough that two requests never share one.
+pub fn new_request_id() -> Vec<u8> {
+    rand::random::<[u8; 16]>().to_vec()
+}
+
+/// Turns an outcome that refused the write into the matching error.
+pub fn refused(key: &[u8], delta: i64, outcome: Outcome) -> Result<Outcome> {
+    match outcome {
+        Outcome::CompareFailed { current } => Err(Error::CompareFailed { current }),
+        Outcome::NotAnInteger { current } => Err(Error::NotAnInteger {
+            key: key.to_vec(),
+            current,
+        }),
+        Outcome::Overflow { current } => Err(Error::Overflow { current, delta }),
+        outcome => Ok(outcome),
+    }
+}

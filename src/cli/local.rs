@@ -1,0 +1,196 @@
+//! `raftset local`: a whole cluster on this machine, one child process per
+//! node, with the ports and names the README promises. Children that die
+//! are restarted; Ctrl-C stops them all; running it again with the same
+//! directory resumes the same cluster.
+
+use std::path::PathBuf;
+use std::process::{ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::client::Client;
+
+#[derive(Debug, Clone, Args)]
+pub struct LocalArgs {
+    /// How many nodes.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=50))]
+    pub replicas: u16,
+    /// Where the nodes keep their data (one directory each) and logs.
+    #[arg(long, default_value = "./raftset-data")]
+    pub dir: PathBuf,
+}
+
+/// Node `i`'s name and addresses.
+struct Spec {
+    name: String,
+    api: String,
+    peer: String,
+    http: String,
+    data_dir: PathBuf,
+    log: PathBuf,
+}
+
+fn spec(dir: &std::path::Path, i: u16) -> Spec {
+    let name = format!("raftset-{i}");
+    Spec {
+        api: format!("127.0.0.1:{}", 7000 + i),
+        peer: format!("127.0.0.1:{}", 7100 + i),
+        http: format!("127.0.0.1:{}", 8080 + i),
+        data_dir: dir.join(&name),
+        log: dir.join(format!("{name}.log")),
+        name,
+    }
+}
+
+pub async fn run(args: LocalArgs) -> anyhow::Result<ExitCode> {
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("creating {}", args.dir.display()))?;
+    let exe = std::env::current_exe().context("finding the raftset binary")?;
+    let specs: Vec<Spec> = (0..args.replicas).map(|i| spec(&args.dir, i)).collect();
+    let peers = specs
+        .iter()
+        .map(|s| format!("{}={}", s.name, s.peer))
+        .collect::<Vec<_>>()
+        .join(",");
+
+    println!(
+        "raftset local: {} nodes, data in {}",
+        specs.len(),
+        args.dir.display()
+    );
+    println!(
+        "  {:<12}{:<18}{:<25}{:<18}LOG",
+        "NAME", "gRPC", "HTTP", "PEER"
+    );
+    for s in &specs {
+        println!(
+            "  {:<12}{:<18}{:<25}{:<18}{}",
+            s.name,
+            s.api,
+            format!("http://{}", s.http),
+            s.peer,
+            s.log.display()
+        );
+    }
+    println!(
+        "Try: curl http://{}/   (Ctrl-C stops the cluster)",
+        specs[0].http
+    );
+
+    let stop = CancellationToken::new();
+    let children = TaskTracker::new();
+    for s in specs.iter() {
+        let mut command = Command::new(&exe);
+        command
+            .arg("serve")
+            .args(["--name", &s.name])
+            .arg("--data-dir")
+            .arg(&s.data_dir)
+            .args([
+                "--listen-api",
+                &s.api,
+                "--listen-peer",
+                &s.peer,
+                "--listen-http",
+                &s.http,
+            ])
+            .args(["--peers", &peers])
+            .stdin(Stdio::null());
+        children.spawn(supervise(
+            s.name.clone(),
+            command,
+            s.log.clone(),
+            stop.clone(),
+        ));
+    }
+    children.close();
+
+    let endpoints: Arc<Vec<String>> = Arc::new(specs.iter().map(|s| s.api.clone()).collect());
+    let report = tokio::spawn(report_when_formed(endpoints, specs.len()));
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    report.abort();
+    println!("stopping {} nodes…", specs.len());
+    stop.cancel();
+    children.wait().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs one node, restarting it whenever it exits until `stop`.
+async fn supervise(name: String, mut command: Command, log: PathBuf, stop: CancellationToken) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let child = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .and_then(|file| {
+                command.stdout(file.try_clone()?).stderr(file);
+                command.spawn()
+            });
+        let mut child = match child {
+            Ok(child) => child,
+            Err(e) => {
+                eprintln!("{name}: cannot start: {e}");
+                return;
+            }
+        };
+        let status = tokio::select! {
+            status = child.wait() => status,
+            _ = stop.cancelled() => {
+                if let Some(pid) = child.id() {
+                    // SAFETY: sending a signal to our own child process.
+                    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+                }
+                if tokio::time::timeout(Duration::from_secs(20), child.wait()).await.is_err() {
+                    eprintln!("{name}: did not stop within 20 s; killing it");
+                    let _ = child.kill().await;
+                }
+                return;
+            }
+        };
+        match status {
+            Ok(status) => eprintln!(
+                "{name} exited ({status}); restarting in {}s — see {}",
+                backoff.as_secs(),
+                log.display()
+            ),
+            Err(e) => eprintln!("{name}: {e}; restarting in {}s", backoff.as_secs()),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// Prints the leader once every node is a member.
+async fn report_when_formed(endpoints: Arc<Vec<String>>, replicas: usize) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let Ok(client) = Client::connect(&endpoints[0]).await else {
+            continue;
+        };
+        let Ok(status) = client.with_timeout(Duration::from_secs(2)).status().await else {
+            continue;
+        };
+        let voters = status.members.iter().filter(|m| m.voter).count();
+        if status.leader_id.is_some() && voters == replicas {
+            println!(
+                "cluster ready: {voters} voters, leader {}",
+                status.leader_name
+            );
+            return;
+        }
+    }
+}

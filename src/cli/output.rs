@@ -1,0 +1,141 @@
+//! How client commands print: plain text for people, `--json` for scripts.
+
+use serde_json::json;
+
+use crate::client::ScanPage;
+use crate::proto::StatusResponse;
+use crate::raft::KeyValue;
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn kv_json(kv: &KeyValue) -> serde_json::Value {
+    json!({
+        "key": text(&kv.key),
+        "value": text(&kv.value),
+        "create_revision": kv.create_revision,
+        "mod_revision": kv.mod_revision,
+        "version": kv.version,
+    })
+}
+
+pub fn key_value(kv: &KeyValue, as_json: bool) {
+    if as_json {
+        println!("{}", kv_json(kv));
+    } else {
+        println!("{}", text(&kv.value));
+    }
+}
+
+pub fn revision(revision: u64, as_json: bool) {
+    if as_json {
+        println!("{}", json!({ "revision": revision }));
+    } else {
+        println!("OK (revision {revision})");
+    }
+}
+
+pub fn deleted(deleted: bool, as_json: bool) {
+    if as_json {
+        println!("{}", json!({ "deleted": deleted }));
+    } else if deleted {
+        println!("deleted");
+    } else {
+        println!("not found (nothing deleted)");
+    }
+}
+
+pub fn scan(page: &ScanPage, as_json: bool) {
+    let next = page.next_key.as_deref().map(text);
+    if as_json {
+        let kvs: Vec<_> = page.kvs.iter().map(kv_json).collect();
+        println!(
+            "{}",
+            json!({ "kvs": kvs, "next_key": next, "revision": page.revision })
+        );
+        return;
+    }
+    for kv in &page.kvs {
+        println!("{}\t{}", text(&kv.key), text(&kv.value));
+    }
+    if let Some(next) = next {
+        eprintln!("(more: continue with --start {next:?})");
+    }
+}
+
+pub fn visits(visits: i64, as_json: bool) {
+    if as_json {
+        println!("{}", json!({ "visits": visits }));
+    } else {
+        println!("{visits}");
+    }
+}
+
+pub fn status(status: &StatusResponse, as_json: bool) {
+    let leader = match status.leader_id {
+        Some(id) => format!("{} ({id:016x})", status.leader_name),
+        None => "none".to_string(),
+    };
+    if as_json {
+        let members: Vec<_> = status
+            .members
+            .iter()
+            .map(|m| {
+                json!({
+                    "id": m.id, "name": m.name, "voter": m.voter,
+                    "peer_addr": m.peer_addr, "api_addr": m.api_addr, "http_addr": m.http_addr,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({
+                "id": status.id, "name": status.name, "cluster_id": status.cluster_id,
+                "role": status.role, "term": status.term,
+                "leader_id": status.leader_id, "leader_name": status.leader_name,
+                "last_log_index": status.last_log_index, "applied_index": status.applied_index,
+                "snapshot_index": status.snapshot_index, "members": members,
+            })
+        );
+        return;
+    }
+    println!("node        {} ({:016x})", status.name, status.id);
+    println!(
+        "cluster     {}",
+        if status.cluster_id.is_empty() {
+            "none yet"
+        } else {
+            &status.cluster_id
+        }
+    );
+    println!("role        {}", status.role);
+    println!("term        {}", status.term);
+    println!("leader      {leader}");
+    println!(
+        "log         last {}  applied {}  snapshot {}",
+        status.last_log_index, status.applied_index, status.snapshot_index
+    );
+    println!();
+    println!(
+        "{:<18}{:<14}{:<9}{:<24}{:<24}",
+        "ID", "NAME", "ROLE", "PEER", "API"
+    );
+    for m in &status.members {
+        let role = if Some(m.id) == status.leader_id {
+            "leader"
+        } else if m.voter {
+            "voter"
+        } else {
+            "learner"
+        };
+        println!(
+            "{:<18}{:<14}{:<9}{:<24}{:<24}",
+            format!("{:016x}", m.id),
+            m.name,
+            role,
+            m.peer_addr,
+            m.api_addr
+        );
+    }
+}

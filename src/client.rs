@@ -1,0 +1,252 @@
+//! A typed gRPC client for any node. Followers forward to the leader, so
+//! one endpoint is enough.
+//!
+//! Every write carries a fresh request id. The client never retries on its
+//! own: a write that failed with DEADLINE_EXCEEDED ("outcome unknown") may
+//! still apply, and the caller decides whether to look or to resend.
+
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status, Streaming};
+
+use crate::limits::{MAX_CLIENT_MESSAGE, MAX_CLIENT_RESPONSE};
+use crate::proto;
+use crate::proto::admin_client::AdminClient;
+use crate::proto::compare_and_swap_request::{Expected, New};
+use crate::proto::kv_client::KvClient;
+use crate::raft::KeyValue;
+
+/// How long a call may take unless the client is told otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to {endpoint}: {source}")]
+    Connect {
+        endpoint: String,
+        source: tonic::transport::Error,
+    },
+    #[error("{}", .0.message())]
+    Status(#[from] Status),
+}
+
+impl ClientError {
+    /// The gRPC code (UNAVAILABLE for a failed connection).
+    pub fn code(&self) -> Code {
+        match self {
+            ClientError::Connect { .. } => Code::Unavailable,
+            ClientError::Status(status) => status.code(),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+/// A read's consistency, see `proto::Consistency`.
+pub use crate::api::Consistency;
+
+/// One page of a scan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanPage {
+    pub kvs: Vec<KeyValue>,
+    pub next_key: Option<Vec<u8>>,
+    pub revision: u64,
+}
+
+impl From<proto::KeyValue> for KeyValue {
+    fn from(kv: proto::KeyValue) -> KeyValue {
+        KeyValue {
+            key: kv.key.to_vec(),
+            value: kv.value.to_vec(),
+            create_revision: kv.create_revision,
+            mod_revision: kv.mod_revision,
+            version: kv.version,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Client {
+    kv: KvClient<Channel>,
+    admin: AdminClient<Channel>,
+    timeout: Duration,
+}
+
+impl Client {
+    /// Connects to `host:port` (or a full `http://` URI).
+    pub async fn connect(endpoint: &str) -> Result<Client> {
+        let uri = if endpoint.contains("://") {
+            endpoint.to_string()
+        } else {
+            format!("http://{endpoint}")
+        };
+        let connect_error = |source| ClientError::Connect {
+            endpoint: endpoint.to_string(),
+            source,
+        };
+        let channel = Endpoint::from_shared(uri)
+            .map_err(connect_error)?
+            .connect_timeout(Duration::from_secs(3))
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .map_err(connect_error)?;
+        Ok(Client {
+            kv: KvClient::new(channel.clone())
+                .max_decoding_message_size(MAX_CLIENT_RESPONSE)
+                .max_encoding_message_size(MAX_CLIENT_MESSAGE),
+            admin: AdminClient::new(channel),
+            timeout: DEFAULT_TIMEOUT,
+        })
+    }
+
+    /// Sets the deadline of every later call.
+    pub fn with_timeout(mut self, timeout: Duration) -> Client {
+        self.timeout = timeout;
+        self
+    }
+
+    fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        request.set_timeout(self.timeout);
+        request
+    }
+
+    /// Reads a key linearizably.
+    pub async fn get(&mut self, key: &[u8]) -> Result<Option<KeyValue>> {
+        self.get_with(key, Consistency::Linearizable).await
+    }
+
+    pub async fn get_with(
+        &mut self,
+        key: &[u8],
+        consistency: Consistency,
+    ) -> Result<Option<KeyValue>> {
+        let request = self.request(proto::GetRequest {
+            key: key.to_vec().into(),
+            consistency: consistency_value(consistency),
+        });
+        Ok(self.kv.get(request).await?.into_inner().kv.map(Into::into))
+    }
+
+    /// Writes a key; returns the write's revision.
+    pub async fn put(&mut self, key: &[u8], value: &[u8]) -> Result<u64> {
+        let request = self.request(proto::PutRequest {
+            key: key.to_vec().into(),
+            value: value.to_vec().into(),
+            request_id: new_request_id(),
+        });
+        Ok(self.kv.put(request).await?.into_inner().revision)
+    }
+
+    /// Deletes a key; returns whether it existed.
+    pub async fn delete(&mut self, key: &[u8]) -> Result<bool> {
+        let request = self.request(proto::DeleteRequest {
+            key: key.to_vec().into(),
+            request_id: new_request_id(),
+        });
+        Ok(self.kv.delete(request).await?.into_inner().deleted)
+    }
+
+    /// One page of keys starting with `prefix`, from `start` on.
+    pub async fn scan(
+        &mut self,
+        prefix: &[u8],
+        start: &[u8],
+        limit: u32,
+        consistency: Consistency,
+    ) -> Result<ScanPage> {
+        let request = self.request(proto::ScanRequest {
+            prefix: prefix.to_vec().into(),
+            start: start.to_vec().into(),
+            end: Default::default(),
+            limit,
+            consistency: consistency_value(consistency),
+        });
+        let response = self.kv.scan(request).await?.into_inner();
+        Ok(ScanPage {
+            kvs: response.kvs.into_iter().map(Into::into).collect(),
+            next_key: response.next_key.map(|k| k.to_vec()),
+            revision: response.revision,
+        })
+    }
+
+    /// Replaces the value if the key holds `expected` (`None`: is absent);
+    /// `new = None` deletes it. Returns the revision, or fails with
+    /// FAILED_PRECONDITION when the comparison lost:
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &mut raftset::Client) -> Result<(), raftset::ClientError> {
+    /// client.put(b"leader", b"a").await?;
+    /// let lost = client.compare_and_swap(b"leader", Some(b"b"), Some(b"c")).await;
+    /// assert_eq!(lost.unwrap_err().code(), tonic::Code::FailedPrecondition);
+    /// # Ok(()) }
+    /// ```
+    pub async fn compare_and_swap(
+        &mut self,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> Result<u64> {
+        let request = self.request(proto::CompareAndSwapRequest {
+            key: key.to_vec().into(),
+            expected: Some(match expected {
+                Some(value) => Expected::ExpectedValue(value.to_vec().into()),
+                None => Expected::ExpectAbsent(true),
+            }),
+            new: Some(match new {
+                Some(value) => New::NewValue(value.to_vec().into()),
+                None => New::Delete(true),
+            }),
+            request_id: new_request_id(),
+        });
+        Ok(self
+            .kv
+            .compare_and_swap(request)
+            .await?
+            .into_inner()
+            .revision)
+    }
+
+    /// Adds `delta` to a decimal counter and returns the new value. A key
+    /// holding anything else fails with FAILED_PRECONDITION, unchanged.
+    pub async fn increment(&mut self, key: &[u8], delta: i64) -> Result<i64> {
+        let request = self.request(proto::IncrementRequest {
+            key: key.to_vec().into(),
+            delta,
+            request_id: new_request_id(),
+        });
+        Ok(self.kv.increment(request).await?.into_inner().value)
+    }
+
+    /// Streams changes under `prefix` from `start_revision` (0: from now).
+    pub async fn watch(
+        &mut self,
+        prefix: &[u8],
+        start_revision: u64,
+    ) -> Result<Streaming<proto::WatchEvent>> {
+        let request = Request::new(proto::WatchRequest {
+            prefix: prefix.to_vec().into(),
+            start_revision,
+        });
+        Ok(self.kv.watch(request).await?.into_inner())
+    }
+
+    /// The node's view of itself and the cluster.
+    pub async fn status(&mut self) -> Result<proto::StatusResponse> {
+        let request = self.request(proto::StatusRequest {});
+        Ok(self.admin.status(request).await?.into_inner())
+    }
+}
+
+fn consistency_value(consistency: Consistency) -> i32 {
+    match consistency {
+        Consistency::Linearizable => proto::Consistency::Linearizable as i32,
+        Consistency::Serializable => proto::Consistency::Serializable as i32,
+    }
+}
+
+fn new_request_id() -> bytes::Bytes {
+    crate::api::ops::new_request_id().into()
+}

@@ -1,0 +1,329 @@
+//! Node configuration: one struct, parsed from flags that each have a
+//! `RAFTSET_*` environment variable, with defaults that suit a pod.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::store::StoreOptions;
+
+/// Everything a node needs to start.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// This node's name: the pod name (`raftset-2`). Its trailing number is
+    /// the ordinal that decides bootstrap (0) or join (others).
+    #[arg(long, env = "RAFTSET_NAME", default_value_t = default_name())]
+    pub name: String,
+
+    /// Where this node keeps its state (the pod's volume).
+    #[arg(long, env = "RAFTSET_DATA_DIR", default_value = "/var/lib/raftset")]
+    pub data_dir: PathBuf,
+
+    /// Client gRPC (KV, Admin, health, reflection).
+    #[arg(long, env = "RAFTSET_LISTEN_API", default_value = "0.0.0.0:7000")]
+    pub listen_api: SocketAddr,
+
+    /// Raft traffic between nodes.
+    #[arg(long, env = "RAFTSET_LISTEN_PEER", default_value = "0.0.0.0:7001")]
+    pub listen_peer: SocketAddr,
+
+    /// HTTP: visit counter, probes, metrics.
+    #[arg(long, env = "RAFTSET_LISTEN_HTTP", default_value = "0.0.0.0:8080")]
+    pub listen_http: SocketAddr,
+
+    /// The address other nodes use to reach this node's client port; the
+    /// listen address by default (its host replaced by the name when the
+    /// listen address is a wildcard).
+    #[arg(long, env = "RAFTSET_ADVERTISE_API")]
+    pub advertise_api: Option<String>,
+
+    /// The address other nodes use to reach this node's peer port.
+    #[arg(long, env = "RAFTSET_ADVERTISE_PEER")]
+    pub advertise_peer: Option<String>,
+
+    /// The address of this node's HTTP port, as shown to users.
+    #[arg(long, env = "RAFTSET_ADVERTISE_HTTP")]
+    pub advertise_http: Option<String>,
+
+    /// Every node of the set as `name=host:peer_port`, comma-separated: where
+    /// a starting node looks for an existing cluster. This node may be listed.
+    #[arg(long, env = "RAFTSET_PEERS", value_delimiter = ',')]
+    pub peers: Vec<String>,
+
+    /// Leader heartbeat interval, in milliseconds.
+    #[arg(long, env = "RAFTSET_HEARTBEAT_MS", default_value_t = 100)]
+    pub heartbeat_ms: u64,
+
+    /// Shortest election timeout, in milliseconds; the longest is twice this.
+    #[arg(long, env = "RAFTSET_ELECTION_TIMEOUT_MS", default_value_t = 1000)]
+    pub election_timeout_ms: u64,
+
+    /// Take a snapshot (and purge the log below it) after this many entries.
+    #[arg(long, env = "RAFTSET_SNAPSHOT_ENTRIES", default_value_t = 10_000)]
+    pub snapshot_entries: u64,
+
+    /// How long a write may wait to commit before its outcome is reported
+    /// unknown, in milliseconds (a shorter client deadline wins).
+    #[arg(long, env = "RAFTSET_PROPOSAL_TIMEOUT_MS", default_value_t = 5_000)]
+    pub proposal_timeout_ms: u64,
+
+    /// Writes in flight on the leader before new ones are refused.
+    #[arg(long, env = "RAFTSET_MAX_PENDING_PROPOSALS", default_value_t = 10_000)]
+    pub max_pending_proposals: usize,
+
+    /// Revisions of change history kept for Watch.
+    #[arg(long, env = "RAFTSET_HISTORY_REVISIONS", default_value_t = 10_000)]
+    pub history_revisions: u64,
+
+    /// How long a request id's outcome is remembered, in seconds.
+    #[arg(long, env = "RAFTSET_DEDUP_WINDOW_SECS", default_value_t = 600)]
+    pub dedup_window_secs: u64,
+
+    /// sled's page cache, in MiB.
+    #[arg(long, env = "RAFTSET_CACHE_MB", default_value_t = 8)]
+    pub cache_mb: u64,
+
+    /// A node is ready only while it is within this many entries of the leader.
+    #[arg(long, env = "RAFTSET_READY_MAX_LAG", default_value_t = 1_000)]
+    pub ready_max_lag: u64,
+
+    /// HTTP: time a client has to send its request headers, in milliseconds.
+    #[arg(long, env = "RAFTSET_HTTP_HEADER_TIMEOUT_MS", default_value_t = 5_000)]
+    pub http_header_timeout_ms: u64,
+
+    /// HTTP: most connections served at once.
+    #[arg(long, env = "RAFTSET_HTTP_MAX_CONNECTIONS", default_value_t = 1_024)]
+    pub http_max_connections: usize,
+}
+
+fn default_name() -> String {
+    std::env::var("HOSTNAME").unwrap_or_else(|_| "raftset-0".to_string())
+}
+
+/// A configuration that cannot work, found before anything starts.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error(
+        "--election-timeout-ms ({election}) must be at least 3 × --heartbeat-ms ({heartbeat})"
+    )]
+    ElectionTimeout { election: u64, heartbeat: u64 },
+    #[error("--peers entry {0:?} is not name=host:port")]
+    BadPeer(String),
+    #[error("--peers lists {name} at {listed}, but this node advertises {advertised}")]
+    SelfAddress {
+        name: String,
+        listed: String,
+        advertised: String,
+    },
+    #[error("--peers lists {0} twice")]
+    DuplicatePeer(String),
+    #[error("{field} must be greater than 0")]
+    Zero { field: &'static str },
+}
+
+/// A peer from `--peers`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub name: String,
+    pub peer_addr: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        #[derive(clap::Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            config: Config,
+        }
+        <Defaults as clap::Parser>::parse_from(["raftset"]).config
+    }
+}
+
+impl Config {
+    /// Checks the configuration as a whole.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.heartbeat_ms == 0 {
+            return Err(ConfigError::Zero {
+                field: "--heartbeat-ms",
+            });
+        }
+        if self.snapshot_entries == 0 {
+            return Err(ConfigError::Zero {
+                field: "--snapshot-entries",
+            });
+        }
+        if self.max_pending_proposals == 0 {
+            return Err(ConfigError::Zero {
+                field: "--max-pending-proposals",
+            });
+        }
+        if self.election_timeout_ms < 3 * self.heartbeat_ms {
+            return Err(ConfigError::ElectionTimeout {
+                election: self.election_timeout_ms,
+                heartbeat: self.heartbeat_ms,
+            });
+        }
+        let peers = self.peer_list()?;
+        let advertised = self.peer_addr();
+        for (i, peer) in peers.iter().enumerate() {
+            if peers[..i].iter().any(|p| p.name == peer.name) {
+                return Err(ConfigError::DuplicatePeer(peer.name.clone()));
+            }
+            // A node must never claim another node's address, nor be listed
+            // at an address it does not serve.
+            let same_name = peer.name == self.name;
+            let same_addr = peer.peer_addr == advertised;
+            if same_name != same_addr {
+                return Err(ConfigError::SelfAddress {
+                    name: peer.name.clone(),
+                    listed: peer.peer_addr.clone(),
+                    advertised,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// `--peers`, parsed.
+    pub fn peer_list(&self) -> Result<Vec<Peer>, ConfigError> {
+        self.peers
+            .iter()
+            .filter(|p| !p.trim().is_empty())
+            .map(|entry| {
+                let (name, addr) = entry
+                    .split_once('=')
+                    .filter(|(n, a)| !n.is_empty() && a.contains(':'))
+                    .ok_or_else(|| ConfigError::BadPeer(entry.clone()))?;
+                Ok(Peer {
+                    name: name.trim().to_string(),
+                    peer_addr: addr.trim().to_string(),
+                })
+            })
+            .collect()
+    }
+
+    pub fn api_addr(&self) -> String {
+        advertised(&self.advertise_api, self.listen_api, &self.name)
+    }
+
+    pub fn peer_addr(&self) -> String {
+        advertised(&self.advertise_peer, self.listen_peer, &self.name)
+    }
+
+    pub fn http_addr(&self) -> String {
+        advertised(&self.advertise_http, self.listen_http, &self.name)
+    }
+
+    pub fn store_options(&self) -> StoreOptions {
+        StoreOptions {
+            cache_bytes: self.cache_mb * 1024 * 1024,
+            history_revisions: self.history_revisions,
+            dedup_window_ms: self.dedup_window_secs * 1000,
+            ..StoreOptions::default()
+        }
+    }
+
+    pub fn proposal_timeout(&self) -> Duration {
+        Duration::from_millis(self.proposal_timeout_ms)
+    }
+
+    /// How long a leader may go without hearing from a quorum before it
+    /// refuses new writes as "no quorum" instead of letting them time out.
+    pub fn quorum_timeout(&self) -> Duration {
+        Duration::from_millis(2 * self.election_timeout_ms)
+    }
+}
+
+fn advertised(explicit: &Option<String>, listen: SocketAddr, name: &str) -> String {
+    match explicit {
+        Some(addr) => addr.clone(),
+        None if listen.ip().is_unspecified() => format!("{name}:{}", listen.port()),
+        None => listen.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local(name: &str, peer: &str) -> Config {
+        Config {
+            name: name.into(),
+            listen_peer: peer.parse().unwrap(),
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid_and_match_the_documented_ports() {
+        let config = Config::default();
+        assert_eq!(config.validate(), Ok(()));
+        assert_eq!(config.listen_api.port(), 7000);
+        assert_eq!(config.listen_peer.port(), 7001);
+        assert_eq!(config.listen_http.port(), 8080);
+        assert_eq!(config.data_dir, PathBuf::from("/var/lib/raftset"));
+    }
+
+    #[test]
+    fn a_wildcard_listen_address_advertises_the_name() {
+        let config = Config {
+            name: "raftset-1".into(),
+            ..Config::default()
+        };
+        assert_eq!(config.peer_addr(), "raftset-1:7001");
+        let config = local("raftset-1", "127.0.0.1:7101");
+        assert_eq!(config.peer_addr(), "127.0.0.1:7101");
+    }
+
+    #[test]
+    fn peers_must_not_give_this_node_another_address_or_its_address_to_another() {
+        let mut config = local("raftset-0", "127.0.0.1:7100");
+        config.peers = vec![
+            "raftset-0=127.0.0.1:7100".into(),
+            "raftset-1=127.0.0.1:7101".into(),
+        ];
+        assert_eq!(config.validate(), Ok(()));
+
+        config.peers = vec!["raftset-0=127.0.0.1:7199".into()];
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::SelfAddress { .. })
+        ));
+
+        config.peers = vec!["raftset-1=127.0.0.1:7100".into()];
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::SelfAddress { .. })
+        ));
+
+        config.peers = vec![
+            "raftset-1=127.0.0.1:7101".into(),
+            "raftset-1=127.0.0.1:7102".into(),
+        ];
+        assert_eq!(
+            config.validate(),
+            Err(ConfigError::DuplicatePeer("raftset-1".into()))
+        );
+
+        config.peers = vec!["garbage".into()];
+        assert_eq!(
+            config.validate(),
+            Err(ConfigError::BadPeer("garbage".into()))
+        );
+    }
+
+    #[test]
+    fn election_timeout_must_leave_room_for_heartbeats() {
+        let config = Config {
+            heartbeat_ms: 100,
+            election_timeout_ms: 200,
+            ..Config::default()
+        };
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::ElectionTimeout { .. })
+        ));
+    }
+}

@@ -1,0 +1,249 @@
+//! Error types, and the one place where each becomes a gRPC code or an HTTP
+//! status.
+//!
+//! [`Error`] is what a request can end with. Its variants say what a caller
+//! can do next: fix the request ([`InvalidRequest`]), accept an expected
+//! refusal (a lost compare-and-swap), retry safely (`NoLeader`, `NoQuorum`,
+//! `Overloaded`: nothing was proposed), or find out what happened
+//! (`OutcomeUnknown`: retry with the same request id). Storage failures are
+//! fail-stop: the node shuts down rather than acknowledge what it may not
+//! have written.
+
+use tonic::{Code, Status};
+
+use crate::limits::MAX_REQUEST_ID_LEN;
+use crate::raft::KeyValue;
+
+/// A request refused before anything was proposed; it names the limit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidRequest {
+    #[error("{field} must not be empty")]
+    Empty { field: &'static str },
+    #[error("{field} is {len} bytes, over the limit of {max} bytes")]
+    TooLarge {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error("scan limit {limit} is over the maximum of {max}")]
+    ScanLimit { limit: u32, max: u32 },
+    #[error("request_id is {len} bytes; it must be 1 to {MAX_REQUEST_ID_LEN} bytes when set")]
+    RequestId { len: usize },
+    #[error("{field} is required")]
+    Missing { field: &'static str },
+    #[error("request_id was already used for a different kind of request")]
+    RequestIdReused,
+    #[error("unknown {field} value {value}")]
+    UnknownEnum { field: &'static str, value: i32 },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Invalid(#[from] InvalidRequest),
+    #[error("compare-and-swap failed: {}", describe_current(.current))]
+    CompareFailed { current: Option<KeyValue> },
+    #[error("value of key {key:?} is not a decimal integer: {current:?}", key = String::from_utf8_lossy(.key), current = String::from_utf8_lossy(.current))]
+    NotAnInteger { key: Vec<u8>, current: Vec<u8> },
+    #[error("incrementing {current} by {delta} would overflow a 64-bit integer")]
+    Overflow { current: i64, delta: i64 },
+    #[error("no leader is known (no quorum?); the request was not proposed and can be retried")]
+    NoLeader,
+    #[error("no quorum: the leader has not heard from a majority for {millis} ms; the request was not proposed and can be retried")]
+    NoQuorum { millis: u64 },
+    #[error("too many proposals in flight (limit {limit}); the request was not proposed and can be retried")]
+    Overloaded { limit: usize },
+    #[error("outcome unknown: {reason}; the write may still be applied, retry with the same request_id to learn its outcome")]
+    OutcomeUnknown { reason: String },
+    #[error("revision {requested} has been compacted; the oldest revision available is {oldest}")]
+    Compacted { requested: u64, oldest: u64 },
+    #[error("watcher fell behind by more than {capacity} events and was cancelled; watch again from revision {resume_from}")]
+    WatchLagged { capacity: usize, resume_from: u64 },
+    #[error("this node's state was replaced by a snapshot at revision {revision}; watch again")]
+    WatchReset { revision: u64 },
+    #[error("node is shutting down")]
+    ShuttingDown,
+    #[error("too many watches on this node (limit {limit})")]
+    TooManyWatches { limit: usize },
+    #[error("storage failure: {0}")]
+    Storage(String),
+    #[error("raft failure: {0}")]
+    Raft(String),
+    /// The leader's own answer to a forwarded request, passed on unchanged.
+    #[error("{}", .0.message())]
+    Leader(Status),
+}
+
+fn describe_current(current: &Option<KeyValue>) -> String {
+    match current {
+        None => "the key is absent".to_string(),
+        Some(kv) => format!(
+            "the key holds another value (mod_revision {})",
+            kv.mod_revision
+        ),
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The gRPC code for each error: the single mapping the API uses.
+    pub fn code(&self) -> Code {
+        match self {
+            Error::Invalid(_) => Code::InvalidArgument,
+            Error::CompareFailed { .. } | Error::NotAnInteger { .. } => Code::FailedPrecondition,
+            Error::Overflow { .. } | Error::Compacted { .. } => Code::OutOfRange,
+            Error::NoLeader | Error::NoQuorum { .. } | Error::ShuttingDown => Code::Unavailable,
+            Error::WatchReset { .. } => Code::Aborted,
+            Error::Overloaded { .. } | Error::WatchLagged { .. } | Error::TooManyWatches { .. } => {
+                Code::ResourceExhausted
+            }
+            Error::OutcomeUnknown { .. } => Code::DeadlineExceeded,
+            Error::Storage(_) | Error::Raft(_) => Code::Internal,
+            Error::Leader(status) => status.code(),
+        }
+    }
+
+    /// The HTTP status for each error, derived from its gRPC code.
+    pub fn http_status(&self) -> u16 {
+        match self.code() {
+            Code::InvalidArgument | Code::OutOfRange => 400,
+            Code::FailedPrecondition | Code::Aborted => 409,
+            Code::ResourceExhausted => 429,
+            Code::Unavailable => 503,
+            Code::DeadlineExceeded => 504,
+            Code::NotFound => 404,
+            _ => 500,
+        }
+    }
+}
+
+/// Metadata on a status that says the request was never proposed, so a
+/// forwarding follower knows a retry cannot apply it twice.
+pub const NOT_PROPOSED_HEADER: &str = "raftset-not-proposed";
+
+impl Error {
+    /// True when the request certainly did not enter the log.
+    pub fn nothing_proposed(&self) -> bool {
+        matches!(
+            self,
+            Error::Invalid(_)
+                | Error::NoLeader
+                | Error::NoQuorum { .. }
+                | Error::Overloaded { .. }
+                | Error::ShuttingDown
+        )
+    }
+}
+
+/// Whether a status (maybe from another node) says nothing was proposed.
+pub fn status_says_nothing_proposed(status: &Status) -> bool {
+    status.metadata().contains_key(NOT_PROPOSED_HEADER)
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Status {
+        if let Error::Leader(status) = err {
+            return status;
+        }
+        let mut status = Status::new(err.code(), err.to_string());
+        if err.nothing_proposed() {
+            status.metadata_mut().insert(
+                NOT_PROPOSED_HEADER,
+                tonic::metadata::MetadataValue::from_static("1"),
+            );
+        }
+        status
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_maps_to_its_code_and_http_status() {
+        let cases: Vec<(Error, Code, u16)> = vec![
+            (
+                InvalidRequest::Empty { field: "key" }.into(),
+                Code::InvalidArgument,
+                400,
+            ),
+            (
+                Error::CompareFailed { current: None },
+                Code::FailedPrecondition,
+                409,
+            ),
+            (
+                Error::NotAnInteger {
+                    key: b"k".to_vec(),
+                    current: b"x".to_vec(),
+                },
+                Code::FailedPrecondition,
+                409,
+            ),
+            (
+                Error::Overflow {
+                    current: i64::MAX,
+                    delta: 1,
+                },
+                Code::OutOfRange,
+                400,
+            ),
+            (Error::NoLeader, Code::Unavailable, 503),
+            (Error::NoQuorum { millis: 5 }, Code::Unavailable, 503),
+            (Error::Overloaded { limit: 1 }, Code::ResourceExhausted, 429),
+            (
+                Error::OutcomeUnknown { reason: "t".into() },
+                Code::DeadlineExceeded,
+                504,
+            ),
+            (
+                Error::Compacted {
+                    requested: 1,
+                    oldest: 5,
+                },
+                Code::OutOfRange,
+                400,
+            ),
+            (
+                Error::WatchLagged {
+                    capacity: 1,
+                    resume_from: 2,
+                },
+                Code::ResourceExhausted,
+                429,
+            ),
+            (Error::WatchReset { revision: 3 }, Code::Aborted, 409),
+            (Error::ShuttingDown, Code::Unavailable, 503),
+            (
+                Error::TooManyWatches { limit: 1 },
+                Code::ResourceExhausted,
+                429,
+            ),
+            (Error::Storage("disk".into()), Code::Internal, 500),
+            (Error::Leader(Status::not_found("x")), Code::NotFound, 404),
+        ];
+        for (err, code, http) in cases {
+            assert_eq!(err.code(), code, "{err}");
+            assert_eq!(err.http_status(), http, "{err}");
+            let message = err.to_string();
+            let status = Status::from(err);
+            assert_eq!(status.code(), code);
+            assert_eq!(status.message(), message);
+        }
+    }
+
+    #[test]
+    fn limit_errors_name_the_limit_and_the_value() {
+        let err = InvalidRequest::TooLarge {
+            field: "value",
+            len: 2_000_000,
+            max: 1_048_576,
+        };
+        assert_eq!(
+            err.to_string(),
+            "value is 2000000 bytes, over the limit of 1048576 bytes"
+        );
+    }
+}

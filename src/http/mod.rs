@@ -1,0 +1,254 @@
+//! HTTP: the visit counter, health and readiness probes, Prometheus metrics.
+//!
+//! Served through hyper directly (not `axum::serve`) so every connection
+//! has a header-read timeout and the number of connections is capped: a
+//! client that trickles its headers cannot hold sockets forever.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use openraft::ServerState;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::Consistency;
+use crate::error::Error;
+use crate::node::NodeCore;
+use crate::raft::{Op, Outcome};
+
+/// The key the visit counter lives under.
+pub const VISITS_KEY: &[u8] = b"visits";
+/// How long a visit may take before it is answered with a timeout.
+const VISIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves HTTP until `stop` is cancelled, then lets open requests finish.
+pub async fn serve(core: Arc<NodeCore>, listener: TcpListener, stop: CancellationToken) {
+    let app = router(core.clone());
+    let connections = Arc::new(Semaphore::new(core.config.http_max_connections));
+    let header_timeout = Duration::from_millis(core.config.http_header_timeout_ms);
+    let tasks = TaskTracker::new();
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!("HTTP accept failed: {e}");
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => break,
+        };
+        // Over the cap, close at once rather than queue without bound.
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            continue;
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            let _permit = permit;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
+    }
+    tasks.close();
+    tasks.wait().await;
+}
+
+fn router(core: Arc<NodeCore>) -> Router {
+    Router::new()
+        .route("/", get(visit))
+        .route("/visits", get(visits))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(core)
+}
+
+fn error_response(err: Error) -> Response {
+    let status =
+        StatusCode::from_u16(err.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, format!("{err}\n")).into_response()
+}
+
+fn leader_name(core: &NodeCore) -> String {
+    core.leader()
+        .map(|(_, m)| m.name)
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// `GET /`: counts one visit through Raft and says who served it.
+async fn visit(State(core): State<Arc<NodeCore>>, headers: HeaderMap) -> Response {
+    let op = Op::Increment {
+        key: VISITS_KEY.to_vec(),
+        delta: 1,
+    };
+    let count = match core.write(op, None, Some(VISIT_TIMEOUT)).await {
+        Ok(Outcome::Incremented { value, .. }) => value,
+        Ok(other) => match crate::api::ops::refused(VISITS_KEY, 1, other) {
+            Err(e) => return error_response(e),
+            Ok(_) => {
+                return error_response(Error::Raft("unexpected outcome for an increment".into()))
+            }
+        },
+        Err(e) => return error_response(e),
+    };
+    let wants_html = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/html"));
+    if wants_html {
+        Html(page(&core, count)).into_response()
+    } else {
+        format!(
+            "visits: {count}\nserved by: {}\nleader: {}\n",
+            core.me.name,
+            leader_name(&core)
+        )
+        .into_response()
+    }
+}
+
+fn page(core: &NodeCore, count: i64) -> String {
+    let metrics = core.raft_metrics();
+    let membership = metrics.membership_config.membership();
+    let voters: Vec<u64> = membership.voter_ids().collect();
+    let rows: String = membership
+        .nodes()
+        .map(|(id, member)| {
+            let role = if metrics.current_leader == Some(*id) {
+                "leader"
+            } else if voters.contains(id) {
+                "follower"
+            } else {
+                "learner"
+            };
+            format!(
+                "<tr><td>{}</td><td>{id:016x}</td><td>{role}</td><td>{}</td></tr>",
+                escape(&member.name),
+                escape(&member.http_addr)
+            )
+        })
+        .collect();
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>raftset</title></head><body>\
+         <h1>{count} visits</h1><p>Served by <b>{}</b>; the leader is <b>{}</b>. \
+         Every pod reports the same count: it is one value, replicated with Raft.</p>\
+         <table><tr><th>member</th><th>id</th><th>role</th><th>http</th></tr>{rows}</table>\
+         </body></html>",
+        escape(&core.me.name),
+        escape(&leader_name(core))
+    )
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// `GET /visits`: the count, read linearizably, without counting a visit.
+async fn visits(State(core): State<Arc<NodeCore>>) -> Response {
+    match core
+        .get(VISITS_KEY, Consistency::Linearizable, Some(VISIT_TIMEOUT))
+        .await
+    {
+        Ok((kv, _)) => {
+            let visits = kv
+                .and_then(|kv| String::from_utf8(kv.value).ok())
+                .and_then(|v| v.parse::<i64>().ok())
+                .unwrap_or(0);
+            Json(serde_json::json!({
+                "visits": visits,
+                "node": core.me.name,
+                "leader": leader_name(&core),
+            }))
+            .into_response()
+        }
+        Err(e) => error_response(e),
+    }
+}
+
+/// `GET /healthz`: the process runs and Raft has not stopped. Never depends
+/// on a leader or a peer, so a partition or an ordered start-up does not get
+/// the pod restarted.
+async fn healthz(State(core): State<Arc<NodeCore>>) -> Response {
+    match core.raft_metrics().running_state {
+        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
+        Err(fatal) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("raft stopped: {fatal}\n"),
+        )
+            .into_response(),
+    }
+}
+
+/// `GET /readyz`: a member with a known leader, caught up to within the
+/// configured lag. Says why when it is not.
+async fn readyz(State(core): State<Arc<NodeCore>>) -> Response {
+    match readiness(&core) {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        )
+            .into_response(),
+    }
+}
+
+/// Why this node should not receive client traffic, if it should not.
+pub fn readiness(core: &NodeCore) -> Result<(), String> {
+    let metrics = core.raft_metrics();
+    if let Err(fatal) = &metrics.running_state {
+        return Err(format!("raft stopped: {fatal}"));
+    }
+    if metrics
+        .membership_config
+        .membership()
+        .get_node(&core.id)
+        .is_none()
+    {
+        return Err("not a member of a cluster yet".into());
+    }
+    if metrics.current_leader.is_none() || metrics.state == ServerState::Candidate {
+        return Err("no leader known".into());
+    }
+    let applied = metrics.last_applied.map_or(0, |l| l.index);
+    let lag = metrics.last_log_index.unwrap_or(0).saturating_sub(applied);
+    if lag > core.config.ready_max_lag {
+        return Err(format!("catching up: {lag} entries not yet applied"));
+    }
+    Ok(())
+}
+
+/// `GET /metrics`: Prometheus text format.
+async fn metrics(State(core): State<Arc<NodeCore>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        core.render_metrics(),
+    )
+        .into_response()
+}

@@ -1,0 +1,29 @@
+//! Every size limit in one place. Error messages quote these, and requests
+//! are checked against them before anything is proposed: a committed entry
+//! must always apply.
+
+/// Longest key, in bytes (etcd-like: keys are names, not payloads).
+pub const MAX_KEY_LEN: usize = 4 * 1024;
+/// Largest value, in bytes.
+pub const MAX_VALUE_LEN: usize = 1024 * 1024;
+/// Longest request id, in bytes.
+pub const MAX_REQUEST_ID_LEN: usize = 64;
+/// Most keys one Scan returns.
+pub const MAX_SCAN_LIMIT: u32 = 10_000;
+/// Keys a Scan returns when it names no limit.
+pub const DEFAULT_SCAN_LIMIT: u32 = 1_000;
+/// Largest client message: one maximal key and value plus framing.
+pub const MAX_CLIENT_MESSAGE: usize = MAX_KEY_LEN + MAX_VALUE_LEN + 64 * 1024;
+/// Most entries in one AppendEntries message.
+pub const MAX_ENTRIES_PER_APPEND: u64 = 64;
+/// Largest peer message: a full batch of maximal entries, or a snapshot chunk.
+pub const MAX_PEER_MESSAGE: usize = MAX_ENTRIES_PER_APPEND as usize * MAX_CLIENT_MESSAGE;
+/// Snapshot chunk size when catching a follower up.
+pub const SNAPSHOT_CHUNK: u64 = 1024 * 1024;
+/// A Scan page stops growing past this many bytes of keys and values (it
+/// always holds at least one key), so a response always fits the transport.
+pub const MAX_SCAN_BYTES: usize = 4 * 1024 * 1024;
+/// Largest client response: a full scan page plus one maximal entry.
+pub const MAX_CLIENT_RESPONSE: usize = MAX_SCAN_BYTES + MAX_CLIENT_MESSAGE;
+/// Watch streams one node serves at once.
+pub const MAX_WATCHERS: usize = 1_000;

@@ -1,0 +1,156 @@
+//! Consensus: openraft's type configuration, the commands that travel through
+//! the Raft log, and the peer transport that carries Raft messages between
+//! nodes over gRPC (`network` is the client half, `service` the server half).
+//!
+//! Everything that enters the log is a [`Command`]. Its outcome is computed
+//! by the state machine ([`crate::store::StateMachine`]) and must depend on
+//! nothing but the command and the state before it, so every replica reaches
+//! the same result: the proposer's clock travels inside the command for that
+//! reason.
+
+pub mod network;
+pub mod service;
+
+use std::fmt;
+use std::sync::{Arc, RwLock};
+
+use serde::{Deserialize, Serialize};
+
+openraft::declare_raft_types!(
+    /// raftset's Raft types.
+    pub TypeConfig:
+        D = Command,
+        R = Outcome,
+        NodeId = NodeId,
+        Node = Member,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = tokio::fs::File,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// A Raft node id. It belongs to a node's volume, not to its pod name: an
+/// empty data directory always takes a fresh one.
+pub type NodeId = u64;
+
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type LogId = openraft::LogId<NodeId>;
+pub type Vote = openraft::Vote<NodeId>;
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Member>;
+pub type Snapshot = openraft::Snapshot<TypeConfig>;
+pub type StoredMembership = openraft::StoredMembership<NodeId, Member>;
+pub type StorageError = openraft::StorageError<NodeId>;
+pub type RaftMetrics = openraft::RaftMetrics<NodeId, Member>;
+
+/// What the membership records about each node: its name (the pod name,
+/// `raftset-2`) and where to reach it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub name: String,
+    pub peer_addr: String,
+    pub api_addr: String,
+    pub http_addr: String,
+}
+
+impl fmt::Display for Member {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.name, self.peer_addr)
+    }
+}
+
+/// A client write, as it is stored in the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    /// Deduplicates retries: a command whose id was already applied returns
+    /// the first outcome again and changes nothing.
+    pub request_id: RequestId,
+    /// The proposer's wall clock in milliseconds; expires remembered ids.
+    pub proposed_at_ms: u64,
+    pub op: Op,
+}
+
+/// A client-chosen (or node-chosen) request id, 1 to 64 bytes.
+pub type RequestId = Vec<u8>;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
+    CompareAndSwap {
+        key: Vec<u8>,
+        /// `None` expects the key to be absent.
+        expected: Option<Vec<u8>>,
+        /// `None` deletes the key.
+        new: Option<Vec<u8>>,
+    },
+    Increment {
+        key: Vec<u8>,
+        delta: i64,
+    },
+}
+
+/// A key's value with its history counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyValue {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub create_revision: u64,
+    pub mod_revision: u64,
+    pub version: u64,
+}
+
+/// What applying a command did. Expected refusals (a lost compare-and-swap,
+/// a non-integer counter) are outcomes too: applying never fails.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Outcome {
+    /// Blank and membership entries.
+    #[default]
+    None,
+    Put {
+        revision: u64,
+        prev: Option<KeyValue>,
+    },
+    Deleted {
+        revision: u64,
+        prev: Option<KeyValue>,
+    },
+    Swapped {
+        revision: u64,
+    },
+    /// The compare-and-swap lost: the key held something else (`None`: absent).
+    CompareFailed {
+        current: Option<KeyValue>,
+    },
+    Incremented {
+        revision: u64,
+        value: i64,
+    },
+    /// The counter's current value is not a decimal integer.
+    NotAnInteger {
+        current: Vec<u8>,
+    },
+    /// Adding the delta would leave the i64 range.
+    Overflow {
+        current: i64,
+    },
+}
+
+/// The id of the cluster this node belongs to, shared by everything that
+/// sends or accepts peer messages. Empty until the node founds or joins one.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterId(Arc<RwLock<String>>);
+
+impl ClusterId {
+    pub fn get(&self) -> String {
+        self.0.read().expect("cluster id lock").clone()
+    }
+
+    pub fn set(&self, id: &str) {
+        *self.0.write().expect("cluster id lock") = id.to_string();
+    }
+}

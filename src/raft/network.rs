@@ -1,0 +1,170 @@
+//! The client half of the peer transport: openraft's messages to other nodes,
+//! and the pool of peer connections that forwarding and joining share.
+
+use std::collections::HashMap;
+use std::error::Error as StdError;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+use super::{ClusterId, Member, NodeId, TypeConfig};
+use crate::limits::MAX_PEER_MESSAGE;
+use crate::proto::raft_peer_client::RaftPeerClient;
+use crate::proto::PeerMessage;
+
+/// How long a peer connection attempt may take before the peer counts as
+/// unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Connections to peers by address, made lazily and reused.
+#[derive(Clone)]
+pub struct PeerClients {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    cluster_id: ClusterId,
+}
+
+impl PeerClients {
+    pub fn new(cluster_id: ClusterId) -> PeerClients {
+        PeerClients {
+            channels: Arc::default(),
+            cluster_id,
+        }
+    }
+
+    /// A client for the peer at `addr` (`host:port`).
+    pub fn client(&self, addr: &str) -> Result<RaftPeerClient<Channel>, Status> {
+        let mut channels = self.channels.lock().expect("peer channel lock");
+        let channel = match channels.get(addr) {
+            Some(channel) => channel.clone(),
+            None => {
+                let channel = Endpoint::from_shared(format!("http://{addr}"))
+                    .map_err(|e| {
+                        Status::invalid_argument(format!("bad peer address {addr:?}: {e}"))
+                    })?
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(10))
+                    .keep_alive_timeout(Duration::from_secs(5))
+                    .connect_lazy();
+                channels.insert(addr.to_string(), channel.clone());
+                channel
+            }
+        };
+        Ok(RaftPeerClient::new(channel)
+            .max_decoding_message_size(MAX_PEER_MESSAGE)
+            .max_encoding_message_size(MAX_PEER_MESSAGE))
+    }
+
+    /// A peer request carrying `payload`, stamped with this node's cluster id.
+    pub fn request<T: Serialize>(&self, payload: &T, timeout: Duration) -> Request<PeerMessage> {
+        let mut request = Request::new(PeerMessage {
+            cluster_id: self.cluster_id.get(),
+            payload: encode(payload).into(),
+        });
+        request.set_timeout(timeout);
+        request
+    }
+}
+
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_stdvec(value).expect("encoding an in-memory value with postcard cannot fail")
+}
+
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Status> {
+    postcard::from_bytes(bytes)
+        .map_err(|e| Status::invalid_argument(format!("undecodable peer payload: {e}")))
+}
+
+/// openraft's factory of per-target connections.
+pub struct NetworkFactory {
+    pub clients: PeerClients,
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerConnection {
+        PeerConnection {
+            target,
+            addr: node.peer_addr.clone(),
+            clients: self.clients.clone(),
+        }
+    }
+}
+
+/// openraft's connection to one target.
+pub struct PeerConnection {
+    target: NodeId,
+    addr: String,
+    clients: PeerClients,
+}
+
+type RpcResult<T, E = RaftError<NodeId>> = Result<T, RPCError<NodeId, Member, E>>;
+
+impl PeerConnection {
+    fn client<E: StdError>(&self) -> RpcResult<RaftPeerClient<Channel>, E> {
+        self.clients
+            .client(&self.addr)
+            .map_err(|s| RPCError::Unreachable(Unreachable::new(&s)))
+    }
+
+    /// Unpacks a peer's reply: the payload is the remote call's own result.
+    fn reply<T, E>(&self, response: Result<Response<PeerMessage>, Status>) -> RpcResult<T, E>
+    where
+        T: DeserializeOwned,
+        E: StdError + DeserializeOwned,
+    {
+        let message = response.map_err(|status| match status.code() {
+            // Nothing reached the peer, or it is not serving: back off.
+            tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
+            _ => RPCError::Network(NetworkError::new(&status)),
+        })?;
+        let result: Result<T, E> = decode(&message.get_ref().payload)
+            .map_err(|s| RPCError::Network(NetworkError::new(&s)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>> {
+        let request = self.clients.request(&rpc, option.hard_ttl());
+        let response = self.client()?.append_entries(request).await;
+        self.reply(response)
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> {
+        let request = self.clients.request(&rpc, option.hard_ttl());
+        let response = self.client()?.install_snapshot(request).await;
+        self.reply(response)
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>> {
+        let request = self.clients.request(&rpc, option.hard_ttl());
+        let response = self.client()?.vote(request).await;
+        self.reply(response)
+    }
+}

@@ -1,0 +1,257 @@
+//! The Raft log and vote, with group-committed flushes.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{OptionalSend, RaftLogId, RaftLogReader, StorageIOError};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::Shared;
+use crate::raft::{Entry, LogId, StorageError, TypeConfig, Vote};
+
+const VOTE_KEY: &[u8] = b"vote";
+const COMMITTED_KEY: &[u8] = b"committed";
+const PURGED_KEY: &[u8] = b"purged";
+
+/// Counters the flusher keeps: exported as metrics, and what the durability
+/// tests check an acknowledgement against.
+#[derive(Debug, Default)]
+pub struct FlushStats {
+    /// Completed flushes of appended entries.
+    pub flushes: AtomicU64,
+    /// Append calls those flushes covered; `appends / flushes` is the batching.
+    pub appends: AtomicU64,
+    /// The highest log index known to be on disk.
+    pub durable_index: AtomicU64,
+}
+
+/// The log store openraft drives. Cheap to clone: clones share one database
+/// and one flusher thread.
+#[derive(Clone)]
+pub struct LogStore {
+    shared: Arc<Shared>,
+    log: sled::Tree,
+    raft: sled::Tree,
+    flush_queue: mpsc::Sender<PendingFlush>,
+    stats: Arc<FlushStats>,
+}
+
+/// An appended batch waiting for the flush that makes it durable.
+struct PendingFlush {
+    last_index: u64,
+    done: LogFlushed<TypeConfig>,
+}
+
+impl LogStore {
+    pub(super) fn open(shared: Arc<Shared>, raft: sled::Tree) -> sled::Result<LogStore> {
+        let log = shared.db.open_tree("log")?;
+        let stats = Arc::new(FlushStats::default());
+        let (flush_queue, pending) = mpsc::channel();
+        let flusher_shared = shared.clone();
+        let flusher_stats = stats.clone();
+        std::thread::Builder::new()
+            .name("raftset-log-flush".into())
+            .spawn(move || run_flusher(&flusher_shared, &flusher_stats, pending))
+            .expect("spawning the log flusher thread");
+        Ok(LogStore {
+            shared,
+            log,
+            raft,
+            flush_queue,
+            stats,
+        })
+    }
+
+    pub fn stats(&self) -> Arc<FlushStats> {
+        self.stats.clone()
+    }
+
+    fn read_value<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
+        let Some(bytes) = self.raft.get(key).map_err(|e| StorageIOError::read(&e))? else {
+            return Ok(None);
+        };
+        postcard::from_bytes(&bytes)
+            .map(Some)
+            .map_err(|e| StorageIOError::read(&e).into())
+    }
+
+    fn write_value<T: Serialize>(&self, key: &[u8], value: &T) -> Result<(), StorageError> {
+        let bytes = postcard::to_stdvec(value).map_err(|e| StorageIOError::write(&e))?;
+        self.raft
+            .insert(key, bytes)
+            .map_err(|e| StorageIOError::write(&e))?;
+        Ok(())
+    }
+
+    async fn flush_now(&self) -> Result<(), StorageError> {
+        self.shared
+            .db
+            .flush_async()
+            .await
+            .map_err(|e| StorageIOError::write(&self.shared.io_error("flush", e)))?;
+        Ok(())
+    }
+
+    fn last_entry_log_id(&self) -> Result<Option<LogId>, StorageError> {
+        let Some((_, bytes)) = self.log.last().map_err(|e| StorageIOError::read_logs(&e))? else {
+            return Ok(None);
+        };
+        let entry: Entry =
+            postcard::from_bytes(&bytes).map_err(|e| StorageIOError::read_logs(&e))?;
+        Ok(Some(*entry.get_log_id()))
+    }
+}
+
+/// Waits for appended batches and flushes once for all that are waiting,
+/// then reports each durable. Ends when every `LogStore` is dropped.
+fn run_flusher(shared: &Shared, stats: &FlushStats, pending: mpsc::Receiver<PendingFlush>) {
+    while let Ok(first) = pending.recv() {
+        let mut batch = vec![first];
+        batch.extend(pending.try_iter());
+        let result = shared.db.flush();
+        if result.is_ok() {
+            let last = batch.iter().map(|p| p.last_index).max().unwrap_or(0);
+            stats.durable_index.fetch_max(last, Ordering::SeqCst);
+            stats.flushes.fetch_add(1, Ordering::Relaxed);
+            stats
+                .appends
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        }
+        for waiting in batch {
+            let outcome = match &result {
+                Ok(_) => Ok(()),
+                Err(e) => Err(shared.io_error("flushing the log", e)),
+            };
+            waiting.done.log_io_completed(outcome);
+        }
+    }
+}
+
+fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => Bound::Included(index_key(*i)),
+            Bound::Excluded(i) => Bound::Excluded(index_key(*i)),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(i) => Bound::Included(index_key(*i)),
+            Bound::Excluded(i) => Bound::Excluded(index_key(*i)),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        self.log
+            .range::<[u8; 8], _>((start, end))
+            .map(|item| {
+                let (_, bytes) = item.map_err(|e| StorageIOError::read_logs(&e))?;
+                postcard::from_bytes(&bytes).map_err(|e| StorageIOError::read_logs(&e).into())
+            })
+            .collect()
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged_log_id: Option<LogId> = self.read_value(PURGED_KEY)?;
+        let last_log_id = self.last_entry_log_id()?.or(last_purged_log_id);
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        self.write_value(VOTE_KEY, vote)?;
+        self.flush_now().await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.read_value(VOTE_KEY)
+    }
+
+    // The committed id is a hint that lets a restarted node apply sooner; it
+    // needs no flush of its own (losing it only delays applying).
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        self.write_value(COMMITTED_KEY, &committed)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.read_value::<Option<LogId>>(COMMITTED_KEY)?.flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = sled::Batch::default();
+        let mut last_index = None;
+        for entry in entries {
+            let bytes = postcard::to_stdvec(&entry)
+                .map_err(|e| StorageIOError::write_log_entry(*entry.get_log_id(), &e))?;
+            batch.insert(&index_key(entry.get_log_id().index), bytes);
+            last_index = Some(entry.get_log_id().index);
+        }
+        self.log.apply_batch(batch).map_err(|e| {
+            StorageIOError::write_logs(&self.shared.io_error("appending to the log", e))
+        })?;
+        match last_index {
+            Some(last_index) => self
+                .flush_queue
+                .send(PendingFlush {
+                    last_index,
+                    done: callback,
+                })
+                .map_err(|_| {
+                    StorageIOError::write_logs(&std::io::Error::other("log flusher stopped"))
+                })?,
+            None => callback.log_io_completed(Ok(())),
+        }
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut batch = sled::Batch::default();
+        for key in self.log.range(index_key(log_id.index)..).keys() {
+            batch.remove(key.map_err(|e| StorageIOError::write_logs(&e))?);
+        }
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        self.flush_now().await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // The marker goes first: sled recovers writes in order, so a crash
+        // never leaves removed entries without the marker that explains them.
+        self.write_value(PURGED_KEY, &log_id)?;
+        let mut batch = sled::Batch::default();
+        for key in self.log.range(..=index_key(log_id.index)).keys() {
+            batch.remove(key.map_err(|e| StorageIOError::write_logs(&e))?);
+        }
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        Ok(())
+    }
+}

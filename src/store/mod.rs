@@ -1,0 +1,221 @@
+//! Storage: the Raft log, the vote and the state machine, all in one sled
+//! database under the node's data directory, plus snapshot files beside it.
+//!
+//! Layout (`<data_dir>/db` is the sled database):
+//! - tree `log`: log index (big-endian u64) → postcard-encoded entry
+//! - tree `raft`: the vote, the committed and purged log ids, this node's id
+//!   and the cluster id
+//! - tree `sm`: the state machine, see [`state_machine`] for its key prefixes
+//! - `<data_dir>/snapshots/`: the latest snapshot file
+//!
+//! What is flushed when (sled writes to its page cache until flushed):
+//! - an appended batch of log entries is reported durable to openraft only
+//!   after a flush that covers it. One flusher thread flushes once for every
+//!   append that queued up while the previous flush ran (group commit), so
+//!   concurrent writes share fsyncs;
+//! - a vote is flushed before `save_vote` returns;
+//! - a truncation is flushed before it returns;
+//! - applying entries is not flushed by itself: applied state is recovered by
+//!   re-applying the durable log. The next log flush persists it anyway, and
+//!   a snapshot flushes before the log below it can be purged;
+//! - a snapshot file is fsynced (with its directory) before it is used.
+//!
+//! A failed write or flush is fatal: it is logged with the data directory and
+//! returned to openraft, which stops the node; nothing is acknowledged.
+
+mod log;
+mod snapshot;
+pub mod state_machine;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use log::{FlushStats, LogStore};
+pub use state_machine::{KvReader, StateMachine, WatchFeed};
+
+use crate::raft::NodeId;
+
+const NODE_ID_KEY: &[u8] = b"node_id";
+const CLUSTER_ID_KEY: &[u8] = b"cluster_id";
+
+/// Failure to open or use the data directory. Always fatal for the node.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open data directory {path}: {source}")]
+    Open { path: PathBuf, source: sled::Error },
+    #[error("data directory {path} is corrupted: {detail}")]
+    Corrupted { path: PathBuf, detail: String },
+    #[error("I/O on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("sled on {path}: {source}")]
+    Sled { path: PathBuf, source: sled::Error },
+}
+
+/// Tuning for the store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// sled's page cache, in bytes. Small by default: the working set of a
+    /// key-value store this size is the log tail and hot keys.
+    pub cache_bytes: u64,
+    /// How many revisions of change history Watch can replay.
+    pub history_revisions: u64,
+    /// How long the outcome of a request id is remembered, in milliseconds.
+    pub dedup_window_ms: u64,
+    /// Capacity of the live change feed for watchers.
+    pub watch_buffer: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            cache_bytes: 8 * 1024 * 1024,
+            history_revisions: 10_000,
+            dedup_window_ms: 10 * 60 * 1000,
+            watch_buffer: 1024,
+        }
+    }
+}
+
+/// An opened data directory: the parts openraft takes over, and the handle
+/// the node keeps to the rest.
+pub struct Store {
+    pub node_id: NodeId,
+    pub log: LogStore,
+    pub state_machine: StateMachine,
+    pub meta: Meta,
+}
+
+impl Store {
+    /// Opens (or creates) the data directory. An empty directory gets a fresh
+    /// random node id, stored before anything else.
+    pub fn open(data_dir: &Path, options: &StoreOptions) -> Result<Store, StoreError> {
+        let path = data_dir.to_path_buf();
+        let db_path = path.join("db");
+        std::fs::create_dir_all(&path).map_err(|source| StoreError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let db = sled::Config::new()
+            .path(&db_path)
+            .cache_capacity(options.cache_bytes)
+            .flush_every_ms(None)
+            .open()
+            .map_err(|source| match source {
+                sled::Error::Corruption { .. } | sled::Error::Unsupported(_) => {
+                    StoreError::Corrupted {
+                        path: db_path.clone(),
+                        detail: source.to_string(),
+                    }
+                }
+                source => StoreError::Open {
+                    path: db_path.clone(),
+                    source,
+                },
+            })?;
+        let sled_err = |source| StoreError::Sled {
+            path: db_path.clone(),
+            source,
+        };
+        let raft_tree = db.open_tree("raft").map_err(sled_err)?;
+        let node_id = match raft_tree.get(NODE_ID_KEY).map_err(sled_err)? {
+            Some(bytes) => decode_u64(&bytes).ok_or_else(|| StoreError::Corrupted {
+                path: db_path.clone(),
+                detail: "node id is not 8 bytes".into(),
+            })?,
+            None => {
+                // Never 0, so an id printed anywhere is obviously assigned.
+                let id = (rand::random::<u64>() >> 1) | 1;
+                raft_tree
+                    .insert(NODE_ID_KEY, &id.to_be_bytes())
+                    .map_err(sled_err)?;
+                db.flush().map_err(sled_err)?;
+                id
+            }
+        };
+        let shared = Arc::new(Shared {
+            db: db.clone(),
+            path: path.clone(),
+        });
+        let log = LogStore::open(shared.clone(), raft_tree.clone()).map_err(sled_err)?;
+        let state_machine =
+            StateMachine::open(shared, options).map_err(|detail| StoreError::Corrupted {
+                path: db_path.clone(),
+                detail,
+            })?;
+        Ok(Store {
+            node_id,
+            log,
+            state_machine,
+            meta: Meta {
+                db,
+                raft_tree,
+                path,
+            },
+        })
+    }
+}
+
+/// The node's handle on its data directory once openraft owns the log and
+/// the state machine.
+#[derive(Clone)]
+pub struct Meta {
+    db: sled::Db,
+    raft_tree: sled::Tree,
+    path: PathBuf,
+}
+
+impl Meta {
+    /// The cluster this data belongs to, once the node founded or joined one.
+    pub fn cluster_id(&self) -> Result<Option<String>, StoreError> {
+        let value = self
+            .raft_tree
+            .get(CLUSTER_ID_KEY)
+            .map_err(|e| self.sled_err(e))?;
+        Ok(value.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Records (durably) the cluster this data belongs to.
+    pub fn set_cluster_id(&self, cluster_id: &str) -> Result<(), StoreError> {
+        self.raft_tree
+            .insert(CLUSTER_ID_KEY, cluster_id.as_bytes())
+            .map_err(|e| self.sled_err(e))?;
+        self.db.flush().map_err(|e| self.sled_err(e))?;
+        Ok(())
+    }
+
+    /// Bytes sled uses on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn sled_err(&self, source: sled::Error) -> StoreError {
+        StoreError::Sled {
+            path: self.path.clone(),
+            source,
+        }
+    }
+}
+
+/// What the log and the state machine share: the database and where it is.
+struct Shared {
+    db: sled::Db,
+    path: PathBuf,
+}
+
+impl Shared {
+    fn io_error(&self, what: &str, err: impl std::fmt::Display) -> std::io::Error {
+        tracing::error!(path = %self.path.display(), "{what} failed: {err}");
+        std::io::Error::other(format!("{what} on {}: {err}", self.path.display()))
+    }
+}
+
+fn decode_u64(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes.try_into().ok()?))
+}

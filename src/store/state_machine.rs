@@ -1,0 +1,723 @@
+//! The replicated state machine: keys with their revisions, the change
+//! history that Watch replays, and remembered request outcomes.
+//!
+//! Everything lives in one sled tree; a key's first byte says what it is:
+//! - `k` + key → the value and its revision counters
+//! - `h` + revision → the change made at that revision (Watch history)
+//! - `d` + request id → the outcome of that request (deduplication)
+//! - `e` + proposed-at ms + log index → request id (when to forget it)
+//! - `a` → last applied log id, `m` → last membership, `c` → highest
+//!   revision compacted out of the history
+//!
+//! Each log entry is applied as one atomic sled batch that includes the new
+//! applied log id, so the tree always reflects a prefix of the log. Expiring
+//! history and request ids happens inside that same per-entry step, driven
+//! only by the entry itself: every replica forgets exactly the same things.
+//!
+//! Installing a snapshot fills a fresh tree and then switches a pointer to
+//! it, so a crash mid-install leaves the old state intact.
+
+use std::sync::{Arc, RwLock};
+
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, OptionalSend, RaftLogId, RaftSnapshotBuilder, StorageIOError};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use super::snapshot::{self, SnapshotDir};
+use super::{Shared, StoreOptions};
+use crate::error::Error;
+use crate::raft::{
+    Command, Entry, KeyValue, LogId, Op, Outcome, Snapshot, SnapshotMeta, StorageError,
+    StoredMembership, TypeConfig,
+};
+
+const KEY: u8 = b'k';
+const HISTORY: u8 = b'h';
+const DEDUP: u8 = b'd';
+const EXPIRY: u8 = b'e';
+const APPLIED: &[u8] = b"a";
+const MEMBERSHIP: &[u8] = b"m";
+const COMPACTED: &[u8] = b"c";
+const POINTER_TREE: &str = "sm_current";
+const POINTER_KEY: &[u8] = b"tree";
+/// Most old history entries or request ids one log entry expires: enough to
+/// keep up (each entry adds at most one of each), small enough to bound work.
+const EXPIRE_PER_ENTRY: usize = 16;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredValue {
+    value: Vec<u8>,
+    create_revision: u64,
+    mod_revision: u64,
+    version: u64,
+}
+
+/// One change, as Watch reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    pub revision: u64,
+    /// For a delete: the key with an empty value.
+    pub kv: KeyValue,
+    pub deleted: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Remembered {
+    outcome: Outcome,
+}
+
+/// What watchers receive live.
+#[derive(Debug, Clone)]
+pub enum FeedItem {
+    Change(Arc<Change>),
+    /// The state was replaced by a snapshot: history before this revision
+    /// may be missing, so watchers must start over.
+    Reset {
+        revision: u64,
+    },
+}
+
+/// The live change feed.
+#[derive(Clone)]
+pub struct WatchFeed {
+    tx: broadcast::Sender<FeedItem>,
+    capacity: usize,
+}
+
+impl WatchFeed {
+    pub fn subscribe(&self) -> broadcast::Receiver<FeedItem> {
+        self.tx.subscribe()
+    }
+
+    /// How many changes a watcher may fall behind before it is cancelled.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+/// Read access for Get, Scan and Watch. Follows the state machine across
+/// snapshot installs.
+#[derive(Clone)]
+pub struct KvReader {
+    current: Arc<RwLock<sled::Tree>>,
+}
+
+/// A key range for Scan: `[start, end)` intersected with `prefix`.
+#[derive(Debug, Clone, Default)]
+pub struct ScanRange {
+    pub prefix: Vec<u8>,
+    pub start: Vec<u8>,
+    pub end: Option<Vec<u8>>,
+}
+
+/// One page of a scan.
+#[derive(Debug)]
+pub struct ScanPage {
+    pub kvs: Vec<KeyValue>,
+    /// The first key of the next page, when there is one.
+    pub next_key: Option<Vec<u8>>,
+}
+
+impl KvReader {
+    fn tree(&self) -> sled::Tree {
+        self.current.read().expect("state machine lock").clone()
+    }
+
+    pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, Error> {
+        let tree = self.tree();
+        read_kv(&tree, key).map_err(storage)
+    }
+
+    /// The index of the last applied log entry: the revision reads are at.
+    pub fn applied_index(&self) -> Result<u64, Error> {
+        let applied: Option<Option<LogId>> = read_value(&self.tree(), APPLIED).map_err(storage)?;
+        Ok(applied.flatten().map(|id| id.index).unwrap_or(0))
+    }
+
+    /// One page of keys in `range`: at most `limit` keys, and no more once
+    /// `max_bytes` of keys and values are collected.
+    pub fn scan(
+        &self,
+        range: &ScanRange,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<ScanPage, Error> {
+        let mut lower = vec![KEY];
+        lower.extend_from_slice(std::cmp::max(&range.start, &range.prefix));
+        let prefix_end = prefix_successor(&[&[KEY][..], &range.prefix].concat());
+        let upper = match &range.end {
+            Some(end) => std::cmp::min([&[KEY][..], end].concat(), prefix_end),
+            None => prefix_end,
+        };
+        let mut kvs = Vec::new();
+        let mut next_key = None;
+        let mut bytes_so_far = 0;
+        if lower < upper {
+            for item in self.tree().range(lower..upper) {
+                let (raw_key, bytes) = item.map_err(|e| storage(&e))?;
+                if kvs.len() == limit || bytes_so_far >= max_bytes {
+                    next_key = Some(raw_key[1..].to_vec());
+                    break;
+                }
+                bytes_so_far += raw_key.len() + bytes.len();
+                kvs.push(decode_kv(&raw_key[1..], &bytes).map_err(storage)?);
+            }
+        }
+        Ok(ScanPage { kvs, next_key })
+    }
+
+    /// Changes under `prefix` from revision `from` on, oldest first.
+    pub fn history(&self, prefix: &[u8], from: u64) -> Result<Vec<Change>, Error> {
+        let tree = self.tree();
+        let compacted: u64 = read_value(&tree, COMPACTED).map_err(storage)?.unwrap_or(0);
+        if from <= compacted {
+            return Err(Error::Compacted {
+                requested: from,
+                oldest: compacted + 1,
+            });
+        }
+        let mut changes = Vec::new();
+        for item in tree.range(history_key(from).as_slice()..[HISTORY + 1].as_slice()) {
+            let (_, bytes) = item.map_err(|e| storage(&e))?;
+            let change: Change = postcard::from_bytes(&bytes).map_err(storage)?;
+            if change.kv.key.starts_with(prefix) {
+                changes.push(change);
+            }
+        }
+        Ok(changes)
+    }
+}
+
+/// The state machine openraft drives.
+pub struct StateMachine {
+    shared: Arc<Shared>,
+    current: Arc<RwLock<sled::Tree>>,
+    pointer: sled::Tree,
+    snapshots: SnapshotDir,
+    history_revisions: u64,
+    dedup_window_ms: u64,
+    feed: WatchFeed,
+    /// The temporary file a snapshot is being received into.
+    receiving: Option<std::path::PathBuf>,
+}
+
+impl StateMachine {
+    pub(super) fn open(
+        shared: Arc<Shared>,
+        options: &StoreOptions,
+    ) -> Result<StateMachine, String> {
+        let pointer = shared
+            .db
+            .open_tree(POINTER_TREE)
+            .map_err(|e| e.to_string())?;
+        let name = match pointer.get(POINTER_KEY).map_err(|e| e.to_string())? {
+            Some(name) => name.to_vec(),
+            None => b"sm".to_vec(),
+        };
+        let tree = shared.db.open_tree(name).map_err(|e| e.to_string())?;
+        let snapshots =
+            SnapshotDir::open(shared.path.join("snapshots")).map_err(|e| e.to_string())?;
+        let (tx, _) = broadcast::channel(options.watch_buffer);
+        Ok(StateMachine {
+            shared,
+            current: Arc::new(RwLock::new(tree)),
+            pointer,
+            snapshots,
+            history_revisions: options.history_revisions,
+            dedup_window_ms: options.dedup_window_ms,
+            feed: WatchFeed {
+                tx,
+                capacity: options.watch_buffer,
+            },
+            receiving: None,
+        })
+    }
+
+    pub fn reader(&self) -> KvReader {
+        KvReader {
+            current: self.current.clone(),
+        }
+    }
+
+    pub fn feed(&self) -> WatchFeed {
+        self.feed.clone()
+    }
+
+    fn tree(&self) -> sled::Tree {
+        self.current.read().expect("state machine lock").clone()
+    }
+
+    /// Applies one command at `revision` into `batch`, reading the state as
+    /// of the previous entry.
+    fn execute(
+        &self,
+        tree: &sled::Tree,
+        batch: &mut sled::Batch,
+        command: &Command,
+        revision: u64,
+    ) -> Result<(Outcome, Option<Change>), StorageError> {
+        let dedup_key = [&[DEDUP][..], &command.request_id].concat();
+        if let Some(remembered) = read_value::<Remembered>(tree, &dedup_key).map_err(read_err)? {
+            return Ok((remembered.outcome, None));
+        }
+        let (outcome, change) = match &command.op {
+            Op::Put { key, value } => {
+                let prev = read_kv(tree, key).map_err(read_err)?;
+                let change = write_kv(batch, key, value, prev.as_ref(), revision)?;
+                (Outcome::Put { revision, prev }, Some(change))
+            }
+            Op::Delete { key } => {
+                let prev = read_kv(tree, key).map_err(read_err)?;
+                let change = prev.as_ref().map(|p| delete_kv(batch, p, revision));
+                (Outcome::Deleted { revision, prev }, change)
+            }
+            Op::CompareAndSwap { key, expected, new } => {
+                let current = read_kv(tree, key).map_err(read_err)?;
+                let matches = match (expected, &current) {
+                    (None, None) => true,
+                    (Some(expected), Some(current)) => *expected == current.value,
+                    _ => false,
+                };
+                match (matches, new, &current) {
+                    (false, _, _) => (Outcome::CompareFailed { current }, None),
+                    (true, Some(value), _) => {
+                        let change = write_kv(batch, key, value, current.as_ref(), revision)?;
+                        (Outcome::Swapped { revision }, Some(change))
+                    }
+                    (true, None, Some(prev)) => {
+                        let change = delete_kv(batch, prev, revision);
+                        (Outcome::Swapped { revision }, Some(change))
+                    }
+                    (true, None, None) => (Outcome::Swapped { revision }, None),
+                }
+            }
+            Op::Increment { key, delta } => {
+                let prev = read_kv(tree, key).map_err(read_err)?;
+                let current = match &prev {
+                    None => Some(0),
+                    Some(kv) => parse_counter(&kv.value),
+                };
+                match current {
+                    None => {
+                        let current = prev.map(|kv| kv.value).unwrap_or_default();
+                        (Outcome::NotAnInteger { current }, None)
+                    }
+                    Some(current) => match current.checked_add(*delta) {
+                        None => (Outcome::Overflow { current }, None),
+                        Some(value) => {
+                            let bytes = value.to_string().into_bytes();
+                            let change = write_kv(batch, key, &bytes, prev.as_ref(), revision)?;
+                            (Outcome::Incremented { revision, value }, Some(change))
+                        }
+                    },
+                }
+            }
+        };
+        batch.insert(
+            dedup_key,
+            encode(&Remembered {
+                outcome: outcome.clone(),
+            })?,
+        );
+        batch.insert(
+            &expiry_key(command.proposed_at_ms, revision),
+            command.request_id.clone(),
+        );
+        self.expire_request_ids(tree, batch, command.proposed_at_ms)?;
+        Ok((outcome, change))
+    }
+
+    /// Forgets request ids proposed more than the dedup window before `now_ms`.
+    fn expire_request_ids(
+        &self,
+        tree: &sled::Tree,
+        batch: &mut sled::Batch,
+        now_ms: u64,
+    ) -> Result<(), StorageError> {
+        let cutoff = now_ms.saturating_sub(self.dedup_window_ms);
+        let end = expiry_key(cutoff, 0);
+        for item in tree
+            .range([EXPIRY].as_slice()..end.as_slice())
+            .take(EXPIRE_PER_ENTRY)
+        {
+            let (key, request_id) = item.map_err(read_err)?;
+            batch.remove(key);
+            batch.remove([&[DEDUP][..], &request_id].concat());
+        }
+        Ok(())
+    }
+
+    /// Drops history older than the retained window, and records how far.
+    fn compact_history(
+        &self,
+        tree: &sled::Tree,
+        batch: &mut sled::Batch,
+        revision: u64,
+    ) -> Result<(), StorageError> {
+        let cutoff = revision.saturating_sub(self.history_revisions);
+        if cutoff == 0 {
+            return Ok(());
+        }
+        let mut highest = None;
+        for key in tree
+            .range([HISTORY].as_slice()..history_key(cutoff).as_slice())
+            .keys()
+            .take(EXPIRE_PER_ENTRY)
+        {
+            let key = key.map_err(read_err)?;
+            highest = Some(u64::from_be_bytes(
+                key[1..9].try_into().expect("history key"),
+            ));
+            batch.remove(key);
+        }
+        if let Some(highest) = highest {
+            batch.insert(COMPACTED, encode(&highest)?);
+        }
+        Ok(())
+    }
+
+    /// Writes the whole tree to a new current snapshot file.
+    fn dump(&self) -> std::io::Result<()> {
+        let tree = self.tree();
+        let applied: Option<LogId> = read_value::<Option<LogId>>(&tree, APPLIED)
+            .map_err(std::io::Error::other)?
+            .flatten();
+        let membership: StoredMembership = read_value(&tree, MEMBERSHIP)
+            .map_err(std::io::Error::other)?
+            .unwrap_or_default();
+        let meta = SnapshotMeta {
+            last_log_id: applied,
+            last_membership: membership,
+            snapshot_id: format!(
+                "{}-{:08x}",
+                applied.map(|id| id.index).unwrap_or(0),
+                rand::random::<u32>()
+            ),
+        };
+        let records = tree.iter().map(|item| {
+            item.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                .map_err(std::io::Error::other)
+        });
+        self.snapshots.write(&meta, records)?;
+        // The state machine must be durable at least up to the snapshot
+        // before openraft purges the log below it.
+        self.shared.db.flush()?;
+        Ok(())
+    }
+
+    fn current_snapshot(&self) -> std::io::Result<Option<Snapshot>> {
+        let Some(meta) = self.snapshots.current_meta()? else {
+            return Ok(None);
+        };
+        let file = std::fs::File::open(self.snapshots.current_path())?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
+        }))
+    }
+
+    /// Replaces the state with a verified snapshot file's records.
+    fn install(&mut self, meta: &SnapshotMeta, path: std::path::PathBuf) -> std::io::Result<()> {
+        let mut file = std::fs::File::open(&path)?;
+        let file_meta = snapshot::verify(&mut file)?;
+        if file_meta.last_log_id != meta.last_log_id {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "snapshot file is at {:?}, expected {:?}",
+                    file_meta.last_log_id, meta.last_log_id
+                ),
+            ));
+        }
+        let name = format!(
+            "sm-{}-{:08x}",
+            meta.last_log_id.map(|id| id.index).unwrap_or(0),
+            rand::random::<u32>()
+        );
+        let fresh = self
+            .shared
+            .db
+            .open_tree(&name)
+            .map_err(std::io::Error::other)?;
+        let mut batch = sled::Batch::default();
+        let mut pending = 0;
+        for record in snapshot::records(&mut file)? {
+            let (key, value) = record?;
+            batch.insert(key, value);
+            pending += 1;
+            if pending == 10_000 {
+                fresh
+                    .apply_batch(std::mem::take(&mut batch))
+                    .map_err(std::io::Error::other)?;
+                pending = 0;
+            }
+        }
+        batch.insert(
+            APPLIED,
+            encode(&meta.last_log_id).map_err(std::io::Error::other)?,
+        );
+        batch.insert(
+            MEMBERSHIP,
+            encode(&meta.last_membership).map_err(std::io::Error::other)?,
+        );
+        fresh.apply_batch(batch).map_err(std::io::Error::other)?;
+        self.shared.db.flush()?;
+        self.pointer
+            .insert(POINTER_KEY, name.as_bytes())
+            .map_err(std::io::Error::other)?;
+        self.shared.db.flush()?;
+        let old = std::mem::replace(
+            &mut *self.current.write().expect("state machine lock"),
+            fresh,
+        );
+        self.shared
+            .db
+            .drop_tree(old.name())
+            .map_err(std::io::Error::other)?;
+        self.snapshots.adopt(path)?;
+        let revision = meta.last_log_id.map(|id| id.index).unwrap_or(0);
+        let _ = self.feed.tx.send(FeedItem::Reset { revision });
+        Ok(())
+    }
+}
+
+/// Snapshots are written when the builder is made, while the state machine
+/// is not applying, so the file is one consistent point in the log.
+pub struct SnapshotBuilder {
+    written: std::io::Result<Option<Snapshot>>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let written = std::mem::replace(&mut self.written, Ok(None));
+        match written {
+            Ok(Some(snapshot)) => Ok(snapshot),
+            Ok(None) => Err(StorageIOError::write_snapshot(
+                None,
+                &std::io::Error::other("snapshot already taken"),
+            )
+            .into()),
+            Err(e) => Err(StorageIOError::write_snapshot(None, &e).into()),
+        }
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let tree = self.tree();
+        let applied = read_value::<Option<LogId>>(&tree, APPLIED)
+            .map_err(read_err)?
+            .flatten();
+        let membership = read_value(&tree, MEMBERSHIP)
+            .map_err(read_err)?
+            .unwrap_or_default();
+        Ok((applied, membership))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Outcome>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let tree = self.tree();
+        let mut outcomes = Vec::new();
+        let mut changes = Vec::new();
+        for entry in entries {
+            let log_id = *entry.get_log_id();
+            let revision = log_id.index;
+            let mut batch = sled::Batch::default();
+            let outcome = match entry.payload {
+                EntryPayload::Blank => Outcome::None,
+                EntryPayload::Membership(membership) => {
+                    batch.insert(
+                        MEMBERSHIP,
+                        encode(&StoredMembership::new(Some(log_id), membership))?,
+                    );
+                    Outcome::None
+                }
+                EntryPayload::Normal(command) => {
+                    let (outcome, change) = self.execute(&tree, &mut batch, &command, revision)?;
+                    if let Some(change) = change {
+                        batch.insert(history_key(revision).to_vec(), encode(&change)?);
+                        changes.push(change);
+                    }
+                    outcome
+                }
+            };
+            self.compact_history(&tree, &mut batch, revision)?;
+            batch.insert(APPLIED, encode(&Some(log_id))?);
+            tree.apply_batch(batch)
+                .map_err(|e| StorageIOError::apply(log_id, &self.shared.io_error("applying", e)))?;
+            outcomes.push(outcome);
+        }
+        for change in changes {
+            // No receivers is fine: nobody is watching.
+            let _ = self.feed.tx.send(FeedItem::Change(Arc::new(change)));
+        }
+        Ok(outcomes)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        let written = self.dump().and_then(|_| self.current_snapshot());
+        SnapshotBuilder { written }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let (path, file) = self
+            .snapshots
+            .temp_file()
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        if let Some(abandoned) = self.receiving.replace(path) {
+            let _ = std::fs::remove_file(abandoned);
+        }
+        Ok(Box::new(tokio::fs::File::from_std(file)))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError> {
+        let mut file = snapshot.into_std().await;
+        std::io::Write::flush(&mut file)
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        drop(file);
+        let path = self.receiving.take().ok_or_else(|| {
+            StorageIOError::write_snapshot(
+                Some(meta.signature()),
+                &std::io::Error::other("no snapshot is being received"),
+            )
+        })?;
+        self.install(meta, path).map_err(|e| {
+            tracing::error!(path = %self.shared.path.display(), "installing snapshot {} failed: {e}", meta.snapshot_id);
+            StorageIOError::write_snapshot(Some(meta.signature()), &e).into()
+        })
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        self.current_snapshot()
+            .map_err(|e| StorageIOError::read_snapshot(None, &e).into())
+    }
+}
+
+fn parse_counter(value: &[u8]) -> Option<i64> {
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+fn write_kv(
+    batch: &mut sled::Batch,
+    key: &[u8],
+    value: &[u8],
+    prev: Option<&KeyValue>,
+    revision: u64,
+) -> Result<Change, StorageError> {
+    let stored = StoredValue {
+        value: value.to_vec(),
+        create_revision: prev.map_or(revision, |p| p.create_revision),
+        mod_revision: revision,
+        version: prev.map_or(1, |p| p.version + 1),
+    };
+    batch.insert([&[KEY][..], key].concat(), encode(&stored)?);
+    Ok(Change {
+        revision,
+        kv: KeyValue {
+            key: key.to_vec(),
+            value: stored.value,
+            create_revision: stored.create_revision,
+            mod_revision: revision,
+            version: stored.version,
+        },
+        deleted: false,
+    })
+}
+
+fn delete_kv(batch: &mut sled::Batch, prev: &KeyValue, revision: u64) -> Change {
+    batch.remove([&[KEY][..], &prev.key].concat());
+    Change {
+        revision,
+        kv: KeyValue {
+            key: prev.key.clone(),
+            value: Vec::new(),
+            create_revision: prev.create_revision,
+            mod_revision: revision,
+            version: prev.version,
+        },
+        deleted: true,
+    }
+}
+
+fn read_kv(tree: &sled::Tree, key: &[u8]) -> Result<Option<KeyValue>, ReadError> {
+    match tree.get([&[KEY][..], key].concat())? {
+        None => Ok(None),
+        Some(bytes) => Ok(Some(decode_kv(key, &bytes)?)),
+    }
+}
+
+fn decode_kv(key: &[u8], bytes: &[u8]) -> Result<KeyValue, ReadError> {
+    let stored: StoredValue = postcard::from_bytes(bytes)?;
+    Ok(KeyValue {
+        key: key.to_vec(),
+        value: stored.value,
+        create_revision: stored.create_revision,
+        mod_revision: stored.mod_revision,
+        version: stored.version,
+    })
+}
+
+fn read_value<T: DeserializeOwned>(tree: &sled::Tree, key: &[u8]) -> Result<Option<T>, ReadError> {
+    match tree.get(key)? {
+        None => Ok(None),
+        Some(bytes) => Ok(Some(postcard::from_bytes(&bytes)?)),
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StorageError> {
+    postcard::to_stdvec(value).map_err(|e| StorageIOError::write_state_machine(&e).into())
+}
+
+fn history_key(revision: u64) -> [u8; 9] {
+    let mut key = [HISTORY; 9];
+    key[1..].copy_from_slice(&revision.to_be_bytes());
+    key
+}
+
+fn expiry_key(at_ms: u64, revision: u64) -> [u8; 17] {
+    let mut key = [EXPIRY; 17];
+    key[1..9].copy_from_slice(&at_ms.to_be_bytes());
+    key[9..].copy_from_slice(&revision.to_be_bytes());
+    key
+}
+
+/// The smallest key greater than every key that starts with `prefix`.
+fn prefix_successor(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![u8::MAX; prefix.len() + 1]
+}
+
+/// A state machine read failed: the tree is unreadable or holds bytes this
+/// version cannot decode.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("undecodable record: {0}")]
+    Decode(#[from] postcard::Error),
+}
+
+fn read_err<E: std::error::Error + 'static>(e: E) -> StorageError {
+    StorageIOError::read_state_machine(&e).into()
+}
+
+fn storage(e: impl std::fmt::Display) -> Error {
+    Error::Storage(e.to_string())
+}
