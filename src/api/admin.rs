@@ -58,6 +58,7 @@ impl proto::admin_server::Admin for AdminService {
                 last_log_index: metrics.last_log_index.unwrap_or(0),
                 applied_index: metrics.last_applied.map_or(0, |l| l.index),
                 snapshot_index: metrics.snapshot.map_or(0, |l| l.index),
+                purged_index: metrics.purged.map_or(0, |l| l.index),
                 members,
             }))
         })

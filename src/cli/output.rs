@@ -95,7 +95,8 @@ pub fn status(status: &StatusResponse, as_json: bool) {
                 "role": status.role, "term": status.term,
                 "leader_id": status.leader_id, "leader_name": status.leader_name,
                 "last_log_index": status.last_log_index, "applied_index": status.applied_index,
-                "snapshot_index": status.snapshot_index, "members": members,
+                "snapshot_index": status.snapshot_index, "purged_index": status.purged_index,
+                "members": members,
             })
         );
         return;
@@ -113,8 +114,8 @@ pub fn status(status: &StatusResponse, as_json: bool) {
     println!("term        {}", status.term);
     println!("leader      {leader}");
     println!(
-        "log         last {}  applied {}  snapshot {}",
-        status.last_log_index, status.applied_index, status.snapshot_index
+        "log         last {}  applied {}  snapshot {}  purged {}",
+        status.last_log_index, status.applied_index, status.snapshot_index, status.purged_index
     );
     println!();
     println!(

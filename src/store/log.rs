@@ -36,8 +36,25 @@ pub struct LogStore {
     shared: Arc<Shared>,
     log: sled::Tree,
     raft: sled::Tree,
-    flush_queue: mpsc::Sender<PendingFlush>,
+    flusher: Arc<Flusher>,
     stats: Arc<FlushStats>,
+}
+
+/// The flusher thread and the queue into it. Dropping the last handle
+/// closes the queue and waits for the thread, so the database is closed
+/// once every `LogStore` is gone (and can be reopened at once).
+struct Flusher {
+    queue: Option<mpsc::Sender<PendingFlush>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        self.queue.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// An appended batch waiting for the flush that makes it durable.
@@ -50,10 +67,10 @@ impl LogStore {
     pub(super) fn open(shared: Arc<Shared>, raft: sled::Tree) -> sled::Result<LogStore> {
         let log = shared.db.open_tree("log")?;
         let stats = Arc::new(FlushStats::default());
-        let (flush_queue, pending) = mpsc::channel();
+        let (queue, pending) = mpsc::channel();
         let flusher_shared = shared.clone();
         let flusher_stats = stats.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("raftset-log-flush".into())
             .spawn(move || run_flusher(&flusher_shared, &flusher_stats, pending))
             .expect("spawning the log flusher thread");
@@ -61,7 +78,10 @@ impl LogStore {
             shared,
             log,
             raft,
-            flush_queue,
+            flusher: Arc::new(Flusher {
+                queue: Some(queue),
+                thread: Some(thread),
+            }),
             stats,
         })
     }
@@ -217,7 +237,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         })?;
         match last_index {
             Some(last_index) => self
-                .flush_queue
+                .flusher
+                .queue
+                .as_ref()
+                .expect("the queue lives as long as the flusher")
                 .send(PendingFlush {
                     last_index,
                     done: callback,

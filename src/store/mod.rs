@@ -219,3 +219,6 @@ impl Shared {
 fn decode_u64(bytes: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(bytes.try_into().ok()?))
 }
+
+#[cfg(test)]
+mod tests;

@@ -77,10 +77,12 @@ impl SnapshotDir {
         self.publish(path, file)
     }
 
-    /// Makes a received file, already checked with [`verify`], the current
-    /// snapshot, durably.
-    pub fn adopt(&self, path: PathBuf) -> io::Result<()> {
-        let file = File::options().write(true).open(&path)?;
+    /// Copies a received snapshot, already checked with [`verify`], into
+    /// this directory as the current one, durably.
+    pub fn install_copy(&self, received: &mut File) -> io::Result<()> {
+        let (path, mut file) = self.temp_file()?;
+        received.seek(SeekFrom::Start(0))?;
+        io::copy(received, &mut file)?;
         self.publish(path, file)
     }
 

@@ -418,9 +418,9 @@ impl StateMachine {
         }))
     }
 
-    /// Replaces the state with a verified snapshot file's records.
-    fn install(&mut self, meta: &SnapshotMeta, path: std::path::PathBuf) -> std::io::Result<()> {
-        let mut file = std::fs::File::open(&path)?;
+    /// Replaces the state with a snapshot file's records, once the whole
+    /// file checked out.
+    fn install(&mut self, meta: &SnapshotMeta, mut file: std::fs::File) -> std::io::Result<()> {
         let file_meta = snapshot::verify(&mut file)?;
         if file_meta.last_log_id != meta.last_log_id {
             return Err(std::io::Error::new(
@@ -476,7 +476,7 @@ impl StateMachine {
             .db
             .drop_tree(old.name())
             .map_err(std::io::Error::other)?;
-        self.snapshots.adopt(path)?;
+        self.snapshots.install_copy(&mut file)?;
         let revision = meta.last_log_id.map(|id| id.index).unwrap_or(0);
         let _ = self.feed.tx.send(FeedItem::Reset { revision });
         Ok(())
@@ -582,17 +582,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
-        let mut file = snapshot.into_std().await;
-        std::io::Write::flush(&mut file)
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
-        drop(file);
-        let path = self.receiving.take().ok_or_else(|| {
-            StorageIOError::write_snapshot(
-                Some(meta.signature()),
-                &std::io::Error::other("no snapshot is being received"),
-            )
-        })?;
-        self.install(meta, path).map_err(|e| {
+        // tokio may still hold buffered writes: into_std() waits for them.
+        let file = snapshot.into_std().await;
+        let installed = self.install(meta, file);
+        if let Some(received) = self.receiving.take() {
+            let _ = std::fs::remove_file(received);
+        }
+        installed.map_err(|e| {
             tracing::error!(path = %self.shared.path.display(), "installing snapshot {} failed: {e}", meta.snapshot_id);
             StorageIOError::write_snapshot(Some(meta.signature()), &e).into()
         })

@@ -1,0 +1,513 @@
+//! Storage tests: openraft's conformance suite, the state machine's
+//! semantics, snapshots, and reopening a data directory.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+
+use openraft::storage::{RaftLogStorage, RaftStateMachine};
+use openraft::testing::{StoreBuilder, Suite};
+use openraft::{CommittedLeaderId, EntryPayload, RaftLogReader, RaftSnapshotBuilder};
+
+use super::state_machine::{FeedItem, ScanRange};
+use super::*;
+use crate::error::Error;
+use crate::raft::{Command, Entry, LogId, Op, Outcome, TypeConfig};
+
+struct Builder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, LogStore, StateMachine), crate::raft::StorageError> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(dir.path(), &StoreOptions::default()).expect("open store");
+        Ok((dir, store.log, store.state_machine))
+    }
+}
+
+#[test]
+fn openraft_storage_conformance_suite() {
+    Suite::test_all(Builder).expect("openraft's storage suite");
+}
+
+fn log_id(index: u64) -> LogId {
+    LogId::new(CommittedLeaderId::new(1, 0), index)
+}
+
+fn entry(index: u64, id: &str, at_ms: u64, op: Op) -> Entry {
+    Entry {
+        log_id: log_id(index),
+        payload: EntryPayload::Normal(Command {
+            request_id: id.as_bytes().to_vec(),
+            proposed_at_ms: at_ms,
+            op,
+        }),
+    }
+}
+
+fn put(key: &str, value: &str) -> Op {
+    Op::Put {
+        key: key.into(),
+        value: value.into(),
+    }
+}
+
+fn open(dir: &std::path::Path, options: StoreOptions) -> Store {
+    Store::open(dir, &options).expect("open store")
+}
+
+/// Applies ops one per entry from `first_index` on; returns their outcomes.
+async fn apply(sm: &mut StateMachine, first_index: u64, ops: Vec<Op>) -> Vec<Outcome> {
+    let entries = ops
+        .into_iter()
+        .enumerate()
+        .map(|(i, op)| {
+            let index = first_index + i as u64;
+            entry(index, &format!("req-{index}"), 1_000, op)
+        })
+        .collect::<Vec<_>>();
+    sm.apply(entries).await.expect("apply")
+}
+
+#[tokio::test]
+async fn puts_count_versions_and_keep_the_create_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), StoreOptions::default());
+    let reader = store.state_machine.reader();
+    let outcomes = apply(
+        &mut store.state_machine,
+        1,
+        vec![put("a", "1"), put("a", "2")],
+    )
+    .await;
+    assert_eq!(
+        outcomes[0],
+        Outcome::Put {
+            revision: 1,
+            prev: None
+        }
+    );
+    let kv = reader.get(b"a").unwrap().unwrap();
+    assert_eq!(
+        (
+            kv.value.as_slice(),
+            kv.create_revision,
+            kv.mod_revision,
+            kv.version
+        ),
+        (&b"2"[..], 1, 2, 2)
+    );
+    assert!(matches!(&outcomes[1], Outcome::Put { revision: 2, prev: Some(p) } if p.value == b"1"));
+    assert_eq!(reader.applied_index().unwrap(), 2);
+
+    let outcomes = apply(
+        &mut store.state_machine,
+        3,
+        vec![
+            Op::Delete { key: "a".into() },
+            Op::Delete { key: "a".into() },
+        ],
+    )
+    .await;
+    assert!(matches!(
+        &outcomes[0],
+        Outcome::Deleted {
+            revision: 3,
+            prev: Some(_)
+        }
+    ));
+    assert_eq!(
+        outcomes[1],
+        Outcome::Deleted {
+            revision: 4,
+            prev: None
+        }
+    );
+    assert_eq!(reader.get(b"a").unwrap(), None);
+}
+
+#[tokio::test]
+async fn compare_and_swap_succeeds_only_on_the_expected_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), StoreOptions::default());
+    let reader = store.state_machine.reader();
+    let cas = |expected: Option<&str>, new: Option<&str>| Op::CompareAndSwap {
+        key: "k".into(),
+        expected: expected.map(Into::into),
+        new: new.map(Into::into),
+    };
+    let outcomes = apply(
+        &mut store.state_machine,
+        1,
+        vec![
+            cas(None, Some("a")),      // absent as expected: swapped
+            cas(None, Some("b")),      // present now: lost
+            cas(Some("x"), Some("b")), // wrong value: lost
+            cas(Some("a"), Some("b")), // right value: swapped
+            cas(Some("b"), None),      // delete through CAS
+        ],
+    )
+    .await;
+    assert_eq!(outcomes[0], Outcome::Swapped { revision: 1 });
+    assert!(
+        matches!(&outcomes[1], Outcome::CompareFailed { current: Some(kv) } if kv.value == b"a")
+    );
+    assert!(
+        matches!(&outcomes[2], Outcome::CompareFailed { current: Some(kv) } if kv.value == b"a")
+    );
+    assert_eq!(outcomes[3], Outcome::Swapped { revision: 4 });
+    assert_eq!(outcomes[4], Outcome::Swapped { revision: 5 });
+    assert_eq!(reader.get(b"k").unwrap(), None);
+    let outcomes = apply(&mut store.state_machine, 6, vec![cas(Some("b"), Some("c"))]).await;
+    assert_eq!(outcomes[0], Outcome::CompareFailed { current: None });
+}
+
+#[tokio::test]
+async fn increments_are_results_never_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), StoreOptions::default());
+    let reader = store.state_machine.reader();
+    let inc = |key: &str, delta| Op::Increment {
+        key: key.into(),
+        delta,
+    };
+    let outcomes = apply(
+        &mut store.state_machine,
+        1,
+        vec![
+            inc("n", 5),
+            inc("n", -7),
+            put("s", "abc"),
+            inc("s", 1),
+            put("m", &i64::MAX.to_string()),
+            inc("m", 1),
+        ],
+    )
+    .await;
+    assert_eq!(
+        outcomes[0],
+        Outcome::Incremented {
+            revision: 1,
+            value: 5
+        }
+    );
+    assert_eq!(
+        outcomes[1],
+        Outcome::Incremented {
+            revision: 2,
+            value: -2
+        }
+    );
+    assert_eq!(
+        outcomes[3],
+        Outcome::NotAnInteger {
+            current: b"abc".to_vec()
+        }
+    );
+    assert_eq!(outcomes[5], Outcome::Overflow { current: i64::MAX });
+    assert_eq!(reader.get(b"n").unwrap().unwrap().value, b"-2");
+    assert_eq!(
+        reader.get(b"s").unwrap().unwrap().value,
+        b"abc",
+        "a refused increment changes nothing"
+    );
+    assert_eq!(
+        reader.get(b"m").unwrap().unwrap().value,
+        i64::MAX.to_string().as_bytes()
+    );
+}
+
+#[tokio::test]
+async fn a_repeated_request_id_returns_the_first_outcome_until_it_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions {
+        dedup_window_ms: 10_000,
+        ..StoreOptions::default()
+    };
+    let mut store = open(dir.path(), options);
+    let reader = store.state_machine.reader();
+    let inc = Op::Increment {
+        key: "visits".into(),
+        delta: 1,
+    };
+    let first = store
+        .state_machine
+        .apply([entry(1, "visit-1", 1_000, inc.clone())])
+        .await
+        .unwrap();
+    let again = store
+        .state_machine
+        .apply([entry(2, "visit-1", 2_000, inc.clone())])
+        .await
+        .unwrap();
+    assert_eq!(first, again);
+    assert_eq!(
+        reader.get(b"visits").unwrap().unwrap().value,
+        b"1",
+        "the retry did not count twice"
+    );
+
+    // A later entry, past the window, makes every replica forget the id.
+    store
+        .state_machine
+        .apply([entry(3, "other", 20_000, put("x", "y"))])
+        .await
+        .unwrap();
+    let after = store
+        .state_machine
+        .apply([entry(4, "visit-1", 21_000, inc)])
+        .await
+        .unwrap();
+    assert_eq!(
+        after,
+        vec![Outcome::Incremented {
+            revision: 4,
+            value: 2
+        }]
+    );
+}
+
+#[tokio::test]
+async fn history_replays_changes_and_reports_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions {
+        history_revisions: 5,
+        ..StoreOptions::default()
+    };
+    let mut store = open(dir.path(), options);
+    let reader = store.state_machine.reader();
+    let mut feed = store.state_machine.feed().subscribe();
+    let ops = (1..=20)
+        .map(|i| put(if i % 2 == 0 { "even" } else { "odd" }, &i.to_string()))
+        .collect();
+    apply(&mut store.state_machine, 1, ops).await;
+
+    let changes = reader.history(b"ev", 16).unwrap();
+    assert_eq!(
+        changes.iter().map(|c| c.revision).collect::<Vec<_>>(),
+        vec![16, 18, 20]
+    );
+    match reader.history(b"", 1) {
+        Err(Error::Compacted {
+            requested: 1,
+            oldest,
+        }) => assert!(oldest > 1 && oldest <= 16, "oldest {oldest}"),
+        other => panic!("expected Compacted, got {other:?}"),
+    }
+    match feed.recv().await.unwrap() {
+        FeedItem::Change(change) => assert_eq!(change.revision, 1),
+        other => panic!("expected a change, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn scan_pages_by_prefix_range_limit_and_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), StoreOptions::default());
+    let reader = store.state_machine.reader();
+    let ops = ["a/1", "a/2", "a/3", "b/1", "a\u{7f}"]
+        .iter()
+        .map(|k| put(k, "v"))
+        .collect();
+    apply(&mut store.state_machine, 1, ops).await;
+    let keys = |page: &state_machine::ScanPage| {
+        page.kvs
+            .iter()
+            .map(|kv| String::from_utf8(kv.key.clone()).unwrap())
+            .collect::<Vec<_>>()
+    };
+
+    let prefix = ScanRange {
+        prefix: b"a/".to_vec(),
+        ..Default::default()
+    };
+    let page = reader.scan(&prefix, 2, usize::MAX).unwrap();
+    assert_eq!(keys(&page), ["a/1", "a/2"]);
+    assert_eq!(page.next_key.as_deref(), Some(&b"a/3"[..]));
+    let rest = ScanRange {
+        start: page.next_key.unwrap(),
+        ..prefix.clone()
+    };
+    let page = reader.scan(&rest, 2, usize::MAX).unwrap();
+    assert_eq!(keys(&page), ["a/3"]);
+    assert_eq!(page.next_key, None);
+
+    let range = ScanRange {
+        start: b"a/2".to_vec(),
+        end: Some(b"b".to_vec()),
+        ..Default::default()
+    };
+    assert_eq!(
+        keys(&reader.scan(&range, 10, usize::MAX).unwrap()),
+        ["a/2", "a/3", "a\u{7f}"]
+    );
+    let everything = ScanRange::default();
+    assert_eq!(
+        reader.scan(&everything, 10, usize::MAX).unwrap().kvs.len(),
+        5
+    );
+    let page = reader.scan(&everything, 10, 1).unwrap();
+    assert_eq!(
+        keys(&page),
+        ["a/1"],
+        "the byte budget stops the page after one key"
+    );
+    let empty = ScanRange {
+        start: b"z".to_vec(),
+        end: Some(b"a".to_vec()),
+        ..Default::default()
+    };
+    assert!(reader.scan(&empty, 10, usize::MAX).unwrap().kvs.is_empty());
+}
+
+#[tokio::test]
+async fn a_snapshot_moves_the_whole_state_and_a_corrupted_one_changes_nothing() {
+    let leader_dir = tempfile::tempdir().unwrap();
+    let mut leader = open(leader_dir.path(), StoreOptions::default());
+    apply(
+        &mut leader.state_machine,
+        1,
+        vec![put("a", "1"), put("b", "2"), Op::Delete { key: "a".into() }],
+    )
+    .await;
+    let snapshot = leader
+        .state_machine
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    assert_eq!(snapshot.meta.last_log_id, Some(log_id(3)));
+    let mut bytes = Vec::new();
+    let mut file = snapshot.snapshot.into_std().await;
+    file.read_to_end(&mut bytes).unwrap();
+
+    let follower_dir = tempfile::tempdir().unwrap();
+    let mut follower = open(follower_dir.path(), StoreOptions::default());
+    apply(&mut follower.state_machine, 1, vec![put("old", "x")]).await;
+    let reader = follower.state_machine.reader();
+
+    // Corrupt one byte in the middle: refused, the old state stays.
+    let mut corrupted = bytes.clone();
+    let middle = corrupted.len() / 2;
+    corrupted[middle] ^= 0xff;
+    let mut receiving = follower
+        .state_machine
+        .begin_receiving_snapshot()
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut *receiving, &corrupted)
+        .await
+        .unwrap();
+    assert!(follower
+        .state_machine
+        .install_snapshot(&snapshot.meta, receiving)
+        .await
+        .is_err());
+    assert_eq!(reader.get(b"old").unwrap().unwrap().value, b"x");
+
+    let mut receiving = follower
+        .state_machine
+        .begin_receiving_snapshot()
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut *receiving, &bytes)
+        .await
+        .unwrap();
+    follower
+        .state_machine
+        .install_snapshot(&snapshot.meta, receiving)
+        .await
+        .unwrap();
+    assert_eq!(reader.get(b"old").unwrap(), None);
+    assert_eq!(reader.get(b"a").unwrap(), None);
+    assert_eq!(reader.get(b"b").unwrap().unwrap().value, b"2");
+    assert_eq!(
+        follower.state_machine.applied_state().await.unwrap().0,
+        Some(log_id(3))
+    );
+
+    // The installed state and snapshot survive a restart.
+    drop((follower, reader));
+    let mut reopened = open(follower_dir.path(), StoreOptions::default());
+    assert_eq!(
+        reopened
+            .state_machine
+            .reader()
+            .get(b"b")
+            .unwrap()
+            .unwrap()
+            .value,
+        b"2"
+    );
+    let current = reopened
+        .state_machine
+        .get_current_snapshot()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(current.meta, snapshot.meta);
+}
+
+#[tokio::test]
+async fn a_reopened_directory_keeps_its_id_log_vote_and_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), StoreOptions::default());
+    let node_id = store.node_id;
+    store.meta.set_cluster_id("c1").unwrap();
+    let vote = crate::raft::Vote::new(3, node_id);
+    store.log.save_vote(&vote).await.unwrap();
+    apply(&mut store.state_machine, 1, vec![put("k", "v")]).await;
+    drop(store);
+
+    let mut store = open(dir.path(), StoreOptions::default());
+    assert_eq!(
+        store.node_id, node_id,
+        "the node id belongs to the data directory"
+    );
+    assert_eq!(store.meta.cluster_id().unwrap().as_deref(), Some("c1"));
+    assert_eq!(store.log.read_vote().await.unwrap(), Some(vote));
+    assert_eq!(
+        store
+            .state_machine
+            .reader()
+            .get(b"k")
+            .unwrap()
+            .unwrap()
+            .value,
+        b"v"
+    );
+    assert_eq!(
+        store.state_machine.applied_state().await.unwrap().0,
+        Some(log_id(1))
+    );
+    let fresh = tempfile::tempdir().unwrap();
+    assert_ne!(
+        open(fresh.path(), StoreOptions::default()).node_id,
+        node_id,
+        "an empty directory gets a new id"
+    );
+    let reader_entries = store.log.try_get_log_entries(0..10).await.unwrap();
+    assert!(reader_entries.is_empty());
+}
+
+#[test]
+fn a_corrupted_database_is_refused_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path(), StoreOptions::default()));
+    // Overwrite the database's files with garbage.
+    for entry in std::fs::read_dir(dir.path().join("db")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            let mut file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            file.seek(SeekFrom::Start(0)).unwrap();
+            file.write_all(&[0xAB; 4096]).unwrap();
+        }
+    }
+    let Err(err) = Store::open(dir.path(), &StoreOptions::default()) else {
+        panic!("a corrupted store must not open");
+    };
+    assert!(
+        err.to_string().contains(&dir.path().display().to_string()),
+        "{err}"
+    );
+}

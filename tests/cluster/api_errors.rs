@@ -1,0 +1,178 @@
+//! Every limit and error code of the client API, through a follower (so
+//! forwarding passes them on) and the leader.
+
+use raftset::limits::{MAX_KEY_LEN, MAX_SCAN_LIMIT, MAX_VALUE_LEN};
+use raftset::proto::kv_client::KvClient;
+use raftset::proto::{GetRequest, PutRequest, ScanRequest};
+use tonic::Code;
+
+use crate::support::Cluster;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_the_documented_codes_and_change_nothing() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    for node in [leader, (leader + 1) % 3] {
+        let mut client = cluster.client(node).await;
+        client.put(b"counter", b"not a number").await.unwrap();
+        let cases: Vec<(&str, Result<_, raftset::ClientError>, Code, &str)> = vec![
+            (
+                "empty key",
+                client.put(b"", b"v").await.map(|_| ()),
+                Code::InvalidArgument,
+                "key must not be empty",
+            ),
+            (
+                "key over 4 KiB",
+                client
+                    .put(&vec![b'k'; MAX_KEY_LEN + 1], b"v")
+                    .await
+                    .map(|_| ()),
+                Code::InvalidArgument,
+                "4096",
+            ),
+            (
+                "value over 1 MiB",
+                client
+                    .put(b"big", &vec![0; MAX_VALUE_LEN + 1])
+                    .await
+                    .map(|_| ()),
+                Code::InvalidArgument,
+                "1048576",
+            ),
+            (
+                "scan limit over the maximum",
+                client
+                    .scan(b"", b"", MAX_SCAN_LIMIT + 1, Default::default())
+                    .await
+                    .map(|_| ()),
+                Code::InvalidArgument,
+                "10000",
+            ),
+            (
+                "lost compare-and-swap",
+                client
+                    .compare_and_swap(b"counter", Some(b"other"), Some(b"x"))
+                    .await
+                    .map(|_| ()),
+                Code::FailedPrecondition,
+                "compare-and-swap failed",
+            ),
+            (
+                "expected absence of a present key",
+                client
+                    .compare_and_swap(b"counter", None, Some(b"x"))
+                    .await
+                    .map(|_| ()),
+                Code::FailedPrecondition,
+                "compare-and-swap failed",
+            ),
+            (
+                "incrementing a non-integer",
+                client.increment(b"counter", 1).await.map(|_| ()),
+                Code::FailedPrecondition,
+                "not a decimal integer",
+            ),
+            (
+                "empty key on get",
+                client.get(b"").await.map(|_| ()),
+                Code::InvalidArgument,
+                "key must not be empty",
+            ),
+        ];
+        for (case, result, code, message) in cases {
+            let err = result.expect_err(case);
+            assert_eq!(err.code(), code, "{case} via node {node}: {err}");
+            assert!(
+                err.to_string().contains(message),
+                "{case}: {err:?} should mention {message:?}"
+            );
+        }
+        assert_eq!(
+            client.get(b"counter").await.unwrap().unwrap().value,
+            b"not a number"
+        );
+        assert_eq!(client.get(b"big").await.unwrap(), None);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_messages_are_refused_and_the_node_keeps_serving() {
+    let cluster = Cluster::start(1).await;
+    let api = format!("http://{}", cluster.nodes[0].api());
+    let mut raw = KvClient::connect(api.clone())
+        .await
+        .unwrap()
+        .max_encoding_message_size(64 << 20);
+
+    let oversized = raw
+        .put(PutRequest {
+            key: b"k".to_vec().into(),
+            value: vec![0u8; 8 << 20].into(),
+            request_id: Default::default(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(oversized.code(), Code::OutOfRange, "{oversized}");
+
+    let bad_enum = raw
+        .get(GetRequest {
+            key: b"k".to_vec().into(),
+            consistency: 7,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_enum.code(), Code::InvalidArgument, "{bad_enum}");
+
+    let reused = {
+        let id = b"same-id".to_vec();
+        raw.put(PutRequest {
+            key: b"k".to_vec().into(),
+            value: b"v".to_vec().into(),
+            request_id: id.clone().into(),
+        })
+        .await
+        .unwrap();
+        let mut client = cluster.client(0).await;
+        let _ = client.get(b"k").await.unwrap();
+        raftset::proto::kv_client::KvClient::connect(api.clone())
+            .await
+            .unwrap()
+            .delete(raftset::proto::DeleteRequest {
+                key: b"k".to_vec().into(),
+                request_id: id.into(),
+            })
+            .await
+            .unwrap_err()
+    };
+    assert_eq!(reused.code(), Code::InvalidArgument, "{reused}");
+
+    // Garbage on the gRPC port: the connection fails, the server does not.
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(cluster.nodes[0].api())
+        .await
+        .unwrap();
+    stream
+        .write_all(b"\x00\xffnot http/2 at all\r\n\r\n")
+        .await
+        .unwrap();
+    drop(stream);
+    let mut stream = tokio::net::TcpStream::connect(cluster.nodes[0].peer())
+        .await
+        .unwrap();
+    stream
+        .write_all(&[0xde, 0xad, 0xbe, 0xef].repeat(1000))
+        .await
+        .unwrap();
+    drop(stream);
+
+    let page = raw
+        .scan(ScanRequest {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.kvs.len(), 1, "the node still serves and kept its data");
+}

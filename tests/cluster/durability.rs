@@ -1,0 +1,115 @@
+//! Acknowledged writes are durable: flushed before the acknowledgement, and
+//! present after every node is killed with SIGKILL.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use raftset::raft::{Op, Outcome};
+use raftset::{Config, Node};
+
+use crate::support::Cluster;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_kill_9_of_every_node() {
+    let mut cluster = Cluster::start(3).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for node in 0..3 {
+        let mut client = cluster
+            .client(node)
+            .await
+            .with_timeout(Duration::from_secs(5));
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("w{node}-{n}");
+                n += 1;
+                match client.put(key.as_bytes(), b"durable").await {
+                    Ok(_) => acked.push(key),
+                    Err(_) => break,
+                }
+            }
+            acked
+        }));
+    }
+    // Kill mid-load, once a fair number of writes were acknowledged.
+    let leader = cluster.leader().await;
+    cluster.wait_for_applied(leader, 300).await;
+    for node in 0..3 {
+        cluster.kill(node).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for writer in writers {
+        acked.extend(writer.await.unwrap());
+    }
+    assert!(
+        acked.len() >= 100,
+        "only {} writes were acknowledged",
+        acked.len()
+    );
+
+    for node in 0..3 {
+        cluster.restart(node);
+    }
+    cluster.leader().await;
+    let mut client = cluster.client(0).await;
+    for key in &acked {
+        let kv = client.get(key.as_bytes()).await.unwrap();
+        assert!(kv.is_some(), "acknowledged write {key} was lost");
+    }
+}
+
+/// One node is a whole cluster (pod 0 before anyone joins): each write must
+/// still be on disk before it is acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_node_cluster_acknowledges_only_flushed_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        name: "solo-0".into(),
+        data_dir: dir.path().to_path_buf(),
+        listen_api: "127.0.0.1:0".parse().unwrap(),
+        listen_peer: "127.0.0.1:0".parse().unwrap(),
+        listen_http: "127.0.0.1:0".parse().unwrap(),
+        ..Config::default()
+    };
+    let node = Node::start(config).await.unwrap();
+    node.ready(Duration::from_secs(30)).await.unwrap();
+    let mut writes = Vec::new();
+    for i in 0..64 {
+        let core = node.core().clone();
+        writes.push(tokio::spawn(async move {
+            let op = Op::Put {
+                key: format!("k{i}").into_bytes(),
+                value: b"v".to_vec(),
+            };
+            let outcome = core.write(op, None, None).await.expect("write");
+            // Read the durable mark the moment the write is acknowledged.
+            let durable = core.flush_stats.durable_index.load(Ordering::SeqCst);
+            (outcome, durable)
+        }));
+    }
+    let mut batched = 0;
+    for write in writes {
+        let (outcome, durable) = write.await.unwrap();
+        let Outcome::Put { revision, .. } = outcome else {
+            panic!("{outcome:?}")
+        };
+        assert!(
+            durable >= revision,
+            "write at index {revision} acknowledged with only {durable} flushed"
+        );
+        batched += 1;
+    }
+    assert_eq!(batched, 64);
+    let flushes = node.core().flush_stats.flushes.load(Ordering::Relaxed);
+    let appends = node.core().flush_stats.appends.load(Ordering::Relaxed);
+    assert!(
+        flushes <= appends,
+        "never more flushes than appends ({flushes} > {appends})"
+    );
+    node.shutdown().await;
+}

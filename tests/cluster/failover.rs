@@ -1,0 +1,121 @@
+//! Leader loss, restarts and catching up.
+
+use std::time::Duration;
+
+use raftset::client::Consistency;
+use tonic::Code;
+
+use crate::support::{wait_for, Cluster};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_continue_under_a_new_leader_after_the_leader_is_killed() {
+    let mut cluster = Cluster::start(3).await;
+    let old = cluster.leader().await;
+    cluster
+        .client(old)
+        .await
+        .put(b"before", b"1")
+        .await
+        .unwrap();
+    cluster.kill(old).await;
+
+    let new = cluster.leader().await;
+    assert_ne!(new, old);
+    for i in (0..3).filter(|i| *i != old) {
+        let mut client = cluster.client(i).await;
+        client
+            .put(format!("after-{i}").as_bytes(), b"2")
+            .await
+            .unwrap();
+        assert_eq!(client.get(b"before").await.unwrap().unwrap().value, b"1");
+    }
+
+    cluster.restart(old);
+    let leader_status = cluster.status(new).await.unwrap();
+    cluster
+        .wait_for_applied(old, leader_status.applied_index)
+        .await;
+    let mut client = cluster.client(old).await;
+    for i in (0..3).filter(|i| *i != old) {
+        let kv = client
+            .get_with(format!("after-{i}").as_bytes(), Consistency::Serializable)
+            .await
+            .unwrap();
+        assert!(kv.is_some(), "the restarted node has the writes it missed");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_node_catches_up_by_snapshot_when_restarted() {
+    let mut cluster = Cluster::start_with(3, &["--snapshot-entries", "20"]).await;
+    let leader = cluster.leader().await;
+    let away = (leader + 1) % 3;
+    let applied_before = cluster.status(away).await.unwrap().applied_index;
+    cluster.stop(away).await;
+
+    let mut client = cluster.client(leader).await;
+    for i in 0..150 {
+        client
+            .put(format!("k{i:03}").as_bytes(), format!("v{i}").as_bytes())
+            .await
+            .unwrap();
+    }
+    let status = wait_for("the leader to purge its log past the stopped node", || {
+        let cluster = &cluster;
+        async move {
+            let status = cluster.status(leader).await?;
+            if status.purged_index > applied_before {
+                Ok(status)
+            } else {
+                Err(format!(
+                    "purged {} applied_before {applied_before}",
+                    status.purged_index
+                ))
+            }
+        }
+    })
+    .await;
+
+    cluster.restart(away);
+    let caught_up = cluster.wait_for_applied(away, status.applied_index).await;
+    assert!(
+        caught_up.snapshot_index > applied_before,
+        "caught up through a snapshot: {caught_up:?}"
+    );
+    let page = cluster
+        .client(away)
+        .await
+        .scan(b"k", b"", 1000, Consistency::Serializable)
+        .await
+        .unwrap();
+    assert_eq!(page.kvs.len(), 150);
+    assert_eq!(page.kvs[149].value, b"v149");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_quorum_writes_and_reads_fail_fast_with_unavailable() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    for i in (0..3).filter(|i| *i != leader) {
+        cluster.kill(i).await;
+    }
+    let client = cluster
+        .client(leader)
+        .await
+        .with_timeout(Duration::from_secs(60));
+    // A write proposed just before the leader noticed may end "unknown"
+    // (DEADLINE_EXCEEDED); once it noticed, nothing is proposed.
+    let error = wait_for("a write refused for lack of quorum", || {
+        let mut client = client.clone();
+        async move {
+            match client.put(b"k", b"v").await {
+                Err(e) if e.code() == Code::Unavailable => Ok(e),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+    assert!(error.to_string().contains("quorum"), "{error}");
+    let read = client.clone().get(b"k").await.unwrap_err();
+    assert_eq!(read.code(), Code::Unavailable, "{read}");
+}

@@ -1,0 +1,11 @@
+//! Multi-node tests against real `raftset serve` processes. One binary, so
+//! the crate links once; every scenario builds on `support`.
+
+mod support;
+
+mod api_errors;
+mod consistency;
+mod durability;
+mod failover;
+mod http_endpoints;
+mod watch;
