@@ -15,9 +15,12 @@ pub const DEFAULT_SCAN_LIMIT: u32 = 1_000;
 /// Largest client message: one maximal key and value plus framing.
 pub const MAX_CLIENT_MESSAGE: usize = MAX_KEY_LEN + MAX_VALUE_LEN + 64 * 1024;
 /// Most entries in one AppendEntries message.
-pub const MAX_ENTRIES_PER_APPEND: u64 = 64;
-/// Largest peer message: a full batch of maximal entries, or a snapshot chunk.
-pub const MAX_PEER_MESSAGE: usize = MAX_ENTRIES_PER_APPEND as usize * MAX_CLIENT_MESSAGE;
+pub const MAX_ENTRIES_PER_APPEND: u64 = 32;
+/// Largest log entry: a full batch of writes plus one maximal write
+/// ([`crate::raft::proposer::MAX_BATCH_BYTES`]).
+pub const MAX_ENTRY: usize = 1024 * 1024 + MAX_CLIENT_MESSAGE;
+/// Largest peer message: a full AppendEntries of maximal entries.
+pub const MAX_PEER_MESSAGE: usize = MAX_ENTRIES_PER_APPEND as usize * MAX_ENTRY + 1024 * 1024;
 /// Snapshot chunk size when catching a follower up.
 pub const SNAPSHOT_CHUNK: u64 = 1024 * 1024;
 /// A Scan page stops growing past this many bytes of keys and values (it

@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::raft::network::{NetworkFactory, PeerClients};
+use crate::raft::proposer::Proposer;
 use crate::raft::{ClusterId, Member, NodeId, Raft, RaftMetrics};
 use crate::store::{FlushStats, KvReader, Meta, Store, StoreError, WatchFeed};
 
@@ -52,6 +53,8 @@ pub struct NodeCore {
     pub peers: PeerClients,
     /// Bounds the writes waiting to commit on this node.
     pub proposals: Arc<Semaphore>,
+    /// Batches this node's proposals while it leads.
+    pub proposer: Proposer,
     pub metrics: Metrics,
     pub flush_stats: Arc<FlushStats>,
     /// Bounds the open Watch streams.
@@ -183,6 +186,7 @@ impl Node {
                 http_addr: config.http_addr(),
             },
             proposals: Arc::new(Semaphore::new(config.max_pending_proposals)),
+            proposer: Proposer::start(raft.clone()),
             config,
             raft,
             cluster_id,

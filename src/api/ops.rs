@@ -9,15 +9,16 @@
 //! one that provably was never proposed (no leader, no quorum, overload) as
 //! safe to retry.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::RaftError;
 use tokio::time::{timeout_at, Instant};
 
 use super::validate;
 use crate::error::{status_says_nothing_proposed, Error, Result};
 use crate::node::NodeCore;
 use crate::raft::network::decode;
+use crate::raft::proposer::ProposeError;
 use crate::raft::{Command, KeyValue, Member, Op, Outcome};
 use crate::store::state_machine::{ScanPage, ScanRange};
 
@@ -57,7 +58,6 @@ impl NodeCore {
         validate::op(&op)?;
         let command = Command {
             request_id: request_id.unwrap_or_else(new_request_id),
-            proposed_at_ms: 0,
             op,
         };
         let deadline = self.deadline(timeout);
@@ -101,7 +101,7 @@ impl NodeCore {
     /// writes and for writes forwarded by followers.
     pub(crate) async fn propose_as_leader(
         &self,
-        mut command: Command,
+        command: Command,
         deadline: Instant,
     ) -> Result<Outcome, Attempt> {
         if let Some(millis) = self.millis_without_quorum() {
@@ -112,24 +112,20 @@ impl NodeCore {
                 limit: self.config.max_pending_proposals,
             }));
         };
-        command.proposed_at_ms = now_ms();
-        match timeout_at(deadline, self.raft.client_write(command)).await {
+        match timeout_at(deadline, self.proposer.propose(command)).await {
             Err(_) => Err(Attempt::Fail(Error::OutcomeUnknown {
                 reason: format!(
                     "not committed within {} ms (is a quorum reachable?)",
                     self.config.proposal_timeout_ms
                 ),
             })),
-            Ok(Ok(response)) => Ok(response.data),
+            Ok(Ok(outcome)) => Ok(outcome),
             // Leadership moved, possibly after the entry was appended.
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
-                Err(Attempt::Retry {
-                    proposed: true,
-                    why: Error::NoLeader,
-                })
-            }
-            Ok(Err(RaftError::APIError(e))) => Err(Attempt::Fail(Error::Raft(e.to_string()))),
-            Ok(Err(RaftError::Fatal(e))) => Err(Attempt::Fail(Error::Raft(e.to_string()))),
+            Ok(Err(ProposeError::NotLeader)) => Err(Attempt::Retry {
+                proposed: true,
+                why: Error::NoLeader,
+            }),
+            Ok(Err(ProposeError::Raft(e))) => Err(Attempt::Fail(Error::Raft(e))),
         }
     }
 
@@ -234,7 +230,7 @@ impl NodeCore {
     ) -> Result<(Option<KeyValue>, u64)> {
         validate::key("key", key)?;
         self.barrier(consistency, timeout).await?;
-        let revision = self.reader.applied_index()?;
+        let revision = self.reader.revision()?;
         Ok((self.reader.get(key)?, revision))
     }
 
@@ -252,7 +248,7 @@ impl NodeCore {
         }
         let limit = validate::scan_limit(limit)?;
         self.barrier(consistency, timeout).await?;
-        let revision = self.reader.applied_index()?;
+        let revision = self.reader.revision()?;
         Ok((
             self.reader
                 .scan(range, limit as usize, crate::limits::MAX_SCAN_BYTES)?,
@@ -316,12 +312,6 @@ fn remaining(deadline: Instant) -> Duration {
     deadline
         .saturating_duration_since(Instant::now())
         .max(Duration::from_millis(1))
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// 16 random bytes: unique enough that two requests never share one.

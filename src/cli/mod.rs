@@ -3,6 +3,7 @@
 //! node over gRPC. Human-readable output by default, `--json` for scripts;
 //! a failure prints one line and exits non-zero.
 
+mod bench;
 mod local;
 mod output;
 
@@ -84,6 +85,8 @@ pub enum Command {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Load a cluster and report throughput and latency.
+    Bench(bench::BenchArgs),
 }
 
 /// How client commands reach a node.
@@ -184,6 +187,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status { conn } => {
             let status = conn.connect().await?.status().await?;
             output::status(&status, conn.json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(args) => {
+            bench::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }
     }

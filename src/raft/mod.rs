@@ -9,6 +9,7 @@
 //! reason.
 
 pub mod network;
+pub mod proposer;
 pub mod service;
 
 use std::fmt;
@@ -19,8 +20,8 @@ use serde::{Deserialize, Serialize};
 openraft::declare_raft_types!(
     /// raftset's Raft types.
     pub TypeConfig:
-        D = Command,
-        R = Outcome,
+        D = Proposal,
+        R = Vec<Outcome>,
         NodeId = NodeId,
         Node = Member,
         Entry = openraft::Entry<TypeConfig>,
@@ -58,15 +59,36 @@ impl fmt::Display for Member {
     }
 }
 
-/// A client write, as it is stored in the log.
+/// What one log entry carries: the client writes a leader proposed
+/// together, so that one append and one flush serve them all.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// The leader's wall clock in milliseconds; expires remembered ids.
+    pub proposed_at_ms: u64,
+    pub commands: Vec<Command>,
+}
+
+/// One client write.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Command {
     /// Deduplicates retries: a command whose id was already applied returns
     /// the first outcome again and changes nothing.
     pub request_id: RequestId,
-    /// The proposer's wall clock in milliseconds; expires remembered ids.
-    pub proposed_at_ms: u64,
     pub op: Op,
+}
+
+impl Command {
+    /// Roughly how many bytes the command adds to a log entry.
+    pub fn size(&self) -> usize {
+        let payload = match &self.op {
+            Op::Put { key, value } => key.len() + value.len(),
+            Op::Delete { key } | Op::Increment { key, .. } => key.len(),
+            Op::CompareAndSwap { key, expected, new } => {
+                key.len() + expected.as_ref().map_or(0, Vec::len) + new.as_ref().map_or(0, Vec::len)
+            }
+        };
+        payload + self.request_id.len() + 16
+    }
 }
 
 /// A client-chosen (or node-chosen) request id, 1 to 64 bytes.
@@ -106,11 +128,8 @@ pub struct KeyValue {
 
 /// What applying a command did. Expected refusals (a lost compare-and-swap,
 /// a non-integer counter) are outcomes too: applying never fails.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
-    /// Blank and membership entries.
-    #[default]
-    None,
     Put {
         revision: u64,
         prev: Option<KeyValue>,

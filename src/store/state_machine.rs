@@ -5,14 +5,18 @@
 //! - `k` + key → the value and its revision counters
 //! - `h` + revision → the change made at that revision (Watch history)
 //! - `d` + request id → the outcome of that request (deduplication)
-//! - `e` + proposed-at ms + log index → request id (when to forget it)
-//! - `a` → last applied log id, `m` → last membership, `c` → highest
-//!   revision compacted out of the history
+//! - `e` + proposed-at ms + request id → nothing (when to forget the id)
+//! - `r` → the current revision, `a` → last applied log id, `m` → last
+//!   membership, `c` → highest revision compacted out of the history
 //!
-//! Each log entry is applied as one atomic sled batch that includes the new
-//! applied log id, so the tree always reflects a prefix of the log. Expiring
-//! history and request ids happens inside that same per-entry step, driven
-//! only by the entry itself: every replica forgets exactly the same things.
+//! A log entry carries a batch of commands. Each command that changes a key
+//! takes the next revision; each is applied as one atomic sled batch with
+//! its remembered outcome, and the entry's applied log id follows last. A
+//! crash halfway through an entry leaves the applied log id behind, so the
+//! entry is applied again, and the remembered request ids make the commands
+//! that already took effect change nothing the second time. Expiring
+//! history and request ids happens inside each command's step, driven only
+//! by the command itself: every replica forgets exactly the same things.
 //!
 //! Installing a snapshot fills a fresh tree and then switches a pointer to
 //! it, so a crash mid-install leaves the old state intact.
@@ -40,6 +44,7 @@ const EXPIRY: u8 = b'e';
 const APPLIED: &[u8] = b"a";
 const MEMBERSHIP: &[u8] = b"m";
 const COMPACTED: &[u8] = b"c";
+const REVISION: &[u8] = b"r";
 const POINTER_TREE: &str = "sm_current";
 const POINTER_KEY: &[u8] = b"tree";
 /// Most old history entries or request ids one log entry expires: enough to
@@ -130,10 +135,9 @@ impl KvReader {
         read_kv(&tree, key).map_err(storage)
     }
 
-    /// The index of the last applied log entry: the revision reads are at.
-    pub fn applied_index(&self) -> Result<u64, Error> {
-        let applied: Option<Option<LogId>> = read_value(&self.tree(), APPLIED).map_err(storage)?;
-        Ok(applied.flatten().map(|id| id.index).unwrap_or(0))
+    /// The revision of the last applied change: the revision reads are at.
+    pub fn revision(&self) -> Result<u64, Error> {
+        read_revision(&self.tree()).map_err(storage)
     }
 
     /// One page of keys in `range`: at most `limit` keys, and no more once
@@ -249,83 +253,119 @@ impl StateMachine {
         self.current.read().expect("state machine lock").clone()
     }
 
-    /// Applies one command at `revision` into `batch`, reading the state as
-    /// of the previous entry.
+    /// Applies one command as one atomic sled batch: its effect, its
+    /// remembered outcome, the revision counter and its history record. A
+    /// command whose request id is remembered changes nothing; that is also
+    /// what makes re-applying a half-applied entry after a crash safe.
     fn execute(
         &self,
         tree: &sled::Tree,
-        batch: &mut sled::Batch,
         command: &Command,
-        revision: u64,
+        proposed_at_ms: u64,
+        revision: &mut u64,
     ) -> Result<(Outcome, Option<Change>), StorageError> {
         let dedup_key = [&[DEDUP][..], &command.request_id].concat();
         if let Some(remembered) = read_value::<Remembered>(tree, &dedup_key).map_err(read_err)? {
             return Ok((remembered.outcome, None));
         }
+        let mut batch = sled::Batch::default();
+        let (current, next) = (*revision, *revision + 1);
         let (outcome, change) = match &command.op {
             Op::Put { key, value } => {
                 let prev = read_kv(tree, key).map_err(read_err)?;
-                let change = write_kv(batch, key, value, prev.as_ref(), revision)?;
-                (Outcome::Put { revision, prev }, Some(change))
+                let change = write_kv(&mut batch, key, value, prev.as_ref(), next)?;
+                (
+                    Outcome::Put {
+                        revision: next,
+                        prev,
+                    },
+                    Some(change),
+                )
             }
-            Op::Delete { key } => {
-                let prev = read_kv(tree, key).map_err(read_err)?;
-                let change = prev.as_ref().map(|p| delete_kv(batch, p, revision));
-                (Outcome::Deleted { revision, prev }, change)
-            }
+            Op::Delete { key } => match read_kv(tree, key).map_err(read_err)? {
+                Some(prev) => {
+                    let change = delete_kv(&mut batch, &prev, next);
+                    (
+                        Outcome::Deleted {
+                            revision: next,
+                            prev: Some(prev),
+                        },
+                        Some(change),
+                    )
+                }
+                None => (
+                    Outcome::Deleted {
+                        revision: current,
+                        prev: None,
+                    },
+                    None,
+                ),
+            },
             Op::CompareAndSwap { key, expected, new } => {
-                let current = read_kv(tree, key).map_err(read_err)?;
-                let matches = match (expected, &current) {
+                let found = read_kv(tree, key).map_err(read_err)?;
+                let matches = match (expected, &found) {
                     (None, None) => true,
-                    (Some(expected), Some(current)) => *expected == current.value,
+                    (Some(expected), Some(found)) => *expected == found.value,
                     _ => false,
                 };
-                match (matches, new, &current) {
-                    (false, _, _) => (Outcome::CompareFailed { current }, None),
+                match (matches, new, &found) {
+                    (false, _, _) => (Outcome::CompareFailed { current: found }, None),
                     (true, Some(value), _) => {
-                        let change = write_kv(batch, key, value, current.as_ref(), revision)?;
-                        (Outcome::Swapped { revision }, Some(change))
+                        let change = write_kv(&mut batch, key, value, found.as_ref(), next)?;
+                        (Outcome::Swapped { revision: next }, Some(change))
                     }
                     (true, None, Some(prev)) => {
-                        let change = delete_kv(batch, prev, revision);
-                        (Outcome::Swapped { revision }, Some(change))
+                        let change = delete_kv(&mut batch, prev, next);
+                        (Outcome::Swapped { revision: next }, Some(change))
                     }
-                    (true, None, None) => (Outcome::Swapped { revision }, None),
+                    (true, None, None) => (Outcome::Swapped { revision: current }, None),
                 }
             }
             Op::Increment { key, delta } => {
                 let prev = read_kv(tree, key).map_err(read_err)?;
-                let current = match &prev {
+                let counter = match &prev {
                     None => Some(0),
                     Some(kv) => parse_counter(&kv.value),
                 };
-                match current {
+                match counter {
                     None => {
-                        let current = prev.map(|kv| kv.value).unwrap_or_default();
-                        (Outcome::NotAnInteger { current }, None)
+                        let found = prev.map(|kv| kv.value).unwrap_or_default();
+                        (Outcome::NotAnInteger { current: found }, None)
                     }
-                    Some(current) => match current.checked_add(*delta) {
-                        None => (Outcome::Overflow { current }, None),
+                    Some(counter) => match counter.checked_add(*delta) {
+                        None => (Outcome::Overflow { current: counter }, None),
                         Some(value) => {
                             let bytes = value.to_string().into_bytes();
-                            let change = write_kv(batch, key, &bytes, prev.as_ref(), revision)?;
-                            (Outcome::Incremented { revision, value }, Some(change))
+                            let change = write_kv(&mut batch, key, &bytes, prev.as_ref(), next)?;
+                            (
+                                Outcome::Incremented {
+                                    revision: next,
+                                    value,
+                                },
+                                Some(change),
+                            )
                         }
                     },
                 }
             }
         };
+        if let Some(change) = &change {
+            *revision = next;
+            batch.insert(REVISION, encode(&next)?);
+            batch.insert(history_key(next).to_vec(), encode(change)?);
+            self.compact_history(tree, &mut batch, next)?;
+        }
         batch.insert(
             dedup_key,
             encode(&Remembered {
                 outcome: outcome.clone(),
             })?,
         );
-        batch.insert(
-            &expiry_key(command.proposed_at_ms, revision),
-            command.request_id.clone(),
-        );
-        self.expire_request_ids(tree, batch, command.proposed_at_ms)?;
+        batch.insert(expiry_key(proposed_at_ms, &command.request_id), Vec::new());
+        self.expire_request_ids(tree, &mut batch, proposed_at_ms)?;
+        tree.apply_batch(batch).map_err(|e| {
+            StorageIOError::write_state_machine(&self.shared.io_error("applying", e))
+        })?;
         Ok((outcome, change))
     }
 
@@ -337,14 +377,14 @@ impl StateMachine {
         now_ms: u64,
     ) -> Result<(), StorageError> {
         let cutoff = now_ms.saturating_sub(self.dedup_window_ms);
-        let end = expiry_key(cutoff, 0);
+        let end = expiry_key(cutoff, &[]);
         for item in tree
             .range([EXPIRY].as_slice()..end.as_slice())
             .take(EXPIRE_PER_ENTRY)
         {
-            let (key, request_id) = item.map_err(read_err)?;
+            let (key, _) = item.map_err(read_err)?;
+            batch.remove([&[DEDUP][..], &key[9..]].concat());
             batch.remove(key);
-            batch.remove([&[DEDUP][..], &request_id].concat());
         }
         Ok(())
     }
@@ -518,41 +558,40 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((applied, membership))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Outcome>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<Outcome>>, StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         let tree = self.tree();
+        let mut revision = read_revision(&tree).map_err(read_err)?;
         let mut outcomes = Vec::new();
         let mut changes = Vec::new();
         for entry in entries {
             let log_id = *entry.get_log_id();
-            let revision = log_id.index;
             let mut batch = sled::Batch::default();
-            let outcome = match entry.payload {
-                EntryPayload::Blank => Outcome::None,
+            let mut entry_outcomes = Vec::new();
+            match entry.payload {
+                EntryPayload::Blank => {}
                 EntryPayload::Membership(membership) => {
                     batch.insert(
                         MEMBERSHIP,
                         encode(&StoredMembership::new(Some(log_id), membership))?,
                     );
-                    Outcome::None
                 }
-                EntryPayload::Normal(command) => {
-                    let (outcome, change) = self.execute(&tree, &mut batch, &command, revision)?;
-                    if let Some(change) = change {
-                        batch.insert(history_key(revision).to_vec(), encode(&change)?);
-                        changes.push(change);
+                EntryPayload::Normal(proposal) => {
+                    for command in &proposal.commands {
+                        let (outcome, change) =
+                            self.execute(&tree, command, proposal.proposed_at_ms, &mut revision)?;
+                        changes.extend(change);
+                        entry_outcomes.push(outcome);
                     }
-                    outcome
                 }
-            };
-            self.compact_history(&tree, &mut batch, revision)?;
+            }
             batch.insert(APPLIED, encode(&Some(log_id))?);
             tree.apply_batch(batch)
                 .map_err(|e| StorageIOError::apply(log_id, &self.shared.io_error("applying", e)))?;
-            outcomes.push(outcome);
+            outcomes.push(entry_outcomes);
         }
         for change in changes {
             // No receivers is fine: nobody is watching.
@@ -671,6 +710,10 @@ fn read_value<T: DeserializeOwned>(tree: &sled::Tree, key: &[u8]) -> Result<Opti
     }
 }
 
+fn read_revision(tree: &sled::Tree) -> Result<u64, ReadError> {
+    Ok(read_value(tree, REVISION)?.unwrap_or(0))
+}
+
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StorageError> {
     postcard::to_stdvec(value).map_err(|e| StorageIOError::write_state_machine(&e).into())
 }
@@ -681,11 +724,8 @@ fn history_key(revision: u64) -> [u8; 9] {
     key
 }
 
-fn expiry_key(at_ms: u64, revision: u64) -> [u8; 17] {
-    let mut key = [EXPIRY; 17];
-    key[1..9].copy_from_slice(&at_ms.to_be_bytes());
-    key[9..].copy_from_slice(&revision.to_be_bytes());
-    key
+fn expiry_key(at_ms: u64, request_id: &[u8]) -> Vec<u8> {
+    [&[EXPIRY][..], &at_ms.to_be_bytes(), request_id].concat()
 }
 
 /// The smallest key greater than every key that starts with `prefix`.

@@ -10,7 +10,7 @@ use openraft::{CommittedLeaderId, EntryPayload, RaftLogReader, RaftSnapshotBuild
 use super::state_machine::{FeedItem, ScanRange};
 use super::*;
 use crate::error::Error;
-use crate::raft::{Command, Entry, LogId, Op, Outcome, TypeConfig};
+use crate::raft::{Command, Entry, LogId, Op, Outcome, Proposal, TypeConfig};
 
 struct Builder;
 
@@ -36,10 +36,12 @@ fn log_id(index: u64) -> LogId {
 fn entry(index: u64, id: &str, at_ms: u64, op: Op) -> Entry {
     Entry {
         log_id: log_id(index),
-        payload: EntryPayload::Normal(Command {
-            request_id: id.as_bytes().to_vec(),
+        payload: EntryPayload::Normal(Proposal {
             proposed_at_ms: at_ms,
-            op,
+            commands: vec![Command {
+                request_id: id.as_bytes().to_vec(),
+                op,
+            }],
         }),
     }
 }
@@ -65,7 +67,7 @@ async fn apply(sm: &mut StateMachine, first_index: u64, ops: Vec<Op>) -> Vec<Out
             entry(index, &format!("req-{index}"), 1_000, op)
         })
         .collect::<Vec<_>>();
-    sm.apply(entries).await.expect("apply")
+    sm.apply(entries).await.expect("apply").concat()
 }
 
 #[tokio::test]
@@ -97,7 +99,7 @@ async fn puts_count_versions_and_keep_the_create_revision() {
         (&b"2"[..], 1, 2, 2)
     );
     assert!(matches!(&outcomes[1], Outcome::Put { revision: 2, prev: Some(p) } if p.value == b"1"));
-    assert_eq!(reader.applied_index().unwrap(), 2);
+    assert_eq!(reader.revision().unwrap(), 2);
 
     let outcomes = apply(
         &mut store.state_machine,
@@ -118,7 +120,7 @@ async fn puts_count_versions_and_keep_the_create_revision() {
     assert_eq!(
         outcomes[1],
         Outcome::Deleted {
-            revision: 4,
+            revision: 3,
             prev: None
         }
     );
@@ -154,8 +156,12 @@ async fn compare_and_swap_succeeds_only_on_the_expected_state() {
     assert!(
         matches!(&outcomes[2], Outcome::CompareFailed { current: Some(kv) } if kv.value == b"a")
     );
-    assert_eq!(outcomes[3], Outcome::Swapped { revision: 4 });
-    assert_eq!(outcomes[4], Outcome::Swapped { revision: 5 });
+    assert_eq!(
+        outcomes[3],
+        Outcome::Swapped { revision: 2 },
+        "lost swaps take no revision"
+    );
+    assert_eq!(outcomes[4], Outcome::Swapped { revision: 3 });
     assert_eq!(reader.get(b"k").unwrap(), None);
     let outcomes = apply(&mut store.state_machine, 6, vec![cas(Some("b"), Some("c"))]).await;
     assert_eq!(outcomes[0], Outcome::CompareFailed { current: None });
@@ -259,10 +265,10 @@ async fn a_repeated_request_id_returns_the_first_outcome_until_it_expires() {
         .unwrap();
     assert_eq!(
         after,
-        vec![Outcome::Incremented {
-            revision: 4,
+        vec![vec![Outcome::Incremented {
+            revision: 3,
             value: 2
-        }]
+        }]]
     );
 }
 
@@ -510,4 +516,53 @@ fn a_corrupted_database_is_refused_with_its_path() {
         err.to_string().contains(&dir.path().display().to_string()),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn commands_in_one_entry_apply_in_order_and_reapplying_the_entry_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), StoreOptions::default());
+    let reader = store.state_machine.reader();
+    let command = |id: &str, op: Op| Command {
+        request_id: id.as_bytes().to_vec(),
+        op,
+    };
+    let inc = Op::Increment {
+        key: "visits".into(),
+        delta: 1,
+    };
+    let batch = Entry {
+        log_id: log_id(1),
+        payload: EntryPayload::Normal(Proposal {
+            proposed_at_ms: 1_000,
+            commands: vec![
+                command("a", inc.clone()),
+                command("b", inc),
+                command("c", put("x", "y")),
+            ],
+        }),
+    };
+    let first = store.state_machine.apply([batch.clone()]).await.unwrap();
+    assert_eq!(
+        first,
+        vec![vec![
+            Outcome::Incremented {
+                revision: 1,
+                value: 1
+            },
+            Outcome::Incremented {
+                revision: 2,
+                value: 2
+            },
+            Outcome::Put {
+                revision: 3,
+                prev: None
+            },
+        ]]
+    );
+    // As after a crash between the commands and the entry's applied mark.
+    let again = store.state_machine.apply([batch]).await.unwrap();
+    assert_eq!(first, again);
+    assert_eq!(reader.get(b"visits").unwrap().unwrap().value, b"2");
+    assert_eq!(reader.revision().unwrap(), 3);
 }

@@ -1,0 +1,125 @@
+//! `raftset bench`: a closed-loop load generator. It keeps `--in-flight`
+//! requests outstanding against the given endpoints for `--seconds`, then
+//! prints throughput and latency percentiles.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Args, ValueEnum};
+use serde_json::json;
+
+use crate::client::{Client, Consistency};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Workload {
+    /// Durable writes of distinct keys.
+    Put,
+    /// Linearizable reads of one key.
+    Get,
+    /// Increments of one counter.
+    Increment,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Client gRPC addresses, comma-separated; requests rotate over them.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:7000")]
+    pub endpoints: Vec<String>,
+    #[arg(long, value_enum, default_value_t = Workload::Put)]
+    pub workload: Workload,
+    /// Requests kept outstanding at once.
+    #[arg(long, default_value_t = 64)]
+    pub in_flight: usize,
+    /// How long to run.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Value size in bytes for puts.
+    #[arg(long, default_value_t = 100)]
+    pub value_size: usize,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let mut clients = Vec::new();
+    for endpoint in &args.endpoints {
+        clients.push(Client::connect(endpoint).await?);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let value = vec![b'x'; args.value_size];
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for worker in 0..args.in_flight {
+        let mut client = clients[worker % clients.len()].clone();
+        let (stop, errors, value) = (stop.clone(), errors.clone(), value.clone());
+        let workload = args.workload;
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let began = Instant::now();
+                let result = match workload {
+                    Workload::Put => {
+                        let key = format!("bench/{worker}/{n}");
+                        client.put(key.as_bytes(), &value).await.map(|_| ())
+                    }
+                    Workload::Get => client
+                        .get_with(b"bench/get", Consistency::Linearizable)
+                        .await
+                        .map(|_| ()),
+                    Workload::Increment => client.increment(b"bench/counter", 1).await.map(|_| ()),
+                };
+                n += 1;
+                match result {
+                    Ok(()) => latencies.push(began.elapsed()),
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            latencies
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut latencies = Vec::new();
+    for worker in workers {
+        latencies.extend(worker.await?);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    let percentile = |p: f64| -> f64 {
+        if latencies.is_empty() {
+            return 0.0;
+        }
+        let index = ((latencies.len() as f64 * p) as usize).min(latencies.len() - 1);
+        latencies[index].as_secs_f64() * 1000.0
+    };
+    let ops = latencies.len();
+    let errors = errors.load(Ordering::Relaxed);
+    let throughput = ops as f64 / elapsed;
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "workload": format!("{:?}", args.workload).to_lowercase(),
+                "in_flight": args.in_flight, "seconds": elapsed, "ops": ops, "errors": errors,
+                "ops_per_sec": throughput, "p50_ms": percentile(0.5), "p99_ms": percentile(0.99),
+                "max_ms": percentile(1.0),
+            })
+        );
+    } else {
+        println!(
+            "{:?}: {ops} ok, {errors} errors in {elapsed:.1} s = {throughput:.0} ops/s at {} in flight; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            args.workload,
+            args.in_flight,
+            percentile(0.5),
+            percentile(0.99),
+            percentile(1.0)
+        );
+    }
+    Ok(())
+}
