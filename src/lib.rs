@@ -41,6 +41,15 @@ pub use config::Config;
 pub use error::{Error, InvalidRequest, Result};
 pub use node::Node;
 
+/// Accepted gRPC connections with Nagle's algorithm off: small replies
+/// must not wait for the peer's delayed ACK (tonic only sets this on
+/// listeners it binds itself).
+pub(crate) fn nodelay_incoming(
+    listener: tokio::net::TcpListener,
+) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
 /// Generated protobuf and gRPC code for `proto/raftset/v1`.
 pub mod proto {
     #![allow(clippy::all)]

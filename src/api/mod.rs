@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Status};
 
@@ -46,7 +45,7 @@ pub async fn serve(core: Arc<NodeCore>, listener: TcpListener, stop: Cancellatio
         .add_service(reflection)
         .add_service(kv)
         .add_service(admin)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled())
+        .serve_with_incoming_shutdown(crate::nodelay_incoming(listener), stop.cancelled())
         .await;
     if let Err(e) = result {
         tracing::error!("client gRPC server failed: {e}");

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use super::{Command, Outcome, Proposal, Raft};
 
 /// Entries proposed but not yet committed, at most.
-const ENTRIES_IN_FLIGHT: usize = 4;
+const ENTRIES_IN_FLIGHT: usize = 1;
 /// Most commands in one entry.
 const MAX_BATCH_COMMANDS: usize = 1024;
 /// An entry stops growing past this many bytes (it holds at least one

@@ -9,7 +9,6 @@ use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
@@ -30,7 +29,7 @@ pub async fn serve(core: Arc<NodeCore>, listener: TcpListener, stop: Cancellatio
     let result = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled())
+        .serve_with_incoming_shutdown(crate::nodelay_incoming(listener), stop.cancelled())
         .await;
     if let Err(e) = result {
         tracing::error!("peer server failed: {e}");

@@ -119,7 +119,20 @@ impl Store {
             path: db_path.clone(),
             source,
         };
+        let db_file = std::fs::File::open(db_path.join("db")).map_err(|source| StoreError::Io {
+            path: db_path.join("db"),
+            source,
+        })?;
+        let shared = Arc::new(Shared {
+            db: db.clone(),
+            path: path.clone(),
+            db_file,
+        });
         let raft_tree = db.open_tree("raft").map_err(sled_err)?;
+        let meta = Meta {
+            shared: shared.clone(),
+            raft_tree: raft_tree.clone(),
+        };
         let node_id = match raft_tree.get(NODE_ID_KEY).map_err(sled_err)? {
             Some(bytes) => decode_u64(&bytes).ok_or_else(|| StoreError::Corrupted {
                 path: db_path.clone(),
@@ -131,15 +144,11 @@ impl Store {
                 raft_tree
                     .insert(NODE_ID_KEY, &id.to_be_bytes())
                     .map_err(sled_err)?;
-                db.flush().map_err(sled_err)?;
+                meta.make_durable()?;
                 id
             }
         };
-        let shared = Arc::new(Shared {
-            db: db.clone(),
-            path: path.clone(),
-        });
-        let log = LogStore::open(shared.clone(), raft_tree.clone()).map_err(sled_err)?;
+        let log = LogStore::open(shared.clone(), raft_tree).map_err(sled_err)?;
         let state_machine =
             StateMachine::open(shared, options).map_err(|detail| StoreError::Corrupted {
                 path: db_path.clone(),
@@ -149,11 +158,7 @@ impl Store {
             node_id,
             log,
             state_machine,
-            meta: Meta {
-                db,
-                raft_tree,
-                path,
-            },
+            meta,
         })
     }
 }
@@ -162,9 +167,8 @@ impl Store {
 /// the state machine.
 #[derive(Clone)]
 pub struct Meta {
-    db: sled::Db,
+    shared: Arc<Shared>,
     raft_tree: sled::Tree,
-    path: PathBuf,
 }
 
 impl Meta {
@@ -182,22 +186,28 @@ impl Meta {
         self.raft_tree
             .insert(CLUSTER_ID_KEY, cluster_id.as_bytes())
             .map_err(|e| self.sled_err(e))?;
-        self.db.flush().map_err(|e| self.sled_err(e))?;
-        Ok(())
+        self.make_durable()
+    }
+
+    fn make_durable(&self) -> Result<(), StoreError> {
+        self.shared.make_durable().map_err(|source| StoreError::Io {
+            path: self.shared.path.clone(),
+            source,
+        })
     }
 
     /// Bytes sled uses on disk.
     pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        self.shared.db.size_on_disk().unwrap_or(0)
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.shared.path
     }
 
     fn sled_err(&self, source: sled::Error) -> StoreError {
         StoreError::Sled {
-            path: self.path.clone(),
+            path: self.shared.path.clone(),
             source,
         }
     }
@@ -207,12 +217,40 @@ impl Meta {
 struct Shared {
     db: sled::Db,
     path: PathBuf,
+    /// sled's data file, opened again only to fdatasync it.
+    db_file: std::fs::File,
 }
 
 impl Shared {
+    /// Makes every write so far durable. sled's flush writes its buffers
+    /// but syncs them with `sync_file_range`, which neither flushes the
+    /// device's write cache nor covers values sled keeps in separate blob
+    /// files; an fdatasync of its data file (and a sync of the whole file
+    /// system while blob files exist) closes both gaps.
+    fn make_durable(&self) -> std::io::Result<()> {
+        self.db.flush().map_err(std::io::Error::other)?;
+        self.db_file.sync_data()?;
+        let blobs = self.path.join("db").join("blobs");
+        let has_blobs = std::fs::read_dir(&blobs).is_ok_and(|mut entries| entries.next().is_some());
+        if has_blobs {
+            sync_file_system(&self.db_file)?;
+        }
+        Ok(())
+    }
+
     fn io_error(&self, what: &str, err: impl std::fmt::Display) -> std::io::Error {
         tracing::error!(path = %self.path.display(), "{what} failed: {err}");
         std::io::Error::other(format!("{what} on {}: {err}", self.path.display()))
+    }
+}
+
+fn sync_file_system(file: &std::fs::File) -> std::io::Result<()> {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: syncfs only reads the descriptor, which `file` keeps open.
+    if unsafe { libc::syncfs(file.as_raw_fd()) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 

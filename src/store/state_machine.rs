@@ -10,13 +10,11 @@
 //!   membership, `c` → highest revision compacted out of the history
 //!
 //! A log entry carries a batch of commands. Each command that changes a key
-//! takes the next revision; each is applied as one atomic sled batch with
-//! its remembered outcome, and the entry's applied log id follows last. A
-//! crash halfway through an entry leaves the applied log id behind, so the
-//! entry is applied again, and the remembered request ids make the commands
-//! that already took effect change nothing the second time. Expiring
-//! history and request ids happens inside each command's step, driven only
-//! by the command itself: every replica forgets exactly the same things.
+//! takes the next revision. All of an entry's writes, its remembered
+//! outcomes and its applied log id reach sled as one atomic batch, so the
+//! tree always reflects a whole prefix of the log. Expiring history and
+//! request ids happens inside each command's step, driven only by the
+//! command and the state before it: every replica forgets the same things.
 //!
 //! Installing a snapshot fills a fresh tree and then switches a pointer to
 //! it, so a crash mid-install leaves the old state intact.
@@ -253,27 +251,25 @@ impl StateMachine {
         self.current.read().expect("state machine lock").clone()
     }
 
-    /// Applies one command as one atomic sled batch: its effect, its
+    /// Applies one command into the entry's writes: its effect, its
     /// remembered outcome, the revision counter and its history record. A
-    /// command whose request id is remembered changes nothing; that is also
-    /// what makes re-applying a half-applied entry after a crash safe.
+    /// command whose request id is remembered changes nothing.
     fn execute(
         &self,
-        tree: &sled::Tree,
+        writes: &mut EntryWrites,
         command: &Command,
         proposed_at_ms: u64,
         revision: &mut u64,
     ) -> Result<(Outcome, Option<Change>), StorageError> {
         let dedup_key = [&[DEDUP][..], &command.request_id].concat();
-        if let Some(remembered) = read_value::<Remembered>(tree, &dedup_key).map_err(read_err)? {
+        if let Some(remembered) = read_value::<Remembered>(writes, &dedup_key).map_err(read_err)? {
             return Ok((remembered.outcome, None));
         }
-        let mut batch = sled::Batch::default();
         let (current, next) = (*revision, *revision + 1);
         let (outcome, change) = match &command.op {
             Op::Put { key, value } => {
-                let prev = read_kv(tree, key).map_err(read_err)?;
-                let change = write_kv(&mut batch, key, value, prev.as_ref(), next)?;
+                let prev = read_kv(writes, key).map_err(read_err)?;
+                let change = write_kv(writes, key, value, prev.as_ref(), next)?;
                 (
                     Outcome::Put {
                         revision: next,
@@ -282,9 +278,9 @@ impl StateMachine {
                     Some(change),
                 )
             }
-            Op::Delete { key } => match read_kv(tree, key).map_err(read_err)? {
+            Op::Delete { key } => match read_kv(writes, key).map_err(read_err)? {
                 Some(prev) => {
-                    let change = delete_kv(&mut batch, &prev, next);
+                    let change = delete_kv(writes, &prev, next);
                     (
                         Outcome::Deleted {
                             revision: next,
@@ -302,7 +298,7 @@ impl StateMachine {
                 ),
             },
             Op::CompareAndSwap { key, expected, new } => {
-                let found = read_kv(tree, key).map_err(read_err)?;
+                let found = read_kv(writes, key).map_err(read_err)?;
                 let matches = match (expected, &found) {
                     (None, None) => true,
                     (Some(expected), Some(found)) => *expected == found.value,
@@ -311,18 +307,18 @@ impl StateMachine {
                 match (matches, new, &found) {
                     (false, _, _) => (Outcome::CompareFailed { current: found }, None),
                     (true, Some(value), _) => {
-                        let change = write_kv(&mut batch, key, value, found.as_ref(), next)?;
+                        let change = write_kv(writes, key, value, found.as_ref(), next)?;
                         (Outcome::Swapped { revision: next }, Some(change))
                     }
                     (true, None, Some(prev)) => {
-                        let change = delete_kv(&mut batch, prev, next);
+                        let change = delete_kv(writes, prev, next);
                         (Outcome::Swapped { revision: next }, Some(change))
                     }
                     (true, None, None) => (Outcome::Swapped { revision: current }, None),
                 }
             }
             Op::Increment { key, delta } => {
-                let prev = read_kv(tree, key).map_err(read_err)?;
+                let prev = read_kv(writes, key).map_err(read_err)?;
                 let counter = match &prev {
                     None => Some(0),
                     Some(kv) => parse_counter(&kv.value),
@@ -336,7 +332,7 @@ impl StateMachine {
                         None => (Outcome::Overflow { current: counter }, None),
                         Some(value) => {
                             let bytes = value.to_string().into_bytes();
-                            let change = write_kv(&mut batch, key, &bytes, prev.as_ref(), next)?;
+                            let change = write_kv(writes, key, &bytes, prev.as_ref(), next)?;
                             (
                                 Outcome::Incremented {
                                     revision: next,
@@ -351,21 +347,20 @@ impl StateMachine {
         };
         if let Some(change) = &change {
             *revision = next;
-            batch.insert(REVISION, encode(&next)?);
-            batch.insert(history_key(next).to_vec(), encode(change)?);
-            self.compact_history(tree, &mut batch, next)?;
+            writes.insert(REVISION, encode(&next)?);
+            writes.insert(history_key(next), encode(change)?);
+            let tree = writes.tree.clone();
+            self.compact_history(&tree, writes, next)?;
         }
-        batch.insert(
+        writes.insert(
             dedup_key,
             encode(&Remembered {
                 outcome: outcome.clone(),
             })?,
         );
-        batch.insert(expiry_key(proposed_at_ms, &command.request_id), Vec::new());
-        self.expire_request_ids(tree, &mut batch, proposed_at_ms)?;
-        tree.apply_batch(batch).map_err(|e| {
-            StorageIOError::write_state_machine(&self.shared.io_error("applying", e))
-        })?;
+        writes.insert(expiry_key(proposed_at_ms, &command.request_id), Vec::new());
+        let tree = writes.tree.clone();
+        self.expire_request_ids(&tree, writes, proposed_at_ms)?;
         Ok((outcome, change))
     }
 
@@ -373,7 +368,7 @@ impl StateMachine {
     fn expire_request_ids(
         &self,
         tree: &sled::Tree,
-        batch: &mut sled::Batch,
+        batch: &mut EntryWrites,
         now_ms: u64,
     ) -> Result<(), StorageError> {
         let cutoff = now_ms.saturating_sub(self.dedup_window_ms);
@@ -393,7 +388,7 @@ impl StateMachine {
     fn compact_history(
         &self,
         tree: &sled::Tree,
-        batch: &mut sled::Batch,
+        batch: &mut EntryWrites,
         revision: u64,
     ) -> Result<(), StorageError> {
         let cutoff = revision.saturating_sub(self.history_revisions);
@@ -443,7 +438,7 @@ impl StateMachine {
         self.snapshots.write(&meta, records)?;
         // The state machine must be durable at least up to the snapshot
         // before openraft purges the log below it.
-        self.shared.db.flush()?;
+        self.shared.make_durable()?;
         Ok(())
     }
 
@@ -503,11 +498,11 @@ impl StateMachine {
             encode(&meta.last_membership).map_err(std::io::Error::other)?,
         );
         fresh.apply_batch(batch).map_err(std::io::Error::other)?;
-        self.shared.db.flush()?;
+        self.shared.make_durable()?;
         self.pointer
             .insert(POINTER_KEY, name.as_bytes())
             .map_err(std::io::Error::other)?;
-        self.shared.db.flush()?;
+        self.shared.make_durable()?;
         let old = std::mem::replace(
             &mut *self.current.write().expect("state machine lock"),
             fresh,
@@ -569,7 +564,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut changes = Vec::new();
         for entry in entries {
             let log_id = *entry.get_log_id();
-            let mut batch = sled::Batch::default();
+            let mut batch = EntryWrites::new(tree.clone());
             let mut entry_outcomes = Vec::new();
             match entry.payload {
                 EntryPayload::Blank => {}
@@ -581,15 +576,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
                 EntryPayload::Normal(proposal) => {
                     for command in &proposal.commands {
-                        let (outcome, change) =
-                            self.execute(&tree, command, proposal.proposed_at_ms, &mut revision)?;
+                        let (outcome, change) = self.execute(
+                            &mut batch,
+                            command,
+                            proposal.proposed_at_ms,
+                            &mut revision,
+                        )?;
                         changes.extend(change);
                         entry_outcomes.push(outcome);
                     }
                 }
             }
             batch.insert(APPLIED, encode(&Some(log_id))?);
-            tree.apply_batch(batch)
+            tree.apply_batch(batch.into_batch())
                 .map_err(|e| StorageIOError::apply(log_id, &self.shared.io_error("applying", e)))?;
             outcomes.push(entry_outcomes);
         }
@@ -639,12 +638,68 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 }
 
+/// Point reads, from the tree or through an entry's pending writes.
+trait Lookup {
+    fn lookup(&self, key: &[u8]) -> sled::Result<Option<sled::IVec>>;
+}
+
+impl Lookup for sled::Tree {
+    fn lookup(&self, key: &[u8]) -> sled::Result<Option<sled::IVec>> {
+        self.get(key)
+    }
+}
+
+/// The writes of one log entry. They reach sled as one atomic batch at the
+/// end of the entry (a sled batch costs two synced writes, so one per entry,
+/// not one per command); until then, reads see them here.
+struct EntryWrites {
+    tree: sled::Tree,
+    pending: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl EntryWrites {
+    fn new(tree: sled::Tree) -> EntryWrites {
+        EntryWrites {
+            tree,
+            pending: Default::default(),
+        }
+    }
+
+    fn insert(&mut self, key: impl AsRef<[u8]>, value: Vec<u8>) {
+        self.pending.insert(key.as_ref().to_vec(), Some(value));
+    }
+
+    fn remove(&mut self, key: impl AsRef<[u8]>) {
+        self.pending.insert(key.as_ref().to_vec(), None);
+    }
+
+    fn into_batch(self) -> sled::Batch {
+        let mut batch = sled::Batch::default();
+        for (key, value) in self.pending {
+            match value {
+                Some(value) => batch.insert(key, value),
+                None => batch.remove(key),
+            }
+        }
+        batch
+    }
+}
+
+impl Lookup for EntryWrites {
+    fn lookup(&self, key: &[u8]) -> sled::Result<Option<sled::IVec>> {
+        match self.pending.get(key) {
+            Some(value) => Ok(value.as_deref().map(sled::IVec::from)),
+            None => self.tree.get(key),
+        }
+    }
+}
+
 fn parse_counter(value: &[u8]) -> Option<i64> {
     std::str::from_utf8(value).ok()?.parse().ok()
 }
 
 fn write_kv(
-    batch: &mut sled::Batch,
+    batch: &mut EntryWrites,
     key: &[u8],
     value: &[u8],
     prev: Option<&KeyValue>,
@@ -670,7 +725,7 @@ fn write_kv(
     })
 }
 
-fn delete_kv(batch: &mut sled::Batch, prev: &KeyValue, revision: u64) -> Change {
+fn delete_kv(batch: &mut EntryWrites, prev: &KeyValue, revision: u64) -> Change {
     batch.remove([&[KEY][..], &prev.key].concat());
     Change {
         revision,
@@ -685,8 +740,8 @@ fn delete_kv(batch: &mut sled::Batch, prev: &KeyValue, revision: u64) -> Change 
     }
 }
 
-fn read_kv(tree: &sled::Tree, key: &[u8]) -> Result<Option<KeyValue>, ReadError> {
-    match tree.get([&[KEY][..], key].concat())? {
+fn read_kv(tree: &impl Lookup, key: &[u8]) -> Result<Option<KeyValue>, ReadError> {
+    match tree.lookup(&[&[KEY][..], key].concat())? {
         None => Ok(None),
         Some(bytes) => Ok(Some(decode_kv(key, &bytes)?)),
     }
@@ -703,8 +758,8 @@ fn decode_kv(key: &[u8], bytes: &[u8]) -> Result<KeyValue, ReadError> {
     })
 }
 
-fn read_value<T: DeserializeOwned>(tree: &sled::Tree, key: &[u8]) -> Result<Option<T>, ReadError> {
-    match tree.get(key)? {
+fn read_value<T: DeserializeOwned>(tree: &impl Lookup, key: &[u8]) -> Result<Option<T>, ReadError> {
+    match tree.lookup(key)? {
         None => Ok(None),
         Some(bytes) => Ok(Some(postcard::from_bytes(&bytes)?)),
     }
