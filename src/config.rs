@@ -49,8 +49,28 @@ pub struct Config {
 
     /// Every node of the set as `name=host:peer_port`, comma-separated: where
     /// a starting node looks for an existing cluster. This node may be listed.
-    #[arg(long, env = "RAFTSET_PEERS", value_delimiter = ',')]
+    /// Outside Kubernetes; in a pod, set --peer-service instead.
+    #[arg(
+        long,
+        env = "RAFTSET_PEERS",
+        value_delimiter = ',',
+        conflicts_with = "peer_service"
+    )]
     pub peers: Vec<String>,
+
+    /// The StatefulSet's headless Service. When set, peer `raftset-<i>` is
+    /// found at `raftset-<i>.<service>.<namespace>.svc.<domain>`, and this
+    /// node advertises its own name there.
+    #[arg(long, env = "RAFTSET_PEER_SERVICE")]
+    pub peer_service: Option<String>,
+
+    /// The pod's namespace (from the downward API).
+    #[arg(long, env = "RAFTSET_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+
+    /// The Kubernetes cluster's DNS domain.
+    #[arg(long, env = "RAFTSET_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
 
     /// Leader heartbeat interval, in milliseconds.
     #[arg(long, env = "RAFTSET_HEARTBEAT_MS", default_value_t = 100)]
@@ -205,15 +225,47 @@ impl Config {
     }
 
     pub fn api_addr(&self) -> String {
-        advertised(&self.advertise_api, self.listen_api, &self.name)
+        self.advertised(&self.advertise_api, self.listen_api)
     }
 
     pub fn peer_addr(&self) -> String {
-        advertised(&self.advertise_peer, self.listen_peer, &self.name)
+        self.advertised(&self.advertise_peer, self.listen_peer)
     }
 
     pub fn http_addr(&self) -> String {
-        advertised(&self.advertise_http, self.listen_http, &self.name)
+        self.advertised(&self.advertise_http, self.listen_http)
+    }
+
+    /// The stable DNS name of pod `name` under the peer Service, if one is set.
+    pub fn pod_dns_name(&self, name: &str) -> Option<String> {
+        let service = self.peer_service.as_ref()?;
+        Some(format!(
+            "{name}.{service}.{}.svc.{}",
+            self.namespace, self.cluster_domain
+        ))
+    }
+
+    /// The StatefulSet's name: the pod name without its ordinal.
+    pub fn set_name(&self) -> &str {
+        self.name
+            .rsplit_once('-')
+            .map_or(&self.name, |(set, _)| set)
+    }
+
+    /// An explicit address wins; then the pod's DNS name; then the listen
+    /// address (with the node's name for a wildcard host).
+    fn advertised(&self, explicit: &Option<String>, listen: SocketAddr) -> String {
+        if let Some(addr) = explicit {
+            return addr.clone();
+        }
+        if let Some(host) = self.pod_dns_name(&self.name) {
+            return format!("{host}:{}", listen.port());
+        }
+        if listen.ip().is_unspecified() {
+            format!("{}:{}", self.name, listen.port())
+        } else {
+            listen.to_string()
+        }
     }
 
     pub fn store_options(&self) -> StoreOptions {
@@ -233,14 +285,6 @@ impl Config {
     /// refuses new writes as "no quorum" instead of letting them time out.
     pub fn quorum_timeout(&self) -> Duration {
         Duration::from_millis(2 * self.election_timeout_ms)
-    }
-}
-
-fn advertised(explicit: &Option<String>, listen: SocketAddr, name: &str) -> String {
-    match explicit {
-        Some(addr) => addr.clone(),
-        None if listen.ip().is_unspecified() => format!("{name}:{}", listen.port()),
-        None => listen.to_string(),
     }
 }
 
@@ -311,6 +355,29 @@ mod tests {
         assert_eq!(
             config.validate(),
             Err(ConfigError::BadPeer("garbage".into()))
+        );
+    }
+
+    #[test]
+    fn in_a_pod_peers_and_this_node_are_named_by_the_headless_service() {
+        let config = Config {
+            name: "raftset-2".into(),
+            peer_service: Some("raftset-peers".into()),
+            namespace: "prod".into(),
+            ..Config::default()
+        };
+        assert_eq!(
+            config.peer_addr(),
+            "raftset-2.raftset-peers.prod.svc.cluster.local:7001"
+        );
+        assert_eq!(
+            config.api_addr(),
+            "raftset-2.raftset-peers.prod.svc.cluster.local:7000"
+        );
+        assert_eq!(config.set_name(), "raftset");
+        assert_eq!(
+            config.pod_dns_name("raftset-0").as_deref(),
+            Some("raftset-0.raftset-peers.prod.svc.cluster.local")
         );
     }
 

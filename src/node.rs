@@ -4,7 +4,9 @@
 //! Start-up: open the data directory, start Raft on it, bind every port (so a
 //! busy port fails start-up, not a background task), serve, then form or
 //! rejoin the cluster in the background ([`crate::cluster`]). Shutdown:
-//! stop taking client requests, stop the peer transport, stop Raft.
+//! stop taking client requests, hand leadership over, stop the peer
+//! transport, stop Raft. Nobody leaves the membership on shutdown: a
+//! stopping pod is usually coming back.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -311,12 +313,13 @@ impl Node {
         }
     }
 
-    /// Stops the node in order: clients first, then the peer transport,
-    /// then Raft (which flushes the store).
+    /// Stops the node in order: clients first, then leadership is handed
+    /// to a follower, then the peer transport and Raft stop.
     pub async fn shutdown(self) {
         self.stop_clients.cancel();
         self.client_tasks.close();
         self.client_tasks.wait().await;
+        crate::cluster::hand_over_leadership(&self.core).await;
         self.stop_peers.cancel();
         self.peer_tasks.close();
         self.peer_tasks.wait().await;

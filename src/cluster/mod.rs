@@ -25,6 +25,104 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 /// which can mean receiving a large snapshot.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(300);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Rounds in a row that must all say "bootstrap" before a node founds a cluster.
+const BOOTSTRAP_CONFIRMATIONS: u32 = 3;
+/// How long one DNS lookup may take before the peer counts as unknown.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Ordinals past the last one found that are still looked up: a
+/// StatefulSet's pods are numbered without gaps, so two misses end the set.
+const ORDINALS_PAST_LAST: u32 = 2;
+
+/// Where a peer is, as far as discovery can tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Location {
+    /// Its name does not exist (the pod does not).
+    Absent,
+    /// Its name could not be resolved just now.
+    Unknown,
+    At(String),
+}
+
+/// The other members of the set: from `--peers`, or in a pod by looking up
+/// each ordinal's DNS name under the headless Service until they run out.
+async fn discover(core: &NodeCore) -> Vec<(String, Location)> {
+    let config = &core.config;
+    if config.peer_service.is_none() {
+        return config
+            .peer_list()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| p.name != core.me.name)
+            .map(|p| (p.name, Location::At(p.peer_addr)))
+            .collect();
+    }
+    let own = ordinal_of(&config.name).unwrap_or(0);
+    let port = config.listen_peer.port();
+    let mut peers = Vec::new();
+    let mut misses = 0;
+    let mut ordinal = 0;
+    while ordinal <= own || misses < ORDINALS_PAST_LAST {
+        let name = format!("{}-{ordinal}", config.set_name());
+        ordinal += 1;
+        if name == config.name {
+            misses = 0;
+            continue;
+        }
+        let host = config.pod_dns_name(&name).expect("peer service is set");
+        let lookup = tokio::net::lookup_host((host.as_str(), port));
+        let location = match tokio::time::timeout(LOOKUP_TIMEOUT, lookup).await {
+            Ok(Ok(mut addrs)) => match addrs.next() {
+                Some(_) => Location::At(format!("{host}:{port}")),
+                None => Location::Absent,
+            },
+            Ok(Err(_)) => Location::Absent,
+            Err(_) => Location::Unknown,
+        };
+        misses = if location == Location::Absent {
+            misses + 1
+        } else {
+            0
+        };
+        peers.push((name, location));
+    }
+    // The trailing misses are ordinals past the end of the set, not peers.
+    while peers.last().is_some_and(|(_, l)| *l == Location::Absent) {
+        peers.pop();
+    }
+    peers
+}
+
+/// Lets a follower take over before this leader stops: it stops sending
+/// heartbeats and campaigning, and waits (bounded) until another node has
+/// been elected. openraft 0.9 has no leadership-transfer call and followers
+/// refuse votes while the leader's lease lasts, so the handover takes about
+/// one election timeout: a short pause in writes instead of a failover that
+/// first has to notice a dead leader.
+pub async fn hand_over_leadership(core: &NodeCore) {
+    let metrics = core.raft_metrics();
+    let membership = metrics.membership_config.membership();
+    let other_voters = membership.voter_ids().filter(|id| *id != core.id).count();
+    if metrics.current_leader != Some(core.id) || other_voters == 0 {
+        return;
+    }
+    tracing::info!("leader shutting down: handing leadership to a follower");
+    core.raft.runtime_config().elect(false);
+    core.raft.runtime_config().heartbeat(false);
+    let id = core.id;
+    let timeout = Duration::from_millis(core.config.election_timeout_ms * 6);
+    match core
+        .raft
+        .wait(Some(timeout))
+        .metrics(
+            |m| m.current_leader.is_some_and(|l| l != id),
+            "a new leader",
+        )
+        .await
+    {
+        Ok(m) => tracing::info!(new_leader = ?m.current_leader, "leadership handed over"),
+        Err(e) => tracing::warn!("no new leader before shutting down: {e}"),
+    }
+}
 
 /// What this node tells a starting peer about itself.
 pub fn info(core: &NodeCore) -> ClusterInfoResponse {
@@ -61,30 +159,38 @@ pub async fn run(core: Arc<NodeCore>, stop: CancellationToken) {
             return;
         }
     }
-    let peers = match core.config.peer_list() {
-        Ok(peers) => peers
-            .into_iter()
-            .filter(|p| p.name != core.me.name)
-            .collect::<Vec<_>>(),
-        Err(e) => {
-            tracing::error!("{e}");
-            return;
-        }
-    };
     let mut backoff = Duration::from_millis(100);
     let mut last_reason = String::new();
+    let mut bootstrap_votes = 0;
     loop {
+        let peers = discover(&core).await;
         let mut views = Vec::with_capacity(peers.len());
-        for peer in &peers {
-            views.push((peer.name.clone(), ask(&core, &peer.peer_addr).await));
+        for (name, location) in &peers {
+            let view = match location {
+                Location::Absent => PeerView::Absent,
+                Location::Unknown => PeerView::Unreachable,
+                Location::At(addr) => ask(&core, addr).await,
+            };
+            views.push((name.clone(), view));
         }
         let cluster_id = core.cluster_id.get();
         let local = Local {
             ordinal: ordinal_of(&core.me.name),
             cluster_id: (!cluster_id.is_empty()).then_some(cluster_id),
-            has_peers: !peers.is_empty(),
+            has_peers: core.config.peer_service.is_some() || !peers.is_empty(),
         };
-        let outcome = match decide(&local, &views) {
+        let decision = decide(&local, &views);
+        // Founding a cluster cannot be undone: see the same picture a few
+        // times in a row first, so one slow DNS answer cannot cause it.
+        bootstrap_votes = if decision == Decision::Bootstrap {
+            bootstrap_votes + 1
+        } else {
+            0
+        };
+        let outcome = match decision {
+            Decision::Bootstrap if bootstrap_votes < BOOTSTRAP_CONFIRMATIONS => {
+                Err(format!("every peer is absent or empty; confirming ({bootstrap_votes}/{BOOTSTRAP_CONFIRMATIONS})"))
+            }
             Decision::Bootstrap => bootstrap(&core).await,
             Decision::Join { cluster_id, via } => join_cluster(&core, &cluster_id, &via).await,
             Decision::Wait(reason) => Err(reason),

@@ -119,3 +119,23 @@ async fn without_quorum_writes_and_reads_fail_fast_with_unavailable() {
     let read = client.clone().get(b"k").await.unwrap_err();
     assert_eq!(read.code(), Code::Unavailable, "{read}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_stopped_with_sigterm_hands_over_and_writes_continue() {
+    let mut cluster = Cluster::start(3).await;
+    let old = cluster.leader().await;
+    let follower = (old + 1) % 3;
+    let mut client = cluster.client(follower).await;
+    client.put(b"before", b"1").await.unwrap();
+
+    cluster.stop(old).await;
+    assert!(
+        cluster.log_of(old).contains("leadership handed over"),
+        "the leader waited for a successor before exiting:\n{}",
+        cluster.log_of(old)
+    );
+    let new = cluster.leader().await;
+    assert_ne!(new, old);
+    client.put(b"after", b"2").await.unwrap();
+    assert_eq!(client.get(b"before").await.unwrap().unwrap().value, b"1");
+}

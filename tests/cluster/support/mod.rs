@@ -261,6 +261,13 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// What node `i` logged so far.
+    pub fn log_of(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default()
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
