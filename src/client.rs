@@ -238,6 +238,61 @@ impl Client {
         let request = self.request(proto::StatusRequest {});
         Ok(self.admin.status(request).await?.into_inner())
     }
+
+    /// Every member with its replication progress (the leader's view).
+    pub async fn members(&mut self) -> Result<proto::MembersResponse> {
+        let request = self.request(proto::MembersRequest {});
+        Ok(self.admin.members(request).await?.into_inner())
+    }
+
+    pub async fn add_learner(
+        &mut self,
+        learner: proto::AddLearnerRequest,
+    ) -> Result<proto::MembersResponse> {
+        let request = self.request(learner);
+        Ok(self.admin.add_learner(request).await?.into_inner())
+    }
+
+    pub async fn promote(&mut self, id: u64) -> Result<proto::MembersResponse> {
+        let request = self.request(proto::MemberRequest { id });
+        Ok(self.admin.promote(request).await?.into_inner())
+    }
+
+    pub async fn remove(&mut self, id: u64) -> Result<proto::MembersResponse> {
+        let request = self.request(proto::MemberRequest { id });
+        Ok(self.admin.remove(request).await?.into_inner())
+    }
+
+    /// Moves leadership to `to` (None: any caught-up voter).
+    pub async fn transfer_leader(&mut self, to: Option<u64>) -> Result<proto::StatusResponse> {
+        let request = self.request(proto::TransferLeaderRequest {
+            to: to.unwrap_or(0),
+        });
+        Ok(self.admin.transfer_leader(request).await?.into_inner())
+    }
+
+    /// Takes a snapshot on the node now; returns its index.
+    pub async fn snapshot(&mut self) -> Result<u64> {
+        let request = self.request(proto::SnapshotRequest {});
+        Ok(self
+            .admin
+            .snapshot(request)
+            .await?
+            .into_inner()
+            .snapshot_index)
+    }
+
+    /// A consistent snapshot of the whole store, as a stream of chunks.
+    pub async fn backup(&mut self) -> Result<Streaming<proto::BackupChunk>> {
+        let request = self.request(proto::BackupRequest {});
+        Ok(self.admin.backup(request).await?.into_inner())
+    }
+
+    /// Compares every member's state digest at one log position.
+    pub async fn verify(&mut self) -> Result<proto::VerifyResponse> {
+        let request = self.request(proto::VerifyRequest {});
+        Ok(self.admin.verify(request).await?.into_inner())
+    }
 }
 
 fn consistency_value(consistency: Consistency) -> i32 {

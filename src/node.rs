@@ -22,6 +22,7 @@ use crate::metrics::Metrics;
 use crate::raft::network::{NetworkFactory, PeerClients};
 use crate::raft::proposer::Proposer;
 use crate::raft::{ClusterId, Member, NodeId, Raft, RaftMetrics};
+use crate::store::state_machine::Digests;
 use crate::store::{FlushStats, KvReader, Meta, Store, StoreError, WatchFeed};
 
 /// Why a node could not start.
@@ -61,6 +62,8 @@ pub struct NodeCore {
     pub flush_stats: Arc<FlushStats>,
     /// Bounds the open Watch streams.
     pub watchers: Arc<Semaphore>,
+    /// State digests taken at checkpoints, for `verify`.
+    pub digests: Digests,
     /// Cancelled when the node stops serving clients.
     pub shutdown: CancellationToken,
 }
@@ -93,6 +96,23 @@ impl NodeCore {
             .get_node(&id)
             .map(|m| m.name.clone())
             .unwrap_or_else(|| id.to_string())
+    }
+
+    /// Waits until this node applied the entry at `index`, then returns
+    /// the digest taken there.
+    pub async fn digest_at(
+        &self,
+        index: u64,
+        timeout: Duration,
+    ) -> Result<crate::raft::Digest, String> {
+        self.raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(index), "checkpoint")
+            .await
+            .map_err(|e| format!("did not apply index {index}: {e}"))?;
+        self.digests.get(index).ok_or_else(|| {
+            format!("no digest at index {index} (installed a snapshot past it, or restarted)")
+        })
     }
 
     /// Renders the Prometheus exposition.
@@ -150,6 +170,7 @@ impl Node {
         let reader = store.state_machine.reader();
         let feed = store.state_machine.feed();
         let flush_stats = store.log.stats();
+        let digests = store.state_machine.digests();
         let raft = Raft::new(
             store.node_id,
             Arc::new(raft_config),
@@ -199,6 +220,7 @@ impl Node {
             metrics: Metrics::default(),
             flush_stats,
             watchers: Arc::new(Semaphore::new(crate::limits::MAX_WATCHERS)),
+            digests,
             shutdown: stop_clients.clone(),
         });
         tracing::info!(

@@ -59,6 +59,7 @@ pub fn op(op: &Op) -> Result<(), InvalidRequest> {
             value(v)
         }
         Op::Delete { key: k } | Op::Increment { key: k, .. } => key("key", k),
+        Op::Checkpoint => Ok(()),
         Op::CompareAndSwap {
             key: k,
             expected,

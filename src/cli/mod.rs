@@ -85,8 +85,74 @@ pub enum Command {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Every member with its replication progress.
+    Members {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Add a node as a non-voting learner.
+    AddLearner {
+        /// The node's id (hex, as `status` prints it).
+        #[arg(value_parser = parse_id)]
+        id: u64,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        peer_addr: String,
+        #[arg(long, default_value = "")]
+        api_addr: String,
+        #[arg(long, default_value = "")]
+        http_addr: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Make a learner a voter.
+    Promote {
+        #[arg(value_parser = parse_id)]
+        id: u64,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Remove a member from the cluster.
+    Remove {
+        #[arg(value_parser = parse_id)]
+        id: u64,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Move leadership to a voter (by default the most caught-up one).
+    TransferLeader {
+        #[arg(long, value_parser = parse_id)]
+        to: Option<u64>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Take a snapshot on the node now.
+    Snapshot {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Save a consistent snapshot of the whole store to a file or stdout.
+    Backup {
+        /// Write here instead of stdout.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Check that every member holds the same data.
+    Verify {
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Load a cluster and report throughput and latency.
     Bench(bench::BenchArgs),
+}
+
+/// A node id as `status` and `members` print it: hex, with or without 0x.
+fn parse_id(text: &str) -> Result<u64, String> {
+    let hex = text.trim_start_matches("0x");
+    u64::from_str_radix(hex, 16).map_err(|e| format!("{text:?} is not a hex node id: {e}"))
 }
 
 /// How client commands reach a node.
@@ -189,11 +255,92 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             output::status(&status, conn.json);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Members { conn } => {
+            let members = conn.connect().await?.members().await?;
+            output::members(&members, conn.json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::AddLearner {
+            id,
+            name,
+            peer_addr,
+            api_addr,
+            http_addr,
+            conn,
+        } => {
+            let request = crate::proto::AddLearnerRequest {
+                id,
+                name,
+                peer_addr,
+                api_addr,
+                http_addr,
+            };
+            let members = conn.connect().await?.add_learner(request).await?;
+            output::members(&members, conn.json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Promote { id, conn } => {
+            let members = conn.connect().await?.promote(id).await?;
+            output::members(&members, conn.json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Remove { id, conn } => {
+            let members = conn.connect().await?.remove(id).await?;
+            output::members(&members, conn.json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::TransferLeader { to, conn } => {
+            let status = conn.connect().await?.transfer_leader(to).await?;
+            output::status(&status, conn.json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Snapshot { conn } => {
+            let index = conn.connect().await?.snapshot().await?;
+            output::snapshot(index, conn.json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Backup { out, conn } => {
+            backup(&conn, out.as_deref()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify { conn } => {
+            let report = conn.connect().await?.verify().await?;
+            output::verify(&report, conn.json);
+            Ok(if report.agree {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Command::Bench(args) => {
             bench::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Streams a backup to a file (written whole, then renamed) or stdout.
+async fn backup(conn: &Conn, out: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut stream = conn.connect().await?.backup().await?;
+    let mut bytes = 0usize;
+    let mut sink: Box<dyn Write> = match out {
+        Some(path) => Box::new(std::io::BufWriter::new(std::fs::File::create(
+            path.with_extension("partial"),
+        )?)),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    while let Some(chunk) = stream.message().await? {
+        sink.write_all(&chunk.data)?;
+        bytes += chunk.data.len();
+    }
+    sink.flush()?;
+    drop(sink);
+    if let Some(path) = out {
+        std::fs::rename(path.with_extension("partial"), path)?;
+        eprintln!("backup: {bytes} bytes written to {}", path.display());
+    }
+    Ok(())
 }
 
 /// Runs one node until SIGTERM or Ctrl-C, then shuts it down in order. A

@@ -140,3 +140,90 @@ pub fn status(status: &StatusResponse, as_json: bool) {
         );
     }
 }
+
+pub fn members(members: &crate::proto::MembersResponse, as_json: bool) {
+    if as_json {
+        let list: Vec<_> = members
+            .members
+            .iter()
+            .map(|p| {
+                let m = p.member.clone().unwrap_or_default();
+                json!({
+                    "id": m.id, "name": m.name, "voter": m.voter, "leader": p.is_leader,
+                    "peer_addr": m.peer_addr, "api_addr": m.api_addr,
+                    "match_index": p.match_index, "lag": p.lag,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({ "members": list, "last_log_index": members.last_log_index })
+        );
+        return;
+    }
+    println!(
+        "{:<18}{:<14}{:<9}{:<30}{:>8}{:>8}",
+        "ID", "NAME", "ROLE", "PEER", "MATCH", "LAG"
+    );
+    for p in &members.members {
+        let m = p.member.clone().unwrap_or_default();
+        let role = if p.is_leader {
+            "leader"
+        } else if m.voter {
+            "voter"
+        } else {
+            "learner"
+        };
+        println!(
+            "{:<18}{:<14}{:<9}{:<30}{:>8}{:>8}",
+            format!("{:016x}", m.id),
+            m.name,
+            role,
+            m.peer_addr,
+            p.match_index,
+            p.lag
+        );
+    }
+}
+
+pub fn snapshot(index: u64, as_json: bool) {
+    if as_json {
+        println!("{}", json!({ "snapshot_index": index }));
+    } else {
+        println!("snapshot at index {index}");
+    }
+}
+
+pub fn verify(report: &crate::proto::VerifyResponse, as_json: bool) {
+    if as_json {
+        let members: Vec<_> = report
+            .members
+            .iter()
+            .map(|m| json!({ "id": m.id, "name": m.name, "digest": m.digest, "error": m.error }))
+            .collect();
+        println!(
+            "{}",
+            json!({
+                "agree": report.agree, "index": report.index, "revision": report.revision,
+                "keys": report.keys, "members": members,
+            })
+        );
+        return;
+    }
+    for m in &report.members {
+        let digest = if m.digest.is_empty() {
+            format!("error: {}", m.error)
+        } else {
+            m.digest.clone()
+        };
+        println!("{:016x}  {:<14}{digest}", m.id, m.name);
+    }
+    if report.agree {
+        println!(
+            "all members agree at index {} (revision {}, {} keys)",
+            report.index, report.revision, report.keys
+        );
+    } else {
+        println!("MEMBERS DISAGREE at index {}", report.index);
+    }
+}

@@ -90,7 +90,7 @@ pub async fn handle(core: &NodeCore, request: JoinRequest) -> Result<JoinRespons
     Ok(JoinResponse { leader_id: core.id })
 }
 
-fn membership_error(e: RaftError<u64, ClientWriteError<u64, Member>>) -> Status {
+pub(crate) fn membership_error(e: RaftError<u64, ClientWriteError<u64, Member>>) -> Status {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
             Status::unavailable("leadership moved during the join; try again")

@@ -124,6 +124,119 @@ pub async fn hand_over_leadership(core: &NodeCore) {
     }
 }
 
+/// Keeps this node from campaigning for `hold` (a zero hold ends an
+/// earlier one), so a leadership transfer goes where it was sent.
+pub fn hold_election(core: &NodeCore, hold: Duration) {
+    core.raft.runtime_config().elect(hold.is_zero());
+    if !hold.is_zero() {
+        let raft = core.raft.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(hold).await;
+            raft.runtime_config().elect(true);
+        });
+    }
+}
+
+/// Moves leadership from this leader to `to` (or to the most caught-up
+/// voter): every other voter holds its election, this leader stops its
+/// heartbeats, and once the leader lease runs out the target's election
+/// timer makes it the only candidate. Returns the new leader.
+pub async fn transfer_leadership(core: &NodeCore, to: Option<u64>) -> Result<u64, tonic::Status> {
+    use tonic::Status;
+    let metrics = core.raft_metrics();
+    if metrics.current_leader != Some(core.id) {
+        return Err(Status::failed_precondition("this node is not the leader"));
+    }
+    let voters: Vec<u64> = metrics.membership_config.membership().voter_ids().collect();
+    let matched = |id: u64| {
+        metrics
+            .replication
+            .as_ref()
+            .and_then(|r| r.get(&id).cloned().flatten())
+            .map_or(0, |l| l.index)
+    };
+    let target = match to {
+        Some(id) if id == core.id => return Ok(core.id),
+        Some(id) if voters.contains(&id) => id,
+        Some(id) => {
+            return Err(Status::invalid_argument(format!(
+                "{id:016x} is not a voter"
+            )))
+        }
+        None => *voters
+            .iter()
+            .filter(|id| **id != core.id)
+            .max_by_key(|id| matched(**id))
+            .ok_or_else(|| Status::failed_precondition("there is no other voter"))?,
+    };
+    let last = metrics.last_log_index.unwrap_or(0);
+    let caught_up = core
+        .raft
+        .wait(Some(Duration::from_secs(5)))
+        .metrics(
+            |m| {
+                m.replication
+                    .as_ref()
+                    .and_then(|r| r.get(&target).cloned().flatten())
+                    .is_some_and(|l| l.index >= last)
+            },
+            "target caught up",
+        )
+        .await;
+    if caught_up.is_err() {
+        return Err(Status::failed_precondition(format!(
+            "{target:016x} did not catch up with index {last}; not transferring"
+        )));
+    }
+    let hold = Duration::from_millis(core.config.election_timeout_ms * 6);
+    let members = metrics.membership_config.membership().clone();
+    let others: Vec<_> = members
+        .nodes()
+        .filter(|(id, _)| **id != core.id && **id != target && voters.contains(id))
+        .map(|(_, m)| m.peer_addr.clone())
+        .collect();
+    let hold_others = |millis: u64| {
+        let others = others.clone();
+        async move {
+            for addr in &others {
+                let sent = match core.peers.client(addr) {
+                    Ok(mut client) => client
+                        .hold_election(core.peers.request(&millis, ASK_TIMEOUT))
+                        .await
+                        .map(|_| ()),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = sent {
+                    tracing::warn!(peer = %addr, "could not hold its election: {}", e.message());
+                }
+            }
+        }
+    };
+    hold_others(hold.as_millis() as u64).await;
+    core.raft.runtime_config().elect(false);
+    core.raft.runtime_config().heartbeat(false);
+    let moved = core
+        .raft
+        .wait(Some(hold))
+        .metrics(
+            |m| m.current_leader == Some(target),
+            "the transfer target to lead",
+        )
+        .await;
+    core.raft.runtime_config().heartbeat(true);
+    core.raft.runtime_config().elect(true);
+    hold_others(0).await;
+    match moved {
+        Ok(_) => {
+            tracing::info!(to = target, "leadership transferred");
+            Ok(target)
+        }
+        Err(e) => Err(Status::unavailable(format!(
+            "leadership did not move to {target:016x}: {e}"
+        ))),
+    }
+}
+
 /// What this node tells a starting peer about itself.
 pub fn info(core: &NodeCore) -> ClusterInfoResponse {
     let metrics = core.raft_metrics();

@@ -83,6 +83,7 @@ impl Command {
         let payload = match &self.op {
             Op::Put { key, value } => key.len() + value.len(),
             Op::Delete { key } | Op::Increment { key, .. } => key.len(),
+            Op::Checkpoint => 0,
             Op::CompareAndSwap { key, expected, new } => {
                 key.len() + expected.as_ref().map_or(0, Vec::len) + new.as_ref().map_or(0, Vec::len)
             }
@@ -114,6 +115,9 @@ pub enum Op {
         key: Vec<u8>,
         delta: i64,
     },
+    /// Changes nothing; every replica records a digest of its state after
+    /// the entry that carries it, so replicas can be compared (`verify`).
+    Checkpoint,
 }
 
 /// A key's value with its history counters.
@@ -157,6 +161,20 @@ pub enum Outcome {
     Overflow {
         current: i64,
     },
+    /// Digests were taken after the entry at this log index.
+    Checkpoint {
+        index: u64,
+    },
+}
+
+/// A summary of a replica's keys and values at one log position.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Digest {
+    pub index: u64,
+    pub revision: u64,
+    pub keys: u64,
+    /// CRC-32 over every key and value in order, as hex.
+    pub crc: String,
 }
 
 /// The id of the cluster this node belongs to, shared by everything that

@@ -116,6 +116,25 @@ impl RaftPeer for PeerService {
         Ok(reply(&index))
     }
 
+    async fn hold_election(
+        &self,
+        request: Request<PeerMessage>,
+    ) -> Result<Response<PeerMessage>, Status> {
+        let millis: u64 = self.open(request)?;
+        crate::cluster::hold_election(&self.core, Duration::from_millis(millis));
+        Ok(reply(&()))
+    }
+
+    async fn digest(&self, request: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
+        let index: u64 = self.open(request)?;
+        let digest = self
+            .core
+            .digest_at(index, self.core.config.proposal_timeout())
+            .await
+            .map_err(Status::failed_precondition)?;
+        Ok(reply(&digest))
+    }
+
     async fn cluster_info(
         &self,
         _: Request<ClusterInfoRequest>,

@@ -31,7 +31,7 @@ use super::snapshot::{self, SnapshotDir};
 use super::{Shared, StoreOptions};
 use crate::error::Error;
 use crate::raft::{
-    Command, Entry, KeyValue, LogId, Op, Outcome, Snapshot, SnapshotMeta, StorageError,
+    Command, Digest, Entry, KeyValue, LogId, Op, Outcome, Snapshot, SnapshotMeta, StorageError,
     StoredMembership, TypeConfig,
 };
 
@@ -203,6 +203,28 @@ pub struct StateMachine {
     feed: WatchFeed,
     /// The temporary file a snapshot is being received into.
     receiving: Option<std::path::PathBuf>,
+    digests: Digests,
+}
+
+/// Digests taken at checkpoints, by log index; the latest few are kept in
+/// memory (they are only compared while a `verify` runs).
+#[derive(Clone, Default)]
+pub struct Digests(Arc<std::sync::Mutex<std::collections::BTreeMap<u64, Digest>>>);
+
+impl Digests {
+    const KEEP: usize = 16;
+
+    pub fn get(&self, index: u64) -> Option<Digest> {
+        self.0.lock().expect("digests lock").get(&index).cloned()
+    }
+
+    fn record(&self, digest: Digest) {
+        let mut digests = self.0.lock().expect("digests lock");
+        digests.insert(digest.index, digest);
+        while digests.len() > Self::KEEP {
+            digests.pop_first();
+        }
+    }
 }
 
 impl StateMachine {
@@ -234,6 +256,7 @@ impl StateMachine {
                 capacity: options.watch_buffer,
             },
             receiving: None,
+            digests: Digests::default(),
         })
     }
 
@@ -245,6 +268,10 @@ impl StateMachine {
 
     pub fn feed(&self) -> WatchFeed {
         self.feed.clone()
+    }
+
+    pub fn digests(&self) -> Digests {
+        self.digests.clone()
     }
 
     fn tree(&self) -> sled::Tree {
@@ -317,6 +344,7 @@ impl StateMachine {
                     (true, None, None) => (Outcome::Swapped { revision: current }, None),
                 }
             }
+            Op::Checkpoint => (Outcome::Checkpoint { index: 0 }, None),
             Op::Increment { key, delta } => {
                 let prev = read_kv(writes, key).map_err(read_err)?;
                 let counter = match &prev {
@@ -583,13 +611,25 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             &mut revision,
                         )?;
                         changes.extend(change);
-                        entry_outcomes.push(outcome);
+                        entry_outcomes.push(match outcome {
+                            Outcome::Checkpoint { .. } => Outcome::Checkpoint {
+                                index: log_id.index,
+                            },
+                            other => other,
+                        });
                     }
                 }
             }
             batch.insert(APPLIED, encode(&Some(log_id))?);
             tree.apply_batch(batch.into_batch())
                 .map_err(|e| StorageIOError::apply(log_id, &self.shared.io_error("applying", e)))?;
+            if entry_outcomes
+                .iter()
+                .any(|o| matches!(o, Outcome::Checkpoint { .. }))
+            {
+                let digest = digest(&tree, log_id.index, revision).map_err(read_err)?;
+                self.digests.record(digest);
+            }
             outcomes.push(entry_outcomes);
         }
         for change in changes {
@@ -692,6 +732,27 @@ impl Lookup for EntryWrites {
             None => self.tree.get(key),
         }
     }
+}
+
+/// Digests every key and value, in key order.
+fn digest(tree: &sled::Tree, index: u64, revision: u64) -> Result<Digest, sled::Error> {
+    let mut crc = crc32fast::Hasher::new();
+    let mut keys = 0;
+    for item in tree.scan_prefix([KEY]) {
+        let (key, value) = item?;
+        crc.update(&(key.len() as u64).to_be_bytes());
+        crc.update(&key);
+        crc.update(&(value.len() as u64).to_be_bytes());
+        crc.update(&value);
+        keys += 1;
+    }
+    crc.update(&revision.to_be_bytes());
+    Ok(Digest {
+        index,
+        revision,
+        keys,
+        crc: format!("{:08x}", crc.finalize()),
+    })
 }
 
 fn parse_counter(value: &[u8]) -> Option<i64> {

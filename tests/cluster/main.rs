@@ -3,6 +3,7 @@
 
 mod support;
 
+mod admin;
 mod api_errors;
 mod consistency;
 mod durability;

@@ -1,0 +1,171 @@
+//! Admin commands through the gRPC Admin service and the CLI.
+
+use raftset::proto::AddLearnerRequest;
+
+use crate::support::{wait_for, Cluster};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_transfer_leader_and_verify_through_any_node() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    let follower = (leader + 1) % 3;
+    let mut client = cluster.client(follower).await;
+    for i in 0..20 {
+        client.put(format!("k{i}").as_bytes(), b"v").await.unwrap();
+    }
+
+    let members = client.members().await.unwrap();
+    assert_eq!(members.members.len(), 3);
+    assert_eq!(members.members.iter().filter(|m| m.is_leader).count(), 1);
+    assert!(members
+        .members
+        .iter()
+        .all(|m| m.member.as_ref().unwrap().voter));
+
+    let target_name = &cluster.nodes[(leader + 2) % 3].name;
+    let target = members
+        .members
+        .iter()
+        .map(|m| m.member.clone().unwrap())
+        .find(|m| &m.name == target_name)
+        .unwrap();
+    let status = client.transfer_leader(Some(target.id)).await.unwrap();
+    assert_eq!(
+        status.leader_id,
+        Some(target.id),
+        "leadership moved to the chosen voter"
+    );
+    assert_eq!(cluster.nodes[cluster.leader().await].name, *target_name);
+    client.put(b"after-transfer", b"v").await.unwrap();
+
+    let report = client.verify().await.unwrap();
+    assert!(report.agree, "{report:?}");
+    assert_eq!(report.members.len(), 3);
+    assert_eq!(report.keys, 21);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_and_backup_contain_every_acknowledged_write() {
+    let cluster = Cluster::start(3).await;
+    let mut client = cluster.client(1).await;
+    for i in 0..50 {
+        client
+            .put(format!("backup-key-{i:02}").as_bytes(), b"v")
+            .await
+            .unwrap();
+    }
+    assert!(client.snapshot().await.unwrap() > 0);
+
+    let mut stream = client.backup().await.unwrap();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.message().await.unwrap() {
+        bytes.extend_from_slice(&chunk.data);
+    }
+    assert!(bytes.starts_with(b"RAFTSET\x01"), "a raftset snapshot file");
+    for i in 0..50 {
+        let key = format!("backup-key-{i:02}");
+        assert!(
+            bytes.windows(key.len()).any(|w| w == key.as_bytes()),
+            "{key} is in the backup"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_member_can_be_added_back_as_learner_then_voter() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    let gone = (leader + 1) % 3;
+    let mut client = cluster.client(leader).await;
+    let status = cluster.status(gone).await.unwrap();
+    let member = status
+        .members
+        .iter()
+        .find(|m| m.id == status.id)
+        .unwrap()
+        .clone();
+
+    let members = client.remove(member.id).await.unwrap();
+    assert_eq!(members.members.len(), 2);
+    let missing = client.remove(member.id).await.unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+
+    let learner = AddLearnerRequest {
+        id: member.id,
+        name: member.name.clone(),
+        peer_addr: member.peer_addr.clone(),
+        api_addr: member.api_addr.clone(),
+        http_addr: member.http_addr.clone(),
+    };
+    let members = client.add_learner(learner).await.unwrap();
+    let added = members
+        .members
+        .iter()
+        .find(|m| m.member.as_ref().unwrap().id == member.id)
+        .unwrap();
+    assert!(!added.member.as_ref().unwrap().voter);
+    client.promote(member.id).await.unwrap();
+    cluster.wait_for_voters(3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_prints_tables_or_json_and_exits_non_zero_on_failure() {
+    let cluster = Cluster::start(3).await;
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_raftset"))
+            .args(args)
+            .output()
+            .expect("run the CLI")
+    };
+    let endpoint = cluster.nodes[2].api();
+    let put = cli(&["put", "greeting", "hello", "--endpoint", &endpoint]);
+    assert!(put.status.success(), "{put:?}");
+    let get = cli(&["get", "greeting", "--endpoint", &endpoint]);
+    assert_eq!(String::from_utf8_lossy(&get.stdout), "hello\n");
+
+    let status = cli(&["status", "--json", "--endpoint", &endpoint]);
+    let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(json["name"], "raftset-2");
+    assert_eq!(json["members"].as_array().unwrap().len(), 3);
+
+    let members = cli(&["members", "--endpoint", &endpoint]);
+    assert!(members.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&members.stdout).lines().count(),
+        4,
+        "a header and 3 rows"
+    );
+
+    let verify = wait_for("verify to pass", || async {
+        let out = cli(&["verify", "--endpoint", &endpoint]);
+        if out.status.success() {
+            Ok(out)
+        } else {
+            Err(format!("{out:?}"))
+        }
+    })
+    .await;
+    assert!(String::from_utf8_lossy(&verify.stdout).contains("all members agree"));
+
+    let missing = cli(&["get", "nope", "--endpoint", &endpoint]);
+    assert_eq!(missing.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains("key not found: nope"), "{stderr}");
+
+    let bad = cli(&["put", "", "v", "--endpoint", &endpoint]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("key must not be empty"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("backup.db");
+    let backup = cli(&[
+        "backup",
+        "--out",
+        file.to_str().unwrap(),
+        "--endpoint",
+        &endpoint,
+    ]);
+    assert!(backup.status.success(), "{backup:?}");
+    assert!(std::fs::read(&file).unwrap().starts_with(b"RAFTSET\x01"));
+}
