@@ -9,4 +9,5 @@ mod consistency;
 mod durability;
 mod failover;
 mod http_endpoints;
+mod lifecycle;
 mod watch;

@@ -76,6 +76,7 @@ pub struct Cluster {
     /// Extra `serve` flags for every node.
     args: Vec<String>,
     _dir: tempfile::TempDir,
+    subnet: [u8; 2],
 }
 
 impl Cluster {
@@ -90,28 +91,80 @@ impl Cluster {
         cluster
     }
 
-    /// Starts `n` nodes without waiting for anything.
+    /// Starts `n` nodes at once without waiting for anything, as a
+    /// StatefulSet with `podManagementPolicy: Parallel` does.
     pub async fn spawn(n: usize, args: &[&str]) -> Cluster {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let [x, y] = next_subnet();
-        let nodes = (0..n)
-            .map(|i| TestNode {
-                name: format!("raftset-{i}"),
-                ip: format!("127.{x}.{y}.{}", i + 1),
-                data_dir: dir.path().join(format!("raftset-{i}")),
-                log: dir.path().join(format!("raftset-{i}.log")),
-                child: None,
-            })
-            .collect();
-        let mut cluster = Cluster {
-            nodes,
-            args: args.iter().map(|a| a.to_string()).collect(),
-            _dir: dir,
-        };
+        let mut cluster = Cluster::empty(args);
+        for _ in 0..n {
+            cluster.create_node();
+        }
         for i in 0..n {
             cluster.launch(i);
         }
         cluster
+    }
+
+    /// Creates the nodes one at a time, each only once the previous one is
+    /// ready, as an OrderedReady StatefulSet does. A node sees only the
+    /// peers that exist when it starts, as it would through DNS.
+    pub async fn ordered(n: usize, args: &[&str]) -> Cluster {
+        let mut cluster = Cluster::empty(args);
+        for _ in 0..n {
+            cluster.scale_up().await;
+        }
+        cluster
+    }
+
+    /// Adds the next ordinal and waits until it is ready.
+    pub async fn scale_up(&mut self) -> usize {
+        let i = self.create_node();
+        self.launch(i);
+        self.wait_ready(i).await;
+        i
+    }
+
+    fn empty(args: &[&str]) -> Cluster {
+        Cluster {
+            nodes: Vec::new(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            _dir: tempfile::tempdir().expect("temp dir"),
+            subnet: next_subnet(),
+        }
+    }
+
+    fn create_node(&mut self) -> usize {
+        let i = self.nodes.len();
+        let [x, y] = self.subnet;
+        self.nodes.push(TestNode {
+            name: format!("raftset-{i}"),
+            ip: format!("127.{x}.{y}.{}", i + 1),
+            data_dir: self._dir.path().join(format!("raftset-{i}")),
+            log: self._dir.path().join(format!("raftset-{i}.log")),
+            child: None,
+        });
+        i
+    }
+
+    /// Waits until node `i` answers its readiness probe with 200.
+    pub async fn wait_ready(&self, i: usize) {
+        let http = self.nodes[i].http();
+        wait_for(&format!("{} to be ready", self.nodes[i].name), || {
+            let http = http.clone();
+            async move {
+                if tokio::net::TcpStream::connect(&http).await.is_err() {
+                    return Err("not listening".to_string());
+                }
+                let reply = http::get(&http, "/readyz", "*/*").await;
+                if reply.status == 200 { Ok(()) } else { Err(reply.body) }
+            }
+        })
+        .await;
+    }
+
+    /// Deletes node `i`'s data directory (its PVC); the node must be stopped.
+    pub fn delete_volume(&mut self, i: usize) {
+        assert!(!self.nodes[i].is_running(), "stop {} first", self.nodes[i].name);
+        std::fs::remove_dir_all(&self.nodes[i].data_dir).expect("delete the data directory");
     }
 
     fn launch(&mut self, i: usize) {
