@@ -263,6 +263,13 @@ impl Client {
         Ok(self.admin.remove(request).await?.into_inner())
     }
 
+    /// Removes the members whose ordinal is at or above `replicas`, as far
+    /// as a healthy majority allows now.
+    pub async fn scale_down(&mut self, replicas: u32) -> Result<proto::MembersResponse> {
+        let request = self.request(proto::ScaleDownRequest { replicas });
+        Ok(self.admin.scale_down(request).await?.into_inner())
+    }
+
     /// Moves leadership to `to` (None: any caught-up voter).
     pub async fn transfer_leader(&mut self, to: Option<u64>) -> Result<proto::StatusResponse> {
         let request = self.request(proto::TransferLeaderRequest {

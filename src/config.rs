@@ -72,6 +72,20 @@ pub struct Config {
     #[arg(long, env = "RAFTSET_CLUSTER_DOMAIN", default_value = "cluster.local")]
     pub cluster_domain: String,
 
+    /// Follow the StatefulSet's `spec.replicas`: the leader removes members
+    /// whose ordinal is at or above it, one at a time (needs `get` on the
+    /// StatefulSet). Off: scale-down is left to `raftset scale-down`.
+    #[arg(long, env = "RAFTSET_FOLLOW_REPLICAS")]
+    pub follow_replicas: bool,
+
+    /// The Kubernetes API server; in a pod, found from the environment.
+    #[arg(long, env = "RAFTSET_KUBE_API")]
+    pub kube_api: Option<String>,
+
+    /// How often the leader compares the membership with the replica count.
+    #[arg(long, env = "RAFTSET_RECONCILE_SECS", default_value_t = 10)]
+    pub reconcile_secs: u64,
+
     /// Leader heartbeat interval, in milliseconds.
     #[arg(long, env = "RAFTSET_HEARTBEAT_MS", default_value_t = 100)]
     pub heartbeat_ms: u64,

@@ -66,9 +66,18 @@ pub struct NodeCore {
     pub digests: Digests,
     /// Cancelled when the node stops serving clients.
     pub shutdown: CancellationToken,
+    /// Set when the node must stop by itself, with the reason.
+    stop_reason: watch::Sender<Option<String>>,
 }
 
 impl NodeCore {
+    /// Stops serving clients at once and asks the node's owner to shut it
+    /// down ([`Node::stopped`] returns the reason).
+    pub fn stop(&self, reason: String) {
+        self.shutdown.cancel();
+        self.stop_reason.send_replace(Some(reason));
+    }
+
     pub fn raft_metrics(&self) -> RaftMetrics {
         self.raft.metrics().borrow().clone()
     }
@@ -200,6 +209,7 @@ impl Node {
         let http_addr = local(&http_listener, "HTTP", config.listen_http)?;
 
         let stop_clients = CancellationToken::new();
+        let (stop_reason, stopped) = watch::channel(None);
         let core = Arc::new(NodeCore {
             id: store.node_id,
             me: Member {
@@ -222,6 +232,7 @@ impl Node {
             watchers: Arc::new(Semaphore::new(crate::limits::MAX_WATCHERS)),
             digests,
             shutdown: stop_clients.clone(),
+            stop_reason,
         });
         tracing::info!(
             node_id = core.id,
@@ -234,8 +245,6 @@ impl Node {
         let stop_peers = CancellationToken::new();
         let client_tasks = TaskTracker::new();
         let peer_tasks = TaskTracker::new();
-        let (stopped_tx, stopped) = watch::channel(None);
-        let stopped_tx = Arc::new(stopped_tx);
 
         peer_tasks.spawn(crate::raft::service::serve(
             core.clone(),
@@ -253,11 +262,13 @@ impl Node {
             stop_clients.clone(),
         ));
         peer_tasks.spawn(crate::cluster::run(core.clone(), stop_peers.clone()));
-        peer_tasks.spawn(watch_for_fatal(
-            core.clone(),
-            stopped_tx,
-            [stop_clients.clone(), stop_peers.clone()],
-        ));
+        if core.config.follow_replicas {
+            peer_tasks.spawn(crate::cluster::reconcile::follow_replicas(
+                core.clone(),
+                stop_peers.clone(),
+            ));
+        }
+        peer_tasks.spawn(watch_for_fatal(core.clone(), stop_peers.clone()));
 
         Ok(Node {
             core,
@@ -321,8 +332,9 @@ impl Node {
         crate::client::Client::connect(&host.to_string()).await
     }
 
-    /// Resolves when the node stopped by itself (a fatal storage or Raft
-    /// error), with the reason.
+    /// Resolves when the node must stop by itself (a fatal storage or Raft
+    /// error, or it found itself removed from its cluster), with the reason.
+    /// The owner then calls [`Node::shutdown`].
     pub async fn stopped(&self) -> String {
         let mut stopped = self.stopped.clone();
         loop {
@@ -352,13 +364,9 @@ impl Node {
     }
 }
 
-/// Stops serving when Raft stops by itself: a storage failure must never
+/// Stops the node when Raft stops by itself: a storage failure must never
 /// leave a node answering clients.
-async fn watch_for_fatal(
-    core: Arc<NodeCore>,
-    stopped: Arc<watch::Sender<Option<String>>>,
-    stop: [CancellationToken; 2],
-) {
+async fn watch_for_fatal(core: Arc<NodeCore>, stop: CancellationToken) {
     let mut metrics = core.raft.metrics();
     loop {
         let running = metrics.borrow_and_update().running_state.clone();
@@ -368,13 +376,12 @@ async fn watch_for_fatal(
                 core.meta.path().display()
             );
             tracing::error!("{reason}");
-            stop.iter().for_each(CancellationToken::cancel);
-            let _ = stopped.send(Some(reason));
+            core.stop(reason);
             return;
         }
         tokio::select! {
             changed = metrics.changed() => if changed.is_err() { return },
-            _ = stop[1].cancelled() => return,
+            _ = stop.cancelled() => return,
         }
     }
 }

@@ -209,36 +209,7 @@ impl proto::admin_server::Admin for AdminService {
             if let Some(mut leader) = self.leader_admin().await? {
                 return leader.remove(request).await;
             }
-            let metrics = self.core.raft_metrics();
-            let membership = metrics.membership_config.membership();
-            if membership.get_node(&request.id).is_none() {
-                return Err(Status::not_found(format!(
-                    "{:016x} is not a member",
-                    request.id
-                )));
-            }
-            let ids: std::collections::BTreeSet<u64> = [request.id].into_iter().collect();
-            if membership.voter_ids().any(|v| v == request.id) {
-                self.core
-                    .raft
-                    .change_membership(ChangeMembers::RemoveVoters(ids.clone()), false)
-                    .await
-                    .map_err(membership_error)?;
-            }
-            let still_listed = self
-                .core
-                .raft_metrics()
-                .membership_config
-                .membership()
-                .get_node(&request.id)
-                .is_some();
-            if still_listed {
-                self.core
-                    .raft
-                    .change_membership(ChangeMembers::RemoveNodes(ids), false)
-                    .await
-                    .map_err(membership_error)?;
-            }
+            crate::cluster::remove_member(&self.core, request.id).await?;
             Ok(Response::new(self.members_view()))
         })
         .await
@@ -256,6 +227,21 @@ impl proto::admin_server::Admin for AdminService {
             let to = (request.to != 0).then_some(request.to);
             crate::cluster::transfer_leadership(&self.core, to).await?;
             Ok(Response::new(status_of(&self.core)))
+        })
+        .await
+    }
+
+    async fn scale_down(
+        &self,
+        request: Request<proto::ScaleDownRequest>,
+    ) -> Result<Response<proto::MembersResponse>, Status> {
+        observed(&self.core, "ScaleDown", async {
+            let request = request.into_inner();
+            if let Some(mut leader) = self.leader_admin().await? {
+                return leader.scale_down(request).await;
+            }
+            crate::cluster::reconcile::remove_beyond(&self.core, request.replicas).await?;
+            Ok(Response::new(self.members_view()))
         })
         .await
     }
@@ -382,7 +368,7 @@ async fn ask_digest(
         .client(peer_addr)
         .map_err(|s| s.message().to_string())?;
     let reply = client
-        .digest(core.peers.request(&index, timeout))
+        .digest(core.peers.request(0, &index, timeout))
         .await
         .map_err(|s| s.message().to_string())?;
     crate::raft::network::decode(&reply.get_ref().payload).map_err(|s| s.message().to_string())

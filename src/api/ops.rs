@@ -139,7 +139,7 @@ impl NodeCore {
             .peers
             .client(&leader.peer_addr)
             .map_err(|s| Attempt::Fail(Error::Leader(s)))?;
-        let request = self.peers.request(command, remaining(deadline));
+        let request = self.peers.request(0, command, remaining(deadline));
         match client.propose(request).await {
             Ok(reply) => {
                 decode(&reply.get_ref().payload).map_err(|s| Attempt::Fail(Error::Leader(s)))
@@ -202,7 +202,7 @@ impl NodeCore {
             .peers
             .client(&leader.peer_addr)
             .map_err(|s| Attempt::Fail(Error::Leader(s)))?;
-        let request = self.peers.request(&(), remaining(deadline));
+        let request = self.peers.request(0, &(), remaining(deadline));
         match client.read_index(request).await {
             Ok(reply) => {
                 decode(&reply.get_ref().payload).map_err(|s| Attempt::Fail(Error::Leader(s)))

@@ -120,6 +120,13 @@ pub enum Command {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Remove the members whose ordinal is at or above REPLICAS (after
+    /// `kubectl scale`, where raftset may not read the StatefulSet).
+    ScaleDown {
+        replicas: u32,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Move leadership to a voter (by default the most caught-up one).
     TransferLeader {
         #[arg(long, value_parser = parse_id)]
@@ -286,6 +293,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Remove { id, conn } => {
             let members = conn.connect().await?.remove(id).await?;
+            output::members(&members, conn.json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::ScaleDown { replicas, conn } => {
+            let members = conn.connect().await?.scale_down(replicas).await?;
             output::members(&members, conn.json);
             Ok(ExitCode::SUCCESS)
         }

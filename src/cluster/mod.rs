@@ -9,6 +9,7 @@
 
 pub mod bootstrap;
 pub mod join;
+pub mod reconcile;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -124,6 +125,40 @@ pub async fn hand_over_leadership(core: &NodeCore) {
     }
 }
 
+/// On the leader: removes a member, voter or learner, from the cluster.
+pub async fn remove_member(core: &NodeCore, id: u64) -> Result<(), tonic::Status> {
+    use openraft::ChangeMembers;
+    let ids: std::collections::BTreeSet<u64> = [id].into_iter().collect();
+    let listed = |core: &NodeCore| {
+        let metrics = core.raft_metrics();
+        let membership = metrics.membership_config.membership();
+        (
+            membership.get_node(&id).is_some(),
+            membership.voter_ids().any(|v| v == id),
+        )
+    };
+    let (member, voter) = listed(core);
+    if !member {
+        return Err(tonic::Status::not_found(format!(
+            "{id:016x} is not a member"
+        )));
+    }
+    if voter {
+        core.raft
+            .change_membership(ChangeMembers::RemoveVoters(ids.clone()), false)
+            .await
+            .map_err(join::membership_error)?;
+    }
+    // A voter removed without `retain` is gone; a learner needs its own step.
+    if listed(core).0 {
+        core.raft
+            .change_membership(ChangeMembers::RemoveNodes(ids), false)
+            .await
+            .map_err(join::membership_error)?;
+    }
+    Ok(())
+}
+
 /// Keeps this node from campaigning for `hold` (a zero hold ends an
 /// earlier one), so a leadership transfer goes where it was sent.
 pub fn hold_election(core: &NodeCore, hold: Duration) {
@@ -201,7 +236,7 @@ pub async fn transfer_leadership(core: &NodeCore, to: Option<u64>) -> Result<u64
             for addr in &others {
                 let sent = match core.peers.client(addr) {
                     Ok(mut client) => client
-                        .hold_election(core.peers.request(&millis, ASK_TIMEOUT))
+                        .hold_election(core.peers.request(0, &millis, ASK_TIMEOUT))
                         .await
                         .map(|_| ()),
                     Err(e) => Err(e),
@@ -238,12 +273,14 @@ pub async fn transfer_leadership(core: &NodeCore, to: Option<u64>) -> Result<u64
 }
 
 /// What this node tells a starting peer about itself.
-pub fn info(core: &NodeCore) -> ClusterInfoResponse {
+pub fn info(core: &NodeCore, asker_id: u64) -> ClusterInfoResponse {
     let metrics = core.raft_metrics();
     let membership = metrics.membership_config.membership();
     let is_member = membership.get_node(&core.id).is_some();
     let leader = metrics.current_leader;
     ClusterInfoResponse {
+        asker_is_member: membership.get_node(&asker_id).is_some(),
+        membership_index: metrics.membership_config.log_id().map_or(0, |l| l.index),
         cluster_id: if is_member {
             core.cluster_id.get()
         } else {
@@ -264,6 +301,7 @@ pub async fn run(core: Arc<NodeCore>, stop: CancellationToken) {
     match core.raft.is_initialized().await {
         Ok(true) => {
             tracing::info!(cluster_id = %core.cluster_id.get(), "restarting from existing Raft state");
+            check_still_member(&core, &stop).await;
             return;
         }
         Ok(false) => {}
@@ -325,11 +363,66 @@ pub async fn run(core: Arc<NodeCore>, stop: CancellationToken) {
     }
 }
 
+/// How long a restarted node keeps asking whether it is still a member.
+const MEMBERSHIP_CHECK: Duration = Duration::from_secs(60);
+
+/// A restarted node whose data says it is a member, but whom the cluster
+/// removed while it was away (a volume kept after a scale-down), must not
+/// serve that stale state: it marks its data directory for discarding and
+/// stops, and comes back empty to join under a new id.
+async fn check_still_member(core: &NodeCore, stop: &CancellationToken) {
+    let deadline = tokio::time::Instant::now() + MEMBERSHIP_CHECK;
+    let ours = core.cluster_id.get();
+    while tokio::time::Instant::now() < deadline {
+        let mine = core
+            .raft_metrics()
+            .membership_config
+            .log_id()
+            .map_or(0, |l| l.index);
+        for (name, location) in discover(core).await {
+            let Location::At(addr) = location else {
+                continue;
+            };
+            let Ok(mut client) = core.peers.client(&addr) else {
+                continue;
+            };
+            let mut request = tonic::Request::new(ClusterInfoRequest { asker_id: core.id });
+            request.set_timeout(ASK_TIMEOUT);
+            let Ok(info) = client.cluster_info(request).await.map(|r| r.into_inner()) else {
+                continue;
+            };
+            if info.cluster_id != ours {
+                continue;
+            }
+            if info.asker_is_member {
+                return;
+            }
+            if info.membership_index > mine {
+                let reason = format!(
+                    "removed from cluster {ours} while away ({name} has membership at index {} without this node); \
+                     discarding this data directory and restarting empty",
+                    info.membership_index
+                );
+                tracing::error!("{reason}");
+                if let Err(e) = core.meta.mark_for_discard(&reason) {
+                    tracing::error!("cannot mark the data directory for discarding: {e}");
+                }
+                core.stop(reason);
+                return;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
 async fn ask(core: &NodeCore, peer_addr: &str) -> PeerView {
     let Ok(mut client) = core.peers.client(peer_addr) else {
         return PeerView::Absent;
     };
-    let mut request = tonic::Request::new(ClusterInfoRequest {});
+    let mut request = tonic::Request::new(ClusterInfoRequest { asker_id: 0 });
     request.set_timeout(ASK_TIMEOUT);
     match client.cluster_info(request).await {
         Ok(info) if info.get_ref().cluster_id.is_empty() => PeerView::Empty,

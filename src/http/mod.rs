@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -205,8 +205,13 @@ async fn healthz(State(core): State<Arc<NodeCore>>) -> Response {
 
 /// `GET /readyz`: a member with a known leader, caught up to within the
 /// configured lag. Says why when it is not.
-async fn readyz(State(core): State<Arc<NodeCore>>) -> Response {
-    match readiness(&core) {
+///
+/// `GET /readyz?noleader` leaves out the leader: the StatefulSet's probe.
+/// After every pod stopped, pod 0 restarts alone and can elect nobody; if
+/// its readiness waited for a leader, OrderedReady would never create pod 1
+/// and the cluster would never come back.
+async fn readyz(State(core): State<Arc<NodeCore>>, Query(query): Query<ReadyQuery>) -> Response {
+    match readiness(&core, query.noleader.is_some()) {
         Ok(()) => (StatusCode::OK, "ready\n").into_response(),
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -216,8 +221,13 @@ async fn readyz(State(core): State<Arc<NodeCore>>) -> Response {
     }
 }
 
+#[derive(Debug, serde::Deserialize)]
+struct ReadyQuery {
+    noleader: Option<String>,
+}
+
 /// Why this node should not receive client traffic, if it should not.
-pub fn readiness(core: &NodeCore) -> Result<(), String> {
+pub fn readiness(core: &NodeCore, without_leader: bool) -> Result<(), String> {
     let metrics = core.raft_metrics();
     if let Err(fatal) = &metrics.running_state {
         return Err(format!("raft stopped: {fatal}"));
@@ -230,7 +240,8 @@ pub fn readiness(core: &NodeCore) -> Result<(), String> {
     {
         return Err("not a member of a cluster yet".into());
     }
-    if metrics.current_leader.is_none() || metrics.state == ServerState::Candidate {
+    let leaderless = metrics.current_leader.is_none() || metrics.state == ServerState::Candidate;
+    if leaderless && !without_leader {
         return Err("no leader known".into());
     }
     let applied = metrics.last_applied.map_or(0, |l| l.index);

@@ -67,11 +67,18 @@ impl PeerClients {
             .max_encoding_message_size(MAX_PEER_MESSAGE))
     }
 
-    /// A peer request carrying `payload`, stamped with this node's cluster id.
-    pub fn request<T: Serialize>(&self, payload: &T, timeout: Duration) -> Request<PeerMessage> {
+    /// A peer request carrying `payload` for node `target` (0: whichever
+    /// node serves the address), stamped with this node's cluster id.
+    pub fn request<T: Serialize>(
+        &self,
+        target: NodeId,
+        payload: &T,
+        timeout: Duration,
+    ) -> Request<PeerMessage> {
         let mut request = Request::new(PeerMessage {
             cluster_id: self.cluster_id.get(),
             payload: encode(payload).into(),
+            target_id: target,
         });
         request.set_timeout(timeout);
         request
@@ -143,7 +150,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
-        let request = self.clients.request(&rpc, option.hard_ttl());
+        let request = self.clients.request(self.target, &rpc, option.hard_ttl());
         let response = self.client()?.append_entries(request).await;
         self.reply(response)
     }
@@ -153,7 +160,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> {
-        let request = self.clients.request(&rpc, option.hard_ttl());
+        let request = self.clients.request(self.target, &rpc, option.hard_ttl());
         let response = self.client()?.install_snapshot(request).await;
         self.reply(response)
     }
@@ -163,7 +170,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>> {
-        let request = self.clients.request(&rpc, option.hard_ttl());
+        let request = self.clients.request(self.target, &rpc, option.hard_ttl());
         let response = self.client()?.vote(request).await;
         self.reply(response)
     }

@@ -41,8 +41,9 @@ struct PeerService {
 }
 
 impl PeerService {
-    /// Decodes a message from a peer of this node's cluster. A message from
-    /// another cluster is refused, and both ids are logged.
+    /// Decodes a message from a peer of this node's cluster, addressed to
+    /// this node. A message from another cluster is refused, and both ids
+    /// are logged; so is one meant for another node id.
     fn open<T: DeserializeOwned>(&self, request: Request<PeerMessage>) -> Result<T, Status> {
         let ours = self.core.cluster_id.get();
         let message = request.into_inner();
@@ -57,6 +58,12 @@ impl PeerService {
                 ours, message.cluster_id
             )));
         }
+        if message.target_id != 0 && message.target_id != self.core.id {
+            return Err(Status::failed_precondition(format!(
+                "this is node {:016x}, not {:016x}: that member's volume was replaced",
+                self.core.id, message.target_id
+            )));
+        }
         decode(&message.payload)
     }
 }
@@ -65,6 +72,7 @@ fn reply<T: Serialize>(value: &T) -> Response<PeerMessage> {
     Response::new(PeerMessage {
         cluster_id: String::new(),
         payload: encode(value).into(),
+        target_id: 0,
     })
 }
 
@@ -137,9 +145,10 @@ impl RaftPeer for PeerService {
 
     async fn cluster_info(
         &self,
-        _: Request<ClusterInfoRequest>,
+        request: Request<ClusterInfoRequest>,
     ) -> Result<Response<ClusterInfoResponse>, Status> {
-        Ok(Response::new(crate::cluster::info(&self.core)))
+        let asker = request.into_inner().asker_id;
+        Ok(Response::new(crate::cluster::info(&self.core, asker)))
     }
 
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {

@@ -37,6 +37,8 @@ use crate::raft::NodeId;
 
 const NODE_ID_KEY: &[u8] = b"node_id";
 const CLUSTER_ID_KEY: &[u8] = b"cluster_id";
+/// A file whose presence makes the next start empty the data directory.
+const DISCARD_MARKER: &str = "DISCARD";
 
 /// Failure to open or use the data directory. Always fatal for the node.
 #[derive(Debug, thiserror::Error)]
@@ -90,14 +92,26 @@ pub struct Store {
 
 impl Store {
     /// Opens (or creates) the data directory. An empty directory gets a fresh
-    /// random node id, stored before anything else.
+    /// random node id, stored before anything else. A directory marked for
+    /// discarding (see [`Meta::mark_for_discard`]) is emptied first.
     pub fn open(data_dir: &Path, options: &StoreOptions) -> Result<Store, StoreError> {
         let path = data_dir.to_path_buf();
         let db_path = path.join("db");
-        std::fs::create_dir_all(&path).map_err(|source| StoreError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        let io_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StoreError::Io { path, source }
+        };
+        std::fs::create_dir_all(&path).map_err(io_err(&path))?;
+        let marker = path.join(DISCARD_MARKER);
+        if let Ok(reason) = std::fs::read_to_string(&marker) {
+            tracing::warn!(path = %path.display(), "discarding the data directory: {}", reason.trim());
+            for dir in [db_path.clone(), path.join("snapshots")] {
+                if dir.exists() {
+                    std::fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
+                }
+            }
+            std::fs::remove_file(&marker).map_err(io_err(&marker))?;
+        }
         let db = sled::Config::new()
             .path(&db_path)
             .cache_capacity(options.cache_bytes)
@@ -187,6 +201,23 @@ impl Meta {
             .insert(CLUSTER_ID_KEY, cluster_id.as_bytes())
             .map_err(|e| self.sled_err(e))?;
         self.make_durable()
+    }
+
+    /// Makes the next start discard this directory's state (the node was
+    /// removed from its cluster while away), durably, saying why.
+    pub fn mark_for_discard(&self, reason: &str) -> Result<(), StoreError> {
+        use std::io::Write;
+        let path = self.shared.path.join(DISCARD_MARKER);
+        let io_err = |source| StoreError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut file = std::fs::File::create(&path).map_err(io_err)?;
+        writeln!(file, "{reason}").map_err(io_err)?;
+        file.sync_all().map_err(io_err)?;
+        std::fs::File::open(&self.shared.path)
+            .and_then(|dir| dir.sync_all())
+            .map_err(io_err)
     }
 
     fn make_durable(&self) -> Result<(), StoreError> {

@@ -176,3 +176,55 @@ async fn malformed_and_oversized_messages_are_refused_and_the_node_keeps_serving
         .into_inner();
     assert_eq!(page.kvs.len(), 1, "the node still serves and kept its data");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_messages_from_another_cluster_or_for_another_node_are_refused() {
+    use raftset::proto::raft_peer_client::RaftPeerClient;
+    use raftset::proto::PeerMessage;
+
+    let cluster = Cluster::start(3).await;
+    let status = cluster.status(1).await.unwrap();
+    let mut peer = RaftPeerClient::connect(format!("http://{}", cluster.nodes[1].peer()))
+        .await
+        .unwrap();
+    let message = |cluster_id: &str, target_id: u64| PeerMessage {
+        cluster_id: cluster_id.into(),
+        payload: vec![0xff; 16].into(),
+        target_id,
+    };
+
+    let foreign = peer
+        .append_entries(message("another-cluster", status.id))
+        .await
+        .unwrap_err();
+    assert_eq!(foreign.code(), Code::FailedPrecondition, "{foreign}");
+    assert!(
+        foreign.message().contains("cluster id mismatch"),
+        "{foreign}"
+    );
+
+    // What a leader still sends to a member whose pod came back empty.
+    let misaddressed = peer
+        .append_entries(message(&status.cluster_id, status.id ^ 1))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        misaddressed.code(),
+        Code::FailedPrecondition,
+        "{misaddressed}"
+    );
+    assert!(misaddressed.message().contains("not"), "{misaddressed}");
+
+    let garbage = peer
+        .vote(message(&status.cluster_id, status.id))
+        .await
+        .unwrap_err();
+    assert_eq!(garbage.code(), Code::InvalidArgument, "{garbage}");
+
+    let after = cluster.status(1).await.unwrap();
+    assert_eq!(
+        (after.term, after.cluster_id),
+        (status.term, status.cluster_id),
+        "nothing changed"
+    );
+}

@@ -103,6 +103,31 @@ async fn probes_and_metrics() {
     })
     .await;
     get(&http, "/", "*/*").await;
+
+    // A member that lost its quorum: not ready, but ready for start-up
+    // ordering (the StatefulSet's probe), so a full restart is not stuck.
+    let leader = cluster.leader().await;
+    cluster.kill(leader).await;
+    let survivor = &cluster.nodes[1 - leader];
+    crate::support::wait_for("the survivor to lose its leader", || async {
+        let reply = get(&survivor.http(), "/readyz", "*/*").await;
+        if reply.status == 503 && reply.body.contains("no leader") {
+            Ok(())
+        } else {
+            Err(reply.body)
+        }
+    })
+    .await;
+    assert_eq!(
+        get(&survivor.http(), "/readyz?noleader", "*/*")
+            .await
+            .status,
+        200
+    );
+    cluster.restart(leader);
+    cluster.wait_ready(leader).await;
+    cluster.wait_ready(1 - leader).await;
+
     let metrics = get(&http, "/metrics", "*/*").await;
     assert_eq!(metrics.status, 200);
     for name in [

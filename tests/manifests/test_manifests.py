@@ -29,6 +29,7 @@ EXPECTED_ENV = {
     "RAFTSET_PEER_SERVICE",
     "RAFTSET_CLUSTER_DOMAIN",
     "RAFTSET_LOG_JSON",
+    "RAFTSET_FOLLOW_REPLICAS",
 }
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "StorageClass",
                   "PersistentVolume", "PriorityClass", "CustomResourceDefinition"}
@@ -183,7 +184,9 @@ def test_statefulset_shape(base):
     assert claim["metadata"]["name"] == "data"
     assert claim["spec"]["resources"]["requests"]["storage"] == "1Gi"
     pod = spec["template"]["spec"]
-    assert pod["automountServiceAccountToken"] is False
+    # The token is needed for exactly one call (see rbac.yaml).
+    assert pod["automountServiceAccountToken"] is True
+    assert pod["serviceAccountName"] == "raftset"
     assert pod["terminationGracePeriodSeconds"] >= 20, "too short for a leader handover"
     mounts = {v["mountPath"]: v["name"] for v in main_container(base)["volumeMounts"]}
     assert mounts[DATA_DIR] == "data"
@@ -221,7 +224,7 @@ def test_probes_exist_differ_and_name_real_ports(base):
         assert c["livenessProbe"] != c["readinessProbe"]
         # Liveness must never depend on a leader; readiness must.
         assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
-        assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert c["readinessProbe"]["httpGet"]["path"] == "/readyz?noleader"
         assert c["startupProbe"]["httpGet"]["path"] != "/readyz"
 
 
@@ -275,6 +278,15 @@ def test_env_values_agree_with_the_rest_of_the_manifests(base):
                       ("RAFTSET_LISTEN_HTTP", "http")):
         assert env[var]["value"] == f"0.0.0.0:{ports[port]}"
     assert env["RAFTSET_LOG_JSON"]["value"] in ("true", "false")
+    assert env["RAFTSET_FOLLOW_REPLICAS"]["value"] == "true"
+
+
+def test_the_service_account_may_read_only_its_own_statefulset(base):
+    (rule,) = one(base, "Role", "raftset-read-replicas")["rules"]
+    assert rule == {"apiGroups": ["apps"], "resources": ["statefulsets"],
+                    "resourceNames": ["raftset"], "verbs": ["get"]}
+    binding = one(base, "RoleBinding", "raftset-read-replicas")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "raftset", "namespace": "raftset"}]
 
 
 def test_env_names_are_declared_by_the_source(base):

@@ -3,6 +3,7 @@
 //! and `wait_for_*` helpers that always have a deadline.
 
 pub mod http;
+pub mod kube;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -155,7 +156,11 @@ impl Cluster {
                     return Err("not listening".to_string());
                 }
                 let reply = http::get(&http, "/readyz", "*/*").await;
-                if reply.status == 200 { Ok(()) } else { Err(reply.body) }
+                if reply.status == 200 {
+                    Ok(())
+                } else {
+                    Err(reply.body)
+                }
             }
         })
         .await;
@@ -163,7 +168,11 @@ impl Cluster {
 
     /// Deletes node `i`'s data directory (its PVC); the node must be stopped.
     pub fn delete_volume(&mut self, i: usize) {
-        assert!(!self.nodes[i].is_running(), "stop {} first", self.nodes[i].name);
+        assert!(
+            !self.nodes[i].is_running(),
+            "stop {} first",
+            self.nodes[i].name
+        );
         std::fs::remove_dir_all(&self.nodes[i].data_dir).expect("delete the data directory");
     }
 
@@ -247,6 +256,17 @@ impl Cluster {
 
     pub fn restart(&mut self, i: usize) {
         self.launch(i);
+    }
+
+    /// Waits until node `i` exits by itself, as a container whose process
+    /// ended, and returns its exit code.
+    pub async fn wait_exit(&mut self, i: usize) -> Option<i32> {
+        let mut child = self.nodes[i].child.take().expect("node is running");
+        let status = tokio::time::timeout(DEADLINE, child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{} did not exit by itself", self.nodes[i].name))
+            .expect("wait");
+        status.code()
     }
 
     /// The index of the node every running node agrees is the leader.
