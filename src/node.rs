@@ -25,6 +25,9 @@ use crate::raft::{ClusterId, Member, NodeId, Raft, RaftMetrics};
 use crate::store::state_machine::Digests;
 use crate::store::{FlushStats, KvReader, Meta, Store, StoreError, WatchFeed};
 
+/// How long building a snapshot may take before a caller gives up.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -122,6 +125,23 @@ impl NodeCore {
         self.digests.get(index).ok_or_else(|| {
             format!("no digest at index {index} (installed a snapshot past it, or restarted)")
         })
+    }
+
+    /// Builds a snapshot that covers at least `index` and returns its index.
+    pub async fn take_snapshot(&self, index: u64) -> Result<u64, tonic::Status> {
+        self.raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| tonic::Status::internal(e.to_string()))?;
+        self.raft
+            .wait(Some(SNAPSHOT_TIMEOUT))
+            .metrics(|m| m.snapshot.is_some_and(|s| s.index >= index), "snapshot")
+            .await
+            .map(|m| m.snapshot.map_or(0, |s| s.index))
+            .map_err(|e| {
+                tonic::Status::deadline_exceeded(format!("snapshot not built in time: {e}"))
+            })
     }
 
     /// Renders the Prometheus exposition.

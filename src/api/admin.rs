@@ -24,8 +24,6 @@ pub struct AdminService {
     pub core: Arc<NodeCore>,
 }
 
-/// How long a snapshot may take to build before the call gives up.
-const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(120);
 /// Bytes per backup chunk.
 const BACKUP_CHUNK: usize = 256 * 1024;
 
@@ -252,7 +250,7 @@ impl proto::admin_server::Admin for AdminService {
     ) -> Result<Response<proto::SnapshotResponse>, Status> {
         observed(&self.core, "Snapshot", async {
             let applied = self.core.raft_metrics().last_applied.map_or(0, |l| l.index);
-            let index = take_snapshot(&self.core, applied).await?;
+            let index = self.core.take_snapshot(applied).await?;
             Ok(Response::new(proto::SnapshotResponse {
                 snapshot_index: index,
             }))
@@ -267,7 +265,7 @@ impl proto::admin_server::Admin for AdminService {
         observed(&self.core, "Backup", async {
             // Everything acknowledged before the call is applied here first.
             let index = self.core.read_barrier(None).await?;
-            take_snapshot(&self.core, index).await?;
+            self.core.take_snapshot(index).await?;
             let snapshot = self
                 .core
                 .raft
@@ -372,19 +370,4 @@ async fn ask_digest(
         .await
         .map_err(|s| s.message().to_string())?;
     crate::raft::network::decode(&reply.get_ref().payload).map_err(|s| s.message().to_string())
-}
-
-/// Builds a snapshot that covers at least `index` and returns its index.
-async fn take_snapshot(core: &NodeCore, index: u64) -> Result<u64, Status> {
-    core.raft
-        .trigger()
-        .snapshot()
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?;
-    core.raft
-        .wait(Some(SNAPSHOT_TIMEOUT))
-        .metrics(|m| m.snapshot.is_some_and(|s| s.index >= index), "snapshot")
-        .await
-        .map(|m| m.snapshot.map_or(0, |s| s.index))
-        .map_err(|e| Status::deadline_exceeded(format!("snapshot not built in time: {e}")))
 }

@@ -152,6 +152,16 @@ pub enum Command {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Seed an empty data directory from a backup; a node started on it
+    /// founds a new cluster holding that data (see the README's restore steps).
+    Restore {
+        /// The backup file (`raftset backup --out FILE`).
+        #[arg(long)]
+        from: std::path::PathBuf,
+        /// The empty data directory to fill (the new pod 0's volume).
+        #[arg(long, env = "RAFTSET_DATA_DIR", default_value = "/var/lib/raftset")]
+        data_dir: std::path::PathBuf,
+    },
     /// Load a cluster and report throughput and latency.
     Bench(bench::BenchArgs),
 }
@@ -323,6 +333,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Restore { from, data_dir } => {
+            let restored =
+                crate::store::restore(&data_dir, &from, &Config::default().store_options())?;
+            println!(
+                "restored {} keys at revision {} (backup of index {}) into {}; start pod 0 on it to found the new cluster",
+                restored.keys,
+                restored.revision,
+                restored.backup_index,
+                data_dir.display()
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::Bench(args) => {
             bench::run(args).await?;

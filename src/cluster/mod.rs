@@ -453,6 +453,41 @@ async fn bootstrap(core: &NodeCore) -> Result<(), String> {
         .await
         .map_err(|e| format!("initializing the cluster: {e}"))?;
     tracing::info!(%cluster_id, node_id = core.id, "founded a new cluster");
+    if core.meta.is_restored().map_err(|e| e.to_string())? {
+        seal_restored_data(core).await?;
+    }
+    Ok(())
+}
+
+/// Restored data entered the state machine without going through the log,
+/// so nodes that join must receive it as a snapshot: take one and purge the
+/// log below it before anyone can join.
+async fn seal_restored_data(core: &NodeCore) -> Result<(), String> {
+    let id = core.id;
+    let metrics = core
+        .raft
+        .wait(Some(Duration::from_secs(30)))
+        .metrics(
+            |m| m.current_leader == Some(id) && m.last_applied.is_some(),
+            "leading the restored cluster",
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let applied = metrics.last_applied.map_or(0, |l| l.index);
+    let index = core
+        .take_snapshot(applied)
+        .await
+        .map_err(|s| s.message().to_string())?;
+    core.raft
+        .trigger()
+        .purge_log(index)
+        .await
+        .map_err(|e| e.to_string())?;
+    core.meta.clear_restored().map_err(|e| e.to_string())?;
+    tracing::info!(
+        snapshot_index = index,
+        "restored data sealed into the first snapshot"
+    );
     Ok(())
 }
 

@@ -37,6 +37,8 @@ use crate::raft::NodeId;
 
 const NODE_ID_KEY: &[u8] = b"node_id";
 const CLUSTER_ID_KEY: &[u8] = b"cluster_id";
+/// Set by a restore; cleared once the new cluster made the data its snapshot.
+const RESTORED_KEY: &[u8] = b"restored";
 /// A file whose presence makes the next start empty the data directory.
 const DISCARD_MARKER: &str = "DISCARD";
 
@@ -177,6 +179,56 @@ impl Store {
     }
 }
 
+/// What a restore put into a data directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restored {
+    pub keys: u64,
+    pub revision: u64,
+    /// The log index the backup was taken at, in the old cluster.
+    pub backup_index: u64,
+}
+
+/// Seeds an empty data directory with a backup (a snapshot file from
+/// `raftset backup`), for a node that then founds a new cluster holding
+/// that data. The backup is checked whole first; the old cluster's
+/// membership and log position are left behind.
+pub fn restore(
+    data_dir: &Path,
+    backup: &Path,
+    options: &StoreOptions,
+) -> Result<Restored, StoreError> {
+    let io_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| StoreError::Io { path, source }
+    };
+    if std::fs::read_dir(data_dir).is_ok_and(|mut entries| entries.next().is_some()) {
+        return Err(StoreError::Io {
+            path: data_dir.to_path_buf(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "the data directory is not empty; restore only into an empty one",
+            ),
+        });
+    }
+    let mut file = std::fs::File::open(backup).map_err(io_err(backup))?;
+    let meta = snapshot::verify(&mut file).map_err(io_err(backup))?;
+    let store = Store::open(data_dir, options)?;
+    let restored = store
+        .state_machine
+        .import(snapshot::records(&mut file).map_err(io_err(backup))?)
+        .map_err(io_err(backup))?;
+    store
+        .meta
+        .raft_tree
+        .insert(RESTORED_KEY, &[1u8])
+        .map_err(|e| store.meta.sled_err(e))?;
+    store.meta.make_durable()?;
+    Ok(Restored {
+        backup_index: meta.last_log_id.map_or(0, |l| l.index),
+        ..restored
+    })
+}
+
 /// The node's handle on its data directory once openraft owns the log and
 /// the state machine.
 #[derive(Clone)]
@@ -199,6 +251,24 @@ impl Meta {
     pub fn set_cluster_id(&self, cluster_id: &str) -> Result<(), StoreError> {
         self.raft_tree
             .insert(CLUSTER_ID_KEY, cluster_id.as_bytes())
+            .map_err(|e| self.sled_err(e))?;
+        self.make_durable()
+    }
+
+    /// Whether this directory was restored from a backup and the new
+    /// cluster has not yet made that data its first snapshot.
+    pub fn is_restored(&self) -> Result<bool, StoreError> {
+        Ok(self
+            .raft_tree
+            .get(RESTORED_KEY)
+            .map_err(|e| self.sled_err(e))?
+            .is_some())
+    }
+
+    /// Records that the restored data is now in a snapshot.
+    pub fn clear_restored(&self) -> Result<(), StoreError> {
+        self.raft_tree
+            .remove(RESTORED_KEY)
             .map_err(|e| self.sled_err(e))?;
         self.make_durable()
     }

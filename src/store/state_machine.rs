@@ -481,6 +481,34 @@ impl StateMachine {
         }))
     }
 
+    /// Loads a backup's records into an empty state machine, leaving out the
+    /// old cluster's applied log id and membership (the new cluster's log
+    /// starts over; revisions, history and remembered requests carry on).
+    pub(super) fn import<I>(&self, records: I) -> std::io::Result<super::Restored>
+    where
+        I: IntoIterator<Item = std::io::Result<(Vec<u8>, Vec<u8>)>>,
+    {
+        let tree = self.tree();
+        let mut batch = sled::Batch::default();
+        let mut keys = 0;
+        for record in records {
+            let (key, value) = record?;
+            if key == APPLIED || key == MEMBERSHIP {
+                continue;
+            }
+            keys += u64::from(key.first() == Some(&KEY));
+            batch.insert(key, value);
+        }
+        tree.apply_batch(batch).map_err(std::io::Error::other)?;
+        self.shared.make_durable()?;
+        let revision = read_revision(&tree).map_err(std::io::Error::other)?;
+        Ok(super::Restored {
+            keys,
+            revision,
+            backup_index: 0,
+        })
+    }
+
     /// Replaces the state with a snapshot file's records, once the whole
     /// file checked out.
     fn install(&mut self, meta: &SnapshotMeta, mut file: std::fs::File) -> std::io::Result<()> {

@@ -169,3 +169,81 @@ async fn the_cli_prints_tables_or_json_and_exits_non_zero_on_failure() {
     assert!(backup.status.success(), "{backup:?}");
     assert!(std::fs::read(&file).unwrap().starts_with(b"RAFTSET\x01"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_restores_into_a_fresh_cluster() {
+    let old = Cluster::start(3).await;
+    let mut client = old.client(1).await;
+    for i in 0..30 {
+        client
+            .put(format!("k{i:02}").as_bytes(), format!("v{i}").as_bytes())
+            .await
+            .unwrap();
+    }
+    assert_eq!(client.increment(b"visits", 7).await.unwrap(), 7);
+    let old_status = old.status(0).await.unwrap();
+    let mut stream = client.backup().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("backup.db");
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.message().await.unwrap() {
+        bytes.extend_from_slice(&chunk.data);
+    }
+    std::fs::write(&file, bytes).unwrap();
+    drop(old);
+
+    let mut new = Cluster::unstarted(3, &[]);
+    let restore = |data_dir: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_raftset"))
+            .args([
+                "restore",
+                "--from",
+                file.to_str().unwrap(),
+                "--data-dir",
+                data_dir.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap()
+    };
+    let out = restore(&new.nodes[0].data_dir);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("restored 31 keys"),
+        "{out:?}"
+    );
+    let again = restore(&new.nodes[0].data_dir);
+    assert_eq!(
+        again.status.code(),
+        Some(1),
+        "never restore over existing data"
+    );
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("not empty"),
+        "{again:?}"
+    );
+
+    for i in 0..3 {
+        new.restart(i);
+    }
+    new.wait_for_voters(3).await;
+    let status = new.status(2).await.unwrap();
+    assert_ne!(
+        status.cluster_id, old_status.cluster_id,
+        "a restore founds a new cluster"
+    );
+    let mut client = new.client(2).await;
+    for i in 0..30 {
+        let kv = client
+            .get(format!("k{i:02}").as_bytes())
+            .await
+            .unwrap()
+            .expect("restored key");
+        assert_eq!(kv.value, format!("v{i}").as_bytes());
+    }
+    assert_eq!(client.increment(b"visits", 1).await.unwrap(), 8);
+    let report = client.verify().await.unwrap();
+    assert!(
+        report.agree,
+        "every member, joined through the snapshot, holds the restored data: {report:?}"
+    );
+}

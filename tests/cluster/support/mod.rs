@@ -95,12 +95,19 @@ impl Cluster {
     /// Starts `n` nodes at once without waiting for anything, as a
     /// StatefulSet with `podManagementPolicy: Parallel` does.
     pub async fn spawn(n: usize, args: &[&str]) -> Cluster {
+        let mut cluster = Cluster::unstarted(n, args);
+        for i in 0..n {
+            cluster.launch(i);
+        }
+        cluster
+    }
+
+    /// `n` nodes with their directories chosen but no process started, so a
+    /// test can prepare a volume first; start them with `restart`.
+    pub fn unstarted(n: usize, args: &[&str]) -> Cluster {
         let mut cluster = Cluster::empty(args);
         for _ in 0..n {
             cluster.create_node();
-        }
-        for i in 0..n {
-            cluster.launch(i);
         }
         cluster
     }
