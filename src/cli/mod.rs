@@ -155,7 +155,7 @@ pub enum Command {
     /// Seed an empty data directory from a backup; a node started on it
     /// founds a new cluster holding that data (see the README's restore steps).
     Restore {
-        /// The backup file (`raftset backup --out FILE`).
+        /// The backup file (`raftset backup --out FILE`); `-` reads stdin.
         #[arg(long)]
         from: std::path::PathBuf,
         /// The empty data directory to fill (the new pod 0's volume).
