@@ -7,12 +7,14 @@
 //! - `d` + request id → the outcome of that request (deduplication)
 //! - `e` + proposed-at ms + request id → nothing (when to forget the id)
 //! - `r` → the current revision, `a` → last applied log id, `m` → last
-//!   membership, `c` → highest revision compacted out of the history
+//!   membership, `c` → highest revision compacted out of the history,
+//!   `w` → the last entry's write set (redo record)
 //!
 //! A log entry carries a batch of commands. Each command that changes a key
 //! takes the next revision. All of an entry's writes, its remembered
-//! outcomes and its applied log id reach sled as one atomic batch, so the
-//! tree always reflects a whole prefix of the log. Expiring history and
+//! outcomes and its applied log id reach sled atomically (a redo record,
+//! see `EntryWrites::write`), so the tree always reflects a whole prefix of
+//! the log. Expiring history and
 //! request ids happens inside each command's step, driven only by the
 //! command and the state before it: every replica forgets the same things.
 //!
@@ -43,6 +45,8 @@ const APPLIED: &[u8] = b"a";
 const MEMBERSHIP: &[u8] = b"m";
 const COMPACTED: &[u8] = b"c";
 const REVISION: &[u8] = b"r";
+/// The last entry's write set, replayed at start-up (see `EntryWrites::write`).
+const REDO: &[u8] = b"w";
 const POINTER_TREE: &str = "sm_current";
 const POINTER_KEY: &[u8] = b"tree";
 /// Most old history entries or request ids one log entry expires: enough to
@@ -241,6 +245,11 @@ impl StateMachine {
             None => b"sm".to_vec(),
         };
         let tree = shared.db.open_tree(name).map_err(|e| e.to_string())?;
+        if let Some(redo) = tree.get(REDO).map_err(|e| e.to_string())? {
+            let writes: Vec<(Vec<u8>, Option<Vec<u8>>)> =
+                postcard::from_bytes(&redo).map_err(|e| format!("undecodable redo record: {e}"))?;
+            apply_writes(&tree, writes).map_err(|e| e.to_string())?;
+        }
         let snapshots =
             SnapshotDir::open(shared.path.join("snapshots")).map_err(|e| e.to_string())?;
         let (tx, _) = broadcast::channel(options.watch_buffer);
@@ -459,10 +468,13 @@ impl StateMachine {
                 rand::random::<u32>()
             ),
         };
-        let records = tree.iter().map(|item| {
-            item.map(|(k, v)| (k.to_vec(), v.to_vec()))
-                .map_err(std::io::Error::other)
-        });
+        let records = tree
+            .iter()
+            .filter(|item| !matches!(item, Ok((k, _)) if k == REDO))
+            .map(|item| {
+                item.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                    .map_err(std::io::Error::other)
+            });
         self.snapshots.write(&meta, records)?;
         // The state machine must be durable at least up to the snapshot
         // before openraft purges the log below it.
@@ -493,7 +505,7 @@ impl StateMachine {
         let mut keys = 0;
         for record in records {
             let (key, value) = record?;
-            if key == APPLIED || key == MEMBERSHIP {
+            if key == APPLIED || key == MEMBERSHIP || key == REDO {
                 continue;
             }
             keys += u64::from(key.first() == Some(&KEY));
@@ -649,7 +661,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
             }
             batch.insert(APPLIED, encode(&Some(log_id))?);
-            tree.apply_batch(batch.into_batch())
+            batch
+                .write(&tree)
                 .map_err(|e| StorageIOError::apply(log_id, &self.shared.io_error("applying", e)))?;
             if entry_outcomes
                 .iter()
@@ -717,9 +730,8 @@ impl Lookup for sled::Tree {
     }
 }
 
-/// The writes of one log entry. They reach sled as one atomic batch at the
-/// end of the entry (a sled batch costs two synced writes, so one per entry,
-/// not one per command); until then, reads see them here.
+/// The writes of one log entry, kept here until the entry is done (reads
+/// during the entry see them), then written atomically by [`Self::write`].
 struct EntryWrites {
     tree: sled::Tree,
     pending: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>,
@@ -741,16 +753,31 @@ impl EntryWrites {
         self.pending.insert(key.as_ref().to_vec(), None);
     }
 
-    fn into_batch(self) -> sled::Batch {
-        let mut batch = sled::Batch::default();
-        for (key, value) in self.pending {
-            match value {
-                Some(value) => batch.insert(key, value),
-                None => batch.remove(key),
-            }
-        }
-        batch
+    /// Writes the entry atomically without a sled batch (which costs two
+    /// synced writes): first the whole write set as one redo record, then
+    /// each write. sled recovers writes in order, so after a crash either
+    /// the redo record is missing and so is every write after it, or it is
+    /// there and [`StateMachine::open`] replays it (replaying is harmless:
+    /// the writes set final values).
+    fn write(self, tree: &sled::Tree) -> Result<(), sled::Error> {
+        let pending: Vec<(Vec<u8>, Option<Vec<u8>>)> = self.pending.into_iter().collect();
+        let redo = postcard::to_stdvec(&pending).expect("encoding in-memory writes cannot fail");
+        tree.insert(REDO, redo)?;
+        apply_writes(tree, pending)
     }
+}
+
+fn apply_writes(
+    tree: &sled::Tree,
+    writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+) -> Result<(), sled::Error> {
+    for (key, value) in writes {
+        match value {
+            Some(value) => tree.insert(key, value)?,
+            None => tree.remove(key)?,
+        };
+    }
+    Ok(())
 }
 
 impl Lookup for EntryWrites {

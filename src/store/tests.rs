@@ -566,3 +566,31 @@ async fn commands_in_one_entry_apply_in_order_and_reapplying_the_entry_changes_n
     assert_eq!(reader.get(b"visits").unwrap().unwrap().value, b"2");
     assert_eq!(reader.revision().unwrap(), 3);
 }
+
+#[tokio::test]
+async fn an_entry_whose_writes_were_cut_short_is_completed_from_its_redo_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), StoreOptions::default());
+    apply(
+        &mut store.state_machine,
+        1,
+        vec![put("x", "1"), put("y", "2")],
+    )
+    .await;
+    drop(store);
+
+    // As after a crash that kept the last entry's redo record but lost one
+    // of the writes after it.
+    {
+        let db = sled::open(dir.path().join("db")).unwrap();
+        let tree = db.open_tree("sm").unwrap();
+        assert!(tree.remove(b"ky").unwrap().is_some());
+        db.flush().unwrap();
+    }
+
+    let store = open(dir.path(), StoreOptions::default());
+    let reader = store.state_machine.reader();
+    assert_eq!(reader.get(b"y").unwrap().unwrap().value, b"2");
+    assert_eq!(reader.get(b"x").unwrap().unwrap().value, b"1");
+    assert_eq!(reader.revision().unwrap(), 2);
+}
