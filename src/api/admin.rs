@@ -65,11 +65,7 @@ impl AdminService {
         let members = membership
             .nodes()
             .map(|(id, m)| {
-                let matched = metrics
-                    .replication
-                    .as_ref()
-                    .and_then(|r| r.get(id).cloned().flatten())
-                    .map_or(0, |l| l.index);
+                let matched = crate::raft::matched_index(&metrics, *id);
                 proto::MemberProgress {
                     member: Some(member_proto(*id, m, voters.contains(id))),
                     match_index: matched,

@@ -183,13 +183,7 @@ pub async fn transfer_leadership(core: &NodeCore, to: Option<u64>) -> Result<u64
         return Err(Status::failed_precondition("this node is not the leader"));
     }
     let voters: Vec<u64> = metrics.membership_config.membership().voter_ids().collect();
-    let matched = |id: u64| {
-        metrics
-            .replication
-            .as_ref()
-            .and_then(|r| r.get(&id).cloned().flatten())
-            .map_or(0, |l| l.index)
-    };
+    let matched = |id: u64| crate::raft::matched_index(&metrics, id);
     let target = match to {
         Some(id) if id == core.id => return Ok(core.id),
         Some(id) if voters.contains(&id) => id,
@@ -209,12 +203,7 @@ pub async fn transfer_leadership(core: &NodeCore, to: Option<u64>) -> Result<u64
         .raft
         .wait(Some(Duration::from_secs(5)))
         .metrics(
-            |m| {
-                m.replication
-                    .as_ref()
-                    .and_then(|r| r.get(&target).cloned().flatten())
-                    .is_some_and(|l| l.index >= last)
-            },
+            |m| crate::raft::matched_index(m, target) >= last,
             "target caught up",
         )
         .await;

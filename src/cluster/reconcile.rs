@@ -57,11 +57,7 @@ pub fn member_states(core: &NodeCore) -> Vec<MemberState> {
     membership
         .nodes()
         .map(|(id, m)| {
-            let matched = metrics
-                .replication
-                .as_ref()
-                .and_then(|r| r.get(id).cloned().flatten())
-                .map_or(0, |l| l.index);
+            let matched = crate::raft::matched_index(&metrics, *id);
             MemberState {
                 id: *id,
                 name: m.name.clone(),

@@ -177,6 +177,15 @@ pub struct Digest {
     pub crc: String,
 }
 
+/// On the leader: the highest log index known to be on `id` (0 if none).
+pub fn matched_index(metrics: &RaftMetrics, id: NodeId) -> u64 {
+    metrics
+        .replication
+        .as_ref()
+        .and_then(|r| r.get(&id).cloned().flatten())
+        .map_or(0, |l| l.index)
+}
+
 /// The id of the cluster this node belongs to, shared by everything that
 /// sends or accepts peer messages. Empty until the node founds or joins one.
 #[derive(Debug, Clone, Default)]
