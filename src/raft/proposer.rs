@@ -3,7 +3,7 @@
 //!
 //! openraft appends and flushes each proposed entry before it takes the
 //! next one, so one entry per write would cost one fsync per write. The
-//! proposer instead keeps a few entries in flight and packs everything that
+//! proposer instead keeps one entry in flight and packs everything that
 //! queued up meanwhile into the next one: the busier the leader, the larger
 //! its batches, and one flush serves them all.
 
@@ -15,7 +15,9 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::{Command, Outcome, Proposal, Raft};
 
-/// Entries proposed but not yet committed, at most.
+/// Entries proposed but not yet committed, at most. More would only split
+/// the same queued writes into smaller entries, each appended and flushed
+/// on its own (measured: fewer puts/s with 4 than with 1).
 const ENTRIES_IN_FLIGHT: usize = 1;
 /// Most commands in one entry.
 const MAX_BATCH_COMMANDS: usize = 1024;
