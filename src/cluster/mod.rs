@@ -31,7 +31,8 @@ const BOOTSTRAP_CONFIRMATIONS: u32 = 3;
 /// How long one DNS lookup may take before the peer counts as unknown.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 /// Ordinals past the last one found that are still looked up: a
-/// StatefulSet's pods are numbered without gaps, so two misses end the set.
+/// StatefulSet's pods are numbered without gaps, so two misses (names that
+/// do not exist or do not resolve in time) end the scan.
 const ORDINALS_PAST_LAST: u32 = 2;
 
 /// Where a peer is, as far as discovery can tell.
@@ -79,10 +80,12 @@ async fn discover(core: &NodeCore) -> Vec<(String, Location)> {
             Ok(Err(_)) => Location::Absent,
             Err(_) => Location::Unknown,
         };
-        misses = if location == Location::Absent {
-            misses + 1
-        } else {
+        // An unanswered lookup ends the scan as a missing name does (it is
+        // still reported as unknown, so pod 0 waits rather than founds).
+        misses = if matches!(location, Location::At(_)) {
             0
+        } else {
+            misses + 1
         };
         peers.push((name, location));
     }
@@ -239,11 +242,16 @@ pub async fn transfer_leadership(core: &NodeCore, to: Option<u64>) -> Result<u64
     hold_others(hold.as_millis() as u64).await;
     core.raft.runtime_config().elect(false);
     core.raft.runtime_config().heartbeat(false);
+    // With no target named, any other voter winning is the transfer done.
+    let me = core.id;
     let moved = core
         .raft
         .wait(Some(hold))
         .metrics(
-            |m| m.current_leader == Some(target),
+            |m| match to {
+                Some(_) => m.current_leader == Some(target),
+                None => m.current_leader.is_some_and(|l| l != me),
+            },
             "the transfer target to lead",
         )
         .await;
@@ -251,9 +259,10 @@ pub async fn transfer_leadership(core: &NodeCore, to: Option<u64>) -> Result<u64
     core.raft.runtime_config().elect(true);
     hold_others(0).await;
     match moved {
-        Ok(_) => {
-            tracing::info!(to = target, "leadership transferred");
-            Ok(target)
+        Ok(m) => {
+            let leader = m.current_leader.unwrap_or(target);
+            tracing::info!(to = leader, "leadership transferred");
+            Ok(leader)
         }
         Err(e) => Err(Status::unavailable(format!(
             "leadership did not move to {target:016x}: {e}"

@@ -221,6 +221,23 @@ async fn a_backup_restores_into_a_fresh_cluster() {
         String::from_utf8_lossy(&again.stderr).contains("not empty"),
         "{again:?}"
     );
+    // From standard input, as the README's one-off pod does it.
+    let piped = std::process::Command::new(env!("CARGO_BIN_EXE_raftset"))
+        .args([
+            "restore",
+            "--from",
+            "-",
+            "--data-dir",
+            new.nodes[1].data_dir.to_str().unwrap(),
+        ])
+        .stdin(std::fs::File::open(&file).unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&piped.stdout).contains("restored 31 keys"),
+        "{piped:?}"
+    );
+    std::fs::remove_dir_all(&new.nodes[1].data_dir).unwrap();
 
     for i in 0..3 {
         new.restart(i);

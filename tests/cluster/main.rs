@@ -7,6 +7,7 @@ mod admin;
 mod api_errors;
 mod consistency;
 mod durability;
+mod e2e;
 mod failover;
 mod http_endpoints;
 mod lifecycle;

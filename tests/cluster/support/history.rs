@@ -13,7 +13,7 @@ use std::time::Instant;
 use raftset::ClientError;
 use tonic::Code;
 
-use super::linearizability::{Event, History, Op, OkValue, Outcome};
+use super::linearizability::{Event, History, OkValue, Op, Outcome};
 
 /// What the README's table says an error means for a write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,11 +103,6 @@ impl Recorder {
     /// a request (invoke) and right after its answer (complete).
     pub fn now(&self) -> u64 {
         self.start.elapsed().as_nanos() as u64
-    }
-
-    /// The recorder's time of an `Instant` taken elsewhere.
-    pub fn at(&self, instant: Instant) -> u64 {
-        instant.saturating_duration_since(self.start).as_nanos() as u64
     }
 
     /// Records a completed operation (`Ok` or `Fail`) or one whose outcome is

@@ -2,8 +2,11 @@
 //! processes, each on its own loopback address, with kill, stop, restart
 //! and `wait_for_*` helpers that always have a deadline.
 
+pub mod docker;
+pub mod history;
 pub mod http;
 pub mod kube;
+pub mod linearizability;
 
 use std::future::Future;
 use std::path::PathBuf;

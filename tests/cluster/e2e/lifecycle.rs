@@ -1,0 +1,286 @@
+//! The StatefulSet's life cycle: first deploy (OrderedReady and Parallel),
+//! the visit counter behind a load balancer, a pod deleted, a PVC deleted,
+//! scaling up and down.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use raftset::Client;
+
+use super::{deploy, members_are_the_pods, secs, statuses_agree, verify_everywhere};
+use crate::support::docker::{
+    exclusive, http_get, poll, Manifest, PodManagement, StatefulSet, DEADLINE,
+};
+
+/// First deploy as `kubectl apply` does it, then what an operator checks:
+/// every pod ready, one cluster, `raftset members` lists three voters.
+async fn first_deploy(tag: &str, manifest: Manifest, policy: PodManagement) {
+    let _turn = exclusive().await;
+    assert_eq!(
+        manifest.pod_management, policy,
+        "the manifest's podManagementPolicy"
+    );
+    let replicas = manifest.replicas;
+    assert_eq!(replicas, 3, "the manifest asks for three replicas");
+    let started = Instant::now();
+    let mut set = StatefulSet::with(tag, manifest, &[]).await;
+    set.create().await;
+    for i in 0..replicas {
+        set.probe_ready(i).await.expect("ready");
+        set.probe_live(i).await.expect("live");
+    }
+    set.wait_voters(replicas).await;
+    let statuses = statuses_agree(&set).await;
+    for (i, s) in statuses.iter().enumerate() {
+        assert_eq!(
+            s["name"],
+            set.pod_name(i).as_str(),
+            "RAFTSET_NAME is the pod name"
+        );
+    }
+    members_are_the_pods(&set, 0, replicas).await;
+    println!(
+        "{tag}: {replicas} pods of {} ready and one cluster {} in {}",
+        set.manifest.source.display(),
+        statuses[0]["cluster_id"],
+        secs(started.elapsed())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_deploy_ordered_ready() {
+    first_deploy("ordered", Manifest::base(), PodManagement::OrderedReady).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_deploy_parallel() {
+    first_deploy(
+        "parallel",
+        Manifest::overlay("parallel"),
+        PodManagement::Parallel,
+    )
+    .await;
+}
+
+/// The count a `GET /` answered: "visits: N\n...".
+fn visits_in(body: &str) -> Option<i64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix("visits: "))
+        .and_then(|n| n.trim().parse().ok())
+}
+
+/// The visit counter hit through every pod in turn, as a load balancer
+/// would: N answers of 200 make the count N on every pod, and the counts
+/// the visits saw are exactly 1..=N.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn visit_counter_agrees_on_every_pod() {
+    let _turn = exclusive().await;
+    let set = deploy("visits", Manifest::base()).await;
+    let pods = set.ordinals();
+    let mut seen = BTreeSet::new();
+    let mut ok = 0i64;
+    let mut refused = Vec::new();
+    for n in 0..45 {
+        let i = pods[n % pods.len()];
+        match http_get(&set.http(i), "/", Duration::from_secs(10)).await {
+            Ok((200, body)) => {
+                ok += 1;
+                let count = visits_in(&body).unwrap_or_else(|| panic!("no count in {body:?}"));
+                assert!(seen.insert(count), "two visits saw count {count}");
+            }
+            Ok((status, body)) => refused.push(format!("{status} {}", body.trim())),
+            Err(e) => refused.push(e),
+        }
+    }
+    assert!(ok >= 40, "most visits answered 200: {refused:?}");
+    assert_eq!(
+        seen,
+        (1..=ok).collect::<BTreeSet<_>>(),
+        "the visits saw the counts 1..={ok} (refused: {refused:?})"
+    );
+    for &i in &pods {
+        let (status, body) = http_get(&set.http(i), "/visits", Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{body}");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json["visits"], ok, "{} counts every 200", set.pod_name(i));
+        assert_eq!(json["node"], set.pod_name(i).as_str());
+    }
+}
+
+/// A pod deleted (`kubectl delete pod`) comes back with the same name and
+/// volume: the same Raft node id, in the same cluster, with the data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_pod_comes_back_with_its_identity() {
+    let _turn = exclusive().await;
+    let mut set = deploy("delpod", Manifest::base()).await;
+    let mut client = set.client(2, Duration::from_secs(10)).await.unwrap();
+    client.put(b"kept", b"across pod deletion").await.unwrap();
+    let before: Vec<_> = {
+        let mut v = Vec::new();
+        for i in 0..3 {
+            v.push(set.status(i).await.unwrap());
+        }
+        v
+    };
+    // A follower, then whoever leads (its handover runs on SIGTERM).
+    let (leader, _) = set.leader().await;
+    let follower = (leader + 1) % 3;
+    for i in [follower, leader] {
+        let old_ip = set.ip(i);
+        set.delete_pod(i).await;
+        assert_ne!(set.ip(i), old_ip, "a new pod gets a new IP");
+        set.wait_ready(i).await;
+        let after = set.status(i).await.unwrap();
+        assert_eq!(
+            after.id,
+            before[i].id,
+            "{} keeps its node id",
+            set.pod_name(i)
+        );
+        assert_eq!(after.name, before[i].name);
+        assert_eq!(after.cluster_id, before[i].cluster_id);
+        set.wait_voters(3).await;
+        let mut c = set.client(i, Duration::from_secs(10)).await.unwrap();
+        let kv = c.get(b"kept").await.unwrap().expect("the key survives");
+        assert_eq!(kv.value, b"across pod deletion");
+    }
+    let members = set.wait_voters(3).await;
+    let ids: BTreeSet<u64> = members
+        .members
+        .iter()
+        .map(|p| p.member.as_ref().unwrap().id)
+        .collect();
+    let old: BTreeSet<u64> = before.iter().map(|s| s.id).collect();
+    assert_eq!(ids, old, "the same three members");
+    verify_everywhere(&set).await;
+}
+
+/// Deletes pod `ordinal`'s PVC (and the pod, so it goes): the pod comes
+/// back empty under a new node id, joins the one cluster, replaces its old
+/// self in the membership and catches up.
+async fn deleted_pvc_rejoins(tag: &str, ordinal: usize) {
+    let _turn = exclusive().await;
+    let mut set = deploy(tag, Manifest::base()).await;
+    let mut client = set
+        .client(1 - ordinal.min(1), Duration::from_secs(10))
+        .await
+        .unwrap();
+    for k in 0..20 {
+        client
+            .put(format!("pvc/{k}").as_bytes(), format!("v{k}").as_bytes())
+            .await
+            .unwrap();
+    }
+    let old = set.status(ordinal).await.unwrap();
+    let cluster = old.cluster_id.clone();
+
+    set.delete_pvc(ordinal).await;
+    set.wait_ready(ordinal).await;
+    let fresh = set.status(ordinal).await.unwrap();
+    assert_ne!(fresh.id, old.id, "an empty volume means a new node id");
+    assert_eq!(
+        fresh.cluster_id,
+        cluster,
+        "{} joined the cluster instead of founding one",
+        set.pod_name(ordinal)
+    );
+
+    let members = set.wait_voters(3).await;
+    let me = members
+        .members
+        .iter()
+        .filter_map(|p| p.member.as_ref())
+        .find(|m| m.name == set.pod_name(ordinal))
+        .expect("the pod is a member");
+    assert_eq!(me.id, fresh.id, "the new id replaced the old one");
+    assert!(
+        members
+            .members
+            .iter()
+            .all(|p| p.member.as_ref().unwrap().id != old.id),
+        "the old id is gone"
+    );
+    let statuses = statuses_agree(&set).await;
+    assert!(statuses.iter().all(|s| s["cluster_id"] == cluster.as_str()));
+
+    // The data is on the new volume: read it from that pod alone.
+    let leader_log = set.leader().await.1.last_log_index;
+    set.wait_applied(ordinal, leader_log).await;
+    let mut local = set.client(ordinal, Duration::from_secs(10)).await.unwrap();
+    for k in 0..20 {
+        let kv = local
+            .get_with(
+                format!("pvc/{k}").as_bytes(),
+                raftset::client::Consistency::Serializable,
+            )
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("pvc/{k} missing on {}", set.pod_name(ordinal)));
+        assert_eq!(kv.value, format!("v{k}").as_bytes());
+    }
+    verify_everywhere(&set).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_pvc_of_pod_1_rejoins() {
+    deleted_pvc_rejoins("pvc1", 1).await;
+}
+
+/// Pod 0 founds the cluster on first deploy; with an empty volume it must
+/// join the existing one instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_pvc_of_pod_0_rejoins_without_founding() {
+    deleted_pvc_rejoins("pvc0", 0).await;
+}
+
+/// `kubectl scale --replicas 5`, then back to 3: pods 3 and 4 are created
+/// in order and join as voters; scaling down removes pod 4 then pod 3, and
+/// the leader, reading `spec.replicas` from the (fake) API, removes them
+/// from the membership. Their volumes stay (whenScaled: Retain).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_3_to_5_to_3() {
+    let _turn = exclusive().await;
+    // Reconcile every second instead of every 10 s, to keep the test short.
+    let mut set = StatefulSet::with(
+        "scale",
+        Manifest::base(),
+        &[("RAFTSET_RECONCILE_SECS", "1")],
+    )
+    .await;
+    set.create().await;
+    set.wait_voters(3).await;
+    let mut client = set.client(0, Duration::from_secs(10)).await.unwrap();
+    client.put(b"scale", b"before").await.unwrap();
+
+    set.scale(5).await;
+    set.wait_voters(5).await;
+    members_are_the_pods(&set, 4, 5).await;
+    let mut c4 = set.client(4, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(c4.get(b"scale").await.unwrap().unwrap().value, b"before");
+
+    set.scale(3).await;
+    assert_eq!(set.ordinals(), vec![0, 1, 2]);
+    set.wait_voters(3).await;
+    members_are_the_pods(&set, 0, 3).await;
+    for i in [3, 4] {
+        let volume = set.volume(i);
+        crate::support::docker::docker(&["volume", "inspect", &volume])
+            .await
+            .unwrap_or_else(|e| panic!("the PVC of {} is kept: {e}", set.pod_name(i)));
+    }
+    let mut client: Client = poll(
+        "a write after the scale-down",
+        DEADLINE,
+        Duration::from_millis(200),
+        || async {
+            let mut c = set.client(1, Duration::from_secs(5)).await?;
+            c.put(b"scale", b"after").await.map_err(|e| e.to_string())?;
+            Ok(c)
+        },
+    )
+    .await;
+    assert_eq!(client.get(b"scale").await.unwrap().unwrap().value, b"after");
+    verify_everywhere(&set).await;
+}
