@@ -337,15 +337,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Restore { from, data_dir } => {
             let options = Config::default().store_options();
             let restored = if from.as_os_str() == "-" {
-                // The backup is checked whole before anything is written, so
-                // it is spooled to a file first.
-                let spool =
-                    std::env::temp_dir().join(format!("raftset-restore-{}.db", std::process::id()));
-                let mut file = std::fs::File::create(&spool)?;
-                std::io::copy(&mut std::io::stdin().lock(), &mut file)?;
-                let restored = crate::store::restore(&data_dir, &spool, &options);
-                let _ = std::fs::remove_file(&spool);
-                restored?
+                crate::store::restore_from_stream(&data_dir, std::io::stdin().lock(), &options)?
             } else {
                 crate::store::restore(&data_dir, &from, &options)?
             };

@@ -197,10 +197,37 @@ pub fn restore(
     backup: &Path,
     options: &StoreOptions,
 ) -> Result<Restored, StoreError> {
-    let io_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| StoreError::Io { path, source }
+    ensure_empty(data_dir)?;
+    restore_checked(data_dir, backup, options)
+}
+
+/// [`restore`] from a stream (standard input). The stream is spooled into
+/// the data directory itself, the one place a read-only container can
+/// write, and removed once restored.
+pub fn restore_from_stream(
+    data_dir: &Path,
+    mut stream: impl std::io::Read,
+    options: &StoreOptions,
+) -> Result<Restored, StoreError> {
+    ensure_empty(data_dir)?;
+    let spool = data_dir.join(RESTORE_SPOOL);
+    let io_err = |source| StoreError::Io {
+        path: spool.clone(),
+        source,
     };
+    std::fs::create_dir_all(data_dir).map_err(io_err)?;
+    let mut file = std::fs::File::create(&spool).map_err(io_err)?;
+    std::io::copy(&mut stream, &mut file).map_err(io_err)?;
+    drop(file);
+    let restored = restore_checked(data_dir, &spool, options);
+    let _ = std::fs::remove_file(&spool);
+    restored
+}
+
+/// Where [`restore_from_stream`] spools the backup.
+const RESTORE_SPOOL: &str = "restore-spool.db";
+
+fn ensure_empty(data_dir: &Path) -> Result<(), StoreError> {
     if std::fs::read_dir(data_dir).is_ok_and(|mut entries| entries.next().is_some()) {
         return Err(StoreError::Io {
             path: data_dir.to_path_buf(),
@@ -210,6 +237,18 @@ pub fn restore(
             ),
         });
     }
+    Ok(())
+}
+
+fn restore_checked(
+    data_dir: &Path,
+    backup: &Path,
+    options: &StoreOptions,
+) -> Result<Restored, StoreError> {
+    let io_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| StoreError::Io { path, source }
+    };
     let mut file = std::fs::File::open(backup).map_err(io_err(backup))?;
     let meta = snapshot::verify(&mut file).map_err(io_err(backup))?;
     let store = Store::open(data_dir, options)?;
