@@ -54,7 +54,25 @@ fn put(key: &str, value: &str) -> Op {
 }
 
 fn open(dir: &std::path::Path, options: StoreOptions) -> Store {
-    Store::open(dir, &options).expect("open store")
+    when_unlocked(|| Store::open(dir, &options))
+}
+
+/// Runs `open` until sled's file lock is free: sled's I/O threads may hold
+/// it for a moment after the last handle of a database is dropped.
+fn when_unlocked<T, E: std::fmt::Display>(mut open: impl FnMut() -> Result<T, E>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match open() {
+            Ok(value) => return value,
+            Err(e)
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("opening the store: {e}"),
+        }
+    }
 }
 
 /// Applies ops one per entry from `first_index` on; returns their outcomes.
@@ -582,7 +600,7 @@ async fn an_entry_whose_writes_were_cut_short_is_completed_from_its_redo_record(
     // As after a crash that kept the last entry's redo record but lost one
     // of the writes after it.
     {
-        let db = sled::open(dir.path().join("db")).unwrap();
+        let db = when_unlocked(|| sled::open(dir.path().join("db")));
         let tree = db.open_tree("sm").unwrap();
         assert!(tree.remove(b"ky").unwrap().is_some());
         db.flush().unwrap();
