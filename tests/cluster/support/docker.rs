@@ -45,11 +45,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::kube::FakeKubeApi;
 use raftset::proto::StatusResponse;
 use raftset::Client;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::process::Command;
 
 const LABEL_OWNER: &str = "raftset-e2e.owner";
@@ -1182,67 +1183,6 @@ pub async fn ensure_image(manifest_image: &str) -> String {
 // ---------------------------------------------------------------------------
 // The fake Kubernetes API
 
-/// Serves the one path raftset reads, its StatefulSet, with the set's
-/// current `spec.replicas`, on the network's gateway address.
-struct KubeApi {
-    url: String,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl KubeApi {
-    async fn start(
-        gateway: &str,
-        manifest: &Manifest,
-        replicas: Arc<AtomicU32>,
-    ) -> Result<KubeApi, String> {
-        let listener = TcpListener::bind((gateway, 0))
-            .await
-            .map_err(|e| format!("cannot listen on the gateway {gateway}: {e}"))?;
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let path = format!(
-            "/apis/apps/v1/namespaces/{}/statefulsets/{}",
-            manifest.namespace, manifest.set_name
-        );
-        let task = tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                let replicas = replicas.clone();
-                let path = path.clone();
-                tokio::spawn(async move {
-                    let mut request = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => request.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let head = String::from_utf8_lossy(&request);
-                    let (status, body) = if head.starts_with(&format!("GET {path} ")) {
-                        let n = replicas.load(Ordering::SeqCst);
-                        (
-                            "200 OK",
-                            format!(
-                                r#"{{"apiVersion":"apps/v1","kind":"StatefulSet","spec":{{"replicas":{n}}}}}"#
-                            ),
-                        )
-                    } else {
-                        (
-                            "404 Not Found",
-                            r#"{"kind":"Status","code":404}"#.to_string(),
-                        )
-                    };
-                    let reply = format!(
-                        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = stream.write_all(reply.as_bytes()).await;
-                });
-            }
-        });
-        Ok(KubeApi { url, task })
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Cluster DNS for names that do not exist
 
@@ -1428,7 +1368,7 @@ pub struct StatefulSet {
     pods: Vec<Option<Pod>>,
     /// `spec.replicas` as the fake API reports it.
     replicas: Arc<AtomicU32>,
-    kube: Option<KubeApi>,
+    kube: Option<FakeKubeApi>,
     dns: Option<tokio::task::JoinHandle<()>>,
     /// Environment added to (or replacing) the manifest's, for every pod.
     extra_env: Vec<(String, String)>,
@@ -1474,9 +1414,14 @@ impl StatefulSet {
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         let gateway = format!("{}.1", set.subnet);
-        let kube = KubeApi::start(&gateway, &set.manifest, set.replicas.clone())
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let kube = FakeKubeApi::serve(
+            &gateway,
+            &set.manifest.namespace,
+            &set.manifest.set_name,
+            set.replicas.clone(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
         set.kube = Some(kube);
         set.dns = Some(start_dns(&gateway).await.unwrap_or_else(|e| panic!("{e}")));
         set
@@ -1842,38 +1787,34 @@ impl StatefulSet {
     /// SIGKILL to the pod's process: no shutdown, no flush. The container
     /// stays (as a crashed container in its pod) until [`Self::restart`].
     pub async fn kill(&mut self, i: usize) {
-        let container = self.pod(i).container.clone();
-        docker(&["kill", "--signal", "KILL", &container])
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        self.on_container(i, &["kill", "--signal", "KILL"]).await;
         self.pod_mut(i).stopped = true;
     }
 
     /// Starts the pod's container again, as the kubelet restarts a crashed
     /// container: same pod, IP and volume. Does not wait for readiness.
     pub async fn restart(&mut self, i: usize) {
-        let container = self.pod(i).container.clone();
-        docker(&["start", &container])
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        self.on_container(i, &["start"]).await;
         self.pod_mut(i).stopped = false;
     }
 
     /// Freezes every process of the pod (cgroup freezer, like SIGSTOP).
     pub async fn pause(&mut self, i: usize) {
-        let container = self.pod(i).container.clone();
-        docker(&["pause", &container])
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        self.on_container(i, &["pause"]).await;
         self.pod_mut(i).paused = true;
     }
 
     pub async fn unpause(&mut self, i: usize) {
-        let container = self.pod(i).container.clone();
-        docker(&["unpause", &container])
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        self.on_container(i, &["unpause"]).await;
         self.pod_mut(i).paused = false;
+    }
+
+    /// Runs `docker <command…> <pod i's container>`; a failure fails the test.
+    async fn on_container(&self, i: usize, command: &[&str]) {
+        let container = self.pod(i).container.clone();
+        let mut args = command.to_vec();
+        args.push(&container);
+        docker(&args).await.unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// Cuts the pod off the network: peers' and clients' packets to it are
@@ -2255,9 +2196,7 @@ impl StatefulSet {
 
 impl Drop for StatefulSet {
     fn drop(&mut self) {
-        if let Some(kube) = self.kube.take() {
-            kube.task.abort();
-        }
+        drop(self.kube.take());
         if let Some(dns) = self.dns.take() {
             dns.abort();
         }

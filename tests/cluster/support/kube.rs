@@ -1,5 +1,6 @@
 //! A stand-in for the one Kubernetes API path raftset reads: its
-//! StatefulSet, with a `spec.replicas` the test changes.
+//! StatefulSet, with a `spec.replicas` the test changes. Used by the process
+//! tests on loopback and by the container harness on its network's gateway.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -14,16 +15,32 @@ pub struct FakeKubeApi {
 }
 
 impl FakeKubeApi {
+    /// Serves StatefulSet `raftset` in namespace `default` on loopback.
     pub async fn start(replicas: u32) -> FakeKubeApi {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the fake API");
-        let url = format!("http://{}", listener.local_addr().unwrap());
         let replicas = Arc::new(AtomicU32::new(replicas));
+        FakeKubeApi::serve("127.0.0.1", "default", "raftset", replicas)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Serves `namespace/set` on `host` (any free port), answering with the
+    /// current value of `replicas`.
+    pub async fn serve(
+        host: &str,
+        namespace: &str,
+        set: &str,
+        replicas: Arc<AtomicU32>,
+    ) -> Result<FakeKubeApi, String> {
+        let listener = TcpListener::bind((host, 0))
+            .await
+            .map_err(|e| format!("cannot listen on {host} for the fake API: {e}"))?;
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let request_line = format!("GET /apis/apps/v1/namespaces/{namespace}/statefulsets/{set} ");
         let shared = replicas.clone();
         let server = tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
                 let replicas = shared.load(Ordering::SeqCst);
+                let request_line = request_line.clone();
                 tokio::spawn(async move {
                     let mut request = Vec::new();
                     let mut buf = [0u8; 1024];
@@ -34,12 +51,12 @@ impl FakeKubeApi {
                         }
                     }
                     let head = String::from_utf8_lossy(&request);
-                    let (status, body) = if head
-                        .starts_with("GET /apis/apps/v1/namespaces/default/statefulsets/raftset ")
-                    {
+                    let (status, body) = if head.starts_with(&request_line) {
                         (
                             "200 OK",
-                            format!(r#"{{"kind":"StatefulSet","spec":{{"replicas":{replicas}}}}}"#),
+                            format!(
+                                r#"{{"apiVersion":"apps/v1","kind":"StatefulSet","spec":{{"replicas":{replicas}}}}}"#
+                            ),
                         )
                     } else {
                         (
@@ -55,11 +72,11 @@ impl FakeKubeApi {
                 });
             }
         });
-        FakeKubeApi {
+        Ok(FakeKubeApi {
             url,
             replicas,
             server,
-        }
+        })
     }
 
     pub fn set_replicas(&self, replicas: u32) {
