@@ -391,8 +391,13 @@ async fn watch_for_fatal(core: Arc<NodeCore>, stop: CancellationToken) {
     loop {
         let running = metrics.borrow_and_update().running_state.clone();
         if let Err(fatal) = running {
+            core.meta.abandon();
+            let free = match core.meta.free_bytes() {
+                Ok(bytes) => format!("{bytes} bytes free"),
+                Err(e) => format!("free space unknown: {e}"),
+            };
             let reason = format!(
-                "raft stopped: {fatal} (data directory {})",
+                "raft stopped: {fatal} (data directory {}, {free})",
                 core.meta.path().display()
             );
             tracing::error!("{reason}");

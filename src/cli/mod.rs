@@ -15,7 +15,8 @@ use clap::{Args, Parser, Subcommand};
 use crate::client::{Client, ClientError, Consistency};
 use crate::config::Config;
 use crate::http::VISITS_KEY;
-use crate::node::Node;
+use crate::node::{Node, StartError};
+use crate::store::StoreError;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -384,7 +385,13 @@ async fn backup(conn: &Conn, out: Option<&std::path::Path>) -> anyhow::Result<()
 /// Runs one node until SIGTERM or Ctrl-C, then shuts it down in order. A
 /// node that stops by itself (a storage failure) exits non-zero.
 async fn serve(config: Config) -> anyhow::Result<ExitCode> {
-    let node = Node::start(config).await?;
+    let node = match Node::start(config).await {
+        Ok(node) => node,
+        Err(e @ StartError::Store(StoreError::Corrupted { .. })) => anyhow::bail!(
+            "{e}\nthis node cannot start from its volume; the README's \"A node that will not start\" says how to bring it back"
+        ),
+        Err(e) => return Err(e.into()),
+    };
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; shutting down"),

@@ -114,23 +114,30 @@ impl Store {
             }
             std::fs::remove_file(&marker).map_err(io_err(&marker))?;
         }
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(&db_path)
             .cache_capacity(options.cache_bytes)
-            .flush_every_ms(None)
-            .open()
-            .map_err(|source| match source {
-                sled::Error::Corruption { .. } | sled::Error::Unsupported(_) => {
-                    StoreError::Corrupted {
-                        path: db_path.clone(),
-                        detail: source.to_string(),
-                    }
-                }
-                source => StoreError::Open {
-                    path: db_path.clone(),
-                    source,
-                },
+            .flush_every_ms(None);
+        // sled 0.34 panics, instead of failing, on many kinds of damage to
+        // its files; a damaged volume must give an error that names it.
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()))
+            .map_err(|panic| StoreError::Corrupted {
+                path: db_path.clone(),
+                detail: format!(
+                    "sled could not recover its files: {}",
+                    panic_message(panic.as_ref())
+                ),
             })?;
+        let db = opened.map_err(|source| match source {
+            sled::Error::Corruption { .. } | sled::Error::Unsupported(_) => StoreError::Corrupted {
+                path: db_path.clone(),
+                detail: source.to_string(),
+            },
+            source => StoreError::Open {
+                path: db_path.clone(),
+                source,
+            },
+        })?;
         let sled_err = |source| StoreError::Sled {
             path: db_path.clone(),
             source,
@@ -177,6 +184,14 @@ impl Store {
             meta,
         })
     }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 /// What a restore put into a data directory.
@@ -334,6 +349,31 @@ impl Meta {
             path: self.shared.path.clone(),
             source,
         })
+    }
+
+    /// Gives up the database after a failed write: it is never dropped, so
+    /// never flushed again. sled's drop flushes, and a flush after a failed
+    /// one (a full disk) blocks forever, which would keep a dead node's
+    /// process from exiting. What is on disk is what the last successful
+    /// flush made durable, exactly what a crash leaves.
+    pub fn abandon(&self) {
+        std::mem::forget(self.shared.clone());
+    }
+
+    /// Bytes free for this node on the volume of the data directory.
+    pub fn free_bytes(&self) -> std::io::Result<u64> {
+        let path = std::ffi::CString::new(self.shared.path.as_os_str().as_encoded_bytes())
+            .map_err(std::io::Error::other)?;
+        let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+        // SAFETY: `path` is NUL-terminated and `stat` is written by the call
+        // before it is read, only when the call succeeds.
+        let stat = unsafe {
+            if libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            stat.assume_init()
+        };
+        Ok(stat.f_bavail as u64 * stat.f_frsize as u64)
     }
 
     /// Bytes sled uses on disk.

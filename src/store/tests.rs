@@ -536,6 +536,44 @@ fn a_corrupted_database_is_refused_with_its_path() {
     );
 }
 
+/// sled panics on damage inside its file; the panic must become an error
+/// naming the directory, not a crash without one.
+#[tokio::test]
+async fn damage_inside_the_database_file_is_refused_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), StoreOptions::default());
+    let value = "v".repeat(1000);
+    for batch in 0..40u64 {
+        let ops = (0..100)
+            .map(|k| put(&format!("k{batch}-{k}"), &value))
+            .collect();
+        apply(&mut store.state_machine, batch * 100 + 1, ops).await;
+    }
+    store.meta.make_durable().unwrap();
+    drop(store);
+
+    let file = dir.path().join("db").join("db");
+    let len = std::fs::metadata(&file).unwrap().len();
+    let mut f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+    f.seek(SeekFrom::Start(len / 2)).unwrap();
+    f.write_all(&[0x5A; 64]).unwrap();
+    drop(f);
+
+    match when_unlocked(|| match Store::open(dir.path(), &StoreOptions::default()) {
+        Err(StoreError::Open { source, .. }) if source.to_string().contains("lock") => {
+            Err(source.to_string())
+        }
+        other => Ok(other),
+    }) {
+        Err(StoreError::Corrupted { path, detail }) => {
+            assert!(path.starts_with(dir.path()), "{path:?}");
+            assert!(detail.contains("sled could not recover"), "{detail}");
+        }
+        Err(other) => panic!("expected Corrupted, got {other}"),
+        Ok(_) => panic!("a damaged database must not open"),
+    }
+}
+
 #[tokio::test]
 async fn commands_in_one_entry_apply_in_order_and_reapplying_the_entry_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
