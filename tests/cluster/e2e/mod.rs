@@ -9,8 +9,11 @@
 //! the machine's two cores.
 
 mod admin;
+mod crash;
 mod faults;
 mod lifecycle;
+mod nemesis;
+mod workload;
 
 use std::time::Duration;
 

@@ -1335,6 +1335,8 @@ where
 /// A container's state as Docker reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerState {
+    /// Docker's container id: a re-created pod has a new one.
+    pub id: String,
     pub status: String,
     pub running: bool,
     pub paused: bool,
@@ -1372,6 +1374,19 @@ pub struct StatefulSet {
     dns: Option<tokio::task::JoinHandle<()>>,
     /// Environment added to (or replacing) the manifest's, for every pod.
     extra_env: Vec<(String, String)>,
+    endpoints: Endpoints,
+}
+
+/// The client addresses of a set's pods, kept current by the set.
+#[derive(Clone, Default)]
+pub struct Endpoints(Arc<std::sync::RwLock<Vec<String>>>);
+
+impl Endpoints {
+    /// The `n`th address, counting round the pods that exist now.
+    pub fn nth(&self, n: usize) -> Option<String> {
+        let all = self.0.read().unwrap();
+        (!all.is_empty()).then(|| all[n % all.len()].clone())
+    }
 }
 
 impl StatefulSet {
@@ -1408,6 +1423,7 @@ impl StatefulSet {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            endpoints: Endpoints::default(),
         };
         // From here on, Drop cleans up whatever exists.
         set.create_network(n)
@@ -1615,19 +1631,7 @@ impl StatefulSet {
         let container = self.container(i);
         let volume = self.volume(i);
         let [owner, set] = self.labels();
-
-        // The PVC: made once, kept until deleted.
-        let exists = docker_output(&["volume", "inspect", &volume], DOCKER_TIMEOUT)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-            .success();
-        if !exists {
-            docker(&[
-                "volume", "create", "--label", &owner, "--label", &set, &volume,
-            ])
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        }
+        self.ensure_claim(i, &[]).await;
 
         let mut env: Vec<(String, String)> = Vec::new();
         for (name, source) in &m.env {
@@ -1733,6 +1737,25 @@ impl StatefulSet {
             paused: false,
             partitioned: false,
         });
+        self.publish_endpoints();
+    }
+
+    /// Tells every [`Endpoints`] handed out where the pods are now.
+    fn publish_endpoints(&self) {
+        let current = self
+            .pods
+            .iter()
+            .enumerate()
+            .filter(|(_, pod)| pod.is_some())
+            .map(|(i, _)| self.api(i))
+            .collect();
+        *self.endpoints.0.write().unwrap() = current;
+    }
+
+    /// The client addresses of the pods as they come and go (a re-created
+    /// pod has a new IP), as a client resolving the Service would see them.
+    pub fn endpoints(&self) -> Endpoints {
+        self.endpoints.clone()
     }
 
     /// Deletes pod `i` as `kubectl delete pod` does: SIGTERM, up to the
@@ -1758,6 +1781,61 @@ impl StatefulSet {
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         self.pods[i] = None;
+        self.publish_endpoints();
+    }
+
+    /// Makes pod `i`'s PVC, with `options` for `docker volume create`,
+    /// unless it exists: a claim is made once and outlives its pods.
+    async fn ensure_claim(&self, i: usize, options: &[&str]) {
+        let volume = self.volume(i);
+        let exists = docker_output(&["volume", "inspect", &volume], DOCKER_TIMEOUT)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .success();
+        if exists {
+            return;
+        }
+        let [owner, set] = self.labels();
+        let mut args = vec!["volume", "create", "--label", &owner, "--label", &set];
+        args.extend_from_slice(options);
+        args.push(&volume);
+        docker(&args).await.unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Provisions pod `i`'s PVC with room for only `bytes`, to be filled up:
+    /// a tmpfs owned by the pod's user, whose contents go when its container
+    /// stops. Call it before the pod is first created.
+    pub async fn provision_small_claim(&mut self, i: usize, bytes: u64) {
+        assert!(
+            !self.exists(i),
+            "{} already has its claim",
+            self.pod_name(i)
+        );
+        let m = &self.manifest;
+        let mount = format!(
+            "o=size={bytes},uid={},gid={},mode=0700",
+            m.run_as_user, m.run_as_group
+        );
+        let options = [
+            "--driver",
+            "local",
+            "--opt",
+            "type=tmpfs",
+            "--opt",
+            "device=tmpfs",
+            "--opt",
+            &mount,
+        ];
+        self.ensure_claim(i, &options).await;
+    }
+
+    /// Where pod `i`'s PVC lives on this host, for tests that damage it.
+    pub async fn claim_path(&self, i: usize) -> PathBuf {
+        let volume = self.volume(i);
+        let out = docker(&["volume", "inspect", "--format", "{{.Mountpoint}}", &volume])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        PathBuf::from(out.trim())
     }
 
     /// `kubectl delete pod`: the pod terminates and the controller creates
@@ -1852,6 +1930,7 @@ impl StatefulSet {
         let v: Value = serde_json::from_str(&json).expect("docker inspect prints JSON");
         let c = &v[0];
         ContainerState {
+            id: c["Id"].as_str().unwrap_or_default().to_string(),
             status: c["State"]["Status"]
                 .as_str()
                 .unwrap_or_default()
@@ -1935,17 +2014,7 @@ impl StatefulSet {
         let m = &self.manifest;
         let volume = self.volume(i);
         let [owner, set] = self.labels();
-        let exists = docker_output(&["volume", "inspect", &volume], DOCKER_TIMEOUT)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-            .success();
-        if !exists {
-            docker(&[
-                "volume", "create", "--label", &owner, "--label", &set, &volume,
-            ])
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        }
+        self.ensure_claim(i, &[]).await;
         let name = format!("{}-oneoff-{i}", self.id);
         let user = format!("{}:{}", m.run_as_user, m.run_as_group);
         let mount = format!("{volume}:{}", m.data_mount);

@@ -1,0 +1,292 @@
+//! Crash safety and bad conditions on one node, in containers: `kill -9` of
+//! every pod under heavy write load, a volume that fills up, a data file
+//! that is damaged. A node in trouble must stop with a clear error in its
+//! log while the others go on serving, and the README's recovery steps
+//! ("A node that will not start") must bring it back with every
+//! acknowledged write.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use raftset::Client;
+
+use super::workload::{keys_under, outcome_of, within};
+use super::{deploy, verify_everywhere};
+use crate::support::docker::{exclusive, poll, ContainerState, Manifest, StatefulSet, DEADLINE};
+use crate::support::linearizability::Outcome;
+
+/// Writers that put unique keys under `prefix` as fast as the cluster takes
+/// them, each on one pod, moving on after an error.
+struct Writers {
+    stop: Arc<AtomicBool>,
+    /// Writes acknowledged so far, by all writers.
+    acknowledged: Arc<AtomicUsize>,
+    tasks: Vec<tokio::task::JoinHandle<Written>>,
+}
+
+/// What the writers learned.
+#[derive(Debug, Default)]
+struct Written {
+    acknowledged: BTreeSet<String>,
+    failed: BTreeSet<String>,
+    unknown: usize,
+}
+
+impl Writers {
+    fn start(set: &StatefulSet, prefix: &str, writers: usize, value_size: usize) -> Writers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acknowledged = Arc::new(AtomicUsize::new(0));
+        let endpoints = set.endpoints();
+        let tasks = (0..writers)
+            .map(|w| {
+                let stop = stop.clone();
+                let acknowledged = acknowledged.clone();
+                let endpoints = endpoints.clone();
+                let prefix = prefix.to_string();
+                tokio::spawn(async move {
+                    let value = vec![b'x'; value_size];
+                    let mut written = Written::default();
+                    let mut target = w;
+                    let mut client: Option<Client> = None;
+                    let mut seq = 0u64;
+                    while !stop.load(Ordering::SeqCst) {
+                        let c = match client.as_mut() {
+                            Some(c) => c,
+                            None => {
+                                match Client::connect(&endpoints.nth(target).unwrap_or_default())
+                                    .await
+                                {
+                                    Ok(c) => client.insert(c.with_timeout(Duration::from_secs(3))),
+                                    Err(_) => {
+                                        target += 1;
+                                        tokio::time::sleep(Duration::from_millis(100)).await;
+                                        continue;
+                                    }
+                                }
+                            }
+                        };
+                        seq += 1;
+                        let key = format!("{prefix}{w:02}-{seq:08}");
+                        let result =
+                            within(Duration::from_secs(4), c.put(key.as_bytes(), &value)).await;
+                        match outcome_of(&result) {
+                            Outcome::Ok(_) => {
+                                acknowledged.fetch_add(1, Ordering::SeqCst);
+                                written.acknowledged.insert(key);
+                            }
+                            Outcome::Fail => {
+                                written.failed.insert(key);
+                            }
+                            Outcome::Unknown => written.unknown += 1,
+                        }
+                        if result.is_err() {
+                            client = None;
+                            target += 1;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                    written
+                })
+            })
+            .collect();
+        Writers {
+            stop,
+            acknowledged,
+            tasks,
+        }
+    }
+
+    /// Waits until the writers got `n` writes acknowledged in all.
+    async fn until_acknowledged(&self, n: usize) {
+        poll(
+            &format!("{n} acknowledged writes"),
+            DEADLINE,
+            Duration::from_millis(100),
+            || async {
+                let got = self.acknowledged.load(Ordering::SeqCst);
+                if got >= n {
+                    Ok(())
+                } else {
+                    Err(format!("{got}"))
+                }
+            },
+        )
+        .await
+    }
+
+    async fn stop(self) -> Written {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut all = Written::default();
+        for task in self.tasks {
+            let w = task.await.expect("a writer");
+            all.acknowledged.extend(w.acknowledged);
+            all.failed.extend(w.failed);
+            all.unknown += w.unknown;
+        }
+        all
+    }
+}
+
+/// Every acknowledged write present, no definitely failed one, read
+/// through the leader.
+async fn nothing_lost(set: &StatefulSet, prefix: &str, written: &Written) -> usize {
+    let (leader, _) = set.leader().await;
+    let mut reader = set.client(leader, Duration::from_secs(20)).await.unwrap();
+    let present = keys_under(&mut reader, prefix).await.expect("scan");
+    let lost: Vec<&String> = written.acknowledged.difference(&present).collect();
+    let resurrected: Vec<&String> = written.failed.intersection(&present).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged writes lost, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    assert!(
+        resurrected.is_empty(),
+        "writes that failed definitely are present: {resurrected:?}"
+    );
+    present.len()
+}
+
+/// Waits until pod `i`'s container has stopped by itself, and checks that
+/// it failed with every one of `clues` in its log.
+async fn failed_saying(set: &StatefulSet, i: usize, clues: &[&str]) -> ContainerState {
+    let state = poll(
+        &format!("{} to exit", set.pod_name(i)),
+        DEADLINE,
+        Duration::from_millis(200),
+        || async {
+            let state = set.state(i).await;
+            if state.running {
+                Err(state.status)
+            } else {
+                Ok(state)
+            }
+        },
+    )
+    .await;
+    let name = set.pod_name(i);
+    assert_ne!(state.exit_code, 0, "{name} exits as a failure: {state:?}");
+    let log = set.logs(i, 200).await;
+    let missing: Vec<&&str> = clues.iter().filter(|c| !log.contains(*c)).collect();
+    assert!(
+        missing.is_empty(),
+        "{name}'s log does not say {missing:?}:\n{log}"
+    );
+    state
+}
+
+/// The two pods other than `i` still serve: a write and a linearizable
+/// read through each of them.
+async fn the_others_serve(set: &StatefulSet, i: usize) {
+    for other in set.ordinals().into_iter().filter(|&o| o != i) {
+        let mut client = set.client(other, Duration::from_secs(10)).await.unwrap();
+        let key = format!("still-serving/{}", set.pod_name(other));
+        client
+            .put(key.as_bytes(), b"yes")
+            .await
+            .unwrap_or_else(|e| panic!("{} refused a write: {e}", set.pod_name(other)));
+        let read = client.get(key.as_bytes()).await.expect("read back");
+        assert_eq!(read.map(|kv| kv.value), Some(b"yes".to_vec()));
+    }
+}
+
+/// With pod `i` down, the others serve; then the README's recovery steps
+/// (`kubectl delete pvc` + `kubectl delete pod`) bring it back on an empty
+/// volume, under a new node id, with the data: all members agree and no
+/// acknowledged write under `prefix` is lost. Returns the keys present.
+async fn brought_back(set: &mut StatefulSet, i: usize, prefix: &str, written: &Written) -> usize {
+    the_others_serve(set, i).await;
+    set.delete_pvc(i).await;
+    set.wait_ready(i).await;
+    set.wait_voters(3).await;
+    verify_everywhere(set).await;
+    nothing_lost(set, prefix, written).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_every_pod_under_heavy_load_loses_no_acknowledged_write() {
+    let _turn = exclusive().await;
+    let mut set = deploy("kill9", Manifest::base()).await;
+    let writers = Writers::start(&set, "load/", 32, 256);
+    writers.until_acknowledged(1000).await;
+
+    // Every pod at once, mid-write.
+    let ordinals = set.ordinals();
+    for &i in &ordinals {
+        set.kill(i).await;
+    }
+    for &i in &ordinals {
+        let state = set.state(i).await;
+        assert_eq!(
+            (state.running, state.exit_code),
+            (false, 137),
+            "{} was not killed by SIGKILL",
+            set.pod_name(i)
+        );
+    }
+    let written = writers.stop().await;
+
+    for &i in &ordinals {
+        set.restart(i).await;
+    }
+    set.wait_all_ready().await;
+    set.wait_voters(3).await;
+    let present = nothing_lost(&set, "load/", &written).await;
+    verify_everywhere(&set).await;
+    println!(
+        "kill -9 of every pod: {} writes acknowledged, {} failed, {} unknown; {present} keys present after restart",
+        written.acknowledged.len(),
+        written.failed.len(),
+        written.unknown
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_volume_stops_its_pod_with_a_clear_error_and_the_others_serve() {
+    let _turn = exclusive().await;
+    let mut set = StatefulSet::new("diskfull").await;
+    set.provision_small_claim(2, 24 * 1024 * 1024).await;
+    set.create().await;
+    set.wait_voters(3).await;
+
+    // 256 KiB values until pod 2's 24 MiB are gone.
+    let writers = Writers::start(&set, "big/", 4, 256 * 1024);
+    let state = failed_saying(&set, 2, &["No space left on device", "bytes free"]).await;
+    let written = writers.stop().await;
+    let present = brought_back(&mut set, 2, "big/", &written).await;
+    println!(
+        "full volume: pod 2 exited {} after {} writes were acknowledged; recovered with {present} keys",
+        state.exit_code,
+        written.acknowledged.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_data_file_stops_its_pod_with_a_clear_error_and_the_others_serve() {
+    let _turn = exclusive().await;
+    let mut set = deploy("damaged", Manifest::base()).await;
+    // A few MiB, so that the middle of the file holds data.
+    let writers = Writers::start(&set, "data/", 8, 1024);
+    writers.until_acknowledged(4000).await;
+    let written = writers.stop().await;
+
+    // Damage the middle of pod 1's database file while it is down.
+    set.kill(1).await;
+    let file = set.claim_path(1).await.join("db").join("db");
+    let mut bytes = std::fs::read(&file)
+        .unwrap_or_else(|e| panic!("cannot read {} on this host: {e}", file.display()));
+    let middle = bytes.len() / 2;
+    bytes[middle..middle + 64].fill(0x5A);
+    std::fs::write(&file, &bytes).expect("write the damage");
+
+    set.restart(1).await;
+    let state = failed_saying(&set, 1, &["is corrupted", "A node that will not start"]).await;
+    let present = brought_back(&mut set, 1, "data/", &written).await;
+    println!(
+        "damaged data file: pod 1 exited {}; recovered with {present} keys",
+        state.exit_code
+    );
+}
