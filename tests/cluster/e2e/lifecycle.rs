@@ -1,12 +1,14 @@
 //! The StatefulSet's life cycle: first deploy (OrderedReady and Parallel),
-//! the visit counter behind a load balancer, a pod deleted, a PVC deleted,
-//! scaling up and down.
+//! the visit counter behind a load balancer, a pod deleted, a rolling
+//! restart under write load, a PVC deleted, scaling up and down.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use raftset::Client;
 
+use super::nemesis::roll;
+use super::workload::{nothing_lost, Writers};
 use super::{deploy, members_are_the_pods, secs, statuses_agree, verify_everywhere};
 use crate::support::docker::{
     exclusive, http_get, poll, Manifest, PodManagement, StatefulSet, DEADLINE,
@@ -160,6 +162,31 @@ async fn deleted_pod_comes_back_with_its_identity() {
 /// Deletes pod `ordinal`'s PVC (and the pod, so it goes): the pod comes
 /// back empty under a new node id, joins the one cluster, replaces its old
 /// self in the membership and catches up.
+/// `kubectl rollout restart` while 8 writers put as fast as they can: the
+/// writes go on through the rollout (each pod down in turn, one at a time)
+/// and none acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restart_under_write_load_loses_nothing() {
+    let _turn = exclusive().await;
+    let mut set = deploy("rolling", Manifest::base()).await;
+    let writers = Writers::start(&set, "roll/", 8, 100);
+    writers.until_acknowledged(200).await;
+    let before = writers.acknowledged();
+    let pods = roll(&mut set).await;
+    let during = writers.acknowledged() - before;
+    let written = writers.stop().await;
+    assert!(during > 0, "no write was acknowledged during the rollout");
+    set.wait_voters(3).await;
+    let present = nothing_lost(&set, "roll/", &written).await;
+    verify_everywhere(&set).await;
+    println!(
+        "rolling restart ({}): {during} writes acknowledged during it, {} in all, {} unknown, {present} present",
+        pods.join(", "),
+        written.acknowledged.len(),
+        written.unknown
+    );
+}
+
 async fn deleted_pvc_rejoins(tag: &str, ordinal: usize) {
     let _turn = exclusive().await;
     let mut set = deploy(tag, Manifest::base()).await;

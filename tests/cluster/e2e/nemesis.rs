@@ -294,34 +294,11 @@ async fn pause(set: &mut StatefulSet, victim: usize) -> Injected {
     .await
 }
 
-/// `kubectl rollout restart`: pods re-created from the highest ordinal
-/// down, each only once the one before is ready again, while the
-/// workload runs. Proven: every pod came back as a new container holding
-/// its node id (same volume), and client writes were acknowledged during
-/// the rollout.
+/// `kubectl rollout restart` while the workload runs. Proven: see
+/// [`roll`], and client writes were acknowledged during the rollout.
 async fn rolling_restart(set: &mut StatefulSet, recorder: &Recorder) -> Injected {
     let from = recorder.now();
-    let mut kept = Vec::new();
-    for i in set.ordinals().into_iter().rev() {
-        let before = set.status(i).await.expect("status before the restart");
-        let container_before = set.state(i).await.id;
-        set.delete_pod(i).await;
-        set.wait_ready(i).await;
-        let after = set.status(i).await.expect("status after the restart");
-        assert_ne!(
-            set.state(i).await.id,
-            container_before,
-            "fault did not happen: {} was not re-created",
-            set.pod_name(i)
-        );
-        assert_eq!(
-            after.id,
-            before.id,
-            "{} came back with another node id: its volume was not kept",
-            set.pod_name(i)
-        );
-        kept.push(set.pod_name(i));
-    }
+    let pods = roll(set).await;
     let acknowledged = recorder.acknowledged_writes_between(from, recorder.now());
     assert!(
         acknowledged > 0,
@@ -331,10 +308,39 @@ async fn rolling_restart(set: &mut StatefulSet, recorder: &Recorder) -> Injected
         victim: None,
         proof: format!(
             "{} re-created, node ids kept; {acknowledged} client writes acked meanwhile",
-            kept.join(", ")
+            pods.join(", ")
         ),
         failover: None,
     }
+}
+
+/// A rolling restart as the StatefulSet controller does it: pods deleted
+/// from the highest ordinal down, each only once the one before is ready
+/// again. Proven: every pod came back as a new container holding its node
+/// id (same volume). Returns the pods in the order they were re-created.
+pub async fn roll(set: &mut StatefulSet) -> Vec<String> {
+    let mut pods = Vec::new();
+    for i in set.ordinals().into_iter().rev() {
+        let before = set.status(i).await.expect("status before the restart");
+        let container_before = set.state(i).await.id;
+        set.delete_pod(i).await;
+        set.wait_ready(i).await;
+        let after = set.status(i).await.expect("status after the restart");
+        assert_ne!(
+            set.state(i).await.id,
+            container_before,
+            "{} was not re-created",
+            set.pod_name(i)
+        );
+        assert_eq!(
+            after.id,
+            before.id,
+            "{} came back with another node id: its volume was not kept",
+            set.pod_name(i)
+        );
+        pods.push(set.pod_name(i));
+    }
+    pods
 }
 
 /// `raftset remove` of a follower while the workload runs. Proven: the

@@ -7,9 +7,12 @@
 //! Register operations go to the history [`Recorder`]; what the counter and
 //! the set must hold at the end is tallied in [`Ledger`] and checked by
 //! [`Ledger::check`].
+//!
+//! [`Writers`] is a plainer load for crash and restart tests: unique keys as
+//! fast as the cluster takes them, every acknowledged one checked at the end.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +21,7 @@ use raftset::Client;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::support::docker::Endpoints;
+use crate::support::docker::{poll, Endpoints, StatefulSet, DEADLINE};
 use crate::support::history::{classify, ErrorClass, Recorder};
 use crate::support::linearizability::{OkValue, Op, Outcome};
 
@@ -91,7 +94,7 @@ impl Ledger {
 }
 
 /// Every key under `prefix`, read linearizably page by page.
-pub async fn keys_under(reader: &mut Client, prefix: &str) -> Result<BTreeSet<String>, String> {
+async fn keys_under(reader: &mut Client, prefix: &str) -> Result<BTreeSet<String>, String> {
     let mut keys = BTreeSet::new();
     let mut start = prefix.as_bytes().to_vec();
     loop {
@@ -239,9 +242,147 @@ async fn client_loop(
     ledger
 }
 
+/// Writers that put unique keys under `prefix` as fast as the cluster takes
+/// them, each on one pod, moving on after an error.
+pub struct Writers {
+    stop: Arc<AtomicBool>,
+    /// Writes acknowledged so far, by all writers.
+    acknowledged: Arc<AtomicUsize>,
+    tasks: Vec<tokio::task::JoinHandle<Written>>,
+}
+
+/// What the writers learned.
+#[derive(Debug, Default)]
+pub struct Written {
+    pub acknowledged: BTreeSet<String>,
+    pub failed: BTreeSet<String>,
+    pub unknown: usize,
+}
+
+impl Writers {
+    pub fn start(set: &StatefulSet, prefix: &str, writers: usize, value_size: usize) -> Writers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acknowledged = Arc::new(AtomicUsize::new(0));
+        let endpoints = set.endpoints();
+        let tasks = (0..writers)
+            .map(|w| {
+                let stop = stop.clone();
+                let acknowledged = acknowledged.clone();
+                let endpoints = endpoints.clone();
+                let prefix = prefix.to_string();
+                tokio::spawn(async move {
+                    let value = vec![b'x'; value_size];
+                    let mut written = Written::default();
+                    let mut target = w;
+                    let mut client: Option<Client> = None;
+                    let mut seq = 0u64;
+                    while !stop.load(Ordering::SeqCst) {
+                        let c = match client.as_mut() {
+                            Some(c) => c,
+                            None => {
+                                match Client::connect(&endpoints.nth(target).unwrap_or_default())
+                                    .await
+                                {
+                                    Ok(c) => client.insert(c.with_timeout(Duration::from_secs(3))),
+                                    Err(_) => {
+                                        target += 1;
+                                        tokio::time::sleep(Duration::from_millis(100)).await;
+                                        continue;
+                                    }
+                                }
+                            }
+                        };
+                        seq += 1;
+                        let key = format!("{prefix}{w:02}-{seq:08}");
+                        let result =
+                            within(Duration::from_secs(4), c.put(key.as_bytes(), &value)).await;
+                        match outcome_of(&result) {
+                            Outcome::Ok(_) => {
+                                acknowledged.fetch_add(1, Ordering::SeqCst);
+                                written.acknowledged.insert(key);
+                            }
+                            Outcome::Fail => {
+                                written.failed.insert(key);
+                            }
+                            Outcome::Unknown => written.unknown += 1,
+                        }
+                        if result.is_err() {
+                            client = None;
+                            target += 1;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                    written
+                })
+            })
+            .collect();
+        Writers {
+            stop,
+            acknowledged,
+            tasks,
+        }
+    }
+
+    /// Waits until the writers got `n` writes acknowledged in all.
+    pub async fn until_acknowledged(&self, n: usize) {
+        poll(
+            &format!("{n} acknowledged writes"),
+            DEADLINE,
+            Duration::from_millis(100),
+            || async {
+                let got = self.acknowledged();
+                if got >= n {
+                    Ok(())
+                } else {
+                    Err(format!("{got}"))
+                }
+            },
+        )
+        .await
+    }
+
+    /// Writes acknowledged so far.
+    pub fn acknowledged(&self) -> usize {
+        self.acknowledged.load(Ordering::SeqCst)
+    }
+
+    pub async fn stop(self) -> Written {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut all = Written::default();
+        for task in self.tasks {
+            let w = task.await.expect("a writer");
+            all.acknowledged.extend(w.acknowledged);
+            all.failed.extend(w.failed);
+            all.unknown += w.unknown;
+        }
+        all
+    }
+}
+
+/// Every acknowledged write present, no definitely failed one, read
+/// through the leader.
+pub async fn nothing_lost(set: &StatefulSet, prefix: &str, written: &Written) -> usize {
+    let (leader, _) = set.leader().await;
+    let mut reader = set.client(leader, Duration::from_secs(20)).await.unwrap();
+    let present = keys_under(&mut reader, prefix).await.expect("scan");
+    let lost: Vec<&String> = written.acknowledged.difference(&present).collect();
+    let resurrected: Vec<&String> = written.failed.intersection(&present).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged writes lost, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    assert!(
+        resurrected.is_empty(),
+        "writes that failed definitely are present: {resurrected:?}"
+    );
+    present.len()
+}
+
 /// A call bounded by the client's own guard: a call that outlives it has an
 /// unknown outcome, like one past its gRPC deadline.
-pub async fn within<T>(
+async fn within<T>(
     guard: Duration,
     call: impl std::future::Future<Output = Result<T, raftset::ClientError>>,
 ) -> Result<T, raftset::ClientError> {
@@ -252,7 +393,7 @@ pub async fn within<T>(
     })
 }
 
-pub fn outcome_of<T>(result: &Result<T, raftset::ClientError>) -> Outcome {
+fn outcome_of<T>(result: &Result<T, raftset::ClientError>) -> Outcome {
     match result {
         Ok(_) => Outcome::Ok(OkValue::Written),
         Err(e) => match classify(e) {
