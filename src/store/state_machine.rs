@@ -33,8 +33,8 @@ use super::snapshot::{self, SnapshotDir};
 use super::{Shared, StoreOptions};
 use crate::error::Error;
 use crate::raft::{
-    Command, Digest, Entry, KeyValue, LogId, Op, Outcome, Snapshot, SnapshotMeta, StorageError,
-    StoredMembership, TypeConfig,
+    Command, Digest, Entry, KeyValue, LogId, Op, Outcome, Proposal, Snapshot, SnapshotMeta,
+    StorageError, StoredMembership, TypeConfig,
 };
 
 const KEY: u8 = b'k';
@@ -49,9 +49,10 @@ const REVISION: &[u8] = b"r";
 const REDO: &[u8] = b"w";
 const POINTER_TREE: &str = "sm_current";
 const POINTER_KEY: &[u8] = b"tree";
-/// Most old history entries or request ids one log entry expires: enough to
-/// keep up (each entry adds at most one of each), small enough to bound work.
-const EXPIRE_PER_ENTRY: usize = 16;
+/// Old history records or request ids one log entry expires beyond one per
+/// command (each command adds at most one of each): enough to drain a
+/// backlog, small enough to bound the work of one entry.
+const EXPIRE_SLACK: usize = 16;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct StoredValue {
@@ -283,7 +284,7 @@ impl StateMachine {
         self.digests.clone()
     }
 
-    fn tree(&self) -> sled::Tree {
+    pub(super) fn tree(&self) -> sled::Tree {
         self.current.read().expect("state machine lock").clone()
     }
 
@@ -384,10 +385,7 @@ impl StateMachine {
         };
         if let Some(change) = &change {
             *revision = next;
-            writes.insert(REVISION, encode(&next)?);
             writes.insert(history_key(next), encode(change)?);
-            let tree = writes.tree.clone();
-            self.compact_history(&tree, writes, next)?;
         }
         writes.insert(
             dedup_key,
@@ -396,24 +394,41 @@ impl StateMachine {
             })?,
         );
         writes.insert(expiry_key(proposed_at_ms, &command.request_id), Vec::new());
-        let tree = writes.tree.clone();
-        self.expire_request_ids(&tree, writes, proposed_at_ms)?;
         Ok((outcome, change))
     }
 
-    /// Forgets request ids proposed more than the dedup window before `now_ms`.
+    /// What an entry's commands leave to do once: the revision counter, and
+    /// trimming history and remembered request ids. Once per entry, not per
+    /// command, because both trims scan the tree, which an entry's own
+    /// writes do not change: per command they would find the same keys.
+    fn finish_entry(
+        &self,
+        writes: &mut EntryWrites,
+        proposal: &Proposal,
+        revision_before: u64,
+        revision: u64,
+    ) -> Result<(), StorageError> {
+        let tree = writes.tree.clone();
+        let limit = proposal.commands.len() + EXPIRE_SLACK;
+        if revision > revision_before {
+            writes.insert(REVISION, encode(&revision)?);
+            self.compact_history(&tree, writes, revision, limit)?;
+        }
+        self.expire_request_ids(&tree, writes, proposal.proposed_at_ms, limit)
+    }
+
+    /// Forgets up to `limit` request ids proposed more than the dedup window
+    /// before `now_ms`.
     fn expire_request_ids(
         &self,
         tree: &sled::Tree,
         batch: &mut EntryWrites,
         now_ms: u64,
+        limit: usize,
     ) -> Result<(), StorageError> {
         let cutoff = now_ms.saturating_sub(self.dedup_window_ms);
         let end = expiry_key(cutoff, &[]);
-        for item in tree
-            .range([EXPIRY].as_slice()..end.as_slice())
-            .take(EXPIRE_PER_ENTRY)
-        {
+        for item in tree.range([EXPIRY].as_slice()..end.as_slice()).take(limit) {
             let (key, _) = item.map_err(read_err)?;
             batch.remove([&[DEDUP][..], &key[9..]].concat());
             batch.remove(key);
@@ -421,12 +436,14 @@ impl StateMachine {
         Ok(())
     }
 
-    /// Drops history older than the retained window, and records how far.
+    /// Drops up to `limit` history records older than the retained window,
+    /// and records how far.
     fn compact_history(
         &self,
         tree: &sled::Tree,
         batch: &mut EntryWrites,
         revision: u64,
+        limit: usize,
     ) -> Result<(), StorageError> {
         let cutoff = revision.saturating_sub(self.history_revisions);
         if cutoff == 0 {
@@ -436,7 +453,7 @@ impl StateMachine {
         for key in tree
             .range([HISTORY].as_slice()..history_key(cutoff).as_slice())
             .keys()
-            .take(EXPIRE_PER_ENTRY)
+            .take(limit)
         {
             let key = key.map_err(read_err)?;
             highest = Some(u64::from_be_bytes(
@@ -643,6 +660,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     );
                 }
                 EntryPayload::Normal(proposal) => {
+                    let revision_before = revision;
                     for command in &proposal.commands {
                         let (outcome, change) = self.execute(
                             &mut batch,
@@ -658,6 +676,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             other => other,
                         });
                     }
+                    self.finish_entry(&mut batch, &proposal, revision_before, revision)?;
                 }
             }
             batch.insert(APPLIED, encode(&Some(log_id))?);

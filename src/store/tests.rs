@@ -323,6 +323,53 @@ async fn history_replays_changes_and_reports_compaction() {
     }
 }
 
+/// Entries carrying many commands each (the leader batches writes) must
+/// not outgrow the trimming: history stays within its window and request
+/// ids past the dedup window are forgotten, however large the entries.
+#[tokio::test]
+async fn trimming_keeps_up_with_entries_of_many_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions {
+        history_revisions: 10,
+        dedup_window_ms: 1_000,
+        ..StoreOptions::default()
+    };
+    let mut store = open(dir.path(), options);
+    for index in 1..=20u64 {
+        let commands = (0..50)
+            .map(|c| Command {
+                request_id: format!("req-{index}-{c}").into_bytes(),
+                op: put(&format!("k{c}"), &index.to_string()),
+            })
+            .collect();
+        let entry = Entry {
+            log_id: log_id(index),
+            payload: EntryPayload::Normal(Proposal {
+                // Each entry comes 2 s after the previous one: every request
+                // id of the entry before is past the window.
+                proposed_at_ms: index * 2_000,
+                commands,
+            }),
+        };
+        store.state_machine.apply([entry]).await.unwrap();
+    }
+    let tree = store.state_machine.tree();
+    let count = |prefix: u8| tree.scan_prefix([prefix]).count();
+    // An entry trims what is in the tree before it: its own 50 records
+    // are trimmed by the next one.
+    assert!(
+        count(b'h') <= 10 + 50,
+        "{} history records kept for a window of 10",
+        count(b'h')
+    );
+    assert_eq!(
+        count(b'd'),
+        50,
+        "only the last entry's request ids remembered"
+    );
+    assert_eq!(count(b'e'), 50, "only the last entry's expiry records");
+}
+
 #[tokio::test]
 async fn scan_pages_by_prefix_range_limit_and_bytes() {
     let dir = tempfile::tempdir().unwrap();
