@@ -3,9 +3,11 @@
 //!
 //! Everything lives in one sled tree; a key's first byte says what it is:
 //! - `k` + key → the value and its revision counters
-//! - `h` + revision → the change made at that revision (Watch history)
+//! - `h` + last revision of an entry → the changes that entry made, in
+//!   order (Watch history)
 //! - `d` + request id → the outcome of that request (deduplication)
-//! - `e` + proposed-at ms + request id → nothing (when to forget the id)
+//! - `e` + proposed-at ms + log index → the request ids that entry
+//!   remembered (when to forget them)
 //! - `r` → the current revision, `a` → last applied log id, `m` → last
 //!   membership, `c` → highest revision compacted out of the history,
 //!   `w` → the last entry's write set (redo record)
@@ -14,9 +16,10 @@
 //! takes the next revision. All of an entry's writes, its remembered
 //! outcomes and its applied log id reach sled atomically (a redo record,
 //! see `EntryWrites::write`), so the tree always reflects a whole prefix of
-//! the log. Expiring history and
-//! request ids happens inside each command's step, driven only by the
-//! command and the state before it: every replica forgets the same things.
+//! the log. History and request-id expiry are recorded once per entry, not
+//! per command: two sled writes per entry instead of four per command.
+//! Expiring them happens at the end of each entry, driven only by the entry
+//! and the state before it: every replica forgets the same things.
 //!
 //! Installing a snapshot fills a fresh tree and then switches a pointer to
 //! it, so a crash mid-install leaves the old state intact.
@@ -33,8 +36,8 @@ use super::snapshot::{self, SnapshotDir};
 use super::{Shared, StoreOptions};
 use crate::error::Error;
 use crate::raft::{
-    Command, Digest, Entry, KeyValue, LogId, Op, Outcome, Proposal, Snapshot, SnapshotMeta,
-    StorageError, StoredMembership, TypeConfig,
+    Command, Digest, Entry, KeyValue, LogId, Op, Outcome, Snapshot, SnapshotMeta, StorageError,
+    StoredMembership, TypeConfig,
 };
 
 const KEY: u8 = b'k';
@@ -49,10 +52,10 @@ const REVISION: &[u8] = b"r";
 const REDO: &[u8] = b"w";
 const POINTER_TREE: &str = "sm_current";
 const POINTER_KEY: &[u8] = b"tree";
-/// Old history records or request ids one log entry expires beyond one per
-/// command (each command adds at most one of each): enough to drain a
-/// backlog, small enough to bound the work of one entry.
-const EXPIRE_SLACK: usize = 16;
+/// Most history or expiry records (each one entry's worth) one log entry
+/// expires: each entry adds at most one of each, so this drains a backlog,
+/// and it bounds the work of one entry.
+const EXPIRE_PER_ENTRY: usize = 16;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct StoredValue {
@@ -186,12 +189,16 @@ impl KvReader {
             });
         }
         let mut changes = Vec::new();
+        // Records are keyed by their entry's last revision: the first one
+        // at or after `from` holds `from`, if it exists.
         for item in tree.range(history_key(from).as_slice()..[HISTORY + 1].as_slice()) {
             let (_, bytes) = item.map_err(|e| storage(&e))?;
-            let change: Change = postcard::from_bytes(&bytes).map_err(storage)?;
-            if change.kv.key.starts_with(prefix) {
-                changes.push(change);
-            }
+            let entry: Vec<Change> = postcard::from_bytes(&bytes).map_err(storage)?;
+            changes.extend(
+                entry
+                    .into_iter()
+                    .filter(|c| c.revision >= from && c.kv.key.starts_with(prefix)),
+            );
         }
         Ok(changes)
     }
@@ -288,14 +295,13 @@ impl StateMachine {
         self.current.read().expect("state machine lock").clone()
     }
 
-    /// Applies one command into the entry's writes: its effect, its
-    /// remembered outcome, the revision counter and its history record. A
+    /// Applies one command into the entry's writes: its effect and its
+    /// remembered outcome, and it adds its change to the entry's history. A
     /// command whose request id is remembered changes nothing.
     fn execute(
         &self,
         writes: &mut EntryWrites,
         command: &Command,
-        proposed_at_ms: u64,
         revision: &mut u64,
     ) -> Result<(Outcome, Option<Change>), StorageError> {
         let dedup_key = [&[DEDUP][..], &command.request_id].concat();
@@ -385,7 +391,7 @@ impl StateMachine {
         };
         if let Some(change) = &change {
             *revision = next;
-            writes.insert(history_key(next), encode(change)?);
+            writes.history.push(change.clone());
         }
         writes.insert(
             dedup_key,
@@ -393,57 +399,66 @@ impl StateMachine {
                 outcome: outcome.clone(),
             })?,
         );
-        writes.insert(expiry_key(proposed_at_ms, &command.request_id), Vec::new());
+        writes.remembered.push(command.request_id.clone());
         Ok((outcome, change))
     }
 
-    /// What an entry's commands leave to do once: the revision counter, and
-    /// trimming history and remembered request ids. Once per entry, not per
-    /// command, because both trims scan the tree, which an entry's own
-    /// writes do not change: per command they would find the same keys.
+    /// What an entry's commands leave to do once: the revision counter, the
+    /// entry's history and expiry records, and trimming old ones (the trims
+    /// scan the tree, which the entry's own writes do not change yet).
     fn finish_entry(
         &self,
         writes: &mut EntryWrites,
-        proposal: &Proposal,
-        revision_before: u64,
+        log_index: u64,
+        proposed_at_ms: u64,
         revision: u64,
     ) -> Result<(), StorageError> {
         let tree = writes.tree.clone();
-        let limit = proposal.commands.len() + EXPIRE_SLACK;
-        if revision > revision_before {
+        if !writes.history.is_empty() {
+            let history = std::mem::take(&mut writes.history);
             writes.insert(REVISION, encode(&revision)?);
-            self.compact_history(&tree, writes, revision, limit)?;
+            writes.insert(history_key(revision), encode(&history)?);
+            self.compact_history(&tree, writes, revision)?;
         }
-        self.expire_request_ids(&tree, writes, proposal.proposed_at_ms, limit)
+        if !writes.remembered.is_empty() {
+            let remembered = std::mem::take(&mut writes.remembered);
+            let key = expiry_key(proposed_at_ms, &log_index.to_be_bytes());
+            writes.insert(key, encode(&remembered)?);
+        }
+        self.expire_request_ids(&tree, writes, proposed_at_ms)
     }
 
-    /// Forgets up to `limit` request ids proposed more than the dedup window
-    /// before `now_ms`.
+    /// Forgets the request ids of up to [`EXPIRE_PER_ENTRY`] entries
+    /// proposed more than the dedup window before `now_ms`.
     fn expire_request_ids(
         &self,
         tree: &sled::Tree,
         batch: &mut EntryWrites,
         now_ms: u64,
-        limit: usize,
     ) -> Result<(), StorageError> {
         let cutoff = now_ms.saturating_sub(self.dedup_window_ms);
         let end = expiry_key(cutoff, &[]);
-        for item in tree.range([EXPIRY].as_slice()..end.as_slice()).take(limit) {
-            let (key, _) = item.map_err(read_err)?;
-            batch.remove([&[DEDUP][..], &key[9..]].concat());
+        for item in tree
+            .range([EXPIRY].as_slice()..end.as_slice())
+            .take(EXPIRE_PER_ENTRY)
+        {
+            let (key, ids) = item.map_err(read_err)?;
+            let ids: Vec<Vec<u8>> = postcard::from_bytes(&ids).map_err(read_err)?;
+            for id in ids {
+                batch.remove([&[DEDUP][..], &id].concat());
+            }
             batch.remove(key);
         }
         Ok(())
     }
 
-    /// Drops up to `limit` history records older than the retained window,
-    /// and records how far.
+    /// Drops up to [`EXPIRE_PER_ENTRY`] entries' history records wholly
+    /// older than the retained window, and records how far.
     fn compact_history(
         &self,
         tree: &sled::Tree,
         batch: &mut EntryWrites,
         revision: u64,
-        limit: usize,
     ) -> Result<(), StorageError> {
         let cutoff = revision.saturating_sub(self.history_revisions);
         if cutoff == 0 {
@@ -453,7 +468,7 @@ impl StateMachine {
         for key in tree
             .range([HISTORY].as_slice()..history_key(cutoff).as_slice())
             .keys()
-            .take(limit)
+            .take(EXPIRE_PER_ENTRY)
         {
             let key = key.map_err(read_err)?;
             highest = Some(u64::from_be_bytes(
@@ -660,14 +675,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     );
                 }
                 EntryPayload::Normal(proposal) => {
-                    let revision_before = revision;
                     for command in &proposal.commands {
-                        let (outcome, change) = self.execute(
-                            &mut batch,
-                            command,
-                            proposal.proposed_at_ms,
-                            &mut revision,
-                        )?;
+                        let (outcome, change) = self.execute(&mut batch, command, &mut revision)?;
                         changes.extend(change);
                         entry_outcomes.push(match outcome {
                             Outcome::Checkpoint { .. } => Outcome::Checkpoint {
@@ -676,7 +685,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             other => other,
                         });
                     }
-                    self.finish_entry(&mut batch, &proposal, revision_before, revision)?;
+                    self.finish_entry(&mut batch, log_id.index, proposal.proposed_at_ms, revision)?;
                 }
             }
             batch.insert(APPLIED, encode(&Some(log_id))?);
@@ -754,6 +763,10 @@ impl Lookup for sled::Tree {
 struct EntryWrites {
     tree: sled::Tree,
     pending: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// The entry's changes and remembered request ids, written as one
+    /// record each by [`StateMachine::finish_entry`].
+    history: Vec<Change>,
+    remembered: Vec<Vec<u8>>,
 }
 
 impl EntryWrites {
@@ -761,6 +774,8 @@ impl EntryWrites {
         EntryWrites {
             tree,
             pending: Default::default(),
+            history: Vec::new(),
+            remembered: Vec::new(),
         }
     }
 
@@ -914,8 +929,9 @@ fn history_key(revision: u64) -> [u8; 9] {
     key
 }
 
-fn expiry_key(at_ms: u64, request_id: &[u8]) -> Vec<u8> {
-    [&[EXPIRY][..], &at_ms.to_be_bytes(), request_id].concat()
+/// `suffix` is a log index, or nothing for the end of a range.
+fn expiry_key(at_ms: u64, suffix: &[u8]) -> Vec<u8> {
+    [&[EXPIRY][..], &at_ms.to_be_bytes(), suffix].concat()
 }
 
 /// The smallest key greater than every key that starts with `prefix`.
