@@ -111,7 +111,8 @@ pub struct Config {
     #[arg(long, env = "RAFTSET_HISTORY_REVISIONS", default_value_t = 10_000)]
     pub history_revisions: u64,
 
-    /// How long a request id's outcome is remembered, in seconds.
+    /// How long a request id's outcome is remembered, in seconds. The
+    /// leader's setting travels in each log entry, so members agree.
     #[arg(long, env = "RAFTSET_DEDUP_WINDOW_SECS", default_value_t = 600)]
     pub dedup_window_secs: u64,
 
@@ -286,7 +287,6 @@ impl Config {
         StoreOptions {
             cache_bytes: self.cache_mb * 1024 * 1024,
             history_revisions: self.history_revisions,
-            dedup_window_ms: self.dedup_window_secs * 1000,
             ..StoreOptions::default()
         }
     }

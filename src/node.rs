@@ -239,7 +239,7 @@ impl Node {
                 http_addr: config.http_addr(),
             },
             proposals: Arc::new(Semaphore::new(config.max_pending_proposals)),
-            proposer: Proposer::start(raft.clone()),
+            proposer: Proposer::start(raft.clone(), config.dedup_window_secs * 1000),
             config,
             raft,
             cluster_id,

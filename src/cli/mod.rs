@@ -382,6 +382,9 @@ async fn backup(conn: &Conn, out: Option<&std::path::Path>) -> anyhow::Result<()
     Ok(())
 }
 
+/// How long a node that failed may take to shut down before it just exits.
+const FATAL_SHUTDOWN: Duration = Duration::from_secs(10);
+
 /// Runs one node until SIGTERM or Ctrl-C, then shuts it down in order. A
 /// node that stops by itself (a storage failure) exits non-zero.
 async fn serve(config: Config) -> anyhow::Result<ExitCode> {
@@ -398,8 +401,13 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         _ = terminate.recv() => tracing::info!("SIGTERM; shutting down"),
         reason = node.stopped() => {
             tracing::error!("stopping: {reason}");
-            node.shutdown().await;
-            return Ok(ExitCode::FAILURE);
+            // After a storage failure a part of the node may be stuck in
+            // I/O that never returns; the process must still end, so that
+            // the kubelet restarts it. What is durable is already on disk.
+            if tokio::time::timeout(FATAL_SHUTDOWN, node.shutdown()).await.is_err() {
+                tracing::error!("shutdown did not finish within {FATAL_SHUTDOWN:?}; exiting");
+            }
+            std::process::exit(1);
         }
     }
     node.shutdown().await;

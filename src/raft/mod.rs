@@ -63,8 +63,13 @@ impl fmt::Display for Member {
 /// together, so that one append and one flush serve them all.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proposal {
-    /// The leader's wall clock in milliseconds; expires remembered ids.
+    /// The leader's wall clock in milliseconds; when this entry's request
+    /// ids are forgotten is counted from it.
     pub proposed_at_ms: u64,
+    /// Request ids proposed before this time are forgotten when the entry
+    /// applies. The leader's dedup window sets it, so that every replica
+    /// forgets the same ids whatever its own configuration.
+    pub forget_before_ms: u64,
     pub commands: Vec<Command>,
 }
 

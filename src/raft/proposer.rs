@@ -49,9 +49,10 @@ pub struct Proposer {
 
 impl Proposer {
     /// Starts the batching task; it ends when every handle is dropped.
-    pub fn start(raft: Raft) -> Proposer {
+    /// Request ids are remembered for `dedup_window_ms`.
+    pub fn start(raft: Raft, dedup_window_ms: u64) -> Proposer {
         let (queue, pending) = mpsc::unbounded_channel();
-        tokio::spawn(run(raft, pending));
+        tokio::spawn(run(raft, pending, dedup_window_ms));
         Proposer { queue }
     }
 
@@ -68,7 +69,7 @@ impl Proposer {
     }
 }
 
-async fn run(raft: Raft, mut queue: mpsc::UnboundedReceiver<Pending>) {
+async fn run(raft: Raft, mut queue: mpsc::UnboundedReceiver<Pending>, dedup_window_ms: u64) {
     let in_flight = Arc::new(Semaphore::new(ENTRIES_IN_FLIGHT));
     while let Some(first) = queue.recv().await {
         // Wait for a free slot first: whatever queues meanwhile joins this entry.
@@ -91,8 +92,10 @@ async fn run(raft: Raft, mut queue: mpsc::UnboundedReceiver<Pending>) {
             let _slot = slot;
             let (commands, replies): (Vec<Command>, Vec<_>) =
                 batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+            let proposed_at_ms = now_ms();
             let proposal = Proposal {
-                proposed_at_ms: now_ms(),
+                proposed_at_ms,
+                forget_before_ms: proposed_at_ms.saturating_sub(dedup_window_ms),
                 commands,
             };
             match raft.client_write(proposal).await {

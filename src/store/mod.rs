@@ -66,8 +66,6 @@ pub struct StoreOptions {
     pub cache_bytes: u64,
     /// How many revisions of change history Watch can replay.
     pub history_revisions: u64,
-    /// How long the outcome of a request id is remembered, in milliseconds.
-    pub dedup_window_ms: u64,
     /// Capacity of the live change feed for watchers.
     pub watch_buffer: usize,
 }
@@ -77,7 +75,6 @@ impl Default for StoreOptions {
         StoreOptions {
             cache_bytes: 8 * 1024 * 1024,
             history_revisions: 10_000,
-            dedup_window_ms: 10 * 60 * 1000,
             watch_buffer: 1024,
         }
     }

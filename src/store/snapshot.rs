@@ -1,7 +1,8 @@
 //! Snapshot files: a state machine tree written out record by record, so a
 //! snapshot of any size streams to disk and to followers in chunks.
 //!
-//! Format: `RAFTSET\x01`, a length-prefixed postcard [`SnapshotMeta`], then
+//! Format: `RAFTSET` and the data format byte (`state_machine::DATA_FORMAT`),
+//! a length-prefixed postcard [`SnapshotMeta`], then
 //! records (`1`, key length, key, value length, value; lengths as big-endian
 //! u32), then `0` and a CRC-32 of every byte before it. A file is checked
 //! whole before anything is installed from it.
@@ -10,9 +11,10 @@ use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 
+use super::state_machine::DATA_FORMAT;
 use crate::raft::SnapshotMeta;
 
-const MAGIC: &[u8; 8] = b"RAFTSET\x01";
+const MAGIC: &[u8; 7] = b"RAFTSET";
 const RECORD: u8 = 1;
 const END: u8 = 0;
 const CURRENT: &str = "current.snap";
@@ -62,6 +64,7 @@ impl SnapshotDir {
         let (path, file) = self.temp_file()?;
         let mut out = Crc32Writer::new(BufWriter::new(file));
         out.write_all(MAGIC)?;
+        out.write_all(&[DATA_FORMAT])?;
         let meta_bytes = postcard::to_stdvec(meta).map_err(io::Error::other)?;
         write_chunk(&mut out, &meta_bytes)?;
         for record in records {
@@ -133,8 +136,14 @@ pub fn records(
 fn read_meta(reader: &mut impl Read) -> io::Result<SnapshotMeta> {
     let mut magic = [0u8; 8];
     reader.read_exact(&mut magic)?;
-    if &magic != MAGIC {
+    if &magic[..7] != MAGIC {
         return Err(corrupt("not a raftset snapshot (bad magic)"));
+    }
+    if magic[7] != DATA_FORMAT {
+        return Err(corrupt(&format!(
+            "snapshot in data format {}, this raftset reads format {DATA_FORMAT}",
+            magic[7]
+        )));
     }
     let bytes = read_chunk(reader)?;
     postcard::from_bytes(&bytes).map_err(|e| corrupt(&format!("bad snapshot meta: {e}")))

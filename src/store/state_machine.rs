@@ -10,7 +10,7 @@
 //!   remembered (when to forget them)
 //! - `r` → the current revision, `a` → last applied log id, `m` → last
 //!   membership, `c` → highest revision compacted out of the history,
-//!   `w` → the last entry's write set (redo record)
+//!   `w` → the last entry's write set (redo record), `v` → the data format
 //!
 //! A log entry carries a batch of commands. Each command that changes a key
 //! takes the next revision. All of an entry's writes, its remembered
@@ -36,8 +36,8 @@ use super::snapshot::{self, SnapshotDir};
 use super::{Shared, StoreOptions};
 use crate::error::Error;
 use crate::raft::{
-    Command, Digest, Entry, KeyValue, LogId, Op, Outcome, Snapshot, SnapshotMeta, StorageError,
-    StoredMembership, TypeConfig,
+    Command, Digest, Entry, KeyValue, LogId, Op, Outcome, Proposal, Snapshot, SnapshotMeta,
+    StorageError, StoredMembership, TypeConfig,
 };
 
 const KEY: u8 = b'k';
@@ -50,6 +50,11 @@ const COMPACTED: &[u8] = b"c";
 const REVISION: &[u8] = b"r";
 /// The last entry's write set, replayed at start-up (see `EntryWrites::write`).
 const REDO: &[u8] = b"w";
+/// The data format of the tree's records, [`DATA_FORMAT`].
+const FORMAT: &[u8] = b"v";
+/// Which layout of records this version reads and writes. Snapshot files
+/// carry it too (see `snapshot`). 2: history and expiry records per entry.
+pub const DATA_FORMAT: u8 = 2;
 const POINTER_TREE: &str = "sm_current";
 const POINTER_KEY: &[u8] = b"tree";
 /// Most history or expiry records (each one entry's worth) one log entry
@@ -181,13 +186,17 @@ impl KvReader {
     /// Changes under `prefix` from revision `from` on, oldest first.
     pub fn history(&self, prefix: &[u8], from: u64) -> Result<Vec<Change>, Error> {
         let tree = self.tree();
-        let compacted: u64 = read_value(&tree, COMPACTED).map_err(storage)?.unwrap_or(0);
-        if from <= compacted {
-            return Err(Error::Compacted {
-                requested: from,
-                oldest: compacted + 1,
-            });
-        }
+        let compacted = || -> Result<(), Error> {
+            let compacted: u64 = read_value(&tree, COMPACTED).map_err(storage)?.unwrap_or(0);
+            if from <= compacted {
+                return Err(Error::Compacted {
+                    requested: from,
+                    oldest: compacted + 1,
+                });
+            }
+            Ok(())
+        };
+        compacted()?;
         let mut changes = Vec::new();
         // Records are keyed by their entry's last revision: the first one
         // at or after `from` holds `from`, if it exists.
@@ -200,6 +209,9 @@ impl KvReader {
                     .filter(|c| c.revision >= from && c.kv.key.starts_with(prefix)),
             );
         }
+        // Compaction may have run meanwhile and removed records this scan
+        // had not reached: what it found would start after a gap.
+        compacted()?;
         Ok(changes)
     }
 }
@@ -211,7 +223,6 @@ pub struct StateMachine {
     pointer: sled::Tree,
     snapshots: SnapshotDir,
     history_revisions: u64,
-    dedup_window_ms: u64,
     feed: WatchFeed,
     /// The temporary file a snapshot is being received into.
     receiving: Option<std::path::PathBuf>,
@@ -253,6 +264,20 @@ impl StateMachine {
             None => b"sm".to_vec(),
         };
         let tree = shared.db.open_tree(name).map_err(|e| e.to_string())?;
+        match tree.get(FORMAT).map_err(|e| e.to_string())? {
+            Some(format) if format.as_ref() == [DATA_FORMAT] => {}
+            None if tree.is_empty() => {
+                tree.insert(FORMAT, &[DATA_FORMAT])
+                    .map_err(|e| e.to_string())?;
+            }
+            found => {
+                let found = found.map_or(1, |f| f.first().copied().unwrap_or(0));
+                return Err(format!(
+                    "its state is in data format {found}, this raftset reads format {DATA_FORMAT}: \
+                     start this node on an empty volume (it rejoins), or restore a backup taken by this version"
+                ));
+            }
+        }
         if let Some(redo) = tree.get(REDO).map_err(|e| e.to_string())? {
             let writes: Vec<(Vec<u8>, Option<Vec<u8>>)> =
                 postcard::from_bytes(&redo).map_err(|e| format!("undecodable redo record: {e}"))?;
@@ -267,7 +292,6 @@ impl StateMachine {
             pointer,
             snapshots,
             history_revisions: options.history_revisions,
-            dedup_window_ms: options.dedup_window_ms,
             feed: WatchFeed {
                 tx,
                 capacity: options.watch_buffer,
@@ -410,7 +434,7 @@ impl StateMachine {
         &self,
         writes: &mut EntryWrites,
         log_index: u64,
-        proposed_at_ms: u64,
+        proposal: &Proposal,
         revision: u64,
     ) -> Result<(), StorageError> {
         let tree = writes.tree.clone();
@@ -422,22 +446,21 @@ impl StateMachine {
         }
         if !writes.remembered.is_empty() {
             let remembered = std::mem::take(&mut writes.remembered);
-            let key = expiry_key(proposed_at_ms, &log_index.to_be_bytes());
+            let key = expiry_key(proposal.proposed_at_ms, &log_index.to_be_bytes());
             writes.insert(key, encode(&remembered)?);
         }
-        self.expire_request_ids(&tree, writes, proposed_at_ms)
+        self.expire_request_ids(&tree, writes, proposal.forget_before_ms)
     }
 
     /// Forgets the request ids of up to [`EXPIRE_PER_ENTRY`] entries
-    /// proposed more than the dedup window before `now_ms`.
+    /// proposed before `forget_before_ms`.
     fn expire_request_ids(
         &self,
         tree: &sled::Tree,
         batch: &mut EntryWrites,
-        now_ms: u64,
+        forget_before_ms: u64,
     ) -> Result<(), StorageError> {
-        let cutoff = now_ms.saturating_sub(self.dedup_window_ms);
-        let end = expiry_key(cutoff, &[]);
+        let end = expiry_key(forget_before_ms, &[]);
         for item in tree
             .range([EXPIRY].as_slice()..end.as_slice())
             .take(EXPIRE_PER_ENTRY)
@@ -685,7 +708,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             other => other,
                         });
                     }
-                    self.finish_entry(&mut batch, log_id.index, proposal.proposed_at_ms, revision)?;
+                    self.finish_entry(&mut batch, log_id.index, &proposal, revision)?;
                 }
             }
             batch.insert(APPLIED, encode(&Some(log_id))?);

@@ -33,11 +33,15 @@ fn log_id(index: u64) -> LogId {
     LogId::new(CommittedLeaderId::new(1, 0), index)
 }
 
+/// The dedup window the tests' leader would use.
+const DEDUP_WINDOW_MS: u64 = 10_000;
+
 fn entry(index: u64, id: &str, at_ms: u64, op: Op) -> Entry {
     Entry {
         log_id: log_id(index),
         payload: EntryPayload::Normal(Proposal {
             proposed_at_ms: at_ms,
+            forget_before_ms: at_ms.saturating_sub(DEDUP_WINDOW_MS),
             commands: vec![Command {
                 request_id: id.as_bytes().to_vec(),
                 op,
@@ -73,6 +77,16 @@ fn when_unlocked<T, E: std::fmt::Display>(mut open: impl FnMut() -> Result<T, E>
             Err(e) => panic!("opening the store: {e}"),
         }
     }
+}
+
+/// Opens `dir` again once sled's lock is free, whatever the outcome.
+fn reopen(dir: &std::path::Path) -> Result<Store, StoreError> {
+    when_unlocked(|| match Store::open(dir, &StoreOptions::default()) {
+        Err(StoreError::Open { source, .. }) if source.to_string().contains("lock") => {
+            Err(source.to_string())
+        }
+        other => Ok(other),
+    })
 }
 
 /// Applies ops one per entry from `first_index` on; returns their outcomes.
@@ -243,11 +257,7 @@ async fn increments_are_results_never_failures() {
 #[tokio::test]
 async fn a_repeated_request_id_returns_the_first_outcome_until_it_expires() {
     let dir = tempfile::tempdir().unwrap();
-    let options = StoreOptions {
-        dedup_window_ms: 10_000,
-        ..StoreOptions::default()
-    };
-    let mut store = open(dir.path(), options);
+    let mut store = open(dir.path(), StoreOptions::default());
     let reader = store.state_machine.reader();
     let inc = Op::Increment {
         key: "visits".into(),
@@ -331,7 +341,6 @@ async fn trimming_keeps_up_with_entries_of_many_commands() {
     let dir = tempfile::tempdir().unwrap();
     let options = StoreOptions {
         history_revisions: 10,
-        dedup_window_ms: 1_000,
         ..StoreOptions::default()
     };
     let mut store = open(dir.path(), options);
@@ -348,6 +357,7 @@ async fn trimming_keeps_up_with_entries_of_many_commands() {
                 // Each entry comes 2 s after the previous one: every request
                 // id of the entry before is past the window.
                 proposed_at_ms: index * 2_000,
+                forget_before_ms: index * 2_000 - 1_000,
                 commands,
             }),
         };
@@ -585,6 +595,27 @@ fn a_corrupted_database_is_refused_with_its_path() {
     );
 }
 
+/// State written in another data format is refused with a message that
+/// says so, rather than misread.
+#[tokio::test]
+async fn state_in_another_data_format_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), StoreOptions::default());
+    apply(&mut store.state_machine, 1, vec![put("a", "1")]).await;
+    let tree = store.state_machine.tree();
+    tree.insert(b"v", &[1u8]).unwrap();
+    store.meta.make_durable().unwrap();
+    drop((tree, store));
+
+    match reopen(dir.path()) {
+        Err(StoreError::Corrupted { detail, .. }) => {
+            assert!(detail.contains("data format 1"), "{detail}")
+        }
+        Err(other) => panic!("expected a data format error, got {other}"),
+        Ok(_) => panic!("state in data format 1 must not open"),
+    }
+}
+
 /// sled panics on damage inside its file; the panic must become an error
 /// naming the directory, not a crash without one.
 #[tokio::test]
@@ -608,12 +639,7 @@ async fn damage_inside_the_database_file_is_refused_with_its_path() {
     f.write_all(&[0x5A; 64]).unwrap();
     drop(f);
 
-    match when_unlocked(|| match Store::open(dir.path(), &StoreOptions::default()) {
-        Err(StoreError::Open { source, .. }) if source.to_string().contains("lock") => {
-            Err(source.to_string())
-        }
-        other => Ok(other),
-    }) {
+    match reopen(dir.path()) {
         Err(StoreError::Corrupted { path, detail }) => {
             assert!(path.starts_with(dir.path()), "{path:?}");
             assert!(detail.contains("sled could not recover"), "{detail}");
@@ -640,6 +666,7 @@ async fn commands_in_one_entry_apply_in_order_and_reapplying_the_entry_changes_n
         log_id: log_id(1),
         payload: EntryPayload::Normal(Proposal {
             proposed_at_ms: 1_000,
+            forget_before_ms: 0,
             commands: vec![
                 command("a", inc.clone()),
                 command("b", inc),

@@ -134,13 +134,16 @@ async fn a_damaged_data_file_stops_its_pod_with_a_clear_error_and_the_others_ser
     writers.until_acknowledged(4000).await;
     let written = writers.stop().await;
 
-    // Damage the middle of pod 1's database file while it is down.
+    // Damage pod 1's database file while it is down: 64 bytes at each
+    // eighth of it, so that some land where sled's recovery reads.
     set.kill(1).await;
     let file = set.claim_path(1).await.join("db").join("db");
     let mut bytes = std::fs::read(&file)
         .unwrap_or_else(|e| panic!("cannot read {} on this host: {e}", file.display()));
-    let middle = bytes.len() / 2;
-    bytes[middle..middle + 64].fill(0x5A);
+    for eighth in 1..8 {
+        let at = bytes.len() * eighth / 8;
+        bytes[at..at + 64].fill(0x5A);
+    }
     std::fs::write(&file, &bytes).expect("write the damage");
 
     set.restart(1).await;

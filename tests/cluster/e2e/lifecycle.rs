@@ -159,9 +159,6 @@ async fn deleted_pod_comes_back_with_its_identity() {
     verify_everywhere(&set).await;
 }
 
-/// Deletes pod `ordinal`'s PVC (and the pod, so it goes): the pod comes
-/// back empty under a new node id, joins the one cluster, replaces its old
-/// self in the membership and catches up.
 /// `kubectl rollout restart` while 8 writers put as fast as they can: the
 /// writes go on through the rollout (each pod down in turn, one at a time)
 /// and none acknowledged is lost.
@@ -187,6 +184,9 @@ async fn rolling_restart_under_write_load_loses_nothing() {
     );
 }
 
+/// Deletes pod `ordinal`'s PVC (and the pod, so it goes): the pod comes
+/// back empty under a new node id, joins the one cluster, replaces its old
+/// self in the membership and catches up.
 async fn deleted_pvc_rejoins(tag: &str, ordinal: usize) {
     let _turn = exclusive().await;
     let mut set = deploy(tag, Manifest::base()).await;

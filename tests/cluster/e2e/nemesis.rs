@@ -351,7 +351,12 @@ async fn remove_member(set: &mut StatefulSet, pick: usize) -> Injected {
     let id = set.status(victim).await.expect("the victim's status").id;
     let id_arg = format!("{id:016x}");
     set.exec_ok(leader, &["raftset", "remove", &id_arg]).await;
-    let members = set.wait_voters(2).await;
+    let others: Vec<usize> = set
+        .ordinals()
+        .into_iter()
+        .filter(|&i| i != victim)
+        .collect();
+    let members = set.wait_voters_among(&others, 2).await;
     assert!(
         members
             .members

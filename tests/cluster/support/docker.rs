@@ -2217,12 +2217,22 @@ impl StatefulSet {
 
     /// Waits until the leader reports exactly `n` voters, all caught up.
     pub async fn wait_voters(&self, n: usize) -> raftset::proto::MembersResponse {
+        self.wait_voters_among(&self.reachable(), n).await
+    }
+
+    /// [`Self::wait_voters`] with the leader agreed by the pods `among` only
+    /// (a removed member that still runs does not know the leader).
+    pub async fn wait_voters_among(
+        &self,
+        among: &[usize],
+        n: usize,
+    ) -> raftset::proto::MembersResponse {
         poll(
             &format!("{n} voters, caught up"),
             DEADLINE,
             Duration::from_millis(200),
             move || async move {
-                let (leader, _) = self.leader().await;
+                let (leader, _) = self.wait_leader(among, None, 0).await;
                 let mut client = self.client(leader, Duration::from_secs(2)).await?;
                 let members = client.members().await.map_err(|e| e.to_string())?;
                 let voters = members
