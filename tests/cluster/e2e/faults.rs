@@ -169,7 +169,13 @@ async fn fault_campaign_is_linearizable() {
         secs(deployed),
         secs(started.elapsed()),
         table(
-            &["scenario", "operations", "faults", "proof", "recovery time"],
+            &[
+                "scenario",
+                "operations",
+                "faults",
+                "result (proof)",
+                "recovery time"
+            ],
             &cells
         )
     );
