@@ -327,10 +327,10 @@ impl StateMachine {
         writes: &mut EntryWrites,
         command: &Command,
         revision: &mut u64,
-    ) -> Result<(Outcome, Option<Change>), StorageError> {
+    ) -> Result<Outcome, StorageError> {
         let dedup_key = [&[DEDUP][..], &command.request_id].concat();
         if let Some(remembered) = read_value::<Remembered>(writes, &dedup_key).map_err(read_err)? {
-            return Ok((remembered.outcome, None));
+            return Ok(remembered.outcome);
         }
         let (current, next) = (*revision, *revision + 1);
         let (outcome, change) = match &command.op {
@@ -413,9 +413,9 @@ impl StateMachine {
                 }
             }
         };
-        if let Some(change) = &change {
+        if let Some(change) = change {
             *revision = next;
-            writes.history.push(change.clone());
+            writes.history.push(change);
         }
         writes.insert(
             dedup_key,
@@ -424,22 +424,23 @@ impl StateMachine {
             })?,
         );
         writes.remembered.push(command.request_id.clone());
-        Ok((outcome, change))
+        Ok(outcome)
     }
 
     /// What an entry's commands leave to do once: the revision counter, the
     /// entry's history and expiry records, and trimming old ones (the trims
     /// scan the tree, which the entry's own writes do not change yet).
+    /// Returns the entry's changes, for watchers.
     fn finish_entry(
         &self,
         writes: &mut EntryWrites,
         log_index: u64,
         proposal: &Proposal,
         revision: u64,
-    ) -> Result<(), StorageError> {
+    ) -> Result<Vec<Change>, StorageError> {
         let tree = writes.tree.clone();
-        if !writes.history.is_empty() {
-            let history = std::mem::take(&mut writes.history);
+        let history = std::mem::take(&mut writes.history);
+        if !history.is_empty() {
             writes.insert(REVISION, encode(&revision)?);
             writes.insert(history_key(revision), encode(&history)?);
             self.compact_history(&tree, writes, revision)?;
@@ -449,7 +450,8 @@ impl StateMachine {
             let key = expiry_key(proposal.proposed_at_ms, &log_index.to_be_bytes());
             writes.insert(key, encode(&remembered)?);
         }
-        self.expire_request_ids(&tree, writes, proposal.forget_before_ms)
+        self.expire_request_ids(&tree, writes, proposal.forget_before_ms)?;
+        Ok(history)
     }
 
     /// Forgets the request ids of up to [`EXPIRE_PER_ENTRY`] entries
@@ -699,8 +701,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
                 EntryPayload::Normal(proposal) => {
                     for command in &proposal.commands {
-                        let (outcome, change) = self.execute(&mut batch, command, &mut revision)?;
-                        changes.extend(change);
+                        let outcome = self.execute(&mut batch, command, &mut revision)?;
                         entry_outcomes.push(match outcome {
                             Outcome::Checkpoint { .. } => Outcome::Checkpoint {
                                 index: log_id.index,
@@ -708,7 +709,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             other => other,
                         });
                     }
-                    self.finish_entry(&mut batch, log_id.index, &proposal, revision)?;
+                    changes.extend(self.finish_entry(
+                        &mut batch,
+                        log_id.index,
+                        &proposal,
+                        revision,
+                    )?);
                 }
             }
             batch.insert(APPLIED, encode(&Some(log_id))?);

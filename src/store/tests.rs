@@ -79,14 +79,20 @@ fn when_unlocked<T, E: std::fmt::Display>(mut open: impl FnMut() -> Result<T, E>
     }
 }
 
-/// Opens `dir` again once sled's lock is free, whatever the outcome.
-fn reopen(dir: &std::path::Path) -> Result<Store, StoreError> {
-    when_unlocked(|| match Store::open(dir, &StoreOptions::default()) {
+/// Opens `dir` again once sled's lock is free and expects it refused as
+/// corrupted; returns the path and detail the error names.
+fn refused_as_corrupted(dir: &std::path::Path) -> (std::path::PathBuf, String) {
+    let opened = when_unlocked(|| match Store::open(dir, &StoreOptions::default()) {
         Err(StoreError::Open { source, .. }) if source.to_string().contains("lock") => {
             Err(source.to_string())
         }
         other => Ok(other),
-    })
+    });
+    match opened {
+        Err(StoreError::Corrupted { path, detail }) => (path, detail),
+        Err(other) => panic!("expected Corrupted, got {other}"),
+        Ok(_) => panic!("{} must not open", dir.display()),
+    }
 }
 
 /// Applies ops one per entry from `first_index` on; returns their outcomes.
@@ -607,13 +613,8 @@ async fn state_in_another_data_format_is_refused() {
     store.meta.make_durable().unwrap();
     drop((tree, store));
 
-    match reopen(dir.path()) {
-        Err(StoreError::Corrupted { detail, .. }) => {
-            assert!(detail.contains("data format 1"), "{detail}")
-        }
-        Err(other) => panic!("expected a data format error, got {other}"),
-        Ok(_) => panic!("state in data format 1 must not open"),
-    }
+    let (_, detail) = refused_as_corrupted(dir.path());
+    assert!(detail.contains("data format 1"), "{detail}");
 }
 
 /// sled panics on damage inside its file; the panic must become an error
@@ -633,7 +634,7 @@ async fn damage_inside_the_database_file_is_refused_with_its_path() {
     drop(store);
 
     // 64 bytes at every sixteenth of the file: some land where sled's
-    // recovery reads (damage in free space goes unnoticed, as it should).
+    // recovery reads (damage it does not read goes unnoticed).
     let file = dir.path().join("db").join("db");
     let len = std::fs::metadata(&file).unwrap().len();
     let mut f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
@@ -643,14 +644,9 @@ async fn damage_inside_the_database_file_is_refused_with_its_path() {
     }
     drop(f);
 
-    match reopen(dir.path()) {
-        Err(StoreError::Corrupted { path, detail }) => {
-            assert!(path.starts_with(dir.path()), "{path:?}");
-            assert!(detail.contains("sled could not recover"), "{detail}");
-        }
-        Err(other) => panic!("expected Corrupted, got {other}"),
-        Ok(_) => panic!("a damaged database must not open"),
-    }
+    let (path, detail) = refused_as_corrupted(dir.path());
+    assert!(path.starts_with(dir.path()), "{path:?}");
+    assert!(detail.contains("sled could not recover"), "{detail}");
 }
 
 #[tokio::test]

@@ -9,25 +9,12 @@ use std::time::Duration;
 
 use super::workload::{nothing_lost, Writers, Written};
 use super::{deploy, verify_everywhere};
-use crate::support::docker::{exclusive, poll, ContainerState, Manifest, StatefulSet, DEADLINE};
+use crate::support::docker::{exclusive, ContainerState, Manifest, StatefulSet};
 
 /// Waits until pod `i`'s container has stopped by itself, and checks that
 /// it failed with every one of `clues` in its log.
 async fn failed_saying(set: &StatefulSet, i: usize, clues: &[&str]) -> ContainerState {
-    let state = poll(
-        &format!("{} to exit", set.pod_name(i)),
-        DEADLINE,
-        Duration::from_millis(200),
-        || async {
-            let state = set.state(i).await;
-            if state.running {
-                Err(state.status)
-            } else {
-                Ok(state)
-            }
-        },
-    )
-    .await;
+    let state = set.wait_exited(i).await;
     let name = set.pod_name(i);
     assert_ne!(state.exit_code, 0, "{name} exits as a failure: {state:?}");
     let log = set.logs(i, 200).await;

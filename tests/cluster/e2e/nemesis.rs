@@ -383,20 +383,8 @@ async fn heal(set: &mut StatefulSet, fault: Fault, victim: usize) {
             let old = set.status(victim).await.map(|s| s.id).ok();
             set.delete_pod(victim).await;
             let name = set.pod_name(victim);
-            let exited = poll(
-                &format!("{name} to discard its data and exit"),
-                DEADLINE,
-                Duration::from_millis(200),
-                || async {
-                    let state = set.state(victim).await;
-                    if state.running {
-                        Err(format!("{state:?}"))
-                    } else {
-                        Ok(state)
-                    }
-                },
-            )
-            .await;
+            // It discards its data and exits.
+            let exited = set.wait_exited(victim).await;
             assert_ne!(exited.exit_code, 0, "{name} exits as a failure");
             set.restart(victim).await;
             set.wait_ready(victim).await;

@@ -156,28 +156,15 @@ async fn client_loop(
     seed: u64,
 ) -> Ledger {
     let mut rng = StdRng::seed_from_u64(seed.wrapping_add(id.wrapping_mul(0x9e37_79b9)));
-    let mut target = id as usize;
-    let mut client: Option<Client> = None;
+    let mut pod = PodClient::new(endpoints, id as usize, OP_TIMEOUT);
     let mut seq = 0u64;
     // The last value this client saw per register: what its CAS expects.
     let mut last: HashMap<&[u8], Option<Vec<u8>>> = HashMap::new();
     let mut ledger = Ledger::default();
     let guard = OP_TIMEOUT + Duration::from_secs(1);
     while !stop.load(Ordering::SeqCst) {
-        let c = match client.as_mut() {
-            Some(c) => c,
-            None => {
-                let endpoint = endpoints.nth(target).unwrap_or_default();
-                let connect = Client::connect(&endpoint);
-                match tokio::time::timeout(Duration::from_secs(2), connect).await {
-                    Ok(Ok(c)) => client.insert(c.with_timeout(OP_TIMEOUT)),
-                    _ => {
-                        target += 1;
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                }
-            }
+        let Some(c) = pod.client().await else {
+            continue;
         };
         seq += 1;
         let key = REGISTERS[rng.random_range(0..REGISTERS.len())];
@@ -233,9 +220,7 @@ async fn client_loop(
             outcome
         };
         if !matches!(outcome, Outcome::Ok(_)) {
-            // Try another pod, on a fresh connection.
-            client = None;
-            target += 1;
+            pod.move_on();
         }
         tokio::time::sleep(Duration::from_millis(rng.random_range(1..=5))).await;
     }
@@ -273,24 +258,11 @@ impl Writers {
                 tokio::spawn(async move {
                     let value = vec![b'x'; value_size];
                     let mut written = Written::default();
-                    let mut target = w;
-                    let mut client: Option<Client> = None;
+                    let mut pod = PodClient::new(endpoints, w, Duration::from_secs(3));
                     let mut seq = 0u64;
                     while !stop.load(Ordering::SeqCst) {
-                        let c = match client.as_mut() {
-                            Some(c) => c,
-                            None => {
-                                match Client::connect(&endpoints.nth(target).unwrap_or_default())
-                                    .await
-                                {
-                                    Ok(c) => client.insert(c.with_timeout(Duration::from_secs(3))),
-                                    Err(_) => {
-                                        target += 1;
-                                        tokio::time::sleep(Duration::from_millis(100)).await;
-                                        continue;
-                                    }
-                                }
-                            }
+                        let Some(c) = pod.client().await else {
+                            continue;
                         };
                         seq += 1;
                         let key = format!("{prefix}{w:02}-{seq:08}");
@@ -307,8 +279,7 @@ impl Writers {
                             Outcome::Unknown => written.unknown += 1,
                         }
                         if result.is_err() {
-                            client = None;
-                            target += 1;
+                            pod.move_on();
                             tokio::time::sleep(Duration::from_millis(50)).await;
                         }
                     }
@@ -378,6 +349,50 @@ pub async fn nothing_lost(set: &StatefulSet, prefix: &str, written: &Written) ->
         "writes that failed definitely are present: {resurrected:?}"
     );
     present.len()
+}
+
+/// A client of one pod at a time, as a client with an endpoint list is:
+/// after an error it moves on to the next pod, on a fresh connection.
+struct PodClient {
+    endpoints: Endpoints,
+    target: usize,
+    client: Option<Client>,
+    timeout: Duration,
+}
+
+impl PodClient {
+    /// Starts at the `first`th pod; calls give up after `timeout`.
+    fn new(endpoints: Endpoints, first: usize, timeout: Duration) -> PodClient {
+        PodClient {
+            endpoints,
+            target: first,
+            client: None,
+            timeout,
+        }
+    }
+
+    /// The connected client, connecting first if needed; none (after a
+    /// pause, with the next pod lined up) if the pod cannot be reached.
+    async fn client(&mut self) -> Option<&mut Client> {
+        if self.client.is_none() {
+            let endpoint = self.endpoints.nth(self.target).unwrap_or_default();
+            let connect = Client::connect(&endpoint);
+            match tokio::time::timeout(Duration::from_secs(2), connect).await {
+                Ok(Ok(c)) => self.client = Some(c.with_timeout(self.timeout)),
+                _ => {
+                    self.target += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    return None;
+                }
+            }
+        }
+        self.client.as_mut()
+    }
+
+    fn move_on(&mut self) {
+        self.client = None;
+        self.target += 1;
+    }
 }
 
 /// A call bounded by the client's own guard: a call that outlives it has an

@@ -38,7 +38,6 @@
 //! still unique per set, so two test binaries can run at once.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -64,8 +63,6 @@ const SUBNET_BASE: &str = "10.231";
 /// How long one `docker` command may take (a graceful stop waits out the
 /// grace period at most; this is longer).
 const DOCKER_TIMEOUT: Duration = Duration::from_secs(120);
-/// How long any wait for the cluster may take.
-pub const DEADLINE: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------------------
 // The manifests
@@ -1309,25 +1306,7 @@ fn dechunk(body: &str) -> String {
     out
 }
 
-/// Polls `probe` every `every` until it returns `Ok`, failing the test with
-/// `what` and the last error after `deadline`.
-pub async fn poll<T, F, Fut>(what: &str, deadline: Duration, every: Duration, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, String>>,
-{
-    let end = tokio::time::Instant::now() + deadline;
-    loop {
-        let last = match probe().await {
-            Ok(value) => return value,
-            Err(e) => e,
-        };
-        if tokio::time::Instant::now() >= end {
-            panic!("timed out after {deadline:?} waiting for {what}; last seen: {last}");
-        }
-        tokio::time::sleep(every).await;
-    }
-}
+pub use super::{poll, DEADLINE};
 
 // ---------------------------------------------------------------------------
 // The StatefulSet
@@ -1943,6 +1922,25 @@ impl StatefulSet {
                 .map(|n| n.keys().cloned().collect())
                 .unwrap_or_default(),
         }
+    }
+
+    /// Waits until pod `i`'s container has stopped by itself (before the
+    /// kubelet would restart it); its state then.
+    pub async fn wait_exited(&self, i: usize) -> ContainerState {
+        poll(
+            &format!("{} to exit", self.pod_name(i)),
+            DEADLINE,
+            Duration::from_millis(200),
+            || async {
+                let state = self.state(i).await;
+                if state.running {
+                    Err(format!("{state:?}"))
+                } else {
+                    Ok(state)
+                }
+            },
+        )
+        .await
     }
 
     /// The network's name (for checking [`ContainerState::networks`]).

@@ -29,24 +29,33 @@ fn next_subnet() -> [u8; 2] {
     [x, NEXT.fetch_add(1, Ordering::Relaxed)]
 }
 
-/// Polls `probe` until it returns `Some`, failing with `what` and the last
-/// state it saw after [`DEADLINE`].
-pub async fn wait_for<T, F, Fut>(what: &str, mut probe: F) -> T
+/// Polls `probe` every `every` until it returns `Ok`, failing the test with
+/// `what` and the last error after `deadline`.
+pub async fn poll<T, F, Fut>(what: &str, deadline: Duration, every: Duration, mut probe: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, String>>,
 {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let end = tokio::time::Instant::now() + deadline;
     loop {
         let last = match probe().await {
             Ok(value) => return value,
-            Err(state) => state,
+            Err(e) => e,
         };
-        if tokio::time::Instant::now() >= deadline {
-            panic!("timed out waiting for {what}; last seen: {last}");
+        if tokio::time::Instant::now() >= end {
+            panic!("timed out after {deadline:?} waiting for {what}; last seen: {last}");
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(every).await;
     }
+}
+
+/// [`poll`] every 50 ms for up to [`DEADLINE`].
+pub async fn wait_for<T, F, Fut>(what: &str, probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    poll(what, DEADLINE, Duration::from_millis(50), probe).await
 }
 
 pub struct TestNode {
