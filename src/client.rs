@@ -15,7 +15,7 @@ use crate::proto;
 use crate::proto::admin_client::AdminClient;
 use crate::proto::compare_and_swap_request::{Expected, New};
 use crate::proto::kv_client::KvClient;
-use crate::raft::KeyValue;
+use crate::types::KeyValue;
 
 /// How long a call may take unless the client is told otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -44,7 +44,7 @@ impl ClientError {
 pub type Result<T> = std::result::Result<T, ClientError>;
 
 /// A read's consistency, see `proto::Consistency`.
-pub use crate::api::Consistency;
+pub use crate::types::Consistency;
 
 /// One page of a scan.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,18 +52,6 @@ pub struct ScanPage {
     pub kvs: Vec<KeyValue>,
     pub next_key: Option<Vec<u8>>,
     pub revision: u64,
-}
-
-impl From<proto::KeyValue> for KeyValue {
-    fn from(kv: proto::KeyValue) -> KeyValue {
-        KeyValue {
-            key: kv.key.to_vec(),
-            value: kv.value.to_vec(),
-            create_revision: kv.create_revision,
-            mod_revision: kv.mod_revision,
-            version: kv.version,
-        }
-    }
 }
 
 #[derive(Clone)]
@@ -303,10 +291,7 @@ impl Client {
 }
 
 fn consistency_value(consistency: Consistency) -> i32 {
-    match consistency {
-        Consistency::Linearizable => proto::Consistency::Linearizable as i32,
-        Consistency::Serializable => proto::Consistency::Serializable as i32,
-    }
+    proto::Consistency::from(consistency) as i32
 }
 
 fn new_request_id() -> bytes::Bytes {

@@ -1,5 +1,12 @@
-//! Error types, and the one place where each becomes a gRPC code or an HTTP
-//! status.
+//! The errors a caller can receive, and the one place where each becomes a
+//! gRPC code or an HTTP status: no other module of `src/` builds a
+//! `tonic::Status`.
+//!
+//! Three kinds, by who handles them: [`Error`] is what a client request can
+//! end with; [`ClusterError`] what a cluster-control call (join, membership,
+//! leadership, snapshot, digest) can end with; [`PeerError`] why a peer
+//! message was refused. Storage errors stay in [`crate::store`]: they are
+//! fail-stop, and reach callers only as `Error::Storage`.
 //!
 //! [`Error`] is what a request can end with. Its variants say what a caller
 //! can do next: fix the request ([`InvalidRequest`]), accept an expected
@@ -12,7 +19,7 @@
 use tonic::{Code, Status};
 
 use crate::limits::MAX_REQUEST_ID_LEN;
-use crate::raft::KeyValue;
+use crate::types::{KeyValue, NodeId, Outcome};
 
 /// A request refused before anything was proposed; it names the limit.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -154,6 +161,141 @@ impl From<Error> for Status {
             );
         }
         status
+    }
+}
+
+impl Error {
+    /// Turns an outcome that refused the write (a lost compare-and-swap, a
+    /// counter that is not an integer or would overflow) into its error.
+    pub fn refused(key: &[u8], delta: i64, outcome: Outcome) -> Result<Outcome> {
+        match outcome {
+            Outcome::CompareFailed { current } => Err(Error::CompareFailed { current }),
+            Outcome::NotAnInteger { current } => Err(Error::NotAnInteger {
+                key: key.to_vec(),
+                current,
+            }),
+            Outcome::Overflow { current } => Err(Error::Overflow { current, delta }),
+            outcome => Ok(outcome),
+        }
+    }
+}
+
+/// Why a peer message was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerError {
+    #[error("cluster id mismatch: this node belongs to {ours:?}, the sender to {theirs:?}")]
+    ClusterMismatch { ours: String, theirs: String },
+    #[error("this is node {this:016x}, not {target:016x}: that member's volume was replaced")]
+    WrongTarget { this: NodeId, target: NodeId },
+    #[error("undecodable peer payload: {0}")]
+    Undecodable(String),
+    #[error("bad peer address {addr:?}: {detail}")]
+    BadAddress { addr: String, detail: String },
+}
+
+impl PeerError {
+    pub fn code(&self) -> Code {
+        match self {
+            PeerError::ClusterMismatch { .. } | PeerError::WrongTarget { .. } => {
+                Code::FailedPrecondition
+            }
+            PeerError::Undecodable(_) | PeerError::BadAddress { .. } => Code::InvalidArgument,
+        }
+    }
+}
+
+impl From<PeerError> for Status {
+    fn from(err: PeerError) -> Status {
+        Status::new(err.code(), err.to_string())
+    }
+}
+
+/// What a cluster-control call (join, membership change, leadership
+/// transfer, snapshot, digest) can end with.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("this node is not the leader")]
+    NotLeader,
+    #[error("no leader is known; try again")]
+    NoLeader,
+    #[error("{id:016x} is not a member")]
+    NotMember { id: NodeId },
+    #[error("{id:016x} is not a voter")]
+    NotVoter { id: NodeId },
+    #[error("there is no other voter")]
+    NoOtherVoter,
+    #[error("{target:016x} did not catch up with index {index}; not transferring")]
+    NotCaughtUp { target: NodeId, index: u64 },
+    #[error("leadership did not move to {target:016x}: {detail}")]
+    TransferFailed { target: NodeId, detail: String },
+    #[error("leadership moved during the change; try again")]
+    LeadershipMoved,
+    /// Another membership change is in progress: retry once it finished.
+    #[error("membership change refused for now: {0}")]
+    MembershipBusy(String),
+    #[error("peer address {addr} already belongs to member {owner} (id {id})")]
+    AddressTaken {
+        addr: String,
+        owner: String,
+        id: NodeId,
+    },
+    #[error("did not apply index {index}: {detail}")]
+    NotApplied { index: u64, detail: String },
+    #[error("no digest at index {index} (installed a snapshot past it, or restarted)")]
+    NoDigest { index: u64 },
+    #[error("snapshot not built in time: {0}")]
+    SnapshotTimeout(String),
+    #[error(transparent)]
+    Invalid(#[from] InvalidRequest),
+    #[error(transparent)]
+    Peer(#[from] PeerError),
+    /// Another node's own answer, passed on unchanged.
+    #[error("{}", .0.message())]
+    Remote(Status),
+    #[error("raft failure: {0}")]
+    Raft(String),
+    #[error("storage failure: {0}")]
+    Storage(String),
+}
+
+impl ClusterError {
+    pub fn code(&self) -> Code {
+        match self {
+            ClusterError::NotLeader
+            | ClusterError::NoLeader
+            | ClusterError::TransferFailed { .. }
+            | ClusterError::LeadershipMoved
+            | ClusterError::MembershipBusy(_) => Code::Unavailable,
+            ClusterError::NotMember { .. } => Code::NotFound,
+            ClusterError::NotVoter { .. }
+            | ClusterError::AddressTaken { .. }
+            | ClusterError::Invalid(_) => Code::InvalidArgument,
+            ClusterError::NoOtherVoter
+            | ClusterError::NotCaughtUp { .. }
+            | ClusterError::NotApplied { .. }
+            | ClusterError::NoDigest { .. } => Code::FailedPrecondition,
+            ClusterError::SnapshotTimeout(_) => Code::DeadlineExceeded,
+            ClusterError::Peer(e) => e.code(),
+            ClusterError::Remote(status) => status.code(),
+            ClusterError::Raft(_) | ClusterError::Storage(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<ClusterError> for Status {
+    fn from(err: ClusterError) -> Status {
+        match err {
+            ClusterError::Remote(status) => status,
+            err => Status::new(err.code(), err.to_string()),
+        }
+    }
+}
+
+impl From<PeerError> for Error {
+    /// A leader's reply that does not decode, or a leader that cannot be
+    /// addressed: the request's fate is unknown to this node.
+    fn from(err: PeerError) -> Error {
+        Error::Leader(err.into())
     }
 }
 

@@ -29,33 +29,18 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod grpc;
 pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod node;
 pub mod raft;
 pub mod store;
+pub mod types;
 
 pub use client::{Client, ClientError};
 pub use config::Config;
 pub use error::{Error, InvalidRequest, Result};
 pub use node::Node;
 
-/// Accepted gRPC connections with Nagle's algorithm off: small replies
-/// must not wait for the peer's delayed ACK (tonic only sets this on
-/// listeners it binds itself).
-pub(crate) fn nodelay_incoming(
-    listener: tokio::net::TcpListener,
-) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
-}
-
-/// Generated protobuf and gRPC code for `proto/raftset/v1`.
-pub mod proto {
-    #![allow(clippy::all)]
-    tonic::include_proto!("raftset.v1");
-
-    /// The client services' descriptors, for gRPC server reflection.
-    pub const CLIENT_DESCRIPTOR: &[u8] =
-        tonic::include_file_descriptor_set!("raftset_client_descriptor");
-}
+pub mod proto;

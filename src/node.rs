@@ -21,9 +21,9 @@ use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::raft::network::{NetworkFactory, PeerClients};
 use crate::raft::proposer::Proposer;
-use crate::raft::{ClusterId, Member, NodeId, Raft, RaftMetrics};
 use crate::store::state_machine::Digests;
 use crate::store::{FlushStats, KvReader, Meta, Store, StoreError, WatchFeed};
+use crate::types::{ClusterId, Member, NodeId, Raft, RaftMetrics};
 
 /// How long building a snapshot may take before a caller gives up.
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -116,7 +116,7 @@ impl NodeCore {
         &self,
         index: u64,
         timeout: Duration,
-    ) -> Result<crate::raft::Digest, String> {
+    ) -> Result<crate::types::Digest, String> {
         self.raft
             .wait(Some(timeout))
             .applied_index_at_least(Some(index), "checkpoint")

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::{ChangeMembers, ServerState};
+use openraft::ChangeMembers;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -18,7 +18,7 @@ use crate::error::Error;
 use crate::node::NodeCore;
 use crate::proto;
 use crate::proto::admin_client::AdminClient;
-use crate::raft::{Member, Op, Outcome};
+use crate::types::{Member, Op, Outcome};
 
 pub struct AdminService {
     pub core: Arc<NodeCore>,
@@ -26,16 +26,6 @@ pub struct AdminService {
 
 /// Bytes per backup chunk.
 const BACKUP_CHUNK: usize = 256 * 1024;
-
-pub fn role_name(state: ServerState) -> &'static str {
-    match state {
-        ServerState::Leader => "leader",
-        ServerState::Follower => "follower",
-        ServerState::Candidate => "candidate",
-        ServerState::Learner => "learner",
-        ServerState::Shutdown => "shutdown",
-    }
-}
 
 impl AdminService {
     /// `None` when this node leads; otherwise a client of the leader.
@@ -65,9 +55,9 @@ impl AdminService {
         let members = membership
             .nodes()
             .map(|(id, m)| {
-                let matched = crate::raft::matched_index(&metrics, *id);
+                let matched = crate::types::matched_index(&metrics, *id);
                 proto::MemberProgress {
-                    member: Some(member_proto(*id, m, voters.contains(id))),
+                    member: Some(proto::member(*id, m, voters.contains(id))),
                     match_index: matched,
                     lag: last.saturating_sub(matched),
                     is_leader: metrics.current_leader == Some(*id),
@@ -82,17 +72,6 @@ impl AdminService {
     }
 }
 
-fn member_proto(id: u64, m: &Member, voter: bool) -> proto::Member {
-    proto::Member {
-        id,
-        name: m.name.clone(),
-        peer_addr: m.peer_addr.clone(),
-        api_addr: m.api_addr.clone(),
-        http_addr: m.http_addr.clone(),
-        voter,
-    }
-}
-
 fn status_of(core: &NodeCore) -> proto::StatusResponse {
     let metrics = core.raft_metrics();
     let membership = metrics.membership_config.membership();
@@ -101,7 +80,7 @@ fn status_of(core: &NodeCore) -> proto::StatusResponse {
         id: core.id,
         name: core.me.name.clone(),
         cluster_id: core.cluster_id.get(),
-        role: role_name(metrics.state).to_string(),
+        role: proto::state_name(metrics.state).to_string(),
         term: metrics.current_term,
         leader_id: metrics.current_leader,
         leader_name: metrics
@@ -113,7 +92,7 @@ fn status_of(core: &NodeCore) -> proto::StatusResponse {
         snapshot_index: metrics.snapshot.map_or(0, |l| l.index),
         members: membership
             .nodes()
-            .map(|(id, m)| member_proto(*id, m, voters.contains(id)))
+            .map(|(id, m)| proto::member(*id, m, voters.contains(id)))
             .collect(),
         purged_index: metrics.purged.map_or(0, |l| l.index),
     }
@@ -356,14 +335,11 @@ async fn ask_digest(
     peer_addr: &str,
     index: u64,
     timeout: Duration,
-) -> Result<crate::raft::Digest, String> {
-    let mut client = core
-        .peers
-        .client(peer_addr)
-        .map_err(|s| s.message().to_string())?;
+) -> Result<crate::types::Digest, String> {
+    let mut client = core.peers.client(peer_addr).map_err(|e| e.to_string())?;
     let reply = client
         .digest(core.peers.request(0, &index, timeout))
         .await
         .map_err(|s| s.message().to_string())?;
-    crate::raft::network::decode(&reply.get_ref().payload).map_err(|s| s.message().to_string())
+    crate::grpc::unseal(&reply).map_err(|e| e.to_string())
 }

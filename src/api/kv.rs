@@ -4,41 +4,21 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::ops::{refused, Consistency};
-use super::{observed, request_timeout, validate};
+use super::{observed, validate};
 use crate::error::{Error, InvalidRequest};
+use crate::grpc::request_timeout;
 use crate::node::NodeCore;
 use crate::proto;
 use crate::proto::compare_and_swap_request::{Expected, New};
-use crate::raft::{KeyValue, Op, Outcome};
 use crate::store::state_machine::ScanRange;
+use crate::types::{Consistency, Op, Outcome};
 
 pub struct KvService {
     pub core: Arc<NodeCore>,
 }
 
-impl From<KeyValue> for proto::KeyValue {
-    fn from(kv: KeyValue) -> proto::KeyValue {
-        proto::KeyValue {
-            key: kv.key.into(),
-            value: kv.value.into(),
-            create_revision: kv.create_revision,
-            mod_revision: kv.mod_revision,
-            version: kv.version,
-        }
-    }
-}
-
 fn consistency(value: i32) -> Result<Consistency, Error> {
-    match proto::Consistency::try_from(value) {
-        Ok(proto::Consistency::Linearizable) => Ok(Consistency::Linearizable),
-        Ok(proto::Consistency::Serializable) => Ok(Consistency::Serializable),
-        Err(_) => Err(InvalidRequest::UnknownEnum {
-            field: "consistency",
-            value,
-        }
-        .into()),
-    }
+    Ok(proto::consistency(value)?)
 }
 
 /// An outcome of another kind than the request's: its id was reused.
@@ -59,7 +39,7 @@ impl KvService {
             _ => (Vec::new(), 0),
         };
         let outcome = self.core.write(op, request_id, timeout).await?;
-        refused(&key, delta, outcome)
+        Error::refused(&key, delta, outcome)
     }
 }
 

@@ -11,18 +11,16 @@ mod watch;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Status};
+use tonic::Status;
 
 use crate::limits::{MAX_CLIENT_MESSAGE, MAX_CLIENT_RESPONSE};
 use crate::node::NodeCore;
 use crate::proto::admin_server::AdminServer;
 use crate::proto::kv_server::KvServer;
-
-pub use ops::Consistency;
 
 /// Serves the client port until `stop` is cancelled.
 pub async fn serve(core: Arc<NodeCore>, listener: TcpListener, stop: CancellationToken) {
@@ -45,35 +43,11 @@ pub async fn serve(core: Arc<NodeCore>, listener: TcpListener, stop: Cancellatio
         .add_service(reflection)
         .add_service(kv)
         .add_service(admin)
-        .serve_with_incoming_shutdown(crate::nodelay_incoming(listener), stop.cancelled())
+        .serve_with_incoming_shutdown(crate::grpc::nodelay_incoming(listener), stop.cancelled())
         .await;
     if let Err(e) = result {
         tracing::error!("client gRPC server failed: {e}");
     }
-}
-
-/// The caller's deadline, from the `grpc-timeout` header.
-pub fn request_timeout<T>(request: &Request<T>) -> Option<Duration> {
-    request
-        .metadata()
-        .get("grpc-timeout")
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_grpc_timeout)
-}
-
-/// Parses a `grpc-timeout` header value (`100m`, `5S`, ...).
-fn parse_grpc_timeout(value: &str) -> Option<Duration> {
-    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-    let amount: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(amount.saturating_mul(3600)),
-        "M" => Duration::from_secs(amount.saturating_mul(60)),
-        "S" => Duration::from_secs(amount),
-        "m" => Duration::from_millis(amount),
-        "u" => Duration::from_micros(amount),
-        "n" => Duration::from_nanos(amount),
-        _ => return None,
-    })
 }
 
 /// Runs a handler and records its code and latency.
@@ -89,21 +63,4 @@ async fn observed<T>(
         .map_or_else(|s| s.code(), |_| tonic::Code::Ok);
     core.metrics.observe(method, code, started.elapsed());
     result
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grpc_timeouts_parse_in_every_unit() {
-        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
-        assert_eq!(parse_grpc_timeout("100m"), Some(Duration::from_millis(100)));
-        assert_eq!(parse_grpc_timeout("2M"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
-        assert_eq!(parse_grpc_timeout("7u"), Some(Duration::from_micros(7)));
-        assert_eq!(parse_grpc_timeout("9n"), Some(Duration::from_nanos(9)));
-        assert_eq!(parse_grpc_timeout("x"), None);
-        assert_eq!(parse_grpc_timeout(""), None);
-    }
 }

@@ -16,21 +16,11 @@ use tokio::time::{timeout_at, Instant};
 
 use super::validate;
 use crate::error::{status_says_nothing_proposed, Error, Result};
+use crate::grpc::unseal;
 use crate::node::NodeCore;
-use crate::raft::network::decode;
 use crate::raft::proposer::ProposeError;
-use crate::raft::{Command, KeyValue, Member, Op, Outcome};
 use crate::store::state_machine::{ScanPage, ScanRange};
-
-/// How stale a read may be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Consistency {
-    /// Sees every write acknowledged before the read began.
-    #[default]
-    Linearizable,
-    /// This node's current state, possibly behind the leader.
-    Serializable,
-}
+use crate::types::{Command, Consistency, KeyValue, Member, Op, Outcome};
 
 /// Why one attempt failed, and whether to try again.
 pub(crate) enum Attempt {
@@ -138,12 +128,10 @@ impl NodeCore {
         let mut client = self
             .peers
             .client(&leader.peer_addr)
-            .map_err(|s| Attempt::Fail(Error::Leader(s)))?;
+            .map_err(|e| Attempt::Fail(e.into()))?;
         let request = self.peers.request(0, command, remaining(deadline));
         match client.propose(request).await {
-            Ok(reply) => {
-                decode(&reply.get_ref().payload).map_err(|s| Attempt::Fail(Error::Leader(s)))
-            }
+            Ok(reply) => unseal(&reply).map_err(|e| Attempt::Fail(e.into())),
             Err(status) => Err(classify_forward_failure(status)),
         }
     }
@@ -201,12 +189,10 @@ impl NodeCore {
         let mut client = self
             .peers
             .client(&leader.peer_addr)
-            .map_err(|s| Attempt::Fail(Error::Leader(s)))?;
+            .map_err(|e| Attempt::Fail(e.into()))?;
         let request = self.peers.request(0, &(), remaining(deadline));
         match client.read_index(request).await {
-            Ok(reply) => {
-                decode(&reply.get_ref().payload).map_err(|s| Attempt::Fail(Error::Leader(s)))
-            }
+            Ok(reply) => unseal(&reply).map_err(|e| Attempt::Fail(e.into())),
             Err(status) => Err(classify_forward_failure(status)),
         }
     }
@@ -317,17 +303,4 @@ fn remaining(deadline: Instant) -> Duration {
 /// 16 random bytes: unique enough that two requests never share one.
 pub fn new_request_id() -> Vec<u8> {
     rand::random::<[u8; 16]>().to_vec()
-}
-
-/// Turns an outcome that refused the write into the matching error.
-pub fn refused(key: &[u8], delta: i64, outcome: Outcome) -> Result<Outcome> {
-    match outcome {
-        Outcome::CompareFailed { current } => Err(Error::CompareFailed { current }),
-        Outcome::NotAnInteger { current } => Err(Error::NotAnInteger {
-            key: key.to_vec(),
-            current,
-        }),
-        Outcome::Overflow { current } => Err(Error::Overflow { current, delta }),
-        outcome => Ok(outcome),
-    }
 }

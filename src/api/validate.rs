@@ -3,7 +3,7 @@
 
 use crate::error::InvalidRequest;
 use crate::limits::{MAX_KEY_LEN, MAX_REQUEST_ID_LEN, MAX_SCAN_LIMIT, MAX_VALUE_LEN};
-use crate::raft::Op;
+use crate::types::Op;
 
 pub fn key(field: &'static str, key: &[u8]) -> Result<(), InvalidRequest> {
     if key.is_empty() {

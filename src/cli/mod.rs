@@ -14,9 +14,9 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::client::{Client, ClientError, Consistency};
 use crate::config::Config;
-use crate::http::VISITS_KEY;
 use crate::node::{Node, StartError};
 use crate::store::StoreError;
+use crate::types::VISITS_KEY;
 
 #[derive(Debug, Parser)]
 #[command(

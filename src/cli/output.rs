@@ -4,15 +4,7 @@ use serde_json::json;
 
 use crate::client::ScanPage;
 use crate::proto::StatusResponse;
-use crate::raft::KeyValue;
-
-fn role(leader: bool, voter: bool) -> &'static str {
-    match (leader, voter) {
-        (true, _) => "leader",
-        (false, true) => "voter",
-        (false, false) => "learner",
-    }
-}
+use crate::types::KeyValue;
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -131,7 +123,7 @@ pub fn status(status: &StatusResponse, as_json: bool) {
         "ID", "NAME", "ROLE", "PEER", "API"
     );
     for m in &status.members {
-        let role = role(Some(m.id) == status.leader_id, m.voter);
+        let role = crate::proto::member_role(Some(m.id) == status.leader_id, m.voter);
         println!(
             "{:<18}{:<14}{:<9}{:<24}{:<24}",
             format!("{:016x}", m.id),
@@ -169,7 +161,7 @@ pub fn members(members: &crate::proto::MembersResponse, as_json: bool) {
     );
     for p in &members.members {
         let m = p.member.clone().unwrap_or_default();
-        let role = role(p.is_leader, m.voter);
+        let role = crate::proto::member_role(p.is_leader, m.voter);
         println!(
             "{:<18}{:<14}{:<9}{:<30}{:>8}{:>8}",
             format!("{:016x}", m.id),

@@ -12,7 +12,7 @@ use tonic::Status;
 use super::JOIN_TIMEOUT;
 use crate::node::NodeCore;
 use crate::proto::{JoinRequest, JoinResponse};
-use crate::raft::Member;
+use crate::types::Member;
 
 pub async fn handle(core: &NodeCore, request: JoinRequest) -> Result<JoinResponse, Status> {
     let ours = core.cluster_id.get();

@@ -186,7 +186,7 @@ pub async fn transfer_leadership(core: &NodeCore, to: Option<u64>) -> Result<u64
         return Err(Status::failed_precondition("this node is not the leader"));
     }
     let voters: Vec<u64> = metrics.membership_config.membership().voter_ids().collect();
-    let matched = |id: u64| crate::raft::matched_index(&metrics, id);
+    let matched = |id: u64| crate::types::matched_index(&metrics, id);
     let target = match to {
         Some(id) if id == core.id => return Ok(core.id),
         Some(id) if voters.contains(&id) => id,
@@ -206,7 +206,7 @@ pub async fn transfer_leadership(core: &NodeCore, to: Option<u64>) -> Result<u64
         .raft
         .wait(Some(Duration::from_secs(5)))
         .metrics(
-            |m| crate::raft::matched_index(m, target) >= last,
+            |m| crate::types::matched_index(m, target) >= last,
             "target caught up",
         )
         .await;
@@ -231,7 +231,7 @@ pub async fn transfer_leadership(core: &NodeCore, to: Option<u64>) -> Result<u64
                         .hold_election(core.peers.request(0, &millis, ASK_TIMEOUT))
                         .await
                         .map(|_| ()),
-                    Err(e) => Err(e),
+                    Err(e) => Err(e.into()),
                 };
                 if let Err(e) = sent {
                     tracing::warn!(peer = %addr, "could not hold its election: {}", e.message());

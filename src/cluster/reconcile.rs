@@ -57,7 +57,7 @@ pub fn member_states(core: &NodeCore) -> Vec<MemberState> {
     membership
         .nodes()
         .map(|(id, m)| {
-            let matched = crate::raft::matched_index(&metrics, *id);
+            let matched = crate::types::matched_index(&metrics, *id);
             MemberState {
                 id: *id,
                 name: m.name.clone(),

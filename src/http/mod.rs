@@ -20,13 +20,10 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::api::Consistency;
 use crate::error::Error;
 use crate::node::NodeCore;
-use crate::raft::{Op, Outcome};
+use crate::types::{Consistency, Op, Outcome, VISITS_KEY};
 
-/// The key the visit counter lives under.
-pub const VISITS_KEY: &[u8] = b"visits";
 /// How long a visit may take before it is answered with a timeout.
 const VISIT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -104,7 +101,7 @@ async fn visit(State(core): State<Arc<NodeCore>>, headers: HeaderMap) -> Respons
     };
     let count = match core.write(op, None, Some(VISIT_TIMEOUT)).await {
         Ok(Outcome::Incremented { value, .. }) => value,
-        Ok(other) => match crate::api::ops::refused(VISITS_KEY, 1, other) {
+        Ok(other) => match Error::refused(VISITS_KEY, 1, other) {
             Err(e) => return error_response(e),
             Ok(_) => {
                 return error_response(Error::Raft("unexpected outcome for an increment".into()))
@@ -135,13 +132,8 @@ fn page(core: &NodeCore, count: i64) -> String {
     let rows: String = membership
         .nodes()
         .map(|(id, member)| {
-            let role = if metrics.current_leader == Some(*id) {
-                "leader"
-            } else if voters.contains(id) {
-                "follower"
-            } else {
-                "learner"
-            };
+            let role =
+                crate::proto::member_role(metrics.current_leader == Some(*id), voters.contains(id));
             format!(
                 "<tr><td>{}</td><td>{id:016x}</td><td>{role}</td><td>{}</td></tr>",
                 escape(&member.name),

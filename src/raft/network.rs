@@ -19,10 +19,12 @@ use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
-use super::{ClusterId, Member, NodeId, TypeConfig};
+use crate::error::PeerError;
+use crate::grpc::unseal;
 use crate::limits::MAX_PEER_MESSAGE;
 use crate::proto::raft_peer_client::RaftPeerClient;
 use crate::proto::PeerMessage;
+use crate::types::{ClusterId, Member, NodeId, TypeConfig};
 
 /// How long a peer connection attempt may take before the peer counts as
 /// unreachable.
@@ -44,14 +46,15 @@ impl PeerClients {
     }
 
     /// A client for the peer at `addr` (`host:port`).
-    pub fn client(&self, addr: &str) -> Result<RaftPeerClient<Channel>, Status> {
+    pub fn client(&self, addr: &str) -> Result<RaftPeerClient<Channel>, PeerError> {
         let mut channels = self.channels.lock().expect("peer channel lock");
         let channel = match channels.get(addr) {
             Some(channel) => channel.clone(),
             None => {
                 let channel = Endpoint::from_shared(format!("http://{addr}"))
-                    .map_err(|e| {
-                        Status::invalid_argument(format!("bad peer address {addr:?}: {e}"))
+                    .map_err(|e| PeerError::BadAddress {
+                        addr: addr.to_string(),
+                        detail: e.to_string(),
                     })?
                     .connect_timeout(CONNECT_TIMEOUT)
                     .tcp_nodelay(true)
@@ -75,23 +78,8 @@ impl PeerClients {
         payload: &T,
         timeout: Duration,
     ) -> Request<PeerMessage> {
-        let mut request = Request::new(PeerMessage {
-            cluster_id: self.cluster_id.get(),
-            payload: encode(payload).into(),
-            target_id: target,
-        });
-        request.set_timeout(timeout);
-        request
+        crate::grpc::seal(&self.cluster_id, target, payload, timeout)
     }
-}
-
-pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    postcard::to_stdvec(value).expect("encoding an in-memory value with postcard cannot fail")
-}
-
-pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Status> {
-    postcard::from_bytes(bytes)
-        .map_err(|e| Status::invalid_argument(format!("undecodable peer payload: {e}")))
 }
 
 /// openraft's factory of per-target connections.
@@ -138,8 +126,8 @@ impl PeerConnection {
             tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
             _ => RPCError::Network(NetworkError::new(&status)),
         })?;
-        let result: Result<T, E> = decode(&message.get_ref().payload)
-            .map_err(|s| RPCError::Network(NetworkError::new(&s)))?;
+        let result: Result<T, E> =
+            unseal(&message).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }

@@ -13,7 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use super::{Command, Outcome, Proposal, Raft};
+use crate::types::{Command, Outcome, Proposal, Raft};
 
 /// Entries proposed but not yet committed, at most. More split the same
 /// queued writes into smaller entries, each appended and flushed on its own

@@ -7,19 +7,17 @@ use std::time::Duration;
 
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use super::network::{decode, encode};
-use super::{Command, NodeId, TypeConfig};
 use crate::limits::MAX_PEER_MESSAGE;
 use crate::node::NodeCore;
 use crate::proto::raft_peer_server::{RaftPeer, RaftPeerServer};
 use crate::proto::{
     ClusterInfoRequest, ClusterInfoResponse, JoinRequest, JoinResponse, PeerMessage,
 };
+use crate::types::{Command, NodeId, TypeConfig};
 
 /// Serves the peer port until `stop` is cancelled.
 pub async fn serve(core: Arc<NodeCore>, listener: TcpListener, stop: CancellationToken) {
@@ -29,7 +27,7 @@ pub async fn serve(core: Arc<NodeCore>, listener: TcpListener, stop: Cancellatio
     let result = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(service)
-        .serve_with_incoming_shutdown(crate::nodelay_incoming(listener), stop.cancelled())
+        .serve_with_incoming_shutdown(crate::grpc::nodelay_incoming(listener), stop.cancelled())
         .await;
     if let Err(e) = result {
         tracing::error!("peer server failed: {e}");
@@ -45,41 +43,15 @@ impl PeerService {
     /// this node. A message from another cluster is refused, and both ids
     /// are logged; so is one meant for another node id.
     fn open<T: DeserializeOwned>(&self, request: Request<PeerMessage>) -> Result<T, Status> {
-        let ours = self.core.cluster_id.get();
-        let message = request.into_inner();
-        if ours.is_empty() || message.cluster_id != ours {
-            tracing::warn!(
-                ours = %ours,
-                theirs = %message.cluster_id,
-                "refused a peer message from another cluster"
-            );
-            return Err(Status::failed_precondition(format!(
-                "cluster id mismatch: this node belongs to {:?}, the sender to {:?}",
-                ours, message.cluster_id
-            )));
-        }
-        if message.target_id != 0 && message.target_id != self.core.id {
-            return Err(Status::failed_precondition(format!(
-                "this is node {:016x}, not {:016x}: that member's volume was replaced",
-                self.core.id, message.target_id
-            )));
-        }
-        decode(&message.payload)
+        Ok(crate::grpc::open(
+            &self.core.cluster_id,
+            self.core.id,
+            request,
+        )?)
     }
 }
 
-fn reply<T: Serialize>(value: &T) -> Response<PeerMessage> {
-    Response::new(PeerMessage {
-        cluster_id: String::new(),
-        payload: encode(value).into(),
-        target_id: 0,
-    })
-}
-
-fn deadline_of<T>(request: &Request<T>, cap: Duration) -> tokio::time::Instant {
-    let timeout = crate::api::request_timeout(request).map_or(cap, |t| t.min(cap));
-    tokio::time::Instant::now() + timeout
-}
+use crate::grpc::{deadline_of, reply};
 
 #[tonic::async_trait]
 impl RaftPeer for PeerService {

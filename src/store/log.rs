@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::Shared;
-use crate::raft::{Entry, LogId, StorageError, TypeConfig, Vote};
+use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
 const VOTE_KEY: &[u8] = b"vote";
 const COMMITTED_KEY: &[u8] = b"committed";

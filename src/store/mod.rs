@@ -33,7 +33,7 @@ use std::sync::Arc;
 pub use log::{FlushStats, LogStore};
 pub use state_machine::{KvReader, StateMachine, WatchFeed};
 
-use crate::raft::NodeId;
+use crate::types::NodeId;
 
 const NODE_ID_KEY: &[u8] = b"node_id";
 const CLUSTER_ID_KEY: &[u8] = b"cluster_id";

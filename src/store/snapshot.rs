@@ -12,7 +12,7 @@ use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 
 use super::state_machine::DATA_FORMAT;
-use crate::raft::SnapshotMeta;
+use crate::types::SnapshotMeta;
 
 const MAGIC: &[u8; 7] = b"RAFTSET";
 const RECORD: u8 = 1;

@@ -35,7 +35,7 @@ use tokio::sync::broadcast;
 use super::snapshot::{self, SnapshotDir};
 use super::{Shared, StoreOptions};
 use crate::error::Error;
-use crate::raft::{
+use crate::types::{
     Command, Digest, Entry, KeyValue, LogId, Op, Outcome, Proposal, Snapshot, SnapshotMeta,
     StorageError, StoredMembership, TypeConfig,
 };

@@ -10,14 +10,14 @@ use openraft::{CommittedLeaderId, EntryPayload, RaftLogReader, RaftSnapshotBuild
 use super::state_machine::{FeedItem, ScanRange};
 use super::*;
 use crate::error::Error;
-use crate::raft::{Command, Entry, LogId, Op, Outcome, Proposal, TypeConfig};
+use crate::types::{Command, Entry, LogId, Op, Outcome, Proposal, TypeConfig};
 
 struct Builder;
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
     async fn build(
         &self,
-    ) -> Result<(tempfile::TempDir, LogStore, StateMachine), crate::raft::StorageError> {
+    ) -> Result<(tempfile::TempDir, LogStore, StateMachine), crate::types::StorageError> {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Store::open(dir.path(), &StoreOptions::default()).expect("open store");
         Ok((dir, store.log, store.state_machine))
@@ -543,7 +543,7 @@ async fn a_reopened_directory_keeps_its_id_log_vote_and_state() {
     let mut store = open(dir.path(), StoreOptions::default());
     let node_id = store.node_id;
     store.meta.set_cluster_id("c1").unwrap();
-    let vote = crate::raft::Vote::new(3, node_id);
+    let vote = crate::types::Vote::new(3, node_id);
     store.log.save_vote(&vote).await.unwrap();
     apply(&mut store.state_machine, 1, vec![put("k", "v")]).await;
     drop(store);

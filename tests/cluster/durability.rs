@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use raftset::raft::{Op, Outcome};
+use raftset::types::{Op, Outcome};
 use raftset::{Config, Node};
 
 use crate::support::Cluster;

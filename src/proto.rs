@@ -1,0 +1,149 @@
+//! The generated protobuf and gRPC code for `proto/raftset/v1`, and every
+//! conversion between its messages and the domain model ([`crate::types`]),
+//! each written once.
+//!
+//! Nothing here decides anything: a conversion that can fail (an enum
+//! value this version does not know) returns the request error that names
+//! the field, and the caller passes it on.
+
+#![allow(clippy::all)]
+
+tonic::include_proto!("raftset.v1");
+
+use openraft::ServerState;
+
+use crate::error::InvalidRequest;
+use crate::types;
+
+/// The client services' descriptors, for gRPC server reflection.
+pub const CLIENT_DESCRIPTOR: &[u8] =
+    tonic::include_file_descriptor_set!("raftset_client_descriptor");
+
+impl From<types::KeyValue> for KeyValue {
+    fn from(kv: types::KeyValue) -> KeyValue {
+        KeyValue {
+            key: kv.key.into(),
+            value: kv.value.into(),
+            create_revision: kv.create_revision,
+            mod_revision: kv.mod_revision,
+            version: kv.version,
+        }
+    }
+}
+
+impl From<KeyValue> for types::KeyValue {
+    fn from(kv: KeyValue) -> types::KeyValue {
+        types::KeyValue {
+            key: kv.key.to_vec(),
+            value: kv.value.to_vec(),
+            create_revision: kv.create_revision,
+            mod_revision: kv.mod_revision,
+            version: kv.version,
+        }
+    }
+}
+
+impl From<types::Consistency> for Consistency {
+    fn from(consistency: types::Consistency) -> Consistency {
+        match consistency {
+            types::Consistency::Linearizable => Consistency::Linearizable,
+            types::Consistency::Serializable => Consistency::Serializable,
+        }
+    }
+}
+
+/// A request's `consistency` field; a value this version does not know is
+/// refused, not guessed.
+pub fn consistency(value: i32) -> Result<types::Consistency, InvalidRequest> {
+    match Consistency::try_from(value) {
+        Ok(Consistency::Linearizable) => Ok(types::Consistency::Linearizable),
+        Ok(Consistency::Serializable) => Ok(types::Consistency::Serializable),
+        Err(_) => Err(InvalidRequest::UnknownEnum {
+            field: "consistency",
+            value,
+        }),
+    }
+}
+
+/// A membership entry as the Admin service shows it.
+pub fn member(id: types::NodeId, member: &types::Member, voter: bool) -> Member {
+    Member {
+        id,
+        name: member.name.clone(),
+        peer_addr: member.peer_addr.clone(),
+        api_addr: member.api_addr.clone(),
+        http_addr: member.http_addr.clone(),
+        voter,
+    }
+}
+
+/// The member a `Join` or `AddLearner` names.
+pub fn member_of_join(request: &JoinRequest) -> types::Member {
+    types::Member {
+        name: request.name.clone(),
+        peer_addr: request.peer_addr.clone(),
+        api_addr: request.api_addr.clone(),
+        http_addr: request.http_addr.clone(),
+    }
+}
+
+/// What a node is doing in Raft, as `status` reports it.
+pub fn state_name(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Leader => ROLE_LEADER,
+        ServerState::Follower => ROLE_FOLLOWER,
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => ROLE_LEARNER,
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+/// A member's place in the membership, as every face shows it.
+pub fn member_role(leader: bool, voter: bool) -> &'static str {
+    match (leader, voter) {
+        (true, _) => ROLE_LEADER,
+        (false, true) => ROLE_FOLLOWER,
+        (false, false) => ROLE_LEARNER,
+    }
+}
+
+const ROLE_LEADER: &str = "leader";
+const ROLE_FOLLOWER: &str = "follower";
+const ROLE_LEARNER: &str = "learner";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_values_survive_the_round_trip() {
+        let kv = types::KeyValue {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            create_revision: 1,
+            mod_revision: 2,
+            version: 3,
+        };
+        assert_eq!(types::KeyValue::from(KeyValue::from(kv.clone())), kv);
+    }
+
+    #[test]
+    fn unknown_consistency_values_are_refused() {
+        assert_eq!(consistency(0), Ok(types::Consistency::Linearizable));
+        assert_eq!(consistency(1), Ok(types::Consistency::Serializable));
+        assert_eq!(
+            consistency(7),
+            Err(InvalidRequest::UnknownEnum {
+                field: "consistency",
+                value: 7
+            })
+        );
+    }
+
+    #[test]
+    fn roles_agree_with_raft_states() {
+        assert_eq!(member_role(true, true), state_name(ServerState::Leader));
+        assert_eq!(member_role(false, true), state_name(ServerState::Follower));
+        assert_eq!(member_role(false, false), state_name(ServerState::Learner));
+    }
+}

@@ -1,0 +1,217 @@
+//! The ground floor's domain model, shared by every layer: openraft's type
+//! configuration and its aliases, what travels through the Raft log
+//! ([`Command`], [`Op`]), what applying it gives ([`Outcome`]), and the
+//! values the faces hand out ([`KeyValue`], [`Digest`], [`Consistency`]).
+//!
+//! It must never depend on anything but openraft and serde: every other
+//! module builds on it, so it stays free of behaviour beyond small pure
+//! helpers. An [`Outcome`] must depend on nothing but the command and the
+//! state before it, so every replica reaches the same result: the proposer's
+//! clock travels inside the [`Proposal`] for that reason.
+
+use std::fmt;
+use std::sync::{Arc, RwLock};
+
+use serde::{Deserialize, Serialize};
+
+/// The key the HTTP visit counter lives under.
+pub const VISITS_KEY: &[u8] = b"visits";
+
+/// How stale a read may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Consistency {
+    /// Sees every write acknowledged before the read began.
+    #[default]
+    Linearizable,
+    /// This node's current state, possibly behind the leader.
+    Serializable,
+}
+
+openraft::declare_raft_types!(
+    /// raftset's Raft types.
+    pub TypeConfig:
+        D = Proposal,
+        R = Vec<Outcome>,
+        NodeId = NodeId,
+        Node = Member,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = tokio::fs::File,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// A Raft node id. It belongs to a node's volume, not to its pod name: an
+/// empty data directory always takes a fresh one.
+pub type NodeId = u64;
+
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type LogId = openraft::LogId<NodeId>;
+pub type Vote = openraft::Vote<NodeId>;
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Member>;
+pub type Snapshot = openraft::Snapshot<TypeConfig>;
+pub type StoredMembership = openraft::StoredMembership<NodeId, Member>;
+pub type StorageError = openraft::StorageError<NodeId>;
+pub type RaftMetrics = openraft::RaftMetrics<NodeId, Member>;
+
+/// What the membership records about each node: its name (the pod name,
+/// `raftset-2`) and where to reach it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub name: String,
+    pub peer_addr: String,
+    pub api_addr: String,
+    pub http_addr: String,
+}
+
+impl fmt::Display for Member {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.name, self.peer_addr)
+    }
+}
+
+/// What one log entry carries: the client writes a leader proposed
+/// together, so that one append and one flush serve them all.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// The leader's wall clock in milliseconds; when this entry's request
+    /// ids are forgotten is counted from it.
+    pub proposed_at_ms: u64,
+    /// Request ids proposed before this time are forgotten when the entry
+    /// applies. The leader's dedup window sets it, so that every replica
+    /// forgets the same ids whatever its own configuration.
+    pub forget_before_ms: u64,
+    pub commands: Vec<Command>,
+}
+
+/// One client write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    /// Deduplicates retries: a command whose id was already applied returns
+    /// the first outcome again and changes nothing.
+    pub request_id: RequestId,
+    pub op: Op,
+}
+
+impl Command {
+    /// Roughly how many bytes the command adds to a log entry.
+    pub fn size(&self) -> usize {
+        let payload = match &self.op {
+            Op::Put { key, value } => key.len() + value.len(),
+            Op::Delete { key } | Op::Increment { key, .. } => key.len(),
+            Op::Checkpoint => 0,
+            Op::CompareAndSwap { key, expected, new } => {
+                key.len() + expected.as_ref().map_or(0, Vec::len) + new.as_ref().map_or(0, Vec::len)
+            }
+        };
+        payload + self.request_id.len() + 16
+    }
+}
+
+/// A client-chosen (or node-chosen) request id, 1 to 64 bytes.
+pub type RequestId = Vec<u8>;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
+    CompareAndSwap {
+        key: Vec<u8>,
+        /// `None` expects the key to be absent.
+        expected: Option<Vec<u8>>,
+        /// `None` deletes the key.
+        new: Option<Vec<u8>>,
+    },
+    Increment {
+        key: Vec<u8>,
+        delta: i64,
+    },
+    /// Changes nothing; every replica records a digest of its state after
+    /// the entry that carries it, so replicas can be compared (`verify`).
+    Checkpoint,
+}
+
+/// A key's value with its history counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyValue {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub create_revision: u64,
+    pub mod_revision: u64,
+    pub version: u64,
+}
+
+/// What applying a command did. Expected refusals (a lost compare-and-swap,
+/// a non-integer counter) are outcomes too: applying never fails.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    Put {
+        revision: u64,
+        prev: Option<KeyValue>,
+    },
+    Deleted {
+        revision: u64,
+        prev: Option<KeyValue>,
+    },
+    Swapped {
+        revision: u64,
+    },
+    /// The compare-and-swap lost: the key held something else (`None`: absent).
+    CompareFailed {
+        current: Option<KeyValue>,
+    },
+    Incremented {
+        revision: u64,
+        value: i64,
+    },
+    /// The counter's current value is not a decimal integer.
+    NotAnInteger {
+        current: Vec<u8>,
+    },
+    /// Adding the delta would leave the i64 range.
+    Overflow {
+        current: i64,
+    },
+    /// Digests were taken after the entry at this log index.
+    Checkpoint {
+        index: u64,
+    },
+}
+
+/// A summary of a replica's keys and values at one log position.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Digest {
+    pub index: u64,
+    pub revision: u64,
+    pub keys: u64,
+    /// CRC-32 over every key and value in order, as hex.
+    pub crc: String,
+}
+
+/// On the leader: the highest log index known to be on `id` (0 if none).
+pub fn matched_index(metrics: &RaftMetrics, id: NodeId) -> u64 {
+    metrics
+        .replication
+        .as_ref()
+        .and_then(|r| r.get(&id).cloned().flatten())
+        .map_or(0, |l| l.index)
+}
+
+/// The id of the cluster this node belongs to, shared by everything that
+/// sends or accepts peer messages. Empty until the node founds or joins one.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterId(Arc<RwLock<String>>);
+
+impl ClusterId {
+    pub fn get(&self) -> String {
+        self.0.read().expect("cluster id lock").clone()
+    }
+
+    pub fn set(&self, id: &str) {
+        *self.0.write().expect("cluster id lock") = id.to_string();
+    }
+}
