@@ -147,9 +147,9 @@ async fn supervise(name: String, mut command: Command, log: PathBuf, stop: Cance
         let status = tokio::select! {
             status = child.wait() => status,
             _ = stop.cancelled() => {
-                if let Some(pid) = child.id() {
-                    // SAFETY: sending a signal to our own child process.
-                    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+                if let Some(pid) = child.id().and_then(|pid| rustix::process::Pid::from_raw(pid as i32)) {
+                    // SIGTERM, so the node hands over leadership and stops in order.
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
                 }
                 if tokio::time::timeout(Duration::from_secs(20), child.wait()).await.is_err() {
                     eprintln!("{name}: did not stop within 20 s; killing it");

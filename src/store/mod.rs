@@ -5,7 +5,7 @@
 //! - tree `log`: log index (big-endian u64) → postcard-encoded entry
 //! - tree `raft`: the vote, the committed and purged log ids, this node's id
 //!   and the cluster id
-//! - tree `sm`: the state machine, see [`state_machine`] for its key prefixes
+//! - tree `sm`: the state machine, see [`keys`] for its key prefixes
 //! - `<data_dir>/snapshots/`: the latest snapshot file
 //!
 //! What is flushed when (sled writes to its page cache until flushed):
@@ -23,6 +23,7 @@
 //! A failed write or flush is fatal: it is logged with the data directory and
 //! returned to openraft, which stops the node; nothing is acknowledged.
 
+pub mod keys;
 mod log;
 mod snapshot;
 pub mod state_machine;
@@ -31,14 +32,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use log::{FlushStats, LogStore};
-pub use state_machine::{KvReader, StateMachine, WatchFeed};
+pub use state_machine::{KvReader, ReadError, StateMachine, WatchFeed};
 
 use crate::types::NodeId;
 
-const NODE_ID_KEY: &[u8] = b"node_id";
-const CLUSTER_ID_KEY: &[u8] = b"cluster_id";
-/// Set by a restore; cleared once the new cluster made the data its snapshot.
-const RESTORED_KEY: &[u8] = b"restored";
+use keys::{CLUSTER_ID_KEY, NODE_ID_KEY, RESTORED_KEY};
 /// A file whose presence makes the next start empty the data directory.
 const DISCARD_MARKER: &str = "DISCARD";
 
@@ -169,11 +167,7 @@ impl Store {
             }
         };
         let log = LogStore::open(shared.clone(), raft_tree).map_err(sled_err)?;
-        let state_machine =
-            StateMachine::open(shared, options).map_err(|detail| StoreError::Corrupted {
-                path: db_path.clone(),
-                detail,
-            })?;
+        let state_machine = StateMachine::open(shared, options)?;
         Ok(Store {
             node_id,
             log,
@@ -359,18 +353,8 @@ impl Meta {
 
     /// Bytes free for this node on the volume of the data directory.
     pub fn free_bytes(&self) -> std::io::Result<u64> {
-        let path = std::ffi::CString::new(self.shared.path.as_os_str().as_encoded_bytes())
-            .map_err(std::io::Error::other)?;
-        let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-        // SAFETY: `path` is NUL-terminated and `stat` is written by the call
-        // before it is read, only when the call succeeds.
-        let stat = unsafe {
-            if libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            stat.assume_init()
-        };
-        Ok(stat.f_bavail as u64 * stat.f_frsize as u64)
+        let stat = rustix::fs::statvfs(&self.shared.path)?;
+        Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
     }
 
     /// Bytes sled uses on disk.
@@ -422,13 +406,7 @@ impl Shared {
 }
 
 fn sync_file_system(file: &std::fs::File) -> std::io::Result<()> {
-    use std::os::unix::io::AsRawFd;
-    // SAFETY: syncfs only reads the descriptor, which `file` keeps open.
-    if unsafe { libc::syncfs(file.as_raw_fd()) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    Ok(rustix::fs::syncfs(file)?)
 }
 
 fn decode_u64(bytes: &[u8]) -> Option<u64> {

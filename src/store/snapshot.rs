@@ -1,7 +1,7 @@
 //! Snapshot files: a state machine tree written out record by record, so a
 //! snapshot of any size streams to disk and to followers in chunks.
 //!
-//! Format: `RAFTSET` and the data format byte (`state_machine::DATA_FORMAT`),
+//! Format: `RAFTSET` and the data format byte (`keys::DATA_FORMAT`),
 //! a length-prefixed postcard [`SnapshotMeta`], then
 //! records (`1`, key length, key, value length, value; lengths as big-endian
 //! u32), then `0` and a CRC-32 of every byte before it. A file is checked
@@ -11,7 +11,7 @@ use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 
-use super::state_machine::DATA_FORMAT;
+use super::keys::DATA_FORMAT;
 use crate::types::SnapshotMeta;
 
 const MAGIC: &[u8; 7] = b"RAFTSET";

@@ -9,7 +9,6 @@ use openraft::{CommittedLeaderId, EntryPayload, RaftLogReader, RaftSnapshotBuild
 
 use super::state_machine::{FeedItem, ScanRange};
 use super::*;
-use crate::error::Error;
 use crate::types::{Command, Entry, LogId, Op, Outcome, Proposal, TypeConfig};
 
 struct Builder;
@@ -327,7 +326,7 @@ async fn history_replays_changes_and_reports_compaction() {
         vec![16, 18, 20]
     );
     match reader.history(b"", 1) {
-        Err(Error::Compacted {
+        Err(ReadError::Compacted {
             requested: 1,
             oldest,
         }) => assert!(oldest > 1 && oldest <= 16, "oldest {oldest}"),

@@ -1,0 +1,74 @@
+//! The state machine's key layout and the data format that names it.
+//!
+//! Everything lives in one sled tree; a key's first byte says what it is:
+//! - `k` + key → the value and its revision counters
+//! - `h` + last revision of an entry → the changes that entry made, in
+//!   order (Watch history)
+//! - `d` + request id → the outcome of that request (deduplication)
+//! - `e` + proposed-at ms + log index → the request ids that entry
+//!   remembered (when to forget them)
+//! - `r` → the current revision, `a` → last applied log id, `m` → last
+//!   membership, `c` → highest revision compacted out of the history,
+//!   `w` → the last entry's write set (redo record), `v` → the data format
+//!
+//! Snapshot files carry the same records and the same format byte, so
+//! both the state machine and [`super::snapshot`] read it from here.
+
+pub const KEY: u8 = b'k';
+pub const HISTORY: u8 = b'h';
+pub const DEDUP: u8 = b'd';
+pub const EXPIRY: u8 = b'e';
+pub const APPLIED: &[u8] = b"a";
+pub const MEMBERSHIP: &[u8] = b"m";
+pub const COMPACTED: &[u8] = b"c";
+pub const REVISION: &[u8] = b"r";
+/// The last entry's write set, replayed at start-up (see `EntryWrites::write`).
+pub const REDO: &[u8] = b"w";
+/// The data format of the tree's records, [`DATA_FORMAT`].
+pub const FORMAT: &[u8] = b"v";
+/// Which layout of records this version reads and writes. Snapshot files
+/// carry it too. 2: history and expiry records per entry.
+pub const DATA_FORMAT: u8 = 2;
+/// The tree that names the current state machine tree (switched when a
+/// snapshot is installed).
+pub const POINTER_TREE: &str = "sm_current";
+pub const POINTER_KEY: &[u8] = b"tree";
+/// The state machine tree of a data directory that never installed a snapshot.
+pub const FIRST_TREE: &[u8] = b"sm";
+
+/// Keys of the `raft` tree that are not openraft's.
+pub const NODE_ID_KEY: &[u8] = b"node_id";
+pub const CLUSTER_ID_KEY: &[u8] = b"cluster_id";
+/// Set by a restore; cleared once the new cluster made the data its snapshot.
+pub const RESTORED_KEY: &[u8] = b"restored";
+
+pub fn key_key(key: &[u8]) -> Vec<u8> {
+    [&[KEY][..], key].concat()
+}
+
+pub fn dedup_key(request_id: &[u8]) -> Vec<u8> {
+    [&[DEDUP][..], request_id].concat()
+}
+
+pub fn history_key(revision: u64) -> [u8; 9] {
+    let mut key = [HISTORY; 9];
+    key[1..].copy_from_slice(&revision.to_be_bytes());
+    key
+}
+
+/// `suffix` is a log index, or nothing for the end of a range.
+pub fn expiry_key(at_ms: u64, suffix: &[u8]) -> Vec<u8> {
+    [&[EXPIRY][..], &at_ms.to_be_bytes(), suffix].concat()
+}
+
+/// The smallest key greater than every key that starts with `prefix`.
+pub fn prefix_successor(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![u8::MAX; prefix.len() + 1]
+}

@@ -1,0 +1,533 @@
+//! Applying commands: what each [`Op`] does to the keys, as near-pure
+//! functions over a [`Lookup`] (the tree, or a map in the tests), collected
+//! into one entry's [`EntryWrites`] that reach sled atomically.
+//!
+//! Applying is total: a lost compare-and-swap or a counter that is not an
+//! integer is an [`Outcome`], never an error; only an unreadable tree fails.
+//! A command whose request id is remembered changes nothing and returns its
+//! first outcome again. History and request-id expiry are recorded once per
+//! entry, and trimmed at the end of each entry by an amount fixed by the
+//! entry and the state before it, so every replica forgets the same things.
+
+use serde::{Deserialize, Serialize};
+
+use super::feed::Change;
+use super::read::{read_kv, read_value, Lookup, ReadError, StoredValue};
+use crate::store::keys::{
+    dedup_key, expiry_key, history_key, key_key, COMPACTED, EXPIRY, HISTORY, REDO, REVISION,
+};
+use crate::types::{Command, KeyValue, Op, Outcome, Proposal};
+
+/// Most history or expiry records (each one entry's worth) one log entry
+/// expires: each entry adds at most one of each, so this drains a backlog,
+/// and it bounds the work of one entry.
+const EXPIRE_PER_ENTRY: usize = 16;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Remembered {
+    outcome: Outcome,
+}
+
+/// Applies one command into the entry's writes: its effect and its
+/// remembered outcome, and it adds its change to the entry's history. A
+/// command whose request id is remembered changes nothing.
+pub(super) fn execute<L: Lookup>(
+    writes: &mut EntryWrites<L>,
+    command: &Command,
+    revision: &mut u64,
+) -> Result<Outcome, ReadError> {
+    let dedup_key = dedup_key(&command.request_id);
+    if let Some(remembered) = read_value::<Remembered>(writes, &dedup_key)? {
+        return Ok(remembered.outcome);
+    }
+    let (current, next) = (*revision, *revision + 1);
+    let (outcome, change) = match &command.op {
+        Op::Put { key, value } => {
+            let prev = read_kv(writes, key)?;
+            let change = write_kv(writes, key, value, prev.as_ref(), next);
+            (
+                Outcome::Put {
+                    revision: next,
+                    prev,
+                },
+                Some(change),
+            )
+        }
+        Op::Delete { key } => match read_kv(writes, key)? {
+            Some(prev) => {
+                let change = delete_kv(writes, &prev, next);
+                (
+                    Outcome::Deleted {
+                        revision: next,
+                        prev: Some(prev),
+                    },
+                    Some(change),
+                )
+            }
+            None => (
+                Outcome::Deleted {
+                    revision: current,
+                    prev: None,
+                },
+                None,
+            ),
+        },
+        Op::CompareAndSwap { key, expected, new } => {
+            let found = read_kv(writes, key)?;
+            let matches = match (expected, &found) {
+                (None, None) => true,
+                (Some(expected), Some(found)) => *expected == found.value,
+                _ => false,
+            };
+            match (matches, new, &found) {
+                (false, _, _) => (Outcome::CompareFailed { current: found }, None),
+                (true, Some(value), _) => {
+                    let change = write_kv(writes, key, value, found.as_ref(), next);
+                    (Outcome::Swapped { revision: next }, Some(change))
+                }
+                (true, None, Some(prev)) => {
+                    let change = delete_kv(writes, prev, next);
+                    (Outcome::Swapped { revision: next }, Some(change))
+                }
+                (true, None, None) => (Outcome::Swapped { revision: current }, None),
+            }
+        }
+        Op::Checkpoint => (Outcome::Checkpoint { index: 0 }, None),
+        Op::Increment { key, delta } => {
+            let prev = read_kv(writes, key)?;
+            let counter = match &prev {
+                None => Some(0),
+                Some(kv) => parse_counter(&kv.value),
+            };
+            match counter {
+                None => {
+                    let found = prev.map(|kv| kv.value).unwrap_or_default();
+                    (Outcome::NotAnInteger { current: found }, None)
+                }
+                Some(counter) => match counter.checked_add(*delta) {
+                    None => (Outcome::Overflow { current: counter }, None),
+                    Some(value) => {
+                        let bytes = value.to_string().into_bytes();
+                        let change = write_kv(writes, key, &bytes, prev.as_ref(), next);
+                        (
+                            Outcome::Incremented {
+                                revision: next,
+                                value,
+                            },
+                            Some(change),
+                        )
+                    }
+                },
+            }
+        }
+    };
+    if let Some(change) = change {
+        *revision = next;
+        writes.history.push(change);
+    }
+    writes.insert(
+        dedup_key,
+        encode(&Remembered {
+            outcome: outcome.clone(),
+        }),
+    );
+    writes.remembered.push(command.request_id.clone());
+    Ok(outcome)
+}
+
+/// What an entry's commands leave to do once: the revision counter, the
+/// entry's history and expiry records, and trimming old ones (the trims
+/// scan the tree, which the entry's own writes do not change yet).
+/// Returns the entry's changes, for watchers.
+pub(super) fn finish_entry(
+    writes: &mut EntryWrites<sled::Tree>,
+    log_index: u64,
+    proposal: &Proposal,
+    revision: u64,
+    history_revisions: u64,
+) -> Result<Vec<Change>, ReadError> {
+    let tree = writes.base.clone();
+    let history = std::mem::take(&mut writes.history);
+    if !history.is_empty() {
+        writes.insert(REVISION, encode(&revision));
+        writes.insert(history_key(revision), encode(&history));
+        compact_history(&tree, writes, revision, history_revisions)?;
+    }
+    if !writes.remembered.is_empty() {
+        let remembered = std::mem::take(&mut writes.remembered);
+        let key = expiry_key(proposal.proposed_at_ms, &log_index.to_be_bytes());
+        writes.insert(key, encode(&remembered));
+    }
+    expire_request_ids(&tree, writes, proposal.forget_before_ms)?;
+    Ok(history)
+}
+
+/// Forgets the request ids of up to [`EXPIRE_PER_ENTRY`] entries
+/// proposed before `forget_before_ms`.
+fn expire_request_ids(
+    tree: &sled::Tree,
+    batch: &mut EntryWrites<sled::Tree>,
+    forget_before_ms: u64,
+) -> Result<(), ReadError> {
+    let end = expiry_key(forget_before_ms, &[]);
+    for item in tree
+        .range([EXPIRY].as_slice()..end.as_slice())
+        .take(EXPIRE_PER_ENTRY)
+    {
+        let (key, ids) = item?;
+        let ids: Vec<Vec<u8>> = postcard::from_bytes(&ids)?;
+        for id in ids {
+            batch.remove(dedup_key(&id));
+        }
+        batch.remove(key);
+    }
+    Ok(())
+}
+
+/// Drops up to [`EXPIRE_PER_ENTRY`] entries' history records wholly
+/// older than the retained window, and records how far.
+fn compact_history(
+    tree: &sled::Tree,
+    batch: &mut EntryWrites<sled::Tree>,
+    revision: u64,
+    history_revisions: u64,
+) -> Result<(), ReadError> {
+    let cutoff = revision.saturating_sub(history_revisions);
+    if cutoff == 0 {
+        return Ok(());
+    }
+    let mut highest = None;
+    for key in tree
+        .range([HISTORY].as_slice()..history_key(cutoff).as_slice())
+        .keys()
+        .take(EXPIRE_PER_ENTRY)
+    {
+        let key = key?;
+        highest = Some(u64::from_be_bytes(
+            key[1..9].try_into().expect("history key"),
+        ));
+        batch.remove(key);
+    }
+    if let Some(highest) = highest {
+        batch.insert(COMPACTED, encode(&highest));
+    }
+    Ok(())
+}
+
+/// The writes of one log entry, kept here until the entry is done (reads
+/// during the entry see them), then written atomically by [`Self::write`].
+pub(super) struct EntryWrites<L> {
+    /// What the entry reads through to; its writes go there in the end.
+    base: L,
+    pending: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// The entry's changes and remembered request ids, written as one
+    /// record each by [`finish_entry`].
+    history: Vec<Change>,
+    remembered: Vec<Vec<u8>>,
+}
+
+impl<L: Lookup> EntryWrites<L> {
+    pub(super) fn new(base: L) -> EntryWrites<L> {
+        EntryWrites {
+            base,
+            pending: Default::default(),
+            history: Vec::new(),
+            remembered: Vec::new(),
+        }
+    }
+
+    pub(super) fn insert(&mut self, key: impl AsRef<[u8]>, value: Vec<u8>) {
+        self.pending.insert(key.as_ref().to_vec(), Some(value));
+    }
+
+    fn remove(&mut self, key: impl AsRef<[u8]>) {
+        self.pending.insert(key.as_ref().to_vec(), None);
+    }
+}
+
+impl EntryWrites<sled::Tree> {
+    /// Writes the entry atomically without a sled batch (which costs two
+    /// synced writes): first the whole write set as one redo record, then
+    /// each write. sled recovers writes in order, so after a crash either
+    /// the redo record is missing and so is every write after it, or it is
+    /// there and `StateMachine::open` replays it (replaying is harmless:
+    /// the writes set final values).
+    pub(super) fn write(self) -> Result<(), sled::Error> {
+        let pending: Vec<(Vec<u8>, Option<Vec<u8>>)> = self.pending.into_iter().collect();
+        self.base.insert(REDO, encode(&pending))?;
+        apply_writes(&self.base, pending)
+    }
+}
+
+pub(super) fn apply_writes(
+    tree: &sled::Tree,
+    writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+) -> Result<(), sled::Error> {
+    for (key, value) in writes {
+        match value {
+            Some(value) => tree.insert(key, value)?,
+            None => tree.remove(key)?,
+        };
+    }
+    Ok(())
+}
+
+impl<L: Lookup> Lookup for EntryWrites<L> {
+    fn lookup(&self, key: &[u8]) -> sled::Result<Option<sled::IVec>> {
+        match self.pending.get(key) {
+            Some(value) => Ok(value.as_deref().map(sled::IVec::from)),
+            None => self.base.lookup(key),
+        }
+    }
+}
+
+fn parse_counter(value: &[u8]) -> Option<i64> {
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+fn write_kv<L: Lookup>(
+    batch: &mut EntryWrites<L>,
+    key: &[u8],
+    value: &[u8],
+    prev: Option<&KeyValue>,
+    revision: u64,
+) -> Change {
+    let stored = StoredValue {
+        value: value.to_vec(),
+        create_revision: prev.map_or(revision, |p| p.create_revision),
+        mod_revision: revision,
+        version: prev.map_or(1, |p| p.version + 1),
+    };
+    batch.insert(key_key(key), encode(&stored));
+    Change {
+        revision,
+        kv: KeyValue {
+            key: key.to_vec(),
+            value: stored.value,
+            create_revision: stored.create_revision,
+            mod_revision: revision,
+            version: stored.version,
+        },
+        deleted: false,
+    }
+}
+
+fn delete_kv<L: Lookup>(batch: &mut EntryWrites<L>, prev: &KeyValue, revision: u64) -> Change {
+    batch.remove(key_key(&prev.key));
+    Change {
+        revision,
+        kv: KeyValue {
+            key: prev.key.clone(),
+            value: Vec::new(),
+            create_revision: prev.create_revision,
+            mod_revision: revision,
+            version: prev.version,
+        },
+        deleted: true,
+    }
+}
+
+pub(super) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_stdvec(value).expect("encoding an in-memory record with postcard cannot fail")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    /// A state before the command, as a plain map: applying needs nothing
+    /// of sled but point reads.
+    struct Map(BTreeMap<Vec<u8>, Vec<u8>>);
+
+    impl Lookup for Map {
+        fn lookup(&self, key: &[u8]) -> sled::Result<Option<sled::IVec>> {
+            Ok(self.0.get(key).map(|v| sled::IVec::from(v.as_slice())))
+        }
+    }
+
+    fn state(keys: &[(&str, &str)]) -> Map {
+        let mut writes = EntryWrites::new(Map(BTreeMap::new()));
+        for (i, (key, value)) in keys.iter().enumerate() {
+            write_kv(
+                &mut writes,
+                key.as_bytes(),
+                value.as_bytes(),
+                None,
+                i as u64 + 1,
+            );
+        }
+        Map(writes
+            .pending
+            .into_iter()
+            .map(|(k, v)| (k, v.unwrap()))
+            .collect())
+    }
+
+    fn run(before: Map, op: Op) -> (Outcome, u64, EntryWrites<Map>) {
+        let mut writes = EntryWrites::new(before);
+        let mut revision = 5;
+        let command = Command {
+            request_id: b"r1".to_vec(),
+            op,
+        };
+        let outcome = execute(&mut writes, &command, &mut revision).unwrap();
+        (outcome, revision, writes)
+    }
+
+    fn value_of(writes: &EntryWrites<Map>, key: &str) -> Option<Vec<u8>> {
+        read_kv(writes, key.as_bytes()).unwrap().map(|kv| kv.value)
+    }
+
+    #[test]
+    fn every_op_gives_its_outcome_and_only_changes_take_a_revision() {
+        let bytes = |s: &str| s.as_bytes().to_vec();
+        let put = |k: &str, v: &str| Op::Put {
+            key: bytes(k),
+            value: bytes(v),
+        };
+        let cas = |k: &str, expected: Option<&str>, new: Option<&str>| Op::CompareAndSwap {
+            key: bytes(k),
+            expected: expected.map(bytes),
+            new: new.map(bytes),
+        };
+        let inc = |k: &str, delta: i64| Op::Increment {
+            key: bytes(k),
+            delta,
+        };
+        // (case, state before, op, changes something, value of `k` after)
+        type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Op, bool, Option<&'a str>);
+        let cases: Vec<Case> = vec![
+            ("put a new key", vec![], put("k", "v"), true, Some("v")),
+            (
+                "put over a value",
+                vec![("k", "a")],
+                put("k", "b"),
+                true,
+                Some("b"),
+            ),
+            (
+                "delete a key",
+                vec![("k", "a")],
+                Op::Delete { key: bytes("k") },
+                true,
+                None,
+            ),
+            (
+                "delete nothing",
+                vec![],
+                Op::Delete { key: bytes("k") },
+                false,
+                None,
+            ),
+            (
+                "cas that wins",
+                vec![("k", "a")],
+                cas("k", Some("a"), Some("b")),
+                true,
+                Some("b"),
+            ),
+            (
+                "cas that loses",
+                vec![("k", "a")],
+                cas("k", Some("x"), Some("b")),
+                false,
+                Some("a"),
+            ),
+            (
+                "cas expecting absence",
+                vec![],
+                cas("k", None, Some("b")),
+                true,
+                Some("b"),
+            ),
+            (
+                "cas that deletes",
+                vec![("k", "a")],
+                cas("k", Some("a"), None),
+                true,
+                None,
+            ),
+            (
+                "increment from nothing",
+                vec![],
+                inc("k", 3),
+                true,
+                Some("3"),
+            ),
+            (
+                "increment a counter",
+                vec![("k", "40")],
+                inc("k", 2),
+                true,
+                Some("42"),
+            ),
+            (
+                "increment a non-number",
+                vec![("k", "x")],
+                inc("k", 1),
+                false,
+                Some("x"),
+            ),
+            (
+                "increment past i64",
+                vec![("k", "9223372036854775807")],
+                inc("k", 1),
+                false,
+                Some("9223372036854775807"),
+            ),
+            (
+                "checkpoint",
+                vec![("k", "a")],
+                Op::Checkpoint,
+                false,
+                Some("a"),
+            ),
+        ];
+        for (name, before, op, changes, after) in cases {
+            let (outcome, revision, writes) = run(state(&before), op);
+            assert_eq!(revision, if changes { 6 } else { 5 }, "{name}: {outcome:?}");
+            assert_eq!(writes.history.len(), usize::from(changes), "{name}");
+            assert_eq!(value_of(&writes, "k"), after.map(bytes), "{name}");
+            let refused = matches!(
+                outcome,
+                Outcome::CompareFailed { .. }
+                    | Outcome::NotAnInteger { .. }
+                    | Outcome::Overflow { .. }
+            );
+            assert_eq!(
+                refused,
+                !changes && !name.starts_with("delete") && name != "checkpoint",
+                "{name}: {outcome:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_remembered_request_id_returns_its_first_outcome_and_changes_nothing() {
+        let (first, _, writes) = run(
+            state(&[]),
+            Op::Increment {
+                key: b"k".to_vec(),
+                delta: 1,
+            },
+        );
+        let remembered = Map(writes
+            .pending
+            .into_iter()
+            .map(|(k, v)| (k, v.unwrap()))
+            .collect());
+        let (again, revision, writes) = run(
+            remembered,
+            Op::Increment {
+                key: b"k".to_vec(),
+                delta: 1,
+            },
+        );
+        assert_eq!(again, first);
+        assert_eq!(revision, 5);
+        assert!(writes.history.is_empty());
+        assert_eq!(value_of(&writes, "k"), Some(b"1".to_vec()));
+    }
+}

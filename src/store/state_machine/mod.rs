@@ -1,0 +1,250 @@
+//! The replicated state machine: keys with their revisions, the change
+//! history that Watch replays, and remembered request outcomes, in one sled
+//! tree whose layout is in [`crate::store::keys`].
+//!
+//! By concern: [`apply`] (what each command does, near-pure over a lookup),
+//! [`read`] (the read view for Get, Scan and Watch), [`feed`] (the live
+//! change feed), [`digest`] (state digests for `verify`), [`snapshots`]
+//! (dump, install, backup import); this file opens the tree and implements
+//! openraft's state machine trait on top of them.
+//!
+//! A log entry carries a batch of commands. Each command that changes a key
+//! takes the next revision. All of an entry's writes, its remembered
+//! outcomes and its applied log id reach sled atomically (a redo record,
+//! see `EntryWrites::write`), so the tree always reflects a whole prefix of
+//! the log. Applying is not flushed by itself: applied state is recovered by
+//! re-applying the durable log.
+
+mod apply;
+mod digest;
+mod feed;
+mod read;
+mod snapshots;
+
+use std::sync::{Arc, RwLock};
+
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, OptionalSend, RaftLogId, StorageIOError};
+
+use self::apply::{apply_writes, encode, EntryWrites};
+pub use self::digest::Digests;
+pub use self::feed::{Change, FeedItem, WatchFeed};
+use self::read::{read_revision, read_value};
+pub use self::read::{KvReader, ReadError, ScanPage, ScanRange};
+pub use self::snapshots::SnapshotBuilder;
+use super::keys::{
+    APPLIED, DATA_FORMAT, FIRST_TREE, FORMAT, MEMBERSHIP, POINTER_KEY, POINTER_TREE, REDO,
+};
+use super::snapshot::SnapshotDir;
+use super::{Shared, StoreError, StoreOptions};
+use crate::types::{
+    Entry, LogId, Outcome, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
+
+/// The state machine openraft drives.
+pub struct StateMachine {
+    shared: Arc<Shared>,
+    current: Arc<RwLock<sled::Tree>>,
+    pointer: sled::Tree,
+    snapshots: SnapshotDir,
+    history_revisions: u64,
+    feed: WatchFeed,
+    /// The temporary file a snapshot is being received into.
+    receiving: Option<std::path::PathBuf>,
+    digests: Digests,
+}
+
+impl StateMachine {
+    pub(super) fn open(
+        shared: Arc<Shared>,
+        options: &StoreOptions,
+    ) -> Result<StateMachine, StoreError> {
+        let path = shared.path.join("db");
+        let sled_err = |source| StoreError::Sled {
+            path: path.clone(),
+            source,
+        };
+        let corrupted = |detail: String| StoreError::Corrupted {
+            path: path.clone(),
+            detail,
+        };
+        let pointer = shared.db.open_tree(POINTER_TREE).map_err(sled_err)?;
+        let name = match pointer.get(POINTER_KEY).map_err(sled_err)? {
+            Some(name) => name.to_vec(),
+            None => FIRST_TREE.to_vec(),
+        };
+        let tree = shared.db.open_tree(name).map_err(sled_err)?;
+        match tree.get(FORMAT).map_err(sled_err)? {
+            Some(format) if format.as_ref() == [DATA_FORMAT] => {}
+            None if tree.is_empty() => {
+                tree.insert(FORMAT, &[DATA_FORMAT]).map_err(sled_err)?;
+            }
+            found => {
+                let found = found.map_or(1, |f| f.first().copied().unwrap_or(0));
+                return Err(corrupted(format!(
+                    "its state is in data format {found}, this raftset reads format {DATA_FORMAT}: \
+                     start this node on an empty volume (it rejoins), or restore a backup taken by this version"
+                )));
+            }
+        }
+        if let Some(redo) = tree.get(REDO).map_err(sled_err)? {
+            let writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = postcard::from_bytes(&redo)
+                .map_err(|e| corrupted(format!("undecodable redo record: {e}")))?;
+            apply_writes(&tree, writes).map_err(sled_err)?;
+        }
+        let snapshots_path = shared.path.join("snapshots");
+        let snapshots =
+            SnapshotDir::open(snapshots_path.clone()).map_err(|source| StoreError::Io {
+                path: snapshots_path,
+                source,
+            })?;
+        Ok(StateMachine {
+            shared,
+            current: Arc::new(RwLock::new(tree)),
+            pointer,
+            snapshots,
+            history_revisions: options.history_revisions,
+            feed: WatchFeed::new(options.watch_buffer),
+            receiving: None,
+            digests: Digests::default(),
+        })
+    }
+
+    pub fn reader(&self) -> KvReader {
+        KvReader {
+            current: self.current.clone(),
+        }
+    }
+
+    pub fn feed(&self) -> WatchFeed {
+        self.feed.clone()
+    }
+
+    pub fn digests(&self) -> Digests {
+        self.digests.clone()
+    }
+
+    pub(super) fn tree(&self) -> sled::Tree {
+        self.current.read().expect("state machine lock").clone()
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let tree = self.tree();
+        let applied = read_value::<Option<LogId>>(&tree, APPLIED)
+            .map_err(read_err)?
+            .flatten();
+        let membership = read_value(&tree, MEMBERSHIP)
+            .map_err(read_err)?
+            .unwrap_or_default();
+        Ok((applied, membership))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<Outcome>>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let tree = self.tree();
+        let mut revision = read_revision(&tree).map_err(read_err)?;
+        let mut outcomes = Vec::new();
+        let mut changes = Vec::new();
+        for entry in entries {
+            let log_id = *entry.get_log_id();
+            let mut batch = EntryWrites::new(tree.clone());
+            let mut entry_outcomes = Vec::new();
+            match entry.payload {
+                EntryPayload::Blank => {}
+                EntryPayload::Membership(membership) => {
+                    batch.insert(
+                        MEMBERSHIP,
+                        encode(&StoredMembership::new(Some(log_id), membership)),
+                    );
+                }
+                EntryPayload::Normal(proposal) => {
+                    for command in &proposal.commands {
+                        let outcome =
+                            apply::execute(&mut batch, command, &mut revision).map_err(read_err)?;
+                        entry_outcomes.push(match outcome {
+                            Outcome::Checkpoint { .. } => Outcome::Checkpoint {
+                                index: log_id.index,
+                            },
+                            other => other,
+                        });
+                    }
+                    changes.extend(
+                        apply::finish_entry(
+                            &mut batch,
+                            log_id.index,
+                            &proposal,
+                            revision,
+                            self.history_revisions,
+                        )
+                        .map_err(read_err)?,
+                    );
+                }
+            }
+            batch.insert(APPLIED, encode(&Some(log_id)));
+            batch
+                .write()
+                .map_err(|e| StorageIOError::apply(log_id, &self.shared.io_error("applying", e)))?;
+            if entry_outcomes
+                .iter()
+                .any(|o| matches!(o, Outcome::Checkpoint { .. }))
+            {
+                let digest = digest::digest(&tree, log_id.index, revision).map_err(read_err)?;
+                self.digests.record(digest);
+            }
+            outcomes.push(entry_outcomes);
+        }
+        for change in changes {
+            self.feed.send(FeedItem::Change(Arc::new(change)));
+        }
+        Ok(outcomes)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        let written = self.dump().and_then(|_| self.current_snapshot());
+        SnapshotBuilder { written }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let (path, file) = self
+            .snapshots
+            .temp_file()
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        if let Some(abandoned) = self.receiving.replace(path) {
+            let _ = std::fs::remove_file(abandoned);
+        }
+        Ok(Box::new(tokio::fs::File::from_std(file)))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError> {
+        // tokio may still hold buffered writes: into_std() waits for them.
+        let file = snapshot.into_std().await;
+        let installed = self.install(meta, file);
+        if let Some(received) = self.receiving.take() {
+            let _ = std::fs::remove_file(received);
+        }
+        installed.map_err(|e| {
+            tracing::error!(path = %self.shared.path.display(), "installing snapshot {} failed: {e}", meta.snapshot_id);
+            StorageIOError::write_snapshot(Some(meta.signature()), &e).into()
+        })
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        self.current_snapshot()
+            .map_err(|e| StorageIOError::read_snapshot(None, &e).into())
+    }
+}
+
+fn read_err<E: std::error::Error + 'static>(e: E) -> StorageError {
+    StorageIOError::read_state_machine(&e).into()
+}
