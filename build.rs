@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use prost::Message;
 
 const CLIENT_PROTOS: [&str; 2] = ["raftset/v1/kv.proto", "raftset/v1/admin.proto"];
-const PEER_PROTO: &str = "raftset/v1/raft.proto";
+const PEER_PROTOS: [&str; 2] = ["raftset/v1/raft.proto", "raftset/v1/cluster.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
@@ -20,7 +20,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
 
     let mut all = CLIENT_PROTOS.to_vec();
-    all.push(PEER_PROTO);
+    all.extend(PEER_PROTOS);
     let full_set = protox::compile(all, ["proto"])?;
     tonic_prost_build::configure()
         .bytes(".")

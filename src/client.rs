@@ -295,5 +295,5 @@ fn consistency_value(consistency: Consistency) -> i32 {
 }
 
 fn new_request_id() -> bytes::Bytes {
-    crate::api::ops::new_request_id().into()
+    crate::types::new_request_id().into()
 }

@@ -1,13 +1,15 @@
 //! Node configuration: one struct, parsed from flags that each have a
 //! `RAFTSET_*` environment variable, with defaults that suit a pod.
+//!
+//! Plain data on the ground floor: what the values mean for the node's
+//! identity is `cluster::identity`'s business, and `node` hands each part
+//! only the settings it uses.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-
-use crate::store::StoreOptions;
 
 /// Everything a node needs to start.
 #[derive(Debug, Clone, Args)]
@@ -201,21 +203,9 @@ impl Config {
             });
         }
         let peers = self.peer_list()?;
-        let advertised = self.peer_addr();
         for (i, peer) in peers.iter().enumerate() {
             if peers[..i].iter().any(|p| p.name == peer.name) {
                 return Err(ConfigError::DuplicatePeer(peer.name.clone()));
-            }
-            // A node must never claim another node's address, nor be listed
-            // at an address it does not serve.
-            let same_name = peer.name == self.name;
-            let same_addr = peer.peer_addr == advertised;
-            if same_name != same_addr {
-                return Err(ConfigError::SelfAddress {
-                    name: peer.name.clone(),
-                    listed: peer.peer_addr.clone(),
-                    advertised,
-                });
             }
         }
         Ok(())
@@ -237,58 +227,6 @@ impl Config {
                 })
             })
             .collect()
-    }
-
-    pub fn api_addr(&self) -> String {
-        self.advertised(&self.advertise_api, self.listen_api)
-    }
-
-    pub fn peer_addr(&self) -> String {
-        self.advertised(&self.advertise_peer, self.listen_peer)
-    }
-
-    pub fn http_addr(&self) -> String {
-        self.advertised(&self.advertise_http, self.listen_http)
-    }
-
-    /// The stable DNS name of pod `name` under the peer Service, if one is set.
-    pub fn pod_dns_name(&self, name: &str) -> Option<String> {
-        let service = self.peer_service.as_ref()?;
-        Some(format!(
-            "{name}.{service}.{}.svc.{}",
-            self.namespace, self.cluster_domain
-        ))
-    }
-
-    /// The StatefulSet's name: the pod name without its ordinal.
-    pub fn set_name(&self) -> &str {
-        self.name
-            .rsplit_once('-')
-            .map_or(&self.name, |(set, _)| set)
-    }
-
-    /// An explicit address wins; then the pod's DNS name; then the listen
-    /// address (with the node's name for a wildcard host).
-    fn advertised(&self, explicit: &Option<String>, listen: SocketAddr) -> String {
-        if let Some(addr) = explicit {
-            return addr.clone();
-        }
-        if let Some(host) = self.pod_dns_name(&self.name) {
-            return format!("{host}:{}", listen.port());
-        }
-        if listen.ip().is_unspecified() {
-            format!("{}:{}", self.name, listen.port())
-        } else {
-            listen.to_string()
-        }
-    }
-
-    pub fn store_options(&self) -> StoreOptions {
-        StoreOptions {
-            cache_bytes: self.cache_mb * 1024 * 1024,
-            history_revisions: self.history_revisions,
-            ..StoreOptions::default()
-        }
     }
 
     pub fn proposal_timeout(&self) -> Duration {
@@ -325,37 +263,8 @@ mod tests {
     }
 
     #[test]
-    fn a_wildcard_listen_address_advertises_the_name() {
-        let config = Config {
-            name: "raftset-1".into(),
-            ..Config::default()
-        };
-        assert_eq!(config.peer_addr(), "raftset-1:7001");
-        let config = local("raftset-1", "127.0.0.1:7101");
-        assert_eq!(config.peer_addr(), "127.0.0.1:7101");
-    }
-
-    #[test]
-    fn peers_must_not_give_this_node_another_address_or_its_address_to_another() {
+    fn peers_are_listed_once_each_as_name_and_address() {
         let mut config = local("raftset-0", "127.0.0.1:7100");
-        config.peers = vec![
-            "raftset-0=127.0.0.1:7100".into(),
-            "raftset-1=127.0.0.1:7101".into(),
-        ];
-        assert_eq!(config.validate(), Ok(()));
-
-        config.peers = vec!["raftset-0=127.0.0.1:7199".into()];
-        assert!(matches!(
-            config.validate(),
-            Err(ConfigError::SelfAddress { .. })
-        ));
-
-        config.peers = vec!["raftset-1=127.0.0.1:7100".into()];
-        assert!(matches!(
-            config.validate(),
-            Err(ConfigError::SelfAddress { .. })
-        ));
-
         config.peers = vec![
             "raftset-1=127.0.0.1:7101".into(),
             "raftset-1=127.0.0.1:7102".into(),
@@ -369,29 +278,6 @@ mod tests {
         assert_eq!(
             config.validate(),
             Err(ConfigError::BadPeer("garbage".into()))
-        );
-    }
-
-    #[test]
-    fn in_a_pod_peers_and_this_node_are_named_by_the_headless_service() {
-        let config = Config {
-            name: "raftset-2".into(),
-            peer_service: Some("raftset-peers".into()),
-            namespace: "prod".into(),
-            ..Config::default()
-        };
-        assert_eq!(
-            config.peer_addr(),
-            "raftset-2.raftset-peers.prod.svc.cluster.local:7001"
-        );
-        assert_eq!(
-            config.api_addr(),
-            "raftset-2.raftset-peers.prod.svc.cluster.local:7000"
-        );
-        assert_eq!(config.set_name(), "raftset");
-        assert_eq!(
-            config.pod_dns_name("raftset-0").as_deref(),
-            Some("raftset-0.raftset-peers.prod.svc.cluster.local")
         );
     }
 

@@ -62,6 +62,10 @@ pub enum Error {
     Overloaded { limit: usize },
     #[error("outcome unknown: {reason}; the write may still be applied, retry with the same request_id to learn its outcome")]
     OutcomeUnknown { reason: String },
+    /// The leader's answer to a forwarded write that may have entered its
+    /// log before leadership moved: the follower retries with the same id.
+    #[error("{reason}")]
+    MaybeProposed { reason: String },
     #[error("revision {requested} has been compacted; the oldest revision available is {oldest}")]
     Compacted { requested: u64, oldest: u64 },
     #[error("watcher fell behind by more than {capacity} events and was cancelled; watch again from revision {resume_from}")]
@@ -70,6 +74,8 @@ pub enum Error {
     WatchReset { revision: u64 },
     #[error("node is shutting down")]
     ShuttingDown,
+    #[error("no member reported a digest")]
+    NoDigest,
     #[error("too many watches on this node (limit {limit})")]
     TooManyWatches { limit: usize },
     #[error("storage failure: {0}")]
@@ -100,7 +106,11 @@ impl Error {
             Error::Invalid(_) => Code::InvalidArgument,
             Error::CompareFailed { .. } | Error::NotAnInteger { .. } => Code::FailedPrecondition,
             Error::Overflow { .. } | Error::Compacted { .. } => Code::OutOfRange,
-            Error::NoLeader | Error::NoQuorum { .. } | Error::ShuttingDown => Code::Unavailable,
+            Error::NoLeader
+            | Error::NoQuorum { .. }
+            | Error::ShuttingDown
+            | Error::MaybeProposed { .. }
+            | Error::NoDigest => Code::Unavailable,
             Error::WatchReset { .. } => Code::Aborted,
             Error::Overloaded { .. } | Error::WatchLagged { .. } | Error::TooManyWatches { .. } => {
                 Code::ResourceExhausted
@@ -358,6 +368,11 @@ mod tests {
             ),
             (Error::WatchReset { revision: 3 }, Code::Aborted, 409),
             (Error::ShuttingDown, Code::Unavailable, 503),
+            (
+                Error::MaybeProposed { reason: "m".into() },
+                Code::Unavailable,
+                503,
+            ),
             (
                 Error::TooManyWatches { limit: 1 },
                 Code::ResourceExhausted,

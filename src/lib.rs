@@ -5,42 +5,51 @@
 //! one Raft group (openraft), so every node answers with the same data.
 //!
 //! ```text
-//!  clients ──gRPC──▶ api ──┐           http (visits, probes, metrics)
-//!                          ▼                 │
-//!                    node core ◀─────────────┘
-//!              (write / read barrier, forwarding)
-//!                          │
-//!                        raft ──peer gRPC──▶ other nodes
-//!                          │
-//!                        store (sled: log, vote, state machine; snapshots)
+//!   cli ──▶ node (wires the parts, starts and stops them in order)
+//!             │
+//!   ┌─────────┼──────────────┬───────────────┐
+//!   ▼         ▼              ▼               ▼
+//!  api       http         cluster         (peer port)
+//!  (gRPC)   (visits,      (formation,      raft::service
+//!   │        probes,       membership,     cluster::service
+//!   │        metrics)      leadership)     Admin for members
+//!   └────┬────┘              │
+//!        ▼                   ▼
+//!      raft (requests: write, read barrier, forwarding;
+//!            proposer; peer transport)
+//!        │
+//!      store (sled: log, vote, state machine; snapshots)
+//!        │
+//!      ground floor: types, proto, grpc, error, validate, limits, config, metrics
 //! ```
 //!
-//! Modules: [`store`] (durability), [`raft`] (consensus types and peer
-//! transport), [`cluster`] (bootstrap and join), [`api`] (client gRPC and the
-//! shared request path), [`http`], [`cli`], [`config`], [`node`] (wiring),
-//! [`client`] (typed gRPC client).
+//! Imports point down only: a part receives the handles it uses (the Raft
+//! handle, [`raft::requests::Requests`], a reader, the cluster context),
+//! never the node. `ARCHITECTURE.md` walks two requests through the files.
 //!
 //! Embedding: build a [`Config`], [`Node::start`] it, talk to it through
 //! [`Node::client`], stop it with [`Node::shutdown`]. See `examples/`.
 
-pub mod api;
+pub(crate) mod api;
 pub mod cli;
 pub mod client;
-pub mod cluster;
-pub mod config;
-pub mod error;
-pub mod grpc;
-pub mod http;
+pub(crate) mod cluster;
+pub(crate) mod config;
+pub(crate) mod error;
+pub(crate) mod grpc;
+pub(crate) mod http;
 pub mod limits;
-pub mod metrics;
-pub mod node;
-pub mod raft;
-pub mod store;
-pub mod types;
+pub(crate) mod metrics;
+pub(crate) mod node;
+pub mod proto;
+pub(crate) mod raft;
+pub(crate) mod store;
+pub(crate) mod types;
+pub(crate) mod validate;
 
 pub use client::{Client, ClientError};
-pub use config::Config;
+pub use config::{Config, ConfigError};
 pub use error::{Error, InvalidRequest, Result};
-pub use node::Node;
-
-pub mod proto;
+pub use node::{Durability, Node, NodeStats, StartError};
+pub use store::StoreError;
+pub use types::{Consistency, KeyValue};

@@ -1,14 +1,15 @@
-//! A running node: wires storage, Raft, the peer and client servers, HTTP and
-//! cluster formation together, and stops them in order.
+//! A running node: builds each part's handles, starts the parts in order,
+//! and stops them in order. The only module that sees every part.
 //!
 //! Start-up: open the data directory, start Raft on it, bind every port (so a
 //! busy port fails start-up, not a background task), serve, then form or
 //! rejoin the cluster in the background ([`crate::cluster`]). Shutdown:
 //! stop taking client requests, hand leadership over, stop the peer
-//! transport, stop Raft. Nobody leaves the membership on shutdown: a
-//! stopping pod is usually coming back.
+//! transport and every background task, stop Raft. Nobody leaves the
+//! membership on shutdown: a stopping pod is usually coming back.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,16 +18,19 @@ use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::api::{AdminService, KvService, Watches};
+use crate::cluster::service::ClusterService;
+use crate::cluster::{formation, identity, leadership, membership, ClusterContext, StopSignal};
 use crate::config::{Config, ConfigError};
+use crate::http::{HttpSettings, HttpState};
 use crate::metrics::Metrics;
+use crate::proto::admin_server::AdminServer;
 use crate::raft::network::{NetworkFactory, PeerClients};
 use crate::raft::proposer::Proposer;
-use crate::store::state_machine::Digests;
-use crate::store::{FlushStats, KvReader, Meta, Store, StoreError, WatchFeed};
-use crate::types::{ClusterId, Member, NodeId, Raft, RaftMetrics};
-
-/// How long building a snapshot may take before a caller gives up.
-const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(120);
+use crate::raft::requests::{RequestSettings, Requests};
+use crate::raft::service::RaftService;
+use crate::store::{FlushStats, Store, StoreError, StoreOptions};
+use crate::types::{ClusterId, NodeId, Raft};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -45,119 +49,21 @@ pub enum StartError {
     },
 }
 
-/// What every part of a running node shares.
-pub struct NodeCore {
-    pub id: NodeId,
-    pub config: Config,
-    /// How the membership describes this node.
-    pub me: Member,
-    pub raft: Raft,
-    pub cluster_id: ClusterId,
-    pub meta: Meta,
-    pub reader: KvReader,
-    pub feed: WatchFeed,
-    pub peers: PeerClients,
-    /// Bounds the writes waiting to commit on this node.
-    pub proposals: Arc<Semaphore>,
-    /// Batches this node's proposals while it leads.
-    pub proposer: Proposer,
-    pub metrics: Metrics,
-    pub flush_stats: Arc<FlushStats>,
-    /// Bounds the open Watch streams.
-    pub watchers: Arc<Semaphore>,
-    /// State digests taken at checkpoints, for `verify`.
-    pub digests: Digests,
-    /// Cancelled when the node stops serving clients.
-    pub shutdown: CancellationToken,
-    /// Set when the node must stop by itself, with the reason.
-    stop_reason: watch::Sender<Option<String>>,
-}
-
-impl NodeCore {
-    /// Stops serving clients at once and asks the node's owner to shut it
-    /// down ([`Node::stopped`] returns the reason).
-    pub fn stop(&self, reason: String) {
-        self.shutdown.cancel();
-        self.stop_reason.send_replace(Some(reason));
-    }
-
-    pub fn raft_metrics(&self) -> RaftMetrics {
-        self.raft.metrics().borrow().clone()
-    }
-
-    /// The current leader's id and membership entry, if one is known.
-    pub fn leader(&self) -> Option<(NodeId, Member)> {
-        let metrics = self.raft.metrics();
-        let metrics = metrics.borrow();
-        let leader = metrics.current_leader?;
-        let member = metrics
-            .membership_config
-            .membership()
-            .get_node(&leader)?
-            .clone();
-        Some((leader, member))
-    }
-
-    /// A member's name by id, for display.
-    pub fn member_name(&self, id: NodeId) -> String {
-        let metrics = self.raft.metrics();
-        let metrics = metrics.borrow();
-        metrics
-            .membership_config
-            .membership()
-            .get_node(&id)
-            .map(|m| m.name.clone())
-            .unwrap_or_else(|| id.to_string())
-    }
-
-    /// Waits until this node applied the entry at `index`, then returns
-    /// the digest taken there.
-    pub async fn digest_at(
-        &self,
-        index: u64,
-        timeout: Duration,
-    ) -> Result<crate::types::Digest, String> {
-        self.raft
-            .wait(Some(timeout))
-            .applied_index_at_least(Some(index), "checkpoint")
-            .await
-            .map_err(|e| format!("did not apply index {index}: {e}"))?;
-        self.digests.get(index).ok_or_else(|| {
-            format!("no digest at index {index} (installed a snapshot past it, or restarted)")
-        })
-    }
-
-    /// Builds a snapshot that covers at least `index` and returns its index.
-    pub async fn take_snapshot(&self, index: u64) -> Result<u64, tonic::Status> {
-        self.raft
-            .trigger()
-            .snapshot()
-            .await
-            .map_err(|e| tonic::Status::internal(e.to_string()))?;
-        self.raft
-            .wait(Some(SNAPSHOT_TIMEOUT))
-            .metrics(|m| m.snapshot.is_some_and(|s| s.index >= index), "snapshot")
-            .await
-            .map(|m| m.snapshot.map_or(0, |s| s.index))
-            .map_err(|e| {
-                tonic::Status::deadline_exceeded(format!("snapshot not built in time: {e}"))
-            })
-    }
-
-    /// Renders the Prometheus exposition.
-    pub fn render_metrics(&self) -> String {
-        let raft = self.raft_metrics();
-        self.metrics.render(crate::metrics::Snapshot {
-            raft: &raft,
-            flush: &self.flush_stats,
-            disk_bytes: self.meta.size_on_disk(),
-        })
+/// The store's tuning from the node's configuration.
+pub fn store_options(config: &Config) -> StoreOptions {
+    StoreOptions {
+        cache_bytes: config.cache_mb * 1024 * 1024,
+        history_revisions: config.history_revisions,
+        ..StoreOptions::default()
     }
 }
 
 /// A running node. Dropping it does not stop it: call [`Node::shutdown`].
 pub struct Node {
-    core: Arc<NodeCore>,
+    id: NodeId,
+    raft: Raft,
+    cluster: Arc<ClusterContext>,
+    flush_stats: Arc<FlushStats>,
     api_addr: SocketAddr,
     peer_addr: SocketAddr,
     http_addr: SocketAddr,
@@ -171,12 +77,49 @@ pub struct Node {
     stopped: watch::Receiver<Option<String>>,
 }
 
+/// How far this node's log is durable and applied, and how its flushes
+/// batch: what a test of flush-before-acknowledge reads.
+#[derive(Clone)]
+pub struct NodeStats {
+    raft: Raft,
+    flush_stats: Arc<FlushStats>,
+}
+
+/// One reading of [`NodeStats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Durability {
+    pub applied_index: u64,
+    /// Read after `applied_index`, so `applied_index <= durable_index` holds
+    /// whenever nothing is applied before it is flushed.
+    pub durable_index: u64,
+    pub flushes: u64,
+    pub appends: u64,
+}
+
+impl NodeStats {
+    pub fn read(&self) -> Durability {
+        let applied_index = self
+            .raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map_or(0, |l| l.index);
+        Durability {
+            applied_index,
+            durable_index: self.flush_stats.durable_index.load(Ordering::SeqCst),
+            flushes: self.flush_stats.flushes.load(Ordering::Relaxed),
+            appends: self.flush_stats.appends.load(Ordering::Relaxed),
+        }
+    }
+}
+
 impl Node {
     /// Opens the data directory, starts Raft and every server, and begins
     /// forming or rejoining the cluster. Returns once all ports are bound.
     pub async fn start(config: Config) -> Result<Node, StartError> {
         config.validate()?;
-        let store = Store::open(&config.data_dir, &config.store_options())?;
+        identity::check_peers(&config)?;
+        let store = Store::open(&config.data_dir, &store_options(&config))?;
         let cluster_id = ClusterId::default();
         if let Some(id) = store.meta.cluster_id()? {
             cluster_id.set(&id);
@@ -195,13 +138,14 @@ impl Node {
         }
         .validate()
         .map_err(|e| StartError::Raft(e.to_string()))?;
+        let id = store.node_id;
         let peers = PeerClients::new(cluster_id.clone());
         let reader = store.state_machine.reader();
         let feed = store.state_machine.feed();
         let flush_stats = store.log.stats();
         let digests = store.state_machine.digests();
         let raft = Raft::new(
-            store.node_id,
+            id,
             Arc::new(raft_config),
             NetworkFactory {
                 clients: peers.clone(),
@@ -229,69 +173,128 @@ impl Node {
         let http_addr = local(&http_listener, "HTTP", config.listen_http)?;
 
         let stop_clients = CancellationToken::new();
-        let (stop_reason, stopped) = watch::channel(None);
-        let core = Arc::new(NodeCore {
-            id: store.node_id,
-            me: Member {
-                name: config.name.clone(),
-                peer_addr: config.peer_addr(),
-                api_addr: config.api_addr(),
-                http_addr: config.http_addr(),
+        let stop_peers = CancellationToken::new();
+        let client_tasks = TaskTracker::new();
+        let peer_tasks = TaskTracker::new();
+        let (stop, stopped) = StopSignal::new(stop_clients.clone());
+        let me = identity::member(&config);
+        let metrics = Arc::new(Metrics::default());
+
+        let requests = Arc::new(Requests::new(
+            id,
+            raft.clone(),
+            Proposer::start(
+                raft.clone(),
+                config.dedup_window_secs * 1000,
+                &peer_tasks,
+                stop_peers.clone(),
+            ),
+            reader.clone(),
+            peers.clone(),
+            RequestSettings {
+                proposal_timeout: config.proposal_timeout(),
+                quorum_timeout: config.quorum_timeout(),
+                max_pending_proposals: config.max_pending_proposals,
             },
-            proposals: Arc::new(Semaphore::new(config.max_pending_proposals)),
-            proposer: Proposer::start(raft.clone(), config.dedup_window_secs * 1000),
+        ));
+        let http = HttpState {
+            id,
+            me: me.clone(),
+            raft: raft.clone(),
+            requests: requests.clone(),
+            metrics: metrics.clone(),
+            flush_stats: flush_stats.clone(),
+            meta: store.meta.clone(),
+            ready_max_lag: config.ready_max_lag,
+        };
+        let http_settings = HttpSettings {
+            header_timeout: Duration::from_millis(config.http_header_timeout_ms),
+            max_connections: config.http_max_connections,
+        };
+        let follow_replicas = config.follow_replicas;
+        let cluster = Arc::new(ClusterContext {
+            id,
+            me,
             config,
-            raft,
-            cluster_id,
+            raft: raft.clone(),
+            cluster_id: cluster_id.clone(),
             meta: store.meta,
-            reader,
-            feed,
             peers,
-            metrics: Metrics::default(),
-            flush_stats,
-            watchers: Arc::new(Semaphore::new(crate::limits::MAX_WATCHERS)),
             digests,
-            shutdown: stop_clients.clone(),
-            stop_reason,
+            stop: stop.clone(),
+            tasks: peer_tasks.clone(),
         });
+        let admin = AdminService {
+            requests: requests.clone(),
+            cluster: cluster.clone(),
+            metrics: metrics.clone(),
+        };
+        let kv = KvService {
+            requests: requests.clone(),
+            watches: Watches {
+                feed,
+                reader,
+                permits: Arc::new(Semaphore::new(crate::limits::MAX_WATCHERS)),
+                closing: stop_clients.clone(),
+                tasks: client_tasks.clone(),
+            },
+            metrics,
+        };
         tracing::info!(
-            node_id = core.id,
-            name = %core.me.name,
-            data_dir = %core.meta.path().display(),
+            node_id = id,
+            name = %cluster.me.name,
+            data_dir = %cluster.meta.path().display(),
             %api_addr, %peer_addr, %http_addr,
             "node started"
         );
 
-        let stop_peers = CancellationToken::new();
-        let client_tasks = TaskTracker::new();
-        let peer_tasks = TaskTracker::new();
-
-        peer_tasks.spawn(crate::raft::service::serve(
-            core.clone(),
+        peer_tasks.spawn(serve_peers(
+            RaftService {
+                id,
+                raft: raft.clone(),
+                cluster_id,
+                requests: requests.clone(),
+            },
+            ClusterService {
+                ctx: cluster.clone(),
+                digest_timeout: requests.proposal_timeout(),
+            },
+            admin.clone(),
             peer_listener,
             stop_peers.clone(),
         ));
         client_tasks.spawn(crate::api::serve(
-            core.clone(),
+            kv,
+            admin,
             api_listener,
             stop_clients.clone(),
         ));
         client_tasks.spawn(crate::http::serve(
-            core.clone(),
+            http,
+            http_settings,
             http_listener,
             stop_clients.clone(),
         ));
-        peer_tasks.spawn(crate::cluster::run(core.clone(), stop_peers.clone()));
-        if core.config.follow_replicas {
-            peer_tasks.spawn(crate::cluster::reconcile::follow_replicas(
-                core.clone(),
+        let formation_ctx = cluster.clone();
+        let formation_stop = stop_peers.clone();
+        peer_tasks.spawn(async move { formation::run(&formation_ctx, formation_stop).await });
+        if follow_replicas {
+            peer_tasks.spawn(membership::follow_replicas(
+                cluster.clone(),
                 stop_peers.clone(),
             ));
         }
-        peer_tasks.spawn(watch_for_fatal(core.clone(), stop_peers.clone()));
+        peer_tasks.spawn(watch_for_fatal(
+            raft.clone(),
+            cluster.clone(),
+            stop_peers.clone(),
+        ));
 
         Ok(Node {
-            core,
+            id,
+            raft,
+            cluster,
+            flush_stats,
             api_addr,
             peer_addr,
             http_addr,
@@ -304,7 +307,7 @@ impl Node {
     }
 
     pub fn id(&self) -> NodeId {
-        self.core.id
+        self.id
     }
 
     /// The bound client gRPC address (useful with port 0).
@@ -320,15 +323,18 @@ impl Node {
         self.http_addr
     }
 
-    pub fn core(&self) -> &Arc<NodeCore> {
-        &self.core
+    /// How far this node's log is durable and applied.
+    pub fn stats(&self) -> NodeStats {
+        NodeStats {
+            raft: self.raft.clone(),
+            flush_stats: self.flush_stats.clone(),
+        }
     }
 
     /// Waits until this node is a member of a cluster with a known leader.
     pub async fn ready(&self, timeout: Duration) -> Result<(), String> {
-        let id = self.core.id;
-        self.core
-            .raft
+        let id = self.id;
+        self.raft
             .wait(Some(timeout))
             .metrics(
                 |m| {
@@ -368,40 +374,63 @@ impl Node {
     }
 
     /// Stops the node in order: clients first, then leadership is handed
-    /// to a follower, then the peer transport and Raft stop.
+    /// to a follower, then the peer transport, every background task and
+    /// Raft stop.
     pub async fn shutdown(self) {
         self.stop_clients.cancel();
         self.client_tasks.close();
         self.client_tasks.wait().await;
-        crate::cluster::hand_over_leadership(&self.core).await;
+        leadership::hand_over(&self.cluster).await;
         self.stop_peers.cancel();
         self.peer_tasks.close();
         self.peer_tasks.wait().await;
-        if let Err(e) = self.core.raft.shutdown().await {
+        if let Err(e) = self.raft.shutdown().await {
             tracing::warn!("raft did not stop cleanly: {e}");
         }
-        tracing::info!(node_id = self.core.id, "node stopped");
+        tracing::info!(node_id = self.id, "node stopped");
+    }
+}
+
+/// Serves the peer port: Raft and forwarding, cluster control, and the
+/// Admin service that other members pass admin calls to.
+async fn serve_peers(
+    raft: RaftService,
+    cluster: ClusterService,
+    admin: AdminService,
+    listener: TcpListener,
+    stop: CancellationToken,
+) {
+    let result = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(raft.into_server())
+        .add_service(cluster.into_server())
+        .add_service(AdminServer::new(admin))
+        .serve_with_incoming_shutdown(crate::grpc::nodelay_incoming(listener), stop.cancelled())
+        .await;
+    if let Err(e) = result {
+        tracing::error!("peer server failed: {e}");
     }
 }
 
 /// Stops the node when Raft stops by itself: a storage failure must never
 /// leave a node answering clients.
-async fn watch_for_fatal(core: Arc<NodeCore>, stop: CancellationToken) {
-    let mut metrics = core.raft.metrics();
+async fn watch_for_fatal(raft: Raft, cluster: Arc<ClusterContext>, stop: CancellationToken) {
+    let mut metrics = raft.metrics();
     loop {
         let running = metrics.borrow_and_update().running_state.clone();
         if let Err(fatal) = running {
-            core.meta.abandon();
-            let free = match core.meta.free_bytes() {
+            let meta = &cluster.meta;
+            meta.abandon();
+            let free = match meta.free_bytes() {
                 Ok(bytes) => format!("{bytes} bytes free"),
                 Err(e) => format!("free space unknown: {e}"),
             };
             let reason = format!(
                 "raft stopped: {fatal} (data directory {}, {free})",
-                core.meta.path().display()
+                meta.path().display()
             );
             tracing::error!("{reason}");
-            core.stop(reason);
+            cluster.stop.stop(reason);
             return;
         }
         tokio::select! {

@@ -110,6 +110,11 @@ impl Command {
 /// A client-chosen (or node-chosen) request id, 1 to 64 bytes.
 pub type RequestId = Vec<u8>;
 
+/// 16 random bytes: unique enough that two requests never share one.
+pub fn new_request_id() -> RequestId {
+    rand::random::<[u8; 16]>().to_vec()
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
     Put {
@@ -199,6 +204,27 @@ pub fn matched_index(metrics: &RaftMetrics, id: NodeId) -> u64 {
         .as_ref()
         .and_then(|r| r.get(&id).cloned().flatten())
         .map_or(0, |l| l.index)
+}
+
+/// The current leader's id and membership entry, if one is known.
+pub fn leader_of(metrics: &RaftMetrics) -> Option<(NodeId, Member)> {
+    let leader = metrics.current_leader?;
+    let member = metrics
+        .membership_config
+        .membership()
+        .get_node(&leader)?
+        .clone();
+    Some((leader, member))
+}
+
+/// A member's name by id, for display (the id when it is not a member).
+pub fn member_name(metrics: &RaftMetrics, id: NodeId) -> String {
+    metrics
+        .membership_config
+        .membership()
+        .get_node(&id)
+        .map(|m| m.name.clone())
+        .unwrap_or_else(|| id.to_string())
 }
 
 /// The id of the cluster this node belongs to, shared by everything that

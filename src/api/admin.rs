@@ -1,11 +1,12 @@
 //! The Admin gRPC service: what operators ask of the cluster, modelled on
 //! `etcdctl member`/`snapshot` and `vault operator raft`. Calls that only
-//! the leader can answer are passed to it, so any node accepts them.
+//! the leader can answer are passed to it over the peer port (the pooled
+//! peer connection, where the same service is served), so any node accepts
+//! them.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::ChangeMembers;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -13,49 +14,53 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use super::observed;
-use crate::cluster::join::membership_error;
-use crate::error::Error;
-use crate::node::NodeCore;
+use crate::cluster::{leadership, membership, ClusterContext};
+use crate::error::{ClusterError, Error, InvalidRequest};
+use crate::grpc::{seal, unseal};
+use crate::metrics::Metrics;
 use crate::proto;
 use crate::proto::admin_client::AdminClient;
-use crate::types::{Member, Op, Outcome};
-
-pub struct AdminService {
-    pub core: Arc<NodeCore>,
-}
+use crate::proto::cluster_peer_client::ClusterPeerClient;
+use crate::raft::requests::Requests;
+use crate::types::{matched_index, member_name, Digest, Member, Op, Outcome};
 
 /// Bytes per backup chunk.
 const BACKUP_CHUNK: usize = 256 * 1024;
 
+#[derive(Clone)]
+pub struct AdminService {
+    pub requests: Arc<Requests>,
+    pub cluster: Arc<ClusterContext>,
+    pub metrics: Arc<Metrics>,
+}
+
 impl AdminService {
-    /// `None` when this node leads; otherwise a client of the leader.
-    async fn leader_admin(&self) -> Result<Option<AdminClient<Channel>>, Status> {
-        match self.core.leader() {
-            Some((id, _)) if id == self.core.id => Ok(None),
+    /// `None` when this node leads; otherwise a client of the leader's
+    /// Admin service on its peer port.
+    fn leader_admin(&self) -> Result<Option<AdminClient<Channel>>, Status> {
+        match self.cluster.leader() {
+            Some((id, _)) if id == self.cluster.id => Ok(None),
             Some((_, leader)) => {
-                let client = AdminClient::connect(format!("http://{}", leader.api_addr))
-                    .await
-                    .map_err(|e| {
-                        Status::unavailable(format!(
-                            "cannot reach the leader at {}: {e}",
-                            leader.api_addr
-                        ))
-                    })?;
-                Ok(Some(client))
+                let channel = self
+                    .cluster
+                    .peers
+                    .channel(&leader.peer_addr)
+                    .map_err(ClusterError::from)?;
+                Ok(Some(AdminClient::new(channel)))
             }
-            None => Err(Error::NoLeader.into()),
+            None => Err(ClusterError::NoLeader.into()),
         }
     }
 
     fn members_view(&self) -> proto::MembersResponse {
-        let metrics = self.core.raft_metrics();
+        let metrics = self.cluster.raft_metrics();
         let membership = metrics.membership_config.membership();
         let voters: Vec<u64> = membership.voter_ids().collect();
         let last = metrics.last_log_index.unwrap_or(0);
         let members = membership
             .nodes()
             .map(|(id, m)| {
-                let matched = crate::types::matched_index(&metrics, *id);
+                let matched = matched_index(&metrics, *id);
                 proto::MemberProgress {
                     member: Some(proto::member(*id, m, voters.contains(id))),
                     match_index: matched,
@@ -70,31 +75,52 @@ impl AdminService {
             last_log_index: last,
         }
     }
-}
 
-fn status_of(core: &NodeCore) -> proto::StatusResponse {
-    let metrics = core.raft_metrics();
-    let membership = metrics.membership_config.membership();
-    let voters: Vec<u64> = membership.voter_ids().collect();
-    proto::StatusResponse {
-        id: core.id,
-        name: core.me.name.clone(),
-        cluster_id: core.cluster_id.get(),
-        role: proto::state_name(metrics.state).to_string(),
-        term: metrics.current_term,
-        leader_id: metrics.current_leader,
-        leader_name: metrics
-            .current_leader
-            .map(|id| core.member_name(id))
-            .unwrap_or_default(),
-        last_log_index: metrics.last_log_index.unwrap_or(0),
-        applied_index: metrics.last_applied.map_or(0, |l| l.index),
-        snapshot_index: metrics.snapshot.map_or(0, |l| l.index),
-        members: membership
-            .nodes()
-            .map(|(id, m)| proto::member(*id, m, voters.contains(id)))
-            .collect(),
-        purged_index: metrics.purged.map_or(0, |l| l.index),
+    fn status(&self) -> proto::StatusResponse {
+        let ctx = &self.cluster;
+        let metrics = ctx.raft_metrics();
+        let membership = metrics.membership_config.membership();
+        let voters: Vec<u64> = membership.voter_ids().collect();
+        proto::StatusResponse {
+            id: ctx.id,
+            name: ctx.me.name.clone(),
+            cluster_id: ctx.cluster_id.get(),
+            role: proto::state_name(metrics.state).to_string(),
+            term: metrics.current_term,
+            leader_id: metrics.current_leader,
+            leader_name: metrics
+                .current_leader
+                .map(|id| member_name(&metrics, id))
+                .unwrap_or_default(),
+            last_log_index: metrics.last_log_index.unwrap_or(0),
+            applied_index: metrics.last_applied.map_or(0, |l| l.index),
+            snapshot_index: metrics.snapshot.map_or(0, |l| l.index),
+            members: membership
+                .nodes()
+                .map(|(id, m)| proto::member(*id, m, voters.contains(id)))
+                .collect(),
+            purged_index: metrics.purged.map_or(0, |l| l.index),
+        }
+    }
+
+    /// The digest of member `id` (at `peer_addr`) at checkpoint `index`.
+    async fn digest_of(
+        &self,
+        id: u64,
+        peer_addr: &str,
+        index: u64,
+        timeout: Duration,
+    ) -> Result<Digest, ClusterError> {
+        let ctx = &self.cluster;
+        if id == ctx.id {
+            return ctx.digest_at(index, timeout).await;
+        }
+        let mut client = ClusterPeerClient::new(ctx.peers.channel(peer_addr)?);
+        let reply = client
+            .digest(seal(&ctx.cluster_id, 0, &index, timeout))
+            .await
+            .map_err(ClusterError::Remote)?;
+        Ok(unseal(&reply)?)
     }
 }
 
@@ -106,8 +132,8 @@ impl proto::admin_server::Admin for AdminService {
         &self,
         _: Request<proto::StatusRequest>,
     ) -> Result<Response<proto::StatusResponse>, Status> {
-        observed(&self.core, "Status", async {
-            Ok(Response::new(status_of(&self.core)))
+        observed(&self.metrics, "Status", async {
+            Ok(Response::new(self.status()))
         })
         .await
     }
@@ -116,8 +142,8 @@ impl proto::admin_server::Admin for AdminService {
         &self,
         request: Request<proto::MembersRequest>,
     ) -> Result<Response<proto::MembersResponse>, Status> {
-        observed(&self.core, "Members", async {
-            match self.leader_admin().await? {
+        observed(&self.metrics, "Members", async {
+            match self.leader_admin()? {
                 Some(mut leader) => leader.members(request.into_inner()).await,
                 None => Ok(Response::new(self.members_view())),
             }
@@ -129,13 +155,16 @@ impl proto::admin_server::Admin for AdminService {
         &self,
         request: Request<proto::AddLearnerRequest>,
     ) -> Result<Response<proto::MembersResponse>, Status> {
-        observed(&self.core, "AddLearner", async {
+        observed(&self.metrics, "AddLearner", async {
             let request = request.into_inner();
-            if let Some(mut leader) = self.leader_admin().await? {
+            if let Some(mut leader) = self.leader_admin()? {
                 return leader.add_learner(request).await;
             }
             if request.id == 0 || request.peer_addr.is_empty() {
-                return Err(Status::invalid_argument("id and peer_addr are required"));
+                return Err(ClusterError::from(InvalidRequest::Missing {
+                    field: "id and peer_addr",
+                })
+                .into());
             }
             let member = Member {
                 name: request.name,
@@ -143,11 +172,7 @@ impl proto::admin_server::Admin for AdminService {
                 api_addr: request.api_addr,
                 http_addr: request.http_addr,
             };
-            self.core
-                .raft
-                .add_learner(request.id, member, true)
-                .await
-                .map_err(membership_error)?;
+            membership::add_learner(&self.cluster, request.id, member).await?;
             Ok(Response::new(self.members_view()))
         })
         .await
@@ -157,17 +182,12 @@ impl proto::admin_server::Admin for AdminService {
         &self,
         request: Request<proto::MemberRequest>,
     ) -> Result<Response<proto::MembersResponse>, Status> {
-        observed(&self.core, "Promote", async {
+        observed(&self.metrics, "Promote", async {
             let request = request.into_inner();
-            if let Some(mut leader) = self.leader_admin().await? {
+            if let Some(mut leader) = self.leader_admin()? {
                 return leader.promote(request).await;
             }
-            let ids = [request.id].into_iter().collect();
-            self.core
-                .raft
-                .change_membership(ChangeMembers::AddVoterIds(ids), false)
-                .await
-                .map_err(membership_error)?;
+            membership::promote(&self.cluster, request.id).await?;
             Ok(Response::new(self.members_view()))
         })
         .await
@@ -177,12 +197,12 @@ impl proto::admin_server::Admin for AdminService {
         &self,
         request: Request<proto::MemberRequest>,
     ) -> Result<Response<proto::MembersResponse>, Status> {
-        observed(&self.core, "Remove", async {
+        observed(&self.metrics, "Remove", async {
             let request = request.into_inner();
-            if let Some(mut leader) = self.leader_admin().await? {
+            if let Some(mut leader) = self.leader_admin()? {
                 return leader.remove(request).await;
             }
-            crate::cluster::remove_member(&self.core, request.id).await?;
+            membership::remove(&self.cluster, request.id).await?;
             Ok(Response::new(self.members_view()))
         })
         .await
@@ -192,14 +212,14 @@ impl proto::admin_server::Admin for AdminService {
         &self,
         request: Request<proto::TransferLeaderRequest>,
     ) -> Result<Response<proto::StatusResponse>, Status> {
-        observed(&self.core, "TransferLeader", async {
+        observed(&self.metrics, "TransferLeader", async {
             let request = request.into_inner();
-            if let Some(mut leader) = self.leader_admin().await? {
+            if let Some(mut leader) = self.leader_admin()? {
                 return leader.transfer_leader(request).await;
             }
             let to = (request.to != 0).then_some(request.to);
-            crate::cluster::transfer_leadership(&self.core, to).await?;
-            Ok(Response::new(status_of(&self.core)))
+            leadership::transfer(&self.cluster, to).await?;
+            Ok(Response::new(self.status()))
         })
         .await
     }
@@ -208,12 +228,12 @@ impl proto::admin_server::Admin for AdminService {
         &self,
         request: Request<proto::ScaleDownRequest>,
     ) -> Result<Response<proto::MembersResponse>, Status> {
-        observed(&self.core, "ScaleDown", async {
+        observed(&self.metrics, "ScaleDown", async {
             let request = request.into_inner();
-            if let Some(mut leader) = self.leader_admin().await? {
+            if let Some(mut leader) = self.leader_admin()? {
                 return leader.scale_down(request).await;
             }
-            crate::cluster::reconcile::remove_beyond(&self.core, request.replicas).await?;
+            membership::remove_beyond(&self.cluster, request.replicas).await?;
             Ok(Response::new(self.members_view()))
         })
         .await
@@ -223,9 +243,13 @@ impl proto::admin_server::Admin for AdminService {
         &self,
         _: Request<proto::SnapshotRequest>,
     ) -> Result<Response<proto::SnapshotResponse>, Status> {
-        observed(&self.core, "Snapshot", async {
-            let applied = self.core.raft_metrics().last_applied.map_or(0, |l| l.index);
-            let index = self.core.take_snapshot(applied).await?;
+        observed(&self.metrics, "Snapshot", async {
+            let applied = self
+                .cluster
+                .raft_metrics()
+                .last_applied
+                .map_or(0, |l| l.index);
+            let index = self.cluster.take_snapshot(applied).await?;
             Ok(Response::new(proto::SnapshotResponse {
                 snapshot_index: index,
             }))
@@ -237,20 +261,20 @@ impl proto::admin_server::Admin for AdminService {
         &self,
         _: Request<proto::BackupRequest>,
     ) -> Result<Response<Self::BackupStream>, Status> {
-        observed(&self.core, "Backup", async {
+        observed(&self.metrics, "Backup", async {
             // Everything acknowledged before the call is applied here first.
-            let index = self.core.read_barrier(None).await?;
-            self.core.take_snapshot(index).await?;
+            let index = self.requests.read_barrier(None).await?;
+            self.cluster.take_snapshot(index).await?;
             let snapshot = self
-                .core
+                .cluster
                 .raft
                 .get_snapshot()
                 .await
-                .map_err(|e| Status::internal(e.to_string()))?
-                .ok_or_else(|| Status::internal("no snapshot after taking one"))?;
+                .map_err(|e| ClusterError::Raft(e.to_string()))?
+                .ok_or_else(|| ClusterError::Raft("no snapshot after taking one".into()))?;
             let (tx, rx) = mpsc::channel(4);
             let mut file = snapshot.snapshot;
-            tokio::spawn(async move {
+            self.cluster.tasks.spawn(async move {
                 let mut buf = vec![0u8; BACKUP_CHUNK];
                 loop {
                     match file.read(&mut buf).await {
@@ -264,9 +288,8 @@ impl proto::admin_server::Admin for AdminService {
                             }
                         }
                         Err(e) => {
-                            let _ = tx
-                                .send(Err(Status::internal(format!("reading the snapshot: {e}"))))
-                                .await;
+                            let error = Error::Storage(format!("reading the snapshot: {e}"));
+                            let _ = tx.send(Err(error.into())).await;
                             return;
                         }
                     }
@@ -281,14 +304,17 @@ impl proto::admin_server::Admin for AdminService {
         &self,
         _: Request<proto::VerifyRequest>,
     ) -> Result<Response<proto::VerifyResponse>, Status> {
-        observed(&self.core, "Verify", async {
-            let index = match self.core.write(Op::Checkpoint, None, None).await? {
+        observed(&self.metrics, "Verify", async {
+            let index = match self.requests.write(Op::Checkpoint, None, None).await? {
                 Outcome::Checkpoint { index } => index,
-                other => return Err(Status::internal(format!("unexpected outcome {other:?}"))),
+                other => {
+                    let unexpected = format!("unexpected outcome {other:?} for a checkpoint");
+                    return Err(Error::Raft(unexpected).into());
+                }
             };
-            let timeout = self.core.config.proposal_timeout();
+            let timeout = self.requests.proposal_timeout();
             let membership = self
-                .core
+                .cluster
                 .raft_metrics()
                 .membership_config
                 .membership()
@@ -296,17 +322,13 @@ impl proto::admin_server::Admin for AdminService {
             let mut members = Vec::new();
             let mut reference = None;
             for (id, member) in membership.nodes() {
-                let digest = if *id == self.core.id {
-                    self.core.digest_at(index, timeout).await
-                } else {
-                    ask_digest(&self.core, &member.peer_addr, index, timeout).await
-                };
+                let digest = self.digest_of(*id, &member.peer_addr, index, timeout).await;
                 let (digest, error) = match digest {
                     Ok(d) => {
                         reference.get_or_insert(d.clone());
                         (d.crc, String::new())
                     }
-                    Err(e) => (String::new(), e),
+                    Err(e) => (String::new(), e.to_string()),
                 };
                 members.push(proto::MemberDigest {
                     id: *id,
@@ -315,8 +337,7 @@ impl proto::admin_server::Admin for AdminService {
                     error,
                 });
             }
-            let reference =
-                reference.ok_or_else(|| Status::unavailable("no member reported a digest"))?;
+            let reference = reference.ok_or(Error::NoDigest)?;
             let agree = members.iter().all(|m| m.digest == reference.crc);
             Ok(Response::new(proto::VerifyResponse {
                 index,
@@ -328,18 +349,4 @@ impl proto::admin_server::Admin for AdminService {
         })
         .await
     }
-}
-
-async fn ask_digest(
-    core: &NodeCore,
-    peer_addr: &str,
-    index: u64,
-    timeout: Duration,
-) -> Result<crate::types::Digest, String> {
-    let mut client = core.peers.client(peer_addr).map_err(|e| e.to_string())?;
-    let reply = client
-        .digest(core.peers.request(0, &index, timeout))
-        .await
-        .map_err(|s| s.message().to_string())?;
-    crate::grpc::unseal(&reply).map_err(|e| e.to_string())
 }

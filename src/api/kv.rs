@@ -4,17 +4,22 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::{observed, validate};
+use super::observed;
+use super::watch::Watches;
 use crate::error::{Error, InvalidRequest};
 use crate::grpc::request_timeout;
-use crate::node::NodeCore;
+use crate::metrics::Metrics;
 use crate::proto;
 use crate::proto::compare_and_swap_request::{Expected, New};
+use crate::raft::requests::Requests;
 use crate::store::state_machine::ScanRange;
 use crate::types::{Consistency, Op, Outcome};
+use crate::validate;
 
 pub struct KvService {
-    pub core: Arc<NodeCore>,
+    pub requests: Arc<Requests>,
+    pub watches: Watches,
+    pub metrics: Arc<Metrics>,
 }
 
 fn consistency(value: i32) -> Result<Consistency, Error> {
@@ -38,7 +43,7 @@ impl KvService {
             Op::Increment { key, delta } => (key.clone(), *delta),
             _ => (Vec::new(), 0),
         };
-        let outcome = self.core.write(op, request_id, timeout).await?;
+        let outcome = self.requests.write(op, request_id, timeout).await?;
         Error::refused(&key, delta, outcome)
     }
 }
@@ -51,11 +56,11 @@ impl proto::kv_server::Kv for KvService {
         &self,
         request: Request<proto::GetRequest>,
     ) -> Result<Response<proto::GetResponse>, Status> {
-        observed(&self.core, "Get", async {
+        observed(&self.metrics, "Get", async {
             let timeout = request_timeout(&request);
             let request = request.into_inner();
             let (kv, revision) = self
-                .core
+                .requests
                 .get(&request.key, consistency(request.consistency)?, timeout)
                 .await?;
             Ok(Response::new(proto::GetResponse {
@@ -70,7 +75,7 @@ impl proto::kv_server::Kv for KvService {
         &self,
         request: Request<proto::PutRequest>,
     ) -> Result<Response<proto::PutResponse>, Status> {
-        observed(&self.core, "Put", async {
+        observed(&self.metrics, "Put", async {
             let timeout = request_timeout(&request);
             let request = request.into_inner();
             let op = Op::Put {
@@ -92,7 +97,7 @@ impl proto::kv_server::Kv for KvService {
         &self,
         request: Request<proto::DeleteRequest>,
     ) -> Result<Response<proto::DeleteResponse>, Status> {
-        observed(&self.core, "Delete", async {
+        observed(&self.metrics, "Delete", async {
             let timeout = request_timeout(&request);
             let request = request.into_inner();
             let op = Op::Delete {
@@ -114,7 +119,7 @@ impl proto::kv_server::Kv for KvService {
         &self,
         request: Request<proto::ScanRequest>,
     ) -> Result<Response<proto::ScanResponse>, Status> {
-        observed(&self.core, "Scan", async {
+        observed(&self.metrics, "Scan", async {
             let timeout = request_timeout(&request);
             let request = request.into_inner();
             let range = ScanRange {
@@ -123,7 +128,7 @@ impl proto::kv_server::Kv for KvService {
                 end: (!request.end.is_empty()).then(|| request.end.to_vec()),
             };
             let (page, revision) = self
-                .core
+                .requests
                 .scan(
                     &range,
                     request.limit,
@@ -144,7 +149,7 @@ impl proto::kv_server::Kv for KvService {
         &self,
         request: Request<proto::CompareAndSwapRequest>,
     ) -> Result<Response<proto::CompareAndSwapResponse>, Status> {
-        observed(&self.core, "CompareAndSwap", async {
+        observed(&self.metrics, "CompareAndSwap", async {
             let timeout = request_timeout(&request);
             let request = request.into_inner();
             let expected = match request.expected {
@@ -186,7 +191,7 @@ impl proto::kv_server::Kv for KvService {
         &self,
         request: Request<proto::IncrementRequest>,
     ) -> Result<Response<proto::IncrementResponse>, Status> {
-        observed(&self.core, "Increment", async {
+        observed(&self.metrics, "Increment", async {
             let timeout = request_timeout(&request);
             let request = request.into_inner();
             let op = Op::Increment {
@@ -207,13 +212,11 @@ impl proto::kv_server::Kv for KvService {
         &self,
         request: Request<proto::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        observed(&self.core, "Watch", async {
+        observed(&self.metrics, "Watch", async {
             let request = request.into_inner();
-            let stream = super::watch::start(
-                self.core.clone(),
-                request.prefix.to_vec(),
-                request.start_revision,
-            )?;
+            let stream = self
+                .watches
+                .start(request.prefix.to_vec(), request.start_revision)?;
             Ok(Response::new(stream))
         })
         .await

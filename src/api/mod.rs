@@ -1,12 +1,13 @@
 //! The client port: the KV and Admin gRPC services, plus the standard
 //! health and reflection services, so `grpcurl` and any generated client
-//! work from `proto/` alone. Every entry point funnels into the shared
-//! request path in [`ops`].
+//! work from `proto/` alone.
+//!
+//! The services are thin: they convert protobuf to the domain model
+//! ([`crate::proto`]) and call the request path ([`crate::raft::requests`])
+//! or, for Admin, the cluster layer. They never import `http` or `node`.
 
 mod admin;
 mod kv;
-pub mod ops;
-pub mod validate;
 mod watch;
 
 use std::future::Future;
@@ -17,32 +18,37 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
+pub use self::admin::AdminService;
+pub use self::kv::KvService;
+pub use self::watch::Watches;
 use crate::limits::{MAX_CLIENT_MESSAGE, MAX_CLIENT_RESPONSE};
-use crate::node::NodeCore;
+use crate::metrics::Metrics;
 use crate::proto::admin_server::AdminServer;
 use crate::proto::kv_server::KvServer;
 
 /// Serves the client port until `stop` is cancelled.
-pub async fn serve(core: Arc<NodeCore>, listener: TcpListener, stop: CancellationToken) {
+pub async fn serve(
+    kv: KvService,
+    admin: AdminService,
+    listener: TcpListener,
+    stop: CancellationToken,
+) {
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<KvServer<kv::KvService>>()
-        .await;
+    health_reporter.set_serving::<KvServer<KvService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::CLIENT_DESCRIPTOR)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .expect("the compiled-in descriptors are valid");
-    let kv = KvServer::new(kv::KvService { core: core.clone() })
+    let kv = KvServer::new(kv)
         .max_decoding_message_size(MAX_CLIENT_MESSAGE)
         .max_encoding_message_size(MAX_CLIENT_RESPONSE);
-    let admin = AdminServer::new(admin::AdminService { core });
     let result = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(health)
         .add_service(reflection)
         .add_service(kv)
-        .add_service(admin)
+        .add_service(AdminServer::new(admin))
         .serve_with_incoming_shutdown(crate::grpc::nodelay_incoming(listener), stop.cancelled())
         .await;
     if let Err(e) = result {
@@ -52,7 +58,7 @@ pub async fn serve(core: Arc<NodeCore>, listener: TcpListener, stop: Cancellatio
 
 /// Runs a handler and records its code and latency.
 async fn observed<T>(
-    core: &NodeCore,
+    metrics: &Arc<Metrics>,
     method: &str,
     handler: impl Future<Output = Result<T, Status>>,
 ) -> Result<T, Status> {
@@ -61,6 +67,6 @@ async fn observed<T>(
     let code = result
         .as_ref()
         .map_or_else(|s| s.code(), |_| tonic::Code::Ok);
-    core.metrics.observe(method, code, started.elapsed());
+    metrics.observe(method, code, started.elapsed());
     result
 }

@@ -336,7 +336,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Restore { from, data_dir } => {
-            let options = Config::default().store_options();
+            let options = crate::node::store_options(&Config::default());
             let restored = if from.as_os_str() == "-" {
                 crate::store::restore_from_stream(&data_dir, std::io::stdin().lock(), &options)?
             } else {

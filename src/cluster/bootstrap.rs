@@ -98,13 +98,33 @@ pub fn decide(local: &Local, peers: &[(String, PeerView)]) -> Decision {
     }
 }
 
-/// The ordinal at the end of a StatefulSet pod name: `raftset-2` → 2.
-pub fn ordinal_of(name: &str) -> Option<u32> {
-    let (_, digits) = name.rsplit_once('-')?;
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
+/// Rounds in a row that must all say "bootstrap" before a node founds a
+/// cluster: founding cannot be undone, so one slow DNS answer must not
+/// cause it.
+pub const BOOTSTRAP_CONFIRMATIONS: u32 = 3;
+
+/// Counts the rounds in a row whose picture said "bootstrap".
+#[derive(Debug, Default)]
+pub struct Confirmations(u32);
+
+impl Confirmations {
+    /// What to do this round, given what [`decide`] made of it: founding
+    /// waits until the same picture was seen [`BOOTSTRAP_CONFIRMATIONS`]
+    /// times in a row; any other picture starts the count over.
+    pub fn confirm(&mut self, decision: Decision) -> Decision {
+        if decision != Decision::Bootstrap {
+            self.0 = 0;
+            return decision;
+        }
+        self.0 += 1;
+        if self.0 < BOOTSTRAP_CONFIRMATIONS {
+            return Decision::Wait(format!(
+                "every peer is absent or empty; confirming ({}/{BOOTSTRAP_CONFIRMATIONS})",
+                self.0
+            ));
+        }
+        Decision::Bootstrap
     }
-    digits.parse().ok()
 }
 
 #[cfg(test)]
@@ -232,11 +252,27 @@ mod tests {
     }
 
     #[test]
-    fn ordinals_come_from_the_pod_name() {
-        assert_eq!(ordinal_of("raftset-0"), Some(0));
-        assert_eq!(ordinal_of("my-store-12"), Some(12));
-        assert_eq!(ordinal_of("raftset"), None);
-        assert_eq!(ordinal_of("raftset-"), None);
-        assert_eq!(ordinal_of("raftset-x1"), None);
+    fn founding_needs_the_same_picture_several_rounds_in_a_row() {
+        let wait = || Decision::Wait("a peer is silent".into());
+        let mut rounds = Confirmations::default();
+        for _ in 1..BOOTSTRAP_CONFIRMATIONS {
+            assert!(matches!(
+                rounds.confirm(Decision::Bootstrap),
+                Decision::Wait(_)
+            ));
+        }
+        assert_eq!(rounds.confirm(wait()), wait());
+        for _ in 1..BOOTSTRAP_CONFIRMATIONS {
+            assert!(matches!(
+                rounds.confirm(Decision::Bootstrap),
+                Decision::Wait(_)
+            ));
+        }
+        assert_eq!(rounds.confirm(Decision::Bootstrap), Decision::Bootstrap);
+        let join = Decision::Join {
+            cluster_id: "c1".into(),
+            via: "p1".into(),
+        };
+        assert_eq!(Confirmations::default().confirm(join.clone()), join);
     }
 }

@@ -1,9 +1,12 @@
 //! HTTP: the visit counter, health and readiness probes, Prometheus metrics.
+//! It holds the request path and the Raft handle, and never imports the
+//! gRPC faces.
 //!
 //! Served through hyper directly (not `axum::serve`) so every connection
 //! has a header-read timeout and the number of connections is capped: a
 //! client that trickles its headers cannot hold sockets forever.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,17 +24,47 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::error::Error;
-use crate::node::NodeCore;
-use crate::types::{Consistency, Op, Outcome, VISITS_KEY};
+use crate::metrics::{Metrics, Snapshot};
+use crate::raft::requests::Requests;
+use crate::store::{FlushStats, Meta};
+use crate::types::{leader_of, Consistency, Member, NodeId, Op, Outcome, Raft, VISITS_KEY};
 
 /// How long a visit may take before it is answered with a timeout.
 const VISIT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What the HTTP endpoints use.
+pub struct HttpState {
+    pub id: NodeId,
+    /// How the membership describes this node.
+    pub me: Member,
+    pub raft: Raft,
+    pub requests: Arc<Requests>,
+    pub metrics: Arc<Metrics>,
+    pub flush_stats: Arc<FlushStats>,
+    pub meta: Meta,
+    /// A node is ready only while it is within this many entries of the leader.
+    pub ready_max_lag: u64,
+}
+
+/// How HTTP connections are served.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// Time a client has to send its request headers.
+    pub header_timeout: Duration,
+    /// Most connections served at once.
+    pub max_connections: usize,
+}
+
 /// Serves HTTP until `stop` is cancelled, then lets open requests finish.
-pub async fn serve(core: Arc<NodeCore>, listener: TcpListener, stop: CancellationToken) {
-    let app = router(core.clone());
-    let connections = Arc::new(Semaphore::new(core.config.http_max_connections));
-    let header_timeout = Duration::from_millis(core.config.http_header_timeout_ms);
+pub async fn serve(
+    state: HttpState,
+    settings: HttpSettings,
+    listener: TcpListener,
+    stop: CancellationToken,
+) {
+    let app = router(Arc::new(state));
+    let connections = Arc::new(Semaphore::new(settings.max_connections));
+    let header_timeout = settings.header_timeout;
     let tasks = TaskTracker::new();
     loop {
         let stream = tokio::select! {
@@ -71,7 +104,7 @@ pub async fn serve(core: Arc<NodeCore>, listener: TcpListener, stop: Cancellatio
     tasks.wait().await;
 }
 
-fn router(core: Arc<NodeCore>) -> Router {
+fn router(core: Arc<HttpState>) -> Router {
     Router::new()
         .route("/", get(visit))
         .route("/visits", get(visits))
@@ -87,19 +120,25 @@ fn error_response(err: Error) -> Response {
     (status, format!("{err}\n")).into_response()
 }
 
-fn leader_name(core: &NodeCore) -> String {
-    core.leader()
+fn leader_name(core: &HttpState) -> String {
+    leader_of(&core.raft.metrics().borrow())
         .map(|(_, m)| m.name)
         .unwrap_or_else(|| "unknown".into())
 }
 
+impl HttpState {
+    fn raft_metrics(&self) -> crate::types::RaftMetrics {
+        self.raft.metrics().borrow().clone()
+    }
+}
+
 /// `GET /`: counts one visit through Raft and says who served it.
-async fn visit(State(core): State<Arc<NodeCore>>, headers: HeaderMap) -> Response {
+async fn visit(State(core): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
     let op = Op::Increment {
         key: VISITS_KEY.to_vec(),
         delta: 1,
     };
-    let count = match core.write(op, None, Some(VISIT_TIMEOUT)).await {
+    let count = match core.requests.write(op, None, Some(VISIT_TIMEOUT)).await {
         Ok(Outcome::Incremented { value, .. }) => value,
         Ok(other) => match Error::refused(VISITS_KEY, 1, other) {
             Err(e) => return error_response(e),
@@ -125,7 +164,7 @@ async fn visit(State(core): State<Arc<NodeCore>>, headers: HeaderMap) -> Respons
     }
 }
 
-fn page(core: &NodeCore, count: i64) -> String {
+fn page(core: &HttpState, count: i64) -> String {
     let metrics = core.raft_metrics();
     let membership = metrics.membership_config.membership();
     let voters: Vec<u64> = membership.voter_ids().collect();
@@ -160,8 +199,9 @@ fn escape(text: &str) -> String {
 }
 
 /// `GET /visits`: the count, read linearizably, without counting a visit.
-async fn visits(State(core): State<Arc<NodeCore>>) -> Response {
+async fn visits(State(core): State<Arc<HttpState>>) -> Response {
     match core
+        .requests
         .get(VISITS_KEY, Consistency::Linearizable, Some(VISIT_TIMEOUT))
         .await
     {
@@ -184,7 +224,7 @@ async fn visits(State(core): State<Arc<NodeCore>>) -> Response {
 /// `GET /healthz`: the process runs and Raft has not stopped. Never depends
 /// on a leader or a peer, so a partition or an ordered start-up does not get
 /// the pod restarted.
-async fn healthz(State(core): State<Arc<NodeCore>>) -> Response {
+async fn healthz(State(core): State<Arc<HttpState>>) -> Response {
     match core.raft_metrics().running_state {
         Ok(()) => (StatusCode::OK, "ok\n").into_response(),
         Err(fatal) => (
@@ -202,7 +242,7 @@ async fn healthz(State(core): State<Arc<NodeCore>>) -> Response {
 /// After every pod stopped, pod 0 restarts alone and can elect nobody; if
 /// its readiness waited for a leader, OrderedReady would never create pod 1
 /// and the cluster would never come back.
-async fn readyz(State(core): State<Arc<NodeCore>>, Query(query): Query<ReadyQuery>) -> Response {
+async fn readyz(State(core): State<Arc<HttpState>>, Query(query): Query<ReadyQuery>) -> Response {
     match readiness(&core, query.noleader.is_some()) {
         Ok(()) => (StatusCode::OK, "ready\n").into_response(),
         Err(reason) => (
@@ -219,7 +259,7 @@ struct ReadyQuery {
 }
 
 /// Why this node should not receive client traffic, if it should not.
-pub fn readiness(core: &NodeCore, without_leader: bool) -> Result<(), String> {
+fn readiness(core: &HttpState, without_leader: bool) -> Result<(), String> {
     let metrics = core.raft_metrics();
     if let Err(fatal) = &metrics.running_state {
         return Err(format!("raft stopped: {fatal}"));
@@ -238,20 +278,27 @@ pub fn readiness(core: &NodeCore, without_leader: bool) -> Result<(), String> {
     }
     let applied = metrics.last_applied.map_or(0, |l| l.index);
     let lag = metrics.last_log_index.unwrap_or(0).saturating_sub(applied);
-    if lag > core.config.ready_max_lag {
+    if lag > core.ready_max_lag {
         return Err(format!("catching up: {lag} entries not yet applied"));
     }
     Ok(())
 }
 
 /// `GET /metrics`: Prometheus text format.
-async fn metrics(State(core): State<Arc<NodeCore>>) -> Response {
+async fn metrics(State(core): State<Arc<HttpState>>) -> Response {
+    let raft = core.raft_metrics();
+    let text = core.metrics.render(Snapshot {
+        raft: &raft,
+        flushes: core.flush_stats.flushes.load(Ordering::Relaxed),
+        appends: core.flush_stats.appends.load(Ordering::Relaxed),
+        disk_bytes: core.meta.size_on_disk(),
+    });
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        core.render_metrics(),
+        text,
     )
         .into_response()
 }

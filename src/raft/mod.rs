@@ -10,4 +10,5 @@
 
 pub mod network;
 pub mod proposer;
+pub mod requests;
 pub mod service;

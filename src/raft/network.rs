@@ -1,5 +1,7 @@
 //! The client half of the peer transport: openraft's messages to other nodes,
-//! and the pool of peer connections that forwarding and joining share.
+//! and the pool of peer connections that every service on the peer port
+//! shares (Raft, forwarding, cluster control, admin calls passed to the
+//! leader).
 
 use std::collections::HashMap;
 use std::error::Error as StdError;
@@ -45,27 +47,30 @@ impl PeerClients {
         }
     }
 
-    /// A client for the peer at `addr` (`host:port`).
-    pub fn client(&self, addr: &str) -> Result<RaftPeerClient<Channel>, PeerError> {
+    /// The pooled connection to the peer at `addr` (`host:port`), shared by
+    /// every service on the peer port.
+    pub fn channel(&self, addr: &str) -> Result<Channel, PeerError> {
         let mut channels = self.channels.lock().expect("peer channel lock");
-        let channel = match channels.get(addr) {
-            Some(channel) => channel.clone(),
-            None => {
-                let channel = Endpoint::from_shared(format!("http://{addr}"))
-                    .map_err(|e| PeerError::BadAddress {
-                        addr: addr.to_string(),
-                        detail: e.to_string(),
-                    })?
-                    .connect_timeout(CONNECT_TIMEOUT)
-                    .tcp_nodelay(true)
-                    .http2_keep_alive_interval(Duration::from_secs(10))
-                    .keep_alive_timeout(Duration::from_secs(5))
-                    .connect_lazy();
-                channels.insert(addr.to_string(), channel.clone());
-                channel
-            }
-        };
-        Ok(RaftPeerClient::new(channel)
+        if let Some(channel) = channels.get(addr) {
+            return Ok(channel.clone());
+        }
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| PeerError::BadAddress {
+                addr: addr.to_string(),
+                detail: e.to_string(),
+            })?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .connect_lazy();
+        channels.insert(addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    /// A Raft peer client for the peer at `addr`.
+    pub fn client(&self, addr: &str) -> Result<RaftPeerClient<Channel>, PeerError> {
+        Ok(RaftPeerClient::new(self.channel(addr)?)
             .max_decoding_message_size(MAX_PEER_MESSAGE)
             .max_encoding_message_size(MAX_PEER_MESSAGE))
     }

@@ -12,6 +12,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::types::{Command, Outcome, Proposal, Raft};
 
@@ -27,13 +29,17 @@ const MAX_BATCH_COMMANDS: usize = 1024;
 pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
 
 /// Why a proposal did not produce an outcome.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ProposeError {
     /// This node does not lead (any more); the entry may have been appended
     /// before it lost leadership.
+    #[error("this node is not the leader")]
     NotLeader,
     /// Raft stopped, or refused the entry.
+    #[error("{0}")]
     Raft(String),
+    #[error("the proposer stopped")]
+    Stopped,
 }
 
 struct Pending {
@@ -48,11 +54,17 @@ pub struct Proposer {
 }
 
 impl Proposer {
-    /// Starts the batching task; it ends when every handle is dropped.
-    /// Request ids are remembered for `dedup_window_ms`.
-    pub fn start(raft: Raft, dedup_window_ms: u64) -> Proposer {
+    /// Starts the batching task on `tasks`; it ends when `stop` is
+    /// cancelled or every handle is dropped. Request ids are remembered for
+    /// `dedup_window_ms`.
+    pub fn start(
+        raft: Raft,
+        dedup_window_ms: u64,
+        tasks: &TaskTracker,
+        stop: CancellationToken,
+    ) -> Proposer {
         let (queue, pending) = mpsc::unbounded_channel();
-        tokio::spawn(run(raft, pending, dedup_window_ms));
+        tasks.spawn(run(raft, pending, dedup_window_ms, tasks.clone(), stop));
         Proposer { queue }
     }
 
@@ -62,16 +74,27 @@ impl Proposer {
         let (reply, outcome) = oneshot::channel();
         self.queue
             .send(Pending { command, reply })
-            .map_err(|_| ProposeError::Raft("the proposer stopped".into()))?;
-        outcome
-            .await
-            .unwrap_or_else(|_| Err(ProposeError::Raft("the proposer stopped".into())))
+            .map_err(|_| ProposeError::Stopped)?;
+        outcome.await.unwrap_or(Err(ProposeError::Stopped))
     }
 }
 
-async fn run(raft: Raft, mut queue: mpsc::UnboundedReceiver<Pending>, dedup_window_ms: u64) {
+async fn run(
+    raft: Raft,
+    mut queue: mpsc::UnboundedReceiver<Pending>,
+    dedup_window_ms: u64,
+    tasks: TaskTracker,
+    stop: CancellationToken,
+) {
     let in_flight = Arc::new(Semaphore::new(ENTRIES_IN_FLIGHT));
-    while let Some(first) = queue.recv().await {
+    loop {
+        let first = tokio::select! {
+            first = queue.recv() => match first {
+                Some(first) => first,
+                None => return,
+            },
+            _ = stop.cancelled() => return,
+        };
         // Wait for a free slot first: whatever queues meanwhile joins this entry.
         let Ok(slot) = in_flight.clone().acquire_owned().await else {
             return;
@@ -88,7 +111,7 @@ async fn run(raft: Raft, mut queue: mpsc::UnboundedReceiver<Pending>, dedup_wind
             }
         }
         let raft = raft.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let _slot = slot;
             let (commands, replies): (Vec<Command>, Vec<_>) =
                 batch.into_iter().map(|p| (p.command, p.reply)).unzip();

@@ -1,71 +1,58 @@
-//! The server half of the peer transport: Raft messages from other nodes,
-//! writes and read-index requests forwarded by followers, and the questions
-//! a starting node asks ([`crate::cluster`] answers those).
+//! The server half of the peer transport: Raft's own messages from other
+//! nodes, and the writes and read-index requests followers forward to this
+//! node while it leads. Cluster control (join, digests, leadership
+//! hand-over) is a service of its own in `cluster::service`, on the same
+//! port; `node` puts both on one server.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use serde::de::DeserializeOwned;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::limits::MAX_PEER_MESSAGE;
-use crate::node::NodeCore;
-use crate::proto::raft_peer_server::{RaftPeer, RaftPeerServer};
-use crate::proto::{
-    ClusterInfoRequest, ClusterInfoResponse, JoinRequest, JoinResponse, PeerMessage,
-};
-use crate::types::{Command, NodeId, TypeConfig};
-
-/// Serves the peer port until `stop` is cancelled.
-pub async fn serve(core: Arc<NodeCore>, listener: TcpListener, stop: CancellationToken) {
-    let service = RaftPeerServer::new(PeerService { core })
-        .max_decoding_message_size(MAX_PEER_MESSAGE)
-        .max_encoding_message_size(MAX_PEER_MESSAGE);
-    let result = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .add_service(service)
-        .serve_with_incoming_shutdown(crate::grpc::nodelay_incoming(listener), stop.cancelled())
-        .await;
-    if let Err(e) = result {
-        tracing::error!("peer server failed: {e}");
-    }
-}
-
-struct PeerService {
-    core: Arc<NodeCore>,
-}
-
-impl PeerService {
-    /// Decodes a message from a peer of this node's cluster, addressed to
-    /// this node. A message from another cluster is refused, and both ids
-    /// are logged; so is one meant for another node id.
-    fn open<T: DeserializeOwned>(&self, request: Request<PeerMessage>) -> Result<T, Status> {
-        Ok(crate::grpc::open(
-            &self.core.cluster_id,
-            self.core.id,
-            request,
-        )?)
-    }
-}
-
+use super::requests::Requests;
+use crate::error::Error;
 use crate::grpc::{deadline_of, reply};
+use crate::limits::MAX_PEER_MESSAGE;
+use crate::proto::raft_peer_server::{RaftPeer, RaftPeerServer};
+use crate::proto::PeerMessage;
+use crate::types::{ClusterId, Command, NodeId, Raft, TypeConfig};
+
+/// What the Raft peer service uses.
+pub struct RaftService {
+    pub id: NodeId,
+    pub raft: Raft,
+    /// Peer messages are accepted only from this cluster.
+    pub cluster_id: ClusterId,
+    pub requests: Arc<Requests>,
+}
+
+impl RaftService {
+    /// The gRPC service, sized for a full AppendEntries of maximal entries.
+    pub fn into_server(self) -> RaftPeerServer<RaftService> {
+        RaftPeerServer::new(self)
+            .max_decoding_message_size(MAX_PEER_MESSAGE)
+            .max_encoding_message_size(MAX_PEER_MESSAGE)
+    }
+
+    fn open<T: DeserializeOwned>(&self, request: Request<PeerMessage>) -> Result<T, Status> {
+        Ok(crate::grpc::open(&self.cluster_id, self.id, request)?)
+    }
+}
 
 #[tonic::async_trait]
-impl RaftPeer for PeerService {
+impl RaftPeer for RaftService {
     async fn append_entries(
         &self,
         request: Request<PeerMessage>,
     ) -> Result<Response<PeerMessage>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = self.open(request)?;
-        Ok(reply(&self.core.raft.append_entries(rpc).await))
+        Ok(reply(&self.raft.append_entries(rpc).await))
     }
 
     async fn vote(&self, request: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
         let rpc: VoteRequest<NodeId> = self.open(request)?;
-        Ok(reply(&self.core.raft.vote(rpc).await))
+        Ok(reply(&self.raft.vote(rpc).await))
     }
 
     async fn install_snapshot(
@@ -73,16 +60,20 @@ impl RaftPeer for PeerService {
         request: Request<PeerMessage>,
     ) -> Result<Response<PeerMessage>, Status> {
         let rpc: InstallSnapshotRequest<TypeConfig> = self.open(request)?;
-        Ok(reply(&self.core.raft.install_snapshot(rpc).await))
+        Ok(reply(&self.raft.install_snapshot(rpc).await))
     }
 
     async fn propose(
         &self,
         request: Request<PeerMessage>,
     ) -> Result<Response<PeerMessage>, Status> {
-        let deadline = deadline_of(&request, self.core.config.proposal_timeout());
+        let deadline = deadline_of(&request, self.requests.proposal_timeout());
         let command: Command = self.open(request)?;
-        let outcome = self.core.propose_as_leader(command, deadline).await?;
+        let outcome = self
+            .requests
+            .propose_as_leader(command, deadline)
+            .await
+            .map_err(Error::from)?;
         Ok(reply(&outcome))
     }
 
@@ -90,42 +81,13 @@ impl RaftPeer for PeerService {
         &self,
         request: Request<PeerMessage>,
     ) -> Result<Response<PeerMessage>, Status> {
-        let deadline = deadline_of(&request, self.core.config.proposal_timeout());
+        let deadline = deadline_of(&request, self.requests.proposal_timeout());
         self.open::<()>(request)?;
-        let index = self.core.read_index_as_leader(deadline).await?;
+        let index = self
+            .requests
+            .read_index_as_leader(deadline)
+            .await
+            .map_err(Error::from)?;
         Ok(reply(&index))
-    }
-
-    async fn hold_election(
-        &self,
-        request: Request<PeerMessage>,
-    ) -> Result<Response<PeerMessage>, Status> {
-        let millis: u64 = self.open(request)?;
-        crate::cluster::hold_election(&self.core, Duration::from_millis(millis));
-        Ok(reply(&()))
-    }
-
-    async fn digest(&self, request: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
-        let index: u64 = self.open(request)?;
-        let digest = self
-            .core
-            .digest_at(index, self.core.config.proposal_timeout())
-            .await
-            .map_err(Status::failed_precondition)?;
-        Ok(reply(&digest))
-    }
-
-    async fn cluster_info(
-        &self,
-        request: Request<ClusterInfoRequest>,
-    ) -> Result<Response<ClusterInfoResponse>, Status> {
-        let asker = request.into_inner().asker_id;
-        Ok(Response::new(crate::cluster::info(&self.core, asker)))
-    }
-
-    async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
-        crate::cluster::join::handle(&self.core, request.into_inner())
-            .await
-            .map(Response::new)
     }
 }

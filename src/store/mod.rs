@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use log::{FlushStats, LogStore};
-pub use state_machine::{KvReader, ReadError, StateMachine, WatchFeed};
+pub use state_machine::{KvReader, StateMachine, WatchFeed};
 
 use crate::types::NodeId;
 

@@ -7,6 +7,7 @@ use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::{CommittedLeaderId, EntryPayload, RaftLogReader, RaftSnapshotBuilder};
 
+use super::state_machine::read::ReadError;
 use super::state_machine::{FeedItem, ScanRange};
 use super::*;
 use crate::types::{Command, Entry, LogId, Op, Outcome, Proposal, TypeConfig};

@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use raftset::types::{Op, Outcome};
 use raftset::{Config, Node};
 
 use crate::support::Cluster;
@@ -78,21 +77,22 @@ async fn a_one_node_cluster_acknowledges_only_flushed_writes() {
     };
     let node = Node::start(config).await.unwrap();
     node.ready(Duration::from_secs(30)).await.unwrap();
-    let core = node.core().clone();
+    let stats = node.stats();
     // While writes run, sample the applied index and then the durable index:
     // an entry is applied only once committed, and on a one-node cluster that
     // must mean flushed, so applied can never be ahead of durable.
     let done = Arc::new(AtomicBool::new(false));
     let checker = {
-        let (core, done) = (core.clone(), done.clone());
+        let (stats, done) = (stats.clone(), done.clone());
         tokio::spawn(async move {
             let mut samples = 0u64;
             while !done.load(Ordering::Relaxed) {
-                let applied = core.raft_metrics().last_applied.map_or(0, |l| l.index);
-                let durable = core.flush_stats.durable_index.load(Ordering::SeqCst);
+                let now = stats.read();
                 assert!(
-                    applied <= durable,
-                    "index {applied} applied with only {durable} flushed"
+                    now.applied_index <= now.durable_index,
+                    "index {} applied with only {} flushed",
+                    now.applied_index,
+                    now.durable_index
                 );
                 samples += 1;
                 tokio::task::yield_now().await;
@@ -100,23 +100,23 @@ async fn a_one_node_cluster_acknowledges_only_flushed_writes() {
             samples
         })
     };
+    let client = node.client().await.unwrap();
     let mut writes = Vec::new();
     for i in 0..256 {
-        let core = core.clone();
+        let mut client = client.clone();
         writes.push(tokio::spawn(async move {
-            let op = Op::Put {
-                key: format!("k{i}").into_bytes(),
-                value: b"v".to_vec(),
-            };
-            core.write(op, None, None).await.expect("write")
+            client
+                .put(format!("k{i}").as_bytes(), b"v")
+                .await
+                .expect("write")
         }));
     }
     for write in writes {
-        assert!(matches!(write.await.unwrap(), Outcome::Put { .. }));
+        write.await.unwrap();
     }
     done.store(true, Ordering::Relaxed);
     assert!(checker.await.unwrap() > 0);
-    let flushes = core.flush_stats.flushes.load(Ordering::Relaxed);
+    let flushes = stats.read().flushes;
     assert!(
         flushes < 256,
         "concurrent writes share flushes ({flushes} flushes for 256 writes)"

@@ -18,7 +18,7 @@
 mod apply;
 mod digest;
 mod feed;
-mod read;
+pub(super) mod read;
 mod snapshots;
 
 use std::sync::{Arc, RwLock};
@@ -30,7 +30,7 @@ use self::apply::{apply_writes, encode, EntryWrites};
 pub use self::digest::Digests;
 pub use self::feed::{Change, FeedItem, WatchFeed};
 use self::read::{read_revision, read_value};
-pub use self::read::{KvReader, ReadError, ScanPage, ScanRange};
+pub use self::read::{KvReader, ScanPage, ScanRange};
 pub use self::snapshots::SnapshotBuilder;
 use super::keys::{
     APPLIED, DATA_FORMAT, FIRST_TREE, FORMAT, MEMBERSHIP, POINTER_KEY, POINTER_TREE, REDO,

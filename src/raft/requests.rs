@@ -1,6 +1,7 @@
 //! The request path every client entry point shares (gRPC, HTTP, embedded):
-//! writes proposed on the leader or forwarded to it, and reads behind a
-//! linearizable barrier.
+//! writes proposed on the leader or forwarded to it over the peer port, and
+//! reads behind a linearizable barrier. [`Requests`] holds exactly what that
+//! path uses, and nothing of clusters being formed or of the faces.
 //!
 //! Retries: a write carries a request id that the state machine remembers,
 //! so re-sending it after an ambiguous failure (a lost connection, a leader
@@ -9,21 +10,26 @@
 //! one that provably was never proposed (no leader, no quorum, overload) as
 //! safe to retry.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::RaftError;
+use tokio::sync::Semaphore;
 use tokio::time::{timeout_at, Instant};
 
-use super::validate;
+use super::network::PeerClients;
+use super::proposer::{ProposeError, Proposer};
 use crate::error::{status_says_nothing_proposed, Error, Result};
 use crate::grpc::unseal;
-use crate::node::NodeCore;
-use crate::raft::proposer::ProposeError;
 use crate::store::state_machine::{ScanPage, ScanRange};
-use crate::types::{Command, Consistency, KeyValue, Member, Op, Outcome};
+use crate::store::KvReader;
+use crate::types::{
+    leader_of, new_request_id, Command, Consistency, KeyValue, Member, NodeId, Op, Outcome, Raft,
+};
+use crate::validate;
 
 /// Why one attempt failed, and whether to try again.
-pub(crate) enum Attempt {
+pub enum Attempt {
     /// Worth another try before the deadline. `proposed` is true when the
     /// write may have entered the log.
     Retry {
@@ -36,7 +42,63 @@ pub(crate) enum Attempt {
 /// Pause between attempts while a leader is elected or found.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
-impl NodeCore {
+/// The request path's timing and limits.
+#[derive(Debug, Clone)]
+pub struct RequestSettings {
+    /// How long a write may wait to commit; a shorter client deadline wins.
+    pub proposal_timeout: Duration,
+    /// How long a leader may go without hearing from a quorum before it
+    /// refuses requests as "no quorum", and how long a write waits for a
+    /// leader to appear.
+    pub quorum_timeout: Duration,
+    /// Writes waiting to commit on this node, at most.
+    pub max_pending_proposals: usize,
+}
+
+/// The request path of one node.
+pub struct Requests {
+    id: NodeId,
+    raft: Raft,
+    /// Batches this node's proposals while it leads.
+    proposer: Proposer,
+    /// Bounds the writes waiting to commit on this node.
+    proposals: Arc<Semaphore>,
+    reader: KvReader,
+    /// Where writes and read-index requests are forwarded to the leader.
+    peers: PeerClients,
+    settings: RequestSettings,
+}
+
+impl Requests {
+    pub fn new(
+        id: NodeId,
+        raft: Raft,
+        proposer: Proposer,
+        reader: KvReader,
+        peers: PeerClients,
+        settings: RequestSettings,
+    ) -> Requests {
+        Requests {
+            id,
+            raft,
+            proposer,
+            proposals: Arc::new(Semaphore::new(settings.max_pending_proposals)),
+            reader,
+            peers,
+            settings,
+        }
+    }
+
+    /// The longest any request waits.
+    pub fn proposal_timeout(&self) -> Duration {
+        self.settings.proposal_timeout
+    }
+
+    /// The current leader's id and membership entry, if one is known.
+    pub fn leader(&self) -> Option<(NodeId, Member)> {
+        leader_of(&self.raft.metrics().borrow())
+    }
+
     /// Applies a write through Raft from any node and returns its outcome.
     /// `timeout` is the caller's deadline; the proposal timeout caps it.
     pub async fn write(
@@ -52,7 +114,7 @@ impl NodeCore {
         };
         let deadline = self.deadline(timeout);
         // Without a leader, give up well before a long client deadline.
-        let leaderless_deadline = Instant::now() + self.config.quorum_timeout();
+        let leaderless_deadline = Instant::now() + self.settings.quorum_timeout;
         let mut proposed = false;
         loop {
             let attempt = match self.leader() {
@@ -89,7 +151,7 @@ impl NodeCore {
 
     /// Proposes on this node, which believes it leads. Called for local
     /// writes and for writes forwarded by followers.
-    pub(crate) async fn propose_as_leader(
+    pub async fn propose_as_leader(
         &self,
         command: Command,
         deadline: Instant,
@@ -99,14 +161,14 @@ impl NodeCore {
         }
         let Ok(_permit) = self.proposals.try_acquire() else {
             return Err(Attempt::Fail(Error::Overloaded {
-                limit: self.config.max_pending_proposals,
+                limit: self.settings.max_pending_proposals,
             }));
         };
         match timeout_at(deadline, self.proposer.propose(command)).await {
             Err(_) => Err(Attempt::Fail(Error::OutcomeUnknown {
                 reason: format!(
                     "not committed within {} ms (is a quorum reachable?)",
-                    self.config.proposal_timeout_ms
+                    self.settings.proposal_timeout.as_millis()
                 ),
             })),
             Ok(Ok(outcome)) => Ok(outcome),
@@ -115,7 +177,7 @@ impl NodeCore {
                 proposed: true,
                 why: Error::NoLeader,
             }),
-            Ok(Err(ProposeError::Raft(e))) => Err(Attempt::Fail(Error::Raft(e))),
+            Ok(Err(e)) => Err(Attempt::Fail(Error::Raft(e.to_string()))),
         }
     }
 
@@ -168,13 +230,13 @@ impl NodeCore {
 
     /// On the leader: confirms leadership with a quorum and returns the
     /// index a linearizable read must wait for.
-    pub(crate) async fn read_index_as_leader(&self, deadline: Instant) -> Result<u64, Attempt> {
+    pub async fn read_index_as_leader(&self, deadline: Instant) -> Result<u64, Attempt> {
         if let Some(millis) = self.millis_without_quorum() {
             return Err(Attempt::Fail(Error::NoQuorum { millis }));
         }
         match timeout_at(deadline, self.raft.ensure_linearizable()).await {
             Err(_) => Err(Attempt::Fail(Error::NoQuorum {
-                millis: self.config.proposal_timeout_ms,
+                millis: self.settings.proposal_timeout.as_millis() as u64,
             })),
             Ok(Ok(read_log_id)) => Ok(read_log_id.map_or(0, |id| id.index)),
             Ok(Err(RaftError::APIError(_))) => Err(Attempt::Retry {
@@ -253,11 +315,11 @@ impl NodeCore {
     /// than the quorum timeout.
     fn millis_without_quorum(&self) -> Option<u64> {
         let millis = self.raft.metrics().borrow().millis_since_quorum_ack?;
-        (millis > self.config.quorum_timeout().as_millis() as u64).then_some(millis)
+        (millis > self.settings.quorum_timeout.as_millis() as u64).then_some(millis)
     }
 
     fn deadline(&self, timeout: Option<Duration>) -> Instant {
-        let limit = self.config.proposal_timeout();
+        let limit = self.settings.proposal_timeout;
         Instant::now() + timeout.map_or(limit, |t| t.min(limit))
     }
 }
@@ -276,20 +338,23 @@ fn classify_forward_failure(status: tonic::Status) -> Attempt {
     }
 }
 
-impl From<Attempt> for tonic::Status {
-    /// How the leader answers a forwarded call: a retryable failure stays
-    /// UNAVAILABLE so the follower tries again.
-    fn from(attempt: Attempt) -> tonic::Status {
+impl From<Attempt> for Error {
+    /// How the leader answers a forwarded call: a write that may have
+    /// entered the log before leadership moved stays retryable for the
+    /// follower, without the "not proposed" mark.
+    fn from(attempt: Attempt) -> Error {
         match attempt {
             Attempt::Retry {
                 proposed: true,
                 why,
-            } => tonic::Status::unavailable(why.to_string()),
+            } => Error::MaybeProposed {
+                reason: why.to_string(),
+            },
             Attempt::Retry {
                 proposed: false,
                 why,
             }
-            | Attempt::Fail(why) => why.into(),
+            | Attempt::Fail(why) => why,
         }
     }
 }
@@ -298,9 +363,4 @@ fn remaining(deadline: Instant) -> Duration {
     deadline
         .saturating_duration_since(Instant::now())
         .max(Duration::from_millis(1))
-}
-
-/// 16 random bytes: unique enough that two requests never share one.
-pub fn new_request_id() -> Vec<u8> {
-    rand::random::<[u8; 16]>().to_vec()
 }

@@ -1,0 +1,371 @@
+//! Who is in the cluster: admitting a node that joins, removing members,
+//! and scale-down to the StatefulSet's replica count.
+//!
+//! Joining, on the leader: add the node as a learner, wait until it caught
+//! up, then make it a voter in one membership change that also drops any
+//! older member of the same name (the same pod with a lost volume).
+//! Non-leaders pass the request to the leader.
+//!
+//! Scale-down: the intent comes from the StatefulSet's `spec.replicas`,
+//! never from a timeout. The leader removes members whose ordinal is at or
+//! above the replica count, one at a time, and only while the voters that
+//! remain would still have a healthy majority. A member whose ordinal is
+//! below the count is never removed (it may merely be restarting). If the
+//! replica count cannot be read, nothing is removed.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::ChangeMembers;
+use tokio_util::sync::CancellationToken;
+
+use super::formation::JOIN_TIMEOUT;
+use super::identity::{ordinal_of, set_name};
+use super::kube::ReplicaSource;
+use super::ClusterContext;
+use crate::error::{ClusterError, PeerError};
+use crate::proto::cluster_peer_client::ClusterPeerClient;
+use crate::proto::{member_of_join, JoinRequest, JoinResponse};
+use crate::types::{matched_index, Member, NodeId};
+
+/// Admits the node that asks, on the leader (others pass it on).
+pub async fn join(
+    ctx: &ClusterContext,
+    request: JoinRequest,
+) -> Result<JoinResponse, ClusterError> {
+    let ours = ctx.cluster_id.get();
+    if ours.is_empty() || request.cluster_id != ours {
+        tracing::warn!(ours = %ours, theirs = %request.cluster_id, node = %request.name, "refused a join for another cluster");
+        return Err(PeerError::ClusterMismatch {
+            ours,
+            theirs: request.cluster_id,
+        }
+        .into());
+    }
+    let Some((leader_id, leader)) = ctx.leader() else {
+        return Err(ClusterError::NoLeader);
+    };
+    if leader_id != ctx.id {
+        let mut client = ClusterPeerClient::new(ctx.peers.channel(&leader.peer_addr)?);
+        let mut forwarded = tonic::Request::new(request);
+        forwarded.set_timeout(JOIN_TIMEOUT);
+        return client
+            .join(forwarded)
+            .await
+            .map(|r| r.into_inner())
+            .map_err(ClusterError::Remote);
+    }
+
+    let member = member_of_join(&request);
+    let membership = ctx.raft_metrics().membership_config.membership().clone();
+    if let Some((id, owner)) = membership
+        .nodes()
+        .find(|(_, m)| m.peer_addr == member.peer_addr && m.name != member.name)
+    {
+        return Err(ClusterError::AddressTaken {
+            addr: member.peer_addr,
+            owner: owner.name.clone(),
+            id: *id,
+        });
+    }
+    if membership.voter_ids().any(|id| id == request.node_id) {
+        return Ok(JoinResponse { leader_id: ctx.id });
+    }
+    let stale: BTreeSet<NodeId> = membership
+        .nodes()
+        .filter(|(id, m)| m.name == request.name && **id != request.node_id)
+        .map(|(id, _)| *id)
+        .collect();
+
+    tracing::info!(node_id = request.node_id, name = %request.name, replaces = ?stale, "adding a learner");
+    add_learner(ctx, request.node_id, member).await?;
+    let voters: BTreeSet<NodeId> = membership
+        .voter_ids()
+        .filter(|id| !stale.contains(id))
+        .chain([request.node_id])
+        .collect();
+    change(ctx, ChangeMembers::ReplaceAllVoters(voters)).await?;
+    let stale_learners: BTreeSet<NodeId> = ctx
+        .raft_metrics()
+        .membership_config
+        .membership()
+        .nodes()
+        .filter(|(id, _)| stale.contains(id))
+        .map(|(id, _)| *id)
+        .collect();
+    if !stale_learners.is_empty() {
+        change(ctx, ChangeMembers::RemoveNodes(stale_learners)).await?;
+    }
+    tracing::info!(node_id = request.node_id, name = %request.name, "promoted to voter");
+    Ok(JoinResponse { leader_id: ctx.id })
+}
+
+/// On the leader: adds a learner and waits until it caught up.
+pub async fn add_learner(
+    ctx: &ClusterContext,
+    id: NodeId,
+    member: Member,
+) -> Result<(), ClusterError> {
+    ctx.raft
+        .add_learner(id, member, true)
+        .await
+        .map(|_| ())
+        .map_err(membership_error)
+}
+
+/// On the leader: makes learners voters.
+pub async fn promote(ctx: &ClusterContext, id: NodeId) -> Result<(), ClusterError> {
+    change(ctx, ChangeMembers::AddVoterIds([id].into_iter().collect())).await
+}
+
+async fn change(
+    ctx: &ClusterContext,
+    change: ChangeMembers<NodeId, Member>,
+) -> Result<(), ClusterError> {
+    ctx.raft
+        .change_membership(change, false)
+        .await
+        .map(|_| ())
+        .map_err(membership_error)
+}
+
+/// On the leader: removes a member, voter or learner, from the cluster.
+pub async fn remove(ctx: &ClusterContext, id: NodeId) -> Result<(), ClusterError> {
+    let ids: BTreeSet<NodeId> = [id].into_iter().collect();
+    let listed = |ctx: &ClusterContext| {
+        let metrics = ctx.raft_metrics();
+        let membership = metrics.membership_config.membership();
+        (
+            membership.get_node(&id).is_some(),
+            membership.voter_ids().any(|v| v == id),
+        )
+    };
+    let (member, voter) = listed(ctx);
+    if !member {
+        return Err(ClusterError::NotMember { id });
+    }
+    if voter {
+        change(ctx, ChangeMembers::RemoveVoters(ids.clone())).await?;
+    }
+    // A voter removed without `retain` is gone; a learner needs its own step.
+    if listed(ctx).0 {
+        change(ctx, ChangeMembers::RemoveNodes(ids)).await?;
+    }
+    Ok(())
+}
+
+fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> ClusterError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => ClusterError::LeadershipMoved,
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            ClusterError::MembershipBusy(e.to_string())
+        }
+        RaftError::Fatal(e) => ClusterError::Raft(e.to_string()),
+    }
+}
+
+/// One member as the leader sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberState {
+    pub id: u64,
+    pub name: String,
+    pub voter: bool,
+    /// Replicating and within the lag the readiness probe allows.
+    pub healthy: bool,
+}
+
+/// The next member to remove so that the membership converges to
+/// ordinals `0..replicas` of `set`, or `None` when none may go now.
+/// Learners go first, then voters from the highest ordinal down.
+pub fn next_removal(set: &str, members: &[MemberState], replicas: u32) -> Option<u64> {
+    let beyond = |m: &MemberState| {
+        m.name.contains('-')
+            && set_name(&m.name) == set
+            && ordinal_of(&m.name).is_some_and(|o| o >= replicas)
+    };
+    let mut candidates: Vec<&MemberState> = members.iter().filter(|m| beyond(m)).collect();
+    candidates.sort_by_key(|m| (m.voter, std::cmp::Reverse(ordinal_of(&m.name))));
+    let candidate = candidates.first()?;
+    if !candidate.voter {
+        return Some(candidate.id);
+    }
+    let remaining: Vec<&MemberState> = members
+        .iter()
+        .filter(|m| m.voter && m.id != candidate.id)
+        .collect();
+    let healthy = remaining.iter().filter(|m| m.healthy).count();
+    (!remaining.is_empty() && healthy * 2 > remaining.len()).then_some(candidate.id)
+}
+
+/// The members and their health, on the leader.
+pub fn member_states(ctx: &ClusterContext) -> Vec<MemberState> {
+    let metrics = ctx.raft_metrics();
+    let membership = metrics.membership_config.membership();
+    let voters: Vec<NodeId> = membership.voter_ids().collect();
+    let last = metrics.last_log_index.unwrap_or(0);
+    membership
+        .nodes()
+        .map(|(id, m)| {
+            let matched = matched_index(&metrics, *id);
+            MemberState {
+                id: *id,
+                name: m.name.clone(),
+                voter: voters.contains(id),
+                healthy: *id == ctx.id || last.saturating_sub(matched) <= ctx.config.ready_max_lag,
+            }
+        })
+        .collect()
+}
+
+/// On the leader: removes members beyond `replicas` one at a time, as far
+/// as safety allows now. Returns how many were removed.
+pub async fn remove_beyond(ctx: &ClusterContext, replicas: u32) -> Result<usize, ClusterError> {
+    let mut removed = 0;
+    loop {
+        let states = member_states(ctx);
+        let Some(id) = next_removal(set_name(&ctx.config.name), &states, replicas) else {
+            return Ok(removed);
+        };
+        let name = states
+            .iter()
+            .find(|m| m.id == id)
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
+        tracing::info!(member = %name, id, replicas, "scale-down: removing a member beyond the replica count");
+        remove(ctx, id).await?;
+        removed += 1;
+    }
+}
+
+/// Follows the StatefulSet's replica count while this node leads.
+pub async fn follow_replicas(ctx: Arc<ClusterContext>, stop: CancellationToken) {
+    let source = match ReplicaSource::new(&ctx.config) {
+        Ok(source) => Arc::new(source),
+        Err(e) => {
+            tracing::warn!("not following the replica count: {e}");
+            return;
+        }
+    };
+    let period = Duration::from_secs(ctx.config.reconcile_secs.max(1));
+    let mut last_error = String::new();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = stop.cancelled() => return,
+        }
+        if !ctx.is_leader() {
+            continue;
+        }
+        let fetch = source.clone();
+        let replicas = match tokio::task::spawn_blocking(move || fetch.replicas()).await {
+            Ok(Ok(replicas)) => replicas,
+            Ok(Err(e)) => {
+                if e != last_error {
+                    tracing::warn!("cannot read the replica count, removing nobody: {e}");
+                    last_error = e;
+                }
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!("replica count lookup failed: {e}");
+                continue;
+            }
+        };
+        if let Err(e) = remove_beyond(&ctx, replicas).await {
+            tracing::warn!("scale-down to {replicas} paused: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(id: u64, ordinal: u32, voter: bool, healthy: bool) -> MemberState {
+        MemberState {
+            id,
+            name: format!("raftset-{ordinal}"),
+            voter,
+            healthy,
+        }
+    }
+
+    #[test]
+    fn removals_follow_the_replica_count_safely() {
+        let five = |healthy: [bool; 5]| -> Vec<MemberState> {
+            (0..5)
+                .map(|i| m(100 + i as u64, i, true, healthy[i as usize]))
+                .collect()
+        };
+        let all = [true; 5];
+        let cases: Vec<(&str, Vec<MemberState>, u32, Option<u64>)> = vec![
+            ("nothing beyond the count", five(all), 5, None),
+            ("highest ordinal first", five(all), 3, Some(104)),
+            (
+                "learners before voters",
+                vec![
+                    m(1, 0, true, true),
+                    m(2, 1, true, true),
+                    m(9, 3, false, false),
+                    m(8, 4, true, true),
+                ],
+                2,
+                Some(9),
+            ),
+            (
+                "a restarting voter below the count is never removed",
+                five([true, false, true, true, true]),
+                5,
+                None,
+            ),
+            (
+                "not while the rest lack a healthy majority",
+                five([true, false, false, true, true]),
+                3,
+                None,
+            ),
+            (
+                "fine with a healthy majority left",
+                five([true, true, true, false, true]),
+                3,
+                Some(104),
+            ),
+            (
+                "not when half of the rest are unhealthy",
+                five([true, true, false, false, true]),
+                3,
+                None,
+            ),
+            ("never the last voter", vec![m(7, 1, true, true)], 0, None),
+            (
+                "other sets and unnamed members are left alone",
+                vec![
+                    m(1, 0, true, true),
+                    MemberState {
+                        id: 5,
+                        name: "other-4".into(),
+                        voter: true,
+                        healthy: true,
+                    },
+                    MemberState {
+                        id: 6,
+                        name: "embedded".into(),
+                        voter: true,
+                        healthy: true,
+                    },
+                ],
+                1,
+                None,
+            ),
+        ];
+        for (name, members, replicas, expected) in cases {
+            assert_eq!(
+                next_removal("raftset", &members, replicas),
+                expected,
+                "{name}"
+            );
+        }
+    }
+}

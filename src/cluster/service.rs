@@ -1,0 +1,82 @@
+//! The cluster-control service on the peer port: what a starting node asks
+//! its peers, joining, holding an election for a leadership transfer, and
+//! state digests for `verify`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::{Request, Response, Status};
+
+use super::{leadership, membership, ClusterContext};
+use crate::grpc::{open, reply};
+use crate::proto::cluster_peer_server::{ClusterPeer, ClusterPeerServer};
+use crate::proto::{
+    ClusterInfoRequest, ClusterInfoResponse, JoinRequest, JoinResponse, PeerMessage,
+};
+
+pub struct ClusterService {
+    pub ctx: Arc<ClusterContext>,
+    /// How long a digest waits for this node to apply the checkpoint.
+    pub digest_timeout: Duration,
+}
+
+impl ClusterService {
+    pub fn into_server(self) -> ClusterPeerServer<ClusterService> {
+        ClusterPeerServer::new(self)
+    }
+}
+
+/// What this node tells a starting peer about itself.
+fn info(ctx: &ClusterContext, asker_id: u64) -> ClusterInfoResponse {
+    let metrics = ctx.raft_metrics();
+    let membership = metrics.membership_config.membership();
+    let is_member = membership.get_node(&ctx.id).is_some();
+    let leader = metrics.current_leader;
+    ClusterInfoResponse {
+        asker_is_member: membership.get_node(&asker_id).is_some(),
+        membership_index: metrics.membership_config.log_id().map_or(0, |l| l.index),
+        cluster_id: if is_member {
+            ctx.cluster_id.get()
+        } else {
+            String::new()
+        },
+        node_id: ctx.id,
+        leader_id: leader,
+        leader_peer_addr: leader
+            .and_then(|id| membership.get_node(&id))
+            .map(|m| m.peer_addr.clone())
+            .unwrap_or_default(),
+    }
+}
+
+#[tonic::async_trait]
+impl ClusterPeer for ClusterService {
+    async fn hold_election(
+        &self,
+        request: Request<PeerMessage>,
+    ) -> Result<Response<PeerMessage>, Status> {
+        let millis: u64 = open(&self.ctx.cluster_id, self.ctx.id, request)?;
+        leadership::hold_election(&self.ctx, Duration::from_millis(millis));
+        Ok(reply(&()))
+    }
+
+    async fn digest(&self, request: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
+        let index: u64 = open(&self.ctx.cluster_id, self.ctx.id, request)?;
+        let digest = self.ctx.digest_at(index, self.digest_timeout).await?;
+        Ok(reply(&digest))
+    }
+
+    async fn cluster_info(
+        &self,
+        request: Request<ClusterInfoRequest>,
+    ) -> Result<Response<ClusterInfoResponse>, Status> {
+        let asker = request.into_inner().asker_id;
+        Ok(Response::new(info(&self.ctx, asker)))
+    }
+
+    async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        Ok(Response::new(
+            membership::join(&self.ctx, request.into_inner()).await?,
+        ))
+    }
+}
