@@ -47,6 +47,9 @@ pub(crate) mod store;
 pub(crate) mod types;
 pub(crate) mod validate;
 
+#[cfg(test)]
+mod layering;
+
 pub use client::{Client, ClientError};
 pub use config::{Config, ConfigError};
 pub use error::{Error, InvalidRequest, Result};
