@@ -262,6 +262,8 @@ pub enum ClusterError {
     /// Another node's own answer, passed on unchanged.
     #[error("{}", .0.message())]
     Remote(Status),
+    #[error("Kubernetes API: {0}")]
+    KubeApi(String),
     #[error("raft failure: {0}")]
     Raft(String),
     #[error("storage failure: {0}")]
@@ -287,7 +289,9 @@ impl ClusterError {
             ClusterError::SnapshotTimeout(_) => Code::DeadlineExceeded,
             ClusterError::Peer(e) => e.code(),
             ClusterError::Remote(status) => status.code(),
-            ClusterError::Raft(_) | ClusterError::Storage(_) => Code::Internal,
+            ClusterError::Raft(_) | ClusterError::Storage(_) | ClusterError::KubeApi(_) => {
+                Code::Internal
+            }
         }
     }
 }
@@ -378,6 +382,7 @@ mod tests {
                 Code::ResourceExhausted,
                 429,
             ),
+            (Error::NoDigest, Code::Unavailable, 503),
             (Error::Storage("disk".into()), Code::Internal, 500),
             (Error::Leader(Status::not_found("x")), Code::NotFound, 404),
         ];
@@ -389,6 +394,84 @@ mod tests {
             assert_eq!(status.code(), code);
             assert_eq!(status.message(), message);
         }
+    }
+
+    #[test]
+    fn every_cluster_and_peer_error_maps_to_its_code() {
+        let mismatch = PeerError::ClusterMismatch {
+            ours: "a".into(),
+            theirs: "b".into(),
+        };
+        let cases: Vec<(ClusterError, Code)> = vec![
+            (ClusterError::NotLeader, Code::Unavailable),
+            (ClusterError::NoLeader, Code::Unavailable),
+            (ClusterError::NotMember { id: 1 }, Code::NotFound),
+            (ClusterError::NotVoter { id: 1 }, Code::InvalidArgument),
+            (ClusterError::NoOtherVoter, Code::FailedPrecondition),
+            (
+                ClusterError::NotCaughtUp {
+                    target: 1,
+                    index: 2,
+                },
+                Code::FailedPrecondition,
+            ),
+            (
+                ClusterError::TransferFailed {
+                    target: 1,
+                    detail: "d".into(),
+                },
+                Code::Unavailable,
+            ),
+            (ClusterError::LeadershipMoved, Code::Unavailable),
+            (ClusterError::MembershipBusy("m".into()), Code::Unavailable),
+            (
+                ClusterError::AddressTaken {
+                    addr: "a".into(),
+                    owner: "o".into(),
+                    id: 1,
+                },
+                Code::InvalidArgument,
+            ),
+            (
+                ClusterError::NotApplied {
+                    index: 1,
+                    detail: "d".into(),
+                },
+                Code::FailedPrecondition,
+            ),
+            (
+                ClusterError::NoDigest { index: 1 },
+                Code::FailedPrecondition,
+            ),
+            (
+                ClusterError::SnapshotTimeout("t".into()),
+                Code::DeadlineExceeded,
+            ),
+            (
+                InvalidRequest::Missing { field: "id" }.into(),
+                Code::InvalidArgument,
+            ),
+            (mismatch.clone().into(), Code::FailedPrecondition),
+            (
+                PeerError::WrongTarget { this: 1, target: 2 }.into(),
+                Code::FailedPrecondition,
+            ),
+            (
+                PeerError::Undecodable("x".into()).into(),
+                Code::InvalidArgument,
+            ),
+            (ClusterError::Remote(Status::aborted("a")), Code::Aborted),
+            (ClusterError::KubeApi("k".into()), Code::Internal),
+            (ClusterError::Raft("r".into()), Code::Internal),
+            (ClusterError::Storage("s".into()), Code::Internal),
+        ];
+        for (err, code) in cases {
+            let message = err.to_string();
+            let status = Status::from(err);
+            assert_eq!(status.code(), code, "{message}");
+            assert_eq!(status.message(), message);
+        }
+        assert!(mismatch.to_string().contains("cluster id mismatch"));
     }
 
     #[test]

@@ -8,11 +8,12 @@
 //! between versions is kept before 1.0. Opening an envelope is where a
 //! message from another cluster, or for a replaced member, is refused.
 
+use std::future::Future;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::{Request, Response};
+use tonic::{Request, Response, Status};
 
 use crate::error::PeerError;
 use crate::proto::PeerMessage;
@@ -67,7 +68,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, PeerError> {
 
 /// A peer request carrying `payload` for node `target` (0: whichever node
 /// serves the address), stamped with the sender's cluster id.
-pub fn seal<T: Serialize>(
+fn seal<T: Serialize>(
     cluster_id: &ClusterId,
     target: NodeId,
     payload: &T,
@@ -123,8 +124,28 @@ pub fn reply<T: Serialize>(value: &T) -> Response<PeerMessage> {
 }
 
 /// Unpacks a peer's reply.
-pub fn unseal<T: DeserializeOwned>(response: &Response<PeerMessage>) -> Result<T, PeerError> {
+fn unseal<T: DeserializeOwned>(response: &Response<PeerMessage>) -> Result<T, PeerError> {
     decode(&response.get_ref().payload)
+}
+
+/// One peer call: seals `payload` for `target`, sends it with `rpc`, and
+/// opens the reply. A reply that does not decode counts as the peer's
+/// refusal (INVALID_ARGUMENT), so callers classify one kind of failure.
+pub async fn call<T, R, F, Fut>(
+    cluster_id: &ClusterId,
+    target: NodeId,
+    payload: &T,
+    timeout: Duration,
+    rpc: F,
+) -> Result<R, Status>
+where
+    T: Serialize,
+    R: DeserializeOwned,
+    F: FnOnce(Request<PeerMessage>) -> Fut,
+    Fut: Future<Output = Result<Response<PeerMessage>, Status>>,
+{
+    let response = rpc(seal(cluster_id, target, payload, timeout)).await?;
+    Ok(unseal(&response)?)
 }
 
 #[cfg(test)]

@@ -206,17 +206,6 @@ pub fn matched_index(metrics: &RaftMetrics, id: NodeId) -> u64 {
         .map_or(0, |l| l.index)
 }
 
-/// The current leader's id and membership entry, if one is known.
-pub fn leader_of(metrics: &RaftMetrics) -> Option<(NodeId, Member)> {
-    let leader = metrics.current_leader?;
-    let member = metrics
-        .membership_config
-        .membership()
-        .get_node(&leader)?
-        .clone();
-    Some((leader, member))
-}
-
 /// A member's name by id, for display (the id when it is not a member).
 pub fn member_name(metrics: &RaftMetrics, id: NodeId) -> String {
     metrics

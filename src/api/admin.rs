@@ -16,7 +16,6 @@ use tonic::{Request, Response, Status};
 use super::observed;
 use crate::cluster::{leadership, membership, ClusterContext};
 use crate::error::{ClusterError, Error, InvalidRequest};
-use crate::grpc::{seal, unseal};
 use crate::metrics::Metrics;
 use crate::proto;
 use crate::proto::admin_client::AdminClient;
@@ -116,11 +115,10 @@ impl AdminService {
             return ctx.digest_at(index, timeout).await;
         }
         let mut client = ClusterPeerClient::new(ctx.peers.channel(peer_addr)?);
-        let reply = client
-            .digest(seal(&ctx.cluster_id, 0, &index, timeout))
+        (ctx.peers)
+            .call(0, &index, timeout, |r| client.digest(r))
             .await
-            .map_err(ClusterError::Remote)?;
-        Ok(unseal(&reply)?)
+            .map_err(ClusterError::Remote)
     }
 }
 

@@ -127,7 +127,7 @@ impl proto::kv_server::Kv for KvService {
                 start: request.start.to_vec(),
                 end: (!request.end.is_empty()).then(|| request.end.to_vec()),
             };
-            let (page, revision) = self
+            let page = self
                 .requests
                 .scan(
                     &range,
@@ -139,7 +139,7 @@ impl proto::kv_server::Kv for KvService {
             Ok(Response::new(proto::ScanResponse {
                 kvs: page.kvs.into_iter().map(Into::into).collect(),
                 next_key: page.next_key.map(Into::into),
-                revision,
+                revision: page.revision,
             }))
         })
         .await

@@ -11,6 +11,7 @@ use super::bootstrap::{decide, Confirmations, Decision, Local, PeerView};
 use super::discovery::{discover, Location};
 use super::identity::ordinal_of;
 use super::ClusterContext;
+use crate::error::ClusterError;
 use crate::proto::cluster_peer_client::ClusterPeerClient;
 use crate::proto::{ClusterInfoRequest, JoinRequest};
 
@@ -59,8 +60,12 @@ pub async fn run(ctx: &ClusterContext, stop: CancellationToken) {
             has_peers: ctx.config.peer_service.is_some() || !peers.is_empty(),
         };
         let outcome = match confirmations.confirm(decide(&local, &views)) {
-            Decision::Bootstrap => bootstrap(ctx).await,
-            Decision::Join { cluster_id, via } => join_cluster(ctx, &cluster_id, &via).await,
+            Decision::Bootstrap => bootstrap(ctx)
+                .await
+                .map_err(|e| format!("founding a cluster failed: {e}")),
+            Decision::Join { cluster_id, via } => join_cluster(ctx, &cluster_id, &via)
+                .await
+                .map_err(|e| format!("join through {via} failed: {e}")),
             Decision::Wait(reason) => Err(reason),
         };
         match outcome {
@@ -162,19 +167,17 @@ async fn ask(ctx: &ClusterContext, peer_addr: &str) -> PeerView {
     }
 }
 
-async fn bootstrap(ctx: &ClusterContext) -> Result<(), String> {
+async fn bootstrap(ctx: &ClusterContext) -> Result<(), ClusterError> {
     let cluster_id = format!("{:032x}", rand::random::<u128>());
-    ctx.meta
-        .set_cluster_id(&cluster_id)
-        .map_err(|e| e.to_string())?;
+    ctx.meta.set_cluster_id(&cluster_id)?;
     ctx.cluster_id.set(&cluster_id);
     let members = std::collections::BTreeMap::from([(ctx.id, ctx.me.clone())]);
     ctx.raft
         .initialize(members)
         .await
-        .map_err(|e| format!("initializing the cluster: {e}"))?;
+        .map_err(|e| ClusterError::Raft(format!("initializing the cluster: {e}")))?;
     tracing::info!(%cluster_id, node_id = ctx.id, "founded a new cluster");
-    if ctx.meta.is_restored().map_err(|e| e.to_string())? {
+    if ctx.meta.is_restored()? {
         seal_restored_data(ctx).await?;
     }
     Ok(())
@@ -183,7 +186,7 @@ async fn bootstrap(ctx: &ClusterContext) -> Result<(), String> {
 /// Restored data entered the state machine without going through the log,
 /// so nodes that join must receive it as a snapshot: take one and purge the
 /// log below it before anyone can join.
-async fn seal_restored_data(ctx: &ClusterContext) -> Result<(), String> {
+async fn seal_restored_data(ctx: &ClusterContext) -> Result<(), ClusterError> {
     let id = ctx.id;
     let metrics = ctx
         .raft
@@ -193,18 +196,15 @@ async fn seal_restored_data(ctx: &ClusterContext) -> Result<(), String> {
             "leading the restored cluster",
         )
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| ClusterError::Raft(e.to_string()))?;
     let applied = metrics.last_applied.map_or(0, |l| l.index);
-    let index = ctx
-        .take_snapshot(applied)
-        .await
-        .map_err(|e| e.to_string())?;
+    let index = ctx.take_snapshot(applied).await?;
     ctx.raft
         .trigger()
         .purge_log(index)
         .await
-        .map_err(|e| e.to_string())?;
-    ctx.meta.clear_restored().map_err(|e| e.to_string())?;
+        .map_err(|e| ClusterError::Raft(e.to_string()))?;
+    ctx.meta.clear_restored()?;
     tracing::info!(
         snapshot_index = index,
         "restored data sealed into the first snapshot"
@@ -212,19 +212,17 @@ async fn seal_restored_data(ctx: &ClusterContext) -> Result<(), String> {
     Ok(())
 }
 
-async fn join_cluster(ctx: &ClusterContext, cluster_id: &str, via: &str) -> Result<(), String> {
+async fn join_cluster(
+    ctx: &ClusterContext,
+    cluster_id: &str,
+    via: &str,
+) -> Result<(), ClusterError> {
     // Accept the cluster's messages before asking to be added.
     if ctx.cluster_id.get() != cluster_id {
-        ctx.meta
-            .set_cluster_id(cluster_id)
-            .map_err(|e| e.to_string())?;
+        ctx.meta.set_cluster_id(cluster_id)?;
         ctx.cluster_id.set(cluster_id);
     }
-    let mut client = ctx
-        .peers
-        .channel(via)
-        .map(ClusterPeerClient::new)
-        .map_err(|e| e.to_string())?;
+    let mut client = ClusterPeerClient::new(ctx.peers.channel(via)?);
     let mut request = tonic::Request::new(JoinRequest {
         cluster_id: cluster_id.to_string(),
         node_id: ctx.id,
@@ -234,10 +232,7 @@ async fn join_cluster(ctx: &ClusterContext, cluster_id: &str, via: &str) -> Resu
         http_addr: ctx.me.http_addr.clone(),
     });
     request.set_timeout(JOIN_TIMEOUT);
-    client
-        .join(request)
-        .await
-        .map_err(|s| format!("join through {via} failed: {}", s.message()))?;
+    client.join(request).await.map_err(ClusterError::Remote)?;
     tracing::info!(%cluster_id, node_id = ctx.id, "joined the cluster as a voter");
     Ok(())
 }

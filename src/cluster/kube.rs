@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::identity::set_name;
 use crate::config::Config;
+use crate::error::ClusterError;
 
 #[derive(Deserialize)]
 struct StatefulSet {
@@ -29,12 +30,12 @@ pub struct ReplicaSource {
 const SERVICE_ACCOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
 impl ReplicaSource {
-    pub fn new(config: &Config) -> Result<ReplicaSource, String> {
+    pub fn new(config: &Config) -> Result<ReplicaSource, ClusterError> {
         let api = match &config.kube_api {
             Some(api) => api.trim_end_matches('/').to_string(),
             None => {
                 let host = std::env::var("KUBERNETES_SERVICE_HOST")
-                    .map_err(|_| "not in a pod and no --kube-api")?;
+                    .map_err(|_| ClusterError::KubeApi("not in a pod and no --kube-api".into()))?;
                 let port =
                     std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
                 format!("https://{host}:{port}")
@@ -68,20 +69,20 @@ impl ReplicaSource {
         })
     }
 
-    pub fn replicas(&self) -> Result<u32, String> {
+    pub fn replicas(&self) -> Result<u32, ClusterError> {
         let mut request = self.agent.get(&self.url);
         if let Some(token) = &self.token {
             request = request.header("Authorization", &format!("Bearer {token}"));
         }
         let mut response = request
             .call()
-            .map_err(|e| format!("GET {}: {e}", self.url))?;
+            .map_err(|e| ClusterError::KubeApi(format!("GET {}: {e}", self.url)))?;
         let set: StatefulSet = response
             .body_mut()
             .read_json()
-            .map_err(|e| format!("GET {}: {e}", self.url))?;
+            .map_err(|e| ClusterError::KubeApi(format!("GET {}: {e}", self.url)))?;
         set.spec
             .replicas
-            .ok_or_else(|| "the StatefulSet has no spec.replicas".into())
+            .ok_or_else(|| ClusterError::KubeApi("the StatefulSet has no spec.replicas".into()))
     }
 }

@@ -12,7 +12,6 @@ use std::time::Duration;
 use super::formation::ASK_TIMEOUT;
 use super::ClusterContext;
 use crate::error::ClusterError;
-use crate::grpc::seal;
 use crate::proto::cluster_peer_client::ClusterPeerClient;
 use crate::types::{matched_index, NodeId};
 
@@ -141,12 +140,14 @@ pub async fn transfer(ctx: &ClusterContext, to: Option<NodeId>) -> Result<NodeId
 async fn hold_others(ctx: &ClusterContext, addrs: &[String], hold: Duration) {
     let millis = hold.as_millis() as u64;
     for addr in addrs {
-        let sent = match ctx.peers.channel(addr) {
-            Ok(channel) => ClusterPeerClient::new(channel)
-                .hold_election(seal(&ctx.cluster_id, 0, &millis, ASK_TIMEOUT))
-                .await
-                .map(|_| ())
-                .map_err(|s| s.message().to_string()),
+        let sent: Result<(), String> = match ctx.peers.channel(addr) {
+            Ok(channel) => {
+                let mut client = ClusterPeerClient::new(channel);
+                (ctx.peers)
+                    .call(0, &millis, ASK_TIMEOUT, |r| client.hold_election(r))
+                    .await
+                    .map_err(|s| s.message().to_string())
+            }
             Err(e) => Err(e.to_string()),
         };
         if let Err(e) = sent {

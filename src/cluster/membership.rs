@@ -262,6 +262,7 @@ pub async fn follow_replicas(ctx: Arc<ClusterContext>, stop: CancellationToken) 
         let replicas = match tokio::task::spawn_blocking(move || fetch.replicas()).await {
             Ok(Ok(replicas)) => replicas,
             Ok(Err(e)) => {
+                let e = e.to_string();
                 if e != last_error {
                     tracing::warn!("cannot read the replica count, removing nobody: {e}");
                     last_error = e;

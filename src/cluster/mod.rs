@@ -40,10 +40,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::error::ClusterError;
+use crate::raft::leader_of;
 use crate::raft::network::PeerClients;
 use crate::store::state_machine::Digests;
 use crate::store::Meta;
-use crate::types::{leader_of, ClusterId, Digest, Member, NodeId, Raft, RaftMetrics};
+use crate::types::{ClusterId, Digest, Member, NodeId, Raft, RaftMetrics};
 
 /// How long building a snapshot may take before a caller gives up.
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(120);

@@ -25,9 +25,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::error::Error;
 use crate::metrics::{Metrics, Snapshot};
+use crate::raft::leader_of;
 use crate::raft::requests::Requests;
 use crate::store::{FlushStats, Meta};
-use crate::types::{leader_of, Consistency, Member, NodeId, Op, Outcome, Raft, VISITS_KEY};
+use crate::types::{Consistency, Member, NodeId, Op, Outcome, Raft, VISITS_KEY};
 
 /// How long a visit may take before it is answered with a timeout.
 const VISIT_TIMEOUT: Duration = Duration::from_secs(5);

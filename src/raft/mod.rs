@@ -12,3 +12,17 @@ pub mod network;
 pub mod proposer;
 pub mod requests;
 pub mod service;
+
+use crate::types::{Member, NodeId, RaftMetrics};
+
+/// The current leader's id and membership entry, as this node's Raft
+/// metrics know them.
+pub fn leader_of(metrics: &RaftMetrics) -> Option<(NodeId, Member)> {
+    let leader = metrics.current_leader?;
+    let member = metrics
+        .membership_config
+        .membership()
+        .get_node(&leader)?
+        .clone();
+    Some((leader, member))
+}

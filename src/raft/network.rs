@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::error::Error as StdError;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,7 +23,6 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use crate::error::PeerError;
-use crate::grpc::unseal;
 use crate::limits::MAX_PEER_MESSAGE;
 use crate::proto::raft_peer_client::RaftPeerClient;
 use crate::proto::PeerMessage;
@@ -75,15 +75,22 @@ impl PeerClients {
             .max_encoding_message_size(MAX_PEER_MESSAGE))
     }
 
-    /// A peer request carrying `payload` for node `target` (0: whichever
+    /// One call to a peer with `payload` for node `target` (0: whichever
     /// node serves the address), stamped with this node's cluster id.
-    pub fn request<T: Serialize>(
+    pub async fn call<T, R, F, Fut>(
         &self,
         target: NodeId,
         payload: &T,
         timeout: Duration,
-    ) -> Request<PeerMessage> {
-        crate::grpc::seal(&self.cluster_id, target, payload, timeout)
+        rpc: F,
+    ) -> Result<R, Status>
+    where
+        T: Serialize,
+        R: DeserializeOwned,
+        F: FnOnce(Request<PeerMessage>) -> Fut,
+        Fut: Future<Output = Result<Response<PeerMessage>, Status>>,
+    {
+        crate::grpc::call(&self.cluster_id, target, payload, timeout, rpc).await
     }
 }
 
@@ -121,18 +128,15 @@ impl PeerConnection {
     }
 
     /// Unpacks a peer's reply: the payload is the remote call's own result.
-    fn reply<T, E>(&self, response: Result<Response<PeerMessage>, Status>) -> RpcResult<T, E>
+    fn reply<T, E>(&self, response: Result<Result<T, E>, Status>) -> RpcResult<T, E>
     where
-        T: DeserializeOwned,
-        E: StdError + DeserializeOwned,
+        E: StdError,
     {
-        let message = response.map_err(|status| match status.code() {
+        let result = response.map_err(|status| match status.code() {
             // Nothing reached the peer, or it is not serving: back off.
             tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
             _ => RPCError::Network(NetworkError::new(&status)),
         })?;
-        let result: Result<T, E> =
-            unseal(&message).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
@@ -143,8 +147,12 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
-        let request = self.clients.request(self.target, &rpc, option.hard_ttl());
-        let response = self.client()?.append_entries(request).await;
+        let mut client = self.client()?;
+        let response = (self.clients)
+            .call(self.target, &rpc, option.hard_ttl(), |r| {
+                client.append_entries(r)
+            })
+            .await;
         self.reply(response)
     }
 
@@ -153,8 +161,12 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> {
-        let request = self.clients.request(self.target, &rpc, option.hard_ttl());
-        let response = self.client()?.install_snapshot(request).await;
+        let mut client = self.client()?;
+        let response = (self.clients)
+            .call(self.target, &rpc, option.hard_ttl(), |r| {
+                client.install_snapshot(r)
+            })
+            .await;
         self.reply(response)
     }
 
@@ -163,8 +175,10 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>> {
-        let request = self.clients.request(self.target, &rpc, option.hard_ttl());
-        let response = self.client()?.vote(request).await;
+        let mut client = self.client()?;
+        let response = (self.clients)
+            .call(self.target, &rpc, option.hard_ttl(), |r| client.vote(r))
+            .await;
         self.reply(response)
     }
 }

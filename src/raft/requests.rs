@@ -17,14 +17,14 @@ use openraft::error::RaftError;
 use tokio::sync::Semaphore;
 use tokio::time::{timeout_at, Instant};
 
+use super::leader_of;
 use super::network::PeerClients;
 use super::proposer::{ProposeError, Proposer};
 use crate::error::{status_says_nothing_proposed, Error, Result};
-use crate::grpc::unseal;
 use crate::store::state_machine::{ScanPage, ScanRange};
 use crate::store::KvReader;
 use crate::types::{
-    leader_of, new_request_id, Command, Consistency, KeyValue, Member, NodeId, Op, Outcome, Raft,
+    new_request_id, Command, Consistency, KeyValue, Member, NodeId, Op, Outcome, Raft,
 };
 use crate::validate;
 
@@ -191,11 +191,10 @@ impl Requests {
             .peers
             .client(&leader.peer_addr)
             .map_err(|e| Attempt::Fail(e.into()))?;
-        let request = self.peers.request(0, command, remaining(deadline));
-        match client.propose(request).await {
-            Ok(reply) => unseal(&reply).map_err(|e| Attempt::Fail(e.into())),
-            Err(status) => Err(classify_forward_failure(status)),
-        }
+        self.peers
+            .call(0, command, remaining(deadline), |r| client.propose(r))
+            .await
+            .map_err(classify_forward_failure)
     }
 
     /// Waits until a read on this node would be linearizable: the leader
@@ -252,11 +251,10 @@ impl Requests {
             .peers
             .client(&leader.peer_addr)
             .map_err(|e| Attempt::Fail(e.into()))?;
-        let request = self.peers.request(0, &(), remaining(deadline));
-        match client.read_index(request).await {
-            Ok(reply) => unseal(&reply).map_err(|e| Attempt::Fail(e.into())),
-            Err(status) => Err(classify_forward_failure(status)),
-        }
+        self.peers
+            .call(0, &(), remaining(deadline), |r| client.read_index(r))
+            .await
+            .map_err(classify_forward_failure)
     }
 
     async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<()> {
@@ -278,8 +276,7 @@ impl Requests {
     ) -> Result<(Option<KeyValue>, u64)> {
         validate::key("key", key)?;
         self.barrier(consistency, timeout).await?;
-        let revision = self.reader.revision()?;
-        Ok((self.reader.get(key)?, revision))
+        Ok(self.reader.get(key)?)
     }
 
     pub async fn scan(
@@ -288,7 +285,7 @@ impl Requests {
         limit: u32,
         consistency: Consistency,
         timeout: Option<Duration>,
-    ) -> Result<(ScanPage, u64)> {
+    ) -> Result<ScanPage> {
         validate::key_bound("prefix", &range.prefix)?;
         validate::key_bound("start", &range.start)?;
         if let Some(end) = &range.end {
@@ -296,12 +293,9 @@ impl Requests {
         }
         let limit = validate::scan_limit(limit)?;
         self.barrier(consistency, timeout).await?;
-        let revision = self.reader.revision()?;
-        Ok((
-            self.reader
-                .scan(range, limit as usize, crate::limits::MAX_SCAN_BYTES)?,
-            revision,
-        ))
+        Ok(self
+            .reader
+            .scan(range, limit as usize, crate::limits::MAX_SCAN_BYTES)?)
     }
 
     async fn barrier(&self, consistency: Consistency, timeout: Option<Duration>) -> Result<()> {

@@ -56,6 +56,12 @@ pub enum StoreError {
     Sled { path: PathBuf, source: sled::Error },
 }
 
+impl From<StoreError> for crate::error::ClusterError {
+    fn from(err: StoreError) -> Self {
+        crate::error::ClusterError::Storage(err.to_string())
+    }
+}
+
 /// Tuning for the store.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {

@@ -126,7 +126,7 @@ async fn puts_count_versions_and_keep_the_create_revision() {
             prev: None
         }
     );
-    let kv = reader.get(b"a").unwrap().unwrap();
+    let kv = reader.get(b"a").unwrap().0.unwrap();
     assert_eq!(
         (
             kv.value.as_slice(),
@@ -137,7 +137,7 @@ async fn puts_count_versions_and_keep_the_create_revision() {
         (&b"2"[..], 1, 2, 2)
     );
     assert!(matches!(&outcomes[1], Outcome::Put { revision: 2, prev: Some(p) } if p.value == b"1"));
-    assert_eq!(reader.revision().unwrap(), 2);
+    assert_eq!(reader.get(b"a").unwrap().1, 2);
 
     let outcomes = apply(
         &mut store.state_machine,
@@ -162,7 +162,7 @@ async fn puts_count_versions_and_keep_the_create_revision() {
             prev: None
         }
     );
-    assert_eq!(reader.get(b"a").unwrap(), None);
+    assert_eq!(reader.get(b"a").unwrap().0, None);
 }
 
 #[tokio::test]
@@ -200,7 +200,7 @@ async fn compare_and_swap_succeeds_only_on_the_expected_state() {
         "lost swaps take no revision"
     );
     assert_eq!(outcomes[4], Outcome::Swapped { revision: 3 });
-    assert_eq!(reader.get(b"k").unwrap(), None);
+    assert_eq!(reader.get(b"k").unwrap().0, None);
     let outcomes = apply(&mut store.state_machine, 6, vec![cas(Some("b"), Some("c"))]).await;
     assert_eq!(outcomes[0], Outcome::CompareFailed { current: None });
 }
@@ -248,14 +248,14 @@ async fn increments_are_results_never_failures() {
         }
     );
     assert_eq!(outcomes[5], Outcome::Overflow { current: i64::MAX });
-    assert_eq!(reader.get(b"n").unwrap().unwrap().value, b"-2");
+    assert_eq!(reader.get(b"n").unwrap().0.unwrap().value, b"-2");
     assert_eq!(
-        reader.get(b"s").unwrap().unwrap().value,
+        reader.get(b"s").unwrap().0.unwrap().value,
         b"abc",
         "a refused increment changes nothing"
     );
     assert_eq!(
-        reader.get(b"m").unwrap().unwrap().value,
+        reader.get(b"m").unwrap().0.unwrap().value,
         i64::MAX.to_string().as_bytes()
     );
 }
@@ -281,7 +281,7 @@ async fn a_repeated_request_id_returns_the_first_outcome_until_it_expires() {
         .unwrap();
     assert_eq!(first, again);
     assert_eq!(
-        reader.get(b"visits").unwrap().unwrap().value,
+        reader.get(b"visits").unwrap().0.unwrap().value,
         b"1",
         "the retry did not count twice"
     );
@@ -492,7 +492,7 @@ async fn a_snapshot_moves_the_whole_state_and_a_corrupted_one_changes_nothing() 
         .install_snapshot(&snapshot.meta, receiving)
         .await
         .is_err());
-    assert_eq!(reader.get(b"old").unwrap().unwrap().value, b"x");
+    assert_eq!(reader.get(b"old").unwrap().0.unwrap().value, b"x");
 
     let mut receiving = follower
         .state_machine
@@ -507,9 +507,9 @@ async fn a_snapshot_moves_the_whole_state_and_a_corrupted_one_changes_nothing() 
         .install_snapshot(&snapshot.meta, receiving)
         .await
         .unwrap();
-    assert_eq!(reader.get(b"old").unwrap(), None);
-    assert_eq!(reader.get(b"a").unwrap(), None);
-    assert_eq!(reader.get(b"b").unwrap().unwrap().value, b"2");
+    assert_eq!(reader.get(b"old").unwrap().0, None);
+    assert_eq!(reader.get(b"a").unwrap().0, None);
+    assert_eq!(reader.get(b"b").unwrap().0.unwrap().value, b"2");
     assert_eq!(
         follower.state_machine.applied_state().await.unwrap().0,
         Some(log_id(3))
@@ -524,6 +524,7 @@ async fn a_snapshot_moves_the_whole_state_and_a_corrupted_one_changes_nothing() 
             .reader()
             .get(b"b")
             .unwrap()
+            .0
             .unwrap()
             .value,
         b"2"
@@ -561,6 +562,7 @@ async fn a_reopened_directory_keeps_its_id_log_vote_and_state() {
             .reader()
             .get(b"k")
             .unwrap()
+            .0
             .unwrap()
             .value,
         b"v"
@@ -695,8 +697,14 @@ async fn commands_in_one_entry_apply_in_order_and_reapplying_the_entry_changes_n
     // As after a crash between the commands and the entry's applied mark.
     let again = store.state_machine.apply([batch]).await.unwrap();
     assert_eq!(first, again);
-    assert_eq!(reader.get(b"visits").unwrap().unwrap().value, b"2");
-    assert_eq!(reader.revision().unwrap(), 3);
+    assert_eq!(reader.get(b"visits").unwrap().0.unwrap().value, b"2");
+    assert_eq!(
+        reader
+            .scan(&Default::default(), 1, usize::MAX)
+            .unwrap()
+            .revision,
+        3
+    );
 }
 
 #[tokio::test]
@@ -722,7 +730,7 @@ async fn an_entry_whose_writes_were_cut_short_is_completed_from_its_redo_record(
 
     let store = open(dir.path(), StoreOptions::default());
     let reader = store.state_machine.reader();
-    assert_eq!(reader.get(b"y").unwrap().unwrap().value, b"2");
-    assert_eq!(reader.get(b"x").unwrap().unwrap().value, b"1");
-    assert_eq!(reader.revision().unwrap(), 2);
+    assert_eq!(reader.get(b"y").unwrap().0.unwrap().value, b"2");
+    assert_eq!(reader.get(b"x").unwrap().0.unwrap().value, b"1");
+    assert_eq!(reader.get(b"a").unwrap().1, 2);
 }

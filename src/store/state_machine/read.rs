@@ -43,6 +43,8 @@ pub struct ScanPage {
     pub kvs: Vec<KeyValue>,
     /// The first key of the next page, when there is one.
     pub next_key: Option<Vec<u8>>,
+    /// The revision the scan is at.
+    pub revision: u64,
 }
 
 impl KvReader {
@@ -50,13 +52,11 @@ impl KvReader {
         self.current.read().expect("state machine lock").clone()
     }
 
-    pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, ReadError> {
-        read_kv(&self.tree(), key)
-    }
-
-    /// The revision of the last applied change: the revision reads are at.
-    pub fn revision(&self) -> Result<u64, ReadError> {
-        read_revision(&self.tree())
+    /// A key's value, and the revision of the last applied change (the
+    /// revision the read is at), both from the same state.
+    pub fn get(&self, key: &[u8]) -> Result<(Option<KeyValue>, u64), ReadError> {
+        let tree = self.tree();
+        Ok((read_kv(&tree, key)?, read_revision(&tree)?))
     }
 
     /// One page of keys in `range`: at most `limit` keys, and no more once
@@ -74,11 +74,12 @@ impl KvReader {
             Some(end) => std::cmp::min([&[KEY][..], end].concat(), prefix_end),
             None => prefix_end,
         };
+        let tree = self.tree();
         let mut kvs = Vec::new();
         let mut next_key = None;
         let mut bytes_so_far = 0;
         if lower < upper {
-            for item in self.tree().range(lower..upper) {
+            for item in tree.range(lower..upper) {
                 let (raw_key, bytes) = item?;
                 if kvs.len() == limit || bytes_so_far >= max_bytes {
                     next_key = Some(raw_key[1..].to_vec());
@@ -88,7 +89,11 @@ impl KvReader {
                 kvs.push(decode_kv(&raw_key[1..], &bytes)?);
             }
         }
-        Ok(ScanPage { kvs, next_key })
+        Ok(ScanPage {
+            kvs,
+            next_key,
+            revision: read_revision(&tree)?,
+        })
     }
 
     /// Changes under `prefix` from revision `from` on, oldest first.
