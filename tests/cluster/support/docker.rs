@@ -6,7 +6,7 @@
 //! once), a stable name and DNS name per ordinal, one volume per ordinal that
 //! outlives its pod, exec into a pod. [`StatefulSet`] plays that contract
 //! with the image built from the real `Dockerfile`, driven by the real
-//! `k8s/` manifests: container args, env (the downward-API fields filled
+//! `k8s/` manifests as `kubectl kustomize` renders them: container args, env (the downward-API fields filled
 //! in), ports, probes, the volume mount path, the security context, the
 //! grace period, `podManagementPolicy`, `replicas` and `serviceName` all
 //! come from [`Manifest`], so a wrong manifest fails the tests.
@@ -144,10 +144,9 @@ impl Manifest {
         Manifest::load(&k8s_dir().join("overlays").join(name)).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// Reads the kustomization in `dir` (resources and strategic-merge
-    /// patches, as far as these manifests use them).
+    /// Reads what the kustomization in `dir` renders to.
     pub fn load(dir: &Path) -> Result<Manifest, String> {
-        let objects = kustomize(dir)?;
+        let objects = render(dir)?;
         Manifest::from_objects(dir, &objects)
             .map_err(|e| format!("manifest {}: {e}", dir.display()))
     }
@@ -456,68 +455,62 @@ fn cpu_quantity(q: &str) -> Result<String, String> {
         .map_err(|_| format!("bad cpu {q}"))
 }
 
-/// Every object a kustomization produces: its resources (files or other
-/// kustomizations) with its `patches` merged in (strategic merge of maps,
-/// which is all these overlays use; lists are replaced whole).
-pub fn kustomize(dir: &Path) -> Result<Vec<Value>, String> {
-    let file = dir.join("kustomization.yaml");
-    let kustomization = read_yaml(&file)?
-        .into_iter()
-        .next()
-        .ok_or_else(|| format!("{} is empty", file.display()))?;
-    let mut objects = Vec::new();
-    for resource in kustomization["resources"].as_array().into_iter().flatten() {
-        let path = dir.join(resource.as_str().ok_or("a resource is not a path")?);
-        if path.is_dir() {
-            objects.extend(kustomize(&path)?);
+/// Every object the kustomization in `dir` produces, as JSON: rendered by
+/// `kubectl kustomize` (the kustomize that `kubectl apply -k` runs), then
+/// printed as JSON by an empty `kubectl patch --local`, which reads the
+/// objects from its standard input and talks to no API server.
+pub fn render(dir: &Path) -> Result<Vec<Value>, String> {
+    let dir = dir.to_str().ok_or("the k8s/ path is not UTF-8")?;
+    let yaml = kubectl(&["kustomize", dir], None)?;
+    let json = kubectl(
+        &["patch", "--local", "-f", "-", "-p", "{}", "-o", "json"],
+        Some(yaml),
+    )?;
+    serde_json::Deserializer::from_slice(&json)
+        .into_iter::<Value>()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("kubectl printed no JSON for {dir}: {e}"))
+}
+
+/// Runs `kubectl args...` with `stdin` on its standard input; its stdout.
+/// A missing kubectl is an error that says what to install.
+fn kubectl(args: &[&str], stdin: Option<Vec<u8>>) -> Result<Vec<u8>, String> {
+    let mut child = std::process::Command::new("kubectl")
+        .args(args)
+        // No kubeconfig: rendering must never reach a cluster.
+        .env("KUBECONFIG", "/dev/null")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
         } else {
-            objects.extend(read_yaml(&path)?);
-        }
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => "kubectl is not installed: these tests render k8s/ \
+                 with `kubectl kustomize`; install kubectl (with kustomize 5, as in kubectl 1.32) \
+                 or leave the e2e tests out with `cargo test --test cluster -- --skip e2e`"
+                .to_string(),
+            _ => format!("cannot run kubectl: {e}"),
+        })?;
+    if let Some(bytes) = stdin {
+        let mut pipe = child.stdin.take().expect("piped stdin");
+        // Written alongside reading the output, so neither pipe fills up.
+        std::thread::spawn(move || std::io::Write::write_all(&mut pipe, &bytes));
     }
-    let patches = kustomization["patches"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .chain(
-            kustomization["patchesStrategicMerge"]
-                .as_array()
-                .into_iter()
-                .flatten(),
-        );
-    for patch in patches {
-        let path = patch
-            .get("path")
-            .or(Some(patch))
-            .and_then(Value::as_str)
-            .ok_or("only patches with a path are played")?;
-        for doc in read_yaml(&dir.join(path))? {
-            let target = objects
-                .iter_mut()
-                .find(|o| {
-                    o["kind"] == doc["kind"] && o["metadata"]["name"] == doc["metadata"]["name"]
-                })
-                .ok_or_else(|| format!("patch {path} matches no resource"))?;
-            merge(target, &doc);
-        }
+    let output = child
+        .wait_with_output()
+        .map_err(|e| format!("kubectl: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "`kubectl {}` failed ({}): {}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
     }
-    Ok(objects)
-}
-
-fn merge(target: &mut Value, patch: &Value) {
-    match (target, patch) {
-        (Value::Object(t), Value::Object(p)) => {
-            for (k, v) in p {
-                merge(t.entry(k.clone()).or_insert(Value::Null), v);
-            }
-        }
-        (t, p) => *t = p.clone(),
-    }
-}
-
-fn read_yaml(path: &Path) -> Result<Vec<Value>, String> {
-    let source = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    yaml::parse(&source).map_err(|e| format!("{}: {e}", path.display()))
+    Ok(output.stdout)
 }
 
 fn lookup<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
@@ -556,361 +549,6 @@ fn strings(list: &Value, what: &str) -> Result<Vec<String>, String> {
     list.as_array()
         .ok_or_else(|| format!("{what} is not a list"))
         .map(|items| items.iter().map(scalar_text).collect())
-}
-
-/// A YAML reader for the subset Kubernetes manifests use: block maps and
-/// lists, flow lists and maps of scalars, plain and quoted scalars,
-/// comments, `---` between documents. Anything else (anchors, block
-/// scalars, tags) is refused with the line, never misread.
-pub mod yaml {
-    use serde_json::{Map, Value};
-
-    #[derive(Clone)]
-    struct Line {
-        no: usize,
-        indent: usize,
-        text: String,
-    }
-
-    /// Every document in `source`, as JSON values.
-    pub fn parse(source: &str) -> Result<Vec<Value>, String> {
-        let mut documents = Vec::new();
-        let mut lines = Vec::new();
-        for (i, raw) in source.lines().enumerate() {
-            let no = i + 1;
-            let content = strip_comment(raw);
-            let trimmed = content.trim_end();
-            if trimmed.trim_start().is_empty() {
-                continue;
-            }
-            if trimmed == "---" || trimmed.starts_with("--- ") {
-                if !lines.is_empty() {
-                    documents.push(document(std::mem::take(&mut lines))?);
-                }
-                continue;
-            }
-            let body = trimmed.trim_start_matches(' ');
-            if body.starts_with('\t') {
-                return Err(format!("line {no}: tab in indentation"));
-            }
-            if ["&", "*", "!", "|", ">", "%", "?"]
-                .iter()
-                .any(|c| body.starts_with(c))
-            {
-                return Err(format!("line {no}: unsupported YAML: {body}"));
-            }
-            lines.push(Line {
-                no,
-                indent: trimmed.len() - body.len(),
-                text: body.to_string(),
-            });
-        }
-        if !lines.is_empty() {
-            documents.push(document(lines)?);
-        }
-        Ok(documents)
-    }
-
-    fn document(lines: Vec<Line>) -> Result<Value, String> {
-        let mut parser = Parser { lines, pos: 0 };
-        let indent = parser.lines[0].indent;
-        let value = parser.block(indent)?;
-        if let Some(line) = parser.lines.get(parser.pos) {
-            return Err(format!("line {}: unexpected {:?}", line.no, line.text));
-        }
-        Ok(value)
-    }
-
-    /// Removes a comment: `#` at the start or after a space, outside quotes.
-    fn strip_comment(line: &str) -> &str {
-        let mut quote = None;
-        let mut previous = ' ';
-        for (i, c) in line.char_indices() {
-            match quote {
-                Some(q) if c == q => quote = None,
-                Some(_) => {}
-                None if c == '"' || c == '\'' => quote = Some(c),
-                None if c == '#' && previous.is_whitespace() => return &line[..i],
-                None => {}
-            }
-            previous = c;
-        }
-        line
-    }
-
-    fn is_item(text: &str) -> bool {
-        text == "-" || text.starts_with("- ")
-    }
-
-    /// `key: rest` (rest may be empty), with a plain or quoted key.
-    fn split_key(text: &str) -> Option<(String, &str)> {
-        let first = text.chars().next()?;
-        if first == '[' || first == '{' {
-            return None;
-        }
-        let (key, after) = if first == '"' || first == '\'' {
-            let end = text[1..].find(first)? + 1;
-            (unquote(&text[..=end]).ok()?, &text[end + 1..])
-        } else {
-            let colon = text
-                .char_indices()
-                .find(|&(i, c)| c == ':' && text[i + 1..].chars().next().is_none_or(|n| n == ' '))?
-                .0;
-            (text[..colon].trim_end().to_string(), &text[colon..])
-        };
-        let rest = after.strip_prefix(':')?;
-        if !(rest.is_empty() || rest.starts_with(' ')) {
-            return None;
-        }
-        Some((key, rest.trim()))
-    }
-
-    struct Parser {
-        lines: Vec<Line>,
-        pos: usize,
-    }
-
-    impl Parser {
-        fn block(&mut self, indent: usize) -> Result<Value, String> {
-            if is_item(&self.lines[self.pos].text) {
-                self.list(indent)
-            } else {
-                self.map(indent)
-            }
-        }
-
-        fn map(&mut self, indent: usize) -> Result<Value, String> {
-            let mut map = Map::new();
-            while let Some(line) = self.lines.get(self.pos).cloned() {
-                if line.indent < indent || (line.indent == indent && is_item(&line.text)) {
-                    break;
-                }
-                if line.indent > indent {
-                    return Err(format!("line {}: unexpected indentation", line.no));
-                }
-                let (key, rest) = split_key(&line.text)
-                    .ok_or_else(|| format!("line {}: expected `key: value`", line.no))?;
-                self.pos += 1;
-                let value = if rest.is_empty() {
-                    match self.lines.get(self.pos) {
-                        Some(next) if next.indent > indent => self.block(next.indent)?,
-                        Some(next) if next.indent == indent && is_item(&next.text) => {
-                            self.list(indent)?
-                        }
-                        _ => Value::Null,
-                    }
-                } else {
-                    inline(rest).map_err(|e| format!("line {}: {e}", line.no))?
-                };
-                if map.insert(key.clone(), value).is_some() {
-                    return Err(format!("line {}: duplicate key {key}", line.no));
-                }
-            }
-            Ok(Value::Object(map))
-        }
-
-        fn list(&mut self, indent: usize) -> Result<Value, String> {
-            let mut items = Vec::new();
-            while let Some(line) = self.lines.get(self.pos).cloned() {
-                if line.indent != indent || !is_item(&line.text) {
-                    if line.indent > indent {
-                        return Err(format!("line {}: unexpected indentation", line.no));
-                    }
-                    break;
-                }
-                let rest = line.text[1..].trim_start();
-                if rest.is_empty() {
-                    self.pos += 1;
-                    match self.lines.get(self.pos) {
-                        Some(next) if next.indent > indent => {
-                            let indent = next.indent;
-                            items.push(self.block(indent)?)
-                        }
-                        _ => items.push(Value::Null),
-                    }
-                } else if split_key(rest).is_some() || is_item(rest) {
-                    // `- key: value` starts a map (or `- - x` a list) whose
-                    // entries sit where `key` does.
-                    let column = indent + (line.text.len() - rest.len());
-                    self.lines[self.pos] = Line {
-                        no: line.no,
-                        indent: column,
-                        text: rest.to_string(),
-                    };
-                    items.push(self.block(column)?);
-                } else {
-                    self.pos += 1;
-                    items.push(inline(rest).map_err(|e| format!("line {}: {e}", line.no))?);
-                }
-            }
-            Ok(Value::Array(items))
-        }
-    }
-
-    /// A scalar or a flow collection on one line.
-    fn inline(text: &str) -> Result<Value, String> {
-        if text.starts_with('[') || text.starts_with('{') {
-            let mut chars = text.chars().peekable();
-            let value = flow(&mut chars)?;
-            if chars.any(|c| !c.is_whitespace()) {
-                return Err(format!("trailing text after {text}"));
-            }
-            return Ok(value);
-        }
-        if ["&", "*", "!", "|", ">"]
-            .iter()
-            .any(|c| text.starts_with(c))
-        {
-            return Err(format!("unsupported YAML: {text}"));
-        }
-        scalar(text)
-    }
-
-    fn flow(chars: &mut std::iter::Peekable<std::str::Chars>) -> Result<Value, String> {
-        skip_spaces(chars);
-        match chars.peek() {
-            Some('[') => {
-                chars.next();
-                let mut items = Vec::new();
-                loop {
-                    skip_spaces(chars);
-                    if chars.peek() == Some(&']') {
-                        chars.next();
-                        return Ok(Value::Array(items));
-                    }
-                    items.push(flow(chars)?);
-                    skip_spaces(chars);
-                    match chars.next() {
-                        Some(',') => {}
-                        Some(']') => return Ok(Value::Array(items)),
-                        other => {
-                            return Err(format!("expected , or ] in a flow list, got {other:?}"))
-                        }
-                    }
-                }
-            }
-            Some('{') => {
-                chars.next();
-                let mut map = Map::new();
-                loop {
-                    skip_spaces(chars);
-                    if chars.peek() == Some(&'}') {
-                        chars.next();
-                        return Ok(Value::Object(map));
-                    }
-                    let key = scalar_text_until(chars, &[':'])?;
-                    if chars.next() != Some(':') {
-                        return Err("expected : in a flow map".into());
-                    }
-                    let value = flow(chars)?;
-                    map.insert(key, value);
-                    skip_spaces(chars);
-                    match chars.next() {
-                        Some(',') => {}
-                        Some('}') => return Ok(Value::Object(map)),
-                        other => {
-                            return Err(format!("expected , or }} in a flow map, got {other:?}"))
-                        }
-                    }
-                }
-            }
-            _ => {
-                let raw = raw_until(chars, &[',', ']', '}'])?;
-                scalar(raw.trim())
-            }
-        }
-    }
-
-    fn skip_spaces(chars: &mut std::iter::Peekable<std::str::Chars>) {
-        while chars.peek().is_some_and(|c| c.is_whitespace()) {
-            chars.next();
-        }
-    }
-
-    /// Raw text up to a stop character outside quotes (quotes kept).
-    fn raw_until(
-        chars: &mut std::iter::Peekable<std::str::Chars>,
-        stops: &[char],
-    ) -> Result<String, String> {
-        let mut out = String::new();
-        let mut quote = None;
-        while let Some(&c) = chars.peek() {
-            match quote {
-                Some(q) if c == q => quote = None,
-                Some(_) => {}
-                None if c == '"' || c == '\'' => quote = Some(c),
-                None if stops.contains(&c) => break,
-                None => {}
-            }
-            out.push(c);
-            chars.next();
-        }
-        if quote.is_some() {
-            return Err(format!("unterminated quote in {out}"));
-        }
-        Ok(out)
-    }
-
-    fn scalar_text_until(
-        chars: &mut std::iter::Peekable<std::str::Chars>,
-        stops: &[char],
-    ) -> Result<String, String> {
-        let raw = raw_until(chars, stops)?;
-        Ok(match scalar(raw.trim())? {
-            Value::String(s) => s,
-            other => other.to_string(),
-        })
-    }
-
-    fn unquote(text: &str) -> Result<String, String> {
-        let bad = || format!("bad quoted scalar {text}");
-        if let Some(inner) = text.strip_prefix('\'').and_then(|t| t.strip_suffix('\'')) {
-            return Ok(inner.replace("''", "'"));
-        }
-        let inner = text
-            .strip_prefix('"')
-            .and_then(|t| t.strip_suffix('"'))
-            .ok_or_else(bad)?;
-        let mut out = String::new();
-        let mut chars = inner.chars();
-        while let Some(c) = chars.next() {
-            if c != '\\' {
-                out.push(c);
-                continue;
-            }
-            out.push(match chars.next().ok_or_else(bad)? {
-                'n' => '\n',
-                't' => '\t',
-                '"' => '"',
-                '\\' => '\\',
-                '/' => '/',
-                _ => return Err(bad()),
-            });
-        }
-        Ok(out)
-    }
-
-    fn scalar(text: &str) -> Result<Value, String> {
-        if text.starts_with('"') || text.starts_with('\'') {
-            return unquote(text).map(Value::String);
-        }
-        Ok(match text {
-            "" | "~" | "null" | "Null" | "NULL" => Value::Null,
-            "true" | "True" | "TRUE" => Value::Bool(true),
-            "false" | "False" | "FALSE" => Value::Bool(false),
-            _ => {
-                if let Ok(n) = text.parse::<i64>() {
-                    Value::from(n)
-                } else if let Some(f) = text.parse::<f64>().ok().filter(|f| {
-                    f.is_finite() && text.chars().all(|c| "0123456789.-+eE".contains(c))
-                }) {
-                    Value::from(f)
-                } else {
-                    Value::String(text.to_string())
-                }
-            }
-        })
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -2327,27 +1965,6 @@ impl Drop for StatefulSet {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn yaml_subset() {
-        let docs = yaml::parse(
-            "# comment\na: 1\nb: \"x # not a comment\"\nc:\n  - name: p\n    port: 7000 # c\n  - q\nd: [\"serve\", 'x']\ne: {}\nf:\n- 1\n- 2\n---\ng: true\n",
-        )
-        .unwrap();
-        assert_eq!(docs.len(), 2);
-        let d = &docs[0];
-        assert_eq!(d["a"], 1);
-        assert_eq!(d["b"], "x # not a comment");
-        assert_eq!(d["c"][0]["name"], "p");
-        assert_eq!(d["c"][0]["port"], 7000);
-        assert_eq!(d["c"][1], "q");
-        assert_eq!(d["d"], serde_json::json!(["serve", "x"]));
-        assert_eq!(d["e"], serde_json::json!({}));
-        assert_eq!(d["f"], serde_json::json!([1, 2]));
-        assert_eq!(docs[1]["g"], true);
-        assert!(yaml::parse("a: |\n  text\n").is_err());
-        assert!(yaml::parse("a: 1\n  b: 2\n").is_err());
-    }
 
     #[test]
     fn dns_answers_no_such_name() {
