@@ -6,7 +6,9 @@ use std::time::Duration;
 use raftset::client::Consistency;
 
 use super::{deploy, members_are_the_pods, statuses_agree, verify_everywhere};
-use crate::support::docker::{exclusive, poll, Manifest, StatefulSet, DEADLINE};
+use crate::support::manifest::Manifest;
+use crate::support::statefulset::{exclusive, StatefulSet};
+use crate::support::{poll, DEADLINE};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_commands_through_exec() {

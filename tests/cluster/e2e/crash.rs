@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use super::workload::{nothing_lost, Writers, Written};
 use super::{deploy, verify_everywhere};
-use crate::support::docker::{exclusive, ContainerState, Manifest, StatefulSet};
+use crate::support::manifest::Manifest;
+use crate::support::statefulset::{exclusive, ContainerState, StatefulSet};
 
 /// Waits until pod `i`'s container has stopped by itself, and checks that
 /// it failed with every one of `clues` in its log.

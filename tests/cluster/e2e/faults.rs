@@ -23,9 +23,10 @@ use rand::{Rng, SeedableRng};
 use super::nemesis::{self, Fault, Step};
 use super::workload::{Workload, REGISTERS};
 use super::{secs, table, verify_everywhere};
-use crate::support::docker::{exclusive, poll, StatefulSet, DEADLINE};
 use crate::support::history::Recorder;
 use crate::support::linearizability::{self, OkValue, Op, Verdict};
+use crate::support::statefulset::{exclusive, StatefulSet};
+use crate::support::{poll, DEADLINE};
 
 const CLIENTS: u64 = 4;
 

@@ -10,9 +10,10 @@ use raftset::Client;
 use super::nemesis::roll;
 use super::workload::{nothing_lost, Writers};
 use super::{deploy, members_are_the_pods, secs, statuses_agree, verify_everywhere};
-use crate::support::docker::{
-    exclusive, http_get, poll, Manifest, PodManagement, StatefulSet, DEADLINE,
-};
+use crate::support::http::http_get;
+use crate::support::manifest::{Manifest, PodManagement};
+use crate::support::statefulset::{exclusive, StatefulSet};
+use crate::support::{poll, DEADLINE};
 
 /// First deploy as `kubectl apply` does it, then what an operator checks:
 /// every pod ready, one cluster, `raftset members` lists three voters.

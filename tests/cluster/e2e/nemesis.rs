@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 use raftset::proto::StatusResponse;
 
 use super::secs;
-use crate::support::docker::{http_get, poll, StatefulSet, DEADLINE};
 use crate::support::history::{Recorder, Tally};
+use crate::support::http::http_get;
+use crate::support::statefulset::StatefulSet;
+use crate::support::{poll, DEADLINE};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {

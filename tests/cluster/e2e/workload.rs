@@ -21,9 +21,10 @@ use raftset::Client;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::support::docker::{poll, Endpoints, StatefulSet, DEADLINE};
 use crate::support::history::{classify, ErrorClass, Recorder};
 use crate::support::linearizability::{OkValue, Op, Outcome};
+use crate::support::statefulset::{Endpoints, StatefulSet};
+use crate::support::{poll, DEADLINE};
 
 pub const REGISTERS: [&[u8]; 3] = [b"reg/a", b"reg/b", b"reg/c"];
 const SET_PREFIX: &str = "set/";

@@ -1,12 +1,28 @@
 //! Shared helpers for multi-node tests: a cluster of real `raftset serve`
 //! processes, each on its own loopback address, with kill, stop, restart
 //! and `wait_for_*` helpers that always have a deadline.
+//!
+//! | file | owns |
+//! |---|---|
+//! | `mod.rs` | [`Cluster`], the process harness; [`poll`] and [`DEADLINE`] |
+//! | `statefulset.rs` | the container harness: a StatefulSet played with Docker |
+//! | `manifest.rs` | `k8s/` rendered by `kubectl kustomize` and read as JSON |
+//! | `docker.rs` | the `docker` command line and the clean-up of dead runs |
+//! | `image.rs` | the image the pods run, built once per test binary |
+//! | `dns.rs` | the NXDOMAIN server the pods' DNS forwards unknown names to |
+//! | `kube.rs` | the fake Kubernetes API (`spec.replicas`) |
+//! | `http.rs` | HTTP from the tests to a node's HTTP port |
+//! | `history.rs`, `linearizability.rs` | recorded histories and their checker |
 
+pub mod dns;
 pub mod docker;
 pub mod history;
 pub mod http;
+pub mod image;
 pub mod kube;
 pub mod linearizability;
+pub mod manifest;
+pub mod statefulset;
 
 use std::future::Future;
 use std::path::PathBuf;
