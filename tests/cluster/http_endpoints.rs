@@ -5,7 +5,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::http::get;
-use crate::support::Cluster;
+use crate::support::{Cluster, Harness};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_pod_counts_the_same_visits() {

@@ -21,6 +21,7 @@ use serde_json::Value;
 
 use crate::support::manifest::Manifest;
 use crate::support::statefulset::StatefulSet;
+use crate::support::Harness;
 use crate::support::{poll, DEADLINE};
 
 /// A set for `manifest`, created and formed: every pod ready and the
@@ -28,7 +29,7 @@ use crate::support::{poll, DEADLINE};
 pub async fn deploy(tag: &str, manifest: Manifest) -> StatefulSet {
     let mut set = StatefulSet::with(tag, manifest, &[]).await;
     set.create().await;
-    set.wait_voters(set.replicas()).await;
+    set.wait_for_voters(set.replicas()).await;
     set
 }
 

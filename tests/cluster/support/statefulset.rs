@@ -43,8 +43,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use raftset::proto::StatusResponse;
-use raftset::Client;
 use serde_json::Value;
 
 use super::dns::start_dns;
@@ -52,6 +50,7 @@ use super::docker::{
     docker, docker_blocking, docker_output, docker_raw, ensure_docker, Output, DOCKER_TIMEOUT,
     LABEL_OWNER, LABEL_SET,
 };
+use super::harness::Harness;
 use super::http::http_get;
 use super::image::ensure_image;
 use super::kube::FakeKubeApi;
@@ -272,29 +271,8 @@ impl StatefulSet {
         self.pods.get(i).is_some_and(Option::is_some)
     }
 
-    /// Ordinals of the pods that exist.
-    pub fn ordinals(&self) -> Vec<usize> {
-        (0..self.pods.len()).filter(|&i| self.exists(i)).collect()
-    }
-
-    /// Pods that exist, run, are not paused and are on the network.
-    pub fn reachable(&self) -> Vec<usize> {
-        self.ordinals()
-            .into_iter()
-            .filter(|&i| {
-                let p = self.pod(i);
-                !p.stopped && !p.paused && !p.partitioned
-            })
-            .collect()
-    }
-
     pub fn ip(&self, i: usize) -> String {
         self.pod(i).ip.clone()
-    }
-
-    /// Client gRPC address of pod `i`, from the host.
-    pub fn api(&self, i: usize) -> String {
-        format!("{}:{}", self.ip(i), self.manifest.port("grpc"))
     }
 
     /// HTTP address of pod `i`, from the host.
@@ -599,20 +577,6 @@ impl StatefulSet {
 
     // --- faults ----------------------------------------------------------
 
-    /// SIGKILL to the pod's process: no shutdown, no flush. The container
-    /// stays (as a crashed container in its pod) until [`Self::restart`].
-    pub async fn kill(&mut self, i: usize) {
-        self.on_container(i, &["kill", "--signal", "KILL"]).await;
-        self.pod_mut(i).stopped = true;
-    }
-
-    /// Starts the pod's container again, as the kubelet restarts a crashed
-    /// container: same pod, IP and volume. Does not wait for readiness.
-    pub async fn restart(&mut self, i: usize) {
-        self.on_container(i, &["start"]).await;
-        self.pod_mut(i).stopped = false;
-    }
-
     /// Freezes every process of the pod (cgroup freezer, like SIGSTOP).
     pub async fn pause(&mut self, i: usize) {
         self.on_container(i, &["pause"]).await;
@@ -856,9 +820,74 @@ impl StatefulSet {
         }
     }
 
+    /// Waits until every pod that exists and runs is ready.
+    pub async fn wait_all_ready(&self) {
+        for i in self.running() {
+            self.wait_ready(i).await;
+        }
+    }
+}
+
+impl Harness for StatefulSet {
+    fn name(&self, i: usize) -> String {
+        self.pod_name(i)
+    }
+
+    /// Client gRPC address of pod `i`, from the host.
+    fn api(&self, i: usize) -> String {
+        format!("{}:{}", self.ip(i), self.manifest.port("grpc"))
+    }
+
+    /// Ordinals of the pods that exist.
+    fn ordinals(&self) -> Vec<usize> {
+        (0..self.pods.len()).filter(|&i| self.exists(i)).collect()
+    }
+
+    /// Pods that exist, run, are not paused and are on the network.
+    fn running(&self) -> Vec<usize> {
+        self.ordinals()
+            .into_iter()
+            .filter(|&i| {
+                let p = self.pod(i);
+                !p.stopped && !p.paused && !p.partitioned
+            })
+            .collect()
+    }
+
+    /// `docker stop` with the grace period: SIGTERM, then SIGKILL once the
+    /// grace period is over. The container stays, as [`Self::kill`] leaves
+    /// it, until [`Self::restart`]; its exit must be clean.
+    async fn stop(&mut self, i: usize) {
+        let grace = self.manifest.grace_period_secs.to_string();
+        self.on_container(i, &["stop", "-t", &grace]).await;
+        self.pod_mut(i).stopped = true;
+        let state = self.state(i).await;
+        assert_eq!(
+            state.exit_code,
+            0,
+            "{} exited uncleanly; its log:\n{}",
+            self.pod_name(i),
+            self.logs(i, 40).await
+        );
+    }
+
+    /// SIGKILL to the pod's process: no shutdown, no flush. The container
+    /// stays (as a crashed container in its pod) until [`Self::restart`].
+    async fn kill(&mut self, i: usize) {
+        self.on_container(i, &["kill", "--signal", "KILL"]).await;
+        self.pod_mut(i).stopped = true;
+    }
+
+    /// Starts the pod's container again, as the kubelet restarts a crashed
+    /// container: same pod, IP and volume. Does not wait for readiness.
+    async fn restart(&mut self, i: usize) {
+        self.on_container(i, &["start"]).await;
+        self.pod_mut(i).stopped = false;
+    }
+
     /// Waits until pod `i` passes its readiness probe; fails at once,
     /// with its log, if its container exits.
-    pub async fn wait_ready(&self, i: usize) {
+    async fn wait_ready(&self, i: usize) {
         let deadline = DEADLINE.min(self.manifest.startup_window());
         let mut polls = 0u32;
         poll(
@@ -882,146 +911,6 @@ impl StatefulSet {
                         }
                     }
                     result
-                }
-            },
-        )
-        .await
-    }
-
-    /// Waits until every pod that exists and runs is ready.
-    pub async fn wait_all_ready(&self) {
-        for i in self.reachable() {
-            self.wait_ready(i).await;
-        }
-    }
-
-    // --- the cluster, through the client API ------------------------------
-
-    /// A client of pod `i` whose calls give up after `timeout`.
-    pub async fn client(&self, i: usize, timeout: Duration) -> Result<Client, String> {
-        let api = self.api(i);
-        let connect = Client::connect(&api);
-        match tokio::time::timeout(Duration::from_secs(3), connect).await {
-            Ok(Ok(client)) => Ok(client.with_timeout(timeout)),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("connect {api}: timed out")),
-        }
-    }
-
-    /// Pod `i`'s status (2 s at most).
-    pub async fn status(&self, i: usize) -> Result<StatusResponse, String> {
-        let mut client = self.client(i, Duration::from_secs(2)).await?;
-        tokio::time::timeout(Duration::from_secs(3), client.status())
-            .await
-            .map_err(|_| format!("{}: status timed out", self.pod_name(i)))?
-            .map_err(|e| format!("{}: {e}", self.pod_name(i)))
-    }
-
-    /// Waits until every pod in `among` names the same leader, that leader
-    /// is one of them and says it leads, its term is at least `min_term`
-    /// and it is not `not_id`. Returns its ordinal and status.
-    pub async fn wait_leader(
-        &self,
-        among: &[usize],
-        not_id: Option<u64>,
-        min_term: u64,
-    ) -> (usize, StatusResponse) {
-        poll(
-            &format!("one leader agreed by {among:?}"),
-            DEADLINE,
-            Duration::from_millis(100),
-            move || async move {
-                let mut seen = Vec::new();
-                for &i in among {
-                    let s = self.status(i).await?;
-                    seen.push((i, s));
-                }
-                let views: Vec<String> = seen
-                    .iter()
-                    .map(|(i, s)| {
-                        format!(
-                            "{}: {} term {} leader {:?}",
-                            self.pod_name(*i),
-                            s.role,
-                            s.term,
-                            s.leader_name
-                        )
-                    })
-                    .collect();
-                let leader_id = seen[0].1.leader_id;
-                let agreed =
-                    leader_id.is_some() && seen.iter().all(|(_, s)| s.leader_id == leader_id);
-                let leader = seen
-                    .iter()
-                    .find(|(_, s)| Some(s.id) == leader_id && s.role == "leader");
-                match leader {
-                    Some((i, s)) if agreed && s.term >= min_term && Some(s.id) != not_id => {
-                        Ok((*i, s.clone()))
-                    }
-                    _ => Err(views.join("; ")),
-                }
-            },
-        )
-        .await
-    }
-
-    /// The leader every reachable pod agrees on.
-    pub async fn leader(&self) -> (usize, StatusResponse) {
-        let among = self.reachable();
-        self.wait_leader(&among, None, 0).await
-    }
-
-    /// Waits until the leader reports exactly `n` voters, all caught up.
-    pub async fn wait_voters(&self, n: usize) -> raftset::proto::MembersResponse {
-        self.wait_voters_among(&self.reachable(), n).await
-    }
-
-    /// [`Self::wait_voters`] with the leader agreed by the pods `among` only
-    /// (a removed member that still runs does not know the leader).
-    pub async fn wait_voters_among(
-        &self,
-        among: &[usize],
-        n: usize,
-    ) -> raftset::proto::MembersResponse {
-        poll(
-            &format!("{n} voters, caught up"),
-            DEADLINE,
-            Duration::from_millis(200),
-            move || async move {
-                let (leader, _) = self.wait_leader(among, None, 0).await;
-                let mut client = self.client(leader, Duration::from_secs(2)).await?;
-                let members = client.members().await.map_err(|e| e.to_string())?;
-                let voters = members
-                    .members
-                    .iter()
-                    .filter(|p| p.member.as_ref().is_some_and(|m| m.voter))
-                    .count();
-                let lagging = members.members.iter().filter(|p| p.lag > 0).count();
-                if voters == n && members.members.len() == n && lagging == 0 {
-                    Ok(members)
-                } else {
-                    Err(format!(
-                        "{} members, {voters} voters, {lagging} lagging",
-                        members.members.len()
-                    ))
-                }
-            },
-        )
-        .await
-    }
-
-    /// Waits until pod `i` applied at least `index`.
-    pub async fn wait_applied(&self, i: usize, index: u64) -> StatusResponse {
-        poll(
-            &format!("{} to apply index {index}", self.pod_name(i)),
-            DEADLINE,
-            Duration::from_millis(100),
-            move || async move {
-                let s = self.status(i).await?;
-                if s.applied_index >= index {
-                    Ok(s)
-                } else {
-                    Err(format!("applied {}", s.applied_index))
                 }
             },
         )
