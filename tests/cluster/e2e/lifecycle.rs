@@ -10,7 +10,7 @@ use raftset::Client;
 use super::nemesis::roll;
 use super::workload::{nothing_lost, Writers};
 use super::{deploy, members_are_the_pods, secs, statuses_agree, verify_everywhere};
-use crate::support::http::http_get;
+use crate::support::http::{self, Reply};
 use crate::support::manifest::{Manifest, PodManagement};
 use crate::support::statefulset::{exclusive, StatefulSet};
 use crate::support::Harness;
@@ -86,13 +86,15 @@ async fn visit_counter_agrees_on_every_pod() {
     let mut refused = Vec::new();
     for n in 0..45 {
         let i = pods[n % pods.len()];
-        match http_get(&set.http(i), "/", Duration::from_secs(10)).await {
-            Ok((200, body)) => {
+        match http::fetch(&set.http(i), "/", "*/*", Duration::from_secs(10)).await {
+            Ok(Reply {
+                status: 200, body, ..
+            }) => {
                 ok += 1;
                 let count = visits_in(&body).unwrap_or_else(|| panic!("no count in {body:?}"));
                 assert!(seen.insert(count), "two visits saw count {count}");
             }
-            Ok((status, body)) => refused.push(format!("{status} {}", body.trim())),
+            Ok(Reply { status, body, .. }) => refused.push(format!("{status} {}", body.trim())),
             Err(e) => refused.push(e),
         }
     }
@@ -103,9 +105,10 @@ async fn visit_counter_agrees_on_every_pod() {
         "the visits saw the counts 1..={ok} (refused: {refused:?})"
     );
     for &i in &pods {
-        let (status, body) = http_get(&set.http(i), "/visits", Duration::from_secs(10))
-            .await
-            .unwrap();
+        let Reply { status, body, .. } =
+            http::fetch(&set.http(i), "/visits", "*/*", Duration::from_secs(10))
+                .await
+                .unwrap();
         assert_eq!(status, 200, "{body}");
         let json: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(json["visits"], ok, "{} counts every 200", set.pod_name(i));

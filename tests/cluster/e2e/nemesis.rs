@@ -9,7 +9,7 @@ use raftset::proto::StatusResponse;
 
 use super::secs;
 use crate::support::history::{Recorder, Tally};
-use crate::support::http::http_get;
+use crate::support::http;
 use crate::support::statefulset::StatefulSet;
 use crate::support::Harness;
 use crate::support::{poll, DEADLINE};
@@ -261,7 +261,9 @@ async fn cut_off(set: &mut StatefulSet, victim: usize) -> Injected {
         "fault did not happen: {name} is still on the network: {state:?}"
     );
     assert!(state.running, "{name} runs on, cut off");
-    let unreachable = http_get(&set.http(victim), "/healthz", Duration::from_secs(1)).await;
+    let unreachable = http::fetch(&set.http(victim), "/healthz", "*/*", Duration::from_secs(1))
+        .await
+        .map(|reply| reply.status);
     assert!(
         unreachable.is_err(),
         "fault did not happen: {name} still answers: {unreachable:?}"

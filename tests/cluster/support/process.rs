@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
 
 use raftset::proto::StatusResponse;
 use raftset::Client;
@@ -271,10 +272,7 @@ impl Harness for Cluster {
         wait_for(&format!("{} to be ready", self.nodes[i].name), || {
             let http = http.clone();
             async move {
-                if tokio::net::TcpStream::connect(&http).await.is_err() {
-                    return Err("not listening".to_string());
-                }
-                let reply = http::get(&http, "/readyz", "*/*").await;
+                let reply = http::fetch(&http, "/readyz", "*/*", Duration::from_secs(5)).await?;
                 if reply.status == 200 {
                     Ok(())
                 } else {

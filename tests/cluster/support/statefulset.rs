@@ -51,7 +51,7 @@ use super::docker::{
     LABEL_OWNER, LABEL_SET,
 };
 use super::harness::Harness;
-use super::http::http_get;
+use super::http::{self, Reply};
 use super::image::ensure_image;
 use super::kube::FakeKubeApi;
 use super::manifest::{EnvSource, Manifest, PodManagement};
@@ -804,9 +804,9 @@ impl StatefulSet {
     pub async fn probe_ready(&self, i: usize) -> Result<(), String> {
         let p = &self.manifest.readiness;
         let addr = format!("{}:{}", self.ip(i), p.port);
-        match http_get(&addr, &p.path, p.timeout).await? {
-            (200, _) => Ok(()),
-            (status, body) => Err(format!("{status} {}", body.trim())),
+        match http::fetch(&addr, &p.path, "*/*", p.timeout).await? {
+            Reply { status: 200, .. } => Ok(()),
+            Reply { status, body, .. } => Err(format!("{status} {}", body.trim())),
         }
     }
 
@@ -814,9 +814,9 @@ impl StatefulSet {
     pub async fn probe_live(&self, i: usize) -> Result<(), String> {
         let p = &self.manifest.liveness;
         let addr = format!("{}:{}", self.ip(i), p.port);
-        match http_get(&addr, &p.path, p.timeout).await? {
-            (200, _) => Ok(()),
-            (status, body) => Err(format!("{status} {}", body.trim())),
+        match http::fetch(&addr, &p.path, "*/*", p.timeout).await? {
+            Reply { status: 200, .. } => Ok(()),
+            Reply { status, body, .. } => Err(format!("{status} {}", body.trim())),
         }
     }
 
