@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use raftset::proto::StatusResponse;
 use raftset::Client;
+use rustix::process::{kill_process, Pid, Signal};
 use tokio::process::{Child, Command};
 
 use super::harness::Harness;
@@ -246,8 +247,8 @@ impl Harness for Cluster {
 
     async fn stop(&mut self, i: usize) {
         let mut child = self.nodes[i].child.take().expect("node is running");
-        if let Some(pid) = child.id() {
-            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        if let Some(pid) = child.id().and_then(|id| Pid::from_raw(id as i32)) {
+            kill_process(pid, Signal::TERM).expect("SIGTERM");
         }
         let status = tokio::time::timeout(DEADLINE, child.wait())
             .await
