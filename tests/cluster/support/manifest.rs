@@ -1,7 +1,7 @@
 //! The `k8s/` manifests as the container harness reads them: each
-//! kustomization rendered once by `kubectl kustomize` (the kustomize that
-//! `kubectl apply -k` runs), read as JSON with `serde_json`, and boiled down
-//! to a [`Manifest`]: what a StatefulSet controller and a kubelet would take
+//! kustomization rendered once by the kustomize built into kubectl (the one
+//! `kubectl kustomize` and `kubectl apply -k` run), read as JSON with
+//! `serde_json`, and boiled down to a [`Manifest`]: what a StatefulSet controller and a kubelet would take
 //! from the StatefulSet and its Services. A field the harness cannot play is
 //! an error, never silently ignored.
 //!
@@ -406,38 +406,20 @@ fn cpu_quantity(q: &str) -> Result<String, String> {
         .map_err(|_| format!("bad cpu {q}"))
 }
 
-/// Every object the kustomization in `dir` produces, as JSON: rendered by
-/// `kubectl kustomize` (the kustomize that `kubectl apply -k` runs), then
-/// printed as JSON by an empty `kubectl patch --local`, which reads the
-/// objects from its standard input and talks to no API server.
+/// Every object the kustomization in `dir` produces, as JSON:
+/// `kubectl patch --local -k <dir> -p {} -o json` renders `dir` with the
+/// kustomize built into kubectl (the one `kubectl kustomize` and
+/// `kubectl apply -k` run) and prints each object, unpatched, as JSON,
+/// talking to no API server.
 pub fn render(dir: &Path) -> Result<Vec<Value>, String> {
     let dir = dir.to_str().ok_or("the k8s/ path is not UTF-8")?;
-    let yaml = kubectl(&["kustomize", dir], None)?;
-    let json = kubectl(
-        &["patch", "--local", "-f", "-", "-p", "{}", "-o", "json"],
-        Some(yaml),
-    )?;
-    serde_json::Deserializer::from_slice(&json)
-        .into_iter::<Value>()
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("kubectl printed no JSON for {dir}: {e}"))
-}
-
-/// Runs `kubectl args...` with `stdin` on its standard input; its stdout.
-/// A missing kubectl is an error that says what to install.
-fn kubectl(args: &[&str], stdin: Option<Vec<u8>>) -> Result<Vec<u8>, String> {
-    let mut child = std::process::Command::new("kubectl")
+    let args = ["patch", "--local", "-k", dir, "-p", "{}", "-o", "json"];
+    let output = std::process::Command::new("kubectl")
         .args(args)
         // No kubeconfig: rendering must never reach a cluster.
         .env("KUBECONFIG", "/dev/null")
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+        .stdin(Stdio::null())
+        .output()
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => "kubectl is not installed: these tests render k8s/ \
                  with `kubectl kustomize`; install kubectl (with kustomize 5, as in kubectl 1.32) \
@@ -445,14 +427,6 @@ fn kubectl(args: &[&str], stdin: Option<Vec<u8>>) -> Result<Vec<u8>, String> {
                 .to_string(),
             _ => format!("cannot run kubectl: {e}"),
         })?;
-    if let Some(bytes) = stdin {
-        let mut pipe = child.stdin.take().expect("piped stdin");
-        // Written alongside reading the output, so neither pipe fills up.
-        std::thread::spawn(move || std::io::Write::write_all(&mut pipe, &bytes));
-    }
-    let output = child
-        .wait_with_output()
-        .map_err(|e| format!("kubectl: {e}"))?;
     if !output.status.success() {
         return Err(format!(
             "`kubectl {}` failed ({}): {}",
@@ -461,7 +435,10 @@ fn kubectl(args: &[&str], stdin: Option<Vec<u8>>) -> Result<Vec<u8>, String> {
             String::from_utf8_lossy(&output.stderr).trim()
         ));
     }
-    Ok(output.stdout)
+    serde_json::Deserializer::from_slice(&output.stdout)
+        .into_iter::<Value>()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("kubectl printed no JSON for {dir}: {e}"))
 }
 
 fn lookup<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {

@@ -54,7 +54,7 @@ use super::harness::Harness;
 use super::http::{self, Reply};
 use super::image::ensure_image;
 use super::kube::FakeKubeApi;
-use super::manifest::{EnvSource, Manifest, PodManagement};
+use super::manifest::{EnvSource, HttpProbe, Manifest, PodManagement};
 use super::{poll, DEADLINE};
 
 /// The private networks are /24s carved from this /16 (override with
@@ -344,8 +344,6 @@ impl StatefulSet {
         let m = &self.manifest;
         let pod_name = self.pod_name(i);
         let container = self.container(i);
-        let volume = self.volume(i);
-        let [owner, set] = self.labels();
         self.ensure_claim(i, &[]).await;
 
         let mut env: Vec<(String, String)> = Vec::new();
@@ -374,10 +372,8 @@ impl StatefulSet {
         env.push(("RAFTSET_KUBE_API".into(), kube));
         env.extend(self.extra_env.iter().cloned());
 
-        let user = format!("{}:{}", m.run_as_user, m.run_as_group);
         let alias = m.pod_fqdn(i);
         let service = m.service_fqdn();
-        let mount = format!("{volume}:{}", m.data_mount);
         let grace = m.grace_period_secs.to_string();
         let gateway = format!("{}.1", self.subnet);
         let mut args: Vec<String> = [
@@ -399,23 +395,13 @@ impl StatefulSet {
             &gateway,
             "--dns-option",
             "timeout:1",
-            "--label",
-            &owner,
-            "--label",
-            &set,
-            "--user",
-            &user,
             "--stop-timeout",
             &grace,
-            "--volume",
-            &mount,
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
-        if m.read_only_root {
-            args.push("--read-only".into());
-        }
+        args.extend(self.claim_run_args(i));
         for (path, size) in &m.empty_dirs {
             let mut options = format!(
                 "{path}:uid={},gid={},mode=0770",
@@ -425,9 +411,6 @@ impl StatefulSet {
                 options.push_str(&format!(",size={size}"));
             }
             args.extend(["--tmpfs".into(), options]);
-        }
-        for cap in &m.cap_drop {
-            args.extend(["--cap-drop".into(), cap.clone()]);
         }
         if m.no_new_privileges {
             args.extend(["--security-opt".into(), "no-new-privileges".into()]);
@@ -453,6 +436,31 @@ impl StatefulSet {
             partitioned: false,
         });
         self.publish_endpoints();
+    }
+
+    /// The `docker run` flags of every container on pod `i`'s claim, pod or
+    /// one-off: the set's labels, the pod's user, the claim at its mount
+    /// path, a read-only root and the dropped capabilities.
+    fn claim_run_args(&self, i: usize) -> Vec<String> {
+        let m = &self.manifest;
+        let [owner, set] = self.labels();
+        let mut args = vec![
+            "--label".to_string(),
+            owner,
+            "--label".into(),
+            set,
+            "--user".into(),
+            format!("{}:{}", m.run_as_user, m.run_as_group),
+            "--volume".into(),
+            format!("{}:{}", self.volume(i), m.data_mount),
+        ];
+        if m.read_only_root {
+            args.push("--read-only".into());
+        }
+        for cap in &m.cap_drop {
+            args.extend(["--cap-drop".into(), cap.clone()]);
+        }
+        args
     }
 
     /// Tells every [`Endpoints`] handed out where the pods are now.
@@ -731,44 +739,16 @@ impl StatefulSet {
         files: &[(&Path, &str)],
     ) -> Output {
         assert!(!self.exists(i), "{} still uses its claim", self.pod_name(i));
-        let m = &self.manifest;
-        let volume = self.volume(i);
-        let [owner, set] = self.labels();
         self.ensure_claim(i, &[]).await;
         let name = format!("{}-oneoff-{i}", self.id);
-        let user = format!("{}:{}", m.run_as_user, m.run_as_group);
-        let mount = format!("{volume}:{}", m.data_mount);
-        let mut full = vec![
-            "run",
-            "--rm",
-            "-i",
-            "--name",
-            &name,
-            "--network",
-            "none",
-            "--label",
-            &owner,
-            "--label",
-            &set,
-            "--user",
-            &user,
-            "--volume",
-            &mount,
-        ];
-        if m.read_only_root {
-            full.push("--read-only");
-        }
+        let claim_args = self.claim_run_args(i);
         let binds: Vec<String> = files
             .iter()
             .map(|(host, path)| format!("--volume={}:{path}:ro", host.display()))
             .collect();
+        let mut full = vec!["run", "--rm", "-i", "--name", &name, "--network", "none"];
+        full.extend(claim_args.iter().map(String::as_str));
         full.extend(binds.iter().map(String::as_str));
-        let caps: Vec<String> = m
-            .cap_drop
-            .iter()
-            .map(|c| format!("--cap-drop={c}"))
-            .collect();
-        full.extend(caps.iter().map(String::as_str));
         full.push(&self.image);
         full.extend_from_slice(args);
         let output = docker_raw(&full, Some(stdin))
@@ -802,17 +782,16 @@ impl StatefulSet {
 
     /// One readiness probe, as the kubelet sends it.
     pub async fn probe_ready(&self, i: usize) -> Result<(), String> {
-        let p = &self.manifest.readiness;
-        let addr = format!("{}:{}", self.ip(i), p.port);
-        match http::fetch(&addr, &p.path, "*/*", p.timeout).await? {
-            Reply { status: 200, .. } => Ok(()),
-            Reply { status, body, .. } => Err(format!("{status} {}", body.trim())),
-        }
+        self.probe(i, &self.manifest.readiness).await
     }
 
     /// One liveness probe.
     pub async fn probe_live(&self, i: usize) -> Result<(), String> {
-        let p = &self.manifest.liveness;
+        self.probe(i, &self.manifest.liveness).await
+    }
+
+    /// One `httpGet` probe of pod `i`: `Ok` for a 200 within its timeout.
+    async fn probe(&self, i: usize, p: &HttpProbe) -> Result<(), String> {
         let addr = format!("{}:{}", self.ip(i), p.port);
         match http::fetch(&addr, &p.path, "*/*", p.timeout).await? {
             Reply { status: 200, .. } => Ok(()),
