@@ -2,7 +2,7 @@
 
 use raftset::proto::AddLearnerRequest;
 
-use crate::support::{wait_for, Cluster};
+use crate::support::{wait_for, Cluster, Harness};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_transfer_leader_and_verify_through_any_node() {

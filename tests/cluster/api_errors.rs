@@ -6,7 +6,7 @@ use raftset::proto::kv_client::KvClient;
 use raftset::proto::{GetRequest, PutRequest, ScanRequest};
 use tonic::Code;
 
-use crate::support::Cluster;
+use crate::support::{Cluster, Harness};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_the_documented_codes_and_change_nothing() {

@@ -5,7 +5,7 @@ use std::time::Duration;
 use raftset::client::Consistency;
 use tonic::Code;
 
-use crate::support::{wait_for, Cluster};
+use crate::support::{wait_for, Cluster, Harness};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_continue_under_a_new_leader_after_the_leader_is_killed() {

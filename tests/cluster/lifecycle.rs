@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use crate::support::kube::FakeKubeApi;
-use crate::support::{wait_for, Cluster};
+use crate::support::{wait_for, Cluster, Harness};
 
 /// Waits until every running node reports the same cluster id, `voters`
 /// voters, and returns (cluster id, member id of each node by index).

@@ -5,18 +5,15 @@ Used by test_manifests.py and by scripts/validate-manifests:
     python3 tests/manifests/manifests.py validate [--versions 1.32.0,1.37.0]
     python3 tests/manifests/manifests.py render k8s/overlays/parallel
 
-Rendering uses `kubectl kustomize` (or `kustomize build`) when one is
-installed, and otherwise a small built-in renderer that handles exactly the
-kustomization features k8s/ uses (resources, and strategic-merge patches that
-name their target by kind and name); it refuses anything else rather than
-render it wrongly. RAFTSET_RENDERER=python forces the built-in one.
+Rendering is `kubectl kustomize`, the kustomize that `kubectl apply -k` runs
+and the one the e2e tests render with (tests/cluster/support/), so
+every check sees the objects a cluster would get. Without kubectl it stops
+and says so.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import os
 import shutil
 import subprocess
 import sys
@@ -88,111 +85,21 @@ def resource_files() -> list[Path]:
 # --- rendering ---------------------------------------------------------------
 
 
-def external_renderer() -> list[str] | None:
-    if os.environ.get("RAFTSET_RENDERER") == "python":
-        return None
-    if shutil.which("kubectl"):
-        return ["kubectl", "kustomize"]
-    if shutil.which("kustomize"):
-        return ["kustomize", "build"]
-    return None
-
-
-def renderer_name() -> str:
-    cmd = external_renderer()
-    return " ".join(cmd) if cmd else "built-in Python renderer"
+KUBECTL_MISSING = (
+    "kubectl is not installed: k8s/ is rendered with `kubectl kustomize`; "
+    "install kubectl (with kustomize 5, as in kubectl 1.32)"
+)
 
 
 def render(directory: Path) -> list[dict]:
-    cmd = external_renderer()
-    if cmd is None:
-        return render_python(directory)
+    if shutil.which("kubectl") is None:
+        raise RenderError(KUBECTL_MISSING)
     out = subprocess.run(
-        [*cmd, str(directory)], capture_output=True, text=True, check=False
+        ["kubectl", "kustomize", str(directory)], capture_output=True, text=True, check=False
     )
     if out.returncode != 0:
-        raise RenderError(f"{' '.join(cmd)} {directory} failed:\n{out.stderr}")
+        raise RenderError(f"kubectl kustomize {directory} failed:\n{out.stderr}")
     return [d for d in yaml.safe_load_all(out.stdout) if d is not None]
-
-
-# Strategic merge keys of the lists this project could patch; other lists are
-# replaced, as kustomize does for lists without a merge key.
-MERGE_KEYS = {
-    "containers": "name",
-    "initContainers": "name",
-    "env": "name",
-    "volumes": "name",
-    "volumeMounts": "mountPath",
-    "ports": "containerPort",
-}
-SUPPORTED = {"apiVersion", "kind", "resources", "patches"}
-
-
-def strategic_merge(target: dict, patch: dict) -> None:
-    for key, value in patch.items():
-        if key.startswith("$"):
-            raise RenderError(f"patch directive {key} is not supported by the built-in renderer")
-        if value is None:
-            target.pop(key, None)
-        elif isinstance(value, dict) and isinstance(target.get(key), dict):
-            strategic_merge(target[key], value)
-        elif (
-            isinstance(value, list)
-            and key in MERGE_KEYS
-            and isinstance(target.get(key), list)
-        ):
-            merge_key = MERGE_KEYS[key]
-            for item in value:
-                match = [t for t in target[key] if t.get(merge_key) == item.get(merge_key)]
-                if match:
-                    strategic_merge(match[0], item)
-                else:
-                    target[key].append(copy.deepcopy(item))
-        else:
-            target[key] = copy.deepcopy(value)
-
-
-def render_python(directory: Path) -> list[dict]:
-    kfile = kustomization_file(directory)
-    if kfile is None:
-        raise RenderError(f"{directory} has no kustomization.yaml")
-    k = load_docs(kfile)[0]
-    unsupported = set(k) - SUPPORTED
-    if unsupported:
-        raise RenderError(
-            f"{kfile}: {sorted(unsupported)} not supported by the built-in renderer; "
-            "install kubectl or kustomize"
-        )
-    docs: list[dict] = []
-    for r in k.get("resources", []) or []:
-        path = directory / r
-        docs += render_python(path) if path.is_dir() else load_docs(path)
-    for entry in k.get("patches", []) or []:
-        if set(entry) - {"path", "patch"}:
-            raise RenderError(f"{kfile}: patch options {sorted(set(entry))} not supported")
-        body = (
-            load_docs(directory / entry["path"])
-            if "path" in entry
-            else list(yaml.safe_load_all(entry["patch"]))
-        )
-        if len(body) != 1 or not isinstance(body[0], dict):
-            raise RenderError(f"{kfile}: only single strategic-merge patches are supported")
-        patch = body[0]
-        meta = patch.get("metadata", {})
-        targets = [
-            d
-            for d in docs
-            if d.get("kind") == patch.get("kind")
-            and d["metadata"].get("name") == meta.get("name")
-            and ("namespace" not in meta or d["metadata"].get("namespace") == meta["namespace"])
-        ]
-        if len(targets) != 1:
-            raise RenderError(
-                f"{kfile}: patch for {patch.get('kind')}/{meta.get('name')} "
-                f"matches {len(targets)} resources"
-            )
-        strategic_merge(targets[0], patch)
-    return docs
 
 
 def key(doc: dict) -> tuple[str, str, str]:
@@ -254,7 +161,7 @@ def validate(versions: list[str], verbose: bool = False) -> int:
                     print(f"ok   {label} {what} (Kubernetes {version}, strict)")
     print(
         f"schema validation: {len(items)} resources x {len(versions)} versions "
-        f"({', '.join(versions)}), {failures} failed; rendered with {renderer_name()}"
+        f"({', '.join(versions)}), {failures} failed; rendered with kubectl kustomize"
     )
     return failures
 

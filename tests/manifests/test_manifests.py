@@ -93,14 +93,6 @@ def test_kustomization_renders_every_base_file(base):
     assert {m.key(d) for d in base} == from_files
 
 
-@pytest.mark.skipif(m.external_renderer() is None, reason="no kubectl or kustomize here")
-def test_builtin_renderer_agrees_with_kustomize():
-    for directory in m.kustomization_dirs():
-        real = sorted(m.render(directory), key=m.key)
-        ours = sorted(m.render_python(directory), key=m.key)
-        assert ours == real, f"built-in renderer differs from kustomize for {directory}"
-
-
 def test_parallel_overlay_only_changes_pod_management_policy(base, parallel):
     sts = one(parallel, "StatefulSet", "raftset")
     assert sts["spec"]["podManagementPolicy"] == "Parallel"

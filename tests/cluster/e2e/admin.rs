@@ -6,7 +6,10 @@ use std::time::Duration;
 use raftset::client::Consistency;
 
 use super::{deploy, members_are_the_pods, statuses_agree, verify_everywhere};
-use crate::support::docker::{exclusive, poll, Manifest, StatefulSet, DEADLINE};
+use crate::support::manifest::Manifest;
+use crate::support::statefulset::{exclusive, StatefulSet};
+use crate::support::Harness;
+use crate::support::{poll, DEADLINE};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_commands_through_exec() {
@@ -47,7 +50,9 @@ async fn admin_commands_through_exec() {
     let old_term = statuses[leader]["term"].as_u64().unwrap();
     set.exec_ok(via, &["raftset", "transfer-leader", "--to", &target_id])
         .await;
-    let (now, status) = set.wait_leader(&[0, 1, 2], None, old_term + 1).await;
+    let (now, status) = set
+        .wait_for_leader_among(&[0, 1, 2], None, old_term + 1)
+        .await;
     assert_eq!(
         now,
         target,
@@ -62,7 +67,9 @@ async fn admin_commands_through_exec() {
     // transfer-leader with no target: any caught-up voter may take over.
     let moved = set.exec(target, &["raftset", "transfer-leader"]).await;
     assert!(moved.success(), "transfer-leader: {}", moved.stderr);
-    let (next, _) = set.wait_leader(&[0, 1, 2], None, status.term + 1).await;
+    let (next, _) = set
+        .wait_for_leader_among(&[0, 1, 2], None, status.term + 1)
+        .await;
     assert_ne!(
         next,
         target,
@@ -139,7 +146,7 @@ enum Handover {
 async fn backup_then_restore(tag: &str, handover: Handover) {
     let _turn = exclusive().await;
     let old = deploy(tag, Manifest::base()).await;
-    let mut client = old.client(1, Duration::from_secs(10)).await.unwrap();
+    let mut client = old.connect(1, Duration::from_secs(10)).await.unwrap();
     for k in 0..30 {
         client
             .put(format!("saved/{k}").as_bytes(), format!("v{k}").as_bytes())
@@ -193,17 +200,17 @@ async fn backup_then_restore(tag: &str, handover: Handover) {
     );
 
     set.create().await;
-    set.wait_voters(3).await;
+    set.wait_for_voters(3).await;
     let statuses = statuses_agree(&set).await;
     assert_ne!(
         statuses[0]["cluster_id"],
         old_cluster.as_str(),
         "a restore founds a new cluster"
     );
-    let leader_log = set.leader().await.1.last_log_index;
+    let leader_log = set.wait_for_leader().await.1.last_log_index;
     for i in 0..3 {
-        set.wait_applied(i, leader_log).await;
-        let mut c = set.client(i, Duration::from_secs(10)).await.unwrap();
+        set.wait_for_applied(i, leader_log).await;
+        let mut c = set.connect(i, Duration::from_secs(10)).await.unwrap();
         for k in 0..30 {
             let kv = c
                 .get_with(format!("saved/{k}").as_bytes(), Consistency::Serializable)

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use super::workload::{nothing_lost, Writers, Written};
 use super::{deploy, verify_everywhere};
-use crate::support::docker::{exclusive, ContainerState, Manifest, StatefulSet};
+use crate::support::manifest::Manifest;
+use crate::support::statefulset::{exclusive, ContainerState, StatefulSet};
+use crate::support::Harness;
 
 /// Waits until pod `i`'s container has stopped by itself, and checks that
 /// it failed with every one of `clues` in its log.
@@ -30,7 +32,7 @@ async fn failed_saying(set: &StatefulSet, i: usize, clues: &[&str]) -> Container
 /// read through each of them.
 async fn the_others_serve(set: &StatefulSet, i: usize) {
     for other in set.ordinals().into_iter().filter(|&o| o != i) {
-        let mut client = set.client(other, Duration::from_secs(10)).await.unwrap();
+        let mut client = set.connect(other, Duration::from_secs(10)).await.unwrap();
         let key = format!("still-serving/{}", set.pod_name(other));
         client
             .put(key.as_bytes(), b"yes")
@@ -49,7 +51,7 @@ async fn brought_back(set: &mut StatefulSet, i: usize, prefix: &str, written: &W
     the_others_serve(set, i).await;
     set.delete_pvc(i).await;
     set.wait_ready(i).await;
-    set.wait_voters(3).await;
+    set.wait_for_voters(3).await;
     verify_everywhere(set).await;
     nothing_lost(set, prefix, written).await
 }
@@ -81,7 +83,7 @@ async fn kill_9_of_every_pod_under_heavy_load_loses_no_acknowledged_write() {
         set.restart(i).await;
     }
     set.wait_all_ready().await;
-    set.wait_voters(3).await;
+    set.wait_for_voters(3).await;
     let present = nothing_lost(&set, "load/", &written).await;
     verify_everywhere(&set).await;
     println!(
@@ -98,7 +100,7 @@ async fn a_full_volume_stops_its_pod_with_a_clear_error_and_the_others_serve() {
     let mut set = StatefulSet::new("diskfull").await;
     set.provision_small_claim(2, 24 * 1024 * 1024).await;
     set.create().await;
-    set.wait_voters(3).await;
+    set.wait_for_voters(3).await;
 
     // 256 KiB values until pod 2's 24 MiB are gone.
     let writers = Writers::start(&set, "big/", 4, 256 * 1024);

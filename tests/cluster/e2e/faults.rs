@@ -23,9 +23,11 @@ use rand::{Rng, SeedableRng};
 use super::nemesis::{self, Fault, Step};
 use super::workload::{Workload, REGISTERS};
 use super::{secs, table, verify_everywhere};
-use crate::support::docker::{exclusive, poll, StatefulSet, DEADLINE};
 use crate::support::history::Recorder;
 use crate::support::linearizability::{self, OkValue, Op, Verdict};
+use crate::support::statefulset::{exclusive, StatefulSet};
+use crate::support::Harness;
+use crate::support::{poll, DEADLINE};
 
 const CLIENTS: u64 = 4;
 
@@ -68,7 +70,7 @@ async fn fault_campaign_is_linearizable() {
     let started = Instant::now();
     let mut set = StatefulSet::new("faults").await;
     set.create().await;
-    set.wait_voters(3).await;
+    set.wait_for_voters(3).await;
     let deployed = started.elapsed();
 
     let recorder = Arc::new(Recorder::new());
@@ -100,8 +102,8 @@ async fn fault_campaign_is_linearizable() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let ledger = workload.stop().await;
 
-    let (leader, _) = set.leader().await;
-    let mut reader = set.client(leader, Duration::from_secs(10)).await.unwrap();
+    let leader = set.leader().await;
+    let mut reader = set.connect(leader, Duration::from_secs(10)).await.unwrap();
     // Final linearizable reads join the history.
     for key in REGISTERS {
         let invoke = recorder.now();

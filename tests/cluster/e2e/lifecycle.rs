@@ -10,9 +10,11 @@ use raftset::Client;
 use super::nemesis::roll;
 use super::workload::{nothing_lost, Writers};
 use super::{deploy, members_are_the_pods, secs, statuses_agree, verify_everywhere};
-use crate::support::docker::{
-    exclusive, http_get, poll, Manifest, PodManagement, StatefulSet, DEADLINE,
-};
+use crate::support::http::{self, Reply};
+use crate::support::manifest::{Manifest, PodManagement};
+use crate::support::statefulset::{exclusive, StatefulSet};
+use crate::support::Harness;
+use crate::support::{poll, DEADLINE};
 
 /// First deploy as `kubectl apply` does it, then what an operator checks:
 /// every pod ready, one cluster, `raftset members` lists three voters.
@@ -31,7 +33,7 @@ async fn first_deploy(tag: &str, manifest: Manifest, policy: PodManagement) {
         set.probe_ready(i).await.expect("ready");
         set.probe_live(i).await.expect("live");
     }
-    set.wait_voters(replicas).await;
+    set.wait_for_voters(replicas).await;
     let statuses = statuses_agree(&set).await;
     for (i, s) in statuses.iter().enumerate() {
         assert_eq!(
@@ -84,13 +86,15 @@ async fn visit_counter_agrees_on_every_pod() {
     let mut refused = Vec::new();
     for n in 0..45 {
         let i = pods[n % pods.len()];
-        match http_get(&set.http(i), "/", Duration::from_secs(10)).await {
-            Ok((200, body)) => {
+        match http::fetch(&set.http(i), "/", "*/*", Duration::from_secs(10)).await {
+            Ok(Reply {
+                status: 200, body, ..
+            }) => {
                 ok += 1;
                 let count = visits_in(&body).unwrap_or_else(|| panic!("no count in {body:?}"));
                 assert!(seen.insert(count), "two visits saw count {count}");
             }
-            Ok((status, body)) => refused.push(format!("{status} {}", body.trim())),
+            Ok(Reply { status, body, .. }) => refused.push(format!("{status} {}", body.trim())),
             Err(e) => refused.push(e),
         }
     }
@@ -101,9 +105,10 @@ async fn visit_counter_agrees_on_every_pod() {
         "the visits saw the counts 1..={ok} (refused: {refused:?})"
     );
     for &i in &pods {
-        let (status, body) = http_get(&set.http(i), "/visits", Duration::from_secs(10))
-            .await
-            .unwrap();
+        let Reply { status, body, .. } =
+            http::fetch(&set.http(i), "/visits", "*/*", Duration::from_secs(10))
+                .await
+                .unwrap();
         assert_eq!(status, 200, "{body}");
         let json: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(json["visits"], ok, "{} counts every 200", set.pod_name(i));
@@ -117,7 +122,7 @@ async fn visit_counter_agrees_on_every_pod() {
 async fn deleted_pod_comes_back_with_its_identity() {
     let _turn = exclusive().await;
     let mut set = deploy("delpod", Manifest::base()).await;
-    let mut client = set.client(2, Duration::from_secs(10)).await.unwrap();
+    let mut client = set.connect(2, Duration::from_secs(10)).await.unwrap();
     client.put(b"kept", b"across pod deletion").await.unwrap();
     let before: Vec<_> = {
         let mut v = Vec::new();
@@ -127,7 +132,7 @@ async fn deleted_pod_comes_back_with_its_identity() {
         v
     };
     // A follower, then whoever leads (its handover runs on SIGTERM).
-    let (leader, _) = set.leader().await;
+    let leader = set.leader().await;
     let follower = (leader + 1) % 3;
     for i in [follower, leader] {
         let old_ip = set.ip(i);
@@ -143,12 +148,12 @@ async fn deleted_pod_comes_back_with_its_identity() {
         );
         assert_eq!(after.name, before[i].name);
         assert_eq!(after.cluster_id, before[i].cluster_id);
-        set.wait_voters(3).await;
-        let mut c = set.client(i, Duration::from_secs(10)).await.unwrap();
+        set.wait_for_voters(3).await;
+        let mut c = set.connect(i, Duration::from_secs(10)).await.unwrap();
         let kv = c.get(b"kept").await.unwrap().expect("the key survives");
         assert_eq!(kv.value, b"across pod deletion");
     }
-    let members = set.wait_voters(3).await;
+    let members = set.wait_for_voters(3).await;
     let ids: BTreeSet<u64> = members
         .members
         .iter()
@@ -173,7 +178,7 @@ async fn rolling_restart_under_write_load_loses_nothing() {
     let during = writers.acknowledged() - before;
     let written = writers.stop().await;
     assert!(during > 0, "no write was acknowledged during the rollout");
-    set.wait_voters(3).await;
+    set.wait_for_voters(3).await;
     let present = nothing_lost(&set, "roll/", &written).await;
     verify_everywhere(&set).await;
     println!(
@@ -191,7 +196,7 @@ async fn deleted_pvc_rejoins(tag: &str, ordinal: usize) {
     let _turn = exclusive().await;
     let mut set = deploy(tag, Manifest::base()).await;
     let mut client = set
-        .client(1 - ordinal.min(1), Duration::from_secs(10))
+        .connect(1 - ordinal.min(1), Duration::from_secs(10))
         .await
         .unwrap();
     for k in 0..20 {
@@ -214,7 +219,7 @@ async fn deleted_pvc_rejoins(tag: &str, ordinal: usize) {
         set.pod_name(ordinal)
     );
 
-    let members = set.wait_voters(3).await;
+    let members = set.wait_for_voters(3).await;
     let me = members
         .members
         .iter()
@@ -233,9 +238,9 @@ async fn deleted_pvc_rejoins(tag: &str, ordinal: usize) {
     assert!(statuses.iter().all(|s| s["cluster_id"] == cluster.as_str()));
 
     // The data is on the new volume: read it from that pod alone.
-    let leader_log = set.leader().await.1.last_log_index;
-    set.wait_applied(ordinal, leader_log).await;
-    let mut local = set.client(ordinal, Duration::from_secs(10)).await.unwrap();
+    let leader_log = set.wait_for_leader().await.1.last_log_index;
+    set.wait_for_applied(ordinal, leader_log).await;
+    let mut local = set.connect(ordinal, Duration::from_secs(10)).await.unwrap();
     for k in 0..20 {
         let kv = local
             .get_with(
@@ -277,19 +282,19 @@ async fn scale_3_to_5_to_3() {
     )
     .await;
     set.create().await;
-    set.wait_voters(3).await;
-    let mut client = set.client(0, Duration::from_secs(10)).await.unwrap();
+    set.wait_for_voters(3).await;
+    let mut client = set.connect(0, Duration::from_secs(10)).await.unwrap();
     client.put(b"scale", b"before").await.unwrap();
 
     set.scale(5).await;
-    set.wait_voters(5).await;
+    set.wait_for_voters(5).await;
     members_are_the_pods(&set, 4, 5).await;
-    let mut c4 = set.client(4, Duration::from_secs(10)).await.unwrap();
+    let mut c4 = set.connect(4, Duration::from_secs(10)).await.unwrap();
     assert_eq!(c4.get(b"scale").await.unwrap().unwrap().value, b"before");
 
     set.scale(3).await;
     assert_eq!(set.ordinals(), vec![0, 1, 2]);
-    set.wait_voters(3).await;
+    set.wait_for_voters(3).await;
     members_are_the_pods(&set, 0, 3).await;
     for i in [3, 4] {
         let volume = set.volume(i);
@@ -302,7 +307,7 @@ async fn scale_3_to_5_to_3() {
         DEADLINE,
         Duration::from_millis(200),
         || async {
-            let mut c = set.client(1, Duration::from_secs(5)).await?;
+            let mut c = set.connect(1, Duration::from_secs(5)).await?;
             c.put(b"scale", b"after").await.map_err(|e| e.to_string())?;
             Ok(c)
         },

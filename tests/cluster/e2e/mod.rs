@@ -1,11 +1,11 @@
 //! End-to-end tests on containers: the StatefulSet's life cycle and a fault
-//! campaign, played by `support::docker` with the image built from the
+//! campaign, played by `support::statefulset` with the image built from the
 //! `Dockerfile` and the pods described by `k8s/`.
 //!
 //! Needs a running Docker daemon (the tests fail, saying so, without one).
 //! Run them alone with `cargo test --test cluster e2e`; add
 //! `-- --nocapture` to see the fault campaign's seed, schedule and summary.
-//! The tests take turns (`docker::exclusive`): each runs a whole cluster on
+//! The tests take turns (`statefulset::exclusive`): each runs a whole cluster on
 //! the machine's two cores.
 
 mod admin;
@@ -19,14 +19,17 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::docker::{poll, Manifest, StatefulSet, DEADLINE};
+use crate::support::manifest::Manifest;
+use crate::support::statefulset::StatefulSet;
+use crate::support::Harness;
+use crate::support::{poll, DEADLINE};
 
 /// A set for `manifest`, created and formed: every pod ready and the
 /// leader reporting `replicas` voters.
 pub async fn deploy(tag: &str, manifest: Manifest) -> StatefulSet {
     let mut set = StatefulSet::with(tag, manifest, &[]).await;
     set.create().await;
-    set.wait_voters(set.replicas()).await;
+    set.wait_for_voters(set.replicas()).await;
     set
 }
 

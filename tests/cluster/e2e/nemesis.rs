@@ -8,8 +8,11 @@ use std::time::{Duration, Instant};
 use raftset::proto::StatusResponse;
 
 use super::secs;
-use crate::support::docker::{http_get, poll, StatefulSet, DEADLINE};
 use crate::support::history::{Recorder, Tally};
+use crate::support::http;
+use crate::support::statefulset::StatefulSet;
+use crate::support::Harness;
+use crate::support::{poll, DEADLINE};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -147,7 +150,7 @@ async fn confirmed_leader(set: &StatefulSet) -> (usize, StatusResponse) {
         DEADLINE,
         Duration::from_millis(100),
         || async {
-            let (leader, agreed) = set.leader().await;
+            let (leader, agreed) = set.wait_for_leader().await;
             let now = set.status(leader).await?;
             if now.role == "leader" && now.term == agreed.term {
                 Ok((leader, now))
@@ -186,14 +189,10 @@ async fn prove_the_rest_go_on(
     since: Instant,
     what: &str,
 ) -> Injected {
-    let others: Vec<usize> = set
-        .reachable()
-        .into_iter()
-        .filter(|&i| i != victim)
-        .collect();
+    let others: Vec<usize> = set.running().into_iter().filter(|&i| i != victim).collect();
     if before.leader_name == set.pod_name(victim) {
         let (new_leader, after) = set
-            .wait_leader(&others, before.leader_id, before.term + 1)
+            .wait_for_leader_among(&others, before.leader_id, before.term + 1)
             .await;
         let failover = since.elapsed();
         return Injected {
@@ -207,9 +206,9 @@ async fn prove_the_rest_go_on(
             failover: Some(failover),
         };
     }
-    let (leader, _) = set.wait_leader(&others, None, 0).await;
+    let (leader, _) = set.wait_for_leader_among(&others, None, 0).await;
     let mut client = set
-        .client(leader, Duration::from_secs(5))
+        .connect(leader, Duration::from_secs(5))
         .await
         .expect("a client of the leader");
     let name = set.pod_name(victim);
@@ -262,7 +261,9 @@ async fn cut_off(set: &mut StatefulSet, victim: usize) -> Injected {
         "fault did not happen: {name} is still on the network: {state:?}"
     );
     assert!(state.running, "{name} runs on, cut off");
-    let unreachable = http_get(&set.http(victim), "/healthz", Duration::from_secs(1)).await;
+    let unreachable = http::fetch(&set.http(victim), "/healthz", "*/*", Duration::from_secs(1))
+        .await
+        .map(|reply| reply.status);
     assert!(
         unreachable.is_err(),
         "fault did not happen: {name} still answers: {unreachable:?}"
@@ -356,7 +357,7 @@ async fn remove_member(set: &mut StatefulSet, pick: usize) -> Injected {
         .into_iter()
         .filter(|&i| i != victim)
         .collect();
-    let members = set.wait_voters_among(&others, 2).await;
+    let members = set.wait_for_voters_among(&others, 2).await;
     assert!(
         members
             .members
@@ -388,7 +389,7 @@ async fn heal(set: &mut StatefulSet, fault: Fault, victim: usize) {
             assert_ne!(exited.exit_code, 0, "{name} exits as a failure");
             set.restart(victim).await;
             set.wait_ready(victim).await;
-            set.wait_voters(3).await;
+            set.wait_for_voters(3).await;
             let new = set.status(victim).await.expect("status after rejoining").id;
             assert_ne!(Some(new), old, "{name} rejoined under a new node id");
         }
@@ -399,9 +400,9 @@ async fn heal(set: &mut StatefulSet, fault: Fault, victim: usize) {
 /// caught up with the leader's log.
 async fn recovered(set: &StatefulSet) {
     set.wait_all_ready().await;
-    let (_, leader) = set.wait_leader(&set.ordinals(), None, 0).await;
-    set.wait_voters(3).await;
+    let (_, leader) = set.wait_for_leader_among(&set.ordinals(), None, 0).await;
+    set.wait_for_voters(3).await;
     for i in set.ordinals() {
-        set.wait_applied(i, leader.last_log_index).await;
+        set.wait_for_applied(i, leader.last_log_index).await;
     }
 }

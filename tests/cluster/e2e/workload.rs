@@ -21,9 +21,11 @@ use raftset::Client;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::support::docker::{poll, Endpoints, StatefulSet, DEADLINE};
 use crate::support::history::{classify, ErrorClass, Recorder};
 use crate::support::linearizability::{OkValue, Op, Outcome};
+use crate::support::statefulset::{Endpoints, StatefulSet};
+use crate::support::Harness;
+use crate::support::{poll, DEADLINE};
 
 pub const REGISTERS: [&[u8]; 3] = [b"reg/a", b"reg/b", b"reg/c"];
 const SET_PREFIX: &str = "set/";
@@ -333,8 +335,8 @@ impl Writers {
 /// Every acknowledged write present, no definitely failed one, read
 /// through the leader.
 pub async fn nothing_lost(set: &StatefulSet, prefix: &str, written: &Written) -> usize {
-    let (leader, _) = set.leader().await;
-    let mut reader = set.client(leader, Duration::from_secs(20)).await.unwrap();
+    let leader = set.leader().await;
+    let mut reader = set.connect(leader, Duration::from_secs(20)).await.unwrap();
     let present = keys_under(&mut reader, prefix).await.expect("scan");
     let lost: Vec<&String> = written.acknowledged.difference(&present).collect();
     let resurrected: Vec<&String> = written.failed.intersection(&present).collect();

@@ -1,58 +1,66 @@
-//! A minimal HTTP/1.1 client for the node's HTTP port: the tests need
-//! nothing more, and it lets them speak slowly on purpose.
+//! HTTP from the tests to a node's HTTP port, with `ureq`: one GET per
+//! call, run on tokio's blocking pool because ureq blocks. No proxy and no
+//! redirects, so a request goes exactly to the address given (loopback or
+//! the harness's own network). A test that speaks slowly or sends garbage on
+//! purpose opens a `TcpStream` itself.
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use std::time::Duration;
 
+use ureq::http::HeaderMap;
+
+use super::DEADLINE;
+
+/// What a GET got back.
 pub struct Reply {
     pub status: u16,
-    pub headers: String,
+    pub headers: HeaderMap,
     pub body: String,
 }
 
-pub async fn get(addr: &str, path: &str, accept: &str) -> Reply {
-    let mut stream = TcpStream::connect(addr)
-        .await
-        .expect("connect to HTTP port");
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
-    );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .expect("send request");
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.expect("read reply");
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").expect("a complete HTTP reply");
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status code");
-    Reply {
-        status,
-        headers: head.to_string(),
-        body: decode_chunked(head, body),
+impl Reply {
+    /// A header's value, if it is there and is text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 }
 
-fn decode_chunked(head: &str, body: &str) -> String {
-    if !head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        return body.to_string();
-    }
-    let mut out = String::new();
-    let mut rest = body;
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if size == 0 {
-            break;
-        }
-        out.push_str(&after[..size]);
-        rest = &after[size + 2..];
-    }
-    out
+/// `GET http://<addr><path>` with `Accept: <accept>`, the whole exchange
+/// within `timeout`: the reply whatever its status, or why there was none.
+pub async fn fetch(
+    addr: &str,
+    path: &str,
+    accept: &str,
+    timeout: Duration,
+) -> Result<Reply, String> {
+    let url = format!("http://{addr}{path}");
+    let accept = accept.to_string();
+    let what = format!("GET {url}");
+    let exchange = move || -> Result<Reply, ureq::Error> {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(timeout))
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .proxy(None)
+            .build()
+            .into();
+        let mut response = agent.get(&url).header("Accept", &accept).call()?;
+        let body = response.body_mut().read_to_vec()?;
+        Ok(Reply {
+            status: response.status().as_u16(),
+            headers: response.headers().clone(),
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    };
+    tokio::task::spawn_blocking(exchange)
+        .await
+        .map_err(|e| format!("{what}: {e}"))?
+        .map_err(|e| format!("{what}: {e}"))
+}
+
+/// [`fetch`] from a server that must answer within [`DEADLINE`]; a test
+/// fails here if it does not.
+pub async fn get(addr: &str, path: &str, accept: &str) -> Reply {
+    fetch(addr, path, accept, DEADLINE)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }

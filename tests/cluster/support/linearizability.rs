@@ -24,10 +24,12 @@
 //! candidate, because each can "patch" wrong orderings; a tight budget then
 //! yields `Inconclusive` rather than a wrong verdict.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
+
+use fixedbitset::FixedBitSet;
+use rustc_hash::FxHashMap;
 
 /// An operation on a single key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -146,39 +148,10 @@ pub fn check(history: &History, budget: Duration) -> Verdict {
 type St = u32;
 const ABSENT: St = 0;
 
-/// FxHash: the cache is hashed millions of times and needs no DoS resistance.
-#[derive(Default)]
-struct FxHasher(u64);
-
-impl FxHasher {
-    fn add(&mut self, w: u64) {
-        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-}
-
-impl Hasher for FxHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.add(u64::from_le_bytes(word));
-        }
-    }
-    fn write_u64(&mut self, i: u64) {
-        self.add(i);
-    }
-    fn write_usize(&mut self, i: usize) {
-        self.add(i as u64);
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-type Fx = BuildHasherDefault<FxHasher>;
-
 struct Values {
-    ids: HashMap<Vec<u8>, St, Fx>,
+    /// FxHash: the cache is hashed millions of times and needs no DoS
+    /// resistance.
+    ids: FxHashMap<Vec<u8>, St>,
     /// Index 0 is a placeholder for ABSENT.
     bytes: Vec<Vec<u8>>,
     /// Decimal interpretation for Increment; absent counts as 0.
@@ -188,7 +161,7 @@ struct Values {
 impl Values {
     fn new() -> Self {
         Values {
-            ids: HashMap::default(),
+            ids: FxHashMap::default(),
             bytes: vec![Vec::new()],
             ints: vec![Some(0)],
         }
@@ -317,9 +290,10 @@ struct Stuck {
     pending: Vec<usize>,
 }
 
-/// (known-op bitset + state word) -> (chain_start, unknown-op bitset) of every
-/// node whose whole subtree failed.
-type FailedCache = HashMap<Vec<u64>, Vec<(Option<St>, Vec<u64>)>, Fx>;
+/// state -> known-op bitset -> (chain_start, unknown-op bitset) of every node
+/// whose whole subtree failed. Keyed by state first, so a lookup borrows the
+/// live bitset and allocates nothing.
+type FailedCache = FxHashMap<St, FxHashMap<FixedBitSet, Vec<(Option<St>, FixedBitSet)>>>;
 
 enum KeyResult {
     Linearizable,
@@ -338,29 +312,12 @@ struct KeyChecker<'a> {
     node_is_ret: Vec<bool>,
     call_node: Vec<usize>,
     ret_node: Vec<Option<usize>>,
-    /// Linearized known ops, plus one trailing word holding the state: this
-    /// buffer is the cache key, so lookups need no allocation.
-    kbits: Vec<u64>,
+    /// Linearized known ops.
+    kbits: FixedBitSet,
     /// Linearized unknown ops.
-    ubits: Vec<u64>,
+    ubits: FixedBitSet,
     known_left: usize,
     n_unknown: usize,
-}
-
-fn set_bit(bits: &mut [u64], i: usize) {
-    bits[i / 64] |= 1 << (i % 64);
-}
-
-fn clear_bit(bits: &mut [u64], i: usize) {
-    bits[i / 64] &= !(1 << (i % 64));
-}
-
-fn get_bit(bits: &[u64], i: usize) -> bool {
-    bits[i / 64] & (1 << (i % 64)) != 0
-}
-
-fn is_subset(a: &[u64], b: &[u64]) -> bool {
-    a.iter().zip(b).all(|(x, y)| x & !y == 0)
 }
 
 impl<'a> KeyChecker<'a> {
@@ -431,7 +388,7 @@ impl<'a> KeyChecker<'a> {
         let mut node_is_ret = vec![false; m + 1];
         let mut call_node = vec![NIL; ops.len()];
         let mut ret_node = vec![None; ops.len()];
-        let mut last_same: HashMap<MOp, usize, Fx> = HashMap::default();
+        let mut last_same: FxHashMap<MOp, usize> = FxHashMap::default();
         for (idx, &(_, kind, o)) in entries.iter().enumerate() {
             let node = idx + 1;
             prev[node] = node - 1;
@@ -457,8 +414,8 @@ impl<'a> KeyChecker<'a> {
             node_is_ret,
             call_node,
             ret_node,
-            kbits: vec![0; n_known.div_ceil(64) + 1],
-            ubits: vec![0; n_unknown.div_ceil(64)],
+            kbits: FixedBitSet::with_capacity(n_known),
+            ubits: FixedBitSet::with_capacity(n_unknown),
             known_left: n_known,
             n_unknown,
         }
@@ -502,17 +459,7 @@ impl<'a> KeyChecker<'a> {
         } else {
             &mut self.kbits
         };
-        if on {
-            set_bit(bits, slot);
-        } else {
-            clear_bit(bits, slot);
-        }
-    }
-
-    fn set_state_word(&mut self, st: St) {
-        if let Some(w) = self.kbits.last_mut() {
-            *w = u64::from(st);
-        }
+        bits.set(slot, on);
     }
 
     /// Pushes the ops that may take effect next: every call before the first
@@ -528,7 +475,7 @@ impl<'a> KeyChecker<'a> {
                     && !(in_chain && info.op.is_blind())
                     && info
                         .prev_same
-                        .is_none_or(|p| get_bit(&self.ubits, self.ops[p].slot));
+                        .is_none_or(|p| self.ubits.contains(self.ops[p].slot));
                 if allowed {
                     out.push(o);
                 }
@@ -570,7 +517,7 @@ impl<'a> KeyChecker<'a> {
         // (known set + state) -> (chain_start, unknown set) of nodes whose
         // whole subtree failed. Only finished nodes go in, which is what makes
         // the dominance pruning sound.
-        let mut failed: FailedCache = HashMap::default();
+        let mut failed: FailedCache = FxHashMap::default();
         let mut cands: Vec<usize> = Vec::new();
         let mut frames: Vec<Frame> = Vec::new();
         let mut best: Option<Stuck> = None;
@@ -629,11 +576,13 @@ impl<'a> KeyChecker<'a> {
                     None
                 };
                 self.mark(o, true);
-                self.set_state_word(ns);
-                let dominated = failed.get(self.kbits.as_slice()).is_some_and(|seen| {
-                    seen.iter()
-                        .any(|(c, u)| (c.is_none() || *c == chain) && is_subset(u, &self.ubits))
-                });
+                let dominated = failed
+                    .get(&ns)
+                    .and_then(|by_known| by_known.get(&self.kbits))
+                    .is_some_and(|seen| {
+                        seen.iter()
+                            .any(|(c, u)| (c.is_none() || *c == chain) && u.is_subset(&self.ubits))
+                    });
                 if dominated {
                     self.mark(o, false);
                     continue;
@@ -662,8 +611,9 @@ impl<'a> KeyChecker<'a> {
                     best = Some(self.snapshot(&frames));
                 }
                 let Some(f) = frames.pop() else { break };
-                self.set_state_word(f.state);
                 failed
+                    .entry(f.state)
+                    .or_default()
                     .entry(self.kbits.clone())
                     .or_default()
                     .push((f.chain_start, self.ubits.clone()));

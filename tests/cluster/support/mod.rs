@@ -1,33 +1,41 @@
-//! Shared helpers for multi-node tests: a cluster of real `raftset serve`
-//! processes, each on its own loopback address, with kill, stop, restart
-//! and `wait_for_*` helpers that always have a deadline.
+//! Shared helpers for multi-node tests: two harnesses behind one
+//! interface ([`Harness`]: stop, kill, restart, wait for ready, leader,
+//! voters and applied, members), with waits that always have a deadline.
+//!
+//! | file | owns |
+//! |---|---|
+//! | `mod.rs` | [`poll`], [`wait_for`] and [`DEADLINE`] |
+//! | `harness.rs` | [`Harness`], the interface both harnesses play, and every wait on it |
+//! | `process.rs` | [`Cluster`], the process harness: `raftset serve` on loopback addresses |
+//! | `statefulset.rs` | the container harness: a StatefulSet played with Docker |
+//! | `manifest.rs` | `k8s/` rendered by `kubectl kustomize` and read as JSON |
+//! | `docker.rs` | the `docker` command line and the clean-up of dead runs |
+//! | `image.rs` | the image the pods run, built once per test binary |
+//! | `dns.rs` | the NXDOMAIN server the pods' DNS forwards unknown names to |
+//! | `kube.rs` | the fake Kubernetes API (`spec.replicas`) |
+//! | `http.rs` | HTTP from the tests to a node's HTTP port |
+//! | `history.rs`, `linearizability.rs` | recorded histories and their checker |
 
+pub mod dns;
 pub mod docker;
+pub mod harness;
 pub mod history;
 pub mod http;
+pub mod image;
 pub mod kube;
 pub mod linearizability;
+pub mod manifest;
+pub mod process;
+pub mod statefulset;
+
+pub use harness::Harness;
+pub use process::Cluster;
 
 use std::future::Future;
-use std::path::PathBuf;
-use std::process::Stdio;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
-
-use raftset::proto::StatusResponse;
-use raftset::Client;
-use tokio::process::{Child, Command};
 
 /// How long any wait in a test may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(60);
-
-/// Each cluster gets its own 127.x.y.0/24 so tests run in parallel without
-/// sharing ports; x comes from the process id, y from a counter.
-fn next_subnet() -> [u8; 2] {
-    static NEXT: AtomicU8 = AtomicU8::new(1);
-    let x = 10 + (std::process::id() % 200) as u8;
-    [x, NEXT.fetch_add(1, Ordering::Relaxed)]
-}
 
 /// Polls `probe` every `every` until it returns `Ok`, failing the test with
 /// `what` and the last error after `deadline`.
@@ -56,326 +64,4 @@ where
     Fut: Future<Output = Result<T, String>>,
 {
     poll(what, DEADLINE, Duration::from_millis(50), probe).await
-}
-
-pub struct TestNode {
-    pub name: String,
-    pub ip: String,
-    pub data_dir: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-impl TestNode {
-    pub fn api(&self) -> String {
-        format!("{}:7000", self.ip)
-    }
-
-    pub fn peer(&self) -> String {
-        format!("{}:7001", self.ip)
-    }
-
-    pub fn http(&self) -> String {
-        format!("{}:8080", self.ip)
-    }
-
-    pub fn is_running(&self) -> bool {
-        self.child.is_some()
-    }
-}
-
-pub struct Cluster {
-    pub nodes: Vec<TestNode>,
-    /// Extra `serve` flags for every node.
-    args: Vec<String>,
-    _dir: tempfile::TempDir,
-    subnet: [u8; 2],
-}
-
-impl Cluster {
-    /// Starts `n` nodes that form one cluster, and waits until they have.
-    pub async fn start(n: usize) -> Cluster {
-        Cluster::start_with(n, &[]).await
-    }
-
-    pub async fn start_with(n: usize, args: &[&str]) -> Cluster {
-        let cluster = Cluster::spawn(n, args).await;
-        cluster.wait_for_voters(n).await;
-        cluster
-    }
-
-    /// Starts `n` nodes at once without waiting for anything, as a
-    /// StatefulSet with `podManagementPolicy: Parallel` does.
-    pub async fn spawn(n: usize, args: &[&str]) -> Cluster {
-        let mut cluster = Cluster::unstarted(n, args);
-        for i in 0..n {
-            cluster.launch(i);
-        }
-        cluster
-    }
-
-    /// `n` nodes with their directories chosen but no process started, so a
-    /// test can prepare a volume first; start them with `restart`.
-    pub fn unstarted(n: usize, args: &[&str]) -> Cluster {
-        let mut cluster = Cluster::empty(args);
-        for _ in 0..n {
-            cluster.create_node();
-        }
-        cluster
-    }
-
-    /// Creates the nodes one at a time, each only once the previous one is
-    /// ready, as an OrderedReady StatefulSet does. A node sees only the
-    /// peers that exist when it starts, as it would through DNS.
-    pub async fn ordered(n: usize, args: &[&str]) -> Cluster {
-        let mut cluster = Cluster::empty(args);
-        for _ in 0..n {
-            cluster.scale_up().await;
-        }
-        cluster
-    }
-
-    /// Adds the next ordinal and waits until it is ready.
-    pub async fn scale_up(&mut self) -> usize {
-        let i = self.create_node();
-        self.launch(i);
-        self.wait_ready(i).await;
-        i
-    }
-
-    fn empty(args: &[&str]) -> Cluster {
-        Cluster {
-            nodes: Vec::new(),
-            args: args.iter().map(|a| a.to_string()).collect(),
-            _dir: tempfile::tempdir().expect("temp dir"),
-            subnet: next_subnet(),
-        }
-    }
-
-    fn create_node(&mut self) -> usize {
-        let i = self.nodes.len();
-        let [x, y] = self.subnet;
-        self.nodes.push(TestNode {
-            name: format!("raftset-{i}"),
-            ip: format!("127.{x}.{y}.{}", i + 1),
-            data_dir: self._dir.path().join(format!("raftset-{i}")),
-            log: self._dir.path().join(format!("raftset-{i}.log")),
-            child: None,
-        });
-        i
-    }
-
-    /// Waits until node `i` answers its readiness probe with 200.
-    pub async fn wait_ready(&self, i: usize) {
-        let http = self.nodes[i].http();
-        wait_for(&format!("{} to be ready", self.nodes[i].name), || {
-            let http = http.clone();
-            async move {
-                if tokio::net::TcpStream::connect(&http).await.is_err() {
-                    return Err("not listening".to_string());
-                }
-                let reply = http::get(&http, "/readyz", "*/*").await;
-                if reply.status == 200 {
-                    Ok(())
-                } else {
-                    Err(reply.body)
-                }
-            }
-        })
-        .await;
-    }
-
-    /// Deletes node `i`'s data directory (its PVC); the node must be stopped.
-    pub fn delete_volume(&mut self, i: usize) {
-        assert!(
-            !self.nodes[i].is_running(),
-            "stop {} first",
-            self.nodes[i].name
-        );
-        std::fs::remove_dir_all(&self.nodes[i].data_dir).expect("delete the data directory");
-    }
-
-    fn launch(&mut self, i: usize) {
-        let peers = self
-            .nodes
-            .iter()
-            .map(|n| format!("{}={}", n.name, n.peer()))
-            .collect::<Vec<_>>()
-            .join(",");
-        let node = &mut self.nodes[i];
-        assert!(node.child.is_none(), "{} is already running", node.name);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&node.log)
-            .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_raftset"))
-            .arg("serve")
-            .args(["--name", &node.name])
-            .arg("--data-dir")
-            .arg(&node.data_dir)
-            .args([
-                "--listen-api",
-                &node.api(),
-                "--listen-peer",
-                &node.peer(),
-                "--listen-http",
-                &node.http(),
-            ])
-            .args(["--peers", &peers])
-            // Short timeouts keep failover tests quick; the defaults suit pods.
-            .args(["--heartbeat-ms", "50", "--election-timeout-ms", "300"])
-            .args(&self.args)
-            .env("RUST_LOG", "info,openraft=warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("starting raftset serve");
-        node.child = Some(child);
-    }
-
-    pub async fn client(&self, i: usize) -> Client {
-        let api = self.nodes[i].api();
-        wait_for(&format!("a connection to {api}"), || async {
-            Client::connect(&api).await.map_err(|e| e.to_string())
-        })
-        .await
-    }
-
-    pub async fn status(&self, i: usize) -> Result<StatusResponse, String> {
-        let mut client = Client::connect(&self.nodes[i].api())
-            .await
-            .map_err(|e| e.to_string())?;
-        client.status().await.map_err(|e| e.to_string())
-    }
-
-    /// Kills a node with SIGKILL: no shutdown, no flush.
-    pub async fn kill(&mut self, i: usize) {
-        let mut child = self.nodes[i].child.take().expect("node is running");
-        child.kill().await.expect("kill");
-    }
-
-    /// Stops a node with SIGTERM and waits for it to exit.
-    pub async fn stop(&mut self, i: usize) {
-        let mut child = self.nodes[i].child.take().expect("node is running");
-        if let Some(pid) = child.id() {
-            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-        }
-        let status = tokio::time::timeout(DEADLINE, child.wait())
-            .await
-            .expect("node stops on SIGTERM");
-        assert!(
-            status.expect("wait").success(),
-            "{} exited uncleanly",
-            self.nodes[i].name
-        );
-    }
-
-    pub fn restart(&mut self, i: usize) {
-        self.launch(i);
-    }
-
-    /// Waits until node `i` exits by itself, as a container whose process
-    /// ended, and returns its exit code.
-    pub async fn wait_exit(&mut self, i: usize) -> Option<i32> {
-        let mut child = self.nodes[i].child.take().expect("node is running");
-        let status = tokio::time::timeout(DEADLINE, child.wait())
-            .await
-            .unwrap_or_else(|_| panic!("{} did not exit by itself", self.nodes[i].name))
-            .expect("wait");
-        status.code()
-    }
-
-    /// The index of the node every running node agrees is the leader.
-    pub async fn leader(&self) -> usize {
-        wait_for("one leader that every running node agrees on", || async {
-            let mut seen = Vec::new();
-            for (i, node) in self.nodes.iter().enumerate() {
-                if node.is_running() {
-                    let status = self.status(i).await?;
-                    seen.push((
-                        node.name.clone(),
-                        status.leader_name.clone(),
-                        status.role.clone(),
-                    ));
-                }
-            }
-            let leader = &seen[0].1;
-            let agreed = !leader.is_empty() && seen.iter().all(|(_, l, _)| l == leader);
-            let index = self
-                .nodes
-                .iter()
-                .position(|n| &n.name == leader && n.is_running());
-            match index {
-                Some(i) if agreed => Ok(i),
-                _ => Err(format!("{seen:?}")),
-            }
-        })
-        .await
-    }
-
-    pub async fn wait_for_voters(&self, n: usize) {
-        wait_for(&format!("{n} voters with a leader"), || async {
-            let status = self.status(self.first_running()).await?;
-            let voters = status.members.iter().filter(|m| m.voter).count();
-            if voters == n && status.leader_id.is_some() {
-                Ok(())
-            } else {
-                Err(format!("{voters} voters, leader {:?}", status.leader_id))
-            }
-        })
-        .await
-    }
-
-    /// Waits until node `i` applied at least `index`.
-    pub async fn wait_for_applied(&self, i: usize, index: u64) -> StatusResponse {
-        wait_for(
-            &format!("{} to apply index {index}", self.nodes[i].name),
-            || async {
-                let status = self.status(i).await?;
-                if status.applied_index >= index {
-                    Ok(status)
-                } else {
-                    Err(format!("applied {}", status.applied_index))
-                }
-            },
-        )
-        .await
-    }
-
-    fn first_running(&self) -> usize {
-        self.nodes
-            .iter()
-            .position(|n| n.is_running())
-            .expect("a running node")
-    }
-}
-
-impl Cluster {
-    /// What node `i` logged so far.
-    pub fn log_of(&self, i: usize) -> String {
-        std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default()
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for node in &self.nodes {
-                let log = std::fs::read_to_string(&node.log).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(30).collect();
-                eprintln!("--- last lines of {} ---", node.name);
-                for line in tail.iter().rev() {
-                    eprintln!("{line}");
-                }
-            }
-        }
-        for node in &mut self.nodes {
-            if let Some(child) = node.child.as_mut() {
-                let _ = child.start_kill();
-            }
-        }
-    }
 }
