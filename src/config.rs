@@ -244,14 +244,6 @@ impl Config {
 mod tests {
     use super::*;
 
-    fn local(name: &str, peer: &str) -> Config {
-        Config {
-            name: name.into(),
-            listen_peer: peer.parse().unwrap(),
-            ..Config::default()
-        }
-    }
-
     #[test]
     fn defaults_are_valid_and_match_the_documented_ports() {
         let config = Config::default();
@@ -264,11 +256,13 @@ mod tests {
 
     #[test]
     fn peers_are_listed_once_each_as_name_and_address() {
-        let mut config = local("raftset-0", "127.0.0.1:7100");
-        config.peers = vec![
-            "raftset-1=127.0.0.1:7101".into(),
-            "raftset-1=127.0.0.1:7102".into(),
-        ];
+        let mut config = Config {
+            peers: vec![
+                "raftset-1=127.0.0.1:7101".into(),
+                "raftset-1=127.0.0.1:7102".into(),
+            ],
+            ..Config::default()
+        };
         assert_eq!(
             config.validate(),
             Err(ConfigError::DuplicatePeer("raftset-1".into()))

@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status};
 use super::observed;
 use crate::cluster::{leadership, membership, ClusterContext};
 use crate::error::{ClusterError, Error, InvalidRequest};
+use crate::grpc::call;
 use crate::metrics::Metrics;
 use crate::proto;
 use crate::proto::admin_client::AdminClient;
@@ -115,8 +116,7 @@ impl AdminService {
             return ctx.digest_at(index, timeout).await;
         }
         let mut client = ClusterPeerClient::new(ctx.peers.channel(peer_addr)?);
-        (ctx.peers)
-            .call(0, &index, timeout, |r| client.digest(r))
+        call(&ctx.cluster_id, 0, &index, timeout, |r| client.digest(r))
             .await
             .map_err(ClusterError::Remote)
     }

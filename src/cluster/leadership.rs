@@ -12,6 +12,7 @@ use std::time::Duration;
 use super::formation::ASK_TIMEOUT;
 use super::ClusterContext;
 use crate::error::ClusterError;
+use crate::grpc::call;
 use crate::proto::cluster_peer_client::ClusterPeerClient;
 use crate::types::{matched_index, NodeId};
 
@@ -143,10 +144,11 @@ async fn hold_others(ctx: &ClusterContext, addrs: &[String], hold: Duration) {
         let sent: Result<(), String> = match ctx.peers.channel(addr) {
             Ok(channel) => {
                 let mut client = ClusterPeerClient::new(channel);
-                (ctx.peers)
-                    .call(0, &millis, ASK_TIMEOUT, |r| client.hold_election(r))
-                    .await
-                    .map_err(|s| s.message().to_string())
+                call(&ctx.cluster_id, 0, &millis, ASK_TIMEOUT, |r| {
+                    client.hold_election(r)
+                })
+                .await
+                .map_err(|s| s.message().to_string())
             }
             Err(e) => Err(e.to_string()),
         };

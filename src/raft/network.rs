@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::error::Error as StdError;
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,15 +16,13 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Request, Response, Status};
+use tonic::Status;
 
 use crate::error::PeerError;
+use crate::grpc::call;
 use crate::limits::MAX_PEER_MESSAGE;
 use crate::proto::raft_peer_client::RaftPeerClient;
-use crate::proto::PeerMessage;
 use crate::types::{ClusterId, Member, NodeId, TypeConfig};
 
 /// How long a peer connection attempt may take before the peer counts as
@@ -75,22 +72,9 @@ impl PeerClients {
             .max_encoding_message_size(MAX_PEER_MESSAGE))
     }
 
-    /// One call to a peer with `payload` for node `target` (0: whichever
-    /// node serves the address), stamped with this node's cluster id.
-    pub async fn call<T, R, F, Fut>(
-        &self,
-        target: NodeId,
-        payload: &T,
-        timeout: Duration,
-        rpc: F,
-    ) -> Result<R, Status>
-    where
-        T: Serialize,
-        R: DeserializeOwned,
-        F: FnOnce(Request<PeerMessage>) -> Fut,
-        Fut: Future<Output = Result<Response<PeerMessage>, Status>>,
-    {
-        crate::grpc::call(&self.cluster_id, target, payload, timeout, rpc).await
+    /// The cluster id this node stamps on what it sends.
+    pub fn cluster_id(&self) -> &ClusterId {
+        &self.cluster_id
     }
 }
 
@@ -148,11 +132,11 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
         let mut client = self.client()?;
-        let response = (self.clients)
-            .call(self.target, &rpc, option.hard_ttl(), |r| {
-                client.append_entries(r)
-            })
-            .await;
+        let cluster_id = self.clients.cluster_id();
+        let response = call(cluster_id, self.target, &rpc, option.hard_ttl(), |r| {
+            client.append_entries(r)
+        })
+        .await;
         self.reply(response)
     }
 
@@ -162,11 +146,11 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> {
         let mut client = self.client()?;
-        let response = (self.clients)
-            .call(self.target, &rpc, option.hard_ttl(), |r| {
-                client.install_snapshot(r)
-            })
-            .await;
+        let cluster_id = self.clients.cluster_id();
+        let response = call(cluster_id, self.target, &rpc, option.hard_ttl(), |r| {
+            client.install_snapshot(r)
+        })
+        .await;
         self.reply(response)
     }
 
@@ -176,9 +160,11 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>> {
         let mut client = self.client()?;
-        let response = (self.clients)
-            .call(self.target, &rpc, option.hard_ttl(), |r| client.vote(r))
-            .await;
+        let cluster_id = self.clients.cluster_id();
+        let response = call(cluster_id, self.target, &rpc, option.hard_ttl(), |r| {
+            client.vote(r)
+        })
+        .await;
         self.reply(response)
     }
 }

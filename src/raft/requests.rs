@@ -21,6 +21,7 @@ use super::leader_of;
 use super::network::PeerClients;
 use super::proposer::{ProposeError, Proposer};
 use crate::error::{status_says_nothing_proposed, Error, Result};
+use crate::grpc::call;
 use crate::store::state_machine::{ScanPage, ScanRange};
 use crate::store::KvReader;
 use crate::types::{
@@ -191,10 +192,12 @@ impl Requests {
             .peers
             .client(&leader.peer_addr)
             .map_err(|e| Attempt::Fail(e.into()))?;
-        self.peers
-            .call(0, command, remaining(deadline), |r| client.propose(r))
-            .await
-            .map_err(classify_forward_failure)
+        let cluster_id = self.peers.cluster_id();
+        call(cluster_id, 0, command, remaining(deadline), |r| {
+            client.propose(r)
+        })
+        .await
+        .map_err(classify_forward_failure)
     }
 
     /// Waits until a read on this node would be linearizable: the leader
@@ -251,10 +254,12 @@ impl Requests {
             .peers
             .client(&leader.peer_addr)
             .map_err(|e| Attempt::Fail(e.into()))?;
-        self.peers
-            .call(0, &(), remaining(deadline), |r| client.read_index(r))
-            .await
-            .map_err(classify_forward_failure)
+        let cluster_id = self.peers.cluster_id();
+        call(cluster_id, 0, &(), remaining(deadline), |r| {
+            client.read_index(r)
+        })
+        .await
+        .map_err(classify_forward_failure)
     }
 
     async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<()> {
