@@ -3,7 +3,7 @@
 
 use crate::error::InvalidRequest;
 use crate::limits::{MAX_KEY_LEN, MAX_REQUEST_ID_LEN, MAX_SCAN_LIMIT, MAX_VALUE_LEN};
-use crate::types::Op;
+use crate::types::{Command, Op};
 
 pub fn key(field: &'static str, key: &[u8]) -> Result<(), InvalidRequest> {
     if key.is_empty() {
@@ -50,6 +50,16 @@ pub fn scan_limit(limit: u32) -> Result<u32, InvalidRequest> {
         }),
         limit => Ok(limit),
     }
+}
+
+/// A command as it will enter the log: its op, and a request id of 1 to
+/// [`MAX_REQUEST_ID_LEN`] bytes.
+pub fn command(command: &Command) -> Result<(), InvalidRequest> {
+    let len = command.request_id.len();
+    if len == 0 || len > MAX_REQUEST_ID_LEN {
+        return Err(InvalidRequest::RequestId { len });
+    }
+    op(&command.op)
 }
 
 pub fn op(op: &Op) -> Result<(), InvalidRequest> {
@@ -165,5 +175,23 @@ mod tests {
             new: None
         })
         .is_ok());
+    }
+
+    #[test]
+    fn a_command_needs_a_request_id_within_the_limit_and_a_valid_op() {
+        let delete = |request_id: Vec<u8>, key: &[u8]| Command {
+            request_id,
+            op: Op::Delete { key: key.to_vec() },
+        };
+        assert_eq!(command(&delete(vec![1], b"k")), Ok(()));
+        assert_eq!(
+            command(&delete(vec![], b"k")),
+            Err(InvalidRequest::RequestId { len: 0 })
+        );
+        assert_eq!(
+            command(&delete(vec![1; 65], b"k")),
+            Err(InvalidRequest::RequestId { len: 65 })
+        );
+        assert!(command(&delete(vec![1], b"")).is_err());
     }
 }

@@ -17,6 +17,7 @@ use crate::limits::MAX_PEER_MESSAGE;
 use crate::proto::raft_peer_server::{RaftPeer, RaftPeerServer};
 use crate::proto::PeerMessage;
 use crate::types::{ClusterId, Command, NodeId, Raft, TypeConfig};
+use crate::validate;
 
 /// What the Raft peer service uses.
 pub struct RaftService {
@@ -69,6 +70,9 @@ impl RaftPeer for RaftService {
     ) -> Result<Response<PeerMessage>, Status> {
         let deadline = deadline_of(&request, self.requests.proposal_timeout());
         let command: Command = self.open(request)?;
+        // A follower checked it already; the peer port must not be a way
+        // around the limits every replica relies on.
+        validate::command(&command).map_err(Error::from)?;
         let outcome = self
             .requests
             .propose_as_leader(command, deadline)

@@ -177,6 +177,75 @@ async fn malformed_and_oversized_messages_are_refused_and_the_node_keeps_serving
     assert_eq!(page.kvs.len(), 1, "the node still serves and kept its data");
 }
 
+/// A `Command` as the peer protocol carries it (postcard): a request id,
+/// then `Op::Put` (variant 0) with its key and value.
+fn postcard_put(request_id: &[u8], key: &[u8], value: &[u8]) -> Vec<u8> {
+    fn bytes(out: &mut Vec<u8>, data: &[u8]) {
+        let mut len = data.len();
+        while len >= 0x80 {
+            out.push((len as u8 & 0x7f) | 0x80);
+            len >>= 7;
+        }
+        out.push(len as u8);
+        out.extend_from_slice(data);
+    }
+    let mut out = Vec::new();
+    bytes(&mut out, request_id);
+    out.push(0);
+    bytes(&mut out, key);
+    bytes(&mut out, value);
+    out
+}
+
+/// The peer port must not let a sender put into the log what the client
+/// API refuses: an entry no follower can take, or one that breaks a limit
+/// every replica relies on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_refuses_forwarded_writes_that_break_a_limit() {
+    use raftset::proto::raft_peer_client::RaftPeerClient;
+    use raftset::proto::PeerMessage;
+
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    let status = cluster.status(leader).await.unwrap();
+    let mut peer = RaftPeerClient::connect(format!("http://{}", cluster.nodes[leader].peer()))
+        .await
+        .unwrap()
+        .max_encoding_message_size(8 * MAX_VALUE_LEN);
+    let forward = |request_id: &[u8], key: &[u8], value: &[u8]| PeerMessage {
+        cluster_id: status.cluster_id.clone(),
+        payload: postcard_put(request_id, key, value).into(),
+        target_id: 0,
+    };
+    let cases: Vec<(&str, PeerMessage)> = vec![
+        (
+            "value over the limit",
+            forward(b"r1", b"big", &vec![0; MAX_VALUE_LEN + 1]),
+        ),
+        (
+            "key over the limit",
+            forward(b"r2", &vec![b'k'; MAX_KEY_LEN + 1], b"v"),
+        ),
+        ("empty key", forward(b"r3", b"", b"v")),
+        ("request id over the limit", forward(&[7; 65], b"k", b"v")),
+    ];
+    for (name, message) in cases {
+        let refused = peer.propose(message).await.unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "{name}: {refused}");
+    }
+    let mut client = cluster.client(leader).await;
+    assert_eq!(
+        client.get(b"big").await.unwrap(),
+        None,
+        "nothing was applied"
+    );
+    let after = cluster.status(leader).await.unwrap();
+    assert_eq!(
+        after.last_log_index, status.last_log_index,
+        "nothing entered the log"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_messages_from_another_cluster_or_for_another_node_are_refused() {
     use raftset::proto::raft_peer_client::RaftPeerClient;
