@@ -19,8 +19,12 @@ pub const MAX_ENTRIES_PER_APPEND: u64 = 32;
 /// Largest log entry: a full batch of writes plus one maximal write
 /// ([`crate::raft::proposer::MAX_BATCH_BYTES`]).
 pub const MAX_ENTRY: usize = 1024 * 1024 + MAX_CLIENT_MESSAGE;
-/// Largest peer message: a full AppendEntries of maximal entries.
-pub const MAX_PEER_MESSAGE: usize = MAX_ENTRIES_PER_APPEND as usize * MAX_ENTRY + 1024 * 1024;
+/// An AppendEntries stops growing past this many bytes of entries (it
+/// always holds at least one entry).
+pub const MAX_APPEND_BYTES: usize = 1024 * 1024;
+/// Largest peer message: an AppendEntries of [`MAX_APPEND_BYTES`] and one
+/// more maximal entry, plus framing.
+pub const MAX_PEER_MESSAGE: usize = MAX_APPEND_BYTES + MAX_ENTRY + 1024 * 1024;
 /// Snapshot chunk size when catching a follower up.
 pub const SNAPSHOT_CHUNK: u64 = 1024 * 1024;
 /// A Scan page stops growing past this many bytes of keys and values (it

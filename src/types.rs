@@ -88,6 +88,7 @@ pub struct Proposal {
 pub struct Command {
     /// Deduplicates retries: a command whose id was already applied returns
     /// the first outcome again and changes nothing.
+    #[serde(with = "serde_bytes")]
     pub request_id: RequestId,
     pub op: Op,
 }
@@ -118,20 +119,27 @@ pub fn new_request_id() -> RequestId {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
     Put {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     Delete {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
     CompareAndSwap {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// `None` expects the key to be absent.
+        #[serde(with = "serde_bytes")]
         expected: Option<Vec<u8>>,
         /// `None` deletes the key.
+        #[serde(with = "serde_bytes")]
         new: Option<Vec<u8>>,
     },
     Increment {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         delta: i64,
     },
@@ -143,7 +151,9 @@ pub enum Op {
 /// A key's value with its history counters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyValue {
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     pub create_revision: u64,
     pub mod_revision: u64,
@@ -175,6 +185,7 @@ pub enum Outcome {
     },
     /// The counter's current value is not a decimal integer.
     NotAnInteger {
+        #[serde(with = "serde_bytes")]
         current: Vec<u8>,
     },
     /// Adding the delta would leave the i64 range.
@@ -228,5 +239,29 @@ impl ClusterId {
 
     pub fn set(&self, id: &str) {
         *self.0.write().expect("cluster id lock") = id.to_string();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_fields_keep_the_format_that_is_on_disk_and_on_the_wire() {
+        // serde_bytes changes how a field reaches postcard (one slice, not
+        // one call per byte), not the bytes postcard writes: logs,
+        // snapshots and peers of earlier builds read the same.
+        #[derive(Serialize)]
+        enum PlainOp {
+            Put { key: Vec<u8>, value: Vec<u8> },
+        }
+        let (key, value) = (b"key".to_vec(), (0..=255u8).collect::<Vec<u8>>());
+        let ours = postcard::to_stdvec(&Op::Put {
+            key: key.clone(),
+            value: value.clone(),
+        })
+        .unwrap();
+        let plain = postcard::to_stdvec(&PlainOp::Put { key, value }).unwrap();
+        assert_eq!(ours, plain);
     }
 }

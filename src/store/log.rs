@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::Shared;
+use crate::limits::MAX_APPEND_BYTES;
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
 const VOTE_KEY: &[u8] = b"vote";
@@ -160,6 +161,28 @@ fn index_key(index: u64) -> [u8; 8] {
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
+    /// At most [`MAX_APPEND_BYTES`] of entries, and always at least one:
+    /// openraft gives each AppendEntries one heartbeat interval, the
+    /// follower's flush included, so a batch is bounded by its size, not
+    /// only by its count.
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let mut entries = Vec::new();
+        let mut bytes = 0;
+        for item in self.log.range(index_key(start)..index_key(end)) {
+            let (_, value) = item.map_err(|e| StorageIOError::read_logs(&e))?;
+            if !entries.is_empty() && bytes + value.len() > MAX_APPEND_BYTES {
+                break;
+            }
+            bytes += value.len();
+            entries.push(postcard::from_bytes(&value).map_err(|e| StorageIOError::read_logs(&e))?);
+        }
+        Ok(entries)
+    }
+
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,

@@ -92,6 +92,57 @@ async fn a_stopped_node_catches_up_by_snapshot_when_restarted() {
     assert_eq!(page.kvs[149].value, b"v149");
 }
 
+/// A follower behind by many large values catches up through the log:
+/// each AppendEntries must fit the time openraft gives it (one heartbeat
+/// interval, the follower's flush included), so batches are bounded by
+/// bytes and the default heartbeat leaves room for one maximal entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_by_large_values_catches_up_by_log() {
+    let defaults = raftset::Config::default();
+    let heartbeat = defaults.heartbeat_ms.to_string();
+    let election = defaults.election_timeout_ms.to_string();
+    let args = [
+        "--snapshot-entries",
+        "100000",
+        "--heartbeat-ms",
+        &heartbeat,
+        "--election-timeout-ms",
+        &election,
+    ];
+    let mut cluster = Cluster::start_with(3, &args).await;
+    let leader = cluster.leader().await;
+    let away = (leader + 1) % 3;
+    cluster.stop(away).await;
+
+    let mut client = cluster.client(leader).await;
+    let value = vec![b'x'; raftset::limits::MAX_VALUE_LEN];
+    for i in 0..48 {
+        client
+            .put(format!("big{i:02}").as_bytes(), &value)
+            .await
+            .unwrap();
+    }
+    let status = cluster.status(leader).await.unwrap();
+    assert_eq!(
+        status.snapshot_index, 0,
+        "catching up must go through the log"
+    );
+
+    cluster.restart(away);
+    let caught_up = cluster.wait_for_applied(away, status.applied_index).await;
+    assert_eq!(
+        caught_up.snapshot_index, 0,
+        "caught up by log: {caught_up:?}"
+    );
+    let page = cluster
+        .client(away)
+        .await
+        .scan(b"big", b"", 2, Consistency::Serializable)
+        .await
+        .unwrap();
+    assert_eq!(page.kvs[0].value.len(), value.len());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_quorum_writes_and_reads_fail_fast_with_unavailable() {
     let mut cluster = Cluster::start(3).await;

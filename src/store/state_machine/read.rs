@@ -16,6 +16,7 @@ use crate::types::KeyValue;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) struct StoredValue {
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     pub create_revision: u64,
     pub mod_revision: u64,

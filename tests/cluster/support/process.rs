@@ -170,8 +170,13 @@ impl Cluster {
                 &node.http(),
             ])
             .args(["--peers", &peers])
-            // Short timeouts keep failover tests quick; the defaults suit pods.
-            .args(["--heartbeat-ms", "50", "--election-timeout-ms", "300"])
+            // Short timeouts keep failover tests quick, unless the test sets
+            // its own (the defaults suit pods).
+            .args(if self.args.iter().any(|a| a == "--heartbeat-ms") {
+                &[][..]
+            } else {
+                &["--heartbeat-ms", "50", "--election-timeout-ms", "300"][..]
+            })
             .args(&self.args)
             .env("RUST_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
