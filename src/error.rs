@@ -74,6 +74,10 @@ pub enum Error {
     WatchReset { revision: u64 },
     #[error("node is shutting down")]
     ShuttingDown,
+    #[error(
+        "cannot connect to the leader ({detail}); the request was not sent and can be retried"
+    )]
+    LeaderUnreachable { detail: String },
     #[error("no member reported a digest")]
     NoDigest,
     #[error("too many watches on this node (limit {limit})")]
@@ -110,6 +114,7 @@ impl Error {
             | Error::NoQuorum { .. }
             | Error::ShuttingDown
             | Error::MaybeProposed { .. }
+            | Error::LeaderUnreachable { .. }
             | Error::NoDigest => Code::Unavailable,
             Error::WatchReset { .. } => Code::Aborted,
             Error::Overloaded { .. } | Error::WatchLagged { .. } | Error::TooManyWatches { .. } => {
@@ -149,6 +154,7 @@ impl Error {
                 | Error::NoQuorum { .. }
                 | Error::Overloaded { .. }
                 | Error::ShuttingDown
+                | Error::LeaderUnreachable { .. }
         )
     }
 }
@@ -383,6 +389,11 @@ mod tests {
                 429,
             ),
             (Error::NoDigest, Code::Unavailable, 503),
+            (
+                Error::LeaderUnreachable { detail: "d".into() },
+                Code::Unavailable,
+                503,
+            ),
             (Error::Storage("disk".into()), Code::Internal, 500),
             (Error::Leader(Status::not_found("x")), Code::NotFound, 404),
         ];

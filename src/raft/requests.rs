@@ -42,6 +42,9 @@ pub enum Attempt {
 
 /// Pause between attempts while a leader is elected or found.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
+/// How long before the caller's deadline a request is answered, at most
+/// (a tenth of the deadline when that is shorter).
+const ANSWER_MARGIN: Duration = Duration::from_millis(200);
 
 /// The request path's timing and limits.
 #[derive(Debug, Clone)]
@@ -116,7 +119,7 @@ impl Requests {
         let deadline = self.deadline(timeout);
         // Without a leader, give up well before a long client deadline.
         let leaderless_deadline = Instant::now() + self.settings.quorum_timeout;
-        let mut proposed = false;
+        let mut maybe_proposed = false;
         loop {
             let attempt = match self.leader() {
                 Some((id, _)) if id == self.id => {
@@ -128,22 +131,19 @@ impl Requests {
                     why: Error::NoLeader,
                 }),
             };
-            match attempt {
+            let failure = match attempt {
                 Ok(outcome) => return Ok(outcome),
-                Err(Attempt::Fail(e)) => return Err(e),
-                Err(Attempt::Retry { proposed: p, why }) => {
-                    proposed |= p;
-                    let now = Instant::now();
-                    let give_up = now >= deadline || (!proposed && now >= leaderless_deadline);
-                    if give_up {
-                        return Err(if proposed {
-                            Error::OutcomeUnknown {
-                                reason: why.to_string(),
-                            }
-                        } else {
-                            why
-                        });
-                    }
+                Err(failure) => failure,
+            };
+            let now = Instant::now();
+            let clock = Clock {
+                past_deadline: now >= deadline,
+                past_leaderless_deadline: now >= leaderless_deadline,
+            };
+            match after_failure(maybe_proposed, failure, clock) {
+                Next::GiveUp(e) => return Err(e),
+                Next::Retry { maybe_proposed: m } => {
+                    maybe_proposed = m;
                     tokio::time::sleep(RETRY_PAUSE.min(deadline - now)).await;
                 }
             }
@@ -317,9 +317,55 @@ impl Requests {
         (millis > self.settings.quorum_timeout.as_millis() as u64).then_some(millis)
     }
 
+    /// When to answer: by the proposal timeout, and a little before the
+    /// caller's own deadline, so that the caller hears why instead of
+    /// timing out itself.
     fn deadline(&self, timeout: Option<Duration>) -> Instant {
         let limit = self.settings.proposal_timeout;
-        Instant::now() + timeout.map_or(limit, |t| t.min(limit))
+        let caller = timeout.map(|t| t.saturating_sub((t / 10).min(ANSWER_MARGIN)));
+        Instant::now() + caller.map_or(limit, |t| t.min(limit))
+    }
+}
+
+/// Where a write's deadlines stand after a failed attempt.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    past_deadline: bool,
+    /// Without a leader a write gives up well before a long client deadline.
+    past_leaderless_deadline: bool,
+}
+
+/// What a write does after a failed attempt.
+#[derive(Debug)]
+enum Next {
+    Retry { maybe_proposed: bool },
+    GiveUp(Error),
+}
+
+/// The give-up decision. "Maybe proposed" is sticky: once any attempt may
+/// have entered the log, every later failure is reported as "outcome
+/// unknown", never as a refusal that invites a retry without the id.
+fn after_failure(maybe_proposed: bool, failure: Attempt, clock: Clock) -> Next {
+    match failure {
+        Attempt::Fail(e @ Error::OutcomeUnknown { .. }) => Next::GiveUp(e),
+        Attempt::Fail(e) if maybe_proposed => Next::GiveUp(Error::OutcomeUnknown {
+            reason: format!("an earlier attempt may have been proposed, then: {e}"),
+        }),
+        Attempt::Fail(e) => Next::GiveUp(e),
+        Attempt::Retry { proposed, why } => {
+            let maybe_proposed = maybe_proposed || proposed;
+            if clock.past_deadline || (!maybe_proposed && clock.past_leaderless_deadline) {
+                Next::GiveUp(if maybe_proposed {
+                    Error::OutcomeUnknown {
+                        reason: why.to_string(),
+                    }
+                } else {
+                    why
+                })
+            } else {
+                Next::Retry { maybe_proposed }
+            }
+        }
     }
 }
 
@@ -328,6 +374,14 @@ impl Requests {
 /// worth another try, and unless it said so the request may have reached it.
 fn classify_forward_failure(status: tonic::Status) -> Attempt {
     use tonic::Code;
+    if never_sent(&status) {
+        return Attempt::Retry {
+            proposed: false,
+            why: Error::LeaderUnreachable {
+                detail: status.message().to_string(),
+            },
+        };
+    }
     match status.code() {
         Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Aborted => Attempt::Retry {
             proposed: !status_says_nothing_proposed(&status),
@@ -335,6 +389,26 @@ fn classify_forward_failure(status: tonic::Status) -> Attempt {
         },
         _ => Attempt::Fail(Error::Leader(status)),
     }
+}
+
+/// Whether a failed call provably never left this node: the connection
+/// to the leader could not be made at all.
+fn never_sent(status: &tonic::Status) -> bool {
+    use std::io::ErrorKind;
+    let mut cause = std::error::Error::source(status);
+    while let Some(error) = cause {
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                ErrorKind::ConnectionRefused
+                    | ErrorKind::HostUnreachable
+                    | ErrorKind::NetworkUnreachable
+                    | ErrorKind::AddrNotAvailable
+            );
+        }
+        cause = error.source();
+    }
+    false
 }
 
 impl From<Attempt> for Error {
@@ -362,4 +436,127 @@ fn remaining(deadline: Instant) -> Duration {
     deadline
         .saturating_duration_since(Instant::now())
         .max(Duration::from_millis(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn retry(proposed: bool) -> Attempt {
+        Attempt::Retry {
+            proposed,
+            why: Error::NoLeader,
+        }
+    }
+
+    #[test]
+    fn a_write_that_may_have_been_proposed_never_ends_as_safe_to_retry() {
+        let early = Clock {
+            past_deadline: false,
+            past_leaderless_deadline: false,
+        };
+        let leaderless = Clock {
+            past_deadline: false,
+            past_leaderless_deadline: true,
+        };
+        let late = Clock {
+            past_deadline: true,
+            past_leaderless_deadline: true,
+        };
+        let overloaded = || Attempt::Fail(Error::Overloaded { limit: 1 });
+        let no_quorum = || Attempt::Fail(Error::NoQuorum { millis: 9 });
+        enum Expect {
+            Retry(bool),
+            NotProposed,
+            Unknown,
+        }
+        // (case, maybe proposed before, this attempt, clock, expected)
+        let cases: Vec<(&str, bool, Attempt, Clock, Expect)> = vec![
+            (
+                "no leader yet: retry",
+                false,
+                retry(false),
+                early,
+                Expect::Retry(false),
+            ),
+            (
+                "leader moved after appending: retry, remembered",
+                false,
+                retry(true),
+                early,
+                Expect::Retry(true),
+            ),
+            (
+                "proposed once, then no leader: still maybe",
+                true,
+                retry(false),
+                early,
+                Expect::Retry(true),
+            ),
+            (
+                "no leader for long: not proposed",
+                false,
+                retry(false),
+                leaderless,
+                Expect::NotProposed,
+            ),
+            (
+                "proposed once, no leader for long: keep trying",
+                true,
+                retry(false),
+                leaderless,
+                Expect::Retry(true),
+            ),
+            (
+                "deadline, never proposed: not proposed",
+                false,
+                retry(false),
+                late,
+                Expect::NotProposed,
+            ),
+            (
+                "deadline after a proposal: unknown",
+                true,
+                retry(false),
+                late,
+                Expect::Unknown,
+            ),
+            (
+                "overloaded, never proposed: not proposed",
+                false,
+                overloaded(),
+                early,
+                Expect::NotProposed,
+            ),
+            (
+                "overloaded after a proposal: unknown",
+                true,
+                overloaded(),
+                early,
+                Expect::Unknown,
+            ),
+            (
+                "no quorum after a proposal: unknown",
+                true,
+                no_quorum(),
+                early,
+                Expect::Unknown,
+            ),
+        ];
+        for (name, before, attempt, clock, expect) in cases {
+            let next = after_failure(before, attempt, clock);
+            match (expect, &next) {
+                (Expect::Retry(m), Next::Retry { maybe_proposed }) => {
+                    assert_eq!(*maybe_proposed, m, "{name}")
+                }
+                (Expect::NotProposed, Next::GiveUp(e)) => {
+                    assert!(e.nothing_proposed(), "{name}: {e}")
+                }
+                (Expect::Unknown, Next::GiveUp(e)) => {
+                    assert!(matches!(e, Error::OutcomeUnknown { .. }), "{name}: {e}")
+                }
+                (_, next) => panic!("{name}: {next:?}"),
+            }
+        }
+    }
 }

@@ -143,6 +143,35 @@ async fn a_follower_behind_by_large_values_catches_up_by_log() {
     assert_eq!(page.kvs[0].value.len(), value.len());
 }
 
+/// A follower that cannot even connect to the leader it knows sent
+/// nothing: the write ends UNAVAILABLE (safe to retry), not "outcome
+/// unknown".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_never_reached_the_leader_is_unavailable_not_unknown() {
+    // A long election timeout keeps the followers believing in the dead
+    // leader for the whole write.
+    let args = ["--heartbeat-ms", "100", "--election-timeout-ms", "5000"];
+    let mut cluster = Cluster::start_with(3, &args).await;
+    let leader = cluster.leader().await;
+    let follower = (leader + 1) % 3;
+    let mut client = cluster
+        .client(follower)
+        .await
+        .with_timeout(Duration::from_millis(1500));
+    client.put(b"before", b"1").await.unwrap();
+    let leader_id = cluster.status(leader).await.unwrap().id;
+    cluster.kill(leader).await;
+
+    let failed = client.put(b"k", b"v").await.unwrap_err();
+    assert_eq!(failed.code(), Code::Unavailable, "{failed}");
+    let status = cluster.status(follower).await.unwrap();
+    assert_eq!(
+        status.leader_id,
+        Some(leader_id),
+        "the follower still followed the dead leader"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_quorum_writes_and_reads_fail_fast_with_unavailable() {
     let mut cluster = Cluster::start(3).await;
