@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::bootstrap::{decide, Confirmations, Decision, Local, PeerView};
-use super::discovery::{discover, Location};
+use super::discovery::{discover, Location, Resolver};
 use super::identity::ordinal_of;
 use super::ClusterContext;
 use crate::error::ClusterError;
@@ -39,11 +39,12 @@ pub async fn run(ctx: &ClusterContext, stop: CancellationToken) {
             return;
         }
     }
+    let resolver = Resolver::from_system();
     let mut backoff = Duration::from_millis(100);
     let mut last_reason = String::new();
     let mut confirmations = Confirmations::default();
     loop {
-        let peers = discover(&ctx.config).await;
+        let peers = discover(&ctx.config, &resolver).await;
         let mut views = Vec::with_capacity(peers.len());
         for (name, location) in &peers {
             let view = match location {
@@ -99,13 +100,14 @@ fn cluster_client(
 async fn check_still_member(ctx: &ClusterContext, stop: &CancellationToken) {
     let deadline = tokio::time::Instant::now() + MEMBERSHIP_CHECK;
     let ours = ctx.cluster_id.get();
+    let resolver = Resolver::from_system();
     while tokio::time::Instant::now() < deadline {
         let mine = ctx
             .raft_metrics()
             .membership_config
             .log_id()
             .map_or(0, |l| l.index);
-        for (name, location) in discover(&ctx.config).await {
+        for (name, location) in discover(&ctx.config, &resolver).await {
             let Location::At(addr) = location else {
                 continue;
             };
