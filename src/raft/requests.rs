@@ -354,7 +354,12 @@ fn after_failure(maybe_proposed: bool, failure: Attempt, clock: Clock) -> Next {
         Attempt::Fail(e) => Next::GiveUp(e),
         Attempt::Retry { proposed, why } => {
             let maybe_proposed = maybe_proposed || proposed;
-            if clock.past_deadline || (!maybe_proposed && clock.past_leaderless_deadline) {
+            // Only a write that knows of no leader gives up early; one whose
+            // leader is unreachable waits for the election that follows.
+            let leaderless = matches!(why, Error::NoLeader);
+            let give_up = clock.past_deadline
+                || (leaderless && !maybe_proposed && clock.past_leaderless_deadline);
+            if give_up {
                 Next::GiveUp(if maybe_proposed {
                     Error::OutcomeUnknown {
                         reason: why.to_string(),
@@ -464,6 +469,12 @@ mod tests {
             past_leaderless_deadline: true,
         };
         let overloaded = || Attempt::Fail(Error::Overloaded { limit: 1 });
+        let unreachable = || Attempt::Retry {
+            proposed: false,
+            why: Error::LeaderUnreachable {
+                detail: "refused".into(),
+            },
+        };
         let no_quorum = || Attempt::Fail(Error::NoQuorum { millis: 9 });
         enum Expect {
             Retry(bool),
@@ -498,6 +509,20 @@ mod tests {
                 false,
                 retry(false),
                 leaderless,
+                Expect::NotProposed,
+            ),
+            (
+                "leader unreachable for long: wait for the election",
+                false,
+                unreachable(),
+                leaderless,
+                Expect::Retry(false),
+            ),
+            (
+                "deadline, leader never reached: not proposed",
+                false,
+                unreachable(),
+                late,
                 Expect::NotProposed,
             ),
             (

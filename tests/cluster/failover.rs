@@ -76,18 +76,11 @@ async fn a_stopped_node_catches_up_by_snapshot_when_restarted() {
     })
     .await;
 
-    cluster.restart(away);
-    let caught_up = cluster.wait_for_applied(away, status.applied_index).await;
+    let (caught_up, page) = rejoin(&mut cluster, away, status.applied_index, b"k", 1000).await;
     assert!(
         caught_up.snapshot_index > applied_before,
         "caught up through a snapshot: {caught_up:?}"
     );
-    let page = cluster
-        .client(away)
-        .await
-        .scan(b"k", b"", 1000, Consistency::Serializable)
-        .await
-        .unwrap();
     assert_eq!(page.kvs.len(), 150);
     assert_eq!(page.kvs[149].value, b"v149");
 }
@@ -128,19 +121,32 @@ async fn a_follower_behind_by_large_values_catches_up_by_log() {
         "catching up must go through the log"
     );
 
-    cluster.restart(away);
-    let caught_up = cluster.wait_for_applied(away, status.applied_index).await;
+    let (caught_up, page) = rejoin(&mut cluster, away, status.applied_index, b"big", 2).await;
     assert_eq!(
         caught_up.snapshot_index, 0,
         "caught up by log: {caught_up:?}"
     );
+    assert_eq!(page.kvs[0].value.len(), value.len());
+}
+
+/// Restarts the stopped node `away`, waits until it applied `index`, and
+/// reads up to `limit` keys under `prefix` from it alone.
+async fn rejoin(
+    cluster: &mut Cluster,
+    away: usize,
+    index: u64,
+    prefix: &[u8],
+    limit: u32,
+) -> (raftset::proto::StatusResponse, raftset::client::ScanPage) {
+    cluster.restart(away);
+    let caught_up = cluster.wait_for_applied(away, index).await;
     let page = cluster
         .client(away)
         .await
-        .scan(b"big", b"", 2, Consistency::Serializable)
+        .scan(prefix, b"", limit, Consistency::Serializable)
         .await
         .unwrap();
-    assert_eq!(page.kvs[0].value.len(), value.len());
+    (caught_up, page)
 }
 
 /// A follower that cannot even connect to the leader it knows sent
