@@ -186,6 +186,7 @@ impl Node {
             Proposer::start(
                 raft.clone(),
                 config.dedup_window_secs * 1000,
+                config.proposal_timeout(),
                 &peer_tasks,
                 stop_peers.clone(),
             ),

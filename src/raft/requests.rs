@@ -178,6 +178,9 @@ impl Requests {
                 proposed: true,
                 why: Error::NoLeader,
             }),
+            Ok(Err(e @ ProposeError::Unanswered(_))) => Err(Attempt::Fail(Error::OutcomeUnknown {
+                reason: e.to_string(),
+            })),
             Ok(Err(e)) => Err(Attempt::Fail(Error::Raft(e.to_string()))),
         }
     }
