@@ -77,13 +77,23 @@ pub fn member(id: types::NodeId, member: &types::Member, voter: bool) -> Member 
     }
 }
 
-/// The member a `Join` or `AddLearner` names.
+/// The member a `Join` names.
 pub fn member_of_join(request: &JoinRequest) -> types::Member {
     types::Member {
         name: request.name.clone(),
         peer_addr: request.peer_addr.clone(),
         api_addr: request.api_addr.clone(),
         http_addr: request.http_addr.clone(),
+    }
+}
+
+/// The member an `AddLearner` names.
+pub fn member_of_learner(request: AddLearnerRequest) -> types::Member {
+    types::Member {
+        name: request.name,
+        peer_addr: request.peer_addr,
+        api_addr: request.api_addr,
+        http_addr: request.http_addr,
     }
 }
 

@@ -20,9 +20,8 @@ use crate::grpc::call;
 use crate::metrics::Metrics;
 use crate::proto;
 use crate::proto::admin_client::AdminClient;
-use crate::proto::cluster_peer_client::ClusterPeerClient;
 use crate::raft::requests::Requests;
-use crate::types::{matched_index, member_name, Digest, Member, Op, Outcome};
+use crate::types::{matched_index, member_name, Digest, Op, Outcome};
 
 /// Bytes per backup chunk.
 const BACKUP_CHUNK: usize = 256 * 1024;
@@ -115,7 +114,7 @@ impl AdminService {
         if id == ctx.id {
             return ctx.digest_at(index, timeout).await;
         }
-        let mut client = ClusterPeerClient::new(ctx.peers.channel(peer_addr)?);
+        let mut client = ctx.peer(peer_addr)?;
         call(&ctx.cluster_id, 0, &index, timeout, |r| client.digest(r))
             .await
             .map_err(ClusterError::Remote)
@@ -164,13 +163,8 @@ impl proto::admin_server::Admin for AdminService {
                 })
                 .into());
             }
-            let member = Member {
-                name: request.name,
-                peer_addr: request.peer_addr,
-                api_addr: request.api_addr,
-                http_addr: request.http_addr,
-            };
-            membership::add_learner(&self.cluster, request.id, member).await?;
+            let id = request.id;
+            membership::add_learner(&self.cluster, id, proto::member_of_learner(request)).await?;
             Ok(Response::new(self.members_view()))
         })
         .await

@@ -12,7 +12,6 @@ use super::discovery::{discover, Location, Resolver};
 use super::identity::ordinal_of;
 use super::ClusterContext;
 use crate::error::ClusterError;
-use crate::proto::cluster_peer_client::ClusterPeerClient;
 use crate::proto::{ClusterInfoRequest, JoinRequest};
 
 /// How long one question to a peer may take.
@@ -86,13 +85,6 @@ pub async fn run(ctx: &ClusterContext, stop: CancellationToken) {
     }
 }
 
-fn cluster_client(
-    ctx: &ClusterContext,
-    addr: &str,
-) -> Option<ClusterPeerClient<tonic::transport::Channel>> {
-    ctx.peers.channel(addr).ok().map(ClusterPeerClient::new)
-}
-
 /// A restarted node whose data says it is a member, but whom the cluster
 /// removed while it was away (a volume kept after a scale-down), must not
 /// serve that stale state: it marks its data directory for discarding and
@@ -111,7 +103,7 @@ async fn check_still_member(ctx: &ClusterContext, stop: &CancellationToken) {
             let Location::At(addr) = location else {
                 continue;
             };
-            let Some(mut client) = cluster_client(ctx, &addr) else {
+            let Ok(mut client) = ctx.peer(&addr) else {
                 continue;
             };
             let mut request = tonic::Request::new(ClusterInfoRequest { asker_id: ctx.id });
@@ -147,7 +139,7 @@ async fn check_still_member(ctx: &ClusterContext, stop: &CancellationToken) {
 }
 
 async fn ask(ctx: &ClusterContext, peer_addr: &str) -> PeerView {
-    let Some(mut client) = cluster_client(ctx, peer_addr) else {
+    let Ok(mut client) = ctx.peer(peer_addr) else {
         return PeerView::Absent;
     };
     let mut request = tonic::Request::new(ClusterInfoRequest { asker_id: 0 });
@@ -224,7 +216,7 @@ async fn join_cluster(
         ctx.meta.set_cluster_id(cluster_id)?;
         ctx.cluster_id.set(cluster_id);
     }
-    let mut client = ClusterPeerClient::new(ctx.peers.channel(via)?);
+    let mut client = ctx.peer(via)?;
     let mut request = tonic::Request::new(JoinRequest {
         cluster_id: cluster_id.to_string(),
         node_id: ctx.id,

@@ -13,7 +13,6 @@ use super::formation::ASK_TIMEOUT;
 use super::ClusterContext;
 use crate::error::ClusterError;
 use crate::grpc::call;
-use crate::proto::cluster_peer_client::ClusterPeerClient;
 use crate::types::{matched_index, NodeId};
 
 /// How long a transfer waits for the target to have every entry.
@@ -141,15 +140,12 @@ pub async fn transfer(ctx: &ClusterContext, to: Option<NodeId>) -> Result<NodeId
 async fn hold_others(ctx: &ClusterContext, addrs: &[String], hold: Duration) {
     let millis = hold.as_millis() as u64;
     for addr in addrs {
-        let sent: Result<(), String> = match ctx.peers.channel(addr) {
-            Ok(channel) => {
-                let mut client = ClusterPeerClient::new(channel);
-                call(&ctx.cluster_id, 0, &millis, ASK_TIMEOUT, |r| {
-                    client.hold_election(r)
-                })
-                .await
-                .map_err(|s| s.message().to_string())
-            }
+        let sent: Result<(), String> = match ctx.peer(addr) {
+            Ok(mut client) => call(&ctx.cluster_id, 0, &millis, ASK_TIMEOUT, |r| {
+                client.hold_election(r)
+            })
+            .await
+            .map_err(|s| s.message().to_string()),
             Err(e) => Err(e.to_string()),
         };
         if let Err(e) = sent {

@@ -26,7 +26,6 @@ use super::identity::{ordinal_of, set_name};
 use super::kube::ReplicaSource;
 use super::ClusterContext;
 use crate::error::{ClusterError, PeerError};
-use crate::proto::cluster_peer_client::ClusterPeerClient;
 use crate::proto::{member_of_join, JoinRequest, JoinResponse};
 use crate::types::{matched_index, Member, NodeId};
 
@@ -48,7 +47,7 @@ pub async fn join(
         return Err(ClusterError::NoLeader);
     };
     if leader_id != ctx.id {
-        let mut client = ClusterPeerClient::new(ctx.peers.channel(&leader.peer_addr)?);
+        let mut client = ctx.peer(&leader.peer_addr)?;
         let mut forwarded = tonic::Request::new(request);
         forwarded.set_timeout(JOIN_TIMEOUT);
         return client

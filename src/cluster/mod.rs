@@ -39,7 +39,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::error::ClusterError;
+use tonic::transport::Channel;
+
+use crate::error::{ClusterError, PeerError};
+use crate::proto::cluster_peer_client::ClusterPeerClient;
 use crate::raft::leader_of;
 use crate::raft::network::PeerClients;
 use crate::store::state_machine::Digests;
@@ -96,6 +99,12 @@ impl ClusterContext {
     /// The current leader's id and membership entry, if one is known.
     pub fn leader(&self) -> Option<(NodeId, Member)> {
         leader_of(&self.raft.metrics().borrow())
+    }
+
+    /// A client of the cluster-control service of the peer at `addr`, on
+    /// the pooled peer connection.
+    pub fn peer(&self, addr: &str) -> Result<ClusterPeerClient<Channel>, PeerError> {
+        Ok(ClusterPeerClient::new(self.peers.channel(addr)?))
     }
 
     pub fn is_leader(&self) -> bool {

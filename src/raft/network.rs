@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::error::Error as StdError;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,13 +17,16 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
-use tonic::Status;
+use tonic::{Request, Response, Status};
 
 use crate::error::PeerError;
 use crate::grpc::call;
 use crate::limits::MAX_PEER_MESSAGE;
 use crate::proto::raft_peer_client::RaftPeerClient;
+use crate::proto::PeerMessage;
 use crate::types::{ClusterId, Member, NodeId, TypeConfig};
 
 /// How long a peer connection attempt may take before the peer counts as
@@ -105,17 +109,31 @@ pub struct PeerConnection {
 type RpcResult<T, E = RaftError<NodeId>> = Result<T, RPCError<NodeId, Member, E>>;
 
 impl PeerConnection {
-    fn client<E: StdError>(&self) -> RpcResult<RaftPeerClient<Channel>, E> {
-        self.clients
-            .client(&self.addr)
-            .map_err(|s| RPCError::Unreachable(Unreachable::new(&s)))
-    }
-
-    /// Unpacks a peer's reply: the payload is the remote call's own result.
-    fn reply<T, E>(&self, response: Result<Result<T, E>, Status>) -> RpcResult<T, E>
+    /// Sends `rpc` to the target with `send`; the payload of the reply is
+    /// the remote call's own result.
+    async fn send<Req, T, E, F, Fut>(
+        &self,
+        rpc: &Req,
+        option: RPCOption,
+        send: F,
+    ) -> RpcResult<T, E>
     where
-        E: StdError,
+        Req: Serialize,
+        T: DeserializeOwned,
+        E: StdError + DeserializeOwned,
+        F: FnOnce(RaftPeerClient<Channel>, Request<PeerMessage>) -> Fut,
+        Fut: Future<Output = Result<Response<PeerMessage>, Status>>,
     {
+        let client = self
+            .clients
+            .client(&self.addr)
+            .map_err(|s| RPCError::Unreachable(Unreachable::new(&s)))?;
+        let cluster_id = self.clients.cluster_id();
+        let response: Result<Result<T, E>, Status> =
+            call(cluster_id, self.target, rpc, option.hard_ttl(), |r| {
+                send(client, r)
+            })
+            .await;
         let result = response.map_err(|status| match status.code() {
             // Nothing reached the peer, or it is not serving: back off.
             tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
@@ -131,13 +149,12 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
-        let mut client = self.client()?;
-        let cluster_id = self.clients.cluster_id();
-        let response = call(cluster_id, self.target, &rpc, option.hard_ttl(), |r| {
-            client.append_entries(r)
-        })
-        .await;
-        self.reply(response)
+        self.send(
+            &rpc,
+            option,
+            |mut c, r| async move { c.append_entries(r).await },
+        )
+        .await
     }
 
     async fn install_snapshot(
@@ -145,13 +162,10 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> {
-        let mut client = self.client()?;
-        let cluster_id = self.clients.cluster_id();
-        let response = call(cluster_id, self.target, &rpc, option.hard_ttl(), |r| {
-            client.install_snapshot(r)
+        self.send(&rpc, option, |mut c, r| async move {
+            c.install_snapshot(r).await
         })
-        .await;
-        self.reply(response)
+        .await
     }
 
     async fn vote(
@@ -159,12 +173,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>> {
-        let mut client = self.client()?;
-        let cluster_id = self.clients.cluster_id();
-        let response = call(cluster_id, self.target, &rpc, option.hard_ttl(), |r| {
-            client.vote(r)
-        })
-        .await;
-        self.reply(response)
+        self.send(&rpc, option, |mut c, r| async move { c.vote(r).await })
+            .await
     }
 }

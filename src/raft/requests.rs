@@ -22,12 +22,16 @@ use super::network::PeerClients;
 use super::proposer::{ProposeError, Proposer};
 use crate::error::{status_says_nothing_proposed, Error, Result};
 use crate::grpc::call;
+use crate::proto::raft_peer_client::RaftPeerClient;
+use crate::proto::PeerMessage;
 use crate::store::state_machine::{ScanPage, ScanRange};
 use crate::store::KvReader;
 use crate::types::{
     new_request_id, Command, Consistency, KeyValue, Member, NodeId, Op, Outcome, Raft,
 };
 use crate::validate;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
 
 /// Why one attempt failed, and whether to try again.
 pub enum Attempt {
@@ -191,16 +195,10 @@ impl Requests {
         command: &Command,
         deadline: Instant,
     ) -> Result<Outcome, Attempt> {
-        let mut client = self
-            .peers
-            .client(&leader.peer_addr)
-            .map_err(|e| Attempt::Fail(e.into()))?;
-        let cluster_id = self.peers.cluster_id();
-        call(cluster_id, 0, command, remaining(deadline), |r| {
-            client.propose(r)
+        self.forward(leader, command, deadline, |mut client, r| async move {
+            client.propose(r).await
         })
         .await
-        .map_err(classify_forward_failure)
     }
 
     /// Waits until a read on this node would be linearizable: the leader
@@ -253,13 +251,34 @@ impl Requests {
     }
 
     async fn forward_read_index(&self, leader: &Member, deadline: Instant) -> Result<u64, Attempt> {
-        let mut client = self
+        self.forward(leader, &(), deadline, |mut client, r| async move {
+            client.read_index(r).await
+        })
+        .await
+    }
+
+    /// Sends `payload` to the leader's peer port with `rpc`; a failure is
+    /// classified for the retry loop.
+    async fn forward<T, R, F, Fut>(
+        &self,
+        leader: &Member,
+        payload: &T,
+        deadline: Instant,
+        rpc: F,
+    ) -> Result<R, Attempt>
+    where
+        T: serde::Serialize,
+        R: serde::de::DeserializeOwned,
+        F: FnOnce(RaftPeerClient<Channel>, Request<PeerMessage>) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<Response<PeerMessage>, Status>>,
+    {
+        let client = self
             .peers
             .client(&leader.peer_addr)
             .map_err(|e| Attempt::Fail(e.into()))?;
         let cluster_id = self.peers.cluster_id();
-        call(cluster_id, 0, &(), remaining(deadline), |r| {
-            client.read_index(r)
+        call(cluster_id, 0, payload, remaining(deadline), |r| {
+            rpc(client, r)
         })
         .await
         .map_err(classify_forward_failure)
@@ -357,11 +376,11 @@ fn after_failure(maybe_proposed: bool, failure: Attempt, clock: Clock) -> Next {
         Attempt::Fail(e) => Next::GiveUp(e),
         Attempt::Retry { proposed, why } => {
             let maybe_proposed = maybe_proposed || proposed;
-            // Only a write that knows of no leader gives up early; one whose
-            // leader is unreachable waits for the election that follows.
-            let leaderless = matches!(why, Error::NoLeader);
+            // A write never proposed gives up early, unless its leader is
+            // merely unreachable: then an election is coming.
+            let election_coming = matches!(why, Error::LeaderUnreachable { .. });
             let give_up = clock.past_deadline
-                || (leaderless && !maybe_proposed && clock.past_leaderless_deadline);
+                || (!election_coming && !maybe_proposed && clock.past_leaderless_deadline);
             if give_up {
                 Next::GiveUp(if maybe_proposed {
                     Error::OutcomeUnknown {
@@ -472,6 +491,9 @@ mod tests {
             past_leaderless_deadline: true,
         };
         let overloaded = || Attempt::Fail(Error::Overloaded { limit: 1 });
+        // What a follower makes of a leader's UNAVAILABLE "no quorum".
+        let refused_by_leader =
+            || classify_forward_failure(tonic::Status::from(Error::NoQuorum { millis: 9 }));
         let unreachable = || Attempt::Retry {
             proposed: false,
             why: Error::LeaderUnreachable {
@@ -511,6 +533,13 @@ mod tests {
                 "no leader for long: not proposed",
                 false,
                 retry(false),
+                leaderless,
+                Expect::NotProposed,
+            ),
+            (
+                "the leader refused, not proposed, for long: give up",
+                false,
+                refused_by_leader(),
                 leaderless,
                 Expect::NotProposed,
             ),
@@ -578,7 +607,8 @@ mod tests {
                     assert_eq!(*maybe_proposed, m, "{name}")
                 }
                 (Expect::NotProposed, Next::GiveUp(e)) => {
-                    assert!(e.nothing_proposed(), "{name}: {e}")
+                    let said_so = matches!(e, Error::Leader(s) if status_says_nothing_proposed(s));
+                    assert!(e.nothing_proposed() || said_so, "{name}: {e}")
                 }
                 (Expect::Unknown, Next::GiveUp(e)) => {
                     assert!(matches!(e, Error::OutcomeUnknown { .. }), "{name}: {e}")
