@@ -15,6 +15,7 @@ const FLOORS: &[(&str, u8)] = &[
     ("error", 0),
     ("validate", 0),
     ("limits", 0),
+    ("failpoint", 0),
     ("config", 0),
     ("metrics", 0),
     ("store", 1),

@@ -36,6 +36,7 @@ pub mod client;
 pub(crate) mod cluster;
 pub(crate) mod config;
 pub(crate) mod error;
+pub(crate) mod failpoint;
 pub(crate) mod grpc;
 pub(crate) mod http;
 pub mod limits;

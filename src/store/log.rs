@@ -3,7 +3,7 @@
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogId, RaftLogReader, StorageIOError};
@@ -30,6 +30,75 @@ pub struct FlushStats {
     pub durable_index: AtomicU64,
 }
 
+/// Holds back each purge of the log until the state machine has applied
+/// what it removes. openraft asks for the purge that a received snapshot
+/// covers as soon as it hands the snapshot to the state machine, before
+/// the state machine has switched to it; any flush in between would make
+/// the purge durable first, and a crash there would leave a log that
+/// starts above the state, from which no node can restart. sled keeps
+/// writes in order, so a purge written after the state it relies on is
+/// never durable without that state.
+pub(super) struct PurgeGate {
+    log: sled::Tree,
+    raft: sled::Tree,
+    state: Mutex<GateState>,
+}
+
+#[derive(Default)]
+struct GateState {
+    /// The last index the state machine wrote as applied.
+    applied: u64,
+    /// The purge waiting for `applied` to reach it.
+    deferred: Option<LogId>,
+}
+
+impl PurgeGate {
+    pub(super) fn open(db: &sled::Db, raft: sled::Tree) -> sled::Result<PurgeGate> {
+        Ok(PurgeGate {
+            log: db.open_tree("log")?,
+            raft,
+            state: Mutex::default(),
+        })
+    }
+
+    /// The state machine has written `index` as applied: a purge that
+    /// waited for it runs now.
+    pub(super) fn applied(&self, index: u64) -> sled::Result<()> {
+        let mut state = self.state.lock().expect("purge gate lock");
+        state.applied = index;
+        match state.deferred {
+            Some(upto) if upto.index <= index => {
+                state.deferred = None;
+                self.purge_now(upto)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn request(&self, upto: LogId) -> sled::Result<()> {
+        let mut state = self.state.lock().expect("purge gate lock");
+        if upto.index <= state.applied {
+            return self.purge_now(upto);
+        }
+        state.deferred = state.deferred.max(Some(upto));
+        Ok(())
+    }
+
+    fn purge_now(&self, upto: LogId) -> sled::Result<()> {
+        // The marker goes first: sled recovers writes in order, so a crash
+        // never leaves removed entries without the marker that explains them.
+        let marker = postcard::to_stdvec(&upto).map_err(|e| {
+            sled::Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+        })?;
+        self.raft.insert(PURGED_KEY, marker)?;
+        let mut batch = sled::Batch::default();
+        for key in self.log.range(..=index_key(upto.index)).keys() {
+            batch.remove(key?);
+        }
+        self.log.apply_batch(batch)
+    }
+}
+
 /// The log store openraft drives. Cheap to clone: clones share one database
 /// and one flusher thread.
 #[derive(Clone)]
@@ -37,6 +106,7 @@ pub struct LogStore {
     shared: Arc<Shared>,
     log: sled::Tree,
     raft: sled::Tree,
+    pub(super) purges: Arc<PurgeGate>,
     flusher: Arc<Flusher>,
     stats: Arc<FlushStats>,
 }
@@ -65,7 +135,11 @@ struct PendingFlush {
 }
 
 impl LogStore {
-    pub(super) fn open(shared: Arc<Shared>, raft: sled::Tree) -> sled::Result<LogStore> {
+    pub(super) fn open(
+        shared: Arc<Shared>,
+        raft: sled::Tree,
+        purges: Arc<PurgeGate>,
+    ) -> sled::Result<LogStore> {
         let log = shared.db.open_tree("log")?;
         let stats = Arc::new(FlushStats::default());
         let (queue, pending) = mpsc::channel();
@@ -79,6 +153,7 @@ impl LogStore {
             shared,
             log,
             raft,
+            purges,
             flusher: Arc::new(Flusher {
                 queue: Some(queue),
                 thread: Some(thread),
@@ -266,6 +341,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 })?;
             last_index = Some(log_id.index);
         }
+        crate::failpoint::crash_point("log-append-before-flush");
         match last_index {
             Some(last_index) => self
                 .flusher
@@ -296,16 +372,67 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        // The marker goes first: sled recovers writes in order, so a crash
-        // never leaves removed entries without the marker that explains them.
-        self.write_value(PURGED_KEY, &log_id)?;
-        let mut batch = sled::Batch::default();
-        for key in self.log.range(..=index_key(log_id.index)).keys() {
-            batch.remove(key.map_err(|e| StorageIOError::write_logs(&e))?);
+        self.purges
+            .request(log_id)
+            .map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::CommittedLeaderId;
+
+    use super::*;
+
+    fn log_id(index: u64) -> LogId {
+        LogId::new(CommittedLeaderId::new(1, 0), index)
+    }
+
+    fn indexes(gate: &PurgeGate) -> Vec<u64> {
+        gate.log
+            .iter()
+            .keys()
+            .map(|k| u64::from_be_bytes(k.unwrap().as_ref().try_into().unwrap()))
+            .collect()
+    }
+
+    fn purged(gate: &PurgeGate) -> Option<LogId> {
+        let bytes = gate.raft.get(PURGED_KEY).unwrap()?;
+        Some(postcard::from_bytes(&bytes).unwrap())
+    }
+
+    /// openraft purges the log a received snapshot covers before the state
+    /// machine has switched to it: the purge waits until the state machine
+    /// has applied that far, so no crash can leave a log that starts above
+    /// the state.
+    #[test]
+    fn a_purge_waits_until_the_state_machine_has_applied_what_it_removes() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let gate = PurgeGate::open(&db, db.open_tree("raft").unwrap()).unwrap();
+        for index in 1..=6 {
+            gate.log.insert(index_key(index), b"entry").unwrap();
         }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        Ok(())
+        gate.applied(2).unwrap();
+
+        gate.request(log_id(2)).unwrap();
+        assert_eq!(purged(&gate), Some(log_id(2)), "applied, so purged at once");
+        assert_eq!(indexes(&gate), [3, 4, 5, 6]);
+
+        gate.request(log_id(5)).unwrap();
+        assert_eq!(purged(&gate), Some(log_id(2)), "5 is not applied yet");
+        assert_eq!(indexes(&gate), [3, 4, 5, 6]);
+        gate.applied(4).unwrap();
+        assert_eq!(
+            indexes(&gate),
+            [3, 4, 5, 6],
+            "applied 4 of the 5 it removes"
+        );
+
+        gate.applied(5).unwrap();
+        assert_eq!(purged(&gate), Some(log_id(5)));
+        assert_eq!(indexes(&gate), [6]);
+        gate.applied(6).unwrap();
+        assert_eq!(purged(&gate), Some(log_id(5)), "a purge runs once");
     }
 }

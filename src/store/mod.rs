@@ -31,6 +31,7 @@ pub mod state_machine;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use log::PurgeGate;
 pub use log::{FlushStats, LogStore};
 pub use state_machine::{KvReader, StateMachine, WatchFeed};
 
@@ -172,8 +173,9 @@ impl Store {
                 id
             }
         };
-        let log = LogStore::open(shared.clone(), raft_tree).map_err(sled_err)?;
-        let state_machine = StateMachine::open(shared, options)?;
+        let purges = Arc::new(PurgeGate::open(&db, raft_tree.clone()).map_err(sled_err)?);
+        let state_machine = StateMachine::open(shared.clone(), options, purges.clone())?;
+        let log = LogStore::open(shared, raft_tree, purges).map_err(sled_err)?;
         Ok(Store {
             node_id,
             log,

@@ -77,6 +77,7 @@ impl SnapshotDir {
         let crc = out.hasher.clone().finalize();
         out.inner.write_all(&crc.to_be_bytes())?;
         let file = out.inner.into_inner().map_err(|e| e.into_error())?;
+        crate::failpoint::crash_point("snapshot-build-before-publish");
         self.publish(path, file)
     }
 

@@ -6,6 +6,7 @@ mod support;
 mod admin;
 mod api_errors;
 mod consistency;
+mod crash_points;
 mod durability;
 mod e2e;
 mod failover;

@@ -255,6 +255,7 @@ impl EntryWrites<sled::Tree> {
     pub(super) fn write(self) -> Result<(), sled::Error> {
         let pending: Vec<(Vec<u8>, Option<Vec<u8>>)> = self.pending.into_iter().collect();
         self.base.insert(REDO, encode(&pending))?;
+        crate::failpoint::crash_point("apply-mid-entry");
         apply_writes(&self.base, pending)
     }
 }

@@ -36,7 +36,7 @@ use super::keys::{
     APPLIED, DATA_FORMAT, FIRST_TREE, FORMAT, MEMBERSHIP, POINTER_KEY, POINTER_TREE, REDO,
 };
 use super::snapshot::SnapshotDir;
-use super::{Shared, StoreError, StoreOptions};
+use super::{PurgeGate, Shared, StoreError, StoreOptions};
 use crate::types::{
     Entry, LogId, Outcome, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
@@ -52,12 +52,15 @@ pub struct StateMachine {
     /// The temporary file a snapshot is being received into.
     receiving: Option<std::path::PathBuf>,
     digests: Digests,
+    /// Told each applied index, so a log purge never gets ahead of it.
+    purges: Arc<PurgeGate>,
 }
 
 impl StateMachine {
     pub(super) fn open(
         shared: Arc<Shared>,
         options: &StoreOptions,
+        purges: Arc<PurgeGate>,
     ) -> Result<StateMachine, StoreError> {
         let path = shared.path.join("db");
         let sled_err = |source| StoreError::Sled {
@@ -73,7 +76,8 @@ impl StateMachine {
             Some(name) => name.to_vec(),
             None => FIRST_TREE.to_vec(),
         };
-        let tree = shared.db.open_tree(name).map_err(sled_err)?;
+        let tree = shared.db.open_tree(&name).map_err(sled_err)?;
+        drop_abandoned_trees(&shared.db, &name).map_err(sled_err)?;
         match tree.get(FORMAT).map_err(sled_err)? {
             Some(format) if format.as_ref() == [DATA_FORMAT] => {}
             None if tree.is_empty() => {
@@ -98,7 +102,10 @@ impl StateMachine {
                 path: snapshots_path,
                 source,
             })?;
-        Ok(StateMachine {
+        let applied: Option<LogId> = read_value::<Option<LogId>>(&tree, APPLIED)
+            .map_err(|e| corrupted(format!("unreadable applied log id: {e}")))?
+            .flatten();
+        let state_machine = StateMachine {
             shared,
             current: Arc::new(RwLock::new(tree)),
             pointer,
@@ -107,7 +114,28 @@ impl StateMachine {
             feed: WatchFeed::new(options.watch_buffer),
             receiving: None,
             digests: Digests::default(),
-        })
+            purges,
+        };
+        // An install that stopped after copying its snapshot file but before
+        // switching to its data leaves a snapshot ahead of the state, which
+        // openraft must never be shown: make the snapshot the state again.
+        let snapshot_io = |source| StoreError::Io {
+            path: state_machine.snapshots.current_path(),
+            source,
+        };
+        let snapshot = state_machine
+            .snapshots
+            .current_meta()
+            .map_err(snapshot_io)?;
+        if snapshot.is_some_and(|meta| meta.last_log_id > applied) {
+            tracing::warn!("the snapshot file is ahead of the applied state: writing it again");
+            state_machine.dump().map_err(snapshot_io)?;
+        }
+        state_machine
+            .purges
+            .applied(applied.map_or(0, |id| id.index))
+            .map_err(sled_err)?;
+        Ok(state_machine)
     }
 
     pub fn reader(&self) -> KvReader {
@@ -152,8 +180,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut revision = read_revision(&tree).map_err(read_err)?;
         let mut outcomes = Vec::new();
         let mut changes = Vec::new();
+        let mut last_applied = None;
         for entry in entries {
             let log_id = *entry.get_log_id();
+            last_applied = Some(log_id.index);
             let mut batch = EntryWrites::new(tree.clone());
             let mut entry_outcomes = Vec::new();
             match entry.payload {
@@ -200,6 +230,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             outcomes.push(entry_outcomes);
         }
+        if let Some(last) = last_applied {
+            self.purges
+                .applied(last)
+                .map_err(|e| StorageIOError::apply(LogId::default(), &e))?;
+        }
         for change in changes {
             self.feed.send(FeedItem::Change(Arc::new(change)));
         }
@@ -243,6 +278,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.current_snapshot()
             .map_err(|e| StorageIOError::read_snapshot(None, &e).into())
     }
+}
+
+/// Drops the state trees that are not `current`: what an install that
+/// crashed before switching to its fresh tree left behind.
+fn drop_abandoned_trees(db: &sled::Db, current: &[u8]) -> sled::Result<()> {
+    for name in db.tree_names() {
+        let state_tree = name.as_ref() == FIRST_TREE || name.starts_with(b"sm-");
+        if state_tree && name.as_ref() != current {
+            tracing::info!(
+                "dropping an abandoned state tree {}",
+                String::from_utf8_lossy(&name)
+            );
+            db.drop_tree(&name)?;
+        }
+    }
+    Ok(())
 }
 
 fn read_err<E: std::error::Error + 'static>(e: E) -> StorageError {

@@ -2,9 +2,11 @@
 //! file, installing one received from the leader, and loading a backup
 //! into an empty data directory.
 //!
-//! Installing fills a fresh tree and then switches the pointer to it, so a
-//! crash mid-install leaves the old state intact. A dump is made durable
-//! before openraft may purge the log below it.
+//! Installing fills a fresh tree, copies the snapshot file, and then
+//! switches the pointer to the tree, so a crash mid-install leaves the old
+//! state intact; the log purge that comes with the snapshot waits for the
+//! switch (see `store::log::PurgeGate`). A dump is made durable before
+//! openraft may purge the log below it.
 
 use openraft::{RaftSnapshotBuilder, StorageIOError};
 
@@ -133,20 +135,30 @@ impl StateMachine {
         batch.insert(MEMBERSHIP, encode(&meta.last_membership));
         fresh.apply_batch(batch).map_err(std::io::Error::other)?;
         self.shared.make_durable()?;
+        crate::failpoint::crash_point("snapshot-install-filled");
+        // The file first, the switch second: a crash between them leaves a
+        // snapshot ahead of the state, which `open` writes again; the other
+        // order would leave a log purge with no snapshot that covers it.
+        self.snapshots.install_copy(&mut file)?;
+        crate::failpoint::crash_point("snapshot-install-copied");
         self.pointer
             .insert(POINTER_KEY, name.as_bytes())
             .map_err(std::io::Error::other)?;
         self.shared.make_durable()?;
+        crate::failpoint::crash_point("snapshot-install-switched");
         let old = std::mem::replace(
             &mut *self.current.write().expect("state machine lock"),
             fresh,
         );
+        let revision = meta.last_log_id.map(|id| id.index).unwrap_or(0);
+        // Only now may the purge openraft asked for with this snapshot run.
+        self.purges
+            .applied(revision)
+            .map_err(std::io::Error::other)?;
         self.shared
             .db
             .drop_tree(old.name())
             .map_err(std::io::Error::other)?;
-        self.snapshots.install_copy(&mut file)?;
-        let revision = meta.last_log_id.map(|id| id.index).unwrap_or(0);
         self.feed.send(FeedItem::Reset { revision });
         Ok(())
     }

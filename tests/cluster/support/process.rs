@@ -143,6 +143,12 @@ impl Cluster {
     }
 
     fn launch(&mut self, i: usize) {
+        self.launch_armed(i, "");
+    }
+
+    /// Starts node `i` with the crash points `failpoints` armed (the `fail`
+    /// crate's `FAILPOINTS` syntax; the test binary is built with them).
+    fn launch_armed(&mut self, i: usize, failpoints: &str) {
         let peers = self
             .nodes
             .iter()
@@ -179,6 +185,7 @@ impl Cluster {
             })
             .args(&self.args)
             .env("RUST_LOG", "info,openraft=warn")
+            .env("FAILPOINTS", failpoints)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)
@@ -206,6 +213,12 @@ impl Cluster {
     /// process needs no wait to be started ([`Harness::restart`] wraps it).
     pub fn restart(&mut self, i: usize) {
         self.launch(i);
+    }
+
+    /// Starts node `i` again with crash points armed: it kills itself when
+    /// it reaches one (see `raftset::failpoint`).
+    pub fn restart_armed(&mut self, i: usize, failpoints: &str) {
+        self.launch_armed(i, failpoints);
     }
 
     /// [`Harness::leader`], callable without importing the trait (as
