@@ -10,6 +10,7 @@
 //! clock travels inside the [`Proposal`] for that reason.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
@@ -239,6 +240,44 @@ impl ClusterId {
 
     pub fn set(&self, id: &str) {
         *self.0.write().expect("cluster id lock") = id.to_string();
+    }
+}
+
+/// Where this node stands in forming its cluster, shared by the cluster
+/// layer (which moves it), the request path and the probes (which read it).
+/// A node acknowledges writes and admits joiners only once it is
+/// [`Standing::Serving`]: a founder gets there only after its founding is on
+/// record, so an unconfirmed record proves nothing was acknowledged.
+#[derive(Debug, Clone, Default)]
+pub struct Formation(Arc<AtomicU8>);
+
+/// The stages of [`Formation`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// Not a member yet, or a founder whose founding is not on record yet.
+    Forming = 0,
+    /// Not a member; the founding record says the set's cluster exists, and
+    /// this node waits for its members to answer, then joins.
+    AwaitingMembers = 1,
+    /// A member whose cluster is on record (or needs no record).
+    Serving = 2,
+}
+
+impl Formation {
+    pub fn get(&self) -> Standing {
+        match self.0.load(Ordering::SeqCst) {
+            2 => Standing::Serving,
+            1 => Standing::AwaitingMembers,
+            _ => Standing::Forming,
+        }
+    }
+
+    pub fn set(&self, standing: Standing) {
+        self.0.store(standing as u8, Ordering::SeqCst);
+    }
+
+    pub fn is_serving(&self) -> bool {
+        self.get() == Standing::Serving
     }
 }
 
