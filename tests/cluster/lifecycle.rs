@@ -264,6 +264,22 @@ async fn every_write_present(cluster: &Cluster, i: usize, acked: &[(Vec<u8>, Vec
     assert!(verify.agree, "members disagree: {verify:?}");
 }
 
+/// Waits until node `i` logged `text`.
+async fn wait_for_log(cluster: &Cluster, i: usize, text: &str) {
+    wait_for(
+        &format!("{} to log {text:?}", cluster.nodes[i].name),
+        || async {
+            let log = cluster.log_of(i);
+            if log.contains(text) {
+                Ok(())
+            } else {
+                Err(log.lines().last().unwrap_or_default().to_string())
+            }
+        },
+    )
+    .await
+}
+
 /// A data field of the founding record.
 fn record_field(api: &FakeKubeApi, field: &str) -> String {
     let record = api.configmap(RECORD).expect("the founding record exists");
@@ -414,15 +430,7 @@ async fn a_pod_0_that_died_between_recording_and_confirming_its_founding_is_not_
     let reply = http::get(&cluster.nodes[0].http(), "/readyz?noleader", "*/*").await;
     assert_eq!(reply.status, 503, "{}", reply.body);
     refuses_writes(&cluster, 0).await;
-    wait_for("pod 1's join to be refused", || async {
-        let log = cluster.log_of(1);
-        if log.contains("not on record yet") {
-            Ok(())
-        } else {
-            Err(log)
-        }
-    })
-    .await;
+    wait_for_log(&cluster, 1, "not on record yet").await;
     let status = cluster.status(0).await.unwrap();
     assert_eq!(
         status.members.len(),
@@ -443,4 +451,27 @@ async fn a_pod_0_that_died_between_recording_and_confirming_its_founding_is_not_
         cluster.wait_ready(i).await;
     }
     cluster.client(1).await.put(b"k", b"v").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_founder_that_stopped_before_confirming_confirms_on_restart_before_serving() {
+    let api = FakeKubeApi::start(1).await;
+    api.refuse_updates(true);
+    let mut cluster = Cluster::spawn(1, &["--kube-api", &api.url]).await;
+    wait_for_log(&cluster, 0, "founded a new cluster").await;
+    let founded = record_field(&api, "clusterId");
+
+    // Back on its data while the API still refuses: it serves nothing.
+    cluster.kill(0).await;
+    cluster.restart(0);
+    wait_for_log(&cluster, 0, "cannot settle the founding record yet").await;
+    let reply = http::get(&cluster.nodes[0].http(), "/readyz?noleader", "*/*").await;
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    refuses_writes(&cluster, 0).await;
+
+    api.refuse_updates(false);
+    cluster.wait_ready(0).await;
+    assert_eq!(record_field(&api, "state"), "confirmed");
+    assert_eq!(record_field(&api, "clusterId"), founded, "its own founding");
+    cluster.client(0).await.put(b"k", b"v").await.unwrap();
 }
