@@ -280,6 +280,18 @@ async fn wait_for_log(cluster: &Cluster, i: usize, text: &str) {
     .await
 }
 
+/// The set formed one new cluster (not `before`), every pod is ready, and
+/// the founding record names the new cluster, confirmed.
+async fn refounded(cluster: &Cluster, api: &FakeKubeApi, before: &str) {
+    let (cluster_id, _) = one_cluster(cluster, 3).await;
+    assert_ne!(cluster_id, before, "a fresh founding");
+    assert_eq!(record_field(api, "clusterId"), cluster_id);
+    assert_eq!(record_field(api, "state"), "confirmed");
+    for i in 0..3 {
+        cluster.wait_ready(i).await;
+    }
+}
+
 /// A data field of the founding record.
 fn record_field(api: &FakeKubeApi, field: &str) -> String {
     let record = api.configmap(RECORD).expect("the founding record exists");
@@ -443,13 +455,7 @@ async fn a_pod_0_that_died_between_recording_and_confirming_its_founding_is_not_
     cluster.delete_volume(0);
     api.refuse_updates(false);
     cluster.restart(0);
-    let (cluster_id, _) = one_cluster(&cluster, 3).await;
-    assert_ne!(cluster_id, first, "a fresh founding");
-    assert_eq!(record_field(&api, "clusterId"), cluster_id);
-    assert_eq!(record_field(&api, "state"), "confirmed");
-    for i in 0..3 {
-        cluster.wait_ready(i).await;
-    }
+    refounded(&cluster, &api, &first).await;
     cluster.client(1).await.put(b"k", b"v").await.unwrap();
 }
 
@@ -474,4 +480,43 @@ async fn a_founder_that_stopped_before_confirming_confirms_on_restart_before_ser
     assert_eq!(record_field(&api, "state"), "confirmed");
     assert_eq!(record_field(&api, "clusterId"), founded, "its own founding");
     cluster.client(0).await.put(b"k", b"v").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_in_place_refounds_the_set_and_rewrites_the_founding_record() {
+    let api = FakeKubeApi::start(3).await;
+    let mut cluster = Cluster::start_with(3, &["--kube-api", &api.url]).await;
+    let (old_id, _) = one_cluster(&cluster, 3).await;
+    let acked = acknowledged_writes(&cluster, 6).await;
+    let mut stream = cluster.client(0).await.backup().await.unwrap();
+    let mut backup = Vec::new();
+    while let Some(chunk) = stream.message().await.unwrap() {
+        backup.extend_from_slice(&chunk.data);
+    }
+
+    // The README's restore, but the record is left in place: pod 0 on
+    // restored data replaces it.
+    for i in (0..3).rev() {
+        cluster.stop(i).await;
+        cluster.delete_volume(i);
+    }
+    let restore = std::process::Command::new(env!("CARGO_BIN_EXE_raftset"))
+        .arg("restore")
+        .args(["--from", "-", "--data-dir"])
+        .arg(&cluster.nodes[0].data_dir)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(&backup)?;
+            child.wait()
+        })
+        .unwrap();
+    assert!(restore.success(), "{restore:?}");
+    for i in 0..3 {
+        cluster.restart(i);
+    }
+
+    refounded(&cluster, &api, &old_id).await;
+    every_write_present(&cluster, 2, &acked).await;
 }
