@@ -336,8 +336,10 @@ impl Node {
         }
     }
 
-    /// Waits until this node is a member of a cluster with a known leader.
+    /// Waits until this node is a member of a cluster with a known leader,
+    /// and serves (a founder: once its founding is on record).
     pub async fn ready(&self, timeout: Duration) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + timeout;
         let id = self.id;
         self.raft
             .wait(Some(timeout))
@@ -349,8 +351,15 @@ impl Node {
                 "member with a leader",
             )
             .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if self.cluster.formation.serving(left).await {
+            Ok(())
+        } else {
+            Err(format!(
+                "a member, but not serving after {timeout:?} (its founding is not on record yet)"
+            ))
+        }
     }
 
     /// A client connected to this node's gRPC port.

@@ -3,15 +3,15 @@
 //! ([`Command`], [`Op`]), what applying it gives ([`Outcome`]), and the
 //! values the faces hand out ([`KeyValue`], [`Digest`], [`Consistency`]).
 //!
-//! It must never depend on anything but openraft and serde: every other
-//! module builds on it, so it stays free of behaviour beyond small pure
-//! helpers. An [`Outcome`] must depend on nothing but the command and the
+//! It must never depend on anything but openraft, serde and tokio's `watch`
+//! (for [`Formation`], which others wait on): every other module builds on
+//! it, so it stays free of behaviour beyond small pure helpers. An [`Outcome`] must depend on nothing but the command and the
 //! state before it, so every replica reaches the same result: the proposer's
 //! clock travels inside the [`Proposal`] for that reason.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -248,36 +248,47 @@ impl ClusterId {
 /// A node acknowledges writes and admits joiners only once it is
 /// [`Standing::Serving`]: a founder gets there only after its founding is on
 /// record, so an unconfirmed record proves nothing was acknowledged.
-#[derive(Debug, Clone, Default)]
-pub struct Formation(Arc<AtomicU8>);
+#[derive(Debug, Clone)]
+pub struct Formation(Arc<tokio::sync::watch::Sender<Standing>>);
 
 /// The stages of [`Formation`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Standing {
     /// Not a member yet, or a founder whose founding is not on record yet.
-    Forming = 0,
+    Forming,
     /// Not a member; the founding record says the set's cluster exists, and
     /// this node waits for its members to answer, then joins.
-    AwaitingMembers = 1,
+    AwaitingMembers,
     /// A member whose cluster is on record (or needs no record).
-    Serving = 2,
+    Serving,
+}
+
+impl Default for Formation {
+    fn default() -> Formation {
+        Formation(Arc::new(tokio::sync::watch::Sender::new(Standing::Forming)))
+    }
 }
 
 impl Formation {
     pub fn get(&self) -> Standing {
-        match self.0.load(Ordering::SeqCst) {
-            2 => Standing::Serving,
-            1 => Standing::AwaitingMembers,
-            _ => Standing::Forming,
-        }
+        *self.0.borrow()
     }
 
     pub fn set(&self, standing: Standing) {
-        self.0.store(standing as u8, Ordering::SeqCst);
+        self.0.send_replace(standing);
     }
 
     pub fn is_serving(&self) -> bool {
         self.get() == Standing::Serving
+    }
+
+    /// Waits until the node serves; false if `timeout` passed first.
+    pub async fn serving(&self, timeout: Duration) -> bool {
+        let mut standing = self.0.subscribe();
+        let serving = tokio::time::timeout(timeout, standing.wait_for(|s| *s == Standing::Serving))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        serving
     }
 }
 
