@@ -10,10 +10,10 @@
 //! one that provably was never proposed (no leader, no quorum, overload) as
 //! safe to retry.
 //!
-//! Writes are refused, as never proposed, until the node's
-//! [`Formation`](crate::types::Formation) says it serves: the path need not
-//! know why (a founder whose founding is not on record yet, a node that is
-//! not a member), only that nothing may be acknowledged before.
+//! Writes are refused, as never proposed, until the node's [`Formation`]
+//! says it serves: the path need not know why (a founder whose founding is
+//! not on record yet, a node that is not a member), only that nothing may
+//! be acknowledged before.
 
 use std::sync::Arc;
 use std::time::Duration;

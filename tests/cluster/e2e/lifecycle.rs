@@ -9,7 +9,9 @@ use raftset::Client;
 
 use super::nemesis::roll;
 use super::workload::{nothing_lost, Writers};
-use super::{deploy, members_are_the_pods, secs, statuses_agree, verify_everywhere};
+use super::{
+    deploy, full_stop_losing_pod_0, members_are_the_pods, secs, statuses_agree, verify_everywhere,
+};
 use crate::support::http::{self, Reply};
 use crate::support::manifest::{Manifest, PodManagement};
 use crate::support::statefulset::{exclusive, StatefulSet};
@@ -317,13 +319,11 @@ async fn scale_3_to_5_to_3() {
     verify_everywhere(&set).await;
 }
 
-/// `kubectl scale --replicas=0`, pod 0's volume lost meanwhile (a local PV
-/// whose node died), then `--replicas=3`: pod 0 comes back empty while pods
-/// 1 and 2 do not exist yet (OrderedReady) or are Pending, so their names
-/// do not resolve (Parallel, played as pod 0 being created first). The
-/// founding record says a cluster exists, so pod 0 waits rather than
-/// founds, passes the ordering probe, and joins once pods 1 and 2 are back:
-/// one cluster, the first one, with every acknowledged write.
+/// A full stop in which pod 0's volume is lost ([`full_stop_losing_pod_0`]):
+/// pod 0 comes back empty before pods 1 and 2. The founding record says a
+/// cluster exists, so pod 0 waits rather than founds, passes the ordering
+/// probe, and joins once pods 1 and 2 are back: one cluster, the first one,
+/// with every acknowledged write.
 async fn full_stop_with_a_lost_pod_0_volume(tag: &str, manifest: Manifest) {
     let _turn = exclusive().await;
     let mut set = deploy(tag, manifest).await;
@@ -336,14 +336,7 @@ async fn full_stop_with_a_lost_pod_0_volume(tag: &str, manifest: Manifest) {
         client.put(key.as_bytes(), value.as_bytes()).await.unwrap();
     }
 
-    set.scale(0).await;
-    let volume = set.volume(0);
-    crate::support::docker::docker(&["volume", "rm", &volume])
-        .await
-        .unwrap_or_else(|e| panic!("delete the PVC of pod 0: {e}"));
-    set.scale(1).await;
-    set.scale(3).await;
-
+    full_stop_losing_pod_0(&mut set).await;
     set.wait_for_voters(3).await;
     let statuses = statuses_agree(&set).await;
     assert_eq!(
