@@ -175,6 +175,8 @@ async fn restart(ctx: &ClusterContext, kube: Option<&Arc<KubeApi>>, stop: &Cance
         .voter_ids()
         .collect();
     let sole_voter = voters == [ctx.id];
+    // A member serves its data whatever the record says (a record of
+    // another cluster is logged): the record guards founding, not restarts.
     if let (Some(kube), true) = (kube, sole_voter) {
         settle_record(ctx, kube, stop).await;
     }
@@ -187,7 +189,12 @@ async fn restart(ctx: &ClusterContext, kube: Option<&Arc<KubeApi>>, stop: &Cance
 
 /// Makes the founding record name this node's cluster, confirmed; retries
 /// until done or stopped. A record of another cluster is left alone.
-async fn settle_record(ctx: &ClusterContext, kube: &Arc<KubeApi>, stop: &CancellationToken) {
+/// True once the record names this node's cluster, confirmed.
+async fn settle_record(
+    ctx: &ClusterContext,
+    kube: &Arc<KubeApi>,
+    stop: &CancellationToken,
+) -> bool {
     let ours = ctx.cluster_id.get();
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -201,18 +208,18 @@ async fn settle_record(ctx: &ClusterContext, kube: &Arc<KubeApi>, stop: &Cancell
                     recorded = %stored.founding.cluster_id, ours = %ours,
                     "the founding record names another cluster than this node's; leaving it alone"
                 );
-                Ok(())
+                return false;
             }
             Ok(Some(stored)) if stored.founding.confirmed => Ok(()),
             Ok(Some(stored)) => confirm(kube, stored).await,
             Err(e) => Err(e),
         };
         match settled {
-            Ok(()) => return,
+            Ok(()) => return true,
             Err(e) => tracing::warn!("cannot settle the founding record yet: {e}"),
         }
         if !pause(stop, backoff).await {
-            return;
+            return false;
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
@@ -310,7 +317,8 @@ async fn ask(ctx: &ClusterContext, peer_addr: &str) -> PeerView {
 /// unconfirmed one or re-founding on restored data); losing that race means
 /// someone else founded, and nothing happened here. Once Raft is
 /// initialised there is no way back: the record is confirmed, retrying
-/// until done or stopped, before this node serves.
+/// until done or stopped, before this node serves; a founder whose record
+/// was meanwhile rewritten for another cluster never serves.
 async fn found(
     ctx: &ClusterContext,
     kube: Option<&Arc<KubeApi>>,
@@ -319,48 +327,22 @@ async fn found(
 ) -> Result<(), String> {
     let cluster_id = format!("{:032x}", rand::random::<u128>());
     let founding = Founding::new(&cluster_id, &ctx.me.name);
-    let recorded = match kube {
-        None => None,
-        Some(kube) => {
-            let write = founding.clone();
-            let written = call(kube, move |api| match &read {
-                None => api.create_record(&write),
-                Some(stored) => api.replace_record(stored, &write),
-            })
-            .await
-            .map_err(|e| format!("not founding: {e}"))?;
-            tracing::info!(%cluster_id, record = %kube.record_name(), "recorded the founding, unconfirmed");
-            Some(written)
-        }
-    };
+    if let Some(kube) = kube {
+        call(kube, move |api| match &read {
+            None => api.create_record(&founding),
+            Some(stored) => api.replace_record(stored, &founding),
+        })
+        .await
+        .map_err(|e| format!("not founding: {e}"))?;
+        tracing::info!(%cluster_id, record = %kube.record_name(), "recorded the founding, unconfirmed");
+    }
     initialize(ctx, &cluster_id)
         .await
         .map_err(|e| format!("founding a cluster failed: {e}"))?;
     tracing::info!(%cluster_id, node_id = ctx.id, "founded a new cluster");
-    if let (Some(kube), Some(recorded)) = (kube, recorded) {
-        let mut backoff = Duration::from_millis(100);
-        let mut recorded = recorded;
-        loop {
-            match confirm(kube, recorded.clone()).await {
-                Ok(()) => break,
-                Err(e) => tracing::warn!("cannot confirm the founding record yet: {e}"),
-            }
-            if !pause(stop, backoff).await {
-                return Ok(());
-            }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
-            // A conflict means the record changed; confirm what is there
-            // now, if it is still this founding.
-            if let Ok(Some(current)) = call(kube, |api| api.record()).await {
-                if current.founding.cluster_id == cluster_id {
-                    recorded = current;
-                } else {
-                    tracing::error!(
-                        recorded = %current.founding.cluster_id, ours = %cluster_id,
-                        "the founding record was taken over; this node will not serve its cluster"
-                    );
-                }
-            }
+    if let Some(kube) = kube {
+        if !settle_record(ctx, kube, stop).await {
+            return Ok(());
         }
     }
     if ctx.meta.is_restored().map_err(|e| e.to_string())? {

@@ -264,13 +264,14 @@ async fn every_write_present(cluster: &Cluster, i: usize, acked: &[(Vec<u8>, Vec
     assert!(verify.agree, "members disagree: {verify:?}");
 }
 
-/// Waits until node `i` logged `text`.
-async fn wait_for_log(cluster: &Cluster, i: usize, text: &str) {
+/// Waits until node `i` logged `text` past the first `after` bytes of its
+/// log (which spans its restarts).
+async fn wait_for_log(cluster: &Cluster, i: usize, after: usize, text: &str) {
     wait_for(
         &format!("{} to log {text:?}", cluster.nodes[i].name),
         || async {
             let log = cluster.log_of(i);
-            if log.contains(text) {
+            if log.get(after..).is_some_and(|new| new.contains(text)) {
                 Ok(())
             } else {
                 Err(log.lines().last().unwrap_or_default().to_string())
@@ -442,7 +443,7 @@ async fn a_pod_0_that_died_between_recording_and_confirming_its_founding_is_not_
     let reply = http::get(&cluster.nodes[0].http(), "/readyz?noleader", "*/*").await;
     assert_eq!(reply.status, 503, "{}", reply.body);
     refuses_writes(&cluster, 0).await;
-    wait_for_log(&cluster, 1, "not on record yet").await;
+    wait_for_log(&cluster, 1, 0, "not on record yet").await;
     let status = cluster.status(0).await.unwrap();
     assert_eq!(
         status.members.len(),
@@ -464,13 +465,20 @@ async fn a_founder_that_stopped_before_confirming_confirms_on_restart_before_ser
     let api = FakeKubeApi::start(1).await;
     api.refuse_updates(true);
     let mut cluster = Cluster::spawn(1, &["--kube-api", &api.url]).await;
-    wait_for_log(&cluster, 0, "founded a new cluster").await;
+    wait_for_log(&cluster, 0, 0, "founded a new cluster").await;
     let founded = record_field(&api, "clusterId");
 
     // Back on its data while the API still refuses: it serves nothing.
     cluster.kill(0).await;
+    let before_restart = cluster.log_of(0).len();
     cluster.restart(0);
-    wait_for_log(&cluster, 0, "cannot settle the founding record yet").await;
+    wait_for_log(
+        &cluster,
+        0,
+        before_restart,
+        "cannot settle the founding record yet",
+    )
+    .await;
     let reply = http::get(&cluster.nodes[0].http(), "/readyz?noleader", "*/*").await;
     assert_eq!(reply.status, 503, "{}", reply.body);
     refuses_writes(&cluster, 0).await;
