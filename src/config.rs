@@ -81,6 +81,9 @@ pub struct Config {
     pub follow_replicas: bool,
 
     /// The Kubernetes API server; in a pod, found from the environment.
+    /// Where there is one, founding goes through the founding record (the
+    /// ConfigMap `<statefulset>-cluster`), and `--follow-replicas` reads
+    /// the StatefulSet.
     #[arg(long, env = "RAFTSET_KUBE_API")]
     pub kube_api: Option<String>,
 

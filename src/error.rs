@@ -74,6 +74,8 @@ pub enum Error {
     WatchReset { revision: u64 },
     #[error("node is shutting down")]
     ShuttingDown,
+    #[error("this node does not serve writes yet: it is not a member of a cluster, or its founding is not on record yet; the request was not proposed and can be retried")]
+    NotServing,
     #[error(
         "cannot connect to the leader ({detail}); the request was not sent and can be retried"
     )]
@@ -113,6 +115,7 @@ impl Error {
             Error::NoLeader
             | Error::NoQuorum { .. }
             | Error::ShuttingDown
+            | Error::NotServing
             | Error::MaybeProposed { .. }
             | Error::LeaderUnreachable { .. }
             | Error::NoDigest => Code::Unavailable,
@@ -154,6 +157,7 @@ impl Error {
                 | Error::NoQuorum { .. }
                 | Error::Overloaded { .. }
                 | Error::ShuttingDown
+                | Error::NotServing
                 | Error::LeaderUnreachable { .. }
         )
     }
@@ -270,6 +274,21 @@ pub enum ClusterError {
     Remote(Status),
     #[error("Kubernetes API: {0}")]
     KubeApi(String),
+    #[error("Kubernetes API: {request} answered {status}: {detail}")]
+    KubeStatus {
+        request: String,
+        status: u16,
+        detail: String,
+    },
+    /// A create of the founding record found it there, or an update found
+    /// it changed since it was read: another pod wrote first.
+    #[error("the founding record {name} was written by someone else first")]
+    RecordTaken { name: String },
+    #[error("the founding record is unreadable: {0}")]
+    BadRecord(String),
+    /// Joins wait until the founder confirmed its founding record.
+    #[error("this cluster's founding is not on record yet; try again")]
+    FoundingUnconfirmed,
     #[error("raft failure: {0}")]
     Raft(String),
     #[error("storage failure: {0}")]
@@ -283,7 +302,8 @@ impl ClusterError {
             | ClusterError::NoLeader
             | ClusterError::TransferFailed { .. }
             | ClusterError::LeadershipMoved
-            | ClusterError::MembershipBusy(_) => Code::Unavailable,
+            | ClusterError::MembershipBusy(_)
+            | ClusterError::FoundingUnconfirmed => Code::Unavailable,
             ClusterError::NotMember { .. } => Code::NotFound,
             ClusterError::NotVoter { .. }
             | ClusterError::AddressTaken { .. }
@@ -293,11 +313,14 @@ impl ClusterError {
             | ClusterError::NotApplied { .. }
             | ClusterError::NoDigest { .. } => Code::FailedPrecondition,
             ClusterError::SnapshotTimeout(_) => Code::DeadlineExceeded,
+            ClusterError::RecordTaken { .. } => Code::Aborted,
             ClusterError::Peer(e) => e.code(),
             ClusterError::Remote(status) => status.code(),
-            ClusterError::Raft(_) | ClusterError::Storage(_) | ClusterError::KubeApi(_) => {
-                Code::Internal
-            }
+            ClusterError::Raft(_)
+            | ClusterError::Storage(_)
+            | ClusterError::KubeApi(_)
+            | ClusterError::KubeStatus { .. }
+            | ClusterError::BadRecord(_) => Code::Internal,
         }
     }
 }
@@ -378,6 +401,7 @@ mod tests {
             ),
             (Error::WatchReset { revision: 3 }, Code::Aborted, 409),
             (Error::ShuttingDown, Code::Unavailable, 503),
+            (Error::NotServing, Code::Unavailable, 503),
             (
                 Error::MaybeProposed { reason: "m".into() },
                 Code::Unavailable,
@@ -473,6 +497,22 @@ mod tests {
             ),
             (ClusterError::Remote(Status::aborted("a")), Code::Aborted),
             (ClusterError::KubeApi("k".into()), Code::Internal),
+            (
+                ClusterError::KubeStatus {
+                    request: "GET /".into(),
+                    status: 403,
+                    detail: "forbidden".into(),
+                },
+                Code::Internal,
+            ),
+            (
+                ClusterError::RecordTaken {
+                    name: "raftset-cluster".into(),
+                },
+                Code::Aborted,
+            ),
+            (ClusterError::BadRecord("b".into()), Code::Internal),
+            (ClusterError::FoundingUnconfirmed, Code::Unavailable),
             (ClusterError::Raft("r".into()), Code::Internal),
             (ClusterError::Storage("s".into()), Code::Internal),
         ];

@@ -30,7 +30,7 @@ use crate::raft::proposer::Proposer;
 use crate::raft::requests::{RequestSettings, Requests};
 use crate::raft::service::RaftService;
 use crate::store::{FlushStats, Store, StoreError, StoreOptions};
-use crate::types::{ClusterId, NodeId, Raft};
+use crate::types::{ClusterId, Formation, NodeId, Raft};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +121,7 @@ impl Node {
         identity::check_peers(&config)?;
         let store = Store::open(&config.data_dir, &store_options(&config))?;
         let cluster_id = ClusterId::default();
+        let formation = Formation::default();
         if let Some(id) = store.meta.cluster_id()? {
             cluster_id.set(&id);
         }
@@ -197,6 +198,7 @@ impl Node {
                 quorum_timeout: config.quorum_timeout(),
                 max_pending_proposals: config.max_pending_proposals,
             },
+            formation.clone(),
         ));
         let http = HttpState {
             id,
@@ -206,6 +208,7 @@ impl Node {
             metrics: metrics.clone(),
             flush_stats: flush_stats.clone(),
             meta: store.meta.clone(),
+            formation: formation.clone(),
             ready_max_lag: config.ready_max_lag,
         };
         let http_settings = HttpSettings {
@@ -219,6 +222,7 @@ impl Node {
             config,
             raft: raft.clone(),
             cluster_id: cluster_id.clone(),
+            formation,
             meta: store.meta,
             peers,
             digests,
@@ -332,8 +336,10 @@ impl Node {
         }
     }
 
-    /// Waits until this node is a member of a cluster with a known leader.
+    /// Waits until this node is a member of a cluster with a known leader,
+    /// and serves (a founder: once its founding is on record).
     pub async fn ready(&self, timeout: Duration) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + timeout;
         let id = self.id;
         self.raft
             .wait(Some(timeout))
@@ -345,8 +351,15 @@ impl Node {
                 "member with a leader",
             )
             .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if self.cluster.formation.serving(left).await {
+            Ok(())
+        } else {
+            Err(format!(
+                "a member, but not serving after {timeout:?} (its founding is not on record yet)"
+            ))
+        }
     }
 
     /// A client connected to this node's gRPC port.

@@ -3,14 +3,15 @@
 //! ([`Command`], [`Op`]), what applying it gives ([`Outcome`]), and the
 //! values the faces hand out ([`KeyValue`], [`Digest`], [`Consistency`]).
 //!
-//! It must never depend on anything but openraft and serde: every other
-//! module builds on it, so it stays free of behaviour beyond small pure
-//! helpers. An [`Outcome`] must depend on nothing but the command and the
+//! It must never depend on anything but openraft, serde and tokio's `watch`
+//! (for [`Formation`], which others wait on): every other module builds on
+//! it, so it stays free of behaviour beyond small pure helpers. An [`Outcome`] must depend on nothing but the command and the
 //! state before it, so every replica reaches the same result: the proposer's
 //! clock travels inside the [`Proposal`] for that reason.
 
 use std::fmt;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -239,6 +240,55 @@ impl ClusterId {
 
     pub fn set(&self, id: &str) {
         *self.0.write().expect("cluster id lock") = id.to_string();
+    }
+}
+
+/// Where this node stands in forming its cluster, shared by the cluster
+/// layer (which moves it), the request path and the probes (which read it).
+/// A node acknowledges writes and admits joiners only once it is
+/// [`Standing::Serving`]: a founder gets there only after its founding is on
+/// record, so an unconfirmed record proves nothing was acknowledged.
+#[derive(Debug, Clone)]
+pub struct Formation(Arc<tokio::sync::watch::Sender<Standing>>);
+
+/// The stages of [`Formation`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// Not a member yet, or a founder whose founding is not on record yet.
+    Forming,
+    /// Not a member; the founding record says the set's cluster exists, and
+    /// this node waits for its members to answer, then joins.
+    AwaitingMembers,
+    /// A member whose cluster is on record (or needs no record).
+    Serving,
+}
+
+impl Default for Formation {
+    fn default() -> Formation {
+        Formation(Arc::new(tokio::sync::watch::Sender::new(Standing::Forming)))
+    }
+}
+
+impl Formation {
+    pub fn get(&self) -> Standing {
+        *self.0.borrow()
+    }
+
+    pub fn set(&self, standing: Standing) {
+        self.0.send_replace(standing);
+    }
+
+    pub fn is_serving(&self) -> bool {
+        self.get() == Standing::Serving
+    }
+
+    /// Waits until the node serves; false if `timeout` passed first.
+    pub async fn serving(&self, timeout: Duration) -> bool {
+        let mut standing = self.0.subscribe();
+        let serving = tokio::time::timeout(timeout, standing.wait_for(|s| *s == Standing::Serving))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        serving
     }
 }
 

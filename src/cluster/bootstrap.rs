@@ -4,13 +4,21 @@
 //! 1. A node with Raft state restarts from it and asks nobody (decided
 //!    before this function is consulted).
 //! 2. If any peer is a member of a cluster, join it through that peer. A
-//!    node that already recorded a cluster id only joins that cluster.
-//! 3. A node that recorded a cluster id but finds no member waits: it must
-//!    never found a second cluster.
-//! 4. The bootstrapper (ordinal 0, or a node that lists no peers) founds a
-//!    cluster only when every peer that exists answered and is empty. A
-//!    peer that exists but does not answer means wait, never bootstrap.
-//! 5. Everyone else waits for a member to appear.
+//!    node joins only the cluster the founding record confirms, or else the
+//!    one it recorded itself, if any.
+//! 3. A confirmed founding record means a cluster exists for this
+//!    StatefulSet: never found another (a restore is the one deliberate
+//!    exception); wait for its members to answer. Meanwhile the node passes
+//!    the ordering readiness, so OrderedReady creates the next pods.
+//! 4. A node that recorded a cluster id but finds no member waits: it must
+//!    never found a second cluster. An unconfirmed record lifts this for
+//!    the bootstrapper: it proves nothing was ever acknowledged.
+//! 5. The bootstrapper (ordinal 0, or a node that lists no peers) founds a
+//!    cluster only when every peer that exists answered and is empty, and
+//!    (in Kubernetes) the record is absent, unconfirmed (taken over), or the
+//!    data is a restore. A peer that exists but does not answer means wait,
+//!    never bootstrap.
+//! 6. Everyone else waits for a member to appear.
 
 /// What asking one peer found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +45,24 @@ pub struct Local {
     pub cluster_id: Option<String>,
     /// Whether any peers are configured at all.
     pub has_peers: bool,
+    /// Whether the data directory holds a restored backup waiting to be
+    /// founded on: the one deliberate re-founding.
+    pub restored: bool,
+}
+
+/// What the founding record in the Kubernetes API (a ConfigMap named after
+/// the StatefulSet) says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FoundingRecord {
+    /// No Kubernetes API (outside a pod): founding rests on the peers alone.
+    NotUsed,
+    /// Nobody ever founded a cluster for this StatefulSet.
+    Absent,
+    /// `founder` set out to found `cluster_id` and never confirmed it, so
+    /// nothing was acknowledged in that cluster.
+    Unconfirmed { cluster_id: String, founder: String },
+    /// A cluster was founded, and may hold acknowledged writes.
+    Confirmed { cluster_id: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,22 +71,27 @@ pub enum Decision {
     Bootstrap,
     /// Join `cluster_id` by asking the member at `via`.
     Join { cluster_id: String, via: String },
+    /// The founding record says `cluster_id` exists, but none of its
+    /// members answered: wait for them, ready for ordering meanwhile.
+    AwaitMembers { cluster_id: String },
     /// Look again later, for this reason.
     Wait(String),
 }
 
-pub fn decide(local: &Local, peers: &[(String, PeerView)]) -> Decision {
+pub fn decide(local: &Local, record: &FoundingRecord, peers: &[(String, PeerView)]) -> Decision {
+    // A confirmed record names the set's cluster; the id a node without
+    // Raft state recorded is only a join it once started.
+    let wanted = match record {
+        FoundingRecord::Confirmed { cluster_id } => Some(cluster_id),
+        _ => local.cluster_id.as_ref(),
+    };
     let mut members = peers.iter().filter_map(|(name, view)| match view {
         PeerView::Member {
             cluster_id,
             peer_addr,
-        } => {
-            let ours = local
-                .cluster_id
-                .as_ref()
-                .is_none_or(|ours| ours == cluster_id);
-            ours.then_some((name, cluster_id, peer_addr))
-        }
+        } => wanted
+            .is_none_or(|wanted| wanted == cluster_id)
+            .then_some((name, cluster_id, peer_addr)),
         _ => None,
     });
     if let Some((_, cluster_id, via)) = members.next() {
@@ -74,10 +105,20 @@ pub fn decide(local: &Local, peers: &[(String, PeerView)]) -> Decision {
             via: via.clone(),
         };
     }
-    if let Some(ours) = &local.cluster_id {
-        return Decision::Wait(format!(
-            "this node belongs to cluster {ours}, but no member of it answered"
-        ));
+    match record {
+        FoundingRecord::Confirmed { cluster_id } if !local.restored => {
+            return Decision::AwaitMembers {
+                cluster_id: cluster_id.clone(),
+            }
+        }
+        FoundingRecord::Unconfirmed { .. } => {}
+        _ => {
+            if let Some(ours) = &local.cluster_id {
+                return Decision::Wait(format!(
+                    "this node belongs to cluster {ours}, but no member of it answered"
+                ));
+            }
+        }
     }
     let bootstrapper = local.ordinal == Some(0) || !local.has_peers;
     if !bootstrapper {
@@ -136,6 +177,40 @@ mod tests {
             ordinal: Some(ordinal),
             cluster_id: cluster_id.map(String::from),
             has_peers: true,
+            restored: false,
+        }
+    }
+
+    fn restored(ordinal: u32) -> Local {
+        Local {
+            restored: true,
+            ..local(ordinal, None)
+        }
+    }
+
+    fn unconfirmed(cluster: &str) -> FoundingRecord {
+        FoundingRecord::Unconfirmed {
+            cluster_id: cluster.into(),
+            founder: "raftset-0".into(),
+        }
+    }
+
+    fn confirmed(cluster: &str) -> FoundingRecord {
+        FoundingRecord::Confirmed {
+            cluster_id: cluster.into(),
+        }
+    }
+
+    fn join(cluster: &str, via: &str) -> Decision {
+        Decision::Join {
+            cluster_id: cluster.into(),
+            via: via.into(),
+        }
+    }
+
+    fn await_members(cluster: &str) -> Decision {
+        Decision::AwaitMembers {
+            cluster_id: cluster.into(),
         }
     }
 
@@ -154,83 +229,18 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn decisions() {
-        use PeerView::*;
-        let join = |c: &str, via: &str| Decision::Join {
-            cluster_id: c.into(),
-            via: via.into(),
-        };
-        let cases: Vec<(&str, Local, Vec<PeerView>, Option<Decision>)> = vec![
-            (
-                "first deploy, ordered: pod 0 alone",
-                local(0, None),
-                vec![Absent, Absent],
-                Some(Decision::Bootstrap),
-            ),
-            (
-                "first deploy, parallel: everyone empty",
-                local(0, None),
-                vec![Empty, Empty],
-                Some(Decision::Bootstrap),
-            ),
-            (
-                "pod 0 lost its volume: joins the others",
-                local(0, None),
-                vec![member("c1", "p1:7001"), Unreachable],
-                Some(join("c1", "p1:7001")),
-            ),
-            (
-                "pod 0 unsure: a peer exists but is silent",
-                local(0, None),
-                vec![Empty, Unreachable],
-                None,
-            ),
-            (
-                "pod 1 joins through a member",
-                local(1, None),
-                vec![member("c1", "p0:7001")],
-                Some(join("c1", "p0:7001")),
-            ),
-            (
-                "pod 1 before pod 0 exists",
-                local(1, None),
-                vec![Absent, Empty],
-                None,
-            ),
-            (
-                "pod 2 never bootstraps even if all are empty",
-                local(2, None),
-                vec![Empty, Empty],
-                None,
-            ),
-            (
-                "a node with a cluster id ignores other clusters",
-                local(1, Some("c1")),
-                vec![member("c2", "p0:7001")],
-                None,
-            ),
-            (
-                "a node with a cluster id rejoins it",
-                local(1, Some("c1")),
-                vec![member("c2", "x"), member("c1", "p2:7001")],
-                Some(join("c1", "p2:7001")),
-            ),
-            (
-                "a cluster id and no member: wait, never a second cluster",
-                local(0, Some("c1")),
-                vec![Empty, Empty],
-                None,
-            ),
-            (
-                "peers in two clusters: refuse to choose",
-                local(0, None),
-                vec![member("c1", "a"), member("c2", "b")],
-                None,
-            ),
-        ];
-        for (name, local, views, expected) in cases {
-            let decision = decide(&local, &peers(views));
+    /// A named situation and the decision expected (`None`: some wait).
+    type Case = (
+        &'static str,
+        Local,
+        FoundingRecord,
+        Vec<PeerView>,
+        Option<Decision>,
+    );
+
+    fn check(cases: Vec<Case>) {
+        for (name, local, record, views, expected) in cases {
+            let decision = decide(&local, &record, &peers(views));
             match expected {
                 Some(expected) => assert_eq!(decision, expected, "{name}"),
                 None => assert!(
@@ -242,13 +252,268 @@ mod tests {
     }
 
     #[test]
+    fn decisions_outside_kubernetes_rest_on_the_peers() {
+        use PeerView::*;
+        let cases = vec![
+            (
+                "first deploy, ordered: pod 0 alone",
+                local(0, None),
+                FoundingRecord::NotUsed,
+                vec![Absent, Absent],
+                Some(Decision::Bootstrap),
+            ),
+            (
+                "first deploy, parallel: everyone empty",
+                local(0, None),
+                FoundingRecord::NotUsed,
+                vec![Empty, Empty],
+                Some(Decision::Bootstrap),
+            ),
+            (
+                "pod 0 lost its volume: joins the others",
+                local(0, None),
+                FoundingRecord::NotUsed,
+                vec![member("c1", "p1:7001"), Unreachable],
+                Some(join("c1", "p1:7001")),
+            ),
+            (
+                "pod 0 unsure: a peer exists but is silent",
+                local(0, None),
+                FoundingRecord::NotUsed,
+                vec![Empty, Unreachable],
+                None,
+            ),
+            (
+                "pod 1 joins through a member",
+                local(1, None),
+                FoundingRecord::NotUsed,
+                vec![member("c1", "p0:7001")],
+                Some(join("c1", "p0:7001")),
+            ),
+            (
+                "pod 1 before pod 0 exists",
+                local(1, None),
+                FoundingRecord::NotUsed,
+                vec![Absent, Empty],
+                None,
+            ),
+            (
+                "pod 2 never bootstraps even if all are empty",
+                local(2, None),
+                FoundingRecord::NotUsed,
+                vec![Empty, Empty],
+                None,
+            ),
+            (
+                "a node with a cluster id ignores other clusters",
+                local(1, Some("c1")),
+                FoundingRecord::NotUsed,
+                vec![member("c2", "p0:7001")],
+                None,
+            ),
+            (
+                "a node with a cluster id rejoins it",
+                local(1, Some("c1")),
+                FoundingRecord::NotUsed,
+                vec![member("c2", "x"), member("c1", "p2:7001")],
+                Some(join("c1", "p2:7001")),
+            ),
+            (
+                "a cluster id and no member: wait, never a second cluster",
+                local(0, Some("c1")),
+                FoundingRecord::NotUsed,
+                vec![Empty, Empty],
+                None,
+            ),
+            (
+                "peers in two clusters: refuse to choose",
+                local(0, None),
+                FoundingRecord::NotUsed,
+                vec![member("c1", "a"), member("c2", "b")],
+                None,
+            ),
+        ];
+        check(cases);
+    }
+
+    #[test]
+    fn decisions_in_kubernetes_follow_the_founding_record() {
+        use PeerView::*;
+        let cases = vec![
+            // No record: nobody ever founded, but the peers must agree.
+            (
+                "first deploy: no record, pod 0 alone",
+                local(0, None),
+                FoundingRecord::Absent,
+                vec![Absent, Absent],
+                Some(Decision::Bootstrap),
+            ),
+            (
+                "no record, a peer silent: wait",
+                local(0, None),
+                FoundingRecord::Absent,
+                vec![Empty, Unreachable],
+                None,
+            ),
+            (
+                "no record, but a member answers (a set older than records): join",
+                local(0, None),
+                FoundingRecord::Absent,
+                vec![member("c1", "p1:7001")],
+                Some(join("c1", "p1:7001")),
+            ),
+            (
+                "no record, a recorded cluster id: wait",
+                local(0, Some("c1")),
+                FoundingRecord::Absent,
+                vec![Empty, Empty],
+                None,
+            ),
+            (
+                "no record: pod 1 never founds",
+                local(1, None),
+                FoundingRecord::Absent,
+                vec![Empty, Empty],
+                None,
+            ),
+            // Confirmed: a cluster exists; never found another.
+            (
+                "full stop, pod 0 lost its volume, peers not created yet",
+                local(0, None),
+                confirmed("c1"),
+                vec![Absent, Absent],
+                Some(await_members("c1")),
+            ),
+            (
+                "confirmed, peers silent (DNS down, Pending pods)",
+                local(0, None),
+                confirmed("c1"),
+                vec![Unreachable, Unreachable],
+                Some(await_members("c1")),
+            ),
+            (
+                "confirmed, peers empty",
+                local(0, None),
+                confirmed("c1"),
+                vec![Empty, Empty],
+                Some(await_members("c1")),
+            ),
+            (
+                "confirmed: join its member",
+                local(0, None),
+                confirmed("c1"),
+                vec![Unreachable, member("c1", "p2:7001")],
+                Some(join("c1", "p2:7001")),
+            ),
+            (
+                "confirmed: members of another cluster are ignored",
+                local(0, None),
+                confirmed("c1"),
+                vec![member("c2", "p1:7001"), member("c1", "p2:7001")],
+                Some(join("c1", "p2:7001")),
+            ),
+            (
+                "confirmed: only another cluster answers",
+                local(0, None),
+                confirmed("c1"),
+                vec![member("c2", "p1:7001")],
+                Some(await_members("c1")),
+            ),
+            (
+                "confirmed overrides a join once started to an abandoned founding",
+                local(1, Some("c0")),
+                confirmed("c1"),
+                vec![member("c1", "p0:7001")],
+                Some(join("c1", "p0:7001")),
+            ),
+            (
+                "confirmed: pod 1 waits, ready for ordering",
+                local(1, None),
+                confirmed("c1"),
+                vec![Absent, Absent],
+                Some(await_members("c1")),
+            ),
+            (
+                "confirmed, restored data, peers gone: the deliberate re-founding",
+                restored(0),
+                confirmed("c1"),
+                vec![Absent, Absent],
+                Some(Decision::Bootstrap),
+            ),
+            (
+                "confirmed, restored data, a peer silent: wait",
+                restored(0),
+                confirmed("c1"),
+                vec![Unreachable, Absent],
+                None,
+            ),
+            (
+                "confirmed, restored data on pod 1: never founds",
+                restored(1),
+                confirmed("c1"),
+                vec![Absent, Absent],
+                None,
+            ),
+            // Unconfirmed: nothing was acknowledged; take it over once no
+            // peer can be a member.
+            (
+                "pod 0 died between recording and confirming, volume lost",
+                local(0, None),
+                unconfirmed("c1"),
+                vec![Empty, Empty],
+                Some(Decision::Bootstrap),
+            ),
+            (
+                "pod 0 died before initialising, volume kept (its id recorded)",
+                local(0, Some("c1")),
+                unconfirmed("c1"),
+                vec![Absent, Absent],
+                Some(Decision::Bootstrap),
+            ),
+            (
+                "unconfirmed, a peer silent: wait",
+                local(0, None),
+                unconfirmed("c1"),
+                vec![Empty, Unreachable],
+                None,
+            ),
+            (
+                "unconfirmed, but a member answers: join, never take over",
+                local(0, None),
+                unconfirmed("c1"),
+                vec![member("c1", "p1:7001")],
+                Some(join("c1", "p1:7001")),
+            ),
+            (
+                "unconfirmed: pod 1 never founds",
+                local(1, None),
+                unconfirmed("c1"),
+                vec![Empty, Empty],
+                None,
+            ),
+            (
+                "unconfirmed: pod 1 that tried to join another founding waits",
+                local(1, Some("c0")),
+                unconfirmed("c1"),
+                vec![member("c1", "p0:7001")],
+                None,
+            ),
+        ];
+        check(cases);
+    }
+
+    #[test]
     fn a_node_without_peers_bootstraps_whatever_its_name() {
         let local = Local {
             ordinal: None,
             cluster_id: None,
             has_peers: false,
+            restored: false,
         };
-        assert_eq!(decide(&local, &[]), Decision::Bootstrap);
+        assert_eq!(
+            decide(&local, &FoundingRecord::NotUsed, &[]),
+            Decision::Bootstrap
+        );
     }
 
     #[test]

@@ -1,18 +1,29 @@
 //! Forming or joining the cluster when a node starts, and checking on
 //! restart that the cluster still counts this node as a member. The
 //! decision is [`super::bootstrap`]'s; this file does the asking, the
-//! founding and the joining.
+//! founding and the joining, and moves the node's
+//! [`Formation`](crate::types::Formation).
+//!
+//! In a pod, founding goes through the founding record ([`super::kube`]):
+//! create it (unconfirmed) → initialise Raft → wait until the founding entry
+//! is durable → update it to confirmed → serve. The node serves (becomes
+//! ready, admits joiners, acknowledges writes) only after the last step, so
+//! a record left unconfirmed proves that nothing was ever acknowledged, and
+//! the next pod 0 on an empty volume may take it over.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::bootstrap::{decide, Confirmations, Decision, Local, PeerView};
+use super::bootstrap::{decide, Confirmations, Decision, FoundingRecord, Local, PeerView};
 use super::discovery::{discover, Location, Resolver};
 use super::identity::ordinal_of;
+use super::kube::{call, Founding, KubeApi, StoredRecord};
 use super::ClusterContext;
 use crate::error::ClusterError;
 use crate::proto::{ClusterInfoRequest, JoinRequest};
+use crate::types::Standing;
 
 /// How long one question to a peer may take.
 pub(super) const ASK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -22,14 +33,18 @@ pub(super) const JOIN_TIMEOUT: Duration = Duration::from_secs(300);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long a restarted node keeps asking whether it is still a member.
 const MEMBERSHIP_CHECK: Duration = Duration::from_secs(60);
+/// How long a founder waits for its founding entry to be durable (it
+/// leads alone, so this is one local flush).
+const FOUNDING_DURABLE: Duration = Duration::from_secs(30);
 
 /// Forms or joins the cluster, unless this node already has Raft state.
 /// Retries with backoff until done or stopped.
 pub async fn run(ctx: &ClusterContext, stop: CancellationToken) {
+    let kube = KubeApi::new(&ctx.config).ok().map(Arc::new);
     match ctx.raft.is_initialized().await {
         Ok(true) => {
             tracing::info!(cluster_id = %ctx.cluster_id.get(), "restarting from existing Raft state");
-            check_still_member(ctx, &stop).await;
+            restart(ctx, kube.as_ref(), &stop).await;
             return;
         }
         Ok(false) => {}
@@ -43,30 +58,37 @@ pub async fn run(ctx: &ClusterContext, stop: CancellationToken) {
     let mut last_reason = String::new();
     let mut confirmations = Confirmations::default();
     loop {
-        let peers = discover(&ctx.config, &resolver).await;
-        let mut views = Vec::with_capacity(peers.len());
-        for (name, location) in &peers {
-            let view = match location {
-                Location::Absent => PeerView::Absent,
-                Location::Unknown => PeerView::Unreachable,
-                Location::At(addr) => ask(ctx, addr).await,
-            };
-            views.push((name.clone(), view));
+        if is_voter(ctx) {
+            // Made a voter by an operator's membership change, or a founding
+            // whose last steps failed: what is left is a restart's. (A
+            // learner goes on joining: the join promotes it.)
+            restart(ctx, kube.as_ref(), &stop).await;
+            return;
         }
-        let cluster_id = ctx.cluster_id.get();
-        let local = Local {
-            ordinal: ordinal_of(&ctx.me.name),
-            cluster_id: (!cluster_id.is_empty()).then_some(cluster_id),
-            has_peers: ctx.config.peer_service.is_some() || !peers.is_empty(),
-        };
-        let outcome = match confirmations.confirm(decide(&local, &views)) {
-            Decision::Bootstrap => bootstrap(ctx)
-                .await
-                .map_err(|e| format!("founding a cluster failed: {e}")),
-            Decision::Join { cluster_id, via } => join_cluster(ctx, &cluster_id, &via)
-                .await
-                .map_err(|e| format!("join through {via} failed: {e}")),
-            Decision::Wait(reason) => Err(reason),
+        let outcome = match read_record(kube.as_ref()).await {
+            Ok((record, stored)) => {
+                let views = views(ctx, &resolver).await;
+                let local = local(ctx, !views.is_empty());
+                let decision = decide(&local, &record, &views);
+                match confirmations.confirm(decision) {
+                    Decision::Bootstrap => found(ctx, kube.as_ref(), stored, &stop).await,
+                    Decision::Join { cluster_id, via } => join_cluster(ctx, &cluster_id, &via)
+                        .await
+                        .map_err(|e| format!("join through {via} failed: {e}")),
+                    Decision::AwaitMembers { cluster_id } => {
+                        ctx.formation.set(Standing::AwaitingMembers);
+                        Err(format!(
+                            "the founding record says cluster {cluster_id} exists; waiting for its members \
+                             to answer (ready for ordering, unavailable to clients)"
+                        ))
+                    }
+                    Decision::Wait(reason) => {
+                        ctx.formation.set(Standing::Forming);
+                        Err(reason)
+                    }
+                }
+            }
+            Err(e) => Err(format!("cannot read the founding record, waiting: {e}")),
         };
         match outcome {
             Ok(()) => return,
@@ -77,12 +99,141 @@ pub async fn run(ctx: &ClusterContext, stop: CancellationToken) {
                 }
             }
         }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = stop.cancelled() => return,
+        if !pause(&stop, backoff).await {
+            return;
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// Sleeps for `time`; false when stopped meanwhile.
+async fn pause(stop: &CancellationToken, time: Duration) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(time) => true,
+        _ = stop.cancelled() => false,
+    }
+}
+
+fn is_voter(ctx: &ClusterContext) -> bool {
+    ctx.raft_metrics()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .any(|id| id == ctx.id)
+}
+
+/// What this node knows about itself, for [`decide`]; `found_peers` says
+/// whether discovery listed any.
+fn local(ctx: &ClusterContext, found_peers: bool) -> Local {
+    let cluster_id = ctx.cluster_id.get();
+    Local {
+        ordinal: ordinal_of(&ctx.me.name),
+        cluster_id: (!cluster_id.is_empty()).then_some(cluster_id),
+        has_peers: ctx.config.peer_service.is_some() || found_peers,
+        restored: ctx.meta.is_restored().unwrap_or(false),
+    }
+}
+
+/// What every peer that discovery finds says about itself.
+async fn views(ctx: &ClusterContext, resolver: &Resolver) -> Vec<(String, PeerView)> {
+    let peers = discover(&ctx.config, resolver).await;
+    let mut views = Vec::with_capacity(peers.len());
+    for (name, location) in peers {
+        let view = match location {
+            Location::Absent => PeerView::Absent,
+            Location::Unknown => PeerView::Unreachable,
+            Location::At(addr) => ask(ctx, &addr).await,
+        };
+        views.push((name, view));
+    }
+    views
+}
+
+/// The founding record, as [`decide`] reads it, and as stored (for an
+/// update based on this read).
+async fn read_record(
+    kube: Option<&Arc<KubeApi>>,
+) -> Result<(FoundingRecord, Option<StoredRecord>), ClusterError> {
+    let Some(kube) = kube else {
+        return Ok((FoundingRecord::NotUsed, None));
+    };
+    Ok(match call(kube, |api| api.record()).await? {
+        None => (FoundingRecord::Absent, None),
+        Some(stored) => (stored.founding.record(), Some(stored)),
+    })
+}
+
+/// A node with Raft state serves it. In a pod it also makes sure the
+/// founding record names its cluster: a sole voter may be a founder that
+/// stopped before confirming, and confirms before it serves; any other
+/// member records a cluster founded before records were kept.
+async fn restart(ctx: &ClusterContext, kube: Option<&Arc<KubeApi>>, stop: &CancellationToken) {
+    let voters: Vec<_> = ctx
+        .raft_metrics()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .collect();
+    let sole_voter = voters == [ctx.id];
+    // A member serves its data whatever the record says (a record of
+    // another cluster is logged): the record guards founding, not restarts.
+    if let (Some(kube), true) = (kube, sole_voter) {
+        settle_record(ctx, kube, stop).await;
+    }
+    ctx.formation.set(Standing::Serving);
+    check_still_member(ctx, stop).await;
+    if let (Some(kube), false) = (kube, sole_voter) {
+        settle_record(ctx, kube, stop).await;
+    }
+}
+
+/// Makes the founding record name this node's cluster, confirmed; retries
+/// until done or stopped. A record of another cluster is left alone.
+/// True once the record names this node's cluster, confirmed.
+async fn settle_record(
+    ctx: &ClusterContext,
+    kube: &Arc<KubeApi>,
+    stop: &CancellationToken,
+) -> bool {
+    let ours = ctx.cluster_id.get();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let founding = Founding::new(&ours, &ctx.me.name).confirmed();
+        let settled = match call(kube, |api| api.record()).await {
+            Ok(None) => call(kube, move |api| api.create_record(&founding))
+                .await
+                .map(|_| tracing::info!(cluster_id = %ours, "recorded this cluster's founding")),
+            Ok(Some(stored)) if stored.founding.cluster_id != ours => {
+                tracing::error!(
+                    recorded = %stored.founding.cluster_id, ours = %ours,
+                    "the founding record names another cluster than this node's; leaving it alone"
+                );
+                return false;
+            }
+            Ok(Some(stored)) if stored.founding.confirmed => Ok(()),
+            Ok(Some(stored)) => confirm(kube, stored).await,
+            Err(e) => Err(e),
+        };
+        match settled {
+            Ok(()) => return true,
+            Err(e) => tracing::warn!("cannot settle the founding record yet: {e}"),
+        }
+        if !pause(stop, backoff).await {
+            return false;
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Marks `stored` confirmed.
+async fn confirm(kube: &Arc<KubeApi>, stored: StoredRecord) -> Result<(), ClusterError> {
+    let cluster_id = stored.founding.cluster_id.clone();
+    call(kube, move |api| {
+        api.replace_record(&stored, &stored.founding.confirmed())
+    })
+    .await?;
+    tracing::info!(%cluster_id, "founding record confirmed");
+    Ok(())
 }
 
 /// A restarted node whose data says it is a member, but whom the cluster
@@ -161,19 +312,67 @@ async fn ask(ctx: &ClusterContext, peer_addr: &str) -> PeerView {
     }
 }
 
-async fn bootstrap(ctx: &ClusterContext) -> Result<(), ClusterError> {
+/// Founds a cluster. In a pod the founding record is written first (a
+/// create, or an update of the record that was read when taking over an
+/// unconfirmed one or re-founding on restored data); losing that race means
+/// someone else founded, and nothing happened here. Once Raft is
+/// initialised there is no way back: the record is confirmed, retrying
+/// until done or stopped, before this node serves; a founder whose record
+/// was meanwhile rewritten for another cluster never serves.
+async fn found(
+    ctx: &ClusterContext,
+    kube: Option<&Arc<KubeApi>>,
+    read: Option<StoredRecord>,
+    stop: &CancellationToken,
+) -> Result<(), String> {
     let cluster_id = format!("{:032x}", rand::random::<u128>());
-    ctx.meta.set_cluster_id(&cluster_id)?;
-    ctx.cluster_id.set(&cluster_id);
+    let founding = Founding::new(&cluster_id, &ctx.me.name);
+    if let Some(kube) = kube {
+        call(kube, move |api| match &read {
+            None => api.create_record(&founding),
+            Some(stored) => api.replace_record(stored, &founding),
+        })
+        .await
+        .map_err(|e| format!("not founding: {e}"))?;
+        tracing::info!(%cluster_id, record = %kube.record_name(), "recorded the founding, unconfirmed");
+    }
+    initialize(ctx, &cluster_id)
+        .await
+        .map_err(|e| format!("founding a cluster failed: {e}"))?;
+    tracing::info!(%cluster_id, node_id = ctx.id, "founded a new cluster");
+    if let Some(kube) = kube {
+        if !settle_record(ctx, kube, stop).await {
+            return Ok(());
+        }
+    }
+    if ctx.meta.is_restored().map_err(|e| e.to_string())? {
+        seal_restored_data(ctx)
+            .await
+            .map_err(|e| format!("sealing the restored data failed: {e}"))?;
+    }
+    ctx.formation.set(Standing::Serving);
+    Ok(())
+}
+
+/// Initialises Raft with this node as the only voter and waits until the
+/// founding entry is durable: this node leads and applied it.
+async fn initialize(ctx: &ClusterContext, cluster_id: &str) -> Result<(), ClusterError> {
+    ctx.meta.set_cluster_id(cluster_id)?;
+    ctx.cluster_id.set(cluster_id);
     let members = std::collections::BTreeMap::from([(ctx.id, ctx.me.clone())]);
     ctx.raft
         .initialize(members)
         .await
         .map_err(|e| ClusterError::Raft(format!("initializing the cluster: {e}")))?;
-    tracing::info!(%cluster_id, node_id = ctx.id, "founded a new cluster");
-    if ctx.meta.is_restored()? {
-        seal_restored_data(ctx).await?;
-    }
+    let id = ctx.id;
+    ctx.raft
+        .wait(Some(FOUNDING_DURABLE))
+        .metrics(
+            |m| m.current_leader == Some(id) && m.last_applied.is_some(),
+            "the founding entry applied",
+        )
+        .await
+        .map_err(|e| ClusterError::Raft(e.to_string()))?;
     Ok(())
 }
 
@@ -228,5 +427,6 @@ async fn join_cluster(
     request.set_timeout(JOIN_TIMEOUT);
     client.join(request).await.map_err(ClusterError::Remote)?;
     tracing::info!(%cluster_id, node_id = ctx.id, "joined the cluster as a voter");
+    ctx.formation.set(Standing::Serving);
     Ok(())
 }

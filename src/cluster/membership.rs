@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::formation::JOIN_TIMEOUT;
 use super::identity::{ordinal_of, set_name};
-use super::kube::ReplicaSource;
+use super::kube::{call, KubeApi};
 use super::ClusterContext;
 use crate::error::{ClusterError, PeerError};
 use crate::proto::{member_of_join, JoinRequest, JoinResponse};
@@ -46,6 +46,9 @@ pub async fn join(
     let Some((leader_id, leader)) = ctx.leader() else {
         return Err(ClusterError::NoLeader);
     };
+    if leader_id == ctx.id && !ctx.formation.is_serving() {
+        return Err(ClusterError::FoundingUnconfirmed);
+    }
     if leader_id != ctx.id {
         let mut client = ctx.peer(&leader.peer_addr)?;
         let mut forwarded = tonic::Request::new(request);
@@ -240,8 +243,8 @@ pub async fn remove_beyond(ctx: &ClusterContext, replicas: u32) -> Result<usize,
 
 /// Follows the StatefulSet's replica count while this node leads.
 pub async fn follow_replicas(ctx: Arc<ClusterContext>, stop: CancellationToken) {
-    let source = match ReplicaSource::new(&ctx.config) {
-        Ok(source) => Arc::new(source),
+    let api = match KubeApi::new(&ctx.config) {
+        Ok(api) => Arc::new(api),
         Err(e) => {
             tracing::warn!("not following the replica count: {e}");
             return;
@@ -257,19 +260,14 @@ pub async fn follow_replicas(ctx: Arc<ClusterContext>, stop: CancellationToken) 
         if !ctx.is_leader() {
             continue;
         }
-        let fetch = source.clone();
-        let replicas = match tokio::task::spawn_blocking(move || fetch.replicas()).await {
-            Ok(Ok(replicas)) => replicas,
-            Ok(Err(e)) => {
+        let replicas = match call(&api, |api| api.replicas()).await {
+            Ok(replicas) => replicas,
+            Err(e) => {
                 let e = e.to_string();
                 if e != last_error {
                     tracing::warn!("cannot read the replica count, removing nobody: {e}");
                     last_error = e;
                 }
-                continue;
-            }
-            Err(e) => {
-                tracing::warn!("replica count lookup failed: {e}");
                 continue;
             }
         };

@@ -14,11 +14,16 @@
 //!    nothing; it only checks that the cluster did not remove it meanwhile.
 //! 2. Otherwise the node looks up every other ordinal ([`discovery`]) and
 //!    asks each what it belongs to.
-//! 3. A member anywhere: join through it. The node's own recorded cluster,
-//!    if any, is the only one it joins.
-//! 4. Ordinal 0 founds a cluster only when every peer that exists answered
-//!    and is empty, seen so several rounds in a row.
-//! 5. Anything else: wait and ask again, with backoff.
+//! 3. A member anywhere: join through it. The cluster the founding record
+//!    confirms, else the node's own recorded cluster, is the only one it
+//!    joins.
+//! 4. In a pod, a confirmed founding record ([`kube`]) says a cluster
+//!    exists: wait for its members, passing the ordering readiness.
+//! 5. Ordinal 0 founds a cluster only when every peer that exists answered
+//!    and is empty, seen so several rounds in a row, and in a pod only once
+//!    it created (or took over an unconfirmed) founding record. It serves
+//!    only after confirming that record.
+//! 6. Anything else: wait and ask again, with backoff.
 //!
 //! It must never import the faces or the node: it receives a
 //! [`ClusterContext`] with exactly the handles it uses.
@@ -47,7 +52,7 @@ use crate::raft::leader_of;
 use crate::raft::network::PeerClients;
 use crate::store::state_machine::Digests;
 use crate::store::Meta;
-use crate::types::{ClusterId, Digest, Member, NodeId, Raft, RaftMetrics};
+use crate::types::{ClusterId, Digest, Formation, Member, NodeId, Raft, RaftMetrics};
 
 /// How long building a snapshot may take before a caller gives up.
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -82,6 +87,9 @@ pub struct ClusterContext {
     pub config: Config,
     pub raft: Raft,
     pub cluster_id: ClusterId,
+    /// Where this node stands in forming its cluster; only
+    /// [`formation`] moves it.
+    pub formation: Formation,
     pub meta: Meta,
     pub peers: PeerClients,
     /// State digests taken at checkpoints, for `verify`.

@@ -28,7 +28,9 @@ use crate::metrics::{Metrics, Snapshot};
 use crate::raft::leader_of;
 use crate::raft::requests::Requests;
 use crate::store::{FlushStats, Meta};
-use crate::types::{Consistency, Member, NodeId, Op, Outcome, Raft, VISITS_KEY};
+use crate::types::{
+    Consistency, Formation, Member, NodeId, Op, Outcome, Raft, Standing, VISITS_KEY,
+};
 
 /// How long a visit may take before it is answered with a timeout.
 const VISIT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -43,6 +45,8 @@ pub struct HttpState {
     pub metrics: Arc<Metrics>,
     pub flush_stats: Arc<FlushStats>,
     pub meta: Meta,
+    /// Where the node stands in forming its cluster.
+    pub formation: Formation,
     /// A node is ready only while it is within this many entries of the leader.
     pub ready_max_lag: u64,
 }
@@ -242,9 +246,18 @@ async fn healthz(State(core): State<Arc<HttpState>>) -> Response {
 /// `GET /readyz?noleader` leaves out the leader: the StatefulSet's probe.
 /// After every pod stopped, pod 0 restarts alone and can elect nobody; if
 /// its readiness waited for a leader, OrderedReady would never create pod 1
-/// and the cluster would never come back.
+/// and the cluster would never come back. For the same reason it passes
+/// while a node that is not a member yet waits for the members of the
+/// cluster the founding record names (pod 0 back on an empty volume): they
+/// are the pods OrderedReady creates next. Clients get 503 from it
+/// meanwhile, as it serves nothing.
 async fn readyz(State(core): State<Arc<HttpState>>, Query(query): Query<ReadyQuery>) -> Response {
     match readiness(&core, query.noleader.is_some()) {
+        Ok(()) if core.formation.get() == Standing::AwaitingMembers => (
+            StatusCode::OK,
+            "ready for ordering only: not a member yet, waiting for the members of the recorded cluster\n",
+        )
+            .into_response(),
         Ok(()) => (StatusCode::OK, "ready\n").into_response(),
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -264,6 +277,18 @@ fn readiness(core: &HttpState, without_leader: bool) -> Result<(), String> {
     let metrics = core.raft_metrics();
     if let Err(fatal) = &metrics.running_state {
         return Err(format!("raft stopped: {fatal}"));
+    }
+    match core.formation.get() {
+        Standing::AwaitingMembers if without_leader => return Ok(()),
+        Standing::AwaitingMembers => {
+            return Err("not a member yet: waiting for the members of the recorded cluster".into())
+        }
+        Standing::Forming => {
+            return Err(
+                "not a member of a cluster yet (or its founding is not on record yet)".into(),
+            )
+        }
+        Standing::Serving => {}
     }
     if metrics
         .membership_config

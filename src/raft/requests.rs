@@ -9,6 +9,11 @@
 //! still has no answer at its deadline is reported as "outcome unknown";
 //! one that provably was never proposed (no leader, no quorum, overload) as
 //! safe to retry.
+//!
+//! Writes are refused, as never proposed, until the node's [`Formation`]
+//! says it serves: the path need not know why (a founder whose founding is
+//! not on record yet, a node that is not a member), only that nothing may
+//! be acknowledged before.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +32,7 @@ use crate::proto::PeerMessage;
 use crate::store::state_machine::{ScanPage, ScanRange};
 use crate::store::KvReader;
 use crate::types::{
-    new_request_id, Command, Consistency, KeyValue, Member, NodeId, Op, Outcome, Raft,
+    new_request_id, Command, Consistency, Formation, KeyValue, Member, NodeId, Op, Outcome, Raft,
 };
 use crate::validate;
 use tonic::transport::Channel;
@@ -75,6 +80,8 @@ pub struct Requests {
     /// Where writes and read-index requests are forwarded to the leader.
     peers: PeerClients,
     settings: RequestSettings,
+    /// Writes are taken only while this says the node serves.
+    formation: Formation,
 }
 
 impl Requests {
@@ -85,6 +92,7 @@ impl Requests {
         reader: KvReader,
         peers: PeerClients,
         settings: RequestSettings,
+        formation: Formation,
     ) -> Requests {
         Requests {
             id,
@@ -94,6 +102,7 @@ impl Requests {
             reader,
             peers,
             settings,
+            formation,
         }
     }
 
@@ -116,6 +125,9 @@ impl Requests {
         timeout: Option<Duration>,
     ) -> Result<Outcome> {
         validate::op(&op)?;
+        if !self.formation.is_serving() {
+            return Err(Error::NotServing);
+        }
         let command = Command {
             request_id: request_id.unwrap_or_else(new_request_id),
             op,
@@ -161,6 +173,9 @@ impl Requests {
         command: Command,
         deadline: Instant,
     ) -> Result<Outcome, Attempt> {
+        if !self.formation.is_serving() {
+            return Err(Attempt::Fail(Error::NotServing));
+        }
         if let Some(millis) = self.millis_without_quorum() {
             return Err(Attempt::Fail(Error::NoQuorum { millis }));
         }

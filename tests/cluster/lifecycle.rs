@@ -1,11 +1,17 @@
 //! The StatefulSet life cycle with processes standing in for pods and data
 //! directories for their volumes: ordered and parallel first deploys,
-//! restarts, lost volumes, scaling up.
+//! restarts, lost volumes, scaling up, and the founding record in the
+//! (fake) Kubernetes API after a full stop.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
-use crate::support::kube::FakeKubeApi;
-use crate::support::{wait_for, Cluster, Harness};
+use crate::support::kube::{FakeKubeApi, SET_UID};
+use crate::support::process::TestNode;
+use crate::support::{http, wait_for, Cluster, Harness};
+
+/// The founding record of StatefulSet `raftset`.
+const RECORD: &str = "raftset-cluster";
 
 /// Waits until every running node reports the same cluster id, `voters`
 /// voters, and returns (cluster id, member id of each node by index).
@@ -203,4 +209,322 @@ async fn scale_3_to_5_to_3_follows_the_statefulset_and_retained_volumes_rejoin_f
             .value,
         b"v"
     );
+}
+
+/// Waits until node `i` passes the StatefulSet's readiness probe
+/// (`/readyz?noleader`), the one OrderedReady waits on before it creates
+/// the next pod.
+async fn wait_ordering_ready(cluster: &Cluster, i: usize) {
+    let addr = cluster.nodes[i].http();
+    wait_for(
+        &format!("{} to pass /readyz?noleader", cluster.nodes[i].name),
+        || {
+            let addr = addr.clone();
+            async move {
+                let reply =
+                    http::fetch(&addr, "/readyz?noleader", "*/*", Duration::from_secs(5)).await?;
+                if reply.status == 200 {
+                    Ok(())
+                } else {
+                    Err(reply.body)
+                }
+            }
+        },
+    )
+    .await;
+}
+
+/// Writes `n` keys through every node in turn; returns what was acknowledged.
+async fn acknowledged_writes(cluster: &Cluster, n: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut acked = Vec::new();
+    for k in 0..n {
+        let (key, value) = (
+            format!("key-{k}").into_bytes(),
+            format!("value-{k}").into_bytes(),
+        );
+        let mut client = cluster.client(k % cluster.nodes.len()).await;
+        client.put(&key, &value).await.expect("write acknowledged");
+        acked.push((key, value));
+    }
+    acked
+}
+
+/// Every acknowledged write is there, read through node `i`, and every
+/// member's state digest agrees.
+async fn every_write_present(cluster: &Cluster, i: usize, acked: &[(Vec<u8>, Vec<u8>)]) {
+    let mut client = cluster.client(i).await;
+    for (key, value) in acked {
+        let kv =
+            client.get(key).await.expect("read").unwrap_or_else(|| {
+                panic!("acknowledged write {} lost", String::from_utf8_lossy(key))
+            });
+        assert_eq!(&kv.value, value);
+    }
+    let verify = client.verify().await.expect("verify");
+    assert!(verify.agree, "members disagree: {verify:?}");
+}
+
+/// Waits until node `i` logged `text` past the first `after` bytes of its
+/// log (which spans its restarts).
+async fn wait_for_log(cluster: &Cluster, i: usize, after: usize, text: &str) {
+    wait_for(
+        &format!("{} to log {text:?}", cluster.nodes[i].name),
+        || async {
+            let log = cluster.log_of(i);
+            if log.get(after..).is_some_and(|new| new.contains(text)) {
+                Ok(())
+            } else {
+                Err(log.lines().last().unwrap_or_default().to_string())
+            }
+        },
+    )
+    .await
+}
+
+/// The set formed one new cluster (not `before`), every pod is ready, and
+/// the founding record names the new cluster, confirmed.
+async fn refounded(cluster: &Cluster, api: &FakeKubeApi, before: &str) {
+    let (cluster_id, _) = one_cluster(cluster, 3).await;
+    assert_ne!(cluster_id, before, "a fresh founding");
+    assert_eq!(record_field(api, "clusterId"), cluster_id);
+    assert_eq!(record_field(api, "state"), "confirmed");
+    for i in 0..3 {
+        cluster.wait_ready(i).await;
+    }
+}
+
+/// A data field of the founding record.
+fn record_field(api: &FakeKubeApi, field: &str) -> String {
+    let record = api.configmap(RECORD).expect("the founding record exists");
+    record["data"][field]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Writes to a serving cluster of three, then stops every node (highest
+/// ordinal first, as `kubectl scale --replicas=0` does) and deletes pod 0's
+/// volume. Returns the cluster id and the acknowledged writes.
+async fn full_stop_losing_pod_0(cluster: &mut Cluster) -> (String, Vec<(Vec<u8>, Vec<u8>)>) {
+    let (cluster_id, _) = one_cluster(cluster, 3).await;
+    let acked = acknowledged_writes(cluster, 12).await;
+    for i in (0..cluster.nodes.len()).rev() {
+        cluster.stop(i).await;
+    }
+    cluster.delete_volume(0);
+    (cluster_id, acked)
+}
+
+/// The set is back as the one cluster `cluster_id`, founded once, holding
+/// every acknowledged write.
+async fn back_as_one(cluster: &Cluster, cluster_id: &str, acked: &[(Vec<u8>, Vec<u8>)]) {
+    let (after, _) = one_cluster(cluster, 3).await;
+    assert_eq!(after, cluster_id, "one cluster, the one that was founded");
+    assert_eq!(
+        foundings(cluster, 0),
+        1,
+        "pod 0 founded once, at first deploy"
+    );
+    cluster.wait_ready(0).await;
+    every_write_present(cluster, 0, acked).await;
+}
+
+/// Node `i` refuses a write at once as unavailable: it serves nothing yet.
+async fn refuses_writes(cluster: &Cluster, i: usize) {
+    let mut client = cluster
+        .client(i)
+        .await
+        .with_timeout(Duration::from_secs(10));
+    let refused = client.put(b"too-early", b"x").await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_stop_then_pod_0_on_an_empty_volume_rejoins_under_ordered_ready() {
+    let api = FakeKubeApi::start(3).await;
+    let mut cluster = Cluster::ordered(3, &["--kube-api", &api.url]).await;
+    let (cluster_id, acked) = full_stop_losing_pod_0(&mut cluster).await;
+
+    // OrderedReady: pod n+1 is created only once pod n passes the probe.
+    // Pod 0 cannot join anyone yet; the record says a cluster exists, so it
+    // waits, passes the ordering probe, and pods 1 and 2 come back.
+    cluster.restart(0);
+    wait_ordering_ready(&cluster, 0).await;
+    refuses_writes(&cluster, 0).await;
+    for i in [1, 2] {
+        cluster.restart(i);
+        wait_ordering_ready(&cluster, i).await;
+    }
+    back_as_one(&cluster, &cluster_id, &acked).await;
+    assert_eq!(record_field(&api, "clusterId"), cluster_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_stop_then_pod_0_on_an_empty_volume_never_founds_a_second_cluster_in_parallel() {
+    let api = FakeKubeApi::start(3).await;
+    let mut cluster = Cluster::spawn(3, &["--kube-api", &api.url]).await;
+    let (cluster_id, acked) = full_stop_losing_pod_0(&mut cluster).await;
+
+    // Parallel: all three pods are created at once, but pods 1 and 2 are
+    // still Pending when pod 0 starts, so their names do not resolve: pod 0
+    // sees no peer at all. A node's --peers lists the nodes the harness
+    // holds when it starts, so 1 and 2 are set aside meanwhile.
+    let pending: Vec<TestNode> = cluster.nodes.drain(1..).collect();
+    cluster.restart(0);
+    wait_ordering_ready(&cluster, 0).await;
+    refuses_writes(&cluster, 0).await;
+    cluster.nodes.extend(pending);
+    cluster.restart(1);
+    cluster.restart(2);
+    one_cluster_among(&cluster, &[1, 2], &cluster_id).await;
+    assert_eq!(
+        foundings(&cluster, 0),
+        1,
+        "pod 0 founded once, at first deploy"
+    );
+
+    // A pod looks its peers up again every round; --peers is read once, so
+    // pod 0 is restarted (it holds no state) to see the names that resolve now.
+    cluster.stop(0).await;
+    cluster.restart(0);
+    back_as_one(&cluster, &cluster_id, &acked).await;
+}
+
+/// Waits until nodes `among` are members of `cluster_id` with a leader.
+async fn one_cluster_among(cluster: &Cluster, among: &[usize], cluster_id: &str) {
+    wait_for(
+        &format!("{among:?} serving cluster {cluster_id}"),
+        || async {
+            for &i in among {
+                let status = cluster.status(i).await?;
+                if status.cluster_id != cluster_id || status.leader_id.is_none() {
+                    return Err(format!(
+                        "{} is in cluster {:?}, leader {:?}",
+                        cluster.nodes[i].name, status.cluster_id, status.leader_id
+                    ));
+                }
+            }
+            Ok(())
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_0_that_died_between_recording_and_confirming_its_founding_is_not_stuck() {
+    let api = FakeKubeApi::start(3).await;
+    // The API server takes the record's creation, then fails every update:
+    // pod 0 founds but cannot confirm.
+    api.refuse_updates(true);
+    let mut cluster = Cluster::spawn(3, &["--kube-api", &api.url]).await;
+    wait_for("pod 0 to record its founding", || async {
+        api.configmap(RECORD)
+            .map(|_| ())
+            .ok_or_else(|| "no record yet".to_string())
+    })
+    .await;
+    wait_for("pod 0 to found", || async {
+        let status = cluster.status(0).await?;
+        match status.leader_id {
+            Some(leader) if leader == status.id => Ok(()),
+            _ => Err(format!("leader {:?}", status.leader_id)),
+        }
+    })
+    .await;
+    assert_eq!(record_field(&api, "state"), "unconfirmed");
+    assert_eq!(record_field(&api, "founder"), "raftset-0");
+    let first = record_field(&api, "clusterId");
+    let owner = &api.configmap(RECORD).unwrap()["metadata"]["ownerReferences"][0];
+    assert_eq!(owner["kind"], "StatefulSet");
+    assert_eq!(owner["name"], "raftset");
+    assert_eq!(owner["uid"], SET_UID);
+
+    // Unconfirmed, it is not ready, acknowledges no write, admits nobody.
+    let reply = http::get(&cluster.nodes[0].http(), "/readyz?noleader", "*/*").await;
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    refuses_writes(&cluster, 0).await;
+    wait_for_log(&cluster, 1, 0, "not on record yet").await;
+    let status = cluster.status(0).await.unwrap();
+    assert_eq!(
+        status.members.len(),
+        1,
+        "nobody joined an unconfirmed founder"
+    );
+
+    // It dies with its volume; the API recovers. Pod 0 takes the record over.
+    cluster.kill(0).await;
+    cluster.delete_volume(0);
+    api.refuse_updates(false);
+    cluster.restart(0);
+    refounded(&cluster, &api, &first).await;
+    cluster.client(1).await.put(b"k", b"v").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_founder_that_stopped_before_confirming_confirms_on_restart_before_serving() {
+    let api = FakeKubeApi::start(1).await;
+    api.refuse_updates(true);
+    let mut cluster = Cluster::spawn(1, &["--kube-api", &api.url]).await;
+    wait_for_log(&cluster, 0, 0, "founded a new cluster").await;
+    let founded = record_field(&api, "clusterId");
+
+    // Back on its data while the API still refuses: it serves nothing.
+    cluster.kill(0).await;
+    let before_restart = cluster.log_of(0).len();
+    cluster.restart(0);
+    wait_for_log(
+        &cluster,
+        0,
+        before_restart,
+        "cannot settle the founding record yet",
+    )
+    .await;
+    let reply = http::get(&cluster.nodes[0].http(), "/readyz?noleader", "*/*").await;
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    refuses_writes(&cluster, 0).await;
+
+    api.refuse_updates(false);
+    cluster.wait_ready(0).await;
+    assert_eq!(record_field(&api, "state"), "confirmed");
+    assert_eq!(record_field(&api, "clusterId"), founded, "its own founding");
+    cluster.client(0).await.put(b"k", b"v").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_in_place_refounds_the_set_and_rewrites_the_founding_record() {
+    let api = FakeKubeApi::start(3).await;
+    let mut cluster = Cluster::start_with(3, &["--kube-api", &api.url]).await;
+    let (old_id, _) = one_cluster(&cluster, 3).await;
+    let acked = acknowledged_writes(&cluster, 6).await;
+    let mut stream = cluster.client(0).await.backup().await.unwrap();
+    let mut backup = Vec::new();
+    while let Some(chunk) = stream.message().await.unwrap() {
+        backup.extend_from_slice(&chunk.data);
+    }
+
+    // The README's restore, but the record is left in place: pod 0 on
+    // restored data replaces it.
+    for i in (0..3).rev() {
+        cluster.stop(i).await;
+        cluster.delete_volume(i);
+    }
+    let restore = std::process::Command::new(env!("CARGO_BIN_EXE_raftset"))
+        .arg("restore")
+        .args(["--from", "-", "--data-dir"])
+        .arg(&cluster.nodes[0].data_dir)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(&backup)?;
+            child.wait()
+        })
+        .unwrap();
+    assert!(restore.success(), "{restore:?}");
+    for i in 0..3 {
+        cluster.restart(i);
+    }
+
+    refounded(&cluster, &api, &old_id).await;
+    every_write_present(&cluster, 2, &acked).await;
 }

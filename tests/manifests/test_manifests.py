@@ -176,7 +176,7 @@ def test_statefulset_shape(base):
     assert claim["metadata"]["name"] == "data"
     assert claim["spec"]["resources"]["requests"]["storage"] == "1Gi"
     pod = spec["template"]["spec"]
-    # The token is needed for exactly one call (see rbac.yaml).
+    # The token is needed for the calls rbac.yaml lists.
     assert pod["automountServiceAccountToken"] is True
     assert pod["serviceAccountName"] == "raftset"
     assert pod["terminationGracePeriodSeconds"] >= 20, "too short for a leader handover"
@@ -273,11 +273,17 @@ def test_env_values_agree_with_the_rest_of_the_manifests(base):
     assert env["RAFTSET_FOLLOW_REPLICAS"]["value"] == "true"
 
 
-def test_the_service_account_may_read_only_its_own_statefulset(base):
-    (rule,) = one(base, "Role", "raftset-read-replicas")["rules"]
-    assert rule == {"apiGroups": ["apps"], "resources": ["statefulsets"],
-                    "resourceNames": ["raftset"], "verbs": ["get"]}
-    binding = one(base, "RoleBinding", "raftset-read-replicas")
+def test_the_service_account_may_read_its_statefulset_and_keep_only_the_founding_record(base):
+    rules = one(base, "Role", "raftset")["rules"]
+    assert rules == [
+        {"apiGroups": ["apps"], "resources": ["statefulsets"],
+         "resourceNames": ["raftset"], "verbs": ["get"]},
+        # RBAC cannot restrict create by name.
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
+        {"apiGroups": [""], "resources": ["configmaps"],
+         "resourceNames": ["raftset-cluster"], "verbs": ["get", "update", "patch", "delete"]},
+    ]
+    binding = one(base, "RoleBinding", "raftset")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "raftset", "namespace": "raftset"}]
 
 

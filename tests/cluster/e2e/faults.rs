@@ -3,7 +3,8 @@
 //! adds against every pod while the nemesis (`nemesis`) injects, one after
 //! the other, in an order and with timings drawn from a printed seed: leader
 //! kill, random kill, minority partition, leader partition, pause, rolling
-//! restart and a membership change. Every fault is proven to have happened.
+//! restart, a membership change, and a full stop in which pod 0's volume is
+//! lost. Every fault is proven to have happened.
 //!
 //! Pass criteria: the register history is linearizable
 //! (`linearizability::check`), no acknowledged add is missing and no failed

@@ -9,7 +9,9 @@ use raftset::Client;
 
 use super::nemesis::roll;
 use super::workload::{nothing_lost, Writers};
-use super::{deploy, members_are_the_pods, secs, statuses_agree, verify_everywhere};
+use super::{
+    deploy, full_stop_losing_pod_0, members_are_the_pods, secs, statuses_agree, verify_everywhere,
+};
 use crate::support::http::{self, Reply};
 use crate::support::manifest::{Manifest, PodManagement};
 use crate::support::statefulset::{exclusive, StatefulSet};
@@ -315,4 +317,54 @@ async fn scale_3_to_5_to_3() {
     .await;
     assert_eq!(client.get(b"scale").await.unwrap().unwrap().value, b"after");
     verify_everywhere(&set).await;
+}
+
+/// A full stop in which pod 0's volume is lost ([`full_stop_losing_pod_0`]):
+/// pod 0 comes back empty before pods 1 and 2. The founding record says a
+/// cluster exists, so pod 0 waits rather than founds, passes the ordering
+/// probe, and joins once pods 1 and 2 are back: one cluster, the first one,
+/// with every acknowledged write.
+async fn full_stop_with_a_lost_pod_0_volume(tag: &str, manifest: Manifest) {
+    let _turn = exclusive().await;
+    let mut set = deploy(tag, manifest).await;
+    let cluster_id = statuses_agree(&set).await[0]["cluster_id"].clone();
+    let mut client = set.connect(1, Duration::from_secs(10)).await.unwrap();
+    let acked: Vec<(String, String)> = (0..20)
+        .map(|k| (format!("stop/{k}"), format!("v{k}")))
+        .collect();
+    for (key, value) in &acked {
+        client.put(key.as_bytes(), value.as_bytes()).await.unwrap();
+    }
+
+    full_stop_losing_pod_0(&mut set).await;
+    set.wait_for_voters(3).await;
+    let statuses = statuses_agree(&set).await;
+    assert_eq!(
+        statuses[0]["cluster_id"], cluster_id,
+        "one cluster, the one founded at first deploy"
+    );
+    let mut client = set.connect(0, Duration::from_secs(10)).await.unwrap();
+    for (key, value) in &acked {
+        let kv = client.get(key.as_bytes()).await.unwrap();
+        assert_eq!(
+            kv.map(|kv| kv.value),
+            Some(value.as_bytes().to_vec()),
+            "acknowledged write {key}"
+        );
+    }
+    verify_everywhere(&set).await;
+    assert!(
+        !set.logs(0, 200).await.contains("founded a new cluster"),
+        "pod 0 did not found again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_stop_with_a_lost_pod_0_volume_ordered_ready() {
+    full_stop_with_a_lost_pod_0_volume("stop-ordered", Manifest::base()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_stop_with_a_lost_pod_0_volume_parallel() {
+    full_stop_with_a_lost_pod_0_volume("stop-parallel", Manifest::overlay("parallel")).await;
 }

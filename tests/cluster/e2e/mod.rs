@@ -33,6 +33,27 @@ pub async fn deploy(tag: &str, manifest: Manifest) -> StatefulSet {
     set
 }
 
+/// `kubectl scale --replicas=0`, pod 0's PVC deleted meanwhile (a local
+/// PV whose node died), then back to `replicas` with pod 0 created first:
+/// OrderedReady always does that, Parallel does when pods 1.. are Pending,
+/// so their names do not resolve yet. Returns the deleted volume's name.
+pub async fn full_stop_losing_pod_0(set: &mut StatefulSet) -> String {
+    let replicas = set.replicas();
+    set.scale(0).await;
+    assert!(
+        set.running().is_empty(),
+        "pods {:?} still run",
+        set.running()
+    );
+    let volume = set.volume(0);
+    crate::support::docker::docker(&["volume", "rm", &volume])
+        .await
+        .unwrap_or_else(|e| panic!("{volume} not deleted: {e}"));
+    set.scale(1).await;
+    set.scale(replicas).await;
+    volume
+}
+
 /// `raftset status --json` in every pod: they name one cluster and one
 /// leader. Returns the statuses by ordinal.
 pub async fn statuses_agree(set: &StatefulSet) -> Vec<Value> {

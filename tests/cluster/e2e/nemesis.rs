@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use raftset::proto::StatusResponse;
 
-use super::secs;
+use super::{full_stop_losing_pod_0, secs};
 use crate::support::history::{Recorder, Tally};
 use crate::support::http;
 use crate::support::statefulset::StatefulSet;
@@ -23,10 +23,11 @@ pub enum Fault {
     Pause,
     RollingRestart,
     MembershipChange,
+    FullStopLostVolume,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 7] = [
+    pub const ALL: [Fault; 8] = [
         Fault::LeaderKill,
         Fault::RandomKill,
         Fault::MinorityPartition,
@@ -34,6 +35,7 @@ impl Fault {
         Fault::Pause,
         Fault::RollingRestart,
         Fault::MembershipChange,
+        Fault::FullStopLostVolume,
     ];
 
     pub fn name(self) -> &'static str {
@@ -45,6 +47,7 @@ impl Fault {
             Fault::Pause => "pause + resume",
             Fault::RollingRestart => "rolling restart",
             Fault::MembershipChange => "member removed + rejoins",
+            Fault::FullStopLostVolume => "full stop, pod 0's volume lost",
         }
     }
 }
@@ -117,8 +120,12 @@ pub async fn run(set: &mut StatefulSet, step: &Step, recorder: &Recorder) -> Row
         Fault::Pause => pause(set, step.pick % 3).await,
         Fault::RollingRestart => rolling_restart(set, recorder).await,
         Fault::MembershipChange => remove_member(set, step.pick).await,
+        Fault::FullStopLostVolume => full_stop(set).await,
     };
-    if step.fault != Fault::RollingRestart {
+    if !matches!(
+        step.fault,
+        Fault::RollingRestart | Fault::FullStopLostVolume
+    ) {
         tokio::time::sleep(step.hold).await;
     }
     let held = started.elapsed();
@@ -344,6 +351,37 @@ pub async fn roll(set: &mut StatefulSet) -> Vec<String> {
     pods
 }
 
+/// [`full_stop_losing_pod_0`] while the workload runs. Proven: no pod ran,
+/// and pod 0 came back under a new node id as a member of the same
+/// cluster, never founding another.
+async fn full_stop(set: &mut StatefulSet) -> Injected {
+    let before = set.status(0).await.expect("pod 0's status");
+    let volume = full_stop_losing_pod_0(set).await;
+    let after = poll(
+        "pod 0 to rejoin its cluster",
+        DEADLINE,
+        Duration::from_millis(200),
+        || async {
+            let s = set.status(0).await?;
+            if s.cluster_id == before.cluster_id {
+                Ok(s)
+            } else {
+                Err(format!("pod 0 is in cluster {:?}", s.cluster_id))
+            }
+        },
+    )
+    .await;
+    assert_ne!(after.id, before.id, "pod 0 came back on an empty volume");
+    Injected {
+        victim: None,
+        proof: format!(
+            "no pod ran, {volume} deleted; pod 0 rejoined cluster {} as {:016x} (was {:016x})",
+            before.cluster_id, after.id, before.id
+        ),
+        failover: None,
+    }
+}
+
 /// `raftset remove` of a follower while the workload runs. Proven: the
 /// leader reports two voters, without it, and commits a write.
 async fn remove_member(set: &mut StatefulSet, pick: usize) -> Injected {
@@ -376,7 +414,9 @@ async fn heal(set: &mut StatefulSet, fault: Fault, victim: usize) {
         Fault::LeaderKill | Fault::RandomKill => set.restart(victim).await,
         Fault::MinorityPartition | Fault::LeaderPartition => set.heal(victim).await,
         Fault::Pause => set.unpause(victim).await,
-        Fault::RollingRestart => unreachable!("a rolling restart heals itself"),
+        Fault::RollingRestart | Fault::FullStopLostVolume => {
+            unreachable!("{fault:?} hits every pod and heals itself")
+        }
         // The pod is deleted; it comes back on its volume, finds itself
         // removed, discards its data and exits; the kubelet restarts it
         // and it joins again under a new node id.

@@ -12,7 +12,7 @@
 //! | `docker.rs` | the `docker` command line and the clean-up of dead runs |
 //! | `image.rs` | the image the pods run, built once per test binary |
 //! | `dns.rs` | the NXDOMAIN server the pods' DNS forwards unknown names to |
-//! | `kube.rs` | the fake Kubernetes API (`spec.replicas`) |
+//! | `kube.rs` | the fake Kubernetes API (the StatefulSet, ConfigMaps for the founding record) |
 //! | `http.rs` | HTTP from the tests to a node's HTTP port |
 //! | `history.rs`, `linearizability.rs` | recorded histories and their checker |
 

@@ -25,7 +25,7 @@
 //! | terminationGracePeriodSeconds | `--stop-timeout`, `docker stop -t` |
 //! | probes (kubelet) | HTTP GET from the host to the pod's IP on the network |
 //! | cluster DNS for names that do not exist | a tiny DNS server on the network's gateway (`--dns`) that answers NXDOMAIN, as CoreDNS does for a pod that does not exist; Docker's embedded DNS answers the aliases and forwards the rest to it |
-//! | Kubernetes API (`spec.replicas`) | a tiny HTTP server on the network's gateway, `RAFTSET_KUBE_API` |
+//! | Kubernetes API (`spec.replicas`, the founding record) | a tiny HTTP server on the network's gateway, `RAFTSET_KUBE_API` |
 //! | pod IP | fixed per container: kept across a container restart and a partition, new when the pod is re-created |
 //!
 //! Nothing is published on the host: the host reaches each pod through its
