@@ -180,6 +180,9 @@ async fn restart(ctx: &ClusterContext, kube: Option<&Arc<KubeApi>>, stop: &Cance
     if let (Some(kube), true) = (kube, sole_voter) {
         settle_record(ctx, kube, stop).await;
     }
+    if !seal_if_restored(ctx, stop).await {
+        return;
+    }
     ctx.formation.set(Standing::Serving);
     check_still_member(ctx, stop).await;
     if let (Some(kube), false) = (kube, sole_voter) {
@@ -345,13 +348,35 @@ async fn found(
             return Ok(());
         }
     }
-    if ctx.meta.is_restored().map_err(|e| e.to_string())? {
-        seal_restored_data(ctx)
-            .await
-            .map_err(|e| format!("sealing the restored data failed: {e}"))?;
+    crate::failpoint::crash_point("restore-founded-before-seal");
+    if !seal_if_restored(ctx, stop).await {
+        return Ok(());
     }
     ctx.formation.set(Standing::Serving);
     Ok(())
+}
+
+/// Seals restored data that is not sealed yet, retrying until done or
+/// stopped; true once nothing is left unsealed. Runs on every start, so a
+/// founder that stopped between founding and sealing seals before it
+/// serves or admits anyone.
+async fn seal_if_restored(ctx: &ClusterContext, stop: &CancellationToken) -> bool {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let sealed = match ctx.meta.is_restored() {
+            Ok(false) => return true,
+            Ok(true) => seal_restored_data(ctx).await,
+            Err(e) => Err(e.into()),
+        };
+        match sealed {
+            Ok(()) => return true,
+            Err(e) => tracing::warn!("sealing the restored data failed, retrying: {e}"),
+        }
+        if !pause(stop, backoff).await {
+            return false;
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
 }
 
 /// Initialises Raft with this node as the only voter and waits until the

@@ -182,29 +182,13 @@ async fn a_backup_restores_into_a_fresh_cluster() {
     }
     assert_eq!(client.increment(b"visits", 7).await.unwrap(), 7);
     let old_status = old.status(0).await.unwrap();
-    let mut stream = client.backup().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("backup.db");
-    let mut bytes = Vec::new();
-    while let Some(chunk) = stream.message().await.unwrap() {
-        bytes.extend_from_slice(&chunk.data);
-    }
-    std::fs::write(&file, bytes).unwrap();
+    crate::support::backup_into(&mut client, &file).await;
     drop(old);
 
     let mut new = Cluster::unstarted(3, &[]);
-    let restore = |data_dir: &std::path::Path| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_raftset"))
-            .args([
-                "restore",
-                "--from",
-                file.to_str().unwrap(),
-                "--data-dir",
-                data_dir.to_str().unwrap(),
-            ])
-            .output()
-            .unwrap()
-    };
+    let restore = |data_dir: &std::path::Path| crate::support::restore_from(&file, data_dir);
     let out = restore(&new.nodes[0].data_dir);
     assert!(out.status.success(), "{out:?}");
     assert!(

@@ -44,6 +44,11 @@ async fn restarts_and_catches_up(cluster: &mut Cluster, i: usize, prefix: &str, 
     write_keys(cluster, leader, "after-restart-", 1).await;
     let index = cluster.status(leader).await.unwrap().applied_index;
     cluster.wait_for_applied(i, index).await;
+    serves_keys(cluster, i, prefix, count).await;
+}
+
+/// Node `i` serves `count` keys under `prefix` from its own state.
+async fn serves_keys(cluster: &Cluster, i: usize, prefix: &str, count: usize) {
     let page = cluster
         .client(i)
         .await
@@ -53,7 +58,7 @@ async fn restarts_and_catches_up(cluster: &mut Cluster, i: usize, prefix: &str, 
     assert_eq!(
         page.kvs.len(),
         count,
-        "{} serves every acknowledged write after the crash",
+        "{} serves every acknowledged write",
         cluster.name(i)
     );
 }
@@ -134,4 +139,37 @@ async fn a_crash_after_a_received_snapshot_file_is_kept_leaves_a_node_that_resta
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_right_after_switching_to_a_received_snapshot_leaves_a_node_that_restarts() {
     crash_while_installing_a_snapshot("snapshot-install-switched").await;
+}
+
+/// Restored data reaches joiners only through the snapshot the founder
+/// seals it into; a founder killed between founding and sealing seals on
+/// its next start, before anyone joins, so every member holds the data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_founder_killed_before_sealing_restored_data_seals_it_on_restart() {
+    let point = "restore-founded-before-seal";
+    let old = Cluster::start(1).await;
+    write_keys(&old, 0, "r", 30).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("backup.db");
+    crate::support::backup_into(&mut old.client(0).await, &file).await;
+    drop(old);
+
+    let mut new = Cluster::unstarted(3, &[]);
+    let out = crate::support::restore_from(&file, &new.nodes[0].data_dir);
+    assert!(out.status.success(), "{out:?}");
+    // Pod 0 founds only once every peer answered, empty.
+    new.restart_armed(0, &format!("{point}=return"));
+    new.restart(1);
+    new.restart(2);
+    dies_at(&mut new, 0, point).await;
+    new.restart(0);
+    new.wait_for_voters(3).await;
+    let report = new.client(2).await.verify().await.unwrap();
+    assert!(
+        report.agree,
+        "every member holds the restored data: {report:?}"
+    );
+    for i in 0..3 {
+        serves_keys(&new, i, "r", 30).await;
+    }
 }

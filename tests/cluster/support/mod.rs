@@ -65,3 +65,25 @@ where
 {
     poll(what, DEADLINE, Duration::from_millis(50), probe).await
 }
+
+/// Streams a backup through `client` into `file`.
+pub async fn backup_into(client: &mut raftset::Client, file: &std::path::Path) {
+    let mut stream = client.backup().await.unwrap();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.message().await.unwrap() {
+        bytes.extend_from_slice(&chunk.data);
+    }
+    std::fs::write(file, bytes).unwrap();
+}
+
+/// Runs `raftset restore --from file --data-dir data_dir`.
+pub fn restore_from(file: &std::path::Path, data_dir: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_raftset"))
+        .arg("restore")
+        .arg("--from")
+        .arg(file)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .output()
+        .unwrap()
+}
