@@ -106,6 +106,13 @@ async fn a_pod_that_lost_its_volume_rejoins_under_a_new_id_and_replaces_its_old_
 
         cluster.kill(lost).await;
         cluster.delete_volume(lost);
+        // Pod `lost` may have led: the write waits for the others to elect,
+        // as a client retries "not proposed" (an election can outlast the
+        // request's own wait on a loaded machine).
+        let others: Vec<usize> = (0..3).filter(|&i| i != lost).collect();
+        cluster
+            .wait_for_leader_among(&others, Some(ids[lost]), 0)
+            .await;
         client.put(b"while-away", b"2").await.unwrap();
         cluster.restart(lost);
         cluster.wait_ready(lost).await;
