@@ -68,6 +68,11 @@ impl Cluster {
     pub async fn start_with(n: usize, args: &[&str]) -> Cluster {
         let cluster = Cluster::spawn(n, args).await;
         cluster.wait_for_voters(n).await;
+        // A joiner is a voter a moment before its formation ends and it
+        // serves; tests that start writing at once need it serving.
+        for i in 0..n {
+            cluster.wait_ready(i).await;
+        }
         cluster
     }
 
