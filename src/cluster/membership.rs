@@ -10,8 +10,10 @@
 //! never from a timeout. The leader removes members whose ordinal is at or
 //! above the replica count, one at a time, and only while the voters that
 //! remain would still have a healthy majority. A member whose ordinal is
-//! below the count is never removed (it may merely be restarting). If the
-//! replica count cannot be read, nothing is removed.
+//! below the count is never removed (it may merely be restarting). A count
+//! of 0 is a full stop, not a cluster of no members: nobody is removed, so
+//! the set comes back with the voters it had. If the replica count cannot
+//! be read, nothing is removed.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -182,6 +184,9 @@ pub struct MemberState {
 /// ordinals `0..replicas` of `set`, or `None` when none may go now.
 /// Learners go first, then voters from the highest ordinal down.
 pub fn next_removal(set: &str, members: &[MemberState], replicas: u32) -> Option<u64> {
+    if replicas == 0 {
+        return None;
+    }
     let beyond = |m: &MemberState| {
         m.name.contains('-')
             && set_name(&m.name) == set
@@ -336,7 +341,13 @@ mod tests {
                 3,
                 None,
             ),
-            ("never the last voter", vec![m(7, 1, true, true)], 0, None),
+            ("never the last voter", vec![m(7, 1, true, true)], 1, None),
+            (
+                "a full stop (scaled to 0) removes nobody",
+                five(all),
+                0,
+                None,
+            ),
             (
                 "other sets and unnamed members are left alone",
                 vec![
