@@ -258,6 +258,23 @@ impl Client {
         Ok(self.admin.scale_down(request).await?.into_inner())
     }
 
+    /// A pod's preStop, on its own node: leaves the cluster if the
+    /// StatefulSet scaled the pod away (`replicas`, or else its
+    /// `spec.replicas`), waiting at most `wait`.
+    pub async fn prepare_stop(
+        &mut self,
+        replicas: Option<u32>,
+        wait: Duration,
+    ) -> Result<proto::PrepareStopResponse> {
+        let mut request = Request::new(proto::PrepareStopRequest {
+            replicas,
+            timeout_ms: wait.as_millis() as u64,
+        });
+        // The node answers by `wait`; the call outlives it by a margin.
+        request.set_timeout(wait + Duration::from_secs(2));
+        Ok(self.admin.prepare_stop(request).await?.into_inner())
+    }
+
     /// Moves leadership to `to` (None: any caught-up voter).
     pub async fn transfer_leader(&mut self, to: Option<u64>) -> Result<proto::StatusResponse> {
         let request = self.request(proto::TransferLeaderRequest {

@@ -265,6 +265,10 @@ pub enum ClusterError {
     NoDigest { index: u64 },
     #[error("snapshot not built in time: {0}")]
     SnapshotTimeout(String),
+    /// A pod scaled away was still a member when its stop could wait no
+    /// longer; the leader's own reconciling removes it later.
+    #[error("still a member after {waited_ms} ms (last: {last})")]
+    LeaveTimedOut { waited_ms: u64, last: String },
     #[error(transparent)]
     Invalid(#[from] InvalidRequest),
     #[error(transparent)]
@@ -312,7 +316,9 @@ impl ClusterError {
             | ClusterError::NotCaughtUp { .. }
             | ClusterError::NotApplied { .. }
             | ClusterError::NoDigest { .. } => Code::FailedPrecondition,
-            ClusterError::SnapshotTimeout(_) => Code::DeadlineExceeded,
+            ClusterError::SnapshotTimeout(_) | ClusterError::LeaveTimedOut { .. } => {
+                Code::DeadlineExceeded
+            }
             ClusterError::RecordTaken { .. } => Code::Aborted,
             ClusterError::Peer(e) => e.code(),
             ClusterError::Remote(status) => status.code(),
@@ -477,6 +483,13 @@ mod tests {
             (
                 ClusterError::NoDigest { index: 1 },
                 Code::FailedPrecondition,
+            ),
+            (
+                ClusterError::LeaveTimedOut {
+                    waited_ms: 1,
+                    last: "l".into(),
+                },
+                Code::DeadlineExceeded,
             ),
             (
                 ClusterError::SnapshotTimeout("t".into()),

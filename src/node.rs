@@ -25,7 +25,7 @@ use crate::config::{Config, ConfigError};
 use crate::http::{HttpSettings, HttpState};
 use crate::metrics::Metrics;
 use crate::proto::admin_server::AdminServer;
-use crate::raft::network::{NetworkFactory, PeerClients};
+use crate::raft::network::{Contacts, NetworkFactory, PeerClients};
 use crate::raft::proposer::Proposer;
 use crate::raft::requests::{RequestSettings, Requests};
 use crate::raft::service::RaftService;
@@ -141,6 +141,7 @@ impl Node {
         .map_err(|e| StartError::Raft(e.to_string()))?;
         let id = store.node_id;
         let peers = PeerClients::new(cluster_id.clone());
+        let contacts = Contacts::default();
         let reader = store.state_machine.reader();
         let feed = store.state_machine.feed();
         let flush_stats = store.log.stats();
@@ -150,6 +151,7 @@ impl Node {
             Arc::new(raft_config),
             NetworkFactory {
                 clients: peers.clone(),
+                contacts: contacts.clone(),
             },
             store.log,
             store.state_machine,
@@ -225,6 +227,7 @@ impl Node {
             formation,
             meta: store.meta,
             peers,
+            contacts,
             digests,
             stop: stop.clone(),
             tasks: peer_tasks.clone(),
@@ -283,6 +286,10 @@ impl Node {
         let formation_ctx = cluster.clone();
         let formation_stop = stop_peers.clone();
         peer_tasks.spawn(async move { formation::run(&formation_ctx, formation_stop).await });
+        peer_tasks.spawn(formation::watch_membership(
+            cluster.clone(),
+            stop_peers.clone(),
+        ));
         if follow_replicas {
             peer_tasks.spawn(membership::follow_replicas(
                 cluster.clone(),

@@ -56,15 +56,24 @@ impl AdminService {
         let membership = metrics.membership_config.membership();
         let voters: Vec<u64> = membership.voter_ids().collect();
         let last = metrics.last_log_index.unwrap_or(0);
+        let healthy: Vec<u64> = membership::member_states(&self.cluster)
+            .into_iter()
+            .filter(|m| m.healthy)
+            .map(|m| m.id)
+            .collect();
+        let leading = metrics.current_leader == Some(self.cluster.id);
         let members = membership
             .nodes()
             .map(|(id, m)| {
                 let matched = matched_index(&metrics, *id);
+                let contact = leading.then(|| self.cluster.contacts.since(*id)).flatten();
                 proto::MemberProgress {
                     member: Some(proto::member(*id, m, voters.contains(id))),
                     match_index: matched,
                     lag: last.saturating_sub(matched),
                     is_leader: metrics.current_leader == Some(*id),
+                    last_contact_ms: contact.map(|c| c.as_millis() as u64),
+                    healthy: healthy.contains(id),
                 }
             })
             .collect();
@@ -227,6 +236,29 @@ impl proto::admin_server::Admin for AdminService {
             }
             membership::remove_beyond(&self.cluster, request.replicas).await?;
             Ok(Response::new(self.members_view()))
+        })
+        .await
+    }
+
+    async fn prepare_stop(
+        &self,
+        request: Request<proto::PrepareStopRequest>,
+    ) -> Result<Response<proto::PrepareStopResponse>, Status> {
+        observed(&self.metrics, "PrepareStop", async {
+            let request = request.into_inner();
+            let deadline = Duration::from_millis(request.timeout_ms);
+            let departure =
+                membership::leave_if_scaled_away(&self.cluster, request.replicas, deadline).await?;
+            Ok(Response::new(match departure {
+                membership::Departure::Left => proto::PrepareStopResponse {
+                    left: true,
+                    reason: String::new(),
+                },
+                membership::Departure::Stayed(reason) => proto::PrepareStopResponse {
+                    left: false,
+                    reason,
+                },
+            }))
         })
         .await
     }

@@ -128,6 +128,18 @@ pub enum Command {
         #[command(flatten)]
         conn: Conn,
     },
+    /// A pod's preStop hook: if the StatefulSet scaled this pod away (its
+    /// ordinal is at or above spec.replicas), leave the cluster before the
+    /// pod stops, handing leadership over first; on any other stop, stay a
+    /// member. Waits at most --timeout-secs (keep it well inside the pod's
+    /// terminationGracePeriodSeconds).
+    PreStop {
+        /// Act on this replica count instead of reading the StatefulSet.
+        #[arg(long)]
+        replicas: Option<u32>,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Move leadership to a voter (by default the most caught-up one).
     TransferLeader {
         #[arg(long, value_parser = parse_id)]
@@ -310,6 +322,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::ScaleDown { replicas, conn } => {
             let members = conn.connect().await?.scale_down(replicas).await?;
             output::members(&members, conn.json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::PreStop { replicas, conn } => {
+            let wait = Duration::from_secs(conn.timeout_secs);
+            let response = conn.connect().await?.prepare_stop(replicas, wait).await?;
+            output::prepare_stop(&response, conn.json);
             Ok(ExitCode::SUCCESS)
         }
         Command::TransferLeader { to, conn } => {

@@ -146,6 +146,7 @@ pub fn members(members: &crate::proto::MembersResponse, as_json: bool) {
                     "id": m.id, "name": m.name, "voter": m.voter, "leader": p.is_leader,
                     "peer_addr": m.peer_addr, "api_addr": m.api_addr,
                     "match_index": p.match_index, "lag": p.lag,
+                    "last_contact_ms": p.last_contact_ms, "healthy": p.healthy,
                 })
             })
             .collect();
@@ -156,20 +157,28 @@ pub fn members(members: &crate::proto::MembersResponse, as_json: bool) {
         return;
     }
     println!(
-        "{:<18}{:<14}{:<9}{:<30}{:>8}{:>8}",
-        "ID", "NAME", "ROLE", "PEER", "MATCH", "LAG"
+        "{:<18}{:<14}{:<9}{:<30}{:>8}{:>8}{:>10}  HEALTH",
+        "ID", "NAME", "ROLE", "PEER", "MATCH", "LAG", "CONTACT"
     );
     for p in &members.members {
         let m = p.member.clone().unwrap_or_default();
         let role = crate::proto::member_role(p.is_leader, m.voter);
+        let contact = if p.is_leader {
+            "-".to_string()
+        } else {
+            p.last_contact_ms
+                .map_or("never".to_string(), |ms| format!("{ms}ms"))
+        };
         println!(
-            "{:<18}{:<14}{:<9}{:<30}{:>8}{:>8}",
+            "{:<18}{:<14}{:<9}{:<30}{:>8}{:>8}{:>10}  {}",
             format!("{:016x}", m.id),
             m.name,
             role,
             m.peer_addr,
             p.match_index,
-            p.lag
+            p.lag,
+            contact,
+            if p.healthy { "healthy" } else { "unhealthy" }
         );
     }
 }
@@ -179,6 +188,19 @@ pub fn snapshot(index: u64, as_json: bool) {
         println!("{}", json!({ "snapshot_index": index }));
     } else {
         println!("snapshot at index {index}");
+    }
+}
+
+pub fn prepare_stop(response: &crate::proto::PrepareStopResponse, as_json: bool) {
+    if as_json {
+        println!(
+            "{}",
+            json!({ "left": response.left, "reason": response.reason })
+        );
+    } else if response.left {
+        println!("left the cluster");
+    } else {
+        println!("staying a member: {}", response.reason);
     }
 }
 

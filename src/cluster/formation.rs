@@ -22,7 +22,7 @@ use super::identity::ordinal_of;
 use super::kube::{call, Founding, KubeApi, StoredRecord};
 use super::ClusterContext;
 use crate::error::ClusterError;
-use crate::proto::{ClusterInfoRequest, JoinRequest};
+use crate::proto::{ClusterInfoRequest, ClusterInfoResponse, JoinRequest};
 use crate::types::Standing;
 
 /// How long one question to a peer may take.
@@ -31,8 +31,6 @@ pub(super) const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 /// which can mean receiving a large snapshot.
 pub(super) const JOIN_TIMEOUT: Duration = Duration::from_secs(300);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// How long a restarted node keeps asking whether it is still a member.
-const MEMBERSHIP_CHECK: Duration = Duration::from_secs(60);
 /// How long a founder waits for its founding entry to be durable (it
 /// leads alone, so this is one local flush).
 const FOUNDING_DURABLE: Duration = Duration::from_secs(30);
@@ -184,7 +182,6 @@ async fn restart(ctx: &ClusterContext, kube: Option<&Arc<KubeApi>>, stop: &Cance
         return;
     }
     ctx.formation.set(Standing::Serving);
-    check_still_member(ctx, stop).await;
     if let (Some(kube), false) = (kube, sole_voter) {
         settle_record(ctx, kube, stop).await;
     }
@@ -239,57 +236,87 @@ async fn confirm(kube: &Arc<KubeApi>, stored: StoredRecord) -> Result<(), Cluste
     Ok(())
 }
 
-/// A restarted node whose data says it is a member, but whom the cluster
-/// removed while it was away (a volume kept after a scale-down), must not
-/// serve that stale state: it marks its data directory for discarding and
-/// stops, and comes back empty to join under a new id.
-async fn check_still_member(ctx: &ClusterContext, stop: &CancellationToken) {
-    let deadline = tokio::time::Instant::now() + MEMBERSHIP_CHECK;
-    let ours = ctx.cluster_id.get();
+/// How many election timeouts a serving member may know no leader before
+/// it asks its peers whether it was removed: an election takes less.
+const LEADERLESS_ELECTIONS: u32 = 2;
+
+/// A member whom the cluster removed while it could not hear (down, or cut
+/// off) must not serve its stale state, nor stay Ready as a zombie:
+/// nothing tells a removed node, and its own log still lists it. Such a
+/// node loses its leader (it campaigns, and nobody answers), so whenever
+/// this node has known no leader for a while it asks its peers. A
+/// committed, newer membership without it marks its data directory for
+/// discarding and stops the node, which comes back empty and joins under a
+/// new id.
+pub async fn watch_membership(ctx: Arc<ClusterContext>, stop: CancellationToken) {
     let resolver = Resolver::from_system();
-    while tokio::time::Instant::now() < deadline {
-        let mine = ctx
-            .raft_metrics()
-            .membership_config
-            .log_id()
-            .map_or(0, |l| l.index);
-        for (name, location) in discover(&ctx.config, &resolver).await {
-            let Location::At(addr) = location else {
-                continue;
-            };
-            let Ok(mut client) = ctx.peer(&addr) else {
-                continue;
-            };
-            let mut request = tonic::Request::new(ClusterInfoRequest { asker_id: ctx.id });
-            request.set_timeout(ASK_TIMEOUT);
-            let Ok(info) = client.cluster_info(request).await.map(|r| r.into_inner()) else {
-                continue;
-            };
-            if info.cluster_id != ours {
-                continue;
-            }
-            if info.asker_is_member {
-                return;
-            }
-            if info.membership_index > mine {
-                let reason = format!(
-                    "removed from cluster {ours} while away ({name} has membership at index {} without this node); \
-                     discarding this data directory and restarting empty",
-                    info.membership_index
-                );
-                tracing::error!("{reason}");
-                if let Err(e) = ctx.meta.mark_for_discard(&reason) {
-                    tracing::error!("cannot mark the data directory for discarding: {e}");
-                }
-                ctx.stop.stop(reason);
-                return;
-            }
-        }
+    let patience = Duration::from_millis(ctx.config.election_timeout_ms) * LEADERLESS_ELECTIONS;
+    let mut leader_seen = tokio::time::Instant::now();
+    loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = stop.cancelled() => return,
         }
+        if ctx.formation.get() != Standing::Serving || ctx.leader().is_some() {
+            leader_seen = tokio::time::Instant::now();
+            continue;
+        }
+        if leader_seen.elapsed() < patience {
+            continue;
+        }
+        if let Some(reason) = removal(&ctx, &resolver).await {
+            tracing::error!("{reason}");
+            if let Err(e) = ctx.meta.mark_for_discard(&reason) {
+                tracing::error!("cannot mark the data directory for discarding: {e}");
+            }
+            ctx.stop.stop(reason);
+            return;
+        }
     }
+}
+
+/// Asks every peer once; the reason to discard this node's data if one of
+/// them proves it was removed.
+async fn removal(ctx: &ClusterContext, resolver: &Resolver) -> Option<String> {
+    let ours = ctx.cluster_id.get();
+    let mine = ctx
+        .raft_metrics()
+        .membership_config
+        .log_id()
+        .map_or(0, |l| l.index);
+    for (name, location) in discover(&ctx.config, resolver).await {
+        let Location::At(addr) = location else {
+            continue;
+        };
+        let Ok(mut client) = ctx.peer(&addr) else {
+            continue;
+        };
+        let mut request = tonic::Request::new(ClusterInfoRequest { asker_id: ctx.id });
+        request.set_timeout(ASK_TIMEOUT);
+        let Ok(info) = client.cluster_info(request).await.map(|r| r.into_inner()) else {
+            continue;
+        };
+        if removed_while_away(&ours, mine, &info) {
+            return Some(format!(
+                "removed from cluster {ours} while away ({name} has a committed membership at index {} \
+                 without this node); discarding this data directory and restarting empty",
+                info.membership_index
+            ));
+        }
+    }
+    None
+}
+
+/// Whether a peer's answer proves that this node, whose own membership is
+/// at index `mine` of cluster `ours`, was removed while it was away: the
+/// peer is in the same cluster, and its membership is newer, committed and
+/// without this node. An uncommitted membership may still be replaced by a
+/// new leader, so it proves nothing, and discarding a volume is for good.
+fn removed_while_away(ours: &str, mine: u64, info: &ClusterInfoResponse) -> bool {
+    info.cluster_id == ours
+        && !info.asker_is_member
+        && info.membership_committed
+        && info.membership_index > mine
 }
 
 async fn ask(ctx: &ClusterContext, peer_addr: &str) -> PeerView {
@@ -454,4 +481,41 @@ async fn join_cluster(
     tracing::info!(%cluster_id, node_id = ctx.id, "joined the cluster as a voter");
     ctx.formation.set(Standing::Serving);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_newer_committed_membership_without_this_node_removes_it() {
+        let answer =
+            |cluster_id: &str, member: bool, index: u64, committed: bool| ClusterInfoResponse {
+                cluster_id: cluster_id.into(),
+                asker_is_member: member,
+                membership_index: index,
+                membership_committed: committed,
+                ..Default::default()
+            };
+        let cases = [
+            (
+                "removed, committed, newer",
+                answer("c", false, 9, true),
+                true,
+            ),
+            (
+                "removed by a membership not yet committed",
+                answer("c", false, 9, false),
+                false,
+            ),
+            ("still a member", answer("c", true, 9, true), false),
+            ("an older membership", answer("c", false, 4, true), false),
+            ("the same membership", answer("c", false, 5, true), false),
+            ("another cluster", answer("d", false, 9, true), false),
+            ("a peer in no cluster", answer("", false, 0, true), false),
+        ];
+        for (name, info, expected) in cases {
+            assert_eq!(removed_while_away("c", 5, &info), expected, "{name}");
+        }
+    }
 }

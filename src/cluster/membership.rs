@@ -14,6 +14,21 @@
 //! of 0 is a full stop, not a cluster of no members: nobody is removed, so
 //! the set comes back with the voters it had. If the replica count cannot
 //! be read, nothing is removed.
+//!
+//! Healthy means "answered this leader within an election timeout, and not
+//! far behind". Lag alone is no sign of life: on an idle cluster a dead
+//! follower keeps the matched index it had. Removing a voter while another
+//! is dead can leave a membership whose majority is gone for good.
+//!
+//! The leader's own reconciling runs every `--reconcile-secs`, but the
+//! StatefulSet controller stops the pods it scales away within a second or
+//! two: 3 → 1 stops two of three voters before the leader looks, and the
+//! survivor has no quorum left to remove them with. So each pod leaves
+//! while it still runs: its preStop hook ([`leave_if_scaled_away`]) asks
+//! the leader to scale down, after handing leadership to a member that
+//! stays, and waits until it is out. A pod whose ordinal stays below the
+//! count is restarting: it leaves nothing (voters never remove themselves
+//! on an ordinary stop).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -26,9 +41,11 @@ use tokio_util::sync::CancellationToken;
 use super::formation::JOIN_TIMEOUT;
 use super::identity::{ordinal_of, set_name};
 use super::kube::{call, KubeApi};
+use super::leadership;
 use super::ClusterContext;
 use crate::error::{ClusterError, PeerError};
-use crate::proto::{member_of_join, JoinRequest, JoinResponse};
+use crate::proto::admin_client::AdminClient;
+use crate::proto::{member_of_join, JoinRequest, JoinResponse, ScaleDownRequest};
 use crate::types::{matched_index, Member, NodeId};
 
 /// Admits the node that asks, on the leader (others pass it on).
@@ -176,8 +193,20 @@ pub struct MemberState {
     pub id: u64,
     pub name: String,
     pub voter: bool,
-    /// Replicating and within the lag the readiness probe allows.
+    /// Answered this node recently and is not far behind: see
+    /// [`is_healthy`].
     pub healthy: bool,
+}
+
+/// Whether a member can be counted on for a quorum now: it answered within
+/// `window` and is at most `max_lag` entries behind.
+pub fn is_healthy(
+    last_contact: Option<Duration>,
+    lag: u64,
+    window: Duration,
+    max_lag: u64,
+) -> bool {
+    last_contact.is_some_and(|age| age <= window) && lag <= max_lag
 }
 
 /// The next member to remove so that the membership converges to
@@ -212,15 +241,22 @@ pub fn member_states(ctx: &ClusterContext) -> Vec<MemberState> {
     let membership = metrics.membership_config.membership();
     let voters: Vec<NodeId> = membership.voter_ids().collect();
     let last = metrics.last_log_index.unwrap_or(0);
+    let window = Duration::from_millis(ctx.config.election_timeout_ms);
     membership
         .nodes()
         .map(|(id, m)| {
-            let matched = matched_index(&metrics, *id);
+            let lag = last.saturating_sub(matched_index(&metrics, *id));
             MemberState {
                 id: *id,
                 name: m.name.clone(),
                 voter: voters.contains(id),
-                healthy: *id == ctx.id || last.saturating_sub(matched) <= ctx.config.ready_max_lag,
+                healthy: *id == ctx.id
+                    || is_healthy(
+                        ctx.contacts.since(*id),
+                        lag,
+                        window,
+                        ctx.config.ready_max_lag,
+                    ),
             }
         })
         .collect()
@@ -246,6 +282,11 @@ pub async fn remove_beyond(ctx: &ClusterContext, replicas: u32) -> Result<usize,
     }
 }
 
+/// The StatefulSet's `spec.replicas`, read through the Kubernetes API.
+async fn read_replicas(api: &Arc<KubeApi>) -> Result<u32, ClusterError> {
+    call(api, |api| api.replicas()).await
+}
+
 /// Follows the StatefulSet's replica count while this node leads.
 pub async fn follow_replicas(ctx: Arc<ClusterContext>, stop: CancellationToken) {
     let api = match KubeApi::new(&ctx.config) {
@@ -265,7 +306,7 @@ pub async fn follow_replicas(ctx: Arc<ClusterContext>, stop: CancellationToken) 
         if !ctx.is_leader() {
             continue;
         }
-        let replicas = match call(&api, |api| api.replicas()).await {
+        let replicas = match read_replicas(&api).await {
             Ok(replicas) => replicas,
             Err(e) => {
                 let e = e.to_string();
@@ -280,6 +321,151 @@ pub async fn follow_replicas(ctx: Arc<ClusterContext>, stop: CancellationToken) 
             tracing::warn!("scale-down to {replicas} paused: {e}");
         }
     }
+}
+
+/// What a pod about to stop does about its membership.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopPlan {
+    /// An ordinary stop (a restart, a full stop, or nobody can tell): stay
+    /// a member, for the reason given.
+    Stay(String),
+    /// The StatefulSet no longer counts this pod: leave first.
+    Leave { replicas: u32 },
+}
+
+/// Decides [`StopPlan`] for the pod `name` from the replica count, or from
+/// why it could not be read.
+pub fn stop_plan(name: &str, replicas: Result<u32, String>) -> StopPlan {
+    let Some(ordinal) = ordinal_of(name) else {
+        return StopPlan::Stay(format!("{name} has no ordinal"));
+    };
+    match replicas {
+        Err(e) => StopPlan::Stay(format!("the replica count is unknown ({e})")),
+        Ok(0) => StopPlan::Stay("scaled to 0: a full stop".into()),
+        Ok(replicas) if ordinal < replicas => StopPlan::Stay(format!(
+            "ordinal {ordinal} is below the replica count {replicas}: a restart"
+        )),
+        Ok(replicas) => StopPlan::Leave { replicas },
+    }
+}
+
+/// How a pod's preStop ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Departure {
+    /// Still a member, on purpose, for this reason.
+    Stayed(String),
+    /// No longer a member.
+    Left,
+}
+
+/// How long one scale-down request to the leader may take.
+const SCALE_DOWN_CALL: Duration = Duration::from_secs(5);
+/// How long to wait before asking again while this member may not go yet.
+const LEAVE_RETRY: Duration = Duration::from_millis(200);
+
+/// A pod's preStop: if the StatefulSet scaled this pod away (its ordinal is
+/// at or above `spec.replicas`, read from the Kubernetes API unless
+/// `replicas` is given), leaves the membership before the pod stops, within
+/// `deadline`. A leader hands leadership to a member that stays first.
+pub async fn leave_if_scaled_away(
+    ctx: &ClusterContext,
+    replicas: Option<u32>,
+    deadline: Duration,
+) -> Result<Departure, ClusterError> {
+    let replicas = match replicas {
+        Some(replicas) => Ok(replicas),
+        None if !ctx.config.follow_replicas => {
+            Err("--follow-replicas is off: scale-down is left to `raftset scale-down`".into())
+        }
+        None => match KubeApi::new(&ctx.config) {
+            Ok(api) => read_replicas(&Arc::new(api))
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        },
+    };
+    let replicas = match stop_plan(&ctx.me.name, replicas) {
+        StopPlan::Stay(why) => {
+            tracing::info!("stopping as a member: {why}");
+            return Ok(Departure::Stayed(why));
+        }
+        StopPlan::Leave { replicas } => replicas,
+    };
+    tracing::info!(replicas, "scaled away: leaving the cluster before stopping");
+    let started = tokio::time::Instant::now();
+    let mut last = String::from("no leader known yet");
+    while started.elapsed() < deadline {
+        let metrics = ctx.raft_metrics();
+        if metrics
+            .membership_config
+            .membership()
+            .get_node(&ctx.id)
+            .is_none()
+        {
+            return Ok(Departure::Left);
+        }
+        match ctx.leader() {
+            Some((leader, _)) if leader == ctx.id => {
+                let staying = staying_voter(ctx, replicas);
+                match leadership::transfer(ctx, staying).await {
+                    Ok(to) => tracing::info!(to, "handed leadership to a member that stays"),
+                    Err(e) => last = format!("handing over leadership: {e}"),
+                }
+                continue;
+            }
+            Some((_, leader)) => match ask_to_scale_down(ctx, &leader.peer_addr, replicas).await {
+                Ok(members) if !members.contains(&ctx.id) => {
+                    tracing::info!("removed from the cluster");
+                    return Ok(Departure::Left);
+                }
+                Ok(_) => last = "the leader may not remove this member yet".into(),
+                Err(e) => last = format!("asking the leader: {e}"),
+            },
+            None => {}
+        }
+        tokio::time::sleep(LEAVE_RETRY).await;
+    }
+    Err(ClusterError::LeaveTimedOut {
+        waited_ms: started.elapsed().as_millis() as u64,
+        last,
+    })
+}
+
+/// The most caught-up voter whose ordinal stays below `replicas`, if any.
+fn staying_voter(ctx: &ClusterContext, replicas: u32) -> Option<NodeId> {
+    let metrics = ctx.raft_metrics();
+    let membership = metrics.membership_config.membership();
+    let staying: Vec<NodeId> = membership
+        .nodes()
+        .filter(|(id, m)| **id != ctx.id && ordinal_of(&m.name).is_some_and(|o| o < replicas))
+        .map(|(id, _)| *id)
+        .filter(|id| membership.voter_ids().any(|v| v == *id))
+        .collect();
+    staying
+        .into_iter()
+        .max_by_key(|id| matched_index(&metrics, *id))
+}
+
+/// Asks the leader to remove the members beyond `replicas` (as far as it
+/// safely can now); returns the ids of the members it has then.
+async fn ask_to_scale_down(
+    ctx: &ClusterContext,
+    leader_addr: &str,
+    replicas: u32,
+) -> Result<Vec<NodeId>, ClusterError> {
+    let mut admin = AdminClient::new(ctx.peers.channel(leader_addr)?);
+    let mut request = tonic::Request::new(ScaleDownRequest { replicas });
+    request.set_timeout(SCALE_DOWN_CALL);
+    let members = admin
+        .scale_down(request)
+        .await
+        .map_err(ClusterError::Remote)?
+        .into_inner();
+    Ok(members
+        .members
+        .iter()
+        .filter_map(|m| m.member.as_ref().map(|m| m.id))
+        .collect())
 }
 
 #[cfg(test)]
@@ -375,6 +561,75 @@ mod tests {
                 expected,
                 "{name}"
             );
+        }
+    }
+
+    #[test]
+    fn health_needs_a_recent_answer_not_only_a_small_lag() {
+        let window = Duration::from_millis(1000);
+        let ms = Duration::from_millis;
+        let cases = [
+            ("answered just now, caught up", Some(ms(50)), 0, true),
+            (
+                "answered at the edge of the window",
+                Some(ms(1000)),
+                0,
+                true,
+            ),
+            (
+                "silent for longer than the window, lag 0",
+                Some(ms(1001)),
+                0,
+                false,
+            ),
+            ("never answered this leader", None, 0, false),
+            ("answering but far behind", Some(ms(50)), 1001, false),
+            (
+                "answering, behind within the limit",
+                Some(ms(50)),
+                1000,
+                true,
+            ),
+        ];
+        for (name, contact, lag, expected) in cases {
+            assert_eq!(is_healthy(contact, lag, window, 1000), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_pod_leaves_only_when_the_statefulset_no_longer_counts_it() {
+        let leave = |replicas| StopPlan::Leave { replicas };
+        let cases: Vec<(&str, &str, Result<u32, String>, Option<StopPlan>)> = vec![
+            (
+                "scaled 3 to 1: pod 2 leaves",
+                "raftset-2",
+                Ok(1),
+                Some(leave(1)),
+            ),
+            (
+                "scaled 3 to 1: pod 1 leaves",
+                "raftset-1",
+                Ok(1),
+                Some(leave(1)),
+            ),
+            ("at the count exactly", "raftset-3", Ok(3), Some(leave(3))),
+            ("a restart below the count stays", "raftset-1", Ok(3), None),
+            ("pod 0 always stays", "raftset-0", Ok(1), None),
+            ("a full stop (0) stays", "raftset-2", Ok(0), None),
+            (
+                "an unreadable count stays",
+                "raftset-2",
+                Err("403".into()),
+                None,
+            ),
+            ("a name without an ordinal stays", "embedded", Ok(1), None),
+        ];
+        for (name, pod, replicas, expected) in cases {
+            let plan = stop_plan(pod, replicas);
+            match expected {
+                Some(expected) => assert_eq!(plan, expected, "{name}"),
+                None => assert!(matches!(plan, StopPlan::Stay(_)), "{name}: {plan:?}"),
+            }
         }
     }
 }

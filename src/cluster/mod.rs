@@ -11,7 +11,9 @@
 //!
 //! The start-up algorithm ([`formation`], deciding in [`bootstrap`]):
 //! 1. A data directory with Raft state restarts from it and initialises
-//!    nothing; it only checks that the cluster did not remove it meanwhile.
+//!    nothing. Like every member, whenever it knows no leader for a while
+//!    it asks its peers whether the cluster removed it (a committed, newer
+//!    membership without it): then it discards its data and rejoins.
 //! 2. Otherwise the node looks up every other ordinal ([`discovery`]) and
 //!    asks each what it belongs to.
 //! 3. A member anywhere: join through it. The cluster the founding record
@@ -49,7 +51,7 @@ use tonic::transport::Channel;
 use crate::error::{ClusterError, PeerError};
 use crate::proto::cluster_peer_client::ClusterPeerClient;
 use crate::raft::leader_of;
-use crate::raft::network::PeerClients;
+use crate::raft::network::{Contacts, PeerClients};
 use crate::store::state_machine::Digests;
 use crate::store::Meta;
 use crate::types::{ClusterId, Digest, Formation, Member, NodeId, Raft, RaftMetrics};
@@ -92,6 +94,8 @@ pub struct ClusterContext {
     pub formation: Formation,
     pub meta: Meta,
     pub peers: PeerClients,
+    /// When each peer last answered this node's Raft messages.
+    pub contacts: Contacts,
     /// State digests taken at checkpoints, for `verify`.
     pub digests: Digests,
     pub stop: StopSignal,

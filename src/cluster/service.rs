@@ -32,9 +32,12 @@ fn info(ctx: &ClusterContext, asker_id: u64) -> ClusterInfoResponse {
     let membership = metrics.membership_config.membership();
     let is_member = membership.get_node(&ctx.id).is_some();
     let leader = metrics.current_leader;
+    let membership_index = metrics.membership_config.log_id().map_or(0, |l| l.index);
+    let applied = metrics.last_applied.map_or(0, |l| l.index);
     ClusterInfoResponse {
         asker_is_member: membership.get_node(&asker_id).is_some(),
-        membership_index: metrics.membership_config.log_id().map_or(0, |l| l.index),
+        membership_index,
+        membership_committed: applied >= membership_index,
         cluster_id: if is_member {
             ctx.cluster_id.get()
         } else {

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -82,9 +82,33 @@ impl PeerClients {
     }
 }
 
+/// When each peer last answered one of this node's Raft messages. On a
+/// leader it tells which followers are alive now, which their replication
+/// lag cannot: on an idle cluster a dead follower keeps the matched index
+/// it had, and looks caught up forever.
+#[derive(Clone, Default)]
+pub struct Contacts {
+    last: Arc<Mutex<HashMap<NodeId, Instant>>>,
+}
+
+impl Contacts {
+    fn record(&self, peer: NodeId) {
+        let mut last = self.last.lock().expect("contacts lock");
+        last.insert(peer, Instant::now());
+    }
+
+    /// How long ago `peer` last answered, or `None` if it never has since
+    /// this node started.
+    pub fn since(&self, peer: NodeId) -> Option<Duration> {
+        let last = self.last.lock().expect("contacts lock");
+        last.get(&peer).map(Instant::elapsed)
+    }
+}
+
 /// openraft's factory of per-target connections.
 pub struct NetworkFactory {
     pub clients: PeerClients,
+    pub contacts: Contacts,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -95,6 +119,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             target,
             addr: node.peer_addr.clone(),
             clients: self.clients.clone(),
+            contacts: self.contacts.clone(),
         }
     }
 }
@@ -104,6 +129,7 @@ pub struct PeerConnection {
     target: NodeId,
     addr: String,
     clients: PeerClients,
+    contacts: Contacts,
 }
 
 type RpcResult<T, E = RaftError<NodeId>> = Result<T, RPCError<NodeId, Member, E>>;
@@ -139,6 +165,8 @@ impl PeerConnection {
             tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
             _ => RPCError::Network(NetworkError::new(&status)),
         })?;
+        // The peer's Raft handled the message, whatever it answered.
+        self.contacts.record(self.target);
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }

@@ -218,6 +218,120 @@ async fn scale_3_to_5_to_3_follows_the_statefulset_and_retained_volumes_rejoin_f
     );
 }
 
+/// kubectl scale 3 -> 1: the controller stops pods 2 and 1 within a second
+/// or two, long before the leader looks at spec.replicas again (every 10 s
+/// by default), and pod 0 alone has no quorum to remove them with. Each
+/// pod's preStop hook takes it out of the cluster while it still runs; a
+/// leader among them hands leadership to pod 0 first.
+/// Without the hooks (stop only) pod 0 is left with three voters, two of
+/// them gone, and no write ever succeeds again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fast_scale_down_from_3_to_1_leaves_a_serving_cluster() {
+    let api = FakeKubeApi::start(3).await;
+    let args = ["--follow-replicas", "--kube-api", &api.url];
+    let mut cluster = Cluster::ordered(3, &args).await;
+    let mut client = cluster.client(1).await;
+    for i in 0..20u32 {
+        client.put(format!("k{i}").as_bytes(), b"v").await.unwrap();
+    }
+    cluster.make_leader(2).await;
+
+    api.set_replicas(1);
+    let said = cluster.terminate(2).await;
+    assert!(said.contains("left the cluster"), "{said}");
+    let said = cluster.terminate(1).await;
+    assert!(said.contains("left the cluster"), "{said}");
+
+    let (_, ids) = one_cluster(&cluster, 1).await;
+    let status = cluster.status(0).await.unwrap();
+    assert_eq!(status.members.len(), 1, "{:?}", status.members);
+    assert_eq!(status.leader_id, Some(ids[0]));
+    let mut client = cluster.client(0).await;
+    client.put(b"after", b"scale-down").await.unwrap();
+    for i in 0..20u32 {
+        let key = format!("k{i}");
+        assert!(client.get(key.as_bytes()).await.unwrap().is_some(), "{key}");
+    }
+
+    // A stop that is no scale-down leaves nobody: pod 0's own hook on a
+    // restart returns at once and it stays the one voter.
+    let said = cluster.terminate(0).await;
+    assert!(said.contains("staying a member"), "{said}");
+    cluster.restart(0);
+    one_cluster(&cluster, 1).await;
+}
+
+/// On an idle cluster a dead follower keeps the matched index it had, so by
+/// its lag it looks caught up. Removing raftset-2 while raftset-1 is dead
+/// would leave {0, 1}, whose majority is gone with raftset-1: the change
+/// never commits and the cluster stops taking writes. Health comes from
+/// the last answer the leader had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_down_never_counts_a_dead_follower_as_healthy() {
+    let mut cluster = Cluster::start(3).await;
+    let mut client = cluster.client(0).await;
+    client.put(b"k", b"v").await.unwrap();
+    cluster.make_leader(0).await;
+    cluster.kill(1).await;
+    let dead = cluster.status(0).await.unwrap().members[..]
+        .iter()
+        .find(|m| m.name == "raftset-1")
+        .map(|m| m.id)
+        .unwrap();
+    wait_for("the leader to see raftset-1 as unhealthy", || async {
+        let members = cluster
+            .client(0)
+            .await
+            .members()
+            .await
+            .map_err(|e| e.to_string())?;
+        match members
+            .members
+            .iter()
+            .find(|m| m.member.as_ref().unwrap().id == dead)
+        {
+            Some(m) if !m.healthy => Ok(()),
+            Some(m) => Err(format!("healthy, last contact {:?} ms", m.last_contact_ms)),
+            None => Err("not listed".into()),
+        }
+    })
+    .await;
+
+    let mut client = cluster.client(0).await;
+    let members = client.scale_down(2).await.expect("scale-down answers");
+    let voters: Vec<&str> = members
+        .members
+        .iter()
+        .filter_map(|m| m.member.as_ref())
+        .filter(|m| m.voter)
+        .map(|m| m.name.as_str())
+        .collect();
+    assert_eq!(
+        voters.len(),
+        3,
+        "nobody removed while a voter is dead: {voters:?}"
+    );
+    client.put(b"k", b"still writable").await.unwrap();
+
+    // Once raftset-1 is back, the scale-down goes ahead.
+    cluster.restart(1);
+    cluster.wait_ready(1).await;
+    wait_for("raftset-2 removed", || async {
+        let members = cluster
+            .client(0)
+            .await
+            .scale_down(2)
+            .await
+            .map_err(|e| e.to_string())?;
+        match members.members.len() {
+            2 => Ok(()),
+            n => Err(format!("{n} members")),
+        }
+    })
+    .await;
+    cluster.client(1).await.put(b"k", b"after").await.unwrap();
+}
+
 /// Waits until node `i` passes the StatefulSet's readiness probe
 /// (`/readyz?noleader`), the one OrderedReady waits on before it creates
 /// the next pod.

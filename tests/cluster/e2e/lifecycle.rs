@@ -319,6 +319,47 @@ async fn scale_3_to_5_to_3() {
     verify_everywhere(&set).await;
 }
 
+/// `kubectl scale` down as the controller does it: the pods scaled away
+/// stop within seconds, long before the leader's next look at
+/// spec.replicas (every 10 s, the default here). Each one's preStop hook
+/// takes it out of the cluster while it still runs (the highest ordinal
+/// leads, so its hook hands leadership over first), so the pods that stay
+/// keep a quorum, go on taking writes, and lose none acknowledged.
+async fn fast_scale_down(tag: &str, mut manifest: Manifest, from: usize, to: usize) {
+    let _turn = exclusive().await;
+    manifest.replicas = from;
+    let mut set = deploy(tag, manifest).await;
+    set.make_leader(from - 1).await;
+    let prefix = format!("{tag}/");
+    let writers = Writers::start(&set, &prefix, 4, 100);
+    writers.until_acknowledged(100).await;
+
+    set.scale(to).await;
+    assert_eq!(set.ordinals(), (0..to).collect::<Vec<_>>());
+    let before = writers.acknowledged();
+    writers.until_acknowledged(before + 100).await;
+    set.wait_for_voters(to).await;
+    members_are_the_pods(&set, 0, to).await;
+    let written = writers.stop().await;
+    let present = nothing_lost(&set, &prefix, &written).await;
+    verify_everywhere(&set).await;
+    println!(
+        "fast scale-down {from} -> {to}: {} writes acknowledged, {} unknown, {present} present",
+        written.acknowledged.len(),
+        written.unknown
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_scale_down_3_to_1_ordered_ready() {
+    fast_scale_down("down31", Manifest::base(), 3, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_scale_down_5_to_2_parallel() {
+    fast_scale_down("down52", Manifest::overlay("parallel"), 5, 2).await;
+}
+
 /// A full stop in which pod 0's volume is lost ([`full_stop_losing_pod_0`]):
 /// pod 0 comes back empty before pods 1 and 2. The founding record says a
 /// cluster exists, so pod 0 waits rather than founds, passes the ordering

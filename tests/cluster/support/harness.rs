@@ -127,6 +127,28 @@ pub trait Harness {
         self.wait_for_leader().await.0
     }
 
+    /// Makes member `to` the leader (`transfer-leader`), wherever
+    /// leadership is now, and waits until every running member agrees.
+    async fn make_leader(&self, to: usize) {
+        let (leader, status) = self.wait_for_leader().await;
+        if leader == to {
+            return;
+        }
+        let target = self.status(to).await.unwrap_or_else(|e| panic!("{e}")).id;
+        let mut client = self
+            .connect(leader, Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        client
+            .transfer_leader(Some(target))
+            .await
+            .unwrap_or_else(|e| panic!("transfer-leader to {}: {e}", self.name(to)));
+        let (now, _) = self
+            .wait_for_leader_among(&self.running(), None, status.term + 1)
+            .await;
+        assert_eq!(now, to, "leadership went to {}", self.name(now));
+    }
+
     /// Waits until the leader reports exactly `n` members, all voters and
     /// caught up. Returns that member list.
     async fn wait_for_voters(&self, n: usize) -> MembersResponse {

@@ -74,6 +74,9 @@ pub struct Manifest {
     pub cap_drop: Vec<String>,
     pub no_new_privileges: bool,
     pub grace_period_secs: u64,
+    /// The container's preStop exec command, run before SIGTERM on every
+    /// pod deletion (a scale-down, a rollout, `kubectl delete pod`).
+    pub pre_stop: Option<Vec<String>>,
     /// Docker units (`--cpus 1`, `--memory 512m`).
     pub cpu_limit: Option<String>,
     pub memory_limit: Option<String>,
@@ -234,6 +237,10 @@ impl Manifest {
             .get("terminationGracePeriodSeconds")
             .and_then(Value::as_u64)
             .unwrap_or(30);
+        let pre_stop = match c.get("lifecycle").and_then(|l| l.get("preStop")) {
+            Some(hook) => Some(strings(at(hook, "exec.command")?, "preStop.exec.command")?),
+            None => None,
+        };
         let cpu_limit = opt_text(c, "resources.limits.cpu")
             .map(|q| cpu_quantity(&q))
             .transpose()?;
@@ -266,6 +273,7 @@ impl Manifest {
             cap_drop,
             no_new_privileges,
             grace_period_secs,
+            pre_stop,
             cpu_limit,
             memory_limit,
         })

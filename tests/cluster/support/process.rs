@@ -15,6 +15,7 @@ use rustix::process::{kill_process, Pid, Signal};
 use tokio::process::{Child, Command};
 
 use super::harness::Harness;
+use super::manifest::Manifest;
 use super::{http, wait_for, DEADLINE};
 
 /// Each cluster gets its own 127.x.y.0/24 so tests run in parallel without
@@ -212,6 +213,43 @@ impl Cluster {
     pub async fn kill(&mut self, i: usize) {
         let mut child = self.nodes[i].child.take().expect("node is running");
         child.kill().await.expect("kill");
+    }
+
+    /// Deletes node `i` as the kubelet deletes its pod: the preStop hook
+    /// that `k8s/` gives the container, within the grace period, then
+    /// SIGTERM. The hook's output is returned.
+    pub async fn terminate(&mut self, i: usize) -> String {
+        let manifest = Manifest::base();
+        let hook = manifest
+            .pre_stop
+            .expect("k8s/ gives the container a preStop hook");
+        assert_eq!(hook[0], "raftset", "the hook runs the raftset binary");
+        let run = Command::new(env!("CARGO_BIN_EXE_raftset"))
+            .args(&hook[1..])
+            .env("RAFTSET_ENDPOINT", self.nodes[i].api())
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let grace = Duration::from_secs(manifest.grace_period_secs);
+        let output = match tokio::time::timeout(grace, run).await {
+            Ok(output) => output.expect("running the preStop hook"),
+            Err(_) => panic!(
+                "{}'s preStop hook outlasted the grace period",
+                self.nodes[i].name
+            ),
+        };
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            output.status.success(),
+            "{}'s preStop hook failed: {said}",
+            self.nodes[i].name
+        );
+        Harness::stop(self, i).await;
+        said
     }
 
     /// Starts node `i` again on its data directory. Synchronous: a

@@ -321,8 +321,10 @@ impl StatefulSet {
                 self.terminate(i).await;
             }
         } else {
+            let hooks = (n..current).map(|i| self.run_pre_stop(i));
+            let left = futures::future::join_all(hooks).await;
+            let grace = left.into_iter().min().unwrap_or_default().to_string();
             let names: Vec<String> = (n..current).map(|i| self.container(i)).collect();
-            let grace = self.manifest.grace_period_secs.to_string();
             let mut args = vec!["stop", "-t", &grace];
             args.extend(names.iter().map(String::as_str));
             docker(&args).await.unwrap_or_else(|e| panic!("{e}"));
@@ -481,8 +483,8 @@ impl StatefulSet {
         self.endpoints.clone()
     }
 
-    /// Deletes pod `i` as `kubectl delete pod` does: SIGTERM, up to the
-    /// grace period, then the container is gone.
+    /// Deletes pod `i` as `kubectl delete pod` does: the preStop hook, then
+    /// SIGTERM, within the grace period, then the container is gone.
     async fn terminate(&mut self, i: usize) {
         let container = self.pod(i).container.clone();
         if self.pod(i).paused {
@@ -491,11 +493,40 @@ impl StatefulSet {
         if self.pod(i).partitioned {
             self.heal(i).await;
         }
-        let grace = self.manifest.grace_period_secs.to_string();
+        let grace = self.run_pre_stop(i).await.to_string();
         docker(&["stop", "-t", &grace, &container])
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         self.remove_container(i).await;
+    }
+
+    /// Runs pod `i`'s preStop hook as the kubelet does, within the grace
+    /// period, and returns the seconds of the grace period left for SIGTERM
+    /// (at least 2, as the kubelet grants after a hook that ran over). A
+    /// hook that fails or runs over is logged, not fatal: the pod stops
+    /// either way.
+    async fn run_pre_stop(&self, i: usize) -> u64 {
+        let grace = self.manifest.grace_period_secs;
+        let Some(hook) = &self.manifest.pre_stop else {
+            return grace;
+        };
+        let started = std::time::Instant::now();
+        let container = self.pod(i).container.clone();
+        let mut args = vec!["exec", container.as_str()];
+        args.extend(hook.iter().map(String::as_str));
+        let outcome = match docker_output(&args, Duration::from_secs(grace)).await {
+            Ok(out) if out.success() => out.stdout,
+            Ok(out) => format!("exited {:?}: {}{}", out.code, out.stdout, out.stderr),
+            Err(e) => e,
+        };
+        let took = started.elapsed();
+        eprintln!(
+            "{}: preStop took {:.1} s: {}",
+            self.pod_name(i),
+            took.as_secs_f64(),
+            outcome.trim()
+        );
+        grace.saturating_sub(took.as_secs()).max(2)
     }
 
     async fn remove_container(&mut self, i: usize) {
