@@ -21,28 +21,29 @@
 //! key, then the revision) or a Scan (many steps, then the revision) spans
 //! several operations, so without more a read could show a key newer than
 //! its revision, or half of an entry's writes. So the current tree sits
-//! behind one readers/writer lock: every read (Get, Scan, Watch's history
-//! replay) holds it shared for the whole read, applying holds it alone only
-//! while one entry's write set goes into sled (`write_entry`), and a
-//! snapshot install holds it to switch trees. A read therefore sees the
-//! state after exactly one applied entry, and its revision is that entry's.
-//! Chosen over the alternatives because it is simple and needs nothing of
-//! the log: applying already computes each entry's write set before writing
-//! it (reads during an entry go through that set, not the tree), so the
-//! lock covers only the writes; reads are bounded (a scan page, the
-//! retained history), so applying waits only for the reads in progress.
-//! Digests need no
-//! lock: they are taken on the applying task between entries, when nothing
-//! else writes.
+//! behind one readers/writer lock: every read (Get, a Scan page, Watch's
+//! history replay) holds it shared for the whole read, applying holds it
+//! alone only while one entry's write set goes into sled (`write_entry`),
+//! and a snapshot install holds it to switch trees. A read therefore sees
+//! the state after exactly one applied entry, with that state's revision.
+//!
+//! Why this mechanism: it is small and exact. Applying already collects an
+//! entry's whole write set before writing it (its own lookups go through
+//! that set), so the exclusive part is only the writes; reads are bounded
+//! (a scan page, the retained history), so applying waits only for the
+//! reads in progress. sled batches alone would not do (above); a fuzzy view
+//! is fine for a snapshot that is repaired by replay (below) but not for a
+//! read, which must be exact. Digests need no lock: they are taken on the
+//! applying task between entries, when nothing else writes.
 //!
 //! Snapshots can be built without pausing writes on the same mechanism
 //! (today `dump` runs while openraft applies nothing): a builder copies the
 //! tree in chunks, each under a shared view so applying waits one chunk at
 //! most, and meanwhile applying keeps each entry's write set, which is
 //! state-based and idempotent (it sets final values). The copy is fuzzy,
-//! ZooKeeper-style, but the file = copy + the write sets applied since it
-//! began, replayed in order on install, is exactly the state at the last of
-//! them.
+//! ZooKeeper-style, but the file = copy + the write sets of every entry
+//! applied after its first chunk, replayed in order on install, is exactly
+//! the state at the last of them.
 
 mod apply;
 mod digest;
