@@ -10,7 +10,7 @@ use openraft::{CommittedLeaderId, EntryPayload, RaftLogReader, RaftSnapshotBuild
 use super::state_machine::read::ReadError;
 use super::state_machine::{FeedItem, ScanRange};
 use super::*;
-use crate::types::{Command, Entry, LogId, Op, Outcome, Proposal, TypeConfig};
+use crate::types::{Command, Entry, KeyValue, LogId, Op, Outcome, Proposal, TypeConfig};
 
 struct Builder;
 
@@ -742,4 +742,140 @@ async fn an_entry_whose_writes_were_cut_short_is_completed_from_its_redo_record(
     assert_eq!(reader.get(b"y").unwrap().0.unwrap().value, b"2");
     assert_eq!(reader.get(b"x").unwrap().0.unwrap().value, b"1");
     assert_eq!(reader.get(b"a").unwrap().1, 2);
+}
+
+/// Every read is one point in time. A writer applies entries that each put
+/// one value to the same [`KEYS_PER_ENTRY`] keys while readers Get and Scan
+/// on other threads: no read may return a key newer than the revision it
+/// reports, and a scan shows every key of the entry at that revision, never
+/// part of one entry and part of the one before. History replays, while
+/// compaction trims a short window, are gapless runs of whole entries or
+/// refused as compacted.
+#[test]
+fn reads_while_entries_apply_see_whole_entries_at_their_revision() {
+    const KEYS_PER_ENTRY: u64 = 16;
+    const ENTRIES: u64 = 300;
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions {
+        history_revisions: 4 * KEYS_PER_ENTRY,
+        ..StoreOptions::default()
+    };
+    let mut store = open(dir.path(), options);
+    let reader = store.state_machine.reader();
+    let entry_of = |index: u64| Entry {
+        log_id: log_id(index),
+        payload: EntryPayload::Normal(Proposal {
+            proposed_at_ms: 1_000,
+            forget_before_ms: 0,
+            commands: (0..KEYS_PER_ENTRY)
+                .map(|k| Command {
+                    request_id: format!("req-{index}-{k}").into_bytes(),
+                    op: put(&format!("k/{k:02}"), &index.to_string()),
+                })
+                .collect(),
+        }),
+    };
+    futures::executor::block_on(store.state_machine.apply([entry_of(1)])).unwrap();
+
+    // What a read returned that no single applied entry explains, by kind:
+    // a key newer than the read's revision, a scan mixing two entries, or a
+    // whole entry other than the one at the read's revision.
+    let check_scan = |page: &state_machine::ScanPage| -> Result<(), (&str, String)> {
+        let seen = || {
+            let seen: Vec<_> = page
+                .kvs
+                .iter()
+                .map(|kv| (String::from_utf8_lossy(&kv.value), kv.mod_revision))
+                .collect();
+            format!(
+                "scan at revision {} saw (value, mod_revision) {seen:?}",
+                page.revision
+            )
+        };
+        let entry = (page.revision / KEYS_PER_ENTRY).to_string();
+        if page.kvs.iter().any(|kv| kv.mod_revision > page.revision) {
+            Err(("scan: a key newer than its revision", seen()))
+        } else if page.kvs.iter().any(|kv| kv.value != page.kvs[0].value) {
+            Err(("scan: part of an entry", seen()))
+        } else if page.kvs.len() as u64 != KEYS_PER_ENTRY || page.kvs[0].value != entry.as_bytes() {
+            Err(("scan: another entry than its revision's", seen()))
+        } else {
+            Ok(())
+        }
+    };
+    let check_get = |(kv, revision): (Option<KeyValue>, u64)| -> Result<(), (&str, String)> {
+        match kv {
+            Some(kv) if kv.mod_revision <= revision => Ok(()),
+            other => Err((
+                "get: the key newer than its revision",
+                format!("get at revision {revision} saw {other:?}"),
+            )),
+        }
+    };
+    type Replayed = Result<Vec<state_machine::Change>, ReadError>;
+    let check_history = |from: u64, replayed: Replayed| -> Result<(), (&str, String)> {
+        let revisions: Vec<u64> = match replayed {
+            Ok(changes) => changes.iter().map(|c| c.revision).collect(),
+            Err(ReadError::Compacted { .. }) => return Ok(()),
+            Err(e) => panic!("history: {e}"),
+        };
+        let last = revisions.last().copied().unwrap_or(from - 1);
+        if revisions == (from..=last).collect::<Vec<_>>() && last % KEYS_PER_ENTRY == 0 {
+            return Ok(());
+        }
+        Err((
+            "history: a gap or part of an entry",
+            format!("history from {from} replayed revisions {revisions:?}"),
+        ))
+    };
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let prefix = ScanRange {
+        prefix: b"k/".to_vec(),
+        ..Default::default()
+    };
+    let (reads, wrong) = std::thread::scope(|scope| {
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let (reader, done, prefix) = (reader.clone(), &done, &prefix);
+                scope.spawn(move || {
+                    let (mut reads, mut wrong) = (0u64, Vec::new());
+                    while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                        let page = reader.scan(prefix, 100, usize::MAX).unwrap();
+                        let got = reader.get(b"k/07").unwrap();
+                        wrong.extend(check_scan(&page).err());
+                        wrong.extend(check_get(got).err());
+                        let from = page.revision.saturating_sub(2 * KEYS_PER_ENTRY).max(1);
+                        wrong.extend(check_history(from, reader.history(b"", from)).err());
+                        reads += 3;
+                    }
+                    (reads, wrong)
+                })
+            })
+            .collect();
+        let applied = futures::executor::block_on(async {
+            for index in 2..=ENTRIES {
+                store.state_machine.apply([entry_of(index)]).await?;
+            }
+            Ok::<_, crate::types::StorageError>(())
+        });
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        applied.expect("apply");
+        readers
+            .into_iter()
+            .map(|r| r.join().expect("reader thread"))
+            .fold((0, Vec::new()), |(n, mut all), (reads, wrong)| {
+                all.extend(wrong);
+                (n + reads, all)
+            })
+    });
+    let mut kinds = std::collections::BTreeMap::new();
+    for (kind, read) in &wrong {
+        kinds.entry(*kind).or_insert((0, read)).0 += 1;
+    }
+    assert!(
+        kinds.is_empty(),
+        "{} of {reads} reads were not one point in time: {kinds:#?}",
+        wrong.len()
+    );
+    assert!(reads > 0);
 }

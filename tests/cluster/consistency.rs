@@ -1,8 +1,13 @@
 //! Replication and consistency through every node.
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use raftset::client::Consistency;
 use raftset::proto::kv_client::KvClient;
-use raftset::proto::IncrementRequest;
+use raftset::proto::{GetRequest, IncrementRequest};
+use raftset::KeyValue;
 
 use crate::support::{wait_for, Cluster};
 
@@ -141,4 +146,148 @@ async fn a_retried_write_with_the_same_request_id_applies_once() {
         assert_eq!(first, retry, "the retry returns the first outcome");
         assert_eq!(first.value, 1);
     }
+}
+
+/// One read of [`reads_during_writes_show_the_state_at_their_header_revision`].
+struct Read {
+    what: String,
+    /// The response's header revision.
+    revision: u64,
+    /// The key a Get asked for; `None` for a scan, which covers every key.
+    covers: Option<Vec<u8>>,
+    kvs: Vec<KeyValue>,
+}
+
+/// Every read is one point in time, through the whole path. Writers on
+/// every node put to their own keys at once, so the leader packs their
+/// puts into shared entries, while readers on every node Scan all the keys
+/// and Get one. Each acknowledged put names its revision, so the state at
+/// any revision is known: a read at header revision R must show, for each
+/// key, exactly the last put at or below R. A key newer than R, or part of
+/// one entry's puts without the rest, fails that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_during_writes_show_the_state_at_their_header_revision() {
+    const WRITERS_PER_NODE: usize = 3;
+    const PUTS: usize = 40;
+    let cluster = Cluster::start(3).await;
+    let writing = Arc::new(AtomicBool::new(true));
+    let mut writers = Vec::new();
+    for node in 0..3 {
+        for w in 0..WRITERS_PER_NODE {
+            let mut client = cluster.client(node).await;
+            let key = format!("w/{node}-{w}");
+            writers.push(tokio::spawn(async move {
+                let mut puts = Vec::new();
+                for n in 0..PUTS {
+                    let value = format!("{key}#{n}");
+                    let revision = client.put(key.as_bytes(), value.as_bytes()).await;
+                    puts.push((revision.expect("put"), value.into_bytes()));
+                }
+                (key.into_bytes(), puts)
+            }));
+        }
+    }
+    let mut readers = Vec::new();
+    for node in 0..3 {
+        let mut client = cluster.client(node).await;
+        let mut kv = KvClient::connect(format!("http://{}", cluster.nodes[node].api()))
+            .await
+            .unwrap();
+        let writing = writing.clone();
+        readers.push(tokio::spawn(async move {
+            let mut reads = Vec::new();
+            let mut n = 0;
+            while writing.load(Ordering::Relaxed) {
+                let page = client
+                    .scan(b"w/", b"", 100, Consistency::Serializable)
+                    .await
+                    .expect("scan");
+                reads.push(Read {
+                    what: format!("scan via {node}"),
+                    revision: page.revision,
+                    covers: None,
+                    kvs: page.kvs,
+                });
+                let key = format!("w/{}-{}", n % 3, (n / 3) % WRITERS_PER_NODE);
+                let got = kv
+                    .get(GetRequest {
+                        key: key.clone().into_bytes().into(),
+                        consistency: raftset::proto::Consistency::Serializable as i32,
+                    })
+                    .await
+                    .expect("get")
+                    .into_inner();
+                let kvs = got.kv.map(KeyValue::from).into_iter().collect();
+                reads.push(Read {
+                    what: format!("get via {node}"),
+                    revision: got.revision,
+                    covers: Some(key.into_bytes()),
+                    kvs,
+                });
+                n += 1;
+            }
+            reads
+        }));
+    }
+    let mut puts: BTreeMap<Vec<u8>, Vec<(u64, Vec<u8>)>> = BTreeMap::new();
+    for writer in writers {
+        let (key, key_puts) = writer.await.unwrap();
+        puts.insert(key, key_puts);
+    }
+    writing.store(false, Ordering::Relaxed);
+    let mut reads = Vec::new();
+    for reader in readers {
+        reads.extend(reader.await.unwrap());
+    }
+
+    // The (value, mod_revision) of `key` at `revision`: its last put at or
+    // below it.
+    let state_at = |key: &[u8], revision: u64| {
+        puts[key]
+            .iter()
+            .rev()
+            .find(|(put, _)| *put <= revision)
+            .map(|(put, value)| (value.clone(), *put))
+    };
+    let mut wrong = Vec::new();
+    for Read {
+        what,
+        revision,
+        covers,
+        kvs,
+    } in &reads
+    {
+        let shown: BTreeMap<_, _> = kvs
+            .iter()
+            .map(|kv| (kv.key.clone(), (kv.value.clone(), kv.mod_revision)))
+            .collect();
+        let text = |at: Option<(Vec<u8>, u64)>| {
+            at.map(|(value, put)| format!("{} (put at {put})", String::from_utf8_lossy(&value)))
+        };
+        // A scan covers every key; a Get its own.
+        let keys: Vec<&Vec<u8>> = match covers {
+            Some(key) => vec![key],
+            None => puts.keys().collect(),
+        };
+        for key in keys {
+            let expected = state_at(key, *revision);
+            let found = shown.get(key).cloned();
+            if found != expected {
+                wrong.push(format!(
+                    "{what} at revision {revision}: {} is {:?}, expected {:?}",
+                    String::from_utf8_lossy(key),
+                    text(found),
+                    text(expected),
+                ));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} keys in {} reads were not as at the read's revision, first: {:#?}",
+        wrong.len(),
+        reads.len(),
+        &wrong[..wrong.len().min(5)]
+    );
+    assert!(!reads.is_empty());
 }

@@ -14,6 +14,36 @@
 //! see `EntryWrites::write`), so the tree always reflects a whole prefix of
 //! the log. Applying is not flushed by itself: applied state is recovered by
 //! re-applying the durable log.
+//!
+//! **Every read is one point in time: a lock per applied entry.** sled 0.34
+//! has no snapshots, and its own atomicity is per operation: a batch
+//! excludes each single `get` and each step of an iterator, but a Get (the
+//! key, then the revision) or a Scan (many steps, then the revision) spans
+//! several operations, so without more a read could show a key newer than
+//! its revision, or half of an entry's writes. So the current tree sits
+//! behind one readers/writer lock: every read (Get, a Scan page, Watch's
+//! history replay) holds it shared for the whole read, applying holds it
+//! alone only while one entry's write set goes into sled (`write_entry`),
+//! and a snapshot install holds it to switch trees. A read therefore sees
+//! the state after exactly one applied entry, with that state's revision.
+//!
+//! Why this mechanism: it is small and exact. Applying already collects an
+//! entry's whole write set before writing it (its own lookups go through
+//! that set), so the exclusive part is only the writes; reads are bounded
+//! (a scan page, the retained history), so applying waits only for the
+//! reads in progress. sled batches alone would not do (above); a fuzzy view
+//! is fine for a snapshot that is repaired by replay (below) but not for a
+//! read, which must be exact. Digests need no lock: they are taken on the
+//! applying task between entries, when nothing else writes.
+//!
+//! Snapshots can be built without pausing writes on the same mechanism
+//! (today `dump` runs while openraft applies nothing): a builder copies the
+//! tree in chunks, each under a shared view so applying waits one chunk at
+//! most, and meanwhile applying keeps each entry's write set, which is
+//! state-based and idempotent (it sets final values). The copy is fuzzy,
+//! ZooKeeper-style, but the file = copy + the write sets of every entry
+//! applied after its first chunk, replayed in order on install, is exactly
+//! the state at the last of them.
 
 mod apply;
 mod digest;
@@ -155,6 +185,13 @@ impl StateMachine {
     pub(super) fn tree(&self) -> sled::Tree {
         self.current.read().expect("state machine lock").clone()
     }
+
+    /// Writes one entry's write set while no read is in progress, so every
+    /// read sees the state before the entry or after it, never part of it.
+    fn write_entry(&self, writes: EntryWrites<sled::Tree>) -> Result<(), sled::Error> {
+        let _readers_wait = self.current.write().expect("state machine lock");
+        writes.write()
+    }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -218,8 +255,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
             }
             batch.insert(APPLIED, encode(&Some(log_id)));
-            batch
-                .write()
+            self.write_entry(batch)
                 .map_err(|e| StorageIOError::apply(log_id, &self.shared.io_error("applying", e)))?;
             if entry_outcomes
                 .iter()

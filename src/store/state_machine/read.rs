@@ -1,8 +1,9 @@
 //! Reads of the applied state: Get, Scan and Watch's history replay. A
 //! [`KvReader`] follows the state machine across snapshot installs, and
-//! never writes.
+//! never writes. Each read runs inside one [`KvReader::view`], so it sees
+//! the state after one applied entry (see the state machine's design note).
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -27,6 +28,8 @@ pub(super) struct StoredValue {
 /// snapshot installs.
 #[derive(Clone)]
 pub struct KvReader {
+    /// The current state tree; readers share its lock for a whole read,
+    /// applying takes it alone for each entry's writes.
     pub(super) current: Arc<RwLock<sled::Tree>>,
 }
 
@@ -49,19 +52,25 @@ pub struct ScanPage {
 }
 
 impl KvReader {
-    fn tree(&self) -> sled::Tree {
-        self.current.read().expect("state machine lock").clone()
+    /// The state after one applied entry, until the view is dropped: no
+    /// entry's writes land while it is held, so hold it for one bounded
+    /// read only (applying waits).
+    fn view(&self) -> RwLockReadGuard<'_, sled::Tree> {
+        self.current.read().expect("state machine lock")
     }
 
     /// A key's value, and the revision of the last applied change (the
-    /// revision the read is at), both from the same state.
+    /// revision the read is at), both from the same view: the key's
+    /// `mod_revision` is never above that revision.
     pub fn get(&self, key: &[u8]) -> Result<(Option<KeyValue>, u64), ReadError> {
-        let tree = self.tree();
-        Ok((read_kv(&tree, key)?, read_revision(&tree)?))
+        let view = self.view();
+        Ok((read_kv(&*view, key)?, read_revision(&view)?))
     }
 
     /// One page of keys in `range`: at most `limit` keys, and no more once
-    /// `max_bytes` of keys and values are collected.
+    /// `max_bytes` of keys and values are collected, and the revision they
+    /// are at, all from one view: a page holds all of an entry's writes in
+    /// its range or none of them.
     pub fn scan(
         &self,
         range: &ScanRange,
@@ -75,12 +84,12 @@ impl KvReader {
             Some(end) => std::cmp::min([&[KEY][..], end].concat(), prefix_end),
             None => prefix_end,
         };
-        let tree = self.tree();
+        let view = self.view();
         let mut kvs = Vec::new();
         let mut next_key = None;
         let mut bytes_so_far = 0;
         if lower < upper {
-            for item in tree.range(lower..upper) {
+            for item in view.range(lower..upper) {
                 let (raw_key, bytes) = item?;
                 if kvs.len() == limit || bytes_so_far >= max_bytes {
                     next_key = Some(raw_key[1..].to_vec());
@@ -93,28 +102,27 @@ impl KvReader {
         Ok(ScanPage {
             kvs,
             next_key,
-            revision: read_revision(&tree)?,
+            revision: read_revision(&view)?,
         })
     }
 
-    /// Changes under `prefix` from revision `from` on, oldest first.
+    /// Changes under `prefix` from revision `from` on, oldest first, up to
+    /// the last applied entry's, all from one view: no compaction can run
+    /// between the check and the records it vouches for. The view is held
+    /// for at most the retained history (`history_revisions`).
     pub fn history(&self, prefix: &[u8], from: u64) -> Result<Vec<Change>, ReadError> {
-        let tree = self.tree();
-        let compacted = || -> Result<(), ReadError> {
-            let compacted: u64 = read_value(&tree, COMPACTED)?.unwrap_or(0);
-            if from <= compacted {
-                return Err(ReadError::Compacted {
-                    requested: from,
-                    oldest: compacted + 1,
-                });
-            }
-            Ok(())
-        };
-        compacted()?;
+        let view = self.view();
+        let compacted: u64 = read_value(&*view, COMPACTED)?.unwrap_or(0);
+        if from <= compacted {
+            return Err(ReadError::Compacted {
+                requested: from,
+                oldest: compacted + 1,
+            });
+        }
         let mut changes = Vec::new();
         // Records are keyed by their entry's last revision: the first one
         // at or after `from` holds `from`, if it exists.
-        for item in tree.range(history_key(from).as_slice()..[HISTORY + 1].as_slice()) {
+        for item in view.range(history_key(from).as_slice()..[HISTORY + 1].as_slice()) {
             let (_, bytes) = item?;
             let entry: Vec<Change> = postcard::from_bytes(&bytes)?;
             changes.extend(
@@ -123,9 +131,6 @@ impl KvReader {
                     .filter(|c| c.revision >= from && c.kv.key.starts_with(prefix)),
             );
         }
-        // Compaction may have run meanwhile and removed records this scan
-        // had not reached: what it found would start after a gap.
-        compacted()?;
         Ok(changes)
     }
 }
