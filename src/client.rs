@@ -39,6 +39,16 @@ impl ClientError {
             ClientError::Status(status) => status.code(),
         }
     }
+
+    /// True when the request certainly changed nothing on the cluster: it
+    /// was never sent (no connection), or the server marked its refusal as
+    /// "not proposed". Only such a write may be sent again elsewhere.
+    pub fn not_proposed(&self) -> bool {
+        match self {
+            ClientError::Connect { .. } => true,
+            ClientError::Status(status) => crate::error::status_says_nothing_proposed(status),
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, ClientError>;

@@ -1,28 +1,40 @@
 //! The `raftset` command line: `serve` runs a node, `local` a whole cluster
 //! of child processes, and the rest are client commands that talk to a
-//! node over gRPC. Human-readable output by default, `--json` for scripts;
-//! a failure prints one line and exits non-zero.
+//! node over gRPC (`conn`: endpoints and failover). Tables by default,
+//! `-o json|yaml` for scripts (`output`); a failure prints one line and
+//! exits with a code that says what the caller can do (`exit`).
 
 mod bench;
+mod conn;
+mod exit;
 mod local;
 mod output;
 
+use std::ffi::{OsStr, OsString};
+use std::io::{IsTerminal, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
-use crate::client::{Client, ClientError, Consistency};
+pub use conn::{Conn, Format};
+pub use exit::{CliError, Exit, EXIT_CODES_HELP};
+
+use crate::client::Consistency;
 use crate::config::Config;
 use crate::node::{Node, StartError};
 use crate::store::StoreError;
 use crate::types::VISITS_KEY;
+use exit::Op;
 
 #[derive(Debug, Parser)]
 #[command(
     name = "raftset",
     version,
-    about = "A replicated key-value store that runs as a StatefulSet"
+    about = "A replicated key-value store that runs as a StatefulSet",
+    after_help = EXIT_CODES_HELP
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -38,25 +50,33 @@ pub enum Command {
     Serve(Box<Config>),
     /// Run a cluster on this machine, one child process per node.
     Local(local::LocalArgs),
-    /// Print a key's value.
+    /// Print a key's value: its raw bytes (a newline added only on a
+    /// terminal), or with -o json|yaml the key-value with base64 fields.
     Get {
-        key: String,
+        key: OsString,
         /// Read this node's state without asking the leader (may be stale).
         #[arg(long)]
         serializable: bool,
+        /// A missing key prints nothing (JSON: null) and exits 0, not 3.
+        #[arg(long)]
+        allow_missing: bool,
         #[command(flatten)]
         conn: Conn,
     },
-    /// Write a key.
+    /// Write a key. The value is the argument, or stdin when it is omitted
+    /// or `-`, or the bytes of --file.
     Put {
-        key: String,
-        value: String,
+        key: OsString,
+        value: Option<OsString>,
+        /// Read the value from this file.
+        #[arg(long, conflicts_with = "value")]
+        file: Option<PathBuf>,
         #[command(flatten)]
         conn: Conn,
     },
     /// Delete a key.
     Delete {
-        key: String,
+        key: OsString,
         #[command(flatten)]
         conn: Conn,
     },
@@ -64,10 +84,10 @@ pub enum Command {
     Scan {
         /// Only keys starting with this.
         #[arg(long, default_value = "")]
-        prefix: String,
+        prefix: OsString,
         /// Start at this key (the previous page's next key).
         #[arg(long, default_value = "")]
-        start: String,
+        start: OsString,
         /// Most keys to print (0: the server's default page).
         #[arg(long, default_value_t = 0)]
         limit: u32,
@@ -179,32 +199,22 @@ pub enum Command {
     Bench(bench::BenchArgs),
 }
 
+/// The command tree, every subcommand's `--help` ending with the exit codes.
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    Cli::command().mut_subcommands(|sub| sub.after_help(EXIT_CODES_HELP))
+}
+
+/// Parses the process's arguments; bad usage exits with code 2 (clap's).
+pub fn parse() -> Cli {
+    use clap::FromArgMatches;
+    Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit())
+}
+
 /// A node id as `status` and `members` print it: hex, with or without 0x.
 fn parse_id(text: &str) -> Result<u64, String> {
     let hex = text.trim_start_matches("0x");
     u64::from_str_radix(hex, 16).map_err(|e| format!("{text:?} is not a hex node id: {e}"))
-}
-
-/// How client commands reach a node.
-#[derive(Debug, Clone, Args)]
-pub struct Conn {
-    /// A node's client gRPC address.
-    #[arg(long, env = "RAFTSET_ENDPOINT", default_value = "127.0.0.1:7000")]
-    pub endpoint: String,
-    /// Print JSON instead of text.
-    #[arg(long)]
-    pub json: bool,
-    /// Give up after this many seconds.
-    #[arg(long, default_value_t = 10)]
-    pub timeout_secs: u64,
-}
-
-impl Conn {
-    async fn connect(&self) -> Result<Client, ClientError> {
-        Ok(Client::connect(&self.endpoint)
-            .await?
-            .with_timeout(Duration::from_secs(self.timeout_secs)))
-    }
 }
 
 fn consistency(serializable: bool) -> Consistency {
@@ -215,144 +225,47 @@ fn consistency(serializable: bool) -> Consistency {
     }
 }
 
+/// An argument's bytes as the shell passed them (any bytes, not only UTF-8).
+fn bytes(arg: &OsStr) -> &[u8] {
+    arg.as_bytes()
+}
+
+/// `put`'s value: the argument, or stdin when it is omitted or `-`, or the
+/// file's bytes.
+fn read_value(value: Option<&OsStr>, file: Option<&Path>) -> Result<Vec<u8>, CliError> {
+    if let Some(path) = file {
+        return std::fs::read(path).map_err(|source| CliError::Input {
+            what: path.display().to_string(),
+            source,
+        });
+    }
+    match value {
+        Some(value) if value != "-" => Ok(bytes(value).to_vec()),
+        _ => {
+            let mut value = Vec::new();
+            std::io::stdin()
+                .lock()
+                .read_to_end(&mut value)
+                .map_err(|source| CliError::Input {
+                    what: "the value from stdin".to_string(),
+                    source,
+                })?;
+            Ok(value)
+        }
+    }
+}
+
+/// Prints a failed command's error on one line and gives its exit code.
+pub fn report_failure(err: &anyhow::Error) -> ExitCode {
+    eprintln!("error: {}", exit::one_line(err.as_ref()));
+    exit::exit_of(err).into()
+}
+
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(config) => serve(*config).await,
         Command::Local(args) => local::run(args).await,
-        Command::Get {
-            key,
-            serializable,
-            conn,
-        } => {
-            let kv = conn
-                .connect()
-                .await?
-                .get_with(key.as_bytes(), consistency(serializable))
-                .await?;
-            match kv {
-                Some(kv) => {
-                    output::key_value(&kv, conn.json);
-                    Ok(ExitCode::SUCCESS)
-                }
-                None => anyhow::bail!("key not found: {key}"),
-            }
-        }
-        Command::Put { key, value, conn } => {
-            let revision = conn
-                .connect()
-                .await?
-                .put(key.as_bytes(), value.as_bytes())
-                .await?;
-            output::revision(revision, conn.json);
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Delete { key, conn } => {
-            let deleted = conn.connect().await?.delete(key.as_bytes()).await?;
-            output::deleted(deleted, conn.json);
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Scan {
-            prefix,
-            start,
-            limit,
-            serializable,
-            conn,
-        } => {
-            let page = conn
-                .connect()
-                .await?
-                .scan(
-                    prefix.as_bytes(),
-                    start.as_bytes(),
-                    limit,
-                    consistency(serializable),
-                )
-                .await?;
-            output::scan(&page, conn.json);
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Visits { conn } => {
-            let visits = match conn.connect().await?.get(VISITS_KEY).await? {
-                Some(kv) => String::from_utf8_lossy(&kv.value).parse::<i64>()?,
-                None => 0,
-            };
-            output::visits(visits, conn.json);
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Status { conn } => {
-            let status = conn.connect().await?.status().await?;
-            output::status(&status, conn.json);
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Members { conn } => {
-            let members = conn.connect().await?.members().await?;
-            output::members(&members, conn.json);
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::AddLearner {
-            id,
-            name,
-            peer_addr,
-            api_addr,
-            http_addr,
-            conn,
-        } => {
-            let request = crate::proto::AddLearnerRequest {
-                id,
-                name,
-                peer_addr,
-                api_addr,
-                http_addr,
-            };
-            let members = conn.connect().await?.add_learner(request).await?;
-            output::members(&members, conn.json);
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Promote { id, conn } => {
-            let members = conn.connect().await?.promote(id).await?;
-            output::members(&members, conn.json);
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Remove { id, conn } => {
-            let members = conn.connect().await?.remove(id).await?;
-            output::members(&members, conn.json);
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::ScaleDown { replicas, conn } => {
-            let members = conn.connect().await?.scale_down(replicas).await?;
-            output::members(&members, conn.json);
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::PreStop { replicas, conn } => {
-            let wait = Duration::from_secs(conn.timeout_secs);
-            let response = conn.connect().await?.prepare_stop(replicas, wait).await?;
-            output::prepare_stop(&response, conn.json);
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::TransferLeader { to, conn } => {
-            let status = conn.connect().await?.transfer_leader(to).await?;
-            output::status(&status, conn.json);
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Snapshot { conn } => {
-            let index = conn.connect().await?.snapshot().await?;
-            output::snapshot(index, conn.json);
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Backup { out, conn } => {
-            backup(&conn, out.as_deref()).await?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Verify { conn } => {
-            let report = conn.connect().await?.verify().await?;
-            output::verify(&report, conn.json);
-            Ok(if report.agree {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
-        }
         Command::Restore { from, data_dir } => {
             let options = crate::node::store_options(&Config::default());
             let restored = if from.as_os_str() == "-" {
@@ -373,28 +286,210 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             bench::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }
+        command => Ok(client_command(command).await?.into()),
     }
 }
 
+/// Runs a command that talks to the cluster as a client.
+async fn client_command(command: Command) -> Result<Exit, CliError> {
+    match command {
+        Command::Get {
+            key,
+            serializable,
+            allow_missing,
+            conn,
+        } => {
+            let key = bytes(&key);
+            let found = conn
+                .call(Op::Read, |mut c| async move {
+                    c.get_with(key, consistency(serializable)).await
+                })
+                .await?;
+            match found {
+                Some(kv) => {
+                    let terminal = std::io::stdout().is_terminal();
+                    output::key_value(&kv, conn.format(), terminal).map_err(CliError::Output)?;
+                }
+                None if allow_missing => {
+                    if matches!(conn.format(), Format::Json | Format::Yaml) {
+                        output::document(&serde_json::Value::Null, conn.format());
+                    }
+                }
+                None => {
+                    return Err(CliError::KeyNotFound {
+                        key: output::shown(key),
+                    })
+                }
+            }
+        }
+        Command::Put {
+            key,
+            value,
+            file,
+            conn,
+        } => {
+            let value = read_value(value.as_deref(), file.as_deref())?;
+            let (key, value) = (bytes(&key), &value);
+            let revision = conn
+                .call(Op::Write, |mut c| async move { c.put(key, value).await })
+                .await?;
+            output::revision(revision, conn.format());
+        }
+        Command::Delete { key, conn } => {
+            let key = bytes(&key);
+            let deleted = conn
+                .call(Op::Write, |mut c| async move { c.delete(key).await })
+                .await?;
+            output::deleted(deleted, conn.format());
+        }
+        Command::Scan {
+            prefix,
+            start,
+            limit,
+            serializable,
+            conn,
+        } => {
+            let (prefix, start) = (bytes(&prefix), bytes(&start));
+            let page = conn
+                .call(Op::Read, |mut c| async move {
+                    c.scan(prefix, start, limit, consistency(serializable))
+                        .await
+                })
+                .await?;
+            output::scan(&page, conn.format());
+        }
+        Command::Visits { conn } => {
+            let kv = conn
+                .call(Op::Read, |mut c| async move { c.get(VISITS_KEY).await })
+                .await?;
+            let visits = kv.map_or(0, |kv| {
+                String::from_utf8_lossy(&kv.value)
+                    .parse::<i64>()
+                    .unwrap_or(0)
+            });
+            output::visits(visits, conn.format());
+        }
+        Command::Status { conn } => {
+            let status = conn
+                .call(Op::Read, |mut c| async move { c.status().await })
+                .await?;
+            output::status(&status, conn.format());
+        }
+        Command::Members { conn } => {
+            let members = conn
+                .call(Op::Read, |mut c| async move { c.members().await })
+                .await?;
+            output::members(&members, conn.format());
+        }
+        Command::AddLearner {
+            id,
+            name,
+            peer_addr,
+            api_addr,
+            http_addr,
+            conn,
+        } => {
+            let request = crate::proto::AddLearnerRequest {
+                id,
+                name,
+                peer_addr,
+                api_addr,
+                http_addr,
+            };
+            let request = &request;
+            let members = conn
+                .call(Op::Write, |mut c| async move {
+                    c.add_learner(request.clone()).await
+                })
+                .await?;
+            output::members(&members, conn.format());
+        }
+        Command::Promote { id, conn } => {
+            let members = conn
+                .call(Op::Write, |mut c| async move { c.promote(id).await })
+                .await?;
+            output::members(&members, conn.format());
+        }
+        Command::Remove { id, conn } => {
+            let members = conn
+                .call(Op::Write, |mut c| async move { c.remove(id).await })
+                .await?;
+            output::members(&members, conn.format());
+        }
+        Command::ScaleDown { replicas, conn } => {
+            let members = conn
+                .call(
+                    Op::Write,
+                    |mut c| async move { c.scale_down(replicas).await },
+                )
+                .await?;
+            output::members(&members, conn.format());
+        }
+        Command::PreStop { replicas, conn } => {
+            let wait = Duration::from_secs(conn.timeout_secs);
+            let response = conn
+                .call_first(Op::Write, |mut c| async move {
+                    c.prepare_stop(replicas, wait).await
+                })
+                .await?;
+            output::prepare_stop(&response, conn.format());
+        }
+        Command::TransferLeader { to, conn } => {
+            let status = conn
+                .call(
+                    Op::Write,
+                    |mut c| async move { c.transfer_leader(to).await },
+                )
+                .await?;
+            output::status(&status, conn.format());
+        }
+        Command::Snapshot { conn } => {
+            let index = conn
+                .call_first(Op::Write, |mut c| async move { c.snapshot().await })
+                .await?;
+            output::snapshot(index, conn.format());
+        }
+        Command::Backup { out, conn } => backup(&conn, out.as_deref()).await?,
+        Command::Verify { conn } => {
+            let report = conn
+                .call(Op::Read, |mut c| async move { c.verify().await })
+                .await?;
+            output::verify(&report, conn.format());
+            if !report.agree {
+                return Ok(Exit::Disagree);
+            }
+        }
+        Command::Serve(_) | Command::Local(_) | Command::Restore { .. } | Command::Bench(_) => {
+            unreachable!("run() handles the commands that are not a client's")
+        }
+    }
+    Ok(Exit::Success)
+}
+
 /// Streams a backup to a file (written whole, then renamed) or stdout.
-async fn backup(conn: &Conn, out: Option<&std::path::Path>) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut stream = conn.connect().await?.backup().await?;
+async fn backup(conn: &Conn, out: Option<&Path>) -> Result<(), CliError> {
+    let mut stream = conn
+        .call(Op::Read, |mut c| async move { c.backup().await })
+        .await?;
     let mut bytes = 0usize;
     let mut sink: Box<dyn Write> = match out {
-        Some(path) => Box::new(std::io::BufWriter::new(std::fs::File::create(
-            path.with_extension("partial"),
-        )?)),
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path.with_extension("partial")).map_err(CliError::Output)?,
+        )),
         None => Box::new(std::io::stdout().lock()),
     };
-    while let Some(chunk) = stream.message().await? {
-        sink.write_all(&chunk.data)?;
+    let read = |source: tonic::Status| CliError::Call {
+        op: Op::Read,
+        source: source.into(),
+    };
+    while let Some(chunk) = stream.message().await.map_err(read)? {
+        sink.write_all(&chunk.data).map_err(CliError::Output)?;
         bytes += chunk.data.len();
     }
-    sink.flush()?;
+    sink.flush().map_err(CliError::Output)?;
     drop(sink);
     if let Some(path) = out {
-        std::fs::rename(path.with_extension("partial"), path)?;
+        std::fs::rename(path.with_extension("partial"), path).map_err(CliError::Output)?;
         eprintln!("backup: {bytes} bytes written to {}", path.display());
     }
     Ok(())

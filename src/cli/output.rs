@@ -1,44 +1,110 @@
-//! How client commands print: plain text for people, `--json` for scripts.
+//! How client commands print: tables for people (`-o table`, `-o wide`),
+//! JSON or YAML for scripts (`-o json`, `-o yaml`, `--json`).
+//!
+//! Keys and values are bytes. JSON and YAML never carry them lossily: every
+//! key and value has a `key_b64` / `value_b64` field (standard base64, as
+//! etcdctl prints them), the exact bytes; `key` / `value` is there as well
+//! only when the bytes are valid UTF-8, holding the same bytes as text. A
+//! script that must handle any bytes reads the `_b64` fields; one that
+//! stores text may read the plain ones. Tables show text, and escape
+//! (`\xff`) what is not UTF-8.
 
-use serde_json::json;
+use std::io::Write;
 
+use base64::Engine;
+use serde_json::{json, Map, Value};
+
+use super::conn::Format;
 use crate::client::ScanPage;
-use crate::proto::StatusResponse;
+use crate::proto::{Member, MemberProgress, MembersResponse, StatusResponse};
 use crate::types::KeyValue;
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn kv_json(kv: &KeyValue) -> serde_json::Value {
-    json!({
-        "key": text(&kv.key),
-        "value": text(&kv.value),
-        "create_revision": kv.create_revision,
-        "mod_revision": kv.mod_revision,
-        "version": kv.version,
-    })
-}
-
-pub fn key_value(kv: &KeyValue, as_json: bool) {
-    if as_json {
-        println!("{}", kv_json(kv));
-    } else {
-        println!("{}", text(&kv.value));
+/// Bytes for a table: the text when UTF-8, else escaped.
+pub fn shown(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.to_string(),
+        Err(_) => bytes.escape_ascii().to_string(),
     }
 }
 
-pub fn revision(revision: u64, as_json: bool) {
-    if as_json {
-        println!("{}", json!({ "revision": revision }));
+/// Puts `bytes` into `object` as `NAME_b64`, and as `NAME` when UTF-8.
+fn put_bytes(object: &mut Map<String, Value>, name: &str, bytes: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        object.insert(name.to_string(), json!(text));
+    }
+    object.insert(
+        format!("{name}_b64"),
+        json!(base64::engine::general_purpose::STANDARD.encode(bytes)),
+    );
+}
+
+pub fn kv_json(kv: &KeyValue) -> Value {
+    let mut object = Map::new();
+    put_bytes(&mut object, "key", &kv.key);
+    put_bytes(&mut object, "value", &kv.value);
+    object.insert("create_revision".into(), json!(kv.create_revision));
+    object.insert("mod_revision".into(), json!(kv.mod_revision));
+    object.insert("version".into(), json!(kv.version));
+    Value::Object(object)
+}
+
+/// Prints a document as JSON (one line) or YAML. Tables print themselves.
+pub fn document(value: &Value, format: Format) {
+    match format {
+        Format::Yaml => print!("{}", yaml(value)),
+        _ => println!("{value}"),
+    }
+}
+
+/// True for the formats that print a document rather than a table.
+fn is_document(format: Format) -> bool {
+    matches!(format, Format::Json | Format::Yaml)
+}
+
+/// `get`: the document, or in a table format the value's raw bytes,
+/// followed by a newline only when stdout is a terminal (so `get KEY >
+/// FILE` gives back exactly what `put KEY --file FILE` stored).
+pub fn key_value(kv: &KeyValue, format: Format, terminal: bool) -> std::io::Result<()> {
+    if is_document(format) {
+        document(&kv_json(kv), format);
+        return Ok(());
+    }
+    let mut out = std::io::stdout().lock();
+    if format == Format::Wide {
+        writeln!(out, "{}", row(kv, true))?;
+        return out.flush();
+    }
+    out.write_all(&kv.value)?;
+    if terminal {
+        out.write_all(b"\n")?;
+    }
+    out.flush()
+}
+
+/// A key-value as a table row: key and value, and when `wide` its create
+/// and mod revisions and version.
+fn row(kv: &KeyValue, wide: bool) -> String {
+    let mut row = format!("{}\t{}", shown(&kv.key), shown(&kv.value));
+    if wide {
+        row.push_str(&format!(
+            "\t{}\t{}\t{}",
+            kv.create_revision, kv.mod_revision, kv.version
+        ));
+    }
+    row
+}
+
+pub fn revision(revision: u64, format: Format) {
+    if is_document(format) {
+        document(&json!({ "revision": revision }), format);
     } else {
         println!("OK (revision {revision})");
     }
 }
 
-pub fn deleted(deleted: bool, as_json: bool) {
-    if as_json {
-        println!("{}", json!({ "deleted": deleted }));
+pub fn deleted(deleted: bool, format: Format) {
+    if is_document(format) {
+        document(&json!({ "deleted": deleted }), format);
     } else if deleted {
         println!("deleted");
     } else {
@@ -46,59 +112,115 @@ pub fn deleted(deleted: bool, as_json: bool) {
     }
 }
 
-pub fn scan(page: &ScanPage, as_json: bool) {
-    let next = page.next_key.as_deref().map(text);
-    if as_json {
+pub fn scan(page: &ScanPage, format: Format) {
+    if is_document(format) {
         let kvs: Vec<_> = page.kvs.iter().map(kv_json).collect();
-        println!(
-            "{}",
-            json!({ "kvs": kvs, "next_key": next, "revision": page.revision })
-        );
+        let mut object = Map::new();
+        object.insert("kvs".into(), json!(kvs));
+        match &page.next_key {
+            Some(next) => put_bytes(&mut object, "next_key", next),
+            None => {
+                object.insert("next_key".into(), Value::Null);
+            }
+        }
+        object.insert("revision".into(), json!(page.revision));
+        document(&Value::Object(object), format);
         return;
     }
     for kv in &page.kvs {
-        println!("{}\t{}", text(&kv.key), text(&kv.value));
+        println!("{}", row(kv, format == Format::Wide));
     }
-    if let Some(next) = next {
-        eprintln!("(more: continue with --start {next:?})");
+    if let Some(next) = &page.next_key {
+        eprintln!("(more: continue with --start {:?})", shown(next));
     }
 }
 
-pub fn visits(visits: i64, as_json: bool) {
-    if as_json {
-        println!("{}", json!({ "visits": visits }));
+pub fn visits(visits: i64, format: Format) {
+    if is_document(format) {
+        document(&json!({ "visits": visits }), format);
     } else {
         println!("{visits}");
     }
 }
 
-pub fn status(status: &StatusResponse, as_json: bool) {
+/// How many voters and learners, and how many voters may fail with the
+/// cluster still committing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tolerance {
+    pub voters: usize,
+    pub learners: usize,
+    /// Voters that may fail while a majority remains: (voters - 1) / 2.
+    pub failures: usize,
+}
+
+impl Tolerance {
+    pub fn of(members: &[Member]) -> Tolerance {
+        let voters = members.iter().filter(|m| m.voter).count();
+        Tolerance {
+            voters,
+            learners: members.len() - voters,
+            failures: voters.saturating_sub(1) / 2,
+        }
+    }
+}
+
+impl std::fmt::Display for Tolerance {
+    /// "3 voters, tolerates 1 failure; 1 learner".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let plural =
+            |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+        write!(
+            f,
+            "{}, tolerates {}",
+            plural(self.voters, "voter", "voters"),
+            plural(self.failures, "failure", "failures")
+        )?;
+        if self.learners > 0 {
+            write!(f, "; {}", plural(self.learners, "learner", "learners"))?;
+        }
+        Ok(())
+    }
+}
+
+/// A member's ordinal in its StatefulSet (`raftset-2` is 2), if its name
+/// has one: members list in this order, then by name.
+fn ordinal(name: &str) -> Option<u64> {
+    name.rsplit_once('-')?.1.parse().ok()
+}
+
+fn by_ordinal(a: &str, b: &str) -> std::cmp::Ordering {
+    let key = |name: &str| (ordinal(name).is_none(), ordinal(name), name.to_string());
+    key(a).cmp(&key(b))
+}
+
+fn member_json(m: &Member) -> Value {
+    json!({
+        "id": m.id, "name": m.name, "voter": m.voter,
+        "peer_addr": m.peer_addr, "api_addr": m.api_addr, "http_addr": m.http_addr,
+    })
+}
+
+pub fn status(status: &StatusResponse, format: Format) {
+    let mut members = status.members.clone();
+    members.sort_by(|a, b| by_ordinal(&a.name, &b.name));
+    let tolerance = Tolerance::of(&members);
     let leader = match status.leader_id {
         Some(id) => format!("{} ({id:016x})", status.leader_name),
         None => "none".to_string(),
     };
-    if as_json {
-        let members: Vec<_> = status
-            .members
-            .iter()
-            .map(|m| {
-                json!({
-                    "id": m.id, "name": m.name, "voter": m.voter,
-                    "peer_addr": m.peer_addr, "api_addr": m.api_addr, "http_addr": m.http_addr,
-                })
-            })
-            .collect();
-        println!(
-            "{}",
-            json!({
-                "id": status.id, "name": status.name, "cluster_id": status.cluster_id,
-                "role": status.role, "term": status.term,
-                "leader_id": status.leader_id, "leader_name": status.leader_name,
-                "last_log_index": status.last_log_index, "applied_index": status.applied_index,
-                "snapshot_index": status.snapshot_index, "purged_index": status.purged_index,
-                "members": members,
-            })
-        );
+    if is_document(format) {
+        let list: Vec<_> = members.iter().map(member_json).collect();
+        let value = json!({
+            "id": status.id, "name": status.name, "cluster_id": status.cluster_id,
+            "role": status.role, "term": status.term,
+            "leader_id": status.leader_id, "leader_name": status.leader_name,
+            "last_log_index": status.last_log_index, "applied_index": status.applied_index,
+            "snapshot_index": status.snapshot_index, "purged_index": status.purged_index,
+            "voters": tolerance.voters, "learners": tolerance.learners,
+            "failure_tolerance": tolerance.failures,
+            "members": list,
+        });
+        document(&value, format);
         return;
     }
     println!("node        {} ({:016x})", status.name, status.id);
@@ -113,18 +235,21 @@ pub fn status(status: &StatusResponse, as_json: bool) {
     println!("role        {}", status.role);
     println!("term        {}", status.term);
     println!("leader      {leader}");
+    println!("members     {tolerance}");
     println!(
         "log         last {}  applied {}  snapshot {}  purged {}",
         status.last_log_index, status.applied_index, status.snapshot_index, status.purged_index
     );
     println!();
-    println!(
+    let wide = format == Format::Wide;
+    print!(
         "{:<18}{:<14}{:<9}{:<24}{:<24}",
         "ID", "NAME", "ROLE", "PEER", "API"
     );
-    for m in &status.members {
+    println!("{}", if wide { "HTTP" } else { "" });
+    for m in &members {
         let role = crate::proto::member_role(Some(m.id) == status.leader_id, m.voter);
-        println!(
+        print!(
             "{:<18}{:<14}{:<9}{:<24}{:<24}",
             format!("{:016x}", m.id),
             m.name,
@@ -132,35 +257,48 @@ pub fn status(status: &StatusResponse, as_json: bool) {
             m.peer_addr,
             m.api_addr
         );
+        println!("{}", if wide { m.http_addr.as_str() } else { "" });
     }
 }
 
-pub fn members(members: &crate::proto::MembersResponse, as_json: bool) {
-    if as_json {
-        let list: Vec<_> = members
-            .members
+/// The leader's view of every member, in ordinal order.
+pub fn sorted_progress(members: &MembersResponse) -> Vec<MemberProgress> {
+    let mut list = members.members.clone();
+    list.sort_by(|a, b| {
+        let name = |p: &MemberProgress| p.member.as_ref().map(|m| m.name.clone());
+        by_ordinal(&name(a).unwrap_or_default(), &name(b).unwrap_or_default())
+    });
+    list
+}
+
+pub fn members(members: &MembersResponse, format: Format) {
+    let list = sorted_progress(members);
+    if is_document(format) {
+        let list: Vec<_> = list
             .iter()
             .map(|p| {
                 let m = p.member.clone().unwrap_or_default();
                 json!({
                     "id": m.id, "name": m.name, "voter": m.voter, "leader": p.is_leader,
-                    "peer_addr": m.peer_addr, "api_addr": m.api_addr,
+                    "peer_addr": m.peer_addr, "api_addr": m.api_addr, "http_addr": m.http_addr,
                     "match_index": p.match_index, "lag": p.lag,
                     "last_contact_ms": p.last_contact_ms, "healthy": p.healthy,
                 })
             })
             .collect();
-        println!(
-            "{}",
-            json!({ "members": list, "last_log_index": members.last_log_index })
+        document(
+            &json!({ "members": list, "last_log_index": members.last_log_index }),
+            format,
         );
         return;
     }
-    println!(
-        "{:<18}{:<14}{:<9}{:<30}{:>8}{:>8}{:>10}  HEALTH",
-        "ID", "NAME", "ROLE", "PEER", "MATCH", "LAG", "CONTACT"
+    let wide = format == Format::Wide;
+    print!(
+        "{:<18}{:<14}{:<9}{:<30}{:>8}{:>8}{:>10}  {:<10}",
+        "ID", "NAME", "ROLE", "PEER", "MATCH", "LAG", "CONTACT", "HEALTH"
     );
-    for p in &members.members {
+    println!("{}", if wide { "API\tHTTP" } else { "" });
+    for p in &list {
         let m = p.member.clone().unwrap_or_default();
         let role = crate::proto::member_role(p.is_leader, m.voter);
         let contact = if p.is_leader {
@@ -169,8 +307,8 @@ pub fn members(members: &crate::proto::MembersResponse, as_json: bool) {
             p.last_contact_ms
                 .map_or("never".to_string(), |ms| format!("{ms}ms"))
         };
-        println!(
-            "{:<18}{:<14}{:<9}{:<30}{:>8}{:>8}{:>10}  {}",
+        print!(
+            "{:<18}{:<14}{:<9}{:<30}{:>8}{:>8}{:>10}  {:<10}",
             format!("{:016x}", m.id),
             m.name,
             role,
@@ -180,22 +318,27 @@ pub fn members(members: &crate::proto::MembersResponse, as_json: bool) {
             contact,
             if p.healthy { "healthy" } else { "unhealthy" }
         );
+        if wide {
+            println!("{}\t{}", m.api_addr, m.http_addr);
+        } else {
+            println!();
+        }
     }
 }
 
-pub fn snapshot(index: u64, as_json: bool) {
-    if as_json {
-        println!("{}", json!({ "snapshot_index": index }));
+pub fn snapshot(index: u64, format: Format) {
+    if is_document(format) {
+        document(&json!({ "snapshot_index": index }), format);
     } else {
         println!("snapshot at index {index}");
     }
 }
 
-pub fn prepare_stop(response: &crate::proto::PrepareStopResponse, as_json: bool) {
-    if as_json {
-        println!(
-            "{}",
-            json!({ "left": response.left, "reason": response.reason })
+pub fn prepare_stop(response: &crate::proto::PrepareStopResponse, format: Format) {
+    if is_document(format) {
+        document(
+            &json!({ "left": response.left, "reason": response.reason }),
+            format,
         );
     } else if response.left {
         println!("left the cluster");
@@ -204,23 +347,23 @@ pub fn prepare_stop(response: &crate::proto::PrepareStopResponse, as_json: bool)
     }
 }
 
-pub fn verify(report: &crate::proto::VerifyResponse, as_json: bool) {
-    if as_json {
+pub fn verify(report: &crate::proto::VerifyResponse, format: Format) {
+    if is_document(format) {
         let members: Vec<_> = report
             .members
             .iter()
             .map(|m| json!({ "id": m.id, "name": m.name, "digest": m.digest, "error": m.error }))
             .collect();
-        println!(
-            "{}",
-            json!({
-                "agree": report.agree, "index": report.index, "revision": report.revision,
-                "keys": report.keys, "members": members,
-            })
-        );
+        let value = json!({
+            "agree": report.agree, "index": report.index, "revision": report.revision,
+            "keys": report.keys, "members": members,
+        });
+        document(&value, format);
         return;
     }
-    for m in &report.members {
+    let mut members = report.members.clone();
+    members.sort_by(|a, b| by_ordinal(&a.name, &b.name));
+    for m in &members {
         let digest = if m.digest.is_empty() {
             format!("error: {}", m.error)
         } else {
@@ -235,5 +378,176 @@ pub fn verify(report: &crate::proto::VerifyResponse, as_json: bool) {
         );
     } else {
         println!("MEMBERS DISAGREE at index {}", report.index);
+    }
+}
+
+/// A JSON value as a YAML document. Strings are double-quoted with JSON's
+/// escapes, which YAML reads the same way, so no text is ever taken for a
+/// number, a boolean or null.
+pub fn yaml(value: &Value) -> String {
+    let mut out = String::new();
+    match value {
+        Value::Object(map) if !map.is_empty() => yaml_block(value, 0, &mut out),
+        Value::Array(list) if !list.is_empty() => yaml_block(value, 0, &mut out),
+        scalar => {
+            out.push_str(&yaml_scalar(scalar));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn is_container(value: &Value) -> bool {
+    match value {
+        Value::Object(map) => !map.is_empty(),
+        Value::Array(list) => !list.is_empty(),
+        _ => false,
+    }
+}
+
+fn yaml_scalar(value: &Value) -> String {
+    match value {
+        Value::Object(_) => "{}".to_string(),
+        Value::Array(_) => "[]".to_string(),
+        scalar => scalar.to_string(),
+    }
+}
+
+fn yaml_key(key: &str) -> String {
+    let plain = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        && !key.starts_with('-');
+    if plain {
+        key.to_string()
+    } else {
+        json!(key).to_string()
+    }
+}
+
+/// Writes a non-empty object or list, each line indented by `indent`.
+fn yaml_block(value: &Value, indent: usize, out: &mut String) {
+    let pad = " ".repeat(indent);
+    match value {
+        Value::Object(map) => {
+            for (key, item) in map {
+                if is_container(item) {
+                    out.push_str(&format!("{pad}{}:\n", yaml_key(key)));
+                    let inner = if item.is_array() { indent } else { indent + 2 };
+                    yaml_block(item, inner, out);
+                } else {
+                    out.push_str(&format!("{pad}{}: {}\n", yaml_key(key), yaml_scalar(item)));
+                }
+            }
+        }
+        Value::Array(list) => {
+            for item in list {
+                if is_container(item) {
+                    let mut inner = String::new();
+                    yaml_block(item, indent + 2, &mut inner);
+                    // The item's first line starts after "- ".
+                    out.push_str(&pad);
+                    out.push_str("- ");
+                    out.push_str(&inner[indent + 2..]);
+                } else {
+                    out.push_str(&format!("{pad}- {}\n", yaml_scalar(item)));
+                }
+            }
+        }
+        scalar => out.push_str(&format!("{pad}{}\n", yaml_scalar(scalar))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(key: &[u8], value: &[u8]) -> KeyValue {
+        KeyValue {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            create_revision: 1,
+            mod_revision: 2,
+            version: 1,
+        }
+    }
+
+    #[test]
+    fn json_keeps_binary_bytes_exactly_and_text_readable() {
+        let text = kv_json(&kv(b"greeting", b"hello"));
+        assert_eq!(text["key"], "greeting");
+        assert_eq!(text["value"], "hello");
+        assert_eq!(text["key_b64"], "Z3JlZXRpbmc=");
+        assert_eq!(text["value_b64"], "aGVsbG8=");
+
+        let binary = kv_json(&kv(b"k\xff", b"\x00\xfe\xff"));
+        assert_eq!(binary["key"], Value::Null, "no lossy text for non-UTF-8");
+        assert!(binary.get("value").is_none());
+        let decode = |v: &Value| {
+            base64::engine::general_purpose::STANDARD
+                .decode(v.as_str().unwrap())
+                .unwrap()
+        };
+        assert_eq!(decode(&binary["key_b64"]), b"k\xff");
+        assert_eq!(decode(&binary["value_b64"]), b"\x00\xfe\xff");
+    }
+
+    #[test]
+    fn tables_escape_what_is_not_utf8() {
+        assert_eq!(shown("héllo".as_bytes()), "héllo");
+        assert_eq!(shown(b"a\xffb"), "a\\xffb");
+    }
+
+    #[test]
+    fn tolerance_counts_voters_failures_and_learners() {
+        let member = |voter| Member {
+            voter,
+            ..Default::default()
+        };
+        let table = [
+            (vec![true], "1 voter, tolerates 0 failures"),
+            (vec![true, true], "2 voters, tolerates 0 failures"),
+            (
+                vec![true, true, true, false],
+                "3 voters, tolerates 1 failure; 1 learner",
+            ),
+            (
+                vec![true, true, true, true, true, false, false],
+                "5 voters, tolerates 2 failures; 2 learners",
+            ),
+        ];
+        for (voters, want) in table {
+            let members: Vec<_> = voters.into_iter().map(member).collect();
+            assert_eq!(Tolerance::of(&members).to_string(), want);
+        }
+    }
+
+    #[test]
+    fn members_sort_by_ordinal_not_by_text() {
+        let mut names = vec!["raftset-10", "raftset-2", "other", "raftset-0", "raftset-1"];
+        names.sort_by(|a, b| by_ordinal(a, b));
+        assert_eq!(
+            names,
+            ["raftset-0", "raftset-1", "raftset-2", "raftset-10", "other"]
+        );
+    }
+
+    #[test]
+    fn yaml_renders_nested_documents_that_a_parser_reads_back() {
+        let value = json!({
+            "name": "raftset-0",
+            "count": 3,
+            "ok": true,
+            "none": null,
+            "tricky": "yes: no",
+            "empty": [],
+            "members": [{"id": 1, "tags": ["a", "b"]}, {"id": 2, "tags": []}],
+        });
+        let text = yaml(&value);
+        assert_eq!(
+            text,
+            "count: 3\nempty: []\nmembers:\n- id: 1\n  tags:\n  - \"a\"\n  - \"b\"\n- id: 2\n  tags: []\nname: \"raftset-0\"\nnone: null\nok: true\ntricky: \"yes: no\"\n"
+        );
     }
 }

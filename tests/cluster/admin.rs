@@ -108,20 +108,42 @@ async fn a_removed_member_can_be_added_back_as_learner_then_voter() {
     cluster.wait_for_voters(3).await;
 }
 
+/// Runs the CLI with `stdin` as its standard input.
+fn cli_with_stdin(args: &[&str], stdin: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_raftset"))
+        .args(args)
+        .env_remove("RAFTSET_ENDPOINTS")
+        .env_remove("RAFTSET_ENDPOINT")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the CLI");
+    let mut input = child.stdin.take().unwrap();
+    let stdin = stdin.to_vec();
+    let writer = std::thread::spawn(move || input.write_all(&stdin));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    out
+}
+
+fn cli(args: &[&str]) -> std::process::Output {
+    cli_with_stdin(args, b"")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_prints_tables_or_json_and_exits_non_zero_on_failure() {
     let cluster = Cluster::start(3).await;
-    let cli = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_raftset"))
-            .args(args)
-            .output()
-            .expect("run the CLI")
-    };
     let endpoint = cluster.nodes[2].api();
     let put = cli(&["put", "greeting", "hello", "--endpoint", &endpoint]);
     assert!(put.status.success(), "{put:?}");
     let get = cli(&["get", "greeting", "--endpoint", &endpoint]);
-    assert_eq!(String::from_utf8_lossy(&get.stdout), "hello\n");
+    assert_eq!(
+        String::from_utf8_lossy(&get.stdout),
+        "hello",
+        "raw bytes, no newline added when stdout is not a terminal"
+    );
 
     let status = cli(&["status", "--json", "--endpoint", &endpoint]);
     let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
@@ -148,13 +170,13 @@ async fn the_cli_prints_tables_or_json_and_exits_non_zero_on_failure() {
     assert!(String::from_utf8_lossy(&verify.stdout).contains("all members agree"));
 
     let missing = cli(&["get", "nope", "--endpoint", &endpoint]);
-    assert_eq!(missing.status.code(), Some(1));
+    assert_eq!(missing.status.code(), Some(3), "not found");
     let stderr = String::from_utf8_lossy(&missing.stderr);
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
     assert!(stderr.contains("key not found: nope"), "{stderr}");
 
     let bad = cli(&["put", "", "v", "--endpoint", &endpoint]);
-    assert_eq!(bad.status.code(), Some(1));
+    assert_eq!(bad.status.code(), Some(2), "refused as invalid: bad usage");
     assert!(String::from_utf8_lossy(&bad.stderr).contains("key must not be empty"));
 
     let dir = tempfile::tempdir().unwrap();
@@ -168,6 +190,93 @@ async fn the_cli_prints_tables_or_json_and_exits_non_zero_on_failure() {
     ]);
     assert!(backup.status.success(), "{backup:?}");
     assert!(std::fs::read(&file).unwrap().starts_with(b"RAFTSET\x02"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_carries_any_bytes_fails_over_and_exits_with_a_code_per_failure() {
+    use std::os::unix::ffi::OsStrExt;
+    let cluster = Cluster::start(3).await;
+    let dead = "127.0.0.1:1";
+    // An unreachable endpoint first: every command moves on to the next.
+    let endpoints = format!("{dead},{}", cluster.nodes[1].api());
+    let with = |args: &[&str]| {
+        let mut args = args.to_vec();
+        args.extend(["--endpoints", &endpoints]);
+        args.iter().map(|a| a.to_string()).collect::<Vec<_>>()
+    };
+    let run = |args: &[&str]| {
+        let args = with(args);
+        cli(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+
+    // A value over the 128 KiB a single argument may hold, on stdin.
+    let big: Vec<u8> = (0..200 * 1024).map(|i| (i % 251) as u8).collect();
+    let args = with(&["put", "big"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let put = cli_with_stdin(&args, &big);
+    assert!(put.status.success(), "{put:?}");
+    let get = run(&["get", "big"]);
+    assert!(get.status.success(), "{get:?}");
+    assert!(get.stdout == big, "get writes the exact bytes");
+
+    // `-` is stdin too, and --file reads a file.
+    let args = with(&["put", "dash", "-"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert!(cli_with_stdin(&args, b"from stdin\n").status.success());
+    assert_eq!(run(&["get", "dash"]).stdout, b"from stdin\n");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("value.bin");
+    std::fs::write(&file, b"\x00\xff file").unwrap();
+    assert!(run(&["put", "filed", "--file", file.to_str().unwrap()])
+        .status
+        .success());
+    assert_eq!(run(&["get", "filed"]).stdout, b"\x00\xff file");
+
+    // A key that is not UTF-8, straight from the shell's bytes.
+    let key = std::ffi::OsStr::from_bytes(b"bin\xfe");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_raftset"))
+        .arg("put")
+        .arg(key)
+        .arg("v")
+        .args(["--endpoints", &endpoints])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let json = run(&["scan", "--prefix", "bin", "-o", "json"]);
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let kv = &json["kvs"][0];
+    assert_eq!(kv["key_b64"], "Ymlu/g==", "{kv}");
+    assert!(kv.get("key").is_none(), "no lossy text key: {kv}");
+    assert_eq!(kv["value"], "v");
+    let filed = run(&["get", "filed", "--json"]);
+    let filed: serde_json::Value = serde_json::from_slice(&filed.stdout).unwrap();
+    assert_eq!(filed["value_b64"], "AP8gZmlsZQ==");
+    assert!(filed.get("value").is_none());
+    let yaml = run(&["get", "dash", "-o", "yaml"]);
+    let yaml = String::from_utf8_lossy(&yaml.stdout);
+    assert!(yaml.contains("value: \"from stdin\\n\"\n"), "{yaml}");
+    assert!(yaml.contains("key_b64: \"ZGFzaA==\"\n"), "{yaml}");
+
+    // Exit codes.
+    let missing = run(&["get", "nope", "--allow-missing"]);
+    assert_eq!(missing.status.code(), Some(0), "{missing:?}");
+    assert!(missing.stdout.is_empty());
+    assert_eq!(run(&["get", "nope"]).status.code(), Some(3));
+    assert_eq!(
+        run(&["remove", "abc"]).status.code(),
+        Some(3),
+        "no such member"
+    );
+    assert_eq!(run(&["get"]).status.code(), Some(2), "usage");
+    let unreachable = cli(&["get", "big", "--endpoints", dead]);
+    assert_eq!(unreachable.status.code(), Some(5), "{unreachable:?}");
+    let stderr = String::from_utf8_lossy(&unreachable.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert_eq!(
+        stderr.matches("tcp connect error").count(),
+        1,
+        "each cause once: {stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
