@@ -84,6 +84,8 @@ pub enum CliError {
     },
     #[error("writing the output: {0}")]
     Output(#[source] std::io::Error),
+    #[error("the node ended the watch (shutting down?); watch again")]
+    WatchEnded,
     /// `delete --prefix` stopped part-way.
     #[error("deleted {deleted} keys, then: {source}")]
     Partial {
@@ -100,6 +102,7 @@ impl CliError {
             CliError::KeyNotFound { .. } => Exit::NotFound,
             CliError::Input { .. } | CliError::Output(_) => Exit::Failure,
             CliError::Partial { source, .. } => source.exit(),
+            CliError::WatchEnded => Exit::Unavailable,
         }
     }
 }

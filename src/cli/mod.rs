@@ -74,9 +74,60 @@ pub enum Command {
         #[command(flatten)]
         conn: Conn,
     },
-    /// Delete a key.
+    /// Delete a key, or with --prefix every key that starts with it (a
+    /// scan and a delete per key, page by page: not atomic).
     Delete {
+        #[arg(required_unless_present = "prefix")]
+        key: Option<OsString>,
+        /// Delete every key with this prefix and print how many.
+        #[arg(long, conflicts_with = "key")]
+        prefix: Option<OsString>,
+        /// Keys per scan page with --prefix.
+        #[arg(long, default_value_t = crate::limits::DEFAULT_SCAN_LIMIT,
+              value_parser = clap::value_parser!(u32).range(1..=crate::limits::MAX_SCAN_LIMIT as i64))]
+        page_size: u32,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Compare-and-swap: write NEW (or delete, --delete) only if the key
+    /// holds --expect V, or is absent (--expect-absent). A lost comparison
+    /// exits 4 and changes nothing.
+    Cas {
         key: OsString,
+        #[arg(required_unless_present = "delete")]
+        new: Option<OsString>,
+        /// The value the key must hold.
+        #[arg(long, required_unless_present = "expect_absent")]
+        expect: Option<OsString>,
+        /// The key must not exist.
+        #[arg(long, conflicts_with = "expect")]
+        expect_absent: bool,
+        /// Delete the key instead of writing NEW.
+        #[arg(long, conflicts_with = "new")]
+        delete: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Add to a decimal counter (a missing key counts as 0) and print the
+    /// new value. A key holding anything else exits 4, unchanged.
+    Incr {
+        key: OsString,
+        /// How much to add (may be negative).
+        #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
+        by: i64,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Print every change under a prefix until Ctrl-C, one line per event
+    /// (`REVISION PUT|DELETE KEY VALUE`, tab-separated; JSON lines with -o
+    /// json).
+    Watch {
+        /// Only keys starting with this (all keys when omitted).
+        #[arg(default_value = "")]
+        prefix: OsString,
+        /// Replay history from this revision first (0: only new changes).
+        #[arg(long, default_value_t = 0)]
+        from_revision: u64,
         #[command(flatten)]
         conn: Conn,
     },
@@ -197,6 +248,11 @@ pub enum Command {
     },
     /// Load a cluster and report throughput and latency.
     Bench(bench::BenchArgs),
+    /// Print a shell completion script: `source <(raftset completion bash)`.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// The command tree, every subcommand's `--help` ending with the exit codes.
@@ -286,6 +342,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             bench::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Completion { shell } => {
+            clap_complete::generate(shell, &mut command(), "raftset", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
         command => Ok(client_command(command).await?.into()),
     }
 }
@@ -335,13 +395,54 @@ async fn client_command(command: Command) -> Result<Exit, CliError> {
                 .await?;
             output::revision(revision, conn.format());
         }
-        Command::Delete { key, conn } => {
+        Command::Delete {
+            key,
+            prefix,
+            page_size,
+            conn,
+        } => match (key, prefix) {
+            (_, Some(prefix)) => {
+                let count = delete_prefix(&conn, bytes(&prefix), page_size).await?;
+                output::deleted_count(count, conn.format());
+            }
+            (Some(key), None) => {
+                let key = bytes(&key);
+                let deleted = conn
+                    .call(Op::Write, |mut c| async move { c.delete(key).await })
+                    .await?;
+                output::deleted(deleted, conn.format());
+            }
+            (None, None) => unreachable!("clap requires KEY or --prefix"),
+        },
+        Command::Cas {
+            key,
+            new,
+            expect,
+            expect_absent: _,
+            delete: _,
+            conn,
+        } => {
             let key = bytes(&key);
-            let deleted = conn
-                .call(Op::Write, |mut c| async move { c.delete(key).await })
+            let (expect, new) = (expect.as_deref().map(bytes), new.as_deref().map(bytes));
+            let revision = conn
+                .call(Op::Write, |mut c| async move {
+                    c.compare_and_swap(key, expect, new).await
+                })
                 .await?;
-            output::deleted(deleted, conn.format());
+            output::revision(revision, conn.format());
         }
+        Command::Incr { key, by, conn } => {
+            let key = bytes(&key);
+            let value = conn
+                .call(Op::Write, |mut c| async move { c.increment(key, by).await })
+                .await?;
+            output::counter(value, conn.format());
+        }
+        Command::Watch {
+            prefix,
+            from_revision,
+            conn,
+        } => watch(&conn, bytes(&prefix), from_revision).await?,
         Command::Scan {
             prefix,
             start,
@@ -459,11 +560,80 @@ async fn client_command(command: Command) -> Result<Exit, CliError> {
                 return Ok(Exit::Disagree);
             }
         }
-        Command::Serve(_) | Command::Local(_) | Command::Restore { .. } | Command::Bench(_) => {
+        Command::Serve(_)
+        | Command::Local(_)
+        | Command::Restore { .. }
+        | Command::Bench(_)
+        | Command::Completion { .. } => {
             unreachable!("run() handles the commands that are not a client's")
         }
     }
     Ok(Exit::Success)
+}
+
+/// `delete --prefix`: scans a page, deletes each key, and goes on from the
+/// page's next key; returns how many keys it deleted. Each delete is its
+/// own write, so a failure part-way says how many went before it.
+async fn delete_prefix(conn: &Conn, prefix: &[u8], page_size: u32) -> Result<u64, CliError> {
+    let mut deleted = 0;
+    let mut start = Vec::new();
+    let partial = |deleted, source| CliError::Partial {
+        deleted,
+        source: Box::new(source),
+    };
+    loop {
+        let from = &start;
+        let page = conn
+            .call(Op::Read, |mut c| async move {
+                c.scan(prefix, from, page_size, Consistency::Linearizable)
+                    .await
+            })
+            .await
+            .map_err(|e| partial(deleted, e))?;
+        for kv in &page.kvs {
+            let key = &kv.key;
+            let existed = conn
+                .call(Op::Write, |mut c| async move { c.delete(key).await })
+                .await
+                .map_err(|e| partial(deleted, e))?;
+            deleted += u64::from(existed);
+        }
+        match page.next_key {
+            Some(next) => start = next,
+            None => return Ok(deleted),
+        }
+    }
+}
+
+/// `watch`: prints each event as it comes, until Ctrl-C or SIGTERM (exit
+/// 0) or until the node ends the stream (an error, or exit 5).
+async fn watch(conn: &Conn, prefix: &[u8], from_revision: u64) -> Result<(), CliError> {
+    let mut stream = conn
+        .call(Op::Read, |mut c| async move {
+            c.watch(prefix, from_revision).await
+        })
+        .await?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(CliError::Output)?;
+    loop {
+        let event = tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = terminate.recv() => return Ok(()),
+            event = stream.message() => event,
+        };
+        match event {
+            Ok(Some(event)) => {
+                output::watch_event(&event, conn.format()).map_err(CliError::Output)?
+            }
+            Ok(None) => return Err(CliError::WatchEnded),
+            Err(status) => {
+                return Err(CliError::Call {
+                    op: Op::Read,
+                    source: status.into(),
+                })
+            }
+        }
+    }
 }
 
 /// Streams a backup to a file (written whole, then renamed) or stdout.

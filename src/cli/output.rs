@@ -16,7 +16,8 @@ use serde_json::{json, Map, Value};
 
 use super::conn::Format;
 use crate::client::ScanPage;
-use crate::proto::{Member, MemberProgress, MembersResponse, StatusResponse};
+use crate::proto::watch_event::Kind;
+use crate::proto::{Member, MemberProgress, MembersResponse, StatusResponse, WatchEvent};
 use crate::types::KeyValue;
 
 /// Bytes for a table: the text when UTF-8, else escaped.
@@ -53,6 +54,16 @@ pub fn document(value: &Value, format: Format) {
     match format {
         Format::Yaml => print!("{}", yaml(value)),
         _ => println!("{value}"),
+    }
+}
+
+/// A result that is one number: `{"NAME": number}` as a document, `text`
+/// in a table.
+fn single(format: Format, name: &str, number: impl Into<Value>, text: impl std::fmt::Display) {
+    if is_document(format) {
+        document(&json!({ name: number.into() }), format);
+    } else {
+        println!("{text}");
     }
 }
 
@@ -95,11 +106,12 @@ fn row(kv: &KeyValue, wide: bool) -> String {
 }
 
 pub fn revision(revision: u64, format: Format) {
-    if is_document(format) {
-        document(&json!({ "revision": revision }), format);
-    } else {
-        println!("OK (revision {revision})");
-    }
+    single(
+        format,
+        "revision",
+        revision,
+        format_args!("OK (revision {revision})"),
+    );
 }
 
 pub fn deleted(deleted: bool, format: Format) {
@@ -110,6 +122,58 @@ pub fn deleted(deleted: bool, format: Format) {
     } else {
         println!("not found (nothing deleted)");
     }
+}
+
+/// `delete --prefix`: how many keys it deleted.
+pub fn deleted_count(count: u64, format: Format) {
+    single(
+        format,
+        "deleted",
+        count,
+        format_args!("deleted {count} keys"),
+    );
+}
+
+/// `incr`: the counter's new value.
+pub fn counter(value: i64, format: Format) {
+    single(format, "value", value, value);
+}
+
+/// One `watch` event: a tab-separated line (a delete has no value), a JSON
+/// line, or a YAML document. Flushed at once, for a pipe.
+pub fn watch_event(event: &WatchEvent, format: Format) -> std::io::Result<()> {
+    let kind = match event.kind() {
+        Kind::Put => "PUT",
+        Kind::Delete => "DELETE",
+    };
+    let kv: KeyValue = event.kv.clone().unwrap_or_default().into();
+    let mut out = std::io::stdout().lock();
+    match format {
+        Format::Json | Format::Yaml => {
+            let mut object = Map::new();
+            object.insert("revision".into(), json!(event.revision));
+            object.insert("kind".into(), json!(kind.to_lowercase()));
+            put_bytes(&mut object, "key", &kv.key);
+            if event.kind() == Kind::Put {
+                put_bytes(&mut object, "value", &kv.value);
+            }
+            object.insert("mod_revision".into(), json!(kv.mod_revision));
+            let object = Value::Object(object);
+            if format == Format::Json {
+                writeln!(out, "{object}")?;
+            } else {
+                write!(out, "---\n{}", yaml(&object))?;
+            }
+        }
+        Format::Table | Format::Wide => {
+            write!(out, "{}\t{kind}\t{}", event.revision, shown(&kv.key))?;
+            if event.kind() == Kind::Put {
+                write!(out, "\t{}", shown(&kv.value))?;
+            }
+            writeln!(out)?;
+        }
+    }
+    out.flush()
 }
 
 pub fn scan(page: &ScanPage, format: Format) {
@@ -136,11 +200,7 @@ pub fn scan(page: &ScanPage, format: Format) {
 }
 
 pub fn visits(visits: i64, format: Format) {
-    if is_document(format) {
-        document(&json!({ "visits": visits }), format);
-    } else {
-        println!("{visits}");
-    }
+    single(format, "visits", visits, visits);
 }
 
 /// How many voters and learners, and how many voters may fail with the
@@ -327,11 +387,12 @@ pub fn members(members: &MembersResponse, format: Format) {
 }
 
 pub fn snapshot(index: u64, format: Format) {
-    if is_document(format) {
-        document(&json!({ "snapshot_index": index }), format);
-    } else {
-        println!("snapshot at index {index}");
-    }
+    single(
+        format,
+        "snapshot_index",
+        index,
+        format_args!("snapshot at index {index}"),
+    );
 }
 
 pub fn prepare_stop(response: &crate::proto::PrepareStopResponse, format: Format) {

@@ -357,3 +357,121 @@ async fn a_backup_restores_into_a_fresh_cluster() {
         "every member, joined through the snapshot, holds the restored data: {report:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_compares_and_swaps_increments_and_deletes_a_prefix() {
+    let cluster = Cluster::start(3).await;
+    let endpoint = cluster.nodes[0].api();
+    let run = |args: &[&str]| {
+        let mut args = args.to_vec();
+        args.extend(["--endpoints", &endpoint]);
+        cli(&args)
+    };
+    let code = |args: &[&str]| run(args).status.code();
+
+    assert_eq!(code(&["cas", "lock", "a", "--expect-absent"]), Some(0));
+    let lost = run(&["cas", "lock", "b", "--expect-absent"]);
+    assert_eq!(lost.status.code(), Some(4), "CAS lost: {lost:?}");
+    assert!(String::from_utf8_lossy(&lost.stderr).contains("compare-and-swap failed"));
+    assert_eq!(code(&["cas", "lock", "b", "--expect", "x"]), Some(4));
+    assert_eq!(code(&["cas", "lock", "b", "--expect", "a"]), Some(0));
+    assert_eq!(run(&["get", "lock"]).stdout, b"b");
+    assert_eq!(code(&["cas", "lock", "--delete", "--expect", "b"]), Some(0));
+    assert_eq!(code(&["get", "lock"]), Some(3));
+    assert_eq!(code(&["cas", "lock", "v"]), Some(2), "needs --expect*");
+
+    assert_eq!(run(&["incr", "n"]).stdout, b"1\n");
+    assert_eq!(run(&["incr", "n", "--by", "-5"]).stdout, b"-4\n");
+    let json = run(&["incr", "n", "--by", "10", "-o", "json"]);
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(json["value"], 6);
+    run(&["put", "text", "abc"]);
+    assert_eq!(code(&["incr", "text"]), Some(4), "not an integer");
+
+    for i in 0..5 {
+        run(&["put", &format!("tmp/{i}"), "v"]);
+    }
+    run(&["put", "tmpx", "kept"]);
+    let out = run(&["delete", "--prefix", "tmp/", "--page-size", "2"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "deleted 5 keys\n");
+    let left = run(&["scan", "--prefix", "tmp", "-o", "json"]);
+    let left: serde_json::Value = serde_json::from_slice(&left.stdout).unwrap();
+    assert_eq!(left["kvs"].as_array().unwrap().len(), 1, "{left}");
+    assert_eq!(left["kvs"][0]["key"], "tmpx");
+    assert_eq!(code(&["delete"]), Some(2), "KEY or --prefix");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_watches_from_a_revision_until_interrupted() {
+    use std::io::BufRead;
+    let cluster = Cluster::start(3).await;
+    let endpoint = cluster.nodes[1].api();
+    let mut client = cluster.client(0).await;
+    let first = client.put(b"app/a", b"1").await.unwrap();
+    client.put(b"other", b"x").await.unwrap();
+    client.delete(b"app/a").await.unwrap();
+
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_raftset"))
+        .args(["watch", "app/", "--from-revision", &first.to_string()])
+        .args(["-o", "json", "--endpoints", &endpoint])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            if lines_tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let put = next_line(&mut lines).await;
+    assert_eq!(put["kind"], "put");
+    assert_eq!(put["key"], "app/a");
+    assert_eq!(put["value"], "1");
+    assert_eq!(put["revision"], first);
+    let delete = next_line(&mut lines).await;
+    assert_eq!(delete["kind"], "delete");
+    assert!(delete.get("value").is_none(), "{delete}");
+    // Then live changes, still under the prefix only.
+    client.put(b"other", b"y").await.unwrap();
+    let live = client.put(b"app/b", b"2").await.unwrap();
+    let event = next_line(&mut lines).await;
+    assert_eq!(
+        (event["key"].clone(), event["revision"].clone()),
+        ("app/b".into(), live.into())
+    );
+
+    let interrupt = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupt.success());
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "Ctrl-C ends a watch cleanly");
+}
+
+/// The next line a CLI printed, as JSON.
+async fn next_line(lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> serde_json::Value {
+    let line = tokio::time::timeout(std::time::Duration::from_secs(30), lines.recv())
+        .await
+        .expect("a line within 30 s")
+        .expect("the CLI still running");
+    serde_json::from_str(&line).unwrap()
+}
+
+#[test]
+fn the_cli_prints_shell_completions() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = cli(&["completion", shell]);
+        assert!(out.status.success(), "{out:?}");
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(script.contains("raftset"), "{shell}");
+        assert!(script.contains("endpoints"), "{shell}: flags complete");
+    }
+    assert_eq!(cli(&["completion", "tcsh"]).status.code(), Some(2));
+}
