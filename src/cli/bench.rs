@@ -24,7 +24,13 @@ pub enum Workload {
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
     /// Client gRPC addresses, comma-separated; requests rotate over them.
-    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:7000")]
+    #[arg(
+        long,
+        visible_alias = "endpoint",
+        env = "RAFTSET_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = super::conn::DEFAULT_ENDPOINT
+    )]
     pub endpoints: Vec<String>,
     #[arg(long, value_enum, default_value_t = Workload::Put)]
     pub workload: Workload,
