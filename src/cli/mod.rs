@@ -6,6 +6,7 @@
 
 mod bench;
 mod conn;
+mod endpoint;
 mod exit;
 mod local;
 mod output;
@@ -248,6 +249,9 @@ pub enum Command {
     },
     /// Load a cluster and report throughput and latency.
     Bench(bench::BenchArgs),
+    /// Every member at once: `endpoint status`, `endpoint health`.
+    #[command(subcommand)]
+    Endpoint(endpoint::EndpointCommand),
     /// Print a shell completion script: `source <(raftset completion bash)`.
     Completion {
         #[arg(value_enum)]
@@ -560,6 +564,7 @@ async fn client_command(command: Command) -> Result<Exit, CliError> {
                 return Ok(Exit::Disagree);
             }
         }
+        Command::Endpoint(command) => return endpoint::run(command).await,
         Command::Serve(_)
         | Command::Local(_)
         | Command::Restore { .. }

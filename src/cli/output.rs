@@ -15,6 +15,7 @@ use base64::Engine;
 use serde_json::{json, Map, Value};
 
 use super::conn::Format;
+use super::endpoint::Probe;
 use crate::client::ScanPage;
 use crate::proto::watch_event::Kind;
 use crate::proto::{Member, MemberProgress, MembersResponse, StatusResponse, WatchEvent};
@@ -248,7 +249,7 @@ fn ordinal(name: &str) -> Option<u64> {
     name.rsplit_once('-')?.1.parse().ok()
 }
 
-fn by_ordinal(a: &str, b: &str) -> std::cmp::Ordering {
+pub(super) fn by_ordinal(a: &str, b: &str) -> std::cmp::Ordering {
     let key = |name: &str| (ordinal(name).is_none(), ordinal(name), name.to_string());
     key(a).cmp(&key(b))
 }
@@ -439,6 +440,101 @@ pub fn verify(report: &crate::proto::VerifyResponse, format: Format) {
         );
     } else {
         println!("MEMBERS DISAGREE at index {}", report.index);
+    }
+}
+
+/// `endpoint status`: each member's own view, or why it did not answer.
+pub fn endpoint_status(probes: &[Probe<StatusResponse>], format: Format) {
+    if is_document(format) {
+        let list: Vec<_> = probes
+            .iter()
+            .map(|p| {
+                let mut row = json!({
+                    "name": p.member.name, "id": p.member.id, "endpoint": p.member.api_addr,
+                });
+                match &p.answer {
+                    Ok(s) => {
+                        row["role"] = json!(s.role);
+                        row["term"] = json!(s.term);
+                        row["leader_id"] = json!(s.leader_id);
+                        row["last_log_index"] = json!(s.last_log_index);
+                        row["applied_index"] = json!(s.applied_index);
+                        row["snapshot_index"] = json!(s.snapshot_index);
+                        row["cluster_id"] = json!(s.cluster_id);
+                    }
+                    Err(e) => row["error"] = json!(e),
+                }
+                row
+            })
+            .collect();
+        document(&json!({ "endpoints": list }), format);
+        return;
+    }
+    let wide = format == Format::Wide;
+    print!(
+        "{:<14}{:<24}{:<10}{:>6}  {:<14}{:>9}",
+        "NAME", "ENDPOINT", "ROLE", "TERM", "LEADER", "APPLIED"
+    );
+    println!("{}", if wide { "  LAST  SNAPSHOT  ID" } else { "" });
+    for p in probes {
+        print!("{:<14}{:<24}", p.member.name, p.member.api_addr);
+        match &p.answer {
+            Ok(s) => {
+                let leader = if s.leader_id.is_some() {
+                    s.leader_name.as_str()
+                } else {
+                    "none"
+                };
+                print!(
+                    "{:<10}{:>6}  {:<14}{:>9}",
+                    s.role, s.term, leader, s.applied_index
+                );
+                if wide {
+                    print!(
+                        "  {}  {}  {:016x}",
+                        s.last_log_index, s.snapshot_index, s.id
+                    );
+                }
+                println!();
+            }
+            Err(e) => println!("error: {e}"),
+        }
+    }
+}
+
+/// `endpoint health`: whether each member served a linearizable read.
+pub fn endpoint_health(probes: &[Probe<()>], format: Format) {
+    if is_document(format) {
+        let list: Vec<_> = probes
+            .iter()
+            .map(|p| {
+                json!({
+                    "name": p.member.name, "endpoint": p.member.api_addr,
+                    "healthy": p.answer.is_ok(), "took_ms": p.took.as_millis() as u64,
+                    "error": p.answer.as_ref().err(),
+                })
+            })
+            .collect();
+        document(&json!({ "endpoints": list }), format);
+        return;
+    }
+    println!(
+        "{:<14}{:<24}{:<11}{:>8}  ERROR",
+        "NAME", "ENDPOINT", "HEALTH", "TOOK"
+    );
+    for p in probes {
+        println!(
+            "{:<14}{:<24}{:<11}{:>8}  {}",
+            p.member.name,
+            p.member.api_addr,
+            if p.answer.is_ok() {
+                "healthy"
+            } else {
+                "unhealthy"
+            },
+            format!("{}ms", p.took.as_millis()),
+            p.answer.as_ref().err().map_or("", String::as_str)
+        );
     }
 }
 

@@ -475,3 +475,81 @@ fn the_cli_prints_shell_completions() {
     }
     assert_eq!(cli(&["completion", "tcsh"]).status.code(), Some(2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_shows_every_member_tolerance_and_endpoint_health() {
+    let mut cluster = Cluster::start(3).await;
+    let endpoint = cluster.nodes[2].api();
+    let run = |args: &[&str]| {
+        let mut args = args.to_vec();
+        args.extend(["--endpoints", &endpoint]);
+        cli(&args)
+    };
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = run(args);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"))
+    };
+
+    let status = run(&["status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("members     3 voters, tolerates 1 failure\n"),
+        "{text}"
+    );
+    assert_eq!(json(&["status", "-o", "json"])["failure_tolerance"], 1);
+    let members = json(&["members", "-o", "json"]);
+    let names: Vec<_> = members["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        names,
+        ["raftset-0", "raftset-1", "raftset-2"],
+        "ordinal order"
+    );
+    let wide = run(&["members", "-o", "wide"]);
+    assert!(String::from_utf8_lossy(&wide.stdout).contains(&endpoint));
+
+    let all = run(&["endpoint", "status"]);
+    assert!(all.status.success(), "{all:?}");
+    let text = String::from_utf8_lossy(&all.stdout);
+    assert_eq!(text.lines().count(), 4, "a header and 3 members: {text}");
+    let all = json(&["endpoint", "status", "-o", "json"]);
+    let leaders: std::collections::HashSet<_> = all["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["leader_id"].as_u64().expect("a leader known"))
+        .collect();
+    assert_eq!(
+        leaders.len(),
+        1,
+        "every member names the same leader: {all}"
+    );
+    let health = json(&["endpoint", "health", "-o", "json"]);
+    let healthy: Vec<_> = health["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["healthy"].as_bool().unwrap())
+        .collect();
+    assert_eq!(healthy, [true, true, true], "{health}");
+
+    let leader = cluster.leader().await;
+    let down = (0..3).find(|&i| i != leader && i != 2).unwrap();
+    cluster.kill(down).await;
+    let status = run(&["endpoint", "status"]);
+    assert_eq!(status.status.code(), Some(5), "{status:?}");
+    let text = String::from_utf8_lossy(&status.stdout);
+    let row = text
+        .lines()
+        .find(|l| l.starts_with(&cluster.nodes[down].name))
+        .unwrap();
+    assert!(row.contains("error: cannot connect"), "{text}");
+    let health = run(&["endpoint", "health"]);
+    assert_eq!(health.status.code(), Some(5), "{health:?}");
+    let text = String::from_utf8_lossy(&health.stdout);
+    assert_eq!(text.matches("unhealthy").count(), 1, "{text}");
+}
