@@ -148,16 +148,21 @@ pub fn exit_of(err: &anyhow::Error) -> Exit {
 
 /// An error and its causes on one line, each message once: a cause whose
 /// text the line already holds (tonic's "transport error: transport error:
-/// tcp connect error: tcp connect error" nesting) is left out.
+/// tcp connect error: tcp connect error" nesting), or that only restates
+/// the previous message (a `tonic::Status` under the client error that
+/// quotes its message), is left out.
 pub fn one_line(err: &(dyn std::error::Error + 'static)) -> String {
     let mut line = err.to_string();
+    let mut previous = line.clone();
     let mut cause = err.source();
     while let Some(err) = cause {
         let message = err.to_string();
-        if !message.is_empty() && !line.contains(&message) {
+        let restates = !previous.is_empty() && message.contains(&previous);
+        if !message.is_empty() && !line.contains(&message) && !restates {
             line.push_str(": ");
             line.push_str(&message);
         }
+        previous = message;
         cause = err.source();
     }
     line
@@ -246,6 +251,14 @@ mod tests {
             one_line(&tonic_like),
             "cannot connect to 127.0.0.1:1: transport error: tcp connect error: Connection refused (os error 111)"
         );
+        let status_like = Chain(
+            "compare-and-swap failed",
+            link(
+                "code: 'FailedPrecondition', message: \"compare-and-swap failed\"",
+                None,
+            ),
+        );
+        assert_eq!(one_line(&status_like), "compare-and-swap failed");
         let plain = Chain("reading the value", link("permission denied", None));
         assert_eq!(one_line(&plain), "reading the value: permission denied");
     }

@@ -372,7 +372,16 @@ async fn the_cli_compares_and_swaps_increments_and_deletes_a_prefix() {
     assert_eq!(code(&["cas", "lock", "a", "--expect-absent"]), Some(0));
     let lost = run(&["cas", "lock", "b", "--expect-absent"]);
     assert_eq!(lost.status.code(), Some(4), "CAS lost: {lost:?}");
-    assert!(String::from_utf8_lossy(&lost.stderr).contains("compare-and-swap failed"));
+    let stderr = String::from_utf8_lossy(&lost.stderr);
+    assert!(
+        stderr.starts_with("error: compare-and-swap failed"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("compare-and-swap failed").count(),
+        1,
+        "{stderr}"
+    );
     assert_eq!(code(&["cas", "lock", "b", "--expect", "x"]), Some(4));
     assert_eq!(code(&["cas", "lock", "b", "--expect", "a"]), Some(0));
     assert_eq!(run(&["get", "lock"]).stdout, b"b");
