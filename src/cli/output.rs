@@ -303,14 +303,14 @@ pub fn status(status: &StatusResponse, format: Format) {
     );
     println!();
     let wide = format == Format::Wide;
-    print!(
+    let header = format!(
         "{:<18}{:<14}{:<9}{:<24}{:<24}",
         "ID", "NAME", "ROLE", "PEER", "API"
     );
-    println!("{}", if wide { "HTTP" } else { "" });
+    table_line(header, wide.then_some("HTTP"));
     for m in &members {
         let role = crate::proto::member_role(Some(m.id) == status.leader_id, m.voter);
-        print!(
+        let row = format!(
             "{:<18}{:<14}{:<9}{:<24}{:<24}",
             format!("{:016x}", m.id),
             m.name,
@@ -318,7 +318,7 @@ pub fn status(status: &StatusResponse, format: Format) {
             m.peer_addr,
             m.api_addr
         );
-        println!("{}", if wide { m.http_addr.as_str() } else { "" });
+        table_line(row, wide.then_some(&m.http_addr));
     }
 }
 
@@ -354,11 +354,11 @@ pub fn members(members: &MembersResponse, format: Format) {
         return;
     }
     let wide = format == Format::Wide;
-    print!(
+    let header = format!(
         "{:<18}{:<14}{:<9}{:<30}{:>8}{:>8}{:>10}  {:<10}",
         "ID", "NAME", "ROLE", "PEER", "MATCH", "LAG", "CONTACT", "HEALTH"
     );
-    println!("{}", if wide { "API\tHTTP" } else { "" });
+    table_line(header, wide.then(|| format!("{:<24}HTTP", "API")));
     for p in &list {
         let m = p.member.clone().unwrap_or_default();
         let role = crate::proto::member_role(p.is_leader, m.voter);
@@ -368,7 +368,7 @@ pub fn members(members: &MembersResponse, format: Format) {
             p.last_contact_ms
                 .map_or("never".to_string(), |ms| format!("{ms}ms"))
         };
-        print!(
+        let row = format!(
             "{:<18}{:<14}{:<9}{:<30}{:>8}{:>8}{:>10}  {:<10}",
             format!("{:016x}", m.id),
             m.name,
@@ -379,11 +379,10 @@ pub fn members(members: &MembersResponse, format: Format) {
             contact,
             if p.healthy { "healthy" } else { "unhealthy" }
         );
-        if wide {
-            println!("{}\t{}", m.api_addr, m.http_addr);
-        } else {
-            println!();
-        }
+        table_line(
+            row,
+            wide.then(|| format!("{:<24}{}", m.api_addr, m.http_addr)),
+        );
     }
 }
 
@@ -471,13 +470,16 @@ pub fn endpoint_status(probes: &[Probe<StatusResponse>], format: Format) {
         return;
     }
     let wide = format == Format::Wide;
-    print!(
+    let header = format!(
         "{:<14}{:<24}{:<10}{:>6}  {:<14}{:>9}",
         "NAME", "ENDPOINT", "ROLE", "TERM", "LEADER", "APPLIED"
     );
-    println!("{}", if wide { "  LAST  SNAPSHOT  ID" } else { "" });
+    table_line(
+        header,
+        wide.then(|| format!("  {:>9}{:>10}  ID", "LAST", "SNAPSHOT")),
+    );
     for p in probes {
-        print!("{:<14}{:<24}", p.member.name, p.member.api_addr);
+        let name = format!("{:<14}{:<24}", p.member.name, p.member.api_addr);
         match &p.answer {
             Ok(s) => {
                 let leader = if s.leader_id.is_some() {
@@ -485,19 +487,17 @@ pub fn endpoint_status(probes: &[Probe<StatusResponse>], format: Format) {
                 } else {
                     "none"
                 };
-                print!(
-                    "{:<10}{:>6}  {:<14}{:>9}",
+                let row = format!(
+                    "{name}{:<10}{:>6}  {:<14}{:>9}",
                     s.role, s.term, leader, s.applied_index
                 );
-                if wide {
-                    print!(
-                        "  {}  {}  {:016x}",
-                        s.last_log_index, s.snapshot_index, s.id
-                    );
-                }
-                println!();
+                let more = format!(
+                    "  {:>9}{:>10}  {:016x}",
+                    s.last_log_index, s.snapshot_index, s.id
+                );
+                table_line(row, wide.then_some(more));
             }
-            Err(e) => println!("error: {e}"),
+            Err(e) => table_line(format!("{name}error: {e}"), None::<&str>),
         }
     }
 }
@@ -518,12 +518,13 @@ pub fn endpoint_health(probes: &[Probe<()>], format: Format) {
         document(&json!({ "endpoints": list }), format);
         return;
     }
-    println!(
+    let header = format!(
         "{:<14}{:<24}{:<11}{:>8}  ERROR",
         "NAME", "ENDPOINT", "HEALTH", "TOOK"
     );
+    table_line(header, None::<&str>);
     for p in probes {
-        println!(
+        let row = format!(
             "{:<14}{:<24}{:<11}{:>8}  {}",
             p.member.name,
             p.member.api_addr,
@@ -535,7 +536,18 @@ pub fn endpoint_health(probes: &[Probe<()>], format: Format) {
             format!("{}ms", p.took.as_millis()),
             p.answer.as_ref().err().map_or("", String::as_str)
         );
+        table_line(row, None::<&str>);
     }
+}
+
+/// Prints a table row, with the `-o wide` columns when given, without
+/// trailing blanks.
+fn table_line(row: String, wide: Option<impl std::fmt::Display>) {
+    let line = match wide {
+        Some(more) => format!("{row}{more}"),
+        None => row,
+    };
+    println!("{}", line.trim_end());
 }
 
 /// A JSON value as a YAML document. Strings are double-quoted with JSON's
