@@ -96,8 +96,9 @@ impl Conn {
         Fut: Future<Output = Result<T, ClientError>>,
     {
         let mut last = None;
-        for endpoint in self.endpoints() {
-            let result = match Client::connect(&endpoint).await {
+        let endpoints = self.endpoints();
+        for endpoint in &endpoints {
+            let result = match Client::connect(endpoint).await {
                 Ok(client) => call(client.with_timeout(self.timeout())).await,
                 Err(e) => Err(e),
             };
@@ -108,7 +109,15 @@ impl Conn {
             }
         }
         let source = last.expect("endpoints() is never empty");
-        Err(CliError::Call { op, source })
+        let failed = CliError::Call { op, source };
+        Err(if endpoints.len() > 1 {
+            CliError::EveryEndpoint {
+                tried: endpoints.join(", "),
+                last: Box::new(failed),
+            }
+        } else {
+            failed
+        })
     }
 
     /// Runs `call` on the first endpoint only: for calls about that node

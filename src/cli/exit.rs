@@ -74,6 +74,13 @@ pub enum CliError {
         #[source]
         source: ClientError,
     },
+    /// Every endpoint of the list failed; `last` is the last one's error.
+    #[error("no endpoint could serve it (tried {tried}); the last: {last}")]
+    EveryEndpoint {
+        tried: String,
+        #[source]
+        last: Box<CliError>,
+    },
     #[error("key not found: {key}")]
     KeyNotFound { key: String },
     #[error("reading {what}: {source}")]
@@ -102,6 +109,7 @@ impl CliError {
             CliError::KeyNotFound { .. } => Exit::NotFound,
             CliError::Input { .. } | CliError::Output(_) => Exit::Failure,
             CliError::Partial { source, .. } => source.exit(),
+            CliError::EveryEndpoint { last, .. } => last.exit(),
             CliError::WatchEnded => Exit::Unavailable,
         }
     }

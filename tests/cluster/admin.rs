@@ -268,6 +268,56 @@ async fn the_cli_carries_any_bytes_fails_over_and_exits_with_a_code_per_failure(
         "no such member"
     );
     assert_eq!(run(&["get"]).status.code(), Some(2), "usage");
+    let both_dead = cli(&[
+        "put",
+        "k",
+        "v",
+        "--endpoints",
+        &format!("{dead},127.0.0.1:2"),
+    ]);
+    assert_eq!(
+        both_dead.status.code(),
+        Some(5),
+        "never sent: {both_dead:?}"
+    );
+    let stderr = String::from_utf8_lossy(&both_dead.stderr);
+    assert!(
+        stderr.starts_with("error: no endpoint could serve it (tried 127.0.0.1:1, 127.0.0.1:2)"),
+        "{stderr}"
+    );
+
+    // The variables: RAFTSET_ENDPOINTS before the older RAFTSET_ENDPOINT,
+    // which the preStop hook (and its default) still rely on.
+    let env_get = |vars: &[(&str, &str)]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_raftset"))
+            .args(["get", "dash"])
+            .env_remove("RAFTSET_ENDPOINTS")
+            .env_remove("RAFTSET_ENDPOINT")
+            .envs(vars.iter().copied())
+            .output()
+            .unwrap()
+    };
+    let api = cluster.nodes[0].api();
+    assert_eq!(
+        env_get(&[("RAFTSET_ENDPOINT", &api)]).stdout,
+        b"from stdin\n"
+    );
+    assert_eq!(
+        env_get(&[
+            ("RAFTSET_ENDPOINTS", &endpoints),
+            ("RAFTSET_ENDPOINT", dead)
+        ])
+        .stdout,
+        b"from stdin\n"
+    );
+    assert_eq!(
+        env_get(&[("RAFTSET_ENDPOINTS", dead), ("RAFTSET_ENDPOINT", &api)])
+            .status
+            .code(),
+        Some(5),
+        "RAFTSET_ENDPOINTS wins"
+    );
+
     let unreachable = cli(&["get", "big", "--endpoints", dead]);
     assert_eq!(unreachable.status.code(), Some(5), "{unreachable:?}");
     let stderr = String::from_utf8_lossy(&unreachable.stderr);
