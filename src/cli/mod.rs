@@ -317,8 +317,14 @@ fn read_value(value: Option<&OsStr>, file: Option<&Path>) -> Result<Vec<u8>, Cli
 
 /// Prints a failed command's error on one line and gives its exit code.
 pub fn report_failure(err: &anyhow::Error) -> ExitCode {
-    eprintln!("error: {}", exit::one_line(err.as_ref()));
-    exit::exit_of(err).into()
+    let exit = exit::exit_of(err);
+    let mut line = exit::one_line(err.as_ref());
+    if exit == Exit::OutcomeUnknown && !line.contains("outcome unknown") {
+        // A client-side timeout or a dropped connection says only that.
+        line.push_str(" (outcome unknown: the write may still apply; read before retrying)");
+    }
+    eprintln!("error: {line}");
+    exit.into()
 }
 
 /// Runs a parsed command line.

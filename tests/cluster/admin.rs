@@ -612,3 +612,33 @@ async fn the_cli_shows_every_member_tolerance_and_endpoint_health() {
     let text = String::from_utf8_lossy(&health.stdout);
     assert_eq!(text.matches("unhealthy").count(), 1, "{text}");
 }
+
+/// A write the leader proposed but could not commit before the deadline
+/// exits 6 ("outcome unknown": it may still apply), never 5 ("retry").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_exits_6_when_a_write_may_have_applied() {
+    // A long election timeout keeps the leader believing in its quorum
+    // after its followers died, so it proposes the write.
+    let args = ["--heartbeat-ms", "100", "--election-timeout-ms", "5000"];
+    let mut cluster = Cluster::start_with(3, &args).await;
+    let leader = cluster.leader().await;
+    let endpoint = cluster.nodes[leader].api();
+    assert!(cli(&["put", "before", "1", "--endpoints", &endpoint])
+        .status
+        .success());
+    for i in (0..3).filter(|i| *i != leader) {
+        cluster.kill(i).await;
+    }
+    let lost = cli(&[
+        "put",
+        "k",
+        "v",
+        "--timeout-secs",
+        "1",
+        "--endpoints",
+        &endpoint,
+    ]);
+    assert_eq!(lost.status.code(), Some(6), "{lost:?}");
+    let stderr = String::from_utf8_lossy(&lost.stderr);
+    assert!(stderr.contains("outcome unknown"), "{stderr}");
+}
