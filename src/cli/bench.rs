@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, ValueEnum};
 use serde_json::json;
 
+use super::conn::{Format, Output};
 use crate::client::{Client, Consistency};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -43,9 +44,9 @@ pub struct BenchArgs {
     /// Value size in bytes for puts.
     #[arg(long, default_value_t = 100)]
     pub value_size: usize,
-    /// Print JSON instead of text.
-    #[arg(long)]
-    pub json: bool,
+    /// `-o json|yaml`; `wide` prints as `table`.
+    #[command(flatten)]
+    pub output: Output,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -107,15 +108,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let ops = latencies.len();
     let errors = errors.load(Ordering::Relaxed);
     let throughput = ops as f64 / elapsed;
-    if args.json {
-        println!(
-            "{}",
-            json!({
+    let format = args.output.format();
+    if matches!(format, Format::Json | Format::Yaml) {
+        super::output::document(
+            &json!({
                 "workload": format!("{:?}", args.workload).to_lowercase(),
                 "in_flight": args.in_flight, "seconds": elapsed, "ops": ops, "errors": errors,
                 "ops_per_sec": throughput, "p50_ms": percentile(0.5), "p99_ms": percentile(0.99),
                 "max_ms": percentile(1.0),
-            })
+            }),
+            format,
         );
     } else {
         println!(

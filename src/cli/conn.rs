@@ -47,6 +47,16 @@ pub struct Conn {
         value_name = "HOST:PORT,..."
     )]
     pub endpoints: Vec<String>,
+    #[command(flatten)]
+    pub output: Output,
+    /// Give up on each endpoint after this many seconds.
+    #[arg(long, default_value_t = 10)]
+    pub timeout_secs: u64,
+}
+
+/// How a command prints: `-o FORMAT`, or `--json`.
+#[derive(Debug, Clone, Args)]
+pub struct Output {
     /// Output format (`-w` as in etcdctl).
     #[arg(
         short = 'o',
@@ -59,12 +69,9 @@ pub struct Conn {
     /// Same as `-o json`.
     #[arg(long)]
     pub json: bool,
-    /// Give up on each endpoint after this many seconds.
-    #[arg(long, default_value_t = 10)]
-    pub timeout_secs: u64,
 }
 
-impl Conn {
+impl Output {
     /// The output format, `--json` counting as `-o json`.
     pub fn format(&self) -> Format {
         if self.json {
@@ -72,6 +79,12 @@ impl Conn {
         } else {
             self.output
         }
+    }
+}
+
+impl Conn {
+    pub fn format(&self) -> Format {
+        self.output.format()
     }
 
     /// The endpoints to try: the flag, else `RAFTSET_ENDPOINTS`, else

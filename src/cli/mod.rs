@@ -707,3 +707,61 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     node.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Command {
+        let args = std::iter::once("raftset").chain(args.iter().copied());
+        use clap::FromArgMatches;
+        let matches = command().try_get_matches_from(args).unwrap();
+        Cli::from_arg_matches(&matches).unwrap().command
+    }
+
+    fn conn_of(command: Command) -> Conn {
+        match command {
+            Command::Get { conn, .. } | Command::Status { conn } => conn,
+            other => panic!("not a get or status: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_spelling_of_the_output_format_and_the_endpoints_parses() {
+        for (args, format) in [
+            (&["status"][..], Format::Table),
+            (&["status", "-o", "wide"], Format::Wide),
+            (&["status", "--output", "yaml"], Format::Yaml),
+            (&["status", "-w", "json"], Format::Json),
+            (&["status", "--json"], Format::Json),
+        ] {
+            assert_eq!(conn_of(parse(args)).format(), format, "{args:?}");
+        }
+        let conn = conn_of(parse(&["get", "k", "--endpoint", "a:1,b:2"]));
+        assert_eq!(conn.endpoints, ["a:1", "b:2"]);
+        let conn = conn_of(parse(&[
+            "get",
+            "k",
+            "--endpoints",
+            "a:1",
+            "--endpoints",
+            "c:3",
+        ]));
+        assert_eq!(conn.endpoints, ["a:1", "c:3"]);
+        match parse(&["bench", "-o", "yaml", "--endpoint", "a:1"]) {
+            Command::Bench(args) => {
+                assert_eq!(args.output.format(), Format::Yaml);
+                assert_eq!(args.endpoints, ["a:1"]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_subcommand_help_ends_with_the_exit_codes() {
+        for sub in command().get_subcommands() {
+            let help = sub.clone().render_long_help().to_string();
+            assert!(help.contains("6  outcome unknown"), "{}", sub.get_name());
+        }
+    }
+}

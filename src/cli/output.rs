@@ -703,7 +703,7 @@ mod tests {
     }
 
     #[test]
-    fn yaml_renders_nested_documents_that_a_parser_reads_back() {
+    fn yaml_renders_nested_documents_with_every_string_quoted() {
         let value = json!({
             "name": "raftset-0",
             "count": 3,
