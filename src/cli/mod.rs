@@ -653,6 +653,7 @@ async fn backup(conn: &Conn, out: Option<&Path>) -> Result<(), CliError> {
         .call(Op::Read, |mut c| async move { c.backup().await })
         .await?;
     let mut bytes = 0usize;
+    let progress = transfer_progress("backing up");
     let mut sink: Box<dyn Write> = match out {
         Some(path) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(path.with_extension("partial")).map_err(CliError::Output)?,
@@ -666,7 +667,9 @@ async fn backup(conn: &Conn, out: Option<&Path>) -> Result<(), CliError> {
     while let Some(chunk) = stream.message().await.map_err(read)? {
         sink.write_all(&chunk.data).map_err(CliError::Output)?;
         bytes += chunk.data.len();
+        progress.inc(chunk.data.len() as u64);
     }
+    progress.finish_and_clear();
     sink.flush().map_err(CliError::Output)?;
     drop(sink);
     if let Some(path) = out {
@@ -674,6 +677,25 @@ async fn backup(conn: &Conn, out: Option<&Path>) -> Result<(), CliError> {
         eprintln!("backup: {bytes} bytes written to {}", path.display());
     }
     Ok(())
+}
+
+/// A running count of bytes, their rate and the time taken, on stderr
+/// while a transfer runs, when stderr is a terminal; nothing otherwise
+/// (the command's one closing line is what a log or a pipe gets).
+fn transfer_progress(what: &'static str) -> indicatif::ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let style = indicatif::ProgressStyle::with_template(
+        "{spinner} {msg}: {bytes} ({bytes_per_sec}, {elapsed})",
+    )
+    .expect("a valid progress template");
+    let bar = indicatif::ProgressBar::new_spinner()
+        .with_style(style)
+        .with_message(what);
+    bar.enable_steady_tick(Duration::from_millis(100));
+    bar.tick();
+    bar
 }
 
 /// How long a node that failed may take to shut down before it just exits.

@@ -190,6 +190,27 @@ async fn the_cli_prints_tables_or_json_and_exits_non_zero_on_failure() {
     ]);
     assert!(backup.status.success(), "{backup:?}");
     assert!(std::fs::read(&file).unwrap().starts_with(b"RAFTSET\x02"));
+    let stderr = String::from_utf8_lossy(&backup.stderr);
+    assert!(
+        stderr.starts_with("backup: ") && stderr.lines().count() == 1,
+        "not a terminal: one plain line, no progress: {stderr:?}"
+    );
+
+    // On a terminal (script(1) gives it one) the bytes count as they come.
+    let on_tty = std::process::Command::new("script")
+        .args(["-qec"])
+        .arg(format!(
+            "{} backup --out {} --endpoints {endpoint}",
+            env!("CARGO_BIN_EXE_raftset"),
+            dir.path().join("tty.db").display()
+        ))
+        .arg("/dev/null")
+        .output()
+        .expect("script(1) from util-linux");
+    let seen = String::from_utf8_lossy(&on_tty.stdout);
+    assert!(on_tty.status.success(), "{on_tty:?}");
+    assert!(seen.contains("backing up: "), "a progress line: {seen:?}");
+    assert!(seen.contains("bytes written"), "{seen:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
