@@ -56,12 +56,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
     let value = vec![b'x'; args.value_size];
     let started = Instant::now();
     let mut workers = Vec::new();
     for worker in 0..args.in_flight {
         let mut client = clients[worker % clients.len()].clone();
-        let (stop, errors, value) = (stop.clone(), errors.clone(), value.clone());
+        let (stop, errors, done, value) =
+            (stop.clone(), errors.clone(), done.clone(), value.clone());
         let workload = args.workload;
         workers.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
@@ -81,7 +83,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 };
                 n += 1;
                 match result {
-                    Ok(()) => latencies.push(began.elapsed()),
+                    Ok(()) => {
+                        latencies.push(began.elapsed());
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
                     Err(_) => {
                         errors.fetch_add(1, Ordering::Relaxed);
                     }
@@ -90,7 +95,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             latencies
         }));
     }
-    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+    run_for(Duration::from_secs(args.seconds), &done, &errors).await;
     stop.store(true, Ordering::Relaxed);
     let mut latencies = Vec::new();
     for worker in workers {
@@ -130,4 +135,28 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Waits out the run. On a terminal, stderr shows the time left and the
+/// requests done and failed so far, refreshed a few times a second.
+async fn run_for(length: Duration, done: &AtomicU64, errors: &AtomicU64) {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        tokio::time::sleep(length).await;
+        return;
+    }
+    let style =
+        indicatif::ProgressStyle::with_template("bench [{bar:30}] {elapsed}/{duration} {msg}")
+            .expect("a valid progress template");
+    let bar = indicatif::ProgressBar::new(length.as_millis() as u64).with_style(style);
+    let started = Instant::now();
+    while started.elapsed() < length {
+        let ops = done.load(Ordering::Relaxed);
+        let failed = errors.load(Ordering::Relaxed);
+        let rate = ops as f64 / started.elapsed().as_secs_f64().max(0.001);
+        bar.set_message(format!("{ops} ok, {failed} errors, {rate:.0} ops/s"));
+        bar.set_position(started.elapsed().as_millis() as u64);
+        tokio::time::sleep((length - started.elapsed()).min(Duration::from_millis(200))).await;
+    }
+    bar.finish_and_clear();
 }

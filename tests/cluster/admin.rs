@@ -480,6 +480,32 @@ async fn the_cli_compares_and_swaps_increments_and_deletes_a_prefix() {
     assert_eq!(left["kvs"].as_array().unwrap().len(), 1, "{left}");
     assert_eq!(left["kvs"][0]["key"], "tmpx");
     assert_eq!(code(&["delete"]), Some(2), "KEY or --prefix");
+
+    // bench: progress on a terminal only, the summary either way.
+    let bench = ["bench", "--seconds", "1", "--in-flight", "2"];
+    let piped = run(&bench);
+    assert!(piped.status.success(), "{piped:?}");
+    assert!(
+        piped.stderr.is_empty(),
+        "no progress into a pipe: {piped:?}"
+    );
+    assert!(String::from_utf8_lossy(&piped.stdout).contains("ops/s"));
+    let on_tty = std::process::Command::new("script")
+        .arg("-qec")
+        .arg(format!(
+            "{} {} --endpoints {endpoint}",
+            env!("CARGO_BIN_EXE_raftset"),
+            bench.join(" ")
+        ))
+        .arg("/dev/null")
+        .output()
+        .expect("script(1) from util-linux");
+    let seen = String::from_utf8_lossy(&on_tty.stdout);
+    assert!(seen.contains("bench ["), "a progress bar: {seen:?}");
+    assert!(
+        seen.contains(" errors, ") && seen.contains(" ops/s"),
+        "{seen:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
