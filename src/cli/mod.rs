@@ -176,6 +176,11 @@ pub enum Command {
         api_addr: String,
         #[arg(long, default_value = "")]
         http_addr: String,
+        /// Then wait, at most this many seconds, until the learner has
+        /// every entry of the leader's log (a progress bar on a terminal,
+        /// a line a second otherwise); exit 1 if it has not by then.
+        #[arg(long, value_name = "SECS")]
+        wait: Option<u64>,
         #[command(flatten)]
         conn: Conn,
     },
@@ -498,6 +503,7 @@ async fn client_command(command: Command) -> Result<Exit, CliError> {
             peer_addr,
             api_addr,
             http_addr,
+            wait,
             conn,
         } => {
             let request = crate::proto::AddLearnerRequest {
@@ -513,6 +519,10 @@ async fn client_command(command: Command) -> Result<Exit, CliError> {
                     c.add_learner(request.clone()).await
                 })
                 .await?;
+            let members = match wait {
+                Some(secs) => wait_for_catch_up(&conn, id, Duration::from_secs(secs)).await?,
+                None => members,
+            };
             output::members(&members, conn.format());
         }
         Command::Promote { id, conn } => {
@@ -679,6 +689,70 @@ async fn backup(conn: &Conn, out: Option<&Path>) -> Result<(), CliError> {
     Ok(())
 }
 
+/// `add-learner --wait`: polls the leader's view until learner `id` has
+/// every entry of its log, showing how far it is.
+async fn wait_for_catch_up(
+    conn: &Conn,
+    id: u64,
+    wait: Duration,
+) -> Result<crate::proto::MembersResponse, CliError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let terminal = std::io::stderr().is_terminal();
+    let bar = if terminal {
+        let style = indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {pos}/{len} entries ({elapsed})",
+        )
+        .expect("a valid progress template");
+        indicatif::ProgressBar::new(0)
+            .with_style(style)
+            .with_message(format!("learner {id:016x}"))
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mut last_line = tokio::time::Instant::now();
+    loop {
+        let members = conn
+            .call(Op::Read, |mut c| async move { c.members().await })
+            .await?;
+        let progress = members
+            .members
+            .iter()
+            .find(|p| p.member.as_ref().is_some_and(|m| m.id == id));
+        let Some(progress) = progress else {
+            return Err(CliError::NotCaughtUp {
+                id,
+                why: "it is no longer a member".to_string(),
+            });
+        };
+        bar.set_length(members.last_log_index);
+        bar.set_position(progress.match_index);
+        if progress.lag == 0 && progress.match_index > 0 {
+            bar.finish_and_clear();
+            eprintln!(
+                "learner {id:016x} caught up at index {}",
+                progress.match_index
+            );
+            return Ok(members);
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            bar.abandon();
+            return Err(CliError::NotCaughtUp {
+                id,
+                why: format!("{} entries behind after {wait:?}", progress.lag),
+            });
+        }
+        if !terminal && now.duration_since(last_line) >= Duration::from_secs(1) {
+            eprintln!(
+                "learner {id:016x}: {} of {} entries",
+                progress.match_index, members.last_log_index
+            );
+            last_line = now;
+        }
+        tokio::time::sleep(Duration::from_millis(200).min(deadline - now)).await;
+    }
+}
+
 /// A running count of bytes, their rate and the time taken, on stderr
 /// while a transfer runs, when stderr is a terminal; nothing otherwise
 /// (the command's one closing line is what a log or a pipe gets).
@@ -693,8 +767,9 @@ fn transfer_progress(what: &'static str) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new_spinner()
         .with_style(style)
         .with_message(what);
-    bar.enable_steady_tick(Duration::from_millis(100));
+    // Drawn at once (a short backup may end before the first steady tick).
     bar.tick();
+    bar.enable_steady_tick(Duration::from_millis(100));
     bar
 }
 

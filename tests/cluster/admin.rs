@@ -77,13 +77,7 @@ async fn a_removed_member_can_be_added_back_as_learner_then_voter() {
     let leader = cluster.leader().await;
     let gone = (leader + 1) % 3;
     let mut client = cluster.client(leader).await;
-    let status = cluster.status(gone).await.unwrap();
-    let member = status
-        .members
-        .iter()
-        .find(|m| m.id == status.id)
-        .unwrap()
-        .clone();
+    let member = own_member(&cluster, gone).await;
 
     let members = client.remove(member.id).await.unwrap();
     assert_eq!(members.members.len(), 2);
@@ -688,4 +682,76 @@ async fn the_cli_exits_6_when_a_write_may_have_applied() {
     assert_eq!(lost.status.code(), Some(6), "{lost:?}");
     let stderr = String::from_utf8_lossy(&lost.stderr);
     assert!(stderr.contains("outcome unknown"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_waits_for_a_learner_to_catch_up() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    let gone = (leader + 1) % 3;
+    let endpoint = cluster.nodes[leader].api();
+    let member = own_member(&cluster, gone).await;
+    let id = format!("{:016x}", member.id);
+    let run = |args: &[&str]| {
+        let mut args = args.to_vec();
+        args.extend(["--endpoints", &endpoint]);
+        cli(&args)
+    };
+    assert!(run(&["remove", &id]).status.success());
+    for i in 0..20 {
+        assert!(run(&["put", &format!("k{i}"), "v"]).status.success());
+    }
+
+    let added = run(&[
+        "add-learner",
+        &id,
+        "--name",
+        &member.name,
+        "--peer-addr",
+        &member.peer_addr,
+        "--api-addr",
+        &member.api_addr,
+        "--wait",
+        "60",
+    ]);
+    assert!(added.status.success(), "{added:?}");
+    let stderr = String::from_utf8_lossy(&added.stderr);
+    assert!(stderr.contains("caught up at index"), "{stderr}");
+    let members = client_members(&run(&["members", "-o", "json"]));
+    let learner = members
+        .iter()
+        .find(|m| m["name"] == member.name.as_str())
+        .unwrap();
+    assert_eq!(learner["voter"], false);
+    assert_eq!(learner["lag"], 0, "{learner}");
+
+    // A learner that cannot catch up (nothing listens there) times out.
+    let stuck = run(&[
+        "add-learner",
+        "abcdef",
+        "--name",
+        "nowhere",
+        "--peer-addr",
+        "127.0.0.1:1",
+        "--wait",
+        "1",
+    ]);
+    assert_eq!(stuck.status.code(), Some(1), "{stuck:?}");
+    let stderr = String::from_utf8_lossy(&stuck.stderr);
+    assert!(stderr.contains("has not caught up"), "{stderr}");
+}
+
+/// Node `i`'s own entry in the membership.
+async fn own_member(cluster: &Cluster, i: usize) -> raftset::proto::Member {
+    let status = cluster.status(i).await.unwrap();
+    status
+        .members
+        .into_iter()
+        .find(|m| m.id == status.id)
+        .expect("a member")
+}
+
+fn client_members(out: &std::process::Output) -> Vec<serde_json::Value> {
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    json["members"].as_array().unwrap().clone()
 }
