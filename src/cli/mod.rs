@@ -340,7 +340,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Restore { from, data_dir } => {
             let options = crate::node::store_options(&Config::default());
             let restored = if from.as_os_str() == "-" {
-                crate::store::restore_from_stream(&data_dir, std::io::stdin().lock(), &options)?
+                // The bytes read from stdin so far, on a terminal.
+                let progress = transfer_progress("reading the backup");
+                let stdin = progress.wrap_read(std::io::stdin().lock());
+                let restored = crate::store::restore_from_stream(&data_dir, stdin, &options);
+                progress.finish_and_clear();
+                restored?
             } else {
                 crate::store::restore(&data_dir, &from, &options)?
             };

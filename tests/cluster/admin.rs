@@ -396,6 +396,25 @@ async fn a_backup_restores_into_a_fresh_cluster() {
         "{piped:?}"
     );
     std::fs::remove_dir_all(&new.nodes[1].data_dir).unwrap();
+    // On a terminal (script(1) gives it one) stdin's bytes count as they come.
+    let on_tty = std::process::Command::new("script")
+        .arg("-qec")
+        .arg(format!(
+            "{} restore --from - --data-dir {} < {}",
+            env!("CARGO_BIN_EXE_raftset"),
+            new.nodes[1].data_dir.display(),
+            file.display()
+        ))
+        .arg("/dev/null")
+        .output()
+        .expect("script(1) from util-linux");
+    let seen = String::from_utf8_lossy(&on_tty.stdout);
+    assert!(
+        seen.contains("reading the backup: "),
+        "a progress line: {seen:?}"
+    );
+    assert!(seen.contains("restored 31 keys"), "{seen:?}");
+    std::fs::remove_dir_all(&new.nodes[1].data_dir).unwrap();
 
     for i in 0..3 {
         new.restart(i);
