@@ -83,6 +83,8 @@ pub enum CliError {
     },
     #[error("learner {id:016x} has not caught up: {why}")]
     NotCaughtUp { id: u64, why: String },
+    #[error("the visit counter holds {value:?}, not a decimal integer")]
+    NotACounter { value: String },
     #[error("key not found: {key}")]
     KeyNotFound { key: String },
     #[error("reading {what}: {source}")]
@@ -109,9 +111,10 @@ impl CliError {
         match self {
             CliError::Call { op, source } => exit_for(source.code(), *op, source.not_proposed()),
             CliError::KeyNotFound { .. } => Exit::NotFound,
-            CliError::Input { .. } | CliError::Output(_) | CliError::NotCaughtUp { .. } => {
-                Exit::Failure
-            }
+            CliError::Input { .. }
+            | CliError::Output(_)
+            | CliError::NotCaughtUp { .. }
+            | CliError::NotACounter { .. } => Exit::Failure,
             CliError::Partial { source, .. } => source.exit(),
             CliError::EveryEndpoint { last, .. } => last.exit(),
             CliError::WatchEnded => Exit::Unavailable,

@@ -483,11 +483,15 @@ async fn client_command(command: Command) -> Result<Exit, CliError> {
             let kv = conn
                 .call(Op::Read, |mut c| async move { c.get(VISITS_KEY).await })
                 .await?;
-            let visits = kv.map_or(0, |kv| {
-                String::from_utf8_lossy(&kv.value)
-                    .parse::<i64>()
-                    .unwrap_or(0)
-            });
+            let visits = match kv {
+                None => 0,
+                Some(kv) => std::str::from_utf8(&kv.value)
+                    .ok()
+                    .and_then(|text| text.parse::<i64>().ok())
+                    .ok_or_else(|| CliError::NotACounter {
+                        value: output::shown(&kv.value),
+                    })?,
+            };
             output::visits(visits, conn.format());
         }
         Command::Status { conn } => {

@@ -480,6 +480,15 @@ async fn the_cli_compares_and_swaps_increments_and_deletes_a_prefix() {
     assert_eq!(json["value"], 6);
     run(&["put", "text", "abc"]);
     assert_eq!(code(&["incr", "text"]), Some(4), "not an integer");
+    assert_eq!(run(&["visits"]).stdout, b"0\n", "no visit yet");
+    run(&["put", "visits", "abc"]);
+    let broken = run(&["visits"]);
+    assert_eq!(
+        broken.status.code(),
+        Some(1),
+        "never shown as 0: {broken:?}"
+    );
+    assert!(String::from_utf8_lossy(&broken.stderr).contains("not a decimal integer"));
 
     for i in 0..5 {
         run(&["put", &format!("tmp/{i}"), "v"]);
