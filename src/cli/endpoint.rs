@@ -9,9 +9,9 @@ use clap::Subcommand;
 
 use super::conn::Conn;
 use super::exit::{one_line, CliError, Exit, Op};
-use super::output;
+use super::output::{self, Probe};
 use crate::client::{Client, ClientError, Consistency};
-use crate::proto::{Member, StatusResponse};
+use crate::proto::StatusResponse;
 
 #[derive(Debug, Subcommand)]
 pub enum EndpointCommand {
@@ -27,13 +27,6 @@ pub enum EndpointCommand {
         #[command(flatten)]
         conn: Conn,
     },
-}
-
-/// What one member answered, or why it did not.
-pub struct Probe<T> {
-    pub member: Member,
-    pub took: Duration,
-    pub answer: Result<T, String>,
 }
 
 /// The key `endpoint health` reads: any key serves, a read of a missing

@@ -15,7 +15,6 @@ use base64::Engine;
 use serde_json::{json, Map, Value};
 
 use super::conn::Format;
-use super::endpoint::Probe;
 use crate::client::ScanPage;
 use crate::proto::watch_event::Kind;
 use crate::proto::{Member, MemberProgress, MembersResponse, StatusResponse, WatchEvent};
@@ -440,6 +439,14 @@ pub fn verify(report: &crate::proto::VerifyResponse, format: Format) {
     } else {
         println!("MEMBERS DISAGREE at index {}", report.index);
     }
+}
+
+/// What one member answered to `endpoint status` or `endpoint health`, or
+/// why it did not.
+pub struct Probe<T> {
+    pub member: Member,
+    pub took: std::time::Duration,
+    pub answer: Result<T, String>,
 }
 
 /// `endpoint status`: each member's own view, or why it did not answer.
