@@ -599,7 +599,15 @@ mod tests {
     #[test]
     fn a_pod_leaves_only_when_the_statefulset_no_longer_counts_it() {
         let leave = |replicas| StopPlan::Leave { replicas };
-        let cases: Vec<(&str, &str, Result<u32, String>, Option<StopPlan>)> = vec![
+        /// What the case is, the pod, the replica count read, the plan
+        /// (`None`: any `Stay`).
+        type Case = (
+            &'static str,
+            &'static str,
+            Result<u32, String>,
+            Option<StopPlan>,
+        );
+        let cases: Vec<Case> = vec![
             (
                 "scaled 3 to 1: pod 2 leaves",
                 "raftset-2",

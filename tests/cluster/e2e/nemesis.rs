@@ -24,10 +24,11 @@ pub enum Fault {
     RollingRestart,
     MembershipChange,
     FullStopLostVolume,
+    FastScaleDown,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 8] = [
+    pub const ALL: [Fault; 9] = [
         Fault::LeaderKill,
         Fault::RandomKill,
         Fault::MinorityPartition,
@@ -36,6 +37,7 @@ impl Fault {
         Fault::RollingRestart,
         Fault::MembershipChange,
         Fault::FullStopLostVolume,
+        Fault::FastScaleDown,
     ];
 
     pub fn name(self) -> &'static str {
@@ -48,6 +50,7 @@ impl Fault {
             Fault::RollingRestart => "rolling restart",
             Fault::MembershipChange => "member removed + rejoins",
             Fault::FullStopLostVolume => "full stop, pod 0's volume lost",
+            Fault::FastScaleDown => "fast scale-down 3 -> 1, back to 3",
         }
     }
 }
@@ -121,10 +124,11 @@ pub async fn run(set: &mut StatefulSet, step: &Step, recorder: &Recorder) -> Row
         Fault::RollingRestart => rolling_restart(set, recorder).await,
         Fault::MembershipChange => remove_member(set, step.pick).await,
         Fault::FullStopLostVolume => full_stop(set).await,
+        Fault::FastScaleDown => scale_down_and_back(set, step.hold).await,
     };
     if !matches!(
         step.fault,
-        Fault::RollingRestart | Fault::FullStopLostVolume
+        Fault::RollingRestart | Fault::FullStopLostVolume | Fault::FastScaleDown
     ) {
         tokio::time::sleep(step.hold).await;
     }
@@ -382,6 +386,44 @@ async fn full_stop(set: &mut StatefulSet) -> Injected {
     }
 }
 
+/// `kubectl scale --replicas=1` while the workload runs: the controller
+/// stops pods 2 and 1 at once after their preStop hooks, long before the
+/// leader would look at spec.replicas. Proven: pod 0 is the one voter left
+/// and commits a write alone. Held for `hold`, then the claims of pods 1
+/// and 2 go (`whenScaled: Delete`) and the set is scaled back to 3: they
+/// start empty and join.
+async fn scale_down_and_back(set: &mut StatefulSet, hold: Duration) -> Injected {
+    let (_, before) = confirmed_leader(set).await;
+    let since = Instant::now();
+    set.scale(1).await;
+    let members = set.wait_for_voters_among(&[0], 1).await;
+    let mut client = set
+        .connect(0, Duration::from_secs(5))
+        .await
+        .expect("a client of pod 0");
+    client
+        .put(b"nemesis/alone", b"1")
+        .await
+        .unwrap_or_else(|e| panic!("fault did not happen as meant: pod 0 alone cannot write: {e}"));
+    let alone = since.elapsed();
+    tokio::time::sleep(hold).await;
+    for i in [1, 2] {
+        set.delete_claim(i).await;
+    }
+    set.scale(3).await;
+    let leader = members.members.first().and_then(|m| m.member.as_ref());
+    Injected {
+        victim: None,
+        proof: format!(
+            "pods 1 and 2 stopped; {} the one voter, wrote alone {} after the scale (leader before: {})",
+            leader.map_or("?", |m| m.name.as_str()),
+            secs(alone),
+            before.leader_name
+        ),
+        failover: None,
+    }
+}
+
 /// `raftset remove` of a follower while the workload runs. Proven: the
 /// leader reports two voters, without it, and commits a write.
 async fn remove_member(set: &mut StatefulSet, pick: usize) -> Injected {
@@ -414,7 +456,7 @@ async fn heal(set: &mut StatefulSet, fault: Fault, victim: usize) {
         Fault::LeaderKill | Fault::RandomKill => set.restart(victim).await,
         Fault::MinorityPartition | Fault::LeaderPartition => set.heal(victim).await,
         Fault::Pause => set.unpause(victim).await,
-        Fault::RollingRestart | Fault::FullStopLostVolume => {
+        Fault::RollingRestart | Fault::FullStopLostVolume | Fault::FastScaleDown => {
             unreachable!("{fault:?} hits every pod and heals itself")
         }
         // The pod is deleted; it comes back on its volume, finds itself

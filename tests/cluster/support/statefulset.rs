@@ -614,6 +614,17 @@ impl StatefulSet {
         self.run_pod(i).await;
     }
 
+    /// `kubectl delete pvc` of a pod that does not run (scaled away, with
+    /// `whenScaled: Delete` the controller does it): its next pod starts
+    /// empty.
+    pub async fn delete_claim(&mut self, i: usize) {
+        assert!(!self.exists(i), "{} still runs", self.pod_name(i));
+        let volume = self.volume(i);
+        docker(&["volume", "rm", &volume])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
     // --- faults ----------------------------------------------------------
 
     /// Freezes every process of the pod (cgroup freezer, like SIGSTOP).
