@@ -250,6 +250,9 @@ pub enum ClusterError {
     TransferFailed { target: NodeId, detail: String },
     #[error("leadership moved during the change; try again")]
     LeadershipMoved,
+    /// An election hold from a node that does not lead here.
+    #[error("only the current leader may hold an election (asked by {from:016x})")]
+    HoldRefused { from: NodeId },
     /// Another membership change is in progress: retry once it finished.
     #[error("membership change refused for now: {0}")]
     MembershipBusy(String),
@@ -313,6 +316,7 @@ impl ClusterError {
             | ClusterError::AddressTaken { .. }
             | ClusterError::Invalid(_) => Code::InvalidArgument,
             ClusterError::NoOtherVoter
+            | ClusterError::HoldRefused { .. }
             | ClusterError::NotCaughtUp { .. }
             | ClusterError::NotApplied { .. }
             | ClusterError::NoDigest { .. } => Code::FailedPrecondition,
@@ -449,6 +453,10 @@ mod tests {
             (ClusterError::NotMember { id: 1 }, Code::NotFound),
             (ClusterError::NotVoter { id: 1 }, Code::InvalidArgument),
             (ClusterError::NoOtherVoter, Code::FailedPrecondition),
+            (
+                ClusterError::HoldRefused { from: 1 },
+                Code::FailedPrecondition,
+            ),
             (
                 ClusterError::NotCaughtUp {
                     target: 1,

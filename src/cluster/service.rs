@@ -13,6 +13,7 @@ use crate::proto::cluster_peer_server::{ClusterPeer, ClusterPeerServer};
 use crate::proto::{
     ClusterInfoRequest, ClusterInfoResponse, JoinRequest, JoinResponse, PeerMessage,
 };
+use crate::types::NodeId;
 
 pub struct ClusterService {
     pub ctx: Arc<ClusterContext>,
@@ -58,8 +59,8 @@ impl ClusterPeer for ClusterService {
         &self,
         request: Request<PeerMessage>,
     ) -> Result<Response<PeerMessage>, Status> {
-        let millis: u64 = open(&self.ctx.cluster_id, self.ctx.id, request)?;
-        leadership::hold_election(&self.ctx, Duration::from_millis(millis));
+        let (from, millis): (NodeId, u64) = open(&self.ctx.cluster_id, self.ctx.id, request)?;
+        leadership::hold_election(&self.ctx, from, Duration::from_millis(millis))?;
         Ok(reply(&()))
     }
 
