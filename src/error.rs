@@ -203,8 +203,10 @@ impl Error {
 /// Why a peer message was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PeerError {
-    #[error("cluster id mismatch: this node belongs to {ours:?}, the sender to {theirs:?}")]
-    ClusterMismatch { ours: String, theirs: String },
+    /// The ids themselves go to this node's log only: the cluster id is
+    /// the check on peer messages, and a refusal must not hand it out.
+    #[error("cluster id mismatch: the sender belongs to another cluster (both ids are in this node's log)")]
+    ClusterMismatch,
     #[error("this is node {this:016x}, not {target:016x}: that member's volume was replaced")]
     WrongTarget { this: NodeId, target: NodeId },
     #[error("undecodable peer payload: {0}")]
@@ -216,9 +218,7 @@ pub enum PeerError {
 impl PeerError {
     pub fn code(&self) -> Code {
         match self {
-            PeerError::ClusterMismatch { .. } | PeerError::WrongTarget { .. } => {
-                Code::FailedPrecondition
-            }
+            PeerError::ClusterMismatch | PeerError::WrongTarget { .. } => Code::FailedPrecondition,
             PeerError::Undecodable(_) | PeerError::BadAddress { .. } => Code::InvalidArgument,
         }
     }
@@ -443,10 +443,7 @@ mod tests {
 
     #[test]
     fn every_cluster_and_peer_error_maps_to_its_code() {
-        let mismatch = PeerError::ClusterMismatch {
-            ours: "a".into(),
-            theirs: "b".into(),
-        };
+        let mismatch = PeerError::ClusterMismatch;
         let cases: Vec<(ClusterError, Code)> = vec![
             (ClusterError::NotLeader, Code::Unavailable),
             (ClusterError::NoLeader, Code::Unavailable),

@@ -56,11 +56,7 @@ pub async fn join(
     let ours = ctx.cluster_id.get();
     if ours.is_empty() || request.cluster_id != ours {
         tracing::warn!(ours = %ours, theirs = %request.cluster_id, node = %request.name, "refused a join for another cluster");
-        return Err(PeerError::ClusterMismatch {
-            ours,
-            theirs: request.cluster_id,
-        }
-        .into());
+        return Err(PeerError::ClusterMismatch.into());
     }
     let Some((leader_id, leader)) = ctx.leader() else {
         return Err(ClusterError::NoLeader);

@@ -271,6 +271,12 @@ async fn peer_messages_from_another_cluster_or_for_another_node_are_refused() {
         foreign.message().contains("cluster id mismatch"),
         "{foreign}"
     );
+    // The cluster id is the only check on peer messages until peers
+    // authenticate: a refusal must not hand it to whoever asked.
+    assert!(
+        !foreign.message().contains(&status.cluster_id),
+        "the refusal echoes the cluster id: {foreign}"
+    );
 
     // What a leader still sends to a member whose pod came back empty.
     let misaddressed = peer
