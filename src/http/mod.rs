@@ -145,7 +145,7 @@ async fn visit(State(core): State<Arc<HttpState>>, headers: HeaderMap) -> Respon
     };
     let count = match core.requests.write(op, None, Some(VISIT_TIMEOUT)).await {
         Ok(Outcome::Incremented { value, .. }) => value,
-        Ok(other) => match Error::refused(VISITS_KEY, 1, other) {
+        Ok(other) => match Error::refused(1, other) {
             Err(e) => return error_response(e),
             Ok(_) => {
                 return error_response(Error::Raft("unexpected outcome for an increment".into()))
