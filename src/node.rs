@@ -22,6 +22,7 @@ use crate::api::{AdminService, KvService, Watches};
 use crate::cluster::service::ClusterService;
 use crate::cluster::{formation, identity, leadership, membership, ClusterContext, StopSignal};
 use crate::config::{Config, ConfigError};
+use crate::http::limit::VisitLimits;
 use crate::http::{HttpSettings, HttpState};
 use crate::metrics::Metrics;
 use crate::proto::admin_server::AdminServer;
@@ -212,6 +213,7 @@ impl Node {
             meta: store.meta.clone(),
             formation: formation.clone(),
             ready_max_lag: config.ready_max_lag,
+            visit_limits: VisitLimits::new(config.visits_per_client, config.visits_per_second),
         };
         let http_settings = HttpSettings {
             header_timeout: Duration::from_millis(config.http_header_timeout_ms),

@@ -4,13 +4,16 @@
 //!
 //! Served through hyper directly (not `axum::serve`) so every connection
 //! has a header-read timeout and the number of connections is capped: a
-//! client that trickles its headers cannot hold sockets forever.
+//! client that trickles its headers cannot hold sockets forever. Visits
+//! are rate-limited per client address and overall ([`limit`]).
+
+pub mod limit;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -22,6 +25,9 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+use self::limit::{ClientAddr, VisitLimits};
 
 use crate::error::Error;
 use crate::metrics::{Metrics, Snapshot};
@@ -34,6 +40,8 @@ use crate::types::{
 
 /// How long a visit may take before it is answered with a timeout.
 const VISIT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the visit limits forget clients that went quiet.
+const FORGET_IDLE_CLIENTS: Duration = Duration::from_secs(60);
 
 /// What the HTTP endpoints use.
 pub struct HttpState {
@@ -49,6 +57,7 @@ pub struct HttpState {
     pub formation: Formation,
     /// A node is ready only while it is within this many entries of the leader.
     pub ready_max_lag: u64,
+    pub visit_limits: VisitLimits,
 }
 
 /// How HTTP connections are served.
@@ -67,26 +76,38 @@ pub async fn serve(
     listener: TcpListener,
     stop: CancellationToken,
 ) {
-    let app = router(Arc::new(state));
+    let state = Arc::new(state);
+    let app = router(state.clone());
     let connections = Arc::new(Semaphore::new(settings.max_connections));
     let header_timeout = settings.header_timeout;
     let tasks = TaskTracker::new();
+    let mut housekeeping = tokio::time::interval(FORGET_IDLE_CLIENTS);
     loop {
-        let stream = tokio::select! {
+        let (stream, client) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     tracing::warn!("HTTP accept failed: {e}");
                     continue;
                 }
             },
+            _ = housekeeping.tick() => {
+                state.visit_limits.forget_idle();
+                continue;
+            }
             _ = stop.cancelled() => break,
         };
         // Over the cap, close at once rather than queue without bound.
         let Ok(permit) = connections.clone().try_acquire_owned() else {
             continue;
         };
-        let service = TowerToHyperService::new(app.clone());
+        let client = ClientAddr(client.ip());
+        let service = TowerToHyperService::new(app.clone().map_request(
+            move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(client);
+                request
+            },
+        ));
         let stop = stop.clone();
         tasks.spawn(async move {
             let _permit = permit;
@@ -138,7 +159,20 @@ impl HttpState {
 }
 
 /// `GET /`: counts one visit through Raft and says who served it.
-async fn visit(State(core): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
+async fn visit(
+    State(core): State<Arc<HttpState>>,
+    Extension(ClientAddr(client)): Extension<ClientAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(limited) = core.visit_limits.check(client) {
+        let retry_after = limited.retry_after().as_secs_f64().ceil().max(1.0) as u64;
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, retry_after.to_string())],
+            format!("{limited}; not counted, retry in {retry_after} s\n"),
+        )
+            .into_response();
+    }
     let op = Op::Increment {
         key: VISITS_KEY.to_vec(),
         delta: 1,

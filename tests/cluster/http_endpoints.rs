@@ -7,6 +7,38 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::support::http::get;
 use crate::support::{Cluster, Harness};
 
+/// The visit counter is an anonymous write through Raft: one client must
+/// not take the cluster's whole write capacity. Past its allowance a visit
+/// is answered 429 with Retry-After and counts nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_visits_too_fast_is_turned_away_and_not_counted() {
+    let cluster = Cluster::start_with(1, &["--visits-per-client", "1"]).await;
+    let http = cluster.nodes[0].http();
+    let visits = (0..10).map(|_| {
+        let http = http.clone();
+        tokio::spawn(async move { get(&http, "/", "*/*").await })
+    });
+    let replies: Vec<_> = futures::future::join_all(visits)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    let counted = replies.iter().filter(|r| r.status == 200).count();
+    let refused: Vec<_> = replies.iter().filter(|r| r.status == 429).collect();
+    assert_eq!(counted + refused.len(), 10, "only 200 or 429");
+    assert!(!refused.is_empty(), "no visit was limited");
+    for reply in &refused {
+        assert!(reply.header("retry-after").is_some(), "{}", reply.body);
+        assert!(reply.body.contains("too many visits"), "{}", reply.body);
+    }
+    let total = get(&http, "/visits", "application/json").await;
+    let json: serde_json::Value = serde_json::from_str(&total.body).unwrap();
+    assert_eq!(
+        json["visits"], counted as i64,
+        "a refused visit counts nothing"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_pod_counts_the_same_visits() {
     let cluster = Cluster::start(3).await;
