@@ -289,6 +289,26 @@ pub enum ClusterError {
     /// Joins wait until the founder confirmed its founding record.
     #[error("this cluster's founding is not on record yet; try again")]
     FoundingUnconfirmed,
+    /// `force-new-cluster` asked of a node that is no voter of a cluster.
+    #[error(
+        "this node ({id:016x}) is not a voter of a cluster; run force-new-cluster on a surviving voter"
+    )]
+    NotAVoterHere { id: NodeId },
+    /// `force-new-cluster` while a quorum of the membership answers:
+    /// nothing changed.
+    #[error(
+        "refusing to force a new cluster: {reachable} of {voters} voters are reachable and {quorum} make a quorum ({seen}); \
+         the cluster can still commit, so replace the lost members instead"
+    )]
+    QuorumReachable {
+        reachable: usize,
+        voters: usize,
+        quorum: usize,
+        seen: String,
+    },
+    /// `force-new-cluster` while a reachable member follows a leader.
+    #[error("refusing to force a new cluster: {peer} follows leader {leader}, so a quorum exists")]
+    LeaderReachable { peer: String, leader: String },
     #[error("raft failure: {0}")]
     Raft(String),
     #[error("storage failure: {0}")]
@@ -311,7 +331,10 @@ impl ClusterError {
             ClusterError::NoOtherVoter
             | ClusterError::NotCaughtUp { .. }
             | ClusterError::NotApplied { .. }
-            | ClusterError::NoDigest { .. } => Code::FailedPrecondition,
+            | ClusterError::NoDigest { .. }
+            | ClusterError::NotAVoterHere { .. }
+            | ClusterError::QuorumReachable { .. }
+            | ClusterError::LeaderReachable { .. } => Code::FailedPrecondition,
             ClusterError::SnapshotTimeout(_) => Code::DeadlineExceeded,
             ClusterError::RecordTaken { .. } => Code::Aborted,
             ClusterError::Peer(e) => e.code(),
@@ -513,6 +536,26 @@ mod tests {
             ),
             (ClusterError::BadRecord("b".into()), Code::Internal),
             (ClusterError::FoundingUnconfirmed, Code::Unavailable),
+            (
+                ClusterError::NotAVoterHere { id: 1 },
+                Code::FailedPrecondition,
+            ),
+            (
+                ClusterError::QuorumReachable {
+                    reachable: 2,
+                    voters: 3,
+                    quorum: 2,
+                    seen: "s".into(),
+                },
+                Code::FailedPrecondition,
+            ),
+            (
+                ClusterError::LeaderReachable {
+                    peer: "p".into(),
+                    leader: "l".into(),
+                },
+                Code::FailedPrecondition,
+            ),
             (ClusterError::Raft("r".into()), Code::Internal),
             (ClusterError::Storage("s".into()), Code::Internal),
         ];

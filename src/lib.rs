@@ -52,6 +52,7 @@ pub(crate) mod validate;
 mod layering;
 
 pub use client::{Client, ClientError};
+pub use cluster::Stop;
 pub use config::{Config, ConfigError};
 pub use error::{Error, InvalidRequest, Result};
 pub use node::{Durability, Node, NodeStats, StartError};

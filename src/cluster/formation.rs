@@ -191,7 +191,9 @@ async fn restart(ctx: &ClusterContext, kube: Option<&Arc<KubeApi>>, stop: &Cance
 }
 
 /// Makes the founding record name this node's cluster, confirmed; retries
-/// until done or stopped. A record of another cluster is left alone.
+/// until done or stopped. A record of another cluster is left alone, unless
+/// this node re-founded its data away from that cluster by force
+/// ([`super::refound`]): then it is rewritten, as a restore rewrites it.
 /// True once the record names this node's cluster, confirmed.
 async fn settle_record(
     ctx: &ClusterContext,
@@ -206,6 +208,12 @@ async fn settle_record(
             Ok(None) => call(kube, move |api| api.create_record(&founding))
                 .await
                 .map(|_| tracing::info!(cluster_id = %ours, "recorded this cluster's founding")),
+            Ok(Some(stored)) if refounded_from(ctx, &stored) => {
+                let cluster_id = ours.clone();
+                call(kube, move |api| api.replace_record(&stored, &founding))
+                    .await
+                    .map(|_| tracing::info!(%cluster_id, "founding record rewritten for the re-founded cluster"))
+            }
             Ok(Some(stored)) if stored.founding.cluster_id != ours => {
                 tracing::error!(
                     recorded = %stored.founding.cluster_id, ours = %ours,
@@ -225,6 +233,18 @@ async fn settle_record(
             return false;
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Whether `stored` names the cluster this node's data left when it was
+/// re-founded by force: the one record a member may rewrite for its own.
+fn refounded_from(ctx: &ClusterContext, stored: &StoredRecord) -> bool {
+    match ctx.meta.refounded_from() {
+        Ok(previous) => previous.as_deref() == Some(stored.founding.cluster_id.as_str()),
+        Err(e) => {
+            tracing::warn!("cannot read the re-founding mark: {e}");
+            false
+        }
     }
 }
 
@@ -328,7 +348,7 @@ async fn found(
     read: Option<StoredRecord>,
     stop: &CancellationToken,
 ) -> Result<(), String> {
-    let cluster_id = format!("{:032x}", rand::random::<u128>());
+    let cluster_id = new_cluster_id();
     let founding = Founding::new(&cluster_id, &ctx.me.name);
     if let Some(kube) = kube {
         call(kube, move |api| match &read {
@@ -354,6 +374,11 @@ async fn found(
     }
     ctx.formation.set(Standing::Serving);
     Ok(())
+}
+
+/// A fresh cluster id: 128 random bits in hex.
+pub(super) fn new_cluster_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
 }
 
 /// Seals restored data that is not sealed yet, retrying until done or
