@@ -535,3 +535,82 @@ async fn a_restore_in_place_refounds_the_set_and_rewrites_the_founding_record() 
     refounded(&cluster, &api, &old_id).await;
     every_write_present(&cluster, 2, &acked).await;
 }
+
+/// Loses two of three nodes for good (killed, volumes deleted) right after
+/// acknowledged writes, forces a new cluster on the survivor through the
+/// command line, and brings the lost nodes back empty. Returns the old and
+/// the new cluster ids and what was acknowledged.
+async fn lose_a_majority_then_force_a_new_cluster(
+    cluster: &mut Cluster,
+) -> (String, String, Vec<(Vec<u8>, Vec<u8>)>) {
+    let (old_id, _) = one_cluster(cluster, 3).await;
+    let acked = acknowledged_writes(cluster, 24).await;
+    // The survivor is a follower, so its log, not its leadership, is what
+    // keeps the writes: wait until every acknowledged entry is in its log
+    // (not necessarily applied), then lose the other two at once.
+    let leader = cluster.leader().await;
+    let survivor = (leader + 1) % 3;
+    let last = cluster.status(leader).await.unwrap().last_log_index;
+    wait_for("the survivor to hold every acknowledged entry", || async {
+        let status = cluster.status(survivor).await?;
+        if status.last_log_index >= last {
+            Ok(())
+        } else {
+            Err(format!("last log index {}", status.last_log_index))
+        }
+    })
+    .await;
+    let lost: Vec<usize> = (0..3).filter(|&i| i != survivor).collect();
+    for &i in &lost {
+        cluster.kill(i).await;
+        cluster.delete_volume(i);
+    }
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_raftset"))
+        .args(["force-new-cluster", "--json", "--endpoint"])
+        .arg(cluster.nodes[survivor].api())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let forced: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let new_id = forced["cluster_id"].as_str().unwrap().to_string();
+    assert_ne!(new_id, old_id);
+    assert_eq!(forced["previous_cluster_id"], old_id.as_str());
+    assert_eq!(forced["lost"].as_array().unwrap().len(), 2, "{forced}");
+
+    // Alone, the survivor holds every acknowledged write and takes new ones.
+    let status = cluster.status(survivor).await.unwrap();
+    assert_eq!(status.cluster_id, new_id);
+    assert_eq!(status.members.len(), 1);
+    cluster.wait_ready(survivor).await;
+    let mut client = cluster.client(survivor).await;
+    for (key, value) in &acked {
+        let kv = client.get(key).await.unwrap();
+        assert_eq!(kv.map(|kv| kv.value).as_ref(), Some(value));
+    }
+    client.put(b"after-forcing", b"v").await.unwrap();
+
+    for &i in &lost {
+        cluster.restart(i);
+    }
+    (old_id, new_id, acked)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forcing_a_new_cluster_on_the_survivor_of_a_lost_majority_keeps_every_acknowledged_write() {
+    let mut cluster = Cluster::start(3).await;
+    let (_, new_id, acked) = lose_a_majority_then_force_a_new_cluster(&mut cluster).await;
+    let (after, _) = one_cluster(&cluster, 3).await;
+    assert_eq!(after, new_id, "the lost nodes joined the new cluster");
+    every_write_present(&cluster, 0, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forcing_a_new_cluster_in_a_pod_rewrites_the_founding_record() {
+    let api = FakeKubeApi::start(3).await;
+    let mut cluster = Cluster::start_with(3, &["--kube-api", &api.url]).await;
+    let (old_id, new_id, acked) = lose_a_majority_then_force_a_new_cluster(&mut cluster).await;
+    refounded(&cluster, &api, &old_id).await;
+    assert_eq!(record_field(&api, "clusterId"), new_id);
+    every_write_present(&cluster, 2, &acked).await;
+}
