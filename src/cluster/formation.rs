@@ -262,7 +262,9 @@ async fn confirm(kube: &Arc<KubeApi>, stored: StoredRecord) -> Result<(), Cluste
 /// A restarted node whose data says it is a member, but whom the cluster
 /// removed while it was away (a volume kept after a scale-down), must not
 /// serve that stale state: it marks its data directory for discarding and
-/// stops, and comes back empty to join under a new id.
+/// stops, and comes back empty to join under a new id. So does a member
+/// of a cluster that a peer says was re-founded by force away from it
+/// ([`super::refound`]), except that it starts again in place at once.
 async fn check_still_member(ctx: &ClusterContext, stop: &CancellationToken) {
     let deadline = tokio::time::Instant::now() + MEMBERSHIP_CHECK;
     let ours = ctx.cluster_id.get();
@@ -285,6 +287,20 @@ async fn check_still_member(ctx: &ClusterContext, stop: &CancellationToken) {
             let Ok(info) = client.cluster_info(request).await.map(|r| r.into_inner()) else {
                 continue;
             };
+            if info.refounded_from == ours && !ours.is_empty() {
+                let reason = format!(
+                    "cluster {ours} was re-founded by force as cluster {} ({name} holds it); \
+                     discarding this data directory and starting again empty to join it",
+                    info.cluster_id
+                );
+                tracing::error!("{reason}");
+                if let Err(e) = ctx.meta.mark_for_discard(&reason) {
+                    tracing::error!("cannot mark the data directory for discarding: {e}");
+                    return;
+                }
+                ctx.stop.restart(reason);
+                return;
+            }
             if info.cluster_id != ours {
                 continue;
             }

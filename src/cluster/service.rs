@@ -41,6 +41,11 @@ fn info(ctx: &ClusterContext, asker_id: u64) -> ClusterInfoResponse {
             String::new()
         },
         node_id: ctx.id,
+        refounded_from: if is_member {
+            ctx.meta.refounded_from().ok().flatten().unwrap_or_default()
+        } else {
+            String::new()
+        },
         leader_id: leader,
         leader_peer_addr: leader
             .and_then(|id| membership.get_node(&id))

@@ -536,12 +536,14 @@ async fn a_restore_in_place_refounds_the_set_and_rewrites_the_founding_record() 
     every_write_present(&cluster, 2, &acked).await;
 }
 
-/// Loses two of three nodes for good (killed, volumes deleted) right after
+/// Loses two of three nodes (killed; volumes deleted, but with `stale` the
+/// second keeps its volume, as a node that was only cut off) right after
 /// acknowledged writes, forces a new cluster on the survivor through the
-/// command line, and brings the lost nodes back empty. Returns the old and
-/// the new cluster ids and what was acknowledged.
+/// command line, and brings the lost nodes back. Returns the old and the
+/// new cluster ids and what was acknowledged.
 async fn lose_a_majority_then_force_a_new_cluster(
     cluster: &mut Cluster,
+    stale: bool,
 ) -> (String, String, Vec<(Vec<u8>, Vec<u8>)>) {
     let (old_id, _) = one_cluster(cluster, 3).await;
     let acked = acknowledged_writes(cluster, 24).await;
@@ -563,7 +565,9 @@ async fn lose_a_majority_then_force_a_new_cluster(
     let lost: Vec<usize> = (0..3).filter(|&i| i != survivor).collect();
     for &i in &lost {
         cluster.kill(i).await;
-        cluster.delete_volume(i);
+        if !(stale && i == lost[1]) {
+            cluster.delete_volume(i);
+        }
     }
 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_raftset"))
@@ -593,23 +597,29 @@ async fn lose_a_majority_then_force_a_new_cluster(
     for &i in &lost {
         cluster.restart(i);
     }
+    if stale {
+        wait_for_log(cluster, lost[1], 0, "was re-founded by force").await;
+    }
     (old_id, new_id, acked)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forcing_a_new_cluster_on_the_survivor_of_a_lost_majority_keeps_every_acknowledged_write() {
     let mut cluster = Cluster::start(3).await;
-    let (_, new_id, acked) = lose_a_majority_then_force_a_new_cluster(&mut cluster).await;
+    let (_, new_id, acked) = lose_a_majority_then_force_a_new_cluster(&mut cluster, false).await;
     let (after, _) = one_cluster(&cluster, 3).await;
     assert_eq!(after, new_id, "the lost nodes joined the new cluster");
     every_write_present(&cluster, 0, &acked).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn forcing_a_new_cluster_in_a_pod_rewrites_the_founding_record() {
+async fn forcing_a_new_cluster_in_a_pod_rewrites_the_founding_record_and_stale_pods_rejoin() {
     let api = FakeKubeApi::start(3).await;
     let mut cluster = Cluster::start_with(3, &["--kube-api", &api.url]).await;
-    let (old_id, new_id, acked) = lose_a_majority_then_force_a_new_cluster(&mut cluster).await;
+    // One lost pod comes back on its volume of the old cluster: it learns
+    // that its cluster was re-founded, discards its data and joins.
+    let (old_id, new_id, acked) =
+        lose_a_majority_then_force_a_new_cluster(&mut cluster, true).await;
     refounded(&cluster, &api, &old_id).await;
     assert_eq!(record_field(&api, "clusterId"), new_id);
     every_write_present(&cluster, 2, &acked).await;
