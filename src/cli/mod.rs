@@ -153,13 +153,19 @@ pub enum Command {
         #[command(flatten)]
         conn: Conn,
     },
-    /// Re-found the cluster on this node's data after a majority of its
-    /// voters is lost for good (etcd's --force-new-cluster): a new cluster
-    /// id, this node the only voter, every entry of its log kept. Refused,
-    /// changing nothing, while a quorum of the voters is reachable, a
-    /// reachable member follows a leader, or this node is no voter. The
-    /// node starts again in place; then bring the lost members back on
-    /// empty volumes and they join (see the README's "Losing a majority").
+    /// Re-found the cluster on this node's data after losing a majority of
+    /// its voters for good.
+    ///
+    /// Like etcd's --force-new-cluster: a new cluster id, this node the
+    /// only voter, every entry of its log kept and committed. Refused,
+    /// changing nothing, while this node and the voters that answer make a
+    /// quorum, while an answering member follows a leader, or on a node
+    /// that is no voter; it cannot tell a dead member from one it cannot
+    /// reach, so first make sure the lost ones are gone. The node starts
+    /// again in place and the command waits until it leads the new
+    /// cluster; then bring the lost members back on empty volumes and they
+    /// join (one on an old volume discards it and joins). See the README's
+    /// "Losing a majority".
     ForceNewCluster {
         /// How long to wait for the node to serve the new cluster.
         #[arg(long, default_value_t = 60)]

@@ -25,6 +25,11 @@
 //!    only after confirming that record.
 //! 6. Anything else: wait and ask again, with backoff.
 //!
+//! After a majority of the voters is lost for good, [`refound`] re-founds
+//! the cluster on one survivor's data (`raftset force-new-cluster`); the
+//! survivor then rewrites the founding record, and members of the old
+//! cluster that come back discard their data and join.
+//!
 //! It must never import the faces or the node: it receives a
 //! [`ClusterContext`] with exactly the handles it uses.
 
