@@ -306,6 +306,10 @@ pub enum ClusterError {
         quorum: usize,
         seen: String,
     },
+    /// `force-new-cluster` again before the node started again to
+    /// complete the first one.
+    #[error("a re-founding is already recorded; the node is starting again to complete it")]
+    RefoundingUnderWay,
     /// `force-new-cluster` while a reachable member follows a leader.
     #[error("refusing to force a new cluster: {peer} follows leader {leader}, so a quorum exists")]
     LeaderReachable { peer: String, leader: String },
@@ -323,7 +327,8 @@ impl ClusterError {
             | ClusterError::TransferFailed { .. }
             | ClusterError::LeadershipMoved
             | ClusterError::MembershipBusy(_)
-            | ClusterError::FoundingUnconfirmed => Code::Unavailable,
+            | ClusterError::FoundingUnconfirmed
+            | ClusterError::RefoundingUnderWay => Code::Unavailable,
             ClusterError::NotMember { .. } => Code::NotFound,
             ClusterError::NotVoter { .. }
             | ClusterError::AddressTaken { .. }

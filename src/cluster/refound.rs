@@ -22,6 +22,8 @@
 //! cluster ([`super::formation`]), and the lost pods, back on empty
 //! volumes, join it.
 
+use std::collections::BTreeSet;
+
 use super::formation::{new_cluster_id, ASK_TIMEOUT};
 use super::ClusterContext;
 use crate::error::ClusterError;
@@ -43,10 +45,13 @@ pub enum VoterView {
 }
 
 /// Whether forcing a new cluster is allowed, given this node's id, the
-/// voters of its membership (id, name) and what probing the others found.
+/// voters of its membership (id, name), the voter sets of its
+/// configuration (two while a membership change is in joint consensus:
+/// a quorum is then a majority of each) and what probing the others found.
 pub fn assess(
     me: NodeId,
     voters: &[(NodeId, String)],
+    configs: &[BTreeSet<NodeId>],
     views: &[(NodeId, VoterView)],
 ) -> Result<(), ClusterError> {
     if !voters.iter().any(|(id, _)| *id == me) {
@@ -69,13 +74,17 @@ pub fn assess(
             });
         }
     }
-    let answering = views
+    let reachable: BTreeSet<NodeId> = views
         .iter()
         .filter(|(_, view)| matches!(view, VoterView::Member { .. }))
-        .count();
-    let reachable = 1 + answering;
-    let quorum = voters.len() / 2 + 1;
-    if reachable >= quorum {
+        .map(|(id, _)| *id)
+        .chain([me])
+        .collect();
+    let is_quorum =
+        |config: &BTreeSet<NodeId>| 2 * config.intersection(&reachable).count() > config.len();
+    if configs.iter().all(is_quorum) {
+        let reachable = reachable.len();
+        let quorum = voters.len() / 2 + 1;
         let seen: Vec<String> = std::iter::once(format!("{} (this node)", name(me)))
             .chain(
                 views
@@ -170,13 +179,15 @@ pub async fn force_new_cluster(ctx: &ClusterContext) -> Result<Forced, ClusterEr
         lost.push((*id, member.clone(), view));
     }
     let names: Vec<(NodeId, String)> = voters.iter().map(|(id, m)| (*id, m.name.clone())).collect();
-    assess(ctx.id, &names, &views)?;
+    assess(ctx.id, &names, membership.get_joint_config(), &views)?;
     let refounding = Refounding {
         cluster_id: new_cluster_id(),
         previous_cluster_id: ours,
         member: ctx.me.clone(),
     };
-    ctx.meta.mark_for_refounding(&refounding)?;
+    if !ctx.meta.mark_for_refounding(&refounding)? {
+        return Err(ClusterError::RefoundingUnderWay);
+    }
     let forced = Forced {
         refounding,
         node_id: ctx.id,
@@ -285,14 +296,35 @@ mod tests {
                 .filter(|id| *id != me)
                 .zip(answers)
                 .collect();
-            let outcome = assess(me, &voters, &views);
+            let config: BTreeSet<NodeId> = voters.iter().map(|(id, _)| *id).collect();
+            let outcome = assess(me, &voters, &[config], &views);
             assert_eq!(outcome.is_ok(), allowed, "{name}: {outcome:?}");
         }
     }
 
+    /// Every voter in one configuration.
+    fn one(n: u64) -> Vec<BTreeSet<NodeId>> {
+        vec![(1..=n).collect()]
+    }
+
+    #[test]
+    fn in_joint_consensus_a_quorum_is_a_majority_of_each_configuration() {
+        // {1,2,3} → {1,2,4}: 1 and 2 are a majority of both.
+        let voters = voters(4);
+        let joint = vec![BTreeSet::from([1, 2, 3]), BTreeSet::from([1, 2, 4])];
+        let views = [(2, member()), (3, gone()), (4, gone())];
+        assert!(matches!(
+            assess(1, &voters, &joint, &views),
+            Err(ClusterError::QuorumReachable { .. })
+        ));
+        // 1 and 3 are a majority of the old one only: nothing can commit.
+        let views = [(2, gone()), (3, member()), (4, gone())];
+        assert!(assess(1, &voters, &joint, &views).is_ok());
+    }
+
     #[test]
     fn a_refusal_says_who_answered_and_who_did_not() {
-        let err = assess(1, &voters(3), &[(2, member()), (3, gone())]).unwrap_err();
+        let err = assess(1, &voters(3), &one(3), &[(2, member()), (3, gone())]).unwrap_err();
         let text = err.to_string();
         assert!(text.contains("2 of 3 voters are reachable"), "{text}");
         assert!(text.contains("raftset-0 (this node)"), "{text}");
@@ -300,9 +332,9 @@ mod tests {
             text.contains("raftset-2: unreachable (connection refused)"),
             "{text}"
         );
-        let err = assess(1, &voters(5), &[(2, following("raftset-3"))]).unwrap_err();
+        let err = assess(1, &voters(5), &one(5), &[(2, following("raftset-3"))]).unwrap_err();
         assert!(matches!(err, ClusterError::LeaderReachable { .. }), "{err}");
-        let err = assess(9, &voters(3), &[]).unwrap_err();
+        let err = assess(9, &voters(3), &one(3), &[]).unwrap_err();
         assert!(
             matches!(err, ClusterError::NotAVoterHere { id: 9 }),
             "{err}"

@@ -6,8 +6,8 @@
 //! Two steps, each crash-safe:
 //! 1. The running node, once the cluster layer checked that no quorum is
 //!    reachable, writes the intent into the file `REFOUND` in the data
-//!    directory (written aside, fsynced, renamed, the directory fsynced),
-//!    then restarts. Before the rename the node is the old one; after it,
+//!    directory (written aside, fsynced, linked into place, the directory
+//!    fsynced), then restarts. Before the link the node is the old one; after it,
 //!    every start completes the re-founding.
 //! 2. [`finish`], on the next open and before openraft reads anything,
 //!    appends a membership entry with this node alone after the last entry,
@@ -49,8 +49,11 @@ pub struct Refounding {
 
 impl Meta {
     /// Records, durably, that the next start re-founds the cluster on this
-    /// data. Once this returns the re-founding cannot be undone.
-    pub fn mark_for_refounding(&self, refounding: &Refounding) -> Result<(), StoreError> {
+    /// data; false, changing nothing, when a re-founding is recorded
+    /// already (one marker, placed by a link that fails if it exists, so two
+    /// calls at once cannot both win). Once this returns true the
+    /// re-founding cannot be undone.
+    pub fn mark_for_refounding(&self, refounding: &Refounding) -> Result<bool, StoreError> {
         use std::io::Write;
         let dir = self.path();
         let path = dir.join(MARKER);
@@ -64,8 +67,14 @@ impl Meta {
         file.write_all(&json.map_err(io_err(&aside))?)
             .and_then(|_| file.sync_all())
             .map_err(io_err(&aside))?;
-        std::fs::rename(&aside, &path).map_err(io_err(&path))?;
-        sync_dir(dir)
+        let placed = match std::fs::hard_link(&aside, &path) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+            Err(source) => return Err(StoreError::Io { path, source }),
+        };
+        std::fs::remove_file(&aside).map_err(io_err(&aside))?;
+        sync_dir(dir)?;
+        Ok(placed)
     }
 
     /// The cluster this data belonged to before a forced re-founding.
