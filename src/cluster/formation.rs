@@ -22,7 +22,7 @@ use super::identity::ordinal_of;
 use super::kube::{call, Founding, KubeApi, StoredRecord};
 use super::ClusterContext;
 use crate::error::ClusterError;
-use crate::proto::{ClusterInfoRequest, JoinRequest};
+use crate::proto::{ClusterInfoRequest, ClusterInfoResponse, JoinRequest};
 use crate::types::Standing;
 
 /// How long one question to a peer may take.
@@ -33,6 +33,9 @@ pub(super) const JOIN_TIMEOUT: Duration = Duration::from_secs(300);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long a restarted node keeps asking whether it is still a member.
 const MEMBERSHIP_CHECK: Duration = Duration::from_secs(60);
+/// How often a member asks its peers whether its cluster was re-founded
+/// by force without it.
+const REFOUNDING_CHECK: Duration = Duration::from_secs(5);
 /// How long a founder waits for its founding entry to be durable (it
 /// leads alone, so this is one local flush).
 const FOUNDING_DURABLE: Duration = Duration::from_secs(30);
@@ -45,6 +48,7 @@ pub async fn run(ctx: &ClusterContext, stop: CancellationToken) {
         Ok(true) => {
             tracing::info!(cluster_id = %ctx.cluster_id.get(), "restarting from existing Raft state");
             restart(ctx, kube.as_ref(), &stop).await;
+            watch_for_refounding(ctx, &stop).await;
             return;
         }
         Ok(false) => {}
@@ -63,6 +67,7 @@ pub async fn run(ctx: &ClusterContext, stop: CancellationToken) {
             // whose last steps failed: what is left is a restart's. (A
             // learner goes on joining: the join promotes it.)
             restart(ctx, kube.as_ref(), &stop).await;
+            watch_for_refounding(ctx, &stop).await;
             return;
         }
         let outcome = match read_record(kube.as_ref()).await {
@@ -91,7 +96,10 @@ pub async fn run(ctx: &ClusterContext, stop: CancellationToken) {
             Err(e) => Err(format!("cannot read the founding record, waiting: {e}")),
         };
         match outcome {
-            Ok(()) => return,
+            Ok(()) => {
+                watch_for_refounding(ctx, &stop).await;
+                return;
+            }
             Err(reason) => {
                 if reason != last_reason {
                     tracing::info!("not a member yet: {reason}");
@@ -275,30 +283,8 @@ async fn check_still_member(ctx: &ClusterContext, stop: &CancellationToken) {
             .membership_config
             .log_id()
             .map_or(0, |l| l.index);
-        for (name, location) in discover(&ctx.config, &resolver).await {
-            let Location::At(addr) = location else {
-                continue;
-            };
-            let Ok(mut client) = ctx.peer(&addr) else {
-                continue;
-            };
-            let mut request = tonic::Request::new(ClusterInfoRequest { asker_id: ctx.id });
-            request.set_timeout(ASK_TIMEOUT);
-            let Ok(info) = client.cluster_info(request).await.map(|r| r.into_inner()) else {
-                continue;
-            };
-            if info.refounded_from == ours && !ours.is_empty() {
-                let reason = format!(
-                    "cluster {ours} was re-founded by force as cluster {} ({name} holds it); \
-                     discarding this data directory and starting again empty to join it",
-                    info.cluster_id
-                );
-                tracing::error!("{reason}");
-                if let Err(e) = ctx.meta.mark_for_discard(&reason) {
-                    tracing::error!("cannot mark the data directory for discarding: {e}");
-                    return;
-                }
-                ctx.stop.restart(reason);
+        for (name, info) in peer_infos(ctx, &resolver).await {
+            if leave_if_refounded(ctx, &name, &info) {
                 return;
             }
             if info.cluster_id != ours {
@@ -328,6 +314,67 @@ async fn check_still_member(ctx: &ClusterContext, stop: &CancellationToken) {
     }
 }
 
+/// What every peer that discovery finds and that answers says about itself.
+async fn peer_infos(
+    ctx: &ClusterContext,
+    resolver: &Resolver,
+) -> Vec<(String, ClusterInfoResponse)> {
+    let mut infos = Vec::new();
+    for (name, location) in discover(&ctx.config, resolver).await {
+        let Location::At(addr) = location else {
+            continue;
+        };
+        let Ok(mut client) = ctx.peer(&addr) else {
+            continue;
+        };
+        let mut request = tonic::Request::new(ClusterInfoRequest { asker_id: ctx.id });
+        request.set_timeout(ASK_TIMEOUT);
+        if let Ok(info) = client.cluster_info(request).await {
+            infos.push((name, info.into_inner()));
+        }
+    }
+    infos
+}
+
+/// When peer `name` says its cluster was re-founded by force from this
+/// node's cluster, this node's data belongs to a cluster that is gone: it
+/// marks the data for discarding and starts again in place, empty, to join
+/// the new one. True when it did.
+fn leave_if_refounded(ctx: &ClusterContext, name: &str, info: &ClusterInfoResponse) -> bool {
+    let ours = ctx.cluster_id.get();
+    if ours.is_empty() || info.refounded_from != ours {
+        return false;
+    }
+    let reason = format!(
+        "cluster {ours} was re-founded by force as cluster {} ({name} holds it); \
+         discarding this data directory and starting again empty to join it",
+        info.cluster_id
+    );
+    tracing::error!("{reason}");
+    if let Err(e) = ctx.meta.mark_for_discard(&reason) {
+        tracing::error!("cannot mark the data directory for discarding: {e}");
+        return false;
+    }
+    ctx.stop.restart(reason);
+    true
+}
+
+/// A member that was cut off while the others re-founded the cluster by
+/// force keeps running as a member of a cluster that is gone (its former
+/// peers refuse its messages). So every member asks its peers, every
+/// [`REFOUNDING_CHECK`] for as long as it runs, whether one was re-founded
+/// from its cluster, and leaves when one was.
+async fn watch_for_refounding(ctx: &ClusterContext, stop: &CancellationToken) {
+    let resolver = Resolver::from_system();
+    while pause(stop, REFOUNDING_CHECK).await {
+        for (name, info) in peer_infos(ctx, &resolver).await {
+            if leave_if_refounded(ctx, &name, &info) {
+                return;
+            }
+        }
+    }
+}
+
 async fn ask(ctx: &ClusterContext, peer_addr: &str) -> PeerView {
     let Ok(mut client) = ctx.peer(peer_addr) else {
         return PeerView::Absent;
@@ -340,6 +387,7 @@ async fn ask(ctx: &ClusterContext, peer_addr: &str) -> PeerView {
             let info = info.into_inner();
             PeerView::Member {
                 cluster_id: info.cluster_id,
+                refounded_from: info.refounded_from,
                 peer_addr: if info.leader_peer_addr.is_empty() {
                     peer_addr.to_string()
                 } else {

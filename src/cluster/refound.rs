@@ -124,10 +124,12 @@ pub struct Forced {
     pub lost: Vec<(NodeId, Member, VoterView)>,
 }
 
-/// Asks the voter `member` what it belongs to and whom it follows. A
-/// leader that is this node does not count: it may be a leader that lost
-/// its quorum, which openraft does not step down.
-async fn probe(ctx: &ClusterContext, ours: &str, member: &Member) -> VoterView {
+/// Asks the voter `id` (`member`) what it belongs to and whom it follows.
+/// Another node answering at its address (its volume was replaced, the
+/// new node may even be joining) is not that voter. A leader that is this
+/// node does not count: it may be a leader that lost its quorum, which
+/// openraft does not step down (nor does a restart on its data).
+async fn probe(ctx: &ClusterContext, ours: &str, id: NodeId, member: &Member) -> VoterView {
     let mut client = match ctx.peer(&member.peer_addr) {
         Ok(client) => client,
         Err(e) => return VoterView::Unreachable(e.to_string()),
@@ -137,6 +139,12 @@ async fn probe(ctx: &ClusterContext, ours: &str, member: &Member) -> VoterView {
     match client.cluster_info(request).await {
         Ok(info) => {
             let info = info.into_inner();
+            if info.node_id != id {
+                return VoterView::Elsewhere(format!(
+                    "but as another node ({:016x}): this member's volume was replaced",
+                    info.node_id
+                ));
+            }
             if info.cluster_id != ours {
                 let what = if info.cluster_id.is_empty() {
                     "holding no membership of this cluster".to_string()
@@ -174,7 +182,7 @@ pub async fn force_new_cluster(ctx: &ClusterContext) -> Result<Forced, ClusterEr
     let mut views = Vec::new();
     let mut lost = Vec::new();
     for (id, member) in voters.iter().filter(|(id, _)| *id != ctx.id) {
-        let view = probe(ctx, &ours, member).await;
+        let view = probe(ctx, &ours, *id, member).await;
         views.push((*id, view.clone()));
         lost.push((*id, member.clone(), view));
     }

@@ -624,3 +624,45 @@ async fn forcing_a_new_cluster_in_a_pod_rewrites_the_founding_record_and_stale_p
     assert_eq!(record_field(&api, "clusterId"), new_id);
     every_write_present(&cluster, 2, &acked).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_nodes_back_on_empty_volumes_before_the_command_join_the_new_cluster() {
+    let mut cluster = Cluster::start(3).await;
+    let (old_id, _) = one_cluster(&cluster, 3).await;
+    let acked = acknowledged_writes(&cluster, 12).await;
+    // The survivor is the leader, which openraft keeps leading without a
+    // quorum: the wiped nodes, back at once under their old addresses,
+    // start joining the old cluster through it (and record its id).
+    let survivor = cluster.leader().await;
+    let lost: Vec<usize> = (0..3).filter(|&i| i != survivor).collect();
+    for &i in &lost {
+        cluster.kill(i).await;
+        cluster.delete_volume(i);
+    }
+    for &i in &lost {
+        cluster.restart(i);
+    }
+    for &i in &lost {
+        wait_for("a lost node to try joining the old cluster", || async {
+            let status = cluster.status(i).await?;
+            if status.cluster_id == old_id {
+                Ok(())
+            } else {
+                Err(format!("cluster {:?}", status.cluster_id))
+            }
+        })
+        .await;
+    }
+
+    // Their answers at the old members' addresses come from other nodes:
+    // no quorum, so the command goes ahead, and they join the new cluster.
+    let forced = cluster
+        .client(survivor)
+        .await
+        .force_new_cluster()
+        .await
+        .unwrap();
+    let (after, _) = one_cluster(&cluster, 3).await;
+    assert_eq!(after, forced.cluster_id);
+    every_write_present(&cluster, lost[0], &acked).await;
+}
