@@ -179,10 +179,15 @@ pub async fn force_new_cluster(ctx: &ClusterContext) -> Result<Forced, ClusterEr
     if ours.is_empty() {
         return Err(ClusterError::NotAVoterHere { id: ctx.id });
     }
+    // All at once: each unreachable voter costs a whole ASK_TIMEOUT.
+    let others: Vec<&(NodeId, Member)> = voters.iter().filter(|(id, _)| *id != ctx.id).collect();
+    let probes = others
+        .iter()
+        .map(|(id, member)| probe(ctx, &ours, *id, member));
+    let found = futures::future::join_all(probes).await;
     let mut views = Vec::new();
     let mut lost = Vec::new();
-    for (id, member) in voters.iter().filter(|(id, _)| *id != ctx.id) {
-        let view = probe(ctx, &ours, *id, member).await;
+    for ((id, member), view) in others.into_iter().zip(found) {
         views.push((*id, view.clone()));
         lost.push((*id, member.clone(), view));
     }
