@@ -7,8 +7,8 @@
 //! 1. The running node, once the cluster layer checked that no quorum is
 //!    reachable, writes the intent into the file `REFOUND` in the data
 //!    directory (written aside, fsynced, linked into place, the directory
-//!    fsynced), then restarts. Before the link the node is the old one; after it,
-//!    every start completes the re-founding.
+//!    fsynced), then restarts. Before the link the node is the old one;
+//!    after it, every start completes the re-founding.
 //! 2. [`finish`], on the next open and before openraft reads anything,
 //!    appends a membership entry with this node alone after the last entry,
 //!    under a committed vote of a new term (see `LogStore::append_sole_voter`),
