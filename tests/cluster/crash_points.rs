@@ -191,12 +191,7 @@ async fn crash_while_refounding(point: &str) {
     }
     cluster.stop(survivor).await;
     cluster.restart_armed(survivor, &format!("{point}=return"));
-    let forced = cluster
-        .client(survivor)
-        .await
-        .force_new_cluster()
-        .await
-        .unwrap();
+    let forced = cluster.force_new_cluster(survivor).await;
     dies_at(&mut cluster, survivor, point).await;
 
     cluster.restart(survivor);

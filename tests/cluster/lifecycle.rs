@@ -656,12 +656,7 @@ async fn lost_nodes_back_on_empty_volumes_before_the_command_join_the_new_cluste
 
     // Their answers at the old members' addresses come from other nodes:
     // no quorum, so the command goes ahead, and they join the new cluster.
-    let forced = cluster
-        .client(survivor)
-        .await
-        .force_new_cluster()
-        .await
-        .unwrap();
+    let forced = cluster.force_new_cluster(survivor).await;
     let (after, _) = one_cluster(&cluster, 3).await;
     assert_eq!(after, forced.cluster_id);
     every_write_present(&cluster, lost[0], &acked).await;

@@ -208,6 +208,16 @@ impl Cluster {
         .await
     }
 
+    /// Forces a new cluster on node `i`'s data; it answers, then starts
+    /// again in place.
+    pub async fn force_new_cluster(&self, i: usize) -> raftset::proto::ForceNewClusterResponse {
+        self.client(i)
+            .await
+            .force_new_cluster()
+            .await
+            .unwrap_or_else(|e| panic!("force-new-cluster on {}: {e}", self.nodes[i].name))
+    }
+
     /// Kills a node with SIGKILL: no shutdown, no flush.
     pub async fn kill(&mut self, i: usize) {
         let mut child = self.nodes[i].child.take().expect("node is running");
