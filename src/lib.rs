@@ -28,7 +28,9 @@
 //! never the node. `ARCHITECTURE.md` walks two requests through the files.
 //!
 //! Embedding: build a [`Config`], [`Node::start`] it, talk to it through
-//! [`Node::client`], stop it with [`Node::shutdown`]. See `examples/`.
+//! [`Node::client`], stop it with [`Node::shutdown`]; [`Node::stopped`]
+//! says when it must stop by itself, and with [`Stop::restart`] that it
+//! must be started again. See `examples/`.
 
 pub(crate) mod api;
 pub mod cli;
