@@ -310,8 +310,14 @@ pub enum ClusterError {
     /// complete the first one.
     #[error("a re-founding is already recorded; the node is starting again to complete it")]
     RefoundingUnderWay,
+    /// `force-new-cluster` on a member of a cluster that another voter
+    /// re-founded by force already: two survivors must not both found one.
+    #[error(
+        "refusing to force a new cluster: {peer} re-founded this cluster already, as {cluster_id}; this node will join it"
+    )]
+    AlreadyRefounded { peer: String, cluster_id: String },
     /// `force-new-cluster` while a reachable member follows a leader.
-    #[error("refusing to force a new cluster: {peer} follows leader {leader}, so a quorum exists")]
+    #[error("refusing to force a new cluster: {peer} reports leader {leader}, so a quorum exists")]
     LeaderReachable { peer: String, leader: String },
     #[error("raft failure: {0}")]
     Raft(String),
@@ -339,7 +345,8 @@ impl ClusterError {
             | ClusterError::NoDigest { .. }
             | ClusterError::NotAVoterHere { .. }
             | ClusterError::QuorumReachable { .. }
-            | ClusterError::LeaderReachable { .. } => Code::FailedPrecondition,
+            | ClusterError::LeaderReachable { .. }
+            | ClusterError::AlreadyRefounded { .. } => Code::FailedPrecondition,
             ClusterError::SnapshotTimeout(_) => Code::DeadlineExceeded,
             ClusterError::RecordTaken { .. } => Code::Aborted,
             ClusterError::Peer(e) => e.code(),
@@ -541,6 +548,14 @@ mod tests {
             ),
             (ClusterError::BadRecord("b".into()), Code::Internal),
             (ClusterError::FoundingUnconfirmed, Code::Unavailable),
+            (ClusterError::RefoundingUnderWay, Code::Unavailable),
+            (
+                ClusterError::AlreadyRefounded {
+                    peer: "p".into(),
+                    cluster_id: "c".into(),
+                },
+                Code::FailedPrecondition,
+            ),
             (
                 ClusterError::NotAVoterHere { id: 1 },
                 Code::FailedPrecondition,

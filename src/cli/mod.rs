@@ -159,8 +159,8 @@ pub enum Command {
     /// Like etcd's --force-new-cluster: a new cluster id, this node the
     /// only voter, every entry of its log kept and committed. Refused,
     /// changing nothing, while this node and the voters that answer make a
-    /// quorum, while an answering member follows a leader, or on a node
-    /// that is no voter; it cannot tell a dead member from one it cannot
+    /// quorum, while an answering member follows a leader, when another
+    /// voter re-founded the cluster already, or on a node that is no voter; it cannot tell a dead member from one it cannot
     /// reach, so first make sure the lost ones are gone. The node starts
     /// again in place and the command waits until it leads the new
     /// cluster; then bring the lost members back on empty volumes and they

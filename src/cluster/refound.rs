@@ -6,8 +6,9 @@
 //! voter found; [`force_new_cluster`] does the probing and records the
 //! re-founding. It refuses, changing nothing, on a node that is no voter of
 //! a cluster, while this node and the voters that answer as members of its
-//! cluster make a quorum, and while any member that answers follows a
-//! leader. A probe is a `ClusterInfo` question on the peer port: it casts
+//! cluster make a quorum, while any member that answers follows a leader,
+//! and when a voter answers that it re-founded this cluster already (this
+//! node then leaves its data and joins that one, see [`super::formation`]). A probe is a `ClusterInfo` question on the peer port: it casts
 //! no vote and moves no term, so asking never disturbs a working cluster.
 //!
 //! What it cannot tell: a voter that does not answer may be dead or cut off
@@ -40,6 +41,9 @@ pub enum VoterView {
     /// It answered, but holds no membership of this cluster (it came back
     /// empty, or belongs to another cluster).
     Elsewhere(String),
+    /// It leads or belongs to cluster `.0`, which was already re-founded
+    /// by force from this node's cluster.
+    Refounded(String),
     /// It did not answer.
     Unreachable(String),
 }
@@ -64,14 +68,22 @@ pub fn assess(
             .map_or_else(|| format!("{id:016x}"), |(_, name)| name.clone())
     };
     for (id, view) in views {
-        if let VoterView::Member {
-            leader: Some(leader),
-        } = view
-        {
-            return Err(ClusterError::LeaderReachable {
-                peer: name(*id),
-                leader: leader.clone(),
-            });
+        match view {
+            VoterView::Member {
+                leader: Some(leader),
+            } => {
+                return Err(ClusterError::LeaderReachable {
+                    peer: name(*id),
+                    leader: leader.clone(),
+                })
+            }
+            VoterView::Refounded(cluster_id) => {
+                return Err(ClusterError::AlreadyRefounded {
+                    peer: name(*id),
+                    cluster_id: cluster_id.clone(),
+                })
+            }
+            _ => {}
         }
     }
     let reachable: BTreeSet<NodeId> = views
@@ -107,6 +119,9 @@ impl std::fmt::Display for VoterView {
         match self {
             VoterView::Member { .. } => write!(f, "a member, answering"),
             VoterView::Elsewhere(what) => write!(f, "answers, {what}"),
+            VoterView::Refounded(cluster_id) => {
+                write!(f, "answers, re-founded from this cluster as {cluster_id}")
+            }
             VoterView::Unreachable(why) => write!(f, "unreachable ({why})"),
         }
     }
@@ -144,6 +159,9 @@ async fn probe(ctx: &ClusterContext, ours: &str, id: NodeId, member: &Member) ->
                     "but as another node ({:016x}): this member's volume was replaced",
                     info.node_id
                 ));
+            }
+            if info.refounded_from == ours {
+                return VoterView::Refounded(info.cluster_id);
             }
             if info.cluster_id != ours {
                 let what = if info.cluster_id.is_empty() {
@@ -292,6 +310,13 @@ mod tests {
                 false,
             ),
             ("the only voter already", 1, 1, vec![], false),
+            (
+                "another survivor re-founded this cluster already",
+                5,
+                1,
+                vec![VoterView::Refounded("c2".into()), gone(), gone(), gone()],
+                false,
+            ),
             ("2 voters, the other gone", 2, 1, vec![gone()], true),
             (
                 "not a voter of its membership",

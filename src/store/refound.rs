@@ -77,6 +77,11 @@ impl Meta {
         Ok(placed)
     }
 
+    /// The re-founding recorded and not yet completed, if any.
+    pub fn pending_refounding(&self) -> Result<Option<Refounding>, StoreError> {
+        read_marker(&self.path().join(MARKER))
+    }
+
     /// The cluster this data belonged to before a forced re-founding.
     pub fn refounded_from(&self) -> Result<Option<String>, StoreError> {
         self.text(REFOUNDED_FROM_KEY)
@@ -91,16 +96,9 @@ pub(super) fn finish(
     meta: &Meta,
 ) -> Result<Option<Refounding>, StoreError> {
     let path = meta.path().join(MARKER);
-    let bytes = match std::fs::read(&path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(StoreError::Io { path, source }),
+    let Some(refounding) = read_marker(&path)? else {
+        return Ok(None);
     };
-    let refounding: Refounding =
-        serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupted {
-            path: path.clone(),
-            detail: format!("unreadable re-founding record: {e}"),
-        })?;
     if meta.cluster_id()?.as_deref() != Some(refounding.cluster_id.as_str()) {
         let entry = log
             .append_sole_voter(node_id, &refounding.member)
@@ -134,6 +132,25 @@ pub(super) fn finish(
     })?;
     sync_dir(meta.path())?;
     Ok(Some(refounding))
+}
+
+fn read_marker(path: &Path) -> Result<Option<Refounding>, StoreError> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(StoreError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| StoreError::Corrupted {
+            path: path.to_path_buf(),
+            detail: format!("unreadable re-founding record: {e}"),
+        })
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {

@@ -661,3 +661,33 @@ async fn lost_nodes_back_on_empty_volumes_before_the_command_join_the_new_cluste
     assert_eq!(after, forced.cluster_id);
     every_write_present(&cluster, lost[0], &acked).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_survivors_cannot_both_force_a_new_cluster() {
+    let mut cluster = Cluster::start(5).await;
+    let acked = acknowledged_writes(&cluster, 10).await;
+    let leader = cluster.leader().await;
+    let last = cluster.status(leader).await.unwrap().last_log_index;
+    cluster.wait_for_applied(0, last).await;
+    // Three of five lost: 0 and 1 reach each other, but are no quorum.
+    for i in [2, 3, 4] {
+        cluster.kill(i).await;
+        cluster.delete_volume(i);
+    }
+    let first = cluster.force_new_cluster(0).await;
+    // Node 0 has recorded its re-founding (it may still be starting again):
+    // node 1 must not found a second cluster beside it.
+    let refused = cluster.force_new_cluster_refused(1).await;
+    assert!(
+        refused.contains("re-founded this cluster already"),
+        "{refused}"
+    );
+
+    // Node 1 leaves the old cluster by itself and joins; so do the others.
+    for i in [2, 3, 4] {
+        cluster.restart(i);
+    }
+    let (after, _) = one_cluster(&cluster, 5).await;
+    assert_eq!(after, first.cluster_id);
+    every_write_present(&cluster, 1, &acked).await;
+}
