@@ -295,6 +295,36 @@ pub enum ClusterError {
     /// Joins wait until the founder confirmed its founding record.
     #[error("this cluster's founding is not on record yet; try again")]
     FoundingUnconfirmed,
+    /// `force-new-cluster` asked of a node that is no voter of a cluster.
+    #[error(
+        "this node ({id:016x}) is not a voter of a cluster; run force-new-cluster on a surviving voter"
+    )]
+    NotAVoterHere { id: NodeId },
+    /// `force-new-cluster` while a quorum of the membership answers:
+    /// nothing changed.
+    #[error(
+        "refusing to force a new cluster: {reachable} of {voters} voters are reachable and {quorum} make a quorum ({seen}); \
+         the cluster can still commit, so replace the lost members instead"
+    )]
+    QuorumReachable {
+        reachable: usize,
+        voters: usize,
+        quorum: usize,
+        seen: String,
+    },
+    /// `force-new-cluster` again before the node started again to
+    /// complete the first one.
+    #[error("a re-founding is already recorded; the node is starting again to complete it")]
+    RefoundingUnderWay,
+    /// `force-new-cluster` on a member of a cluster that another voter
+    /// re-founded by force already: two survivors must not both found one.
+    #[error(
+        "refusing to force a new cluster: {peer} re-founded this cluster already, as {cluster_id}; this node will join it"
+    )]
+    AlreadyRefounded { peer: String, cluster_id: String },
+    /// `force-new-cluster` while a reachable member follows a leader.
+    #[error("refusing to force a new cluster: {peer} reports leader {leader}, so a quorum exists")]
+    LeaderReachable { peer: String, leader: String },
     #[error("raft failure: {0}")]
     Raft(String),
     #[error("storage failure: {0}")]
@@ -309,7 +339,8 @@ impl ClusterError {
             | ClusterError::TransferFailed { .. }
             | ClusterError::LeadershipMoved
             | ClusterError::MembershipBusy(_)
-            | ClusterError::FoundingUnconfirmed => Code::Unavailable,
+            | ClusterError::FoundingUnconfirmed
+            | ClusterError::RefoundingUnderWay => Code::Unavailable,
             ClusterError::NotMember { .. } => Code::NotFound,
             ClusterError::NotVoter { .. }
             | ClusterError::AddressTaken { .. }
@@ -318,7 +349,11 @@ impl ClusterError {
             | ClusterError::HoldRefused { .. }
             | ClusterError::NotCaughtUp { .. }
             | ClusterError::NotApplied { .. }
-            | ClusterError::NoDigest { .. } => Code::FailedPrecondition,
+            | ClusterError::NoDigest { .. }
+            | ClusterError::NotAVoterHere { .. }
+            | ClusterError::QuorumReachable { .. }
+            | ClusterError::LeaderReachable { .. }
+            | ClusterError::AlreadyRefounded { .. } => Code::FailedPrecondition,
             ClusterError::SnapshotTimeout(_) | ClusterError::LeaveTimedOut { .. } => {
                 Code::DeadlineExceeded
             }
@@ -527,6 +562,34 @@ mod tests {
             ),
             (ClusterError::BadRecord("b".into()), Code::Internal),
             (ClusterError::FoundingUnconfirmed, Code::Unavailable),
+            (ClusterError::RefoundingUnderWay, Code::Unavailable),
+            (
+                ClusterError::AlreadyRefounded {
+                    peer: "p".into(),
+                    cluster_id: "c".into(),
+                },
+                Code::FailedPrecondition,
+            ),
+            (
+                ClusterError::NotAVoterHere { id: 1 },
+                Code::FailedPrecondition,
+            ),
+            (
+                ClusterError::QuorumReachable {
+                    reachable: 2,
+                    voters: 3,
+                    quorum: 2,
+                    seen: "s".into(),
+                },
+                Code::FailedPrecondition,
+            ),
+            (
+                ClusterError::LeaderReachable {
+                    peer: "p".into(),
+                    leader: "l".into(),
+                },
+                Code::FailedPrecondition,
+            ),
             (ClusterError::Raft("r".into()), Code::Internal),
             (ClusterError::Storage("s".into()), Code::Internal),
         ];

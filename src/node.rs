@@ -20,7 +20,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::{AdminService, KvService, Watches};
 use crate::cluster::service::ClusterService;
-use crate::cluster::{formation, identity, leadership, membership, ClusterContext, StopSignal};
+use crate::cluster::{
+    formation, identity, leadership, membership, ClusterContext, Stop, StopSignal,
+};
 use crate::config::{Config, ConfigError};
 use crate::http::limit::VisitLimits;
 use crate::http::{HttpSettings, HttpState};
@@ -75,7 +77,7 @@ pub struct Node {
     client_tasks: TaskTracker,
     peer_tasks: TaskTracker,
     /// Set when the node stopped by itself, with the reason.
-    stopped: watch::Receiver<Option<String>>,
+    stopped: watch::Receiver<Option<Stop>>,
 }
 
 /// How far this node's log is durable and applied, and how its flushes
@@ -382,16 +384,21 @@ impl Node {
     }
 
     /// Resolves when the node must stop by itself (a fatal storage or Raft
-    /// error, or it found itself removed from its cluster), with the reason.
-    /// The owner then calls [`Node::shutdown`].
-    pub async fn stopped(&self) -> String {
+    /// error, it found itself removed from its cluster, or it recorded a
+    /// forced re-founding and must start again), with the reason. The
+    /// owner then calls [`Node::shutdown`], and starts the node again on
+    /// the same configuration when [`Stop::restart`] says so.
+    pub async fn stopped(&self) -> Stop {
         let mut stopped = self.stopped.clone();
         loop {
-            if let Some(reason) = stopped.borrow_and_update().clone() {
-                return reason;
+            if let Some(stop) = stopped.borrow_and_update().clone() {
+                return stop;
             }
             if stopped.changed().await.is_err() {
-                return "node dropped".into();
+                return Stop {
+                    reason: "node dropped".into(),
+                    restart: false,
+                };
             }
         }
     }

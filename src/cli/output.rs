@@ -237,3 +237,43 @@ pub fn verify(report: &crate::proto::VerifyResponse, as_json: bool) {
         println!("MEMBERS DISAGREE at index {}", report.index);
     }
 }
+
+pub fn forced(forced: &crate::proto::ForceNewClusterResponse, as_json: bool) {
+    if as_json {
+        let lost: Vec<_> = forced
+            .lost
+            .iter()
+            .map(|l| {
+                let m = l.member.clone().unwrap_or_default();
+                json!({ "id": m.id, "name": m.name, "seen": l.seen })
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({
+                "id": forced.id, "name": forced.name, "cluster_id": forced.cluster_id,
+                "previous_cluster_id": forced.previous_cluster_id,
+                "last_log_index": forced.last_log_index, "applied_index": forced.applied_index,
+                "lost": lost,
+            })
+        );
+        return;
+    }
+    println!(
+        "{} ({:016x}) is the only voter of the new cluster {} (was {}), holding its whole log (up to index {}, {} applied before)",
+        forced.name,
+        forced.id,
+        forced.cluster_id,
+        forced.previous_cluster_id,
+        forced.last_log_index,
+        forced.applied_index
+    );
+    for l in &forced.lost {
+        let m = l.member.clone().unwrap_or_default();
+        println!(
+            "no longer a member: {:016x}  {:<14}{}",
+            m.id, m.name, l.seen
+        );
+    }
+    println!("next: start the lost members on empty volumes; they join the new cluster");
+}

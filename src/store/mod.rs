@@ -4,9 +4,11 @@
 //! Layout (`<data_dir>/db` is the sled database):
 //! - tree `log`: log index (big-endian u64) → postcard-encoded entry
 //! - tree `raft`: the vote, the committed and purged log ids, this node's id
-//!   and the cluster id
+//!   and the cluster id (and the one before a forced re-founding)
 //! - tree `sm`: the state machine, see [`keys`] for its key prefixes
 //! - `<data_dir>/snapshots/`: the latest snapshot file
+//! - `<data_dir>/DISCARD`, `<data_dir>/REFOUND`: what the next start does
+//!   to the directory first (empty it; re-found the cluster, see [`refound`])
 //!
 //! What is flushed when (sled writes to its page cache until flushed):
 //! - an appended batch of log entries is reported durable to openraft only
@@ -18,13 +20,16 @@
 //! - applying entries is not flushed by itself: applied state is recovered by
 //!   re-applying the durable log. The next log flush persists it anyway, and
 //!   a snapshot flushes before the log below it can be purged;
-//! - a snapshot file is fsynced (with its directory) before it is used.
+//! - a snapshot file is fsynced (with its directory) before it is used;
+//! - a re-founding is flushed (new cluster id last) before its `REFOUND`
+//!   file is removed.
 //!
 //! A failed write or flush is fatal: it is logged with the data directory and
 //! returned to openraft, which stops the node; nothing is acknowledged.
 
 pub mod keys;
 mod log;
+mod refound;
 mod snapshot;
 pub mod state_machine;
 
@@ -33,6 +38,7 @@ use std::sync::Arc;
 
 use log::PurgeGate;
 pub use log::{FlushStats, LogStore};
+pub use refound::Refounding;
 pub use state_machine::{KvReader, StateMachine, WatchFeed};
 
 use crate::types::NodeId;
@@ -97,7 +103,9 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the data directory. An empty directory gets a fresh
     /// random node id, stored before anything else. A directory marked for
-    /// discarding (see [`Meta::mark_for_discard`]) is emptied first.
+    /// discarding (see [`Meta::mark_for_discard`]) is emptied first; one
+    /// marked for re-founding ([`Meta::mark_for_refounding`]) is re-founded
+    /// before openraft sees it.
     pub fn open(data_dir: &Path, options: &StoreOptions) -> Result<Store, StoreError> {
         let path = data_dir.to_path_buf();
         let db_path = path.join("db");
@@ -176,6 +184,7 @@ impl Store {
         let purges = Arc::new(PurgeGate::open(&db, raft_tree.clone()).map_err(sled_err)?);
         let state_machine = StateMachine::open(shared.clone(), options, purges.clone())?;
         let log = LogStore::open(shared, raft_tree, purges).map_err(sled_err)?;
+        refound::finish(node_id, &log, &meta)?;
         Ok(Store {
             node_id,
             log,
@@ -293,10 +302,12 @@ pub struct Meta {
 impl Meta {
     /// The cluster this data belongs to, once the node founded or joined one.
     pub fn cluster_id(&self) -> Result<Option<String>, StoreError> {
-        let value = self
-            .raft_tree
-            .get(CLUSTER_ID_KEY)
-            .map_err(|e| self.sled_err(e))?;
+        self.text(CLUSTER_ID_KEY)
+    }
+
+    /// A text value of the `raft` tree.
+    fn text(&self, key: &[u8]) -> Result<Option<String>, StoreError> {
+        let value = self.raft_tree.get(key).map_err(|e| self.sled_err(e))?;
         Ok(value.map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 

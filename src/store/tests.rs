@@ -879,3 +879,65 @@ fn reads_while_entries_apply_see_whole_entries_at_their_revision() {
     );
     assert!(reads > 0);
 }
+
+/// A re-founding recorded by the running node is completed on the next
+/// open: the whole log kept, then a membership entry with this node alone
+/// in a new term, under a committed vote for it, marked committed; the new
+/// cluster id and the old one recorded; the record removed. Opening again
+/// changes nothing more, and only one re-founding can be recorded.
+#[tokio::test]
+async fn a_recorded_refounding_makes_this_node_the_only_voter_after_the_whole_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions::default();
+    let store = Store::open(dir.path(), &options).unwrap();
+    let id = store.node_id;
+    store.meta.set_cluster_id("old").unwrap();
+    let log = store.meta.shared.db.open_tree("log").unwrap();
+    for index in 1..=3 {
+        let bytes = postcard::to_stdvec(&entry(index, "r", 0, put("k", "v"))).unwrap();
+        log.insert(index.to_be_bytes(), bytes).unwrap();
+    }
+    let refounding = |cluster_id: &str| Refounding {
+        cluster_id: cluster_id.into(),
+        previous_cluster_id: "old".into(),
+        member: crate::types::Member {
+            name: "raftset-1".into(),
+            ..Default::default()
+        },
+    };
+    assert!(store.meta.mark_for_refounding(&refounding("new")).unwrap());
+    assert!(
+        !store
+            .meta
+            .mark_for_refounding(&refounding("other"))
+            .unwrap(),
+        "one re-founding at a time"
+    );
+    drop((store, log));
+
+    for _ in 0..2 {
+        let mut store = Store::open(dir.path(), &options).unwrap();
+        assert_eq!(store.meta.cluster_id().unwrap().as_deref(), Some("new"));
+        assert_eq!(store.meta.refounded_from().unwrap().as_deref(), Some("old"));
+        assert!(!dir.path().join("REFOUND").exists());
+        let entries = store.log.try_get_log_entries(0..).await.unwrap();
+        let indexes: Vec<u64> = entries.iter().map(|e| e.log_id.index).collect();
+        assert_eq!(
+            indexes,
+            [1, 2, 3, 4],
+            "the whole log, then the new membership"
+        );
+        let last = entries[3].log_id;
+        let EntryPayload::Membership(membership) = &entries[3].payload else {
+            panic!("not a membership entry: {:?}", entries[3]);
+        };
+        assert_eq!(membership.voter_ids().collect::<Vec<_>>(), [id]);
+        assert_eq!(membership.get_node(&id).unwrap().name, "raftset-1");
+        assert!(last.leader_id.term > 1, "a term above the old log's");
+        let vote = store.log.read_vote().await.unwrap().unwrap();
+        assert!(vote.is_committed());
+        assert_eq!(vote.leader_id().voted_for(), Some(id));
+        assert_eq!(vote.leader_id().term, last.leader_id.term);
+        assert_eq!(store.log.read_committed().await.unwrap(), Some(last));
+    }
+}
