@@ -3,8 +3,9 @@
 //! adds against every pod while the nemesis (`nemesis`) injects, one after
 //! the other, in an order and with timings drawn from a printed seed: leader
 //! kill, random kill, minority partition, leader partition, pause, rolling
-//! restart, a membership change, and a full stop in which pod 0's volume is
-//! lost. Every fault is proven to have happened.
+//! restart, a membership change, a full stop in which pod 0's volume is
+//! lost, and a DNS outage (every lookup failing fast with SERVFAIL or
+//! REFUSED) while a pod restarts. Every fault is proven to have happened.
 //!
 //! Pass criteria: the register history is linearizable
 //! (`linearizability::check`), no acknowledged add is missing and no failed
