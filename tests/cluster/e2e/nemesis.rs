@@ -157,7 +157,7 @@ pub async fn run(set: &mut StatefulSet, step: &Step, recorder: &Recorder) -> Row
 /// The leader every pod agrees on, asked once more right before the fault
 /// so that the fault hits the pod that leads at that moment (leadership
 /// may move on its own on a busy machine).
-async fn confirmed_leader(set: &StatefulSet) -> (usize, StatusResponse) {
+pub async fn confirmed_leader(set: &StatefulSet) -> (usize, StatusResponse) {
     poll(
         "a leader that still leads when asked again",
         DEADLINE,
