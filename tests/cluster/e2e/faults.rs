@@ -218,7 +218,8 @@ async fn fault_campaign_is_linearizable() {
 /// (the log is purged to 2 entries past each snapshot):
 /// 1. the leader, cut off the network, appends a write it cannot commit;
 /// 2. the others elect a leader and write past snapshots until their log
-///    is purged beyond the stranded entry;
+///    is purged beyond the stranded entry, then crash and restart (so that
+///    no request from before the purge is left in flight to the old leader);
 /// 3. the old leader comes back and is caught up by a snapshot (nothing
 ///    else can reach it: the entries it lacks are purged everywhere);
 /// 4. it is made leader again, and writes through it succeed at once.
@@ -231,9 +232,28 @@ async fn re_elected_leader_whose_entry_a_snapshot_skipped_takes_writes() {
     set.wait_for_voters(3).await;
     let started = Instant::now();
 
-    // 1. The leader alone, with an entry it cannot commit.
+    // 1. The leader alone, with an entry it cannot commit. First a quiet
+    // log, applied everywhere: the next entry on the leader is the write.
     let (old, before) = nemesis::confirmed_leader(&set).await;
     let others: Vec<usize> = (0..3).filter(|&i| i != old).collect();
+    let quiet = poll(
+        "every member to apply the leader's whole log",
+        DEADLINE,
+        Duration::from_millis(100),
+        || async {
+            let last = set.status(old).await?.last_log_index;
+            let mut applied = Vec::new();
+            for i in 0..3 {
+                applied.push(set.status(i).await?.applied_index);
+            }
+            if applied.iter().all(|&a| a == last) {
+                Ok(last)
+            } else {
+                Err(format!("last log {last}, applied {applied:?}"))
+            }
+        },
+    )
+    .await;
     set.partition(old).await;
     let container = set.container(old);
     let stranded_write = tokio::spawn(async move {
@@ -268,20 +288,29 @@ async fn re_elected_leader_whose_entry_a_snapshot_skipped_takes_writes() {
         Duration::from_millis(100),
         || async {
             let (role, last, applied, snapshot) = local_status(old).await;
-            if role == "leader" && last > applied {
+            if role == "leader" && last > quiet && applied == quiet {
                 Ok((last, snapshot))
             } else {
-                Err(format!("{role}, last log {last}, applied {applied}"))
+                Err(format!(
+                    "{role}, last log {last}, applied {applied} (quiet at {quiet})"
+                ))
             }
         },
     )
     .await;
 
     // 2. A new leader, and writes until the log is purged past the entry.
-    let (new, elected) = set
+    let (first, elected) = set
         .wait_for_leader_among(&others, before.leader_id, before.term + 1)
         .await;
-    let client = set.connect(new, Duration::from_secs(10)).await.unwrap();
+    // Its own first entry (of the new term) takes the index after the
+    // quiet log: the stranded entry never reached it.
+    assert_eq!(
+        elected.last_log_index,
+        quiet + 1,
+        "the new leader's log ends with its own first entry, after the quiet log"
+    );
+    let client = set.connect(first, Duration::from_secs(10)).await.unwrap();
     let mut written = 0;
     let purged = poll(
         "the new leader to purge its log past the stranded entry",
@@ -297,7 +326,7 @@ async fn re_elected_leader_whose_entry_a_snapshot_skipped_takes_writes() {
                     .put(key.as_bytes(), b"past the snapshot")
                     .await
                     .map_err(|e| format!("{key}: {e}"))?;
-                let s = set.status(new).await?;
+                let s = set.status(first).await?;
                 if s.purged_index > stranded {
                     Ok(s.purged_index)
                 } else {
@@ -310,7 +339,24 @@ async fn re_elected_leader_whose_entry_a_snapshot_skipped_takes_writes() {
         },
     )
     .await;
-    let target = set.status(new).await.unwrap().last_log_index;
+    // Both hold requests to the cut-off pod in their sockets' unsent
+    // buffers, with entries from before the purge; healed, those would
+    // arrive and truncate the stranded entry as a conflict (and openraft
+    // answers a truncated entry). A crash drops them, and whoever leads
+    // next has only the purged log to send from: a snapshot.
+    for &i in &others {
+        set.kill(i).await;
+    }
+    for &i in &others {
+        set.restart(i).await;
+    }
+    // (A leader that restarts may lead on in its own term.)
+    let (new, leading) = set.wait_for_leader_among(&others, None, elected.term).await;
+    assert!(
+        leading.purged_index > stranded,
+        "after the restart the log is purged past {stranded}: {leading:?}"
+    );
+    let target = leading.last_log_index;
 
     // 3. Back on the network: deposed, and caught up by a snapshot.
     set.heal(old).await;
@@ -331,9 +377,10 @@ async fn re_elected_leader_whose_entry_a_snapshot_skipped_takes_writes() {
         },
     )
     .await;
-    // Its entry is gone, but not the write: deposed, the node answered it
-    // "not leader", and the request path retried it, under its request id,
-    // through the new leader. Acknowledged then, or its outcome unknown.
+    // Its entry is gone. The write heard "outcome unknown" when the
+    // proposer gave the entry up (the proposal timeout), or, deposed
+    // sooner, "not leader" and was retried under its request id through
+    // the new leader: then it is acknowledged.
     let stranded_write = stranded_write.await.unwrap().unwrap();
 
     // 4. Leader again: writes through it go through.
@@ -341,7 +388,7 @@ async fn re_elected_leader_whose_entry_a_snapshot_skipped_takes_writes() {
     set.exec_ok(new, &["raftset", "transfer-leader", "--to", &to])
         .await;
     let (leader, again) = set
-        .wait_for_leader_among(&[0, 1, 2], None, elected.term + 1)
+        .wait_for_leader_among(&[0, 1, 2], None, leading.term + 1)
         .await;
     assert_eq!(leader, old, "{} leads again", set.pod_name(old));
     let mut client = set.connect(old, Duration::from_secs(5)).await.unwrap();
@@ -371,8 +418,9 @@ async fn re_elected_leader_whose_entry_a_snapshot_skipped_takes_writes() {
     verify_everywhere(&set).await;
     println!(
         "stranded entry {stranded} on {} (snapshot at {old_snapshot}, term {}; the write: {}); \
-         {} led in term {} and purged to {purged} after {written} writes; {} caught up by the \
-         snapshot at {}; leader again in term {}: 10 writes in {}; whole run {}",
+         {} led in term {} and purged to {purged} after {written} writes; both restarted, {} \
+         leads in term {}; {} caught up by the snapshot at {}; leader again in term {}: 10 \
+         writes in {}; whole run {}",
         set.pod_name(old),
         before.term,
         if stranded_write.success() {
@@ -380,8 +428,10 @@ async fn re_elected_leader_whose_entry_a_snapshot_skipped_takes_writes() {
         } else {
             stranded_write.stderr.trim().to_string()
         },
-        set.pod_name(new),
+        set.pod_name(first),
         elected.term,
+        set.pod_name(new),
+        leading.term,
         set.pod_name(old),
         caught_up.snapshot_index,
         again.term,
