@@ -27,7 +27,7 @@ use rand::{Rng, SeedableRng};
 
 use super::nemesis::{self, Fault, Step};
 use super::workload::{Workload, REGISTERS};
-use super::{secs, table, verify_everywhere};
+use super::{deploy, secs, table, verify_everywhere};
 use crate::support::docker::{docker_output, DOCKER_TIMEOUT};
 use crate::support::history::Recorder;
 use crate::support::linearizability::{self, OkValue, Op, Verdict};
@@ -437,5 +437,40 @@ async fn re_elected_leader_whose_entry_a_snapshot_skipped_takes_writes() {
         again.term,
         secs(writes),
         secs(started.elapsed())
+    );
+}
+
+/// SIGTERM while a peer is cut off the network (its connections hang, no
+/// reset): first the leader of the two others, then the one that took
+/// over. Each exits 0 within `terminationGracePeriodSeconds`, not killed
+/// when it runs out: the graceful shutdown of the peer server would wait
+/// for the cut-off peer's connection to close, which never happens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_stop_in_time_while_a_peer_is_cut_off() {
+    let _turn = exclusive().await;
+    let mut set = deploy("stopcut", Manifest::base()).await;
+    let (cut, before) = nemesis::confirmed_leader(&set).await;
+    let others: Vec<usize> = (0..3).filter(|&i| i != cut).collect();
+    set.partition(cut).await;
+    let (leader, _) = set
+        .wait_for_leader_among(&others, before.leader_id, before.term + 1)
+        .await;
+    let follower = others.iter().copied().find(|&i| i != leader).unwrap();
+    let mut took = Vec::new();
+    for i in [leader, follower] {
+        let started = Instant::now();
+        // Exit code 0 asserted, with the pod's log otherwise.
+        set.stop(i).await;
+        took.push(format!(
+            "{} in {}",
+            set.pod_name(i),
+            secs(started.elapsed())
+        ));
+    }
+    println!(
+        "with {} cut off, stopped {} (grace {} s)",
+        set.pod_name(cut),
+        took.join(", then "),
+        set.manifest.grace_period_secs
     );
 }
