@@ -35,6 +35,10 @@ use crate::raft::service::RaftService;
 use crate::store::{FlushStats, Store, StoreError, StoreOptions};
 use crate::types::{ClusterId, Formation, NodeId, Raft};
 
+/// How long shutdown waits for the peer transport and the background tasks
+/// to end once they are told to, well inside a pod's grace period.
+const PEER_DRAIN: Duration = Duration::from_secs(5);
+
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -405,7 +409,9 @@ impl Node {
 
     /// Stops the node in order: clients first, then leadership is handed
     /// to a follower, then the peer transport, every background task and
-    /// Raft stop.
+    /// Raft stop. The peer tasks get [`PEER_DRAIN`] to end: a peer cut off
+    /// the network never closes its connection, and the peer server's
+    /// graceful shutdown would wait for it past the pod's grace period.
     pub async fn shutdown(self) {
         self.stop_clients.cancel();
         self.client_tasks.close();
@@ -413,7 +419,15 @@ impl Node {
         leadership::hand_over(&self.cluster).await;
         self.stop_peers.cancel();
         self.peer_tasks.close();
-        self.peer_tasks.wait().await;
+        if tokio::time::timeout(PEER_DRAIN, self.peer_tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "peer tasks still running after {PEER_DRAIN:?} (a peer that does not answer); \
+                 stopping Raft without them"
+            );
+        }
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!("raft did not stop cleanly: {e}");
         }

@@ -3,8 +3,10 @@
 //! followed by a wait until the cluster has recovered: every pod ready, one
 //! leader agreed by all, every pod caught up with the leader's log.
 
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use hickory_resolver::proto::op::ResponseCode;
 use raftset::proto::StatusResponse;
 
 use super::{full_stop_losing_pod_0, secs};
@@ -25,10 +27,11 @@ pub enum Fault {
     MembershipChange,
     FullStopLostVolume,
     FastScaleDown,
+    DnsOutage,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 9] = [
+    pub const ALL: [Fault; 10] = [
         Fault::LeaderKill,
         Fault::RandomKill,
         Fault::MinorityPartition,
@@ -38,6 +41,7 @@ impl Fault {
         Fault::MembershipChange,
         Fault::FullStopLostVolume,
         Fault::FastScaleDown,
+        Fault::DnsOutage,
     ];
 
     pub fn name(self) -> &'static str {
@@ -51,6 +55,7 @@ impl Fault {
             Fault::MembershipChange => "member removed + rejoins",
             Fault::FullStopLostVolume => "full stop, pod 0's volume lost",
             Fault::FastScaleDown => "fast scale-down 3 -> 1, back to 3",
+            Fault::DnsOutage => "DNS outage (fast failures)",
         }
     }
 }
@@ -125,6 +130,7 @@ pub async fn run(set: &mut StatefulSet, step: &Step, recorder: &Recorder) -> Row
         Fault::MembershipChange => remove_member(set, step.pick).await,
         Fault::FullStopLostVolume => full_stop(set).await,
         Fault::FastScaleDown => scale_down_and_back(set, step.hold).await,
+        Fault::DnsOutage => dns_outage(set, step.pick).await,
     };
     if !matches!(
         step.fault,
@@ -155,7 +161,7 @@ pub async fn run(set: &mut StatefulSet, step: &Step, recorder: &Recorder) -> Row
 /// The leader every pod agrees on, asked once more right before the fault
 /// so that the fault hits the pod that leads at that moment (leadership
 /// may move on its own on a busy machine).
-async fn confirmed_leader(set: &StatefulSet) -> (usize, StatusResponse) {
+pub async fn confirmed_leader(set: &StatefulSet) -> (usize, StatusResponse) {
     poll(
         "a leader that still leads when asked again",
         DEADLINE,
@@ -424,6 +430,60 @@ async fn scale_down_and_back(set: &mut StatefulSet, hold: Duration) -> Injected 
     }
 }
 
+/// Every DNS query answered at once with SERVFAIL or REFUSED (chosen by
+/// `pick`) while the workload runs. The pods keep the connections they
+/// hold, so pod `pick` also crashes and is restarted meanwhile: it and its
+/// peers must resolve each other anew. Proven: the harness's own lookup of
+/// the pod's name gets the failure, and lookups by the pods failed.
+async fn dns_outage(set: &mut StatefulSet, pick: usize) -> Injected {
+    let code = [ResponseCode::ServFail, ResponseCode::Refused][pick % 2];
+    let victim = pick % 3;
+    let name = set.manifest.pod_fqdn(victim);
+    set.dns().set_outage(Some(code));
+    let answer = set.dns().lookup(&name).await;
+    assert_eq!(
+        answer,
+        Err(code.to_string()),
+        "fault did not happen: the harness's lookup of {name}"
+    );
+    set.kill(victim).await;
+    set.restart(victim).await;
+    let pods: Vec<IpAddr> = set
+        .ordinals()
+        .into_iter()
+        .map(|i| set.ip(i).parse().expect("pod IPs are IP addresses"))
+        .collect();
+    let failed = poll(
+        "lookups by the pods to fail",
+        DEADLINE,
+        Duration::from_millis(100),
+        || async {
+            let failed: u64 = set
+                .dns()
+                .failed_queries()
+                .iter()
+                .filter(|((from, _), _)| pods.contains(from))
+                .map(|(_, f)| f.count)
+                .sum();
+            if failed > 0 {
+                Ok(failed)
+            } else {
+                Err("no lookup by a pod failed yet".into())
+            }
+        },
+    )
+    .await;
+    Injected {
+        victim: Some(victim),
+        proof: format!(
+            "every lookup answered {code} at once, the harness's of {name} too; {} crashed \
+             and restarted, {failed} lookups by the pods failed",
+            set.pod_name(victim)
+        ),
+        failover: None,
+    }
+}
+
 /// `raftset remove` of a follower while the workload runs. Proven: the
 /// leader reports two voters, without it, and commits a write.
 async fn remove_member(set: &mut StatefulSet, pick: usize) -> Injected {
@@ -456,6 +516,8 @@ async fn heal(set: &mut StatefulSet, fault: Fault, victim: usize) {
         Fault::LeaderKill | Fault::RandomKill => set.restart(victim).await,
         Fault::MinorityPartition | Fault::LeaderPartition => set.heal(victim).await,
         Fault::Pause => set.unpause(victim).await,
+        // DNS answers again; the pod was restarted already.
+        Fault::DnsOutage => set.dns().set_outage(None),
         Fault::RollingRestart | Fault::FullStopLostVolume | Fault::FastScaleDown => {
             unreachable!("{fault:?} hits every pod and heals itself")
         }
