@@ -6,7 +6,6 @@
 //! has a header-read timeout and the number of connections is capped: a
 //! client that trickles its headers cannot hold sockets forever.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,10 +23,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::error::Error;
-use crate::metrics::{Metrics, Snapshot};
+use crate::metrics::{Metrics, Snapshot, CONTENT_TYPE};
 use crate::raft::leader_of;
 use crate::raft::requests::Requests;
-use crate::store::{FlushStats, Meta};
+use crate::store::Meta;
 use crate::types::{
     Consistency, Formation, Member, NodeId, Op, Outcome, Raft, Standing, VISITS_KEY,
 };
@@ -43,7 +42,6 @@ pub struct HttpState {
     pub raft: Raft,
     pub requests: Arc<Requests>,
     pub metrics: Arc<Metrics>,
-    pub flush_stats: Arc<FlushStats>,
     pub meta: Meta,
     /// Where the node stands in forming its cluster.
     pub formation: Formation,
@@ -310,21 +308,15 @@ fn readiness(core: &HttpState, without_leader: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// `GET /metrics`: Prometheus text format.
+/// `GET /metrics`: OpenMetrics text, labelled as such (Prometheus asks for
+/// it first in its `Accept`; the Prometheus 0.0.4 text label would be
+/// wrong for `# EOF` and the `_created` series).
 async fn metrics(State(core): State<Arc<HttpState>>) -> Response {
     let raft = core.raft_metrics();
     let text = core.metrics.render(Snapshot {
         raft: &raft,
-        flushes: core.flush_stats.flushes.load(Ordering::Relaxed),
-        appends: core.flush_stats.appends.load(Ordering::Relaxed),
         disk_bytes: core.meta.size_on_disk(),
+        volume: core.meta.volume().ok(),
     });
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()
 }
