@@ -615,4 +615,36 @@ mod tests {
             "1"
         );
     }
+
+    #[test]
+    fn the_readme_lists_exactly_the_exported_metrics() {
+        // A family with labels shows only once it has a sample.
+        let metrics = Metrics::default();
+        metrics.observe("Get", tonic::Code::Ok, Duration::from_millis(1));
+        metrics.peers().round_trip(2, Duration::from_millis(1));
+        let mut raft = RaftMetrics::new_initial(1);
+        raft.replication = Some([(2, None)].into_iter().collect());
+        let text = scrape(&metrics, &raft);
+        let exported: std::collections::BTreeSet<String> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|l| match l.split_once(' ') {
+                Some((name, "counter")) => format!("{name}_total"),
+                Some((name, _)) => name.to_string(),
+                None => l.to_string(),
+            })
+            .collect();
+        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"));
+        let listed: std::collections::BTreeSet<String> = readme
+            .lines()
+            .filter(|l| l.starts_with("| `raftset_"))
+            .flat_map(|l| l.split('`').skip(1).step_by(2))
+            .filter(|name| name.starts_with("raftset_"))
+            .map(|name| name.split('{').next().unwrap_or(name).to_string())
+            .collect();
+        assert_eq!(
+            listed, exported,
+            "README's metrics table against the registry"
+        );
+    }
 }
