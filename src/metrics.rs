@@ -24,6 +24,64 @@ use crate::types::{NodeId, RaftMetrics};
 
 /// The content type of [`Metrics::render`]'s body.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The content type of Prometheus' older text format ([`Format::PrometheusText`]).
+pub const PROMETHEUS_TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The exposition formats `/metrics` serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    OpenMetrics,
+    /// Prometheus text 0.0.4, for scrapers that do not take OpenMetrics.
+    PrometheusText,
+}
+
+impl Format {
+    /// The format for a request's `Accept` header: OpenMetrics unless the
+    /// client names `text/plain` and not OpenMetrics (Prometheus names
+    /// both, a browser or curl neither).
+    pub fn negotiate(accept: Option<&str>) -> Format {
+        let accept = accept.unwrap_or("").to_ascii_lowercase();
+        if accept.contains("text/plain") && !accept.contains("application/openmetrics-text") {
+            Format::PrometheusText
+        } else {
+            Format::OpenMetrics
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => CONTENT_TYPE,
+            Format::PrometheusText => PROMETHEUS_TEXT_CONTENT_TYPE,
+        }
+    }
+
+    /// `openmetrics` (what [`Metrics::render`] writes) in this format. The
+    /// two differ, for what raftset exports, in two places: OpenMetrics
+    /// names a counter family without its `_total` in `# HELP` and
+    /// `# TYPE`, and ends with `# EOF`.
+    pub fn encode(self, openmetrics: String) -> String {
+        if self == Format::OpenMetrics {
+            return openmetrics;
+        }
+        let counters: std::collections::HashSet<&str> = openmetrics
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+            .collect();
+        let mut text = String::with_capacity(openmetrics.len());
+        for line in openmetrics.lines().filter(|l| *l != "# EOF") {
+            let family = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+                let rest = line.strip_prefix(prefix)?;
+                let (name, tail) = rest.split_once(' ')?;
+                counters
+                    .contains(name)
+                    .then(|| format!("{prefix}{name}_total {tail}"))
+            });
+            text.push_str(family.as_deref().unwrap_or(line));
+            text.push('\n');
+        }
+        text
+    }
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -558,6 +616,39 @@ mod tests {
         );
         assert!(text.ends_with("# EOF\n"), "OpenMetrics ends with # EOF");
         assert!(CONTENT_TYPE.starts_with("application/openmetrics-text"));
+
+        let old = Format::PrometheusText.encode(text);
+        assert!(
+            old.contains("# TYPE raftset_log_flushes_total counter\n"),
+            "{old}"
+        );
+        assert!(
+            old.contains("# HELP raftset_log_flushes_total Flushes"),
+            "{old}"
+        );
+        assert!(old.contains("# TYPE raftset_has_leader gauge\n"), "{old}");
+        assert!(!old.contains("# EOF"), "{old}");
+    }
+
+    #[test]
+    fn the_format_follows_the_accept_header() {
+        let prometheus = "application/openmetrics-text;version=1.0.0,\
+             application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        // (Accept, format served)
+        let cases = [
+            (None, Format::OpenMetrics),
+            (Some("*/*"), Format::OpenMetrics),
+            (Some(prometheus), Format::OpenMetrics),
+            (Some("application/openmetrics-text"), Format::OpenMetrics),
+            (
+                Some("text/plain;version=0.0.4;q=1,*/*;q=0.1"),
+                Format::PrometheusText,
+            ),
+            (Some("Text/Plain"), Format::PrometheusText),
+        ];
+        for (accept, format) in cases {
+            assert_eq!(Format::negotiate(accept), format, "{accept:?}");
+        }
     }
 
     #[test]

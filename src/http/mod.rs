@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::error::Error;
-use crate::metrics::{Metrics, Snapshot, CONTENT_TYPE};
+use crate::metrics::{Format, Metrics, Snapshot};
 use crate::raft::leader_of;
 use crate::raft::requests::Requests;
 use crate::store::Meta;
@@ -308,15 +308,21 @@ fn readiness(core: &HttpState, without_leader: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// `GET /metrics`: OpenMetrics text, labelled as such (Prometheus asks for
-/// it first in its `Accept`; the Prometheus 0.0.4 text label would be
-/// wrong for `# EOF` and the `_created` series).
-async fn metrics(State(core): State<Arc<HttpState>>) -> Response {
+/// `GET /metrics`: OpenMetrics text, labelled as such; Prometheus text
+/// 0.0.4 for a client whose `Accept` asks for `text/plain` and not for
+/// OpenMetrics (see [`Format::negotiate`]).
+async fn metrics(State(core): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
     let raft = core.raft_metrics();
     let text = core.metrics.render(Snapshot {
         raft: &raft,
         disk_bytes: core.meta.size_on_disk(),
         volume: core.meta.volume().ok(),
     });
-    ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = Format::negotiate(accept);
+    (
+        [(header::CONTENT_TYPE, format.content_type())],
+        format.encode(text),
+    )
+        .into_response()
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::http::{fetch, get};
-use crate::support::openmetrics::{scrape, Scrape};
+use crate::support::openmetrics::{scrape, scrape_prometheus_text, Scrape};
 use crate::support::{poll, wait_for, Cluster, Harness};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -267,6 +267,9 @@ async fn metrics_parse_and_cover_the_rules_and_the_dashboard() {
         assert!(free <= scrape.sum("raftset_volume_size_bytes", &[]));
         exported.extend(scrape.sample_names());
     }
+    // A scraper that takes only the older text format gets it, and
+    // promtool's parser and lint accept it.
+    scrape_prometheus_text(&leader_http).await;
     // Only a leader sends heartbeats, so only it has samples of round trips.
     let leader_scrape = scrape(&leader_http).await;
     assert_eq!(

@@ -76,24 +76,30 @@ impl Scrape {
     }
 }
 
-/// Parses an OpenMetrics body with the Python parser.
-pub fn parse(body: &str) -> Result<Scrape, String> {
-    let mut child = Command::new("python3")
-        .args(["-c", PARSE])
+/// Runs `program` with `args`, `input` on its standard input; returns what
+/// it wrote on stdout and stderr, and whether it succeeded.
+fn pipe(program: &str, args: &[&str], input: &str) -> Result<std::process::Output, String> {
+    let mut child = Command::new(program)
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("running python3: {e}"))?;
+        .map_err(|e| format!("running {program}: {e}"))?;
     child
         .stdin
         .take()
         .expect("piped stdin")
-        .write_all(body.as_bytes())
-        .map_err(|e| format!("writing to python3: {e}"))?;
-    let output = child
+        .write_all(input.as_bytes())
+        .map_err(|e| format!("writing to {program}: {e}"))?;
+    child
         .wait_with_output()
-        .map_err(|e| format!("python3: {e}"))?;
+        .map_err(|e| format!("{program}: {e}"))
+}
+
+/// Parses an OpenMetrics body with the Python parser.
+pub fn parse(body: &str) -> Result<Scrape, String> {
+    let output = pipe("python3", &["-c", PARSE], body)?;
     if !output.status.success() {
         return Err(format!(
             "the prometheus_client parser refused the body: {}\n{body}",
@@ -120,4 +126,36 @@ pub async fn scrape(http: &str) -> Scrape {
         .await
         .expect("the parser task")
         .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The content type of Prometheus text 0.0.4.
+pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Scrapes `http` as a client that takes only Prometheus text 0.0.4, and
+/// checks the body with `promtool check metrics` (its parser and its lint:
+/// `_total` on counters, help on every family, base units).
+/// scripts/validate-manifests installs promtool.
+pub async fn scrape_prometheus_text(http: &str) {
+    let reply = get(http, "/metrics", "text/plain;version=0.0.4;q=1,*/*;q=0.1").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.header("content-type"), Some(PROMETHEUS_TEXT));
+    let body = reply.body;
+    let checked = tokio::task::spawn_blocking(move || {
+        let output = pipe("promtool", &["check", "metrics"], &body).map_err(|e| {
+            format!("{e} (Debian package prometheus; scripts/validate-manifests installs it)")
+        })?;
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        if output.status.success() && said.trim().is_empty() {
+            Ok(())
+        } else {
+            Err(format!("promtool check metrics: {said}\n{body}"))
+        }
+    })
+    .await
+    .expect("the promtool task");
+    checked.unwrap_or_else(|e| panic!("{e}"));
 }
