@@ -114,8 +114,8 @@ impl NodeStats {
         Durability {
             applied_index,
             durable_index: self.flush_stats.durable_index.load(Ordering::SeqCst),
-            flushes: self.flush_stats.flushes.load(Ordering::Relaxed),
-            appends: self.flush_stats.appends.load(Ordering::Relaxed),
+            flushes: self.flush_stats.flushes.get(),
+            appends: self.flush_stats.appends.get(),
         }
     }
 }
@@ -126,7 +126,12 @@ impl Node {
     pub async fn start(config: Config) -> Result<Node, StartError> {
         config.validate()?;
         identity::check_peers(&config)?;
-        let store = Store::open(&config.data_dir, &store_options(&config))?;
+        let metrics = Arc::new(Metrics::default());
+        let options = StoreOptions {
+            metrics: metrics.store(),
+            ..store_options(&config)
+        };
+        let store = Store::open(&config.data_dir, &options)?;
         let cluster_id = ClusterId::default();
         let formation = Formation::default();
         if let Some(id) = store.meta.cluster_id()? {
@@ -159,6 +164,7 @@ impl Node {
             NetworkFactory {
                 clients: peers.clone(),
                 contacts: contacts.clone(),
+                metrics: metrics.peers(),
             },
             store.log,
             store.state_machine,
@@ -188,7 +194,6 @@ impl Node {
         let peer_tasks = TaskTracker::new();
         let (stop, stopped) = StopSignal::new(stop_clients.clone());
         let me = identity::member(&config);
-        let metrics = Arc::new(Metrics::default());
 
         let requests = Arc::new(Requests::new(
             id,
@@ -208,6 +213,7 @@ impl Node {
                 max_pending_proposals: config.max_pending_proposals,
             },
             formation.clone(),
+            metrics.proposals(),
         ));
         let http = HttpState {
             id,
@@ -215,7 +221,6 @@ impl Node {
             raft: raft.clone(),
             requests: requests.clone(),
             metrics: metrics.clone(),
-            flush_stats: flush_stats.clone(),
             meta: store.meta.clone(),
             formation: formation.clone(),
             ready_max_lag: config.ready_max_lag,
@@ -254,7 +259,7 @@ impl Node {
                 closing: stop_clients.clone(),
                 tasks: client_tasks.clone(),
             },
-            metrics,
+            metrics: metrics.clone(),
         };
         tracing::info!(
             node_id = id,
@@ -304,6 +309,11 @@ impl Node {
                 stop_peers.clone(),
             ));
         }
+        peer_tasks.spawn(crate::raft::count_leader_changes(
+            raft.metrics(),
+            metrics.leader_changes(),
+            stop_peers.clone(),
+        ));
         peer_tasks.spawn(watch_for_fatal(
             raft.clone(),
             cluster.clone(),
@@ -465,8 +475,8 @@ async fn watch_for_fatal(raft: Raft, cluster: Arc<ClusterContext>, stop: Cancell
         if let Err(fatal) = running {
             let meta = &cluster.meta;
             meta.abandon();
-            let free = match meta.free_bytes() {
-                Ok(bytes) => format!("{bytes} bytes free"),
+            let free = match meta.volume() {
+                Ok(volume) => format!("{} bytes free", volume.free_bytes),
                 Err(e) => format!("free space unknown: {e}"),
             };
             let reason = format!(

@@ -9,7 +9,6 @@
 
 pub mod limit;
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,10 +29,10 @@ use tower::ServiceExt;
 use self::limit::{ClientAddr, VisitLimits};
 
 use crate::error::Error;
-use crate::metrics::{Metrics, Snapshot};
+use crate::metrics::{Format, Metrics, Snapshot};
 use crate::raft::leader_of;
 use crate::raft::requests::Requests;
-use crate::store::{FlushStats, Meta};
+use crate::store::Meta;
 use crate::types::{
     Consistency, Formation, Member, NodeId, Op, Outcome, Raft, Standing, VISITS_KEY,
 };
@@ -51,7 +50,6 @@ pub struct HttpState {
     pub raft: Raft,
     pub requests: Arc<Requests>,
     pub metrics: Arc<Metrics>,
-    pub flush_stats: Arc<FlushStats>,
     pub meta: Meta,
     /// Where the node stands in forming its cluster.
     pub formation: Formation,
@@ -344,21 +342,21 @@ fn readiness(core: &HttpState, without_leader: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// `GET /metrics`: Prometheus text format.
-async fn metrics(State(core): State<Arc<HttpState>>) -> Response {
+/// `GET /metrics`: OpenMetrics text, labelled as such; Prometheus text
+/// 0.0.4 for a client whose `Accept` asks for `text/plain` and not for
+/// OpenMetrics (see [`Format::negotiate`]).
+async fn metrics(State(core): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
     let raft = core.raft_metrics();
     let text = core.metrics.render(Snapshot {
         raft: &raft,
-        flushes: core.flush_stats.flushes.load(Ordering::Relaxed),
-        appends: core.flush_stats.appends.load(Ordering::Relaxed),
         disk_bytes: core.meta.size_on_disk(),
+        volume: core.meta.volume().ok(),
     });
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = Format::negotiate(accept);
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        text,
+        [(header::CONTENT_TYPE, format.content_type())],
+        format.encode(text),
     )
         .into_response()
 }

@@ -12,6 +12,7 @@ use openraft::{
     CommittedLeaderId, EntryPayload, Membership, OptionalSend, RaftLogId, RaftLogReader,
     StorageIOError,
 };
+use prometheus_client::metrics::counter::Counter;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -23,14 +24,14 @@ const VOTE_KEY: &[u8] = b"vote";
 const COMMITTED_KEY: &[u8] = b"committed";
 const PURGED_KEY: &[u8] = b"purged";
 
-/// Counters the flusher keeps: exported as metrics, and what the durability
-/// tests check an acknowledgement against.
+/// Counters the flusher keeps: the metrics' own counters (so exported as
+/// they are), and what the durability tests check an acknowledgement against.
 #[derive(Debug, Default)]
 pub struct FlushStats {
     /// Completed flushes of appended entries.
-    pub flushes: AtomicU64,
+    pub flushes: Counter,
     /// Append calls those flushes covered; `appends / flushes` is the batching.
-    pub appends: AtomicU64,
+    pub appends: Counter,
     /// The highest log index known to be on disk.
     pub durable_index: AtomicU64,
 }
@@ -146,7 +147,11 @@ impl LogStore {
         purges: Arc<PurgeGate>,
     ) -> sled::Result<LogStore> {
         let log = shared.db.open_tree("log")?;
-        let stats = Arc::new(FlushStats::default());
+        let stats = Arc::new(FlushStats {
+            flushes: shared.metrics.log_flushes.clone(),
+            appends: shared.metrics.log_appends.clone(),
+            durable_index: AtomicU64::default(),
+        });
         let (queue, pending) = mpsc::channel();
         let flusher_shared = shared.clone();
         let flusher_stats = stats.clone();
@@ -263,10 +268,8 @@ fn run_flusher(shared: &Shared, stats: &FlushStats, pending: mpsc::Receiver<Pend
         if result.is_ok() {
             let last = batch.iter().map(|p| p.last_index).max().unwrap_or(0);
             stats.durable_index.fetch_max(last, Ordering::SeqCst);
-            stats.flushes.fetch_add(1, Ordering::Relaxed);
-            stats
-                .appends
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            stats.flushes.inc();
+            stats.appends.inc_by(batch.len() as u64);
         }
         for waiting in batch {
             let outcome = match &result {

@@ -41,6 +41,7 @@ pub use log::{FlushStats, LogStore};
 pub use refound::Refounding;
 pub use state_machine::{KvReader, StateMachine, WatchFeed};
 
+use crate::metrics::{StoreMetrics, Volume};
 use crate::types::NodeId;
 
 use keys::{CLUSTER_ID_KEY, NODE_ID_KEY, RESTORED_KEY};
@@ -79,6 +80,8 @@ pub struct StoreOptions {
     pub history_revisions: u64,
     /// Capacity of the live change feed for watchers.
     pub watch_buffer: usize,
+    /// Where fsyncs, applies, snapshots and log flushes are recorded.
+    pub metrics: StoreMetrics,
 }
 
 impl Default for StoreOptions {
@@ -87,6 +90,7 @@ impl Default for StoreOptions {
             cache_bytes: 8 * 1024 * 1024,
             history_revisions: 10_000,
             watch_buffer: 1024,
+            metrics: StoreMetrics::default(),
         }
     }
 }
@@ -160,6 +164,7 @@ impl Store {
             db: db.clone(),
             path: path.clone(),
             db_file,
+            metrics: options.metrics.clone(),
         });
         let raft_tree = db.open_tree("raft").map_err(sled_err)?;
         let meta = Meta {
@@ -370,10 +375,13 @@ impl Meta {
         std::mem::forget(self.shared.clone());
     }
 
-    /// Bytes free for this node on the volume of the data directory.
-    pub fn free_bytes(&self) -> std::io::Result<u64> {
+    /// The size of the data directory's volume and the bytes free on it.
+    pub fn volume(&self) -> std::io::Result<Volume> {
         let stat = rustix::fs::statvfs(&self.shared.path)?;
-        Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+        Ok(Volume {
+            size_bytes: stat.f_blocks.saturating_mul(stat.f_frsize),
+            free_bytes: stat.f_bavail.saturating_mul(stat.f_frsize),
+        })
     }
 
     /// Bytes sled uses on disk.
@@ -399,6 +407,7 @@ struct Shared {
     path: PathBuf,
     /// sled's data file, opened again only to fdatasync it.
     db_file: std::fs::File,
+    metrics: StoreMetrics,
 }
 
 impl Shared {
@@ -408,6 +417,13 @@ impl Shared {
     /// files; an fdatasync of its data file (and a sync of the whole file
     /// system while blob files exist) closes both gaps.
     fn make_durable(&self) -> std::io::Result<()> {
+        let started = std::time::Instant::now();
+        self.sync()?;
+        self.metrics.fsync.observe(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    fn sync(&self) -> std::io::Result<()> {
         self.db.flush().map_err(std::io::Error::other)?;
         self.db_file.sync_data()?;
         let blobs = self.path.join("db").join("blobs");

@@ -104,6 +104,33 @@ fn refused_as_corrupted(dir: &std::path::Path) -> (std::path::PathBuf, String) {
     }
 }
 
+/// Builds a snapshot; returns its meta and its file's bytes.
+async fn build(sm: &mut StateMachine) -> (crate::types::SnapshotMeta, Vec<u8>) {
+    let snapshot = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let mut bytes = Vec::new();
+    let mut file = snapshot.snapshot.into_std().await;
+    file.read_to_end(&mut bytes).unwrap();
+    (snapshot.meta, bytes)
+}
+
+/// Receives a snapshot file's `bytes` as from the leader and installs it.
+async fn receive(
+    sm: &mut StateMachine,
+    meta: &crate::types::SnapshotMeta,
+    bytes: &[u8],
+) -> Result<(), crate::types::StorageError> {
+    let mut receiving = sm.begin_receiving_snapshot().await?;
+    tokio::io::AsyncWriteExt::write_all(&mut *receiving, bytes)
+        .await
+        .unwrap();
+    sm.install_snapshot(meta, receiving).await
+}
+
 /// Applies ops one per entry from `first_index` on; returns their outcomes.
 async fn apply(sm: &mut StateMachine, first_index: u64, ops: Vec<Op>) -> Vec<Outcome> {
     let entries = ops
@@ -467,17 +494,8 @@ async fn a_snapshot_moves_the_whole_state_and_a_corrupted_one_changes_nothing() 
         vec![put("a", "1"), put("b", "2"), Op::Delete { key: "a".into() }],
     )
     .await;
-    let snapshot = leader
-        .state_machine
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
-    assert_eq!(snapshot.meta.last_log_id, Some(log_id(3)));
-    let mut bytes = Vec::new();
-    let mut file = snapshot.snapshot.into_std().await;
-    file.read_to_end(&mut bytes).unwrap();
+    let (meta, bytes) = build(&mut leader.state_machine).await;
+    assert_eq!(meta.last_log_id, Some(log_id(3)));
 
     let follower_dir = tempfile::tempdir().unwrap();
     let mut follower = open(follower_dir.path(), StoreOptions::default());
@@ -488,32 +506,12 @@ async fn a_snapshot_moves_the_whole_state_and_a_corrupted_one_changes_nothing() 
     let mut corrupted = bytes.clone();
     let middle = corrupted.len() / 2;
     corrupted[middle] ^= 0xff;
-    let mut receiving = follower
-        .state_machine
-        .begin_receiving_snapshot()
-        .await
-        .unwrap();
-    tokio::io::AsyncWriteExt::write_all(&mut *receiving, &corrupted)
-        .await
-        .unwrap();
-    assert!(follower
-        .state_machine
-        .install_snapshot(&snapshot.meta, receiving)
+    assert!(receive(&mut follower.state_machine, &meta, &corrupted)
         .await
         .is_err());
     assert_eq!(reader.get(b"old").unwrap().0.unwrap().value, b"x");
 
-    let mut receiving = follower
-        .state_machine
-        .begin_receiving_snapshot()
-        .await
-        .unwrap();
-    tokio::io::AsyncWriteExt::write_all(&mut *receiving, &bytes)
-        .await
-        .unwrap();
-    follower
-        .state_machine
-        .install_snapshot(&snapshot.meta, receiving)
+    receive(&mut follower.state_machine, &meta, &bytes)
         .await
         .unwrap();
     assert_eq!(reader.get(b"old").unwrap().0, None);
@@ -544,7 +542,7 @@ async fn a_snapshot_moves_the_whole_state_and_a_corrupted_one_changes_nothing() 
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(current.meta, snapshot.meta);
+    assert_eq!(current.meta, meta);
 }
 
 #[tokio::test]
@@ -940,4 +938,81 @@ async fn a_recorded_refounding_makes_this_node_the_only_voter_after_the_whole_lo
         assert_eq!(vote.leader_id().term, last.leader_id.term);
         assert_eq!(store.log.read_committed().await.unwrap(), Some(last));
     }
+}
+
+/// The value of the sample `name` (labels included) in a scrape.
+fn sample(metrics: &crate::metrics::Metrics, name: &str) -> f64 {
+    let text = metrics.render(crate::metrics::Snapshot {
+        raft: &crate::types::RaftMetrics::new_initial(1),
+        disk_bytes: 0,
+        volume: None,
+    });
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+}
+
+#[tokio::test]
+async fn the_store_records_its_fsyncs_applies_and_snapshots() {
+    let leader_metrics = crate::metrics::Metrics::default();
+    let leader_dir = tempfile::tempdir().unwrap();
+    let options = |metrics: &crate::metrics::Metrics| StoreOptions {
+        metrics: metrics.store(),
+        ..StoreOptions::default()
+    };
+    let mut leader = open(leader_dir.path(), options(&leader_metrics));
+    let fsyncs_at_open = sample(&leader_metrics, "raftset_fsync_duration_seconds_count");
+    apply(
+        &mut leader.state_machine,
+        1,
+        vec![put("a", "1"), put("b", "2")],
+    )
+    .await;
+    assert_eq!(
+        sample(&leader_metrics, "raftset_apply_duration_seconds_count"),
+        2.0,
+        "one observation per applied entry"
+    );
+    let (meta, bytes) = build(&mut leader.state_machine).await;
+    assert_eq!(
+        sample(
+            &leader_metrics,
+            "raftset_snapshot_build_duration_seconds_count"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(&leader_metrics, "raftset_snapshot_size_bytes"),
+        bytes.len() as f64
+    );
+    assert!(
+        sample(&leader_metrics, "raftset_fsync_duration_seconds_count") > fsyncs_at_open,
+        "a snapshot is made durable, and every fsync is timed"
+    );
+
+    let follower_metrics = crate::metrics::Metrics::default();
+    let follower_dir = tempfile::tempdir().unwrap();
+    let mut follower = open(follower_dir.path(), options(&follower_metrics));
+    receive(&mut follower.state_machine, &meta, &bytes)
+        .await
+        .unwrap();
+    assert_eq!(
+        sample(
+            &follower_metrics,
+            "raftset_snapshot_install_duration_seconds_count"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(&follower_metrics, "raftset_snapshot_size_bytes"),
+        bytes.len() as f64
+    );
+    assert_eq!(
+        sample(
+            &follower_metrics,
+            "raftset_snapshot_build_duration_seconds_count"
+        ),
+        0.0
+    );
 }
