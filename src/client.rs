@@ -311,6 +311,13 @@ impl Client {
     }
 
     /// Compares every member's state digest at one log position.
+    /// Re-founds the cluster on this node's data; see `raftset
+    /// force-new-cluster`. The node starts again right after answering.
+    pub async fn force_new_cluster(&mut self) -> Result<proto::ForceNewClusterResponse> {
+        let request = self.request(proto::ForceNewClusterRequest {});
+        Ok(self.admin.force_new_cluster(request).await?.into_inner())
+    }
+
     pub async fn verify(&mut self) -> Result<proto::VerifyResponse> {
         let request = self.request(proto::VerifyRequest {});
         Ok(self.admin.verify(request).await?.into_inner())

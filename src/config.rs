@@ -136,6 +136,15 @@ pub struct Config {
     /// HTTP: most connections served at once.
     #[arg(long, env = "RAFTSET_HTTP_MAX_CONNECTIONS", default_value_t = 1_024)]
     pub http_max_connections: usize,
+
+    /// Visits (`GET /`) counted per second from one client address; past
+    /// it, 429. Behind a proxy every visit has the proxy's address: raise it.
+    #[arg(long, env = "RAFTSET_VISITS_PER_CLIENT", default_value_t = 20)]
+    pub visits_per_client: u32,
+
+    /// Visits counted per second on this node, from everyone; past it, 429.
+    #[arg(long, env = "RAFTSET_VISITS_PER_SECOND", default_value_t = 1_000)]
+    pub visits_per_second: u32,
 }
 
 fn default_name() -> String {
@@ -184,20 +193,15 @@ impl Default for Config {
 impl Config {
     /// Checks the configuration as a whole.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.heartbeat_ms == 0 {
-            return Err(ConfigError::Zero {
-                field: "--heartbeat-ms",
-            });
-        }
-        if self.snapshot_entries == 0 {
-            return Err(ConfigError::Zero {
-                field: "--snapshot-entries",
-            });
-        }
-        if self.max_pending_proposals == 0 {
-            return Err(ConfigError::Zero {
-                field: "--max-pending-proposals",
-            });
+        let must_be_positive = [
+            ("--heartbeat-ms", self.heartbeat_ms),
+            ("--snapshot-entries", self.snapshot_entries),
+            ("--max-pending-proposals", self.max_pending_proposals as u64),
+            ("--visits-per-client", u64::from(self.visits_per_client)),
+            ("--visits-per-second", u64::from(self.visits_per_second)),
+        ];
+        if let Some((field, _)) = must_be_positive.iter().find(|(_, value)| *value == 0) {
+            return Err(ConfigError::Zero { field });
         }
         if self.election_timeout_ms < 3 * self.heartbeat_ms {
             return Err(ConfigError::ElectionTimeout {

@@ -50,8 +50,10 @@ pub enum Error {
     Invalid(#[from] InvalidRequest),
     #[error("compare-and-swap failed: {}", describe_current(.current))]
     CompareFailed { current: Option<KeyValue> },
-    #[error("value of key {key:?} is not a decimal integer: {current:?}", key = String::from_utf8_lossy(.key), current = String::from_utf8_lossy(.current))]
-    NotAnInteger { key: Vec<u8>, current: Vec<u8> },
+    /// Says only how long the stored value is: an error never echoes
+    /// stored data (a 1 MiB value would not even fit the status header).
+    #[error("the key's value ({len} bytes) is not a decimal integer")]
+    NotAnInteger { len: usize },
     #[error("incrementing {current} by {delta} would overflow a 64-bit integer")]
     Overflow { current: i64, delta: i64 },
     #[error("no leader is known (no quorum?); the request was not proposed and can be retried")]
@@ -187,13 +189,10 @@ impl From<Error> for Status {
 impl Error {
     /// Turns an outcome that refused the write (a lost compare-and-swap, a
     /// counter that is not an integer or would overflow) into its error.
-    pub fn refused(key: &[u8], delta: i64, outcome: Outcome) -> Result<Outcome> {
+    pub fn refused(delta: i64, outcome: Outcome) -> Result<Outcome> {
         match outcome {
             Outcome::CompareFailed { current } => Err(Error::CompareFailed { current }),
-            Outcome::NotAnInteger { current } => Err(Error::NotAnInteger {
-                key: key.to_vec(),
-                current,
-            }),
+            Outcome::NotAnInteger { current } => Err(Error::NotAnInteger { len: current.len() }),
             Outcome::Overflow { current } => Err(Error::Overflow { current, delta }),
             outcome => Ok(outcome),
         }
@@ -203,8 +202,10 @@ impl Error {
 /// Why a peer message was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PeerError {
-    #[error("cluster id mismatch: this node belongs to {ours:?}, the sender to {theirs:?}")]
-    ClusterMismatch { ours: String, theirs: String },
+    /// The ids themselves go to this node's log only: the cluster id is
+    /// the check on peer messages, and a refusal must not hand it out.
+    #[error("cluster id mismatch: the sender belongs to another cluster (both ids are in this node's log)")]
+    ClusterMismatch,
     #[error("this is node {this:016x}, not {target:016x}: that member's volume was replaced")]
     WrongTarget { this: NodeId, target: NodeId },
     #[error("undecodable peer payload: {0}")]
@@ -216,9 +217,7 @@ pub enum PeerError {
 impl PeerError {
     pub fn code(&self) -> Code {
         match self {
-            PeerError::ClusterMismatch { .. } | PeerError::WrongTarget { .. } => {
-                Code::FailedPrecondition
-            }
+            PeerError::ClusterMismatch | PeerError::WrongTarget { .. } => Code::FailedPrecondition,
             PeerError::Undecodable(_) | PeerError::BadAddress { .. } => Code::InvalidArgument,
         }
     }
@@ -250,6 +249,9 @@ pub enum ClusterError {
     TransferFailed { target: NodeId, detail: String },
     #[error("leadership moved during the change; try again")]
     LeadershipMoved,
+    /// An election hold from a node that does not lead here.
+    #[error("only the current leader may hold an election (asked by {from:016x})")]
+    HoldRefused { from: NodeId },
     /// Another membership change is in progress: retry once it finished.
     #[error("membership change refused for now: {0}")]
     MembershipBusy(String),
@@ -293,6 +295,36 @@ pub enum ClusterError {
     /// Joins wait until the founder confirmed its founding record.
     #[error("this cluster's founding is not on record yet; try again")]
     FoundingUnconfirmed,
+    /// `force-new-cluster` asked of a node that is no voter of a cluster.
+    #[error(
+        "this node ({id:016x}) is not a voter of a cluster; run force-new-cluster on a surviving voter"
+    )]
+    NotAVoterHere { id: NodeId },
+    /// `force-new-cluster` while a quorum of the membership answers:
+    /// nothing changed.
+    #[error(
+        "refusing to force a new cluster: {reachable} of {voters} voters are reachable and {quorum} make a quorum ({seen}); \
+         the cluster can still commit, so replace the lost members instead"
+    )]
+    QuorumReachable {
+        reachable: usize,
+        voters: usize,
+        quorum: usize,
+        seen: String,
+    },
+    /// `force-new-cluster` again before the node started again to
+    /// complete the first one.
+    #[error("a re-founding is already recorded; the node is starting again to complete it")]
+    RefoundingUnderWay,
+    /// `force-new-cluster` on a member of a cluster that another voter
+    /// re-founded by force already: two survivors must not both found one.
+    #[error(
+        "refusing to force a new cluster: {peer} re-founded this cluster already, as {cluster_id}; this node will join it"
+    )]
+    AlreadyRefounded { peer: String, cluster_id: String },
+    /// `force-new-cluster` while a reachable member follows a leader.
+    #[error("refusing to force a new cluster: {peer} reports leader {leader}, so a quorum exists")]
+    LeaderReachable { peer: String, leader: String },
     #[error("raft failure: {0}")]
     Raft(String),
     #[error("storage failure: {0}")]
@@ -307,15 +339,21 @@ impl ClusterError {
             | ClusterError::TransferFailed { .. }
             | ClusterError::LeadershipMoved
             | ClusterError::MembershipBusy(_)
-            | ClusterError::FoundingUnconfirmed => Code::Unavailable,
+            | ClusterError::FoundingUnconfirmed
+            | ClusterError::RefoundingUnderWay => Code::Unavailable,
             ClusterError::NotMember { .. } => Code::NotFound,
             ClusterError::NotVoter { .. }
             | ClusterError::AddressTaken { .. }
             | ClusterError::Invalid(_) => Code::InvalidArgument,
             ClusterError::NoOtherVoter
+            | ClusterError::HoldRefused { .. }
             | ClusterError::NotCaughtUp { .. }
             | ClusterError::NotApplied { .. }
-            | ClusterError::NoDigest { .. } => Code::FailedPrecondition,
+            | ClusterError::NoDigest { .. }
+            | ClusterError::NotAVoterHere { .. }
+            | ClusterError::QuorumReachable { .. }
+            | ClusterError::LeaderReachable { .. }
+            | ClusterError::AlreadyRefounded { .. } => Code::FailedPrecondition,
             ClusterError::SnapshotTimeout(_) | ClusterError::LeaveTimedOut { .. } => {
                 Code::DeadlineExceeded
             }
@@ -366,10 +404,7 @@ mod tests {
                 409,
             ),
             (
-                Error::NotAnInteger {
-                    key: b"k".to_vec(),
-                    current: b"x".to_vec(),
-                },
+                Error::NotAnInteger { len: 1 },
                 Code::FailedPrecondition,
                 409,
             ),
@@ -439,16 +474,17 @@ mod tests {
 
     #[test]
     fn every_cluster_and_peer_error_maps_to_its_code() {
-        let mismatch = PeerError::ClusterMismatch {
-            ours: "a".into(),
-            theirs: "b".into(),
-        };
+        let mismatch = PeerError::ClusterMismatch;
         let cases: Vec<(ClusterError, Code)> = vec![
             (ClusterError::NotLeader, Code::Unavailable),
             (ClusterError::NoLeader, Code::Unavailable),
             (ClusterError::NotMember { id: 1 }, Code::NotFound),
             (ClusterError::NotVoter { id: 1 }, Code::InvalidArgument),
             (ClusterError::NoOtherVoter, Code::FailedPrecondition),
+            (
+                ClusterError::HoldRefused { from: 1 },
+                Code::FailedPrecondition,
+            ),
             (
                 ClusterError::NotCaughtUp {
                     target: 1,
@@ -526,6 +562,34 @@ mod tests {
             ),
             (ClusterError::BadRecord("b".into()), Code::Internal),
             (ClusterError::FoundingUnconfirmed, Code::Unavailable),
+            (ClusterError::RefoundingUnderWay, Code::Unavailable),
+            (
+                ClusterError::AlreadyRefounded {
+                    peer: "p".into(),
+                    cluster_id: "c".into(),
+                },
+                Code::FailedPrecondition,
+            ),
+            (
+                ClusterError::NotAVoterHere { id: 1 },
+                Code::FailedPrecondition,
+            ),
+            (
+                ClusterError::QuorumReachable {
+                    reachable: 2,
+                    voters: 3,
+                    quorum: 2,
+                    seen: "s".into(),
+                },
+                Code::FailedPrecondition,
+            ),
+            (
+                ClusterError::LeaderReachable {
+                    peer: "p".into(),
+                    leader: "l".into(),
+                },
+                Code::FailedPrecondition,
+            ),
             (ClusterError::Raft("r".into()), Code::Internal),
             (ClusterError::Storage("s".into()), Code::Internal),
         ];

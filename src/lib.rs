@@ -28,7 +28,9 @@
 //! never the node. `ARCHITECTURE.md` walks two requests through the files.
 //!
 //! Embedding: build a [`Config`], [`Node::start`] it, talk to it through
-//! [`Node::client`], stop it with [`Node::shutdown`]. See `examples/`.
+//! [`Node::client`], stop it with [`Node::shutdown`]; [`Node::stopped`]
+//! says when it must stop by itself, and with [`Stop::restart`] that it
+//! must be started again. See `examples/`.
 
 pub(crate) mod api;
 pub mod cli;
@@ -52,6 +54,7 @@ pub(crate) mod validate;
 mod layering;
 
 pub use client::{Client, ClientError};
+pub use cluster::Stop;
 pub use config::{Config, ConfigError};
 pub use error::{Error, InvalidRequest, Result};
 pub use node::{Durability, Node, NodeStats, StartError};

@@ -20,8 +20,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::{AdminService, KvService, Watches};
 use crate::cluster::service::ClusterService;
-use crate::cluster::{formation, identity, leadership, membership, ClusterContext, StopSignal};
+use crate::cluster::{
+    formation, identity, leadership, membership, ClusterContext, Stop, StopSignal,
+};
 use crate::config::{Config, ConfigError};
+use crate::http::limit::VisitLimits;
 use crate::http::{HttpSettings, HttpState};
 use crate::metrics::Metrics;
 use crate::proto::admin_server::AdminServer;
@@ -31,6 +34,10 @@ use crate::raft::requests::{RequestSettings, Requests};
 use crate::raft::service::RaftService;
 use crate::store::{FlushStats, Store, StoreError, StoreOptions};
 use crate::types::{ClusterId, Formation, NodeId, Raft};
+
+/// How long shutdown waits for the peer transport and the background tasks
+/// to end once they are told to, well inside a pod's grace period.
+const PEER_DRAIN: Duration = Duration::from_secs(5);
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +81,7 @@ pub struct Node {
     client_tasks: TaskTracker,
     peer_tasks: TaskTracker,
     /// Set when the node stopped by itself, with the reason.
-    stopped: watch::Receiver<Option<String>>,
+    stopped: watch::Receiver<Option<Stop>>,
 }
 
 /// How far this node's log is durable and applied, and how its flushes
@@ -107,8 +114,8 @@ impl NodeStats {
         Durability {
             applied_index,
             durable_index: self.flush_stats.durable_index.load(Ordering::SeqCst),
-            flushes: self.flush_stats.flushes.load(Ordering::Relaxed),
-            appends: self.flush_stats.appends.load(Ordering::Relaxed),
+            flushes: self.flush_stats.flushes.get(),
+            appends: self.flush_stats.appends.get(),
         }
     }
 }
@@ -119,7 +126,12 @@ impl Node {
     pub async fn start(config: Config) -> Result<Node, StartError> {
         config.validate()?;
         identity::check_peers(&config)?;
-        let store = Store::open(&config.data_dir, &store_options(&config))?;
+        let metrics = Arc::new(Metrics::default());
+        let options = StoreOptions {
+            metrics: metrics.store(),
+            ..store_options(&config)
+        };
+        let store = Store::open(&config.data_dir, &options)?;
         let cluster_id = ClusterId::default();
         let formation = Formation::default();
         if let Some(id) = store.meta.cluster_id()? {
@@ -152,6 +164,7 @@ impl Node {
             NetworkFactory {
                 clients: peers.clone(),
                 contacts: contacts.clone(),
+                metrics: metrics.peers(),
             },
             store.log,
             store.state_machine,
@@ -181,7 +194,6 @@ impl Node {
         let peer_tasks = TaskTracker::new();
         let (stop, stopped) = StopSignal::new(stop_clients.clone());
         let me = identity::member(&config);
-        let metrics = Arc::new(Metrics::default());
 
         let requests = Arc::new(Requests::new(
             id,
@@ -201,6 +213,7 @@ impl Node {
                 max_pending_proposals: config.max_pending_proposals,
             },
             formation.clone(),
+            metrics.proposals(),
         ));
         let http = HttpState {
             id,
@@ -208,10 +221,10 @@ impl Node {
             raft: raft.clone(),
             requests: requests.clone(),
             metrics: metrics.clone(),
-            flush_stats: flush_stats.clone(),
             meta: store.meta.clone(),
             formation: formation.clone(),
             ready_max_lag: config.ready_max_lag,
+            visit_limits: VisitLimits::new(config.visits_per_client, config.visits_per_second),
         };
         let http_settings = HttpSettings {
             header_timeout: Duration::from_millis(config.http_header_timeout_ms),
@@ -246,7 +259,7 @@ impl Node {
                 closing: stop_clients.clone(),
                 tasks: client_tasks.clone(),
             },
-            metrics,
+            metrics: metrics.clone(),
         };
         tracing::info!(
             node_id = id,
@@ -296,6 +309,11 @@ impl Node {
                 stop_peers.clone(),
             ));
         }
+        peer_tasks.spawn(crate::raft::count_leader_changes(
+            raft.metrics(),
+            metrics.leader_changes(),
+            stop_peers.clone(),
+        ));
         peer_tasks.spawn(watch_for_fatal(
             raft.clone(),
             cluster.clone(),
@@ -380,23 +398,30 @@ impl Node {
     }
 
     /// Resolves when the node must stop by itself (a fatal storage or Raft
-    /// error, or it found itself removed from its cluster), with the reason.
-    /// The owner then calls [`Node::shutdown`].
-    pub async fn stopped(&self) -> String {
+    /// error, it found itself removed from its cluster, or it recorded a
+    /// forced re-founding and must start again), with the reason. The
+    /// owner then calls [`Node::shutdown`], and starts the node again on
+    /// the same configuration when [`Stop::restart`] says so.
+    pub async fn stopped(&self) -> Stop {
         let mut stopped = self.stopped.clone();
         loop {
-            if let Some(reason) = stopped.borrow_and_update().clone() {
-                return reason;
+            if let Some(stop) = stopped.borrow_and_update().clone() {
+                return stop;
             }
             if stopped.changed().await.is_err() {
-                return "node dropped".into();
+                return Stop {
+                    reason: "node dropped".into(),
+                    restart: false,
+                };
             }
         }
     }
 
     /// Stops the node in order: clients first, then leadership is handed
     /// to a follower, then the peer transport, every background task and
-    /// Raft stop.
+    /// Raft stop. The peer tasks get [`PEER_DRAIN`] to end: a peer cut off
+    /// the network never closes its connection, and the peer server's
+    /// graceful shutdown would wait for it past the pod's grace period.
     pub async fn shutdown(self) {
         self.stop_clients.cancel();
         self.client_tasks.close();
@@ -404,7 +429,15 @@ impl Node {
         leadership::hand_over(&self.cluster).await;
         self.stop_peers.cancel();
         self.peer_tasks.close();
-        self.peer_tasks.wait().await;
+        if tokio::time::timeout(PEER_DRAIN, self.peer_tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "peer tasks still running after {PEER_DRAIN:?} (a peer that does not answer); \
+                 stopping Raft without them"
+            );
+        }
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!("raft did not stop cleanly: {e}");
         }
@@ -442,8 +475,8 @@ async fn watch_for_fatal(raft: Raft, cluster: Arc<ClusterContext>, stop: Cancell
         if let Err(fatal) = running {
             let meta = &cluster.meta;
             meta.abandon();
-            let free = match meta.free_bytes() {
-                Ok(bytes) => format!("{bytes} bytes free"),
+            let free = match meta.volume() {
+                Ok(volume) => format!("{} bytes free", volume.free_bytes),
                 Err(e) => format!("free space unknown: {e}"),
             };
             let reason = format!(

@@ -14,7 +14,7 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use super::observed;
-use crate::cluster::{leadership, membership, ClusterContext};
+use crate::cluster::{leadership, membership, refound, ClusterContext};
 use crate::error::{ClusterError, Error, InvalidRequest};
 use crate::grpc::call;
 use crate::metrics::Metrics;
@@ -320,6 +320,33 @@ impl proto::admin_server::Admin for AdminService {
                 }
             });
             Ok(Response::new(ReceiverStream::new(rx)))
+        })
+        .await
+    }
+
+    async fn force_new_cluster(
+        &self,
+        _: Request<proto::ForceNewClusterRequest>,
+    ) -> Result<Response<proto::ForceNewClusterResponse>, Status> {
+        observed(&self.metrics, "ForceNewCluster", async {
+            // Never passed to a leader: it is about this node's data.
+            let forced = refound::force_new_cluster(&self.cluster).await?;
+            Ok(Response::new(proto::ForceNewClusterResponse {
+                id: forced.node_id,
+                name: forced.refounding.member.name.clone(),
+                cluster_id: forced.refounding.cluster_id,
+                previous_cluster_id: forced.refounding.previous_cluster_id,
+                last_log_index: forced.last_log_index,
+                applied_index: forced.applied_index,
+                lost: forced
+                    .lost
+                    .into_iter()
+                    .map(|(id, member, seen)| proto::LostVoter {
+                        member: Some(proto::member(id, &member, true)),
+                        seen: seen.to_string(),
+                    })
+                    .collect(),
+            }))
         })
         .await
     }

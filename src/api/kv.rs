@@ -39,12 +39,12 @@ impl KvService {
         timeout: Option<std::time::Duration>,
     ) -> Result<Outcome, Error> {
         let request_id = validate::request_id(request_id)?;
-        let (key, delta) = match &op {
-            Op::Increment { key, delta } => (key.clone(), *delta),
-            _ => (Vec::new(), 0),
+        let delta = match &op {
+            Op::Increment { delta, .. } => *delta,
+            _ => 0,
         };
         let outcome = self.requests.write(op, request_id, timeout).await?;
-        Error::refused(&key, delta, outcome)
+        Error::refused(delta, outcome)
     }
 }
 

@@ -242,6 +242,26 @@ pub enum Command {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Re-found the cluster on this node's data after losing a majority of
+    /// its voters for good.
+    ///
+    /// Like etcd's --force-new-cluster: a new cluster id, this node the
+    /// only voter, every entry of its log kept and committed. Refused,
+    /// changing nothing, while this node and the voters that answer make a
+    /// quorum, while an answering member follows a leader, when another
+    /// voter re-founded the cluster already, or on a node that is no voter; it cannot tell a dead member from one it cannot
+    /// reach, so first make sure the lost ones are gone. The node starts
+    /// again in place and the command waits until it leads the new
+    /// cluster; then bring the lost members back on empty volumes and they
+    /// join (one on an old volume discards it and joins). See the README's
+    /// "Losing a majority".
+    ForceNewCluster {
+        /// How long to wait for the node to serve the new cluster.
+        #[arg(long, default_value_t = 60)]
+        wait_secs: u64,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Seed an empty data directory from a backup; a node started on it
     /// founds a new cluster holding that data (see the README's restore steps).
     Restore {
@@ -337,6 +357,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(config) => serve(*config).await,
         Command::Local(args) => local::run(args).await,
+        Command::ForceNewCluster { wait_secs, conn } => {
+            let forced = conn
+                .call_first(
+                    Op::Write,
+                    |mut c| async move { c.force_new_cluster().await },
+                )
+                .await?;
+            serving_as(&conn, &forced, Duration::from_secs(wait_secs)).await?;
+            output::forced(&forced, conn.format());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Restore { from, data_dir } => {
             let options = crate::node::store_options(&Config::default());
             let restored = if from.as_os_str() == "-" {
@@ -594,6 +625,7 @@ async fn client_command(command: Command) -> Result<Exit, CliError> {
         | Command::Local(_)
         | Command::Restore { .. }
         | Command::Bench(_)
+        | Command::ForceNewCluster { .. }
         | Command::Completion { .. } => {
             unreachable!("run() handles the commands that are not a client's")
         }
@@ -782,11 +814,41 @@ fn transfer_progress(what: &'static str) -> indicatif::ProgressBar {
     bar
 }
 
+/// Waits until the node that was forced into a new cluster starts again
+/// and leads it.
+async fn serving_as(
+    conn: &Conn,
+    forced: &crate::proto::ForceNewClusterResponse,
+    wait: Duration,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut last = String::from("not asked yet");
+    while tokio::time::Instant::now() < deadline {
+        let status = conn
+            .call_first(Op::Read, |mut c| async move { c.status().await })
+            .await;
+        match status {
+            Ok(s) if s.cluster_id == forced.cluster_id && s.leader_id == Some(forced.id) => {
+                return Ok(())
+            }
+            Ok(s) => last = format!("cluster {:?}, leader {:?}", s.cluster_id, s.leader_id),
+            Err(e) => last = exit::one_line(&e),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    anyhow::bail!(
+        "the re-founding of cluster {} is recorded, but the node does not lead it after {wait:?} (last seen: {last}); \
+         it completes on the node's next start: read its log",
+        forced.cluster_id
+    )
+}
+
 /// How long a node that failed may take to shut down before it just exits.
 const FATAL_SHUTDOWN: Duration = Duration::from_secs(10);
 
 /// Runs one node until SIGTERM or Ctrl-C, then shuts it down in order. A
-/// node that stops by itself (a storage failure) exits non-zero.
+/// node that stops by itself (a storage failure) exits non-zero; one that
+/// stops to start again (a forced re-founding) is started again in place.
 async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     let node = match Node::start(config).await {
         Ok(node) => node,
@@ -799,19 +861,42 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; shutting down"),
         _ = terminate.recv() => tracing::info!("SIGTERM; shutting down"),
-        reason = node.stopped() => {
-            tracing::error!("stopping: {reason}");
+        stop = node.stopped() => {
+            if stop.restart {
+                tracing::warn!("starting again: {}", stop.reason);
+            } else {
+                tracing::error!("stopping: {}", stop.reason);
+            }
             // After a storage failure a part of the node may be stuck in
             // I/O that never returns; the process must still end, so that
             // the kubelet restarts it. What is durable is already on disk.
             if tokio::time::timeout(FATAL_SHUTDOWN, node.shutdown()).await.is_err() {
                 tracing::error!("shutdown did not finish within {FATAL_SHUTDOWN:?}; exiting");
             }
+            if stop.restart {
+                return Err(start_again());
+            }
             std::process::exit(1);
         }
     }
     node.shutdown().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Replaces this process with a fresh `raftset` on the same command line
+/// and environment: the same process id, so a pod's container, an `exec`
+/// session in it and a supervisor all stay; every file (sled's lock too)
+/// is closed first. Returns only if that failed.
+fn start_again() -> anyhow::Error {
+    use std::os::unix::process::CommandExt;
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => return anyhow::anyhow!("cannot find this program to start it again: {e}"),
+    };
+    let err = std::process::Command::new(&exe)
+        .args(std::env::args_os().skip(1))
+        .exec();
+    anyhow::anyhow!("cannot start {} again: {err}", exe.display())
 }
 
 #[cfg(test)]

@@ -441,6 +441,45 @@ pub fn verify(report: &crate::proto::VerifyResponse, format: Format) {
     }
 }
 
+/// `force-new-cluster`: the new cluster and the members it no longer has.
+pub fn forced(forced: &crate::proto::ForceNewClusterResponse, format: Format) {
+    if is_document(format) {
+        let lost: Vec<_> = forced
+            .lost
+            .iter()
+            .map(|l| {
+                let m = l.member.clone().unwrap_or_default();
+                json!({ "id": m.id, "name": m.name, "seen": l.seen })
+            })
+            .collect();
+        let value = json!({
+            "id": forced.id, "name": forced.name, "cluster_id": forced.cluster_id,
+            "previous_cluster_id": forced.previous_cluster_id,
+            "last_log_index": forced.last_log_index, "applied_index": forced.applied_index,
+            "lost": lost,
+        });
+        document(&value, format);
+        return;
+    }
+    println!(
+        "{} ({:016x}) is the only voter of the new cluster {} (was {}), holding its whole log (up to index {}, {} applied before)",
+        forced.name,
+        forced.id,
+        forced.cluster_id,
+        forced.previous_cluster_id,
+        forced.last_log_index,
+        forced.applied_index
+    );
+    for l in &forced.lost {
+        let m = l.member.clone().unwrap_or_default();
+        println!(
+            "no longer a member: {:016x}  {:<14}{}",
+            m.id, m.name, l.seen
+        );
+    }
+    println!("next: start the lost members on empty volumes; they join the new cluster");
+}
+
 /// What one member answered to `endpoint status` or `endpoint health`, or
 /// why it did not.
 pub struct Probe<T> {

@@ -5,7 +5,8 @@
 //!    before this function is consulted).
 //! 2. If any peer is a member of a cluster, join it through that peer. A
 //!    node joins only the cluster the founding record confirms, or else the
-//!    one it recorded itself, if any.
+//!    one it recorded itself, if any, or the cluster either was re-founded
+//!    as by force (`force-new-cluster`).
 //! 3. A confirmed founding record means a cluster exists for this
 //!    StatefulSet: never found another (a restore is the one deliberate
 //!    exception); wait for its members to answer. Meanwhile the node passes
@@ -29,10 +30,13 @@ pub enum PeerView {
     Unreachable,
     /// It answered and belongs to no cluster.
     Empty,
-    /// It answered as a member of `cluster_id`, reachable at `peer_addr`.
+    /// It answered as a member of `cluster_id`, reachable at `peer_addr`;
+    /// `refounded_from` names the cluster that `force-new-cluster` made
+    /// `cluster_id` of (empty if none).
     Member {
         cluster_id: String,
         peer_addr: String,
+        refounded_from: String,
     },
 }
 
@@ -89,8 +93,9 @@ pub fn decide(local: &Local, record: &FoundingRecord, peers: &[(String, PeerView
         PeerView::Member {
             cluster_id,
             peer_addr,
+            refounded_from,
         } => wanted
-            .is_none_or(|wanted| wanted == cluster_id)
+            .is_none_or(|wanted| wanted == cluster_id || wanted == refounded_from)
             .then_some((name, cluster_id, peer_addr)),
         _ => None,
     });
@@ -218,6 +223,16 @@ mod tests {
         PeerView::Member {
             cluster_id: cluster.into(),
             peer_addr: addr.into(),
+            refounded_from: String::new(),
+        }
+    }
+
+    /// A member of `cluster`, which was re-founded by force from `from`.
+    fn refounded(cluster: &str, from: &str, addr: &str) -> PeerView {
+        PeerView::Member {
+            cluster_id: cluster.into(),
+            peer_addr: addr.into(),
+            refounded_from: from.into(),
         }
     }
 
@@ -326,6 +341,13 @@ mod tests {
                 None,
             ),
             (
+                "a node that once asked to join a cluster joins it re-founded by force",
+                local(1, Some("c1")),
+                FoundingRecord::NotUsed,
+                vec![refounded("c2", "c1", "p0:7001"), Empty],
+                Some(join("c2", "p0:7001")),
+            ),
+            (
                 "peers in two clusters: refuse to choose",
                 local(0, None),
                 FoundingRecord::NotUsed,
@@ -411,6 +433,13 @@ mod tests {
                 confirmed("c1"),
                 vec![member("c2", "p1:7001"), member("c1", "p2:7001")],
                 Some(join("c1", "p2:7001")),
+            ),
+            (
+                "confirmed, not yet rewritten: join the cluster re-founded from it",
+                local(1, None),
+                confirmed("c1"),
+                vec![refounded("c2", "c1", "p0:7001"), Absent],
+                Some(join("c2", "p0:7001")),
             ),
             (
                 "confirmed: only another cluster answers",

@@ -188,7 +188,9 @@ async fn restart(ctx: &ClusterContext, kube: Option<&Arc<KubeApi>>, stop: &Cance
 }
 
 /// Makes the founding record name this node's cluster, confirmed; retries
-/// until done or stopped. A record of another cluster is left alone.
+/// until done or stopped. A record of another cluster is left alone, unless
+/// this node re-founded its data away from that cluster by force
+/// ([`super::refound`]): then it is rewritten, as a restore rewrites it.
 /// True once the record names this node's cluster, confirmed.
 async fn settle_record(
     ctx: &ClusterContext,
@@ -203,6 +205,12 @@ async fn settle_record(
             Ok(None) => call(kube, move |api| api.create_record(&founding))
                 .await
                 .map(|_| tracing::info!(cluster_id = %ours, "recorded this cluster's founding")),
+            Ok(Some(stored)) if refounded_from(ctx, &stored) => {
+                let cluster_id = ours.clone();
+                call(kube, move |api| api.replace_record(&stored, &founding))
+                    .await
+                    .map(|_| tracing::info!(%cluster_id, "founding record rewritten for the re-founded cluster"))
+            }
             Ok(Some(stored)) if stored.founding.cluster_id != ours => {
                 tracing::error!(
                     recorded = %stored.founding.cluster_id, ours = %ours,
@@ -225,6 +233,18 @@ async fn settle_record(
     }
 }
 
+/// Whether `stored` names the cluster this node's data left when it was
+/// re-founded by force: the one record a member may rewrite for its own.
+fn refounded_from(ctx: &ClusterContext, stored: &StoredRecord) -> bool {
+    match ctx.meta.refounded_from() {
+        Ok(previous) => previous.as_deref() == Some(stored.founding.cluster_id.as_str()),
+        Err(e) => {
+            tracing::warn!("cannot read the re-founding mark: {e}");
+            false
+        }
+    }
+}
+
 /// Marks `stored` confirmed.
 async fn confirm(kube: &Arc<KubeApi>, stored: StoredRecord) -> Result<(), ClusterError> {
     let cluster_id = stored.founding.cluster_id.clone();
@@ -237,17 +257,20 @@ async fn confirm(kube: &Arc<KubeApi>, stored: StoredRecord) -> Result<(), Cluste
 }
 
 /// How many election timeouts a serving member may know no leader before
-/// it asks its peers whether it was removed: an election takes less.
+/// it asks its peers whether it still belongs: an election takes less.
 const LEADERLESS_ELECTIONS: u32 = 2;
 
 /// A member whom the cluster removed while it could not hear (down, or cut
-/// off) must not serve its stale state, nor stay Ready as a zombie:
-/// nothing tells a removed node, and its own log still lists it. Such a
-/// node loses its leader (it campaigns, and nobody answers), so whenever
-/// this node has known no leader for a while it asks its peers. A
-/// committed, newer membership without it marks its data directory for
-/// discarding and stops the node, which comes back empty and joins under a
-/// new id.
+/// off), or whose cluster was re-founded by force without it
+/// ([`super::refound`]), must not serve its stale state, nor stay Ready as
+/// a zombie: nothing tells such a node, and its own log still lists it. It
+/// loses its leader (it campaigns, and nobody answers), so whenever this
+/// node has known no leader for a while it asks its peers:
+/// - a committed, newer membership of its cluster without it marks its
+///   data directory for discarding and stops the node, which comes back
+///   empty and joins under a new id;
+/// - a cluster re-founded from its own marks the data for discarding and
+///   starts the node again in place, empty, to join the new one.
 pub async fn watch_membership(ctx: Arc<ClusterContext>, stop: CancellationToken) {
     let resolver = Resolver::from_system();
     let patience = Duration::from_millis(ctx.config.election_timeout_ms) * LEADERLESS_ELECTIONS;
@@ -264,26 +287,39 @@ pub async fn watch_membership(ctx: Arc<ClusterContext>, stop: CancellationToken)
         if leader_seen.elapsed() < patience {
             continue;
         }
-        if let Some(reason) = removal(&ctx, &resolver).await {
-            tracing::error!("{reason}");
-            if let Err(e) = ctx.meta.mark_for_discard(&reason) {
-                tracing::error!("cannot mark the data directory for discarding: {e}");
+        let ours = ctx.cluster_id.get();
+        let mine = ctx
+            .raft_metrics()
+            .membership_config
+            .log_id()
+            .map_or(0, |l| l.index);
+        for (name, info) in peer_infos(&ctx, &resolver).await {
+            if leave_if_refounded(&ctx, &name, &info) {
+                return;
             }
-            ctx.stop.stop(reason);
-            return;
+            if removed_while_away(&ours, mine, &info) {
+                let reason = format!(
+                    "removed from cluster {ours} while away ({name} has a committed membership at index {} \
+                     without this node); discarding this data directory and restarting empty",
+                    info.membership_index
+                );
+                tracing::error!("{reason}");
+                if let Err(e) = ctx.meta.mark_for_discard(&reason) {
+                    tracing::error!("cannot mark the data directory for discarding: {e}");
+                }
+                ctx.stop.stop(reason);
+                return;
+            }
         }
     }
 }
 
-/// Asks every peer once; the reason to discard this node's data if one of
-/// them proves it was removed.
-async fn removal(ctx: &ClusterContext, resolver: &Resolver) -> Option<String> {
-    let ours = ctx.cluster_id.get();
-    let mine = ctx
-        .raft_metrics()
-        .membership_config
-        .log_id()
-        .map_or(0, |l| l.index);
+/// What every peer that discovery finds and that answers says about itself.
+async fn peer_infos(
+    ctx: &ClusterContext,
+    resolver: &Resolver,
+) -> Vec<(String, ClusterInfoResponse)> {
+    let mut infos = Vec::new();
     for (name, location) in discover(&ctx.config, resolver).await {
         let Location::At(addr) = location else {
             continue;
@@ -293,18 +329,11 @@ async fn removal(ctx: &ClusterContext, resolver: &Resolver) -> Option<String> {
         };
         let mut request = tonic::Request::new(ClusterInfoRequest { asker_id: ctx.id });
         request.set_timeout(ASK_TIMEOUT);
-        let Ok(info) = client.cluster_info(request).await.map(|r| r.into_inner()) else {
-            continue;
-        };
-        if removed_while_away(&ours, mine, &info) {
-            return Some(format!(
-                "removed from cluster {ours} while away ({name} has a committed membership at index {} \
-                 without this node); discarding this data directory and restarting empty",
-                info.membership_index
-            ));
+        if let Ok(info) = client.cluster_info(request).await {
+            infos.push((name, info.into_inner()));
         }
     }
-    None
+    infos
 }
 
 /// Whether a peer's answer proves that this node, whose own membership is
@@ -319,6 +348,29 @@ fn removed_while_away(ours: &str, mine: u64, info: &ClusterInfoResponse) -> bool
         && info.membership_index > mine
 }
 
+/// When peer `name` says its cluster was re-founded by force from this
+/// node's cluster, this node's data belongs to a cluster that is gone: it
+/// marks the data for discarding and starts again in place, empty, to join
+/// the new one. True when it did.
+fn leave_if_refounded(ctx: &ClusterContext, name: &str, info: &ClusterInfoResponse) -> bool {
+    let ours = ctx.cluster_id.get();
+    if ours.is_empty() || info.refounded_from != ours {
+        return false;
+    }
+    let reason = format!(
+        "cluster {ours} was re-founded by force as cluster {} ({name} holds it); \
+         discarding this data directory and starting again empty to join it",
+        info.cluster_id
+    );
+    tracing::error!("{reason}");
+    if let Err(e) = ctx.meta.mark_for_discard(&reason) {
+        tracing::error!("cannot mark the data directory for discarding: {e}");
+        return false;
+    }
+    ctx.stop.restart(reason);
+    true
+}
+
 async fn ask(ctx: &ClusterContext, peer_addr: &str) -> PeerView {
     let Ok(mut client) = ctx.peer(peer_addr) else {
         return PeerView::Absent;
@@ -331,6 +383,7 @@ async fn ask(ctx: &ClusterContext, peer_addr: &str) -> PeerView {
             let info = info.into_inner();
             PeerView::Member {
                 cluster_id: info.cluster_id,
+                refounded_from: info.refounded_from,
                 peer_addr: if info.leader_peer_addr.is_empty() {
                     peer_addr.to_string()
                 } else {
@@ -355,7 +408,7 @@ async fn found(
     read: Option<StoredRecord>,
     stop: &CancellationToken,
 ) -> Result<(), String> {
-    let cluster_id = format!("{:032x}", rand::random::<u128>());
+    let cluster_id = new_cluster_id();
     let founding = Founding::new(&cluster_id, &ctx.me.name);
     if let Some(kube) = kube {
         call(kube, move |api| match &read {
@@ -381,6 +434,11 @@ async fn found(
     }
     ctx.formation.set(Standing::Serving);
     Ok(())
+}
+
+/// A fresh cluster id: 128 random bits in hex.
+pub(super) fn new_cluster_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
 }
 
 /// Seals restored data that is not sealed yet, retrying until done or

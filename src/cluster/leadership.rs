@@ -51,9 +51,24 @@ fn hold_time(ctx: &ClusterContext) -> Duration {
     Duration::from_millis(ctx.config.election_timeout_ms * 6)
 }
 
-/// Keeps this node from campaigning for `hold` (a zero hold ends an
-/// earlier one), so a leadership transfer goes where it was sent.
-pub fn hold_election(ctx: &ClusterContext, hold: Duration) {
+/// At `from`'s request, keeps this node from campaigning for `hold`, so a
+/// leadership transfer goes where it was sent; a zero hold ends an earlier
+/// one. Only the current leader may hold an election, and for no longer
+/// than a transfer needs: a hold is a window in which a dead leader is not
+/// replaced, so nobody else may open one, and nobody may keep it open.
+pub fn hold_election(
+    ctx: &ClusterContext,
+    from: NodeId,
+    hold: Duration,
+) -> Result<(), ClusterError> {
+    if !hold.is_zero() && ctx.leader().map(|(id, _)| id) != Some(from) {
+        tracing::warn!(
+            from,
+            "refused an election hold from a node that does not lead"
+        );
+        return Err(ClusterError::HoldRefused { from });
+    }
+    let hold = hold.min(hold_time(ctx));
     ctx.raft.runtime_config().elect(hold.is_zero());
     if !hold.is_zero() {
         let raft = ctx.raft.clone();
@@ -62,6 +77,7 @@ pub fn hold_election(ctx: &ClusterContext, hold: Duration) {
             raft.runtime_config().elect(true);
         });
     }
+    Ok(())
 }
 
 /// Moves leadership from this leader to `to` (or to the most caught-up
@@ -141,7 +157,7 @@ async fn hold_others(ctx: &ClusterContext, addrs: &[String], hold: Duration) {
     let millis = hold.as_millis() as u64;
     for addr in addrs {
         let sent: Result<(), String> = match ctx.peer(addr) {
-            Ok(mut client) => call(&ctx.cluster_id, 0, &millis, ASK_TIMEOUT, |r| {
+            Ok(mut client) => call(&ctx.cluster_id, 0, &(ctx.id, millis), ASK_TIMEOUT, |r| {
                 client.hold_election(r)
             })
             .await

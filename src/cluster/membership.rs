@@ -56,11 +56,7 @@ pub async fn join(
     let ours = ctx.cluster_id.get();
     if ours.is_empty() || request.cluster_id != ours {
         tracing::warn!(ours = %ours, theirs = %request.cluster_id, node = %request.name, "refused a join for another cluster");
-        return Err(PeerError::ClusterMismatch {
-            ours,
-            theirs: request.cluster_id,
-        }
-        .into());
+        return Err(PeerError::ClusterMismatch.into());
     }
     let Some((leader_id, leader)) = ctx.leader() else {
         return Err(ClusterError::NoLeader);
@@ -599,7 +595,15 @@ mod tests {
     #[test]
     fn a_pod_leaves_only_when_the_statefulset_no_longer_counts_it() {
         let leave = |replicas| StopPlan::Leave { replicas };
-        let cases: Vec<(&str, &str, Result<u32, String>, Option<StopPlan>)> = vec![
+        /// What the case is, the pod, the replica count read, the plan
+        /// (`None`: any `Stay`).
+        type Case = (
+            &'static str,
+            &'static str,
+            Result<u32, String>,
+            Option<StopPlan>,
+        );
+        let cases: Vec<Case> = vec![
             (
                 "scaled 3 to 1: pod 2 leaves",
                 "raftset-2",

@@ -27,6 +27,11 @@
 //!    only after confirming that record.
 //! 6. Anything else: wait and ask again, with backoff.
 //!
+//! After a majority of the voters is lost for good, [`refound`] re-founds
+//! the cluster on one survivor's data (`raftset force-new-cluster`); the
+//! survivor then rewrites the founding record, and members of the old
+//! cluster that come back discard their data and join.
+//!
 //! It must never import the faces or the node: it receives a
 //! [`ClusterContext`] with exactly the handles it uses.
 
@@ -37,6 +42,7 @@ pub mod identity;
 pub mod kube;
 pub mod leadership;
 pub mod membership;
+pub mod refound;
 pub mod service;
 
 use std::time::Duration;
@@ -64,20 +70,39 @@ const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(120);
 pub struct StopSignal {
     /// Cancelled at once: the node stops serving clients.
     serving: CancellationToken,
-    reason: watch::Sender<Option<String>>,
+    reason: watch::Sender<Option<Stop>>,
+}
+
+/// Why a node asked to be stopped, and whether it must start again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stop {
+    pub reason: String,
+    /// The node stops only to start again on its data (after recording a
+    /// forced re-founding): its owner restarts it at once, in place.
+    pub restart: bool,
 }
 
 impl StopSignal {
     /// A signal, and the receiver its owner waits on.
-    pub fn new(serving: CancellationToken) -> (StopSignal, watch::Receiver<Option<String>>) {
+    pub fn new(serving: CancellationToken) -> (StopSignal, watch::Receiver<Option<Stop>>) {
         let (reason, stopped) = watch::channel(None);
         (StopSignal { serving, reason }, stopped)
     }
 
     /// Stops serving clients at once and asks for the node to be shut down.
     pub fn stop(&self, reason: String) {
+        self.send(reason, false);
+    }
+
+    /// Stops serving clients at once and asks for the node to be shut down
+    /// and started again on its data.
+    pub fn restart(&self, reason: String) {
+        self.send(reason, true);
+    }
+
+    fn send(&self, reason: String, restart: bool) {
         self.serving.cancel();
-        self.reason.send_replace(Some(reason));
+        self.reason.send_replace(Some(Stop { reason, restart }));
     }
 }
 

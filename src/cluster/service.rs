@@ -13,6 +13,7 @@ use crate::proto::cluster_peer_server::{ClusterPeer, ClusterPeerServer};
 use crate::proto::{
     ClusterInfoRequest, ClusterInfoResponse, JoinRequest, JoinResponse, PeerMessage,
 };
+use crate::types::NodeId;
 
 pub struct ClusterService {
     pub ctx: Arc<ClusterContext>,
@@ -32,18 +33,26 @@ fn info(ctx: &ClusterContext, asker_id: u64) -> ClusterInfoResponse {
     let membership = metrics.membership_config.membership();
     let is_member = membership.get_node(&ctx.id).is_some();
     let leader = metrics.current_leader;
+    // A re-founding recorded but not yet completed (the node is starting
+    // again) already speaks for the new cluster: no second survivor may
+    // take this node for a member of the old one meanwhile.
+    let (cluster_id, refounded_from) = match ctx.meta.pending_refounding() {
+        Ok(Some(pending)) => (pending.cluster_id, pending.previous_cluster_id),
+        _ if is_member => (
+            ctx.cluster_id.get(),
+            ctx.meta.refounded_from().ok().flatten().unwrap_or_default(),
+        ),
+        _ => (String::new(), String::new()),
+    };
     let membership_index = metrics.membership_config.log_id().map_or(0, |l| l.index);
     let applied = metrics.last_applied.map_or(0, |l| l.index);
     ClusterInfoResponse {
         asker_is_member: membership.get_node(&asker_id).is_some(),
         membership_index,
         membership_committed: applied >= membership_index,
-        cluster_id: if is_member {
-            ctx.cluster_id.get()
-        } else {
-            String::new()
-        },
+        cluster_id,
         node_id: ctx.id,
+        refounded_from,
         leader_id: leader,
         leader_peer_addr: leader
             .and_then(|id| membership.get_node(&id))
@@ -58,8 +67,8 @@ impl ClusterPeer for ClusterService {
         &self,
         request: Request<PeerMessage>,
     ) -> Result<Response<PeerMessage>, Status> {
-        let millis: u64 = open(&self.ctx.cluster_id, self.ctx.id, request)?;
-        leadership::hold_election(&self.ctx, Duration::from_millis(millis));
+        let (from, millis): (NodeId, u64) = open(&self.ctx.cluster_id, self.ctx.id, request)?;
+        leadership::hold_election(&self.ctx, from, Duration::from_millis(millis))?;
         Ok(reply(&()))
     }
 

@@ -4,13 +4,15 @@
 //!
 //! Served through hyper directly (not `axum::serve`) so every connection
 //! has a header-read timeout and the number of connections is capped: a
-//! client that trickles its headers cannot hold sockets forever.
+//! client that trickles its headers cannot hold sockets forever. Visits
+//! are rate-limited per client address and overall ([`limit`]).
 
-use std::sync::atomic::Ordering;
+pub mod limit;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -22,18 +24,23 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+use self::limit::{ClientAddr, VisitLimits};
 
 use crate::error::Error;
-use crate::metrics::{Metrics, Snapshot};
+use crate::metrics::{Format, Metrics, Snapshot};
 use crate::raft::leader_of;
 use crate::raft::requests::Requests;
-use crate::store::{FlushStats, Meta};
+use crate::store::Meta;
 use crate::types::{
     Consistency, Formation, Member, NodeId, Op, Outcome, Raft, Standing, VISITS_KEY,
 };
 
 /// How long a visit may take before it is answered with a timeout.
 const VISIT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the visit limits forget clients that went quiet.
+const FORGET_IDLE_CLIENTS: Duration = Duration::from_secs(60);
 
 /// What the HTTP endpoints use.
 pub struct HttpState {
@@ -43,12 +50,12 @@ pub struct HttpState {
     pub raft: Raft,
     pub requests: Arc<Requests>,
     pub metrics: Arc<Metrics>,
-    pub flush_stats: Arc<FlushStats>,
     pub meta: Meta,
     /// Where the node stands in forming its cluster.
     pub formation: Formation,
     /// A node is ready only while it is within this many entries of the leader.
     pub ready_max_lag: u64,
+    pub visit_limits: VisitLimits,
 }
 
 /// How HTTP connections are served.
@@ -67,26 +74,38 @@ pub async fn serve(
     listener: TcpListener,
     stop: CancellationToken,
 ) {
-    let app = router(Arc::new(state));
+    let state = Arc::new(state);
+    let app = router(state.clone());
     let connections = Arc::new(Semaphore::new(settings.max_connections));
     let header_timeout = settings.header_timeout;
     let tasks = TaskTracker::new();
+    let mut housekeeping = tokio::time::interval(FORGET_IDLE_CLIENTS);
     loop {
-        let stream = tokio::select! {
+        let (stream, client) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     tracing::warn!("HTTP accept failed: {e}");
                     continue;
                 }
             },
+            _ = housekeeping.tick() => {
+                state.visit_limits.forget_idle();
+                continue;
+            }
             _ = stop.cancelled() => break,
         };
         // Over the cap, close at once rather than queue without bound.
         let Ok(permit) = connections.clone().try_acquire_owned() else {
             continue;
         };
-        let service = TowerToHyperService::new(app.clone());
+        let client = ClientAddr(client.ip());
+        let service = TowerToHyperService::new(app.clone().map_request(
+            move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(client);
+                request
+            },
+        ));
         let stop = stop.clone();
         tasks.spawn(async move {
             let _permit = permit;
@@ -138,14 +157,27 @@ impl HttpState {
 }
 
 /// `GET /`: counts one visit through Raft and says who served it.
-async fn visit(State(core): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
+async fn visit(
+    State(core): State<Arc<HttpState>>,
+    Extension(ClientAddr(client)): Extension<ClientAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(limited) = core.visit_limits.check(client) {
+        let retry_after = limited.retry_after().as_secs_f64().ceil().max(1.0) as u64;
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, retry_after.to_string())],
+            format!("{limited}; not counted, retry in {retry_after} s\n"),
+        )
+            .into_response();
+    }
     let op = Op::Increment {
         key: VISITS_KEY.to_vec(),
         delta: 1,
     };
     let count = match core.requests.write(op, None, Some(VISIT_TIMEOUT)).await {
         Ok(Outcome::Incremented { value, .. }) => value,
-        Ok(other) => match Error::refused(VISITS_KEY, 1, other) {
+        Ok(other) => match Error::refused(1, other) {
             Err(e) => return error_response(e),
             Ok(_) => {
                 return error_response(Error::Raft("unexpected outcome for an increment".into()))
@@ -310,21 +342,21 @@ fn readiness(core: &HttpState, without_leader: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// `GET /metrics`: Prometheus text format.
-async fn metrics(State(core): State<Arc<HttpState>>) -> Response {
+/// `GET /metrics`: OpenMetrics text, labelled as such; Prometheus text
+/// 0.0.4 for a client whose `Accept` asks for `text/plain` and not for
+/// OpenMetrics (see [`Format::negotiate`]).
+async fn metrics(State(core): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
     let raft = core.raft_metrics();
     let text = core.metrics.render(Snapshot {
         raft: &raft,
-        flushes: core.flush_stats.flushes.load(Ordering::Relaxed),
-        appends: core.flush_stats.appends.load(Ordering::Relaxed),
         disk_bytes: core.meta.size_on_disk(),
+        volume: core.meta.volume().ok(),
     });
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = Format::negotiate(accept);
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        text,
+        [(header::CONTENT_TYPE, format.content_type())],
+        format.encode(text),
     )
         .into_response()
 }

@@ -25,6 +25,7 @@ use tonic::{Request, Response, Status};
 use crate::error::PeerError;
 use crate::grpc::call;
 use crate::limits::MAX_PEER_MESSAGE;
+use crate::metrics::PeerMetrics;
 use crate::proto::raft_peer_client::RaftPeerClient;
 use crate::proto::PeerMessage;
 use crate::types::{ClusterId, Member, NodeId, TypeConfig};
@@ -109,6 +110,8 @@ impl Contacts {
 pub struct NetworkFactory {
     pub clients: PeerClients,
     pub contacts: Contacts,
+    /// Where heartbeat round trips are recorded.
+    pub metrics: PeerMetrics,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -120,6 +123,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             addr: node.peer_addr.clone(),
             clients: self.clients.clone(),
             contacts: self.contacts.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -130,6 +134,7 @@ pub struct PeerConnection {
     addr: String,
     clients: PeerClients,
     contacts: Contacts,
+    metrics: PeerMetrics,
 }
 
 type RpcResult<T, E = RaftError<NodeId>> = Result<T, RPCError<NodeId, Member, E>>;
@@ -177,12 +182,21 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
-        self.send(
-            &rpc,
-            option,
-            |mut c, r| async move { c.append_entries(r).await },
-        )
-        .await
+        // A heartbeat carries no entries, so the follower answers without
+        // touching its disk: its answer times the network and the peer.
+        let heartbeat = rpc.entries.is_empty();
+        let sent = Instant::now();
+        let answer = self
+            .send(
+                &rpc,
+                option,
+                |mut c, r| async move { c.append_entries(r).await },
+            )
+            .await;
+        if heartbeat && answer.is_ok() {
+            self.metrics.round_trip(self.target, sent.elapsed());
+        }
+        answer
     }
 
     async fn install_snapshot(

@@ -27,6 +27,7 @@ use super::network::PeerClients;
 use super::proposer::{ProposeError, Proposer};
 use crate::error::{status_says_nothing_proposed, Error, Result};
 use crate::grpc::call;
+use crate::metrics::{ProposalFailure, ProposalMetrics};
 use crate::proto::raft_peer_client::RaftPeerClient;
 use crate::proto::PeerMessage;
 use crate::store::state_machine::{ScanPage, ScanRange};
@@ -82,6 +83,8 @@ pub struct Requests {
     settings: RequestSettings,
     /// Writes are taken only while this says the node serves.
     formation: Formation,
+    /// Failed and pending proposals on this node as leader.
+    metrics: ProposalMetrics,
 }
 
 impl Requests {
@@ -93,6 +96,7 @@ impl Requests {
         peers: PeerClients,
         settings: RequestSettings,
         formation: Formation,
+        metrics: ProposalMetrics,
     ) -> Requests {
         Requests {
             id,
@@ -103,6 +107,7 @@ impl Requests {
             peers,
             settings,
             formation,
+            metrics,
         }
     }
 
@@ -167,40 +172,69 @@ impl Requests {
     }
 
     /// Proposes on this node, which believes it leads. Called for local
-    /// writes and for writes forwarded by followers.
+    /// writes and for writes forwarded by followers. Each failure counts in
+    /// `raftset_proposals_failed_total` with its reason, and the write is
+    /// in `raftset_proposals_pending` while it holds a pending slot.
     pub async fn propose_as_leader(
         &self,
         command: Command,
         deadline: Instant,
     ) -> Result<Outcome, Attempt> {
+        let proposed = self.try_propose_as_leader(command, deadline).await;
+        if let Err((reason, _)) = &proposed {
+            self.metrics.failed(*reason);
+        }
+        proposed.map_err(|(_, attempt)| attempt)
+    }
+
+    /// [`Requests::propose_as_leader`], with why it failed for the metrics.
+    async fn try_propose_as_leader(
+        &self,
+        command: Command,
+        deadline: Instant,
+    ) -> Result<Outcome, (ProposalFailure, Attempt)> {
+        use ProposalFailure as Why;
         if !self.formation.is_serving() {
-            return Err(Attempt::Fail(Error::NotServing));
+            return Err((Why::NotServing, Attempt::Fail(Error::NotServing)));
         }
         if let Some(millis) = self.millis_without_quorum() {
-            return Err(Attempt::Fail(Error::NoQuorum { millis }));
+            return Err((Why::NoQuorum, Attempt::Fail(Error::NoQuorum { millis })));
         }
         let Ok(_permit) = self.proposals.try_acquire() else {
-            return Err(Attempt::Fail(Error::Overloaded {
-                limit: self.settings.max_pending_proposals,
-            }));
+            return Err((
+                Why::Overloaded,
+                Attempt::Fail(Error::Overloaded {
+                    limit: self.settings.max_pending_proposals,
+                }),
+            ));
         };
+        let _pending = self.metrics.pending();
         match timeout_at(deadline, self.proposer.propose(command)).await {
-            Err(_) => Err(Attempt::Fail(Error::OutcomeUnknown {
-                reason: format!(
-                    "not committed within {} ms (is a quorum reachable?)",
-                    self.settings.proposal_timeout.as_millis()
-                ),
-            })),
+            Err(_) => Err((
+                Why::Timeout,
+                Attempt::Fail(Error::OutcomeUnknown {
+                    reason: format!(
+                        "not committed within {} ms (is a quorum reachable?)",
+                        self.settings.proposal_timeout.as_millis()
+                    ),
+                }),
+            )),
             Ok(Ok(outcome)) => Ok(outcome),
             // Leadership moved, possibly after the entry was appended.
-            Ok(Err(ProposeError::NotLeader)) => Err(Attempt::Retry {
-                proposed: true,
-                why: Error::NoLeader,
-            }),
-            Ok(Err(e @ ProposeError::Unanswered(_))) => Err(Attempt::Fail(Error::OutcomeUnknown {
-                reason: e.to_string(),
-            })),
-            Ok(Err(e)) => Err(Attempt::Fail(Error::Raft(e.to_string()))),
+            Ok(Err(ProposeError::NotLeader)) => Err((
+                Why::LeaderChanged,
+                Attempt::Retry {
+                    proposed: true,
+                    why: Error::NoLeader,
+                },
+            )),
+            Ok(Err(e @ ProposeError::Unanswered(_))) => Err((
+                Why::Unanswered,
+                Attempt::Fail(Error::OutcomeUnknown {
+                    reason: e.to_string(),
+                }),
+            )),
+            Ok(Err(e)) => Err((Why::Raft, Attempt::Fail(Error::Raft(e.to_string())))),
         }
     }
 

@@ -41,6 +41,10 @@ pub const NODE_ID_KEY: &[u8] = b"node_id";
 pub const CLUSTER_ID_KEY: &[u8] = b"cluster_id";
 /// Set by a restore; cleared once the new cluster made the data its snapshot.
 pub const RESTORED_KEY: &[u8] = b"restored";
+/// The cluster this data belonged to before a forced re-founding
+/// (`raftset force-new-cluster`), so the founding record naming it may be
+/// rewritten for the new one.
+pub const REFOUNDED_FROM_KEY: &[u8] = b"refounded_from";
 
 pub fn key_key(key: &[u8]) -> Vec<u8> {
     [&[KEY][..], key].concat()

@@ -5,27 +5,33 @@ use std::ops::{Bound, RangeBounds};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{OptionalSend, RaftLogId, RaftLogReader, StorageIOError};
+use openraft::{
+    CommittedLeaderId, EntryPayload, Membership, OptionalSend, RaftLogId, RaftLogReader,
+    StorageIOError,
+};
+use prometheus_client::metrics::counter::Counter;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::Shared;
 use crate::limits::MAX_APPEND_BYTES;
-use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+use crate::types::{Entry, LogId, Member, NodeId, StorageError, TypeConfig, Vote};
 
 const VOTE_KEY: &[u8] = b"vote";
 const COMMITTED_KEY: &[u8] = b"committed";
 const PURGED_KEY: &[u8] = b"purged";
 
-/// Counters the flusher keeps: exported as metrics, and what the durability
-/// tests check an acknowledgement against.
+/// Counters the flusher keeps: the metrics' own counters (so exported as
+/// they are), and what the durability tests check an acknowledgement against.
 #[derive(Debug, Default)]
 pub struct FlushStats {
     /// Completed flushes of appended entries.
-    pub flushes: AtomicU64,
+    pub flushes: Counter,
     /// Append calls those flushes covered; `appends / flushes` is the batching.
-    pub appends: AtomicU64,
+    pub appends: Counter,
     /// The highest log index known to be on disk.
     pub durable_index: AtomicU64,
 }
@@ -141,7 +147,11 @@ impl LogStore {
         purges: Arc<PurgeGate>,
     ) -> sled::Result<LogStore> {
         let log = shared.db.open_tree("log")?;
-        let stats = Arc::new(FlushStats::default());
+        let stats = Arc::new(FlushStats {
+            flushes: shared.metrics.log_flushes.clone(),
+            appends: shared.metrics.log_appends.clone(),
+            durable_index: AtomicU64::default(),
+        });
         let (queue, pending) = mpsc::channel();
         let flusher_shared = shared.clone();
         let flusher_stats = stats.clone();
@@ -196,6 +206,48 @@ impl LogStore {
         Ok(())
     }
 
+    /// Appends, before openraft starts and outside it, one membership entry
+    /// that makes `id` (at `member`'s addresses) the only voter, after every
+    /// entry the log holds, in a term above any it has seen; writes a vote
+    /// for `id` in that term, committed, and marks that entry committed. So
+    /// openraft starts this node as the leader of a cluster of one, and the
+    /// whole log up to that entry is committed and applied: nothing durable
+    /// in the log is dropped. Nothing is flushed here; sled keeps the order.
+    pub(super) fn append_sole_voter(
+        &self,
+        id: NodeId,
+        member: &Member,
+    ) -> Result<LogId, StorageError> {
+        let purged: Option<LogId> = self.read_value(PURGED_KEY)?;
+        let last = self.last_entry_log_id()?.or(purged);
+        let vote: Vote = self.read_value(VOTE_KEY)?.unwrap_or_default();
+        let term = vote
+            .leader_id()
+            .term
+            .max(last.map_or(0, |l| l.leader_id.term))
+            + 1;
+        let log_id = LogId::new(
+            CommittedLeaderId::new(term, id),
+            last.map_or(0, |l| l.index + 1),
+        );
+        let membership = Membership::new(
+            vec![BTreeSet::from([id])],
+            BTreeMap::from([(id, member.clone())]),
+        );
+        let entry = Entry {
+            log_id,
+            payload: EntryPayload::Membership(membership),
+        };
+        self.write_value(VOTE_KEY, &Vote::new_committed(term, id))?;
+        let bytes =
+            postcard::to_stdvec(&entry).map_err(|e| StorageIOError::write_log_entry(log_id, &e))?;
+        self.log
+            .insert(index_key(log_id.index), bytes)
+            .map_err(|e| StorageIOError::write_log_entry(log_id, &e))?;
+        self.write_value(COMMITTED_KEY, &Some(log_id))?;
+        Ok(log_id)
+    }
+
     fn last_entry_log_id(&self) -> Result<Option<LogId>, StorageError> {
         let Some((_, bytes)) = self.log.last().map_err(|e| StorageIOError::read_logs(&e))? else {
             return Ok(None);
@@ -216,10 +268,8 @@ fn run_flusher(shared: &Shared, stats: &FlushStats, pending: mpsc::Receiver<Pend
         if result.is_ok() {
             let last = batch.iter().map(|p| p.last_index).max().unwrap_or(0);
             stats.durable_index.fetch_max(last, Ordering::SeqCst);
-            stats.flushes.fetch_add(1, Ordering::Relaxed);
-            stats
-                .appends
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            stats.flushes.inc();
+            stats.appends.inc_by(batch.len() as u64);
         }
         for waiting in batch {
             let outcome = match &result {

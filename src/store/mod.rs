@@ -4,9 +4,11 @@
 //! Layout (`<data_dir>/db` is the sled database):
 //! - tree `log`: log index (big-endian u64) → postcard-encoded entry
 //! - tree `raft`: the vote, the committed and purged log ids, this node's id
-//!   and the cluster id
+//!   and the cluster id (and the one before a forced re-founding)
 //! - tree `sm`: the state machine, see [`keys`] for its key prefixes
 //! - `<data_dir>/snapshots/`: the latest snapshot file
+//! - `<data_dir>/DISCARD`, `<data_dir>/REFOUND`: what the next start does
+//!   to the directory first (empty it; re-found the cluster, see [`refound`])
 //!
 //! What is flushed when (sled writes to its page cache until flushed):
 //! - an appended batch of log entries is reported durable to openraft only
@@ -18,13 +20,16 @@
 //! - applying entries is not flushed by itself: applied state is recovered by
 //!   re-applying the durable log. The next log flush persists it anyway, and
 //!   a snapshot flushes before the log below it can be purged;
-//! - a snapshot file is fsynced (with its directory) before it is used.
+//! - a snapshot file is fsynced (with its directory) before it is used;
+//! - a re-founding is flushed (new cluster id last) before its `REFOUND`
+//!   file is removed.
 //!
 //! A failed write or flush is fatal: it is logged with the data directory and
 //! returned to openraft, which stops the node; nothing is acknowledged.
 
 pub mod keys;
 mod log;
+mod refound;
 mod snapshot;
 pub mod state_machine;
 
@@ -33,8 +38,10 @@ use std::sync::Arc;
 
 use log::PurgeGate;
 pub use log::{FlushStats, LogStore};
+pub use refound::Refounding;
 pub use state_machine::{KvReader, StateMachine, WatchFeed};
 
+use crate::metrics::{StoreMetrics, Volume};
 use crate::types::NodeId;
 
 use keys::{CLUSTER_ID_KEY, NODE_ID_KEY, RESTORED_KEY};
@@ -73,6 +80,8 @@ pub struct StoreOptions {
     pub history_revisions: u64,
     /// Capacity of the live change feed for watchers.
     pub watch_buffer: usize,
+    /// Where fsyncs, applies, snapshots and log flushes are recorded.
+    pub metrics: StoreMetrics,
 }
 
 impl Default for StoreOptions {
@@ -81,6 +90,7 @@ impl Default for StoreOptions {
             cache_bytes: 8 * 1024 * 1024,
             history_revisions: 10_000,
             watch_buffer: 1024,
+            metrics: StoreMetrics::default(),
         }
     }
 }
@@ -97,7 +107,9 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the data directory. An empty directory gets a fresh
     /// random node id, stored before anything else. A directory marked for
-    /// discarding (see [`Meta::mark_for_discard`]) is emptied first.
+    /// discarding (see [`Meta::mark_for_discard`]) is emptied first; one
+    /// marked for re-founding ([`Meta::mark_for_refounding`]) is re-founded
+    /// before openraft sees it.
     pub fn open(data_dir: &Path, options: &StoreOptions) -> Result<Store, StoreError> {
         let path = data_dir.to_path_buf();
         let db_path = path.join("db");
@@ -152,6 +164,7 @@ impl Store {
             db: db.clone(),
             path: path.clone(),
             db_file,
+            metrics: options.metrics.clone(),
         });
         let raft_tree = db.open_tree("raft").map_err(sled_err)?;
         let meta = Meta {
@@ -176,6 +189,7 @@ impl Store {
         let purges = Arc::new(PurgeGate::open(&db, raft_tree.clone()).map_err(sled_err)?);
         let state_machine = StateMachine::open(shared.clone(), options, purges.clone())?;
         let log = LogStore::open(shared, raft_tree, purges).map_err(sled_err)?;
+        refound::finish(node_id, &log, &meta)?;
         Ok(Store {
             node_id,
             log,
@@ -293,10 +307,12 @@ pub struct Meta {
 impl Meta {
     /// The cluster this data belongs to, once the node founded or joined one.
     pub fn cluster_id(&self) -> Result<Option<String>, StoreError> {
-        let value = self
-            .raft_tree
-            .get(CLUSTER_ID_KEY)
-            .map_err(|e| self.sled_err(e))?;
+        self.text(CLUSTER_ID_KEY)
+    }
+
+    /// A text value of the `raft` tree.
+    fn text(&self, key: &[u8]) -> Result<Option<String>, StoreError> {
+        let value = self.raft_tree.get(key).map_err(|e| self.sled_err(e))?;
         Ok(value.map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
@@ -359,10 +375,13 @@ impl Meta {
         std::mem::forget(self.shared.clone());
     }
 
-    /// Bytes free for this node on the volume of the data directory.
-    pub fn free_bytes(&self) -> std::io::Result<u64> {
+    /// The size of the data directory's volume and the bytes free on it.
+    pub fn volume(&self) -> std::io::Result<Volume> {
         let stat = rustix::fs::statvfs(&self.shared.path)?;
-        Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+        Ok(Volume {
+            size_bytes: stat.f_blocks.saturating_mul(stat.f_frsize),
+            free_bytes: stat.f_bavail.saturating_mul(stat.f_frsize),
+        })
     }
 
     /// Bytes sled uses on disk.
@@ -388,6 +407,7 @@ struct Shared {
     path: PathBuf,
     /// sled's data file, opened again only to fdatasync it.
     db_file: std::fs::File,
+    metrics: StoreMetrics,
 }
 
 impl Shared {
@@ -397,6 +417,13 @@ impl Shared {
     /// files; an fdatasync of its data file (and a sync of the whole file
     /// system while blob files exist) closes both gaps.
     fn make_durable(&self) -> std::io::Result<()> {
+        let started = std::time::Instant::now();
+        self.sync()?;
+        self.metrics.fsync.observe(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    fn sync(&self) -> std::io::Result<()> {
         self.db.flush().map_err(std::io::Error::other)?;
         self.db_file.sync_data()?;
         let blobs = self.path.join("db").join("blobs");

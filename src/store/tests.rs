@@ -104,6 +104,33 @@ fn refused_as_corrupted(dir: &std::path::Path) -> (std::path::PathBuf, String) {
     }
 }
 
+/// Builds a snapshot; returns its meta and its file's bytes.
+async fn build(sm: &mut StateMachine) -> (crate::types::SnapshotMeta, Vec<u8>) {
+    let snapshot = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let mut bytes = Vec::new();
+    let mut file = snapshot.snapshot.into_std().await;
+    file.read_to_end(&mut bytes).unwrap();
+    (snapshot.meta, bytes)
+}
+
+/// Receives a snapshot file's `bytes` as from the leader and installs it.
+async fn receive(
+    sm: &mut StateMachine,
+    meta: &crate::types::SnapshotMeta,
+    bytes: &[u8],
+) -> Result<(), crate::types::StorageError> {
+    let mut receiving = sm.begin_receiving_snapshot().await?;
+    tokio::io::AsyncWriteExt::write_all(&mut *receiving, bytes)
+        .await
+        .unwrap();
+    sm.install_snapshot(meta, receiving).await
+}
+
 /// Applies ops one per entry from `first_index` on; returns their outcomes.
 async fn apply(sm: &mut StateMachine, first_index: u64, ops: Vec<Op>) -> Vec<Outcome> {
     let entries = ops
@@ -467,17 +494,8 @@ async fn a_snapshot_moves_the_whole_state_and_a_corrupted_one_changes_nothing() 
         vec![put("a", "1"), put("b", "2"), Op::Delete { key: "a".into() }],
     )
     .await;
-    let snapshot = leader
-        .state_machine
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
-    assert_eq!(snapshot.meta.last_log_id, Some(log_id(3)));
-    let mut bytes = Vec::new();
-    let mut file = snapshot.snapshot.into_std().await;
-    file.read_to_end(&mut bytes).unwrap();
+    let (meta, bytes) = build(&mut leader.state_machine).await;
+    assert_eq!(meta.last_log_id, Some(log_id(3)));
 
     let follower_dir = tempfile::tempdir().unwrap();
     let mut follower = open(follower_dir.path(), StoreOptions::default());
@@ -488,32 +506,12 @@ async fn a_snapshot_moves_the_whole_state_and_a_corrupted_one_changes_nothing() 
     let mut corrupted = bytes.clone();
     let middle = corrupted.len() / 2;
     corrupted[middle] ^= 0xff;
-    let mut receiving = follower
-        .state_machine
-        .begin_receiving_snapshot()
-        .await
-        .unwrap();
-    tokio::io::AsyncWriteExt::write_all(&mut *receiving, &corrupted)
-        .await
-        .unwrap();
-    assert!(follower
-        .state_machine
-        .install_snapshot(&snapshot.meta, receiving)
+    assert!(receive(&mut follower.state_machine, &meta, &corrupted)
         .await
         .is_err());
     assert_eq!(reader.get(b"old").unwrap().0.unwrap().value, b"x");
 
-    let mut receiving = follower
-        .state_machine
-        .begin_receiving_snapshot()
-        .await
-        .unwrap();
-    tokio::io::AsyncWriteExt::write_all(&mut *receiving, &bytes)
-        .await
-        .unwrap();
-    follower
-        .state_machine
-        .install_snapshot(&snapshot.meta, receiving)
+    receive(&mut follower.state_machine, &meta, &bytes)
         .await
         .unwrap();
     assert_eq!(reader.get(b"old").unwrap().0, None);
@@ -544,7 +542,7 @@ async fn a_snapshot_moves_the_whole_state_and_a_corrupted_one_changes_nothing() 
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(current.meta, snapshot.meta);
+    assert_eq!(current.meta, meta);
 }
 
 #[tokio::test]
@@ -878,4 +876,143 @@ fn reads_while_entries_apply_see_whole_entries_at_their_revision() {
         wrong.len()
     );
     assert!(reads > 0);
+}
+
+/// A re-founding recorded by the running node is completed on the next
+/// open: the whole log kept, then a membership entry with this node alone
+/// in a new term, under a committed vote for it, marked committed; the new
+/// cluster id and the old one recorded; the record removed. Opening again
+/// changes nothing more, and only one re-founding can be recorded.
+#[tokio::test]
+async fn a_recorded_refounding_makes_this_node_the_only_voter_after_the_whole_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions::default();
+    let store = Store::open(dir.path(), &options).unwrap();
+    let id = store.node_id;
+    store.meta.set_cluster_id("old").unwrap();
+    let log = store.meta.shared.db.open_tree("log").unwrap();
+    for index in 1..=3 {
+        let bytes = postcard::to_stdvec(&entry(index, "r", 0, put("k", "v"))).unwrap();
+        log.insert(index.to_be_bytes(), bytes).unwrap();
+    }
+    let refounding = |cluster_id: &str| Refounding {
+        cluster_id: cluster_id.into(),
+        previous_cluster_id: "old".into(),
+        member: crate::types::Member {
+            name: "raftset-1".into(),
+            ..Default::default()
+        },
+    };
+    assert!(store.meta.mark_for_refounding(&refounding("new")).unwrap());
+    assert!(
+        !store
+            .meta
+            .mark_for_refounding(&refounding("other"))
+            .unwrap(),
+        "one re-founding at a time"
+    );
+    drop((store, log));
+
+    for _ in 0..2 {
+        let mut store = Store::open(dir.path(), &options).unwrap();
+        assert_eq!(store.meta.cluster_id().unwrap().as_deref(), Some("new"));
+        assert_eq!(store.meta.refounded_from().unwrap().as_deref(), Some("old"));
+        assert!(!dir.path().join("REFOUND").exists());
+        let entries = store.log.try_get_log_entries(0..).await.unwrap();
+        let indexes: Vec<u64> = entries.iter().map(|e| e.log_id.index).collect();
+        assert_eq!(
+            indexes,
+            [1, 2, 3, 4],
+            "the whole log, then the new membership"
+        );
+        let last = entries[3].log_id;
+        let EntryPayload::Membership(membership) = &entries[3].payload else {
+            panic!("not a membership entry: {:?}", entries[3]);
+        };
+        assert_eq!(membership.voter_ids().collect::<Vec<_>>(), [id]);
+        assert_eq!(membership.get_node(&id).unwrap().name, "raftset-1");
+        assert!(last.leader_id.term > 1, "a term above the old log's");
+        let vote = store.log.read_vote().await.unwrap().unwrap();
+        assert!(vote.is_committed());
+        assert_eq!(vote.leader_id().voted_for(), Some(id));
+        assert_eq!(vote.leader_id().term, last.leader_id.term);
+        assert_eq!(store.log.read_committed().await.unwrap(), Some(last));
+    }
+}
+
+/// The value of the sample `name` (labels included) in a scrape.
+fn sample(metrics: &crate::metrics::Metrics, name: &str) -> f64 {
+    let text = metrics.render(crate::metrics::Snapshot {
+        raft: &crate::types::RaftMetrics::new_initial(1),
+        disk_bytes: 0,
+        volume: None,
+    });
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+}
+
+#[tokio::test]
+async fn the_store_records_its_fsyncs_applies_and_snapshots() {
+    let leader_metrics = crate::metrics::Metrics::default();
+    let leader_dir = tempfile::tempdir().unwrap();
+    let options = |metrics: &crate::metrics::Metrics| StoreOptions {
+        metrics: metrics.store(),
+        ..StoreOptions::default()
+    };
+    let mut leader = open(leader_dir.path(), options(&leader_metrics));
+    let fsyncs_at_open = sample(&leader_metrics, "raftset_fsync_duration_seconds_count");
+    apply(
+        &mut leader.state_machine,
+        1,
+        vec![put("a", "1"), put("b", "2")],
+    )
+    .await;
+    assert_eq!(
+        sample(&leader_metrics, "raftset_apply_duration_seconds_count"),
+        2.0,
+        "one observation per applied entry"
+    );
+    let (meta, bytes) = build(&mut leader.state_machine).await;
+    assert_eq!(
+        sample(
+            &leader_metrics,
+            "raftset_snapshot_build_duration_seconds_count"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(&leader_metrics, "raftset_snapshot_size_bytes"),
+        bytes.len() as f64
+    );
+    assert!(
+        sample(&leader_metrics, "raftset_fsync_duration_seconds_count") > fsyncs_at_open,
+        "a snapshot is made durable, and every fsync is timed"
+    );
+
+    let follower_metrics = crate::metrics::Metrics::default();
+    let follower_dir = tempfile::tempdir().unwrap();
+    let mut follower = open(follower_dir.path(), options(&follower_metrics));
+    receive(&mut follower.state_machine, &meta, &bytes)
+        .await
+        .unwrap();
+    assert_eq!(
+        sample(
+            &follower_metrics,
+            "raftset_snapshot_install_duration_seconds_count"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(&follower_metrics, "raftset_snapshot_size_bytes"),
+        bytes.len() as f64
+    );
+    assert_eq!(
+        sample(
+            &follower_metrics,
+            "raftset_snapshot_build_duration_seconds_count"
+        ),
+        0.0
+    );
 }

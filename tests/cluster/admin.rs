@@ -783,3 +783,62 @@ fn client_members(out: &std::process::Output) -> Vec<serde_json::Value> {
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     json["members"].as_array().unwrap().clone()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_new_cluster_is_refused_while_a_quorum_is_reachable_and_changes_nothing() {
+    let mut cluster = Cluster::start(3).await;
+    let mut client = cluster.client(0).await;
+    client.put(b"before", b"v").await.unwrap();
+    let before = cluster.status(0).await.unwrap();
+
+    // All three answer; then two of three, still a quorum. Each node is
+    // asked, leader or not, through the API and the command line.
+    for stopped in [None, Some(2)] {
+        if let Some(i) = stopped {
+            cluster.stop(i).await;
+        }
+        for i in cluster.running() {
+            let refused = cluster.force_new_cluster_refused(i).await;
+            assert!(
+                refused.contains("refusing to force a new cluster"),
+                "{refused}"
+            );
+            let out = cli(&["force-new-cluster", "--endpoint", &cluster.nodes[i].api()]);
+            assert_eq!(out.status.code(), Some(4), "precondition: {out:?}");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+            assert!(
+                stderr.contains("refusing to force a new cluster"),
+                "{stderr}"
+            );
+        }
+    }
+
+    // Nothing changed: the same cluster, members and data, still writable,
+    // and the stopped node comes back into it.
+    cluster.restart(2);
+    cluster.wait_ready(2).await;
+    let after = cluster.status(2).await.unwrap();
+    assert_eq!(after.cluster_id, before.cluster_id);
+    assert_eq!(after.members.len(), 3);
+    for node in &cluster.nodes {
+        assert!(
+            !node.data_dir.join("REFOUND").exists(),
+            "no re-founding recorded"
+        );
+    }
+    let mut client = cluster.client(2).await;
+    client.put(b"after", b"v").await.unwrap();
+    assert_eq!(client.get(b"before").await.unwrap().unwrap().value, b"v");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_new_cluster_is_refused_on_a_node_that_is_not_a_member() {
+    // Node 1 starts alone on an empty volume: it waits for a member to join
+    // through, and holds no cluster to re-found.
+    let mut cluster = Cluster::unstarted(2, &[]);
+    cluster.restart(1);
+    let refused = cluster.force_new_cluster_refused(1).await;
+    assert!(refused.contains("not a voter"), "{refused}");
+    assert!(!cluster.nodes[1].data_dir.join("REFOUND").exists());
+}

@@ -96,6 +96,24 @@ async fn bad_requests_get_the_documented_codes_and_change_nothing() {
     }
 }
 
+/// An error never echoes stored data: incrementing a 1 MiB value that is
+/// no number put the whole value into the status message, which does not
+/// fit gRPC's header limit, so the client got a broken response instead of
+/// FAILED_PRECONDITION.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_increment_does_not_echo_the_stored_value() {
+    let cluster = Cluster::start(1).await;
+    let mut client = cluster.client(0).await;
+    let value = vec![b'x'; MAX_VALUE_LEN];
+    client.put(b"big", &value).await.unwrap();
+    let err = client.increment(b"big", 1).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    assert!(
+        err.to_string().contains("not a decimal integer") && err.to_string().len() < 1024,
+        "{err}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_oversized_messages_are_refused_and_the_node_keeps_serving() {
     let cluster = Cluster::start(1).await;
@@ -270,6 +288,12 @@ async fn peer_messages_from_another_cluster_or_for_another_node_are_refused() {
     assert!(
         foreign.message().contains("cluster id mismatch"),
         "{foreign}"
+    );
+    // The cluster id is the only check on peer messages until peers
+    // authenticate: a refusal must not hand it to whoever asked.
+    assert!(
+        !foreign.message().contains(&status.cluster_id),
+        "the refusal echoes the cluster id: {foreign}"
     );
 
     // What a leader still sends to a member whose pod came back empty.

@@ -1,5 +1,6 @@
-//! A crash at any point of an append, an apply, a snapshot build or a
-//! snapshot install leaves a node that starts and catches up. Each test
+//! A crash at any point of an append, an apply, a snapshot build, a
+//! snapshot install or a forced re-founding leaves a node that starts and
+//! catches up (or completes the re-founding). Each test
 //! starts one node with a crash point armed (the test binary is built with
 //! the `failpoints` feature), lets it die there, restarts it plainly and
 //! checks that it serves every write the cluster acknowledged.
@@ -172,4 +173,51 @@ async fn a_founder_killed_before_sealing_restored_data_seals_it_on_restart() {
     for i in 0..3 {
         serves_keys(&new, i, "r", 30).await;
     }
+}
+
+/// The survivor of a lost majority, forced into a new cluster, dies at
+/// `point` of completing the re-founding (in the start that follows the
+/// command). Started again plainly, it completes it: it leads the cluster
+/// the command named, alone, and serves every acknowledged write.
+async fn crash_while_refounding(point: &str) {
+    let mut cluster = Cluster::start(3).await;
+    let survivor = 0;
+    write_keys(&cluster, survivor, "f", 30).await;
+    let leader = cluster.leader().await;
+    let last = cluster.status(leader).await.unwrap().last_log_index;
+    cluster.wait_for_applied(survivor, last).await;
+    for i in [1, 2] {
+        cluster.stop(i).await;
+    }
+    cluster.stop(survivor).await;
+    cluster.restart_armed(survivor, &format!("{point}=return"));
+    let forced = cluster.force_new_cluster(survivor).await;
+    dies_at(&mut cluster, survivor, point).await;
+
+    cluster.restart(survivor);
+    let status = wait_for("the survivor to lead the new cluster", || async {
+        let status = cluster.status(survivor).await?;
+        if status.cluster_id == forced.cluster_id && status.leader_id == Some(forced.id) {
+            Ok(status)
+        } else {
+            Err(format!(
+                "cluster {:?}, leader {:?}",
+                status.cluster_id, status.leader_id
+            ))
+        }
+    })
+    .await;
+    assert_eq!(status.members.len(), 1);
+    serves_keys(&cluster, survivor, "f", 30).await;
+    write_keys(&cluster, survivor, "after-", 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_before_a_refounding_is_flushed_leaves_a_node_that_completes_it() {
+    crash_while_refounding("refound-before-cluster-id").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_before_a_refounding_mark_is_removed_leaves_a_node_that_completes_it() {
+    crash_while_refounding("refound-before-marker-removed").await;
 }

@@ -225,3 +225,43 @@ async fn a_leader_stopped_with_sigterm_hands_over_and_writes_continue() {
     client.put(b"after", b"2").await.unwrap();
     assert_eq!(client.get(b"before").await.unwrap().unwrap().value, b"1");
 }
+
+/// Election holds are how a leadership transfer steers the next election,
+/// and a window in which a dead leader is not replaced. Anyone who reached
+/// the peer port could open one for ever: holds naming a huge duration,
+/// then the leader dies, and no election came. Now only the current leader
+/// may hold an election, and no hold outlasts six election timeouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn election_holds_cannot_keep_a_dead_leader_unreplaced() {
+    use raftset::proto::cluster_peer_client::ClusterPeerClient;
+    use raftset::proto::PeerMessage;
+
+    let mut cluster = Cluster::start(3).await;
+    let (leader, status) = cluster.wait_for_leader().await;
+    let leader_id = status.id;
+    let hold = |from: u64| PeerMessage {
+        cluster_id: status.cluster_id.clone(),
+        payload: postcard::to_allocvec(&(from, u64::MAX / 4)).unwrap().into(),
+        target_id: 0,
+    };
+    let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    for &i in &followers {
+        let mut peer = ClusterPeerClient::connect(format!("http://{}", cluster.nodes[i].peer()))
+            .await
+            .unwrap();
+        let refused = peer.hold_election(hold(12345)).await.unwrap_err();
+        assert_eq!(
+            refused.code(),
+            Code::FailedPrecondition,
+            "a hold from a node that does not lead: {refused}"
+        );
+        // Claiming the leader's id still passes: who sent it is only known
+        // once peers authenticate. The bound is what holds then.
+        peer.hold_election(hold(leader_id)).await.unwrap();
+    }
+    cluster.kill(leader).await;
+    let (_, new) = cluster
+        .wait_for_leader_among(&followers, Some(leader_id), status.term + 1)
+        .await;
+    assert_ne!(new.id, leader_id);
+}

@@ -4,8 +4,41 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::http::get;
-use crate::support::{Cluster, Harness};
+use crate::support::http::{fetch, get};
+use crate::support::openmetrics::{scrape, scrape_prometheus_text, Scrape};
+use crate::support::{poll, wait_for, Cluster, Harness};
+
+/// The visit counter is an anonymous write through Raft: one client must
+/// not take the cluster's whole write capacity. Past its allowance a visit
+/// is answered 429 with Retry-After and counts nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_visits_too_fast_is_turned_away_and_not_counted() {
+    let cluster = Cluster::start_with(1, &["--visits-per-client", "1"]).await;
+    let http = cluster.nodes[0].http();
+    let visits = (0..10).map(|_| {
+        let http = http.clone();
+        tokio::spawn(async move { get(&http, "/", "*/*").await })
+    });
+    let replies: Vec<_> = futures::future::join_all(visits)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    let counted = replies.iter().filter(|r| r.status == 200).count();
+    let refused: Vec<_> = replies.iter().filter(|r| r.status == 429).collect();
+    assert_eq!(counted + refused.len(), 10, "only 200 or 429");
+    assert!(!refused.is_empty(), "no visit was limited");
+    for reply in &refused {
+        assert!(reply.header("retry-after").is_some(), "{}", reply.body);
+        assert!(reply.body.contains("too many visits"), "{}", reply.body);
+    }
+    let total = get(&http, "/visits", "application/json").await;
+    let json: serde_json::Value = serde_json::from_str(&total.body).unwrap();
+    assert_eq!(
+        json["visits"], counted as i64,
+        "a refused visit counts nothing"
+    );
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_pod_counts_the_same_visits() {
@@ -180,4 +213,179 @@ async fn a_client_that_trickles_its_headers_is_cut_off() {
             .status,
         200
     );
+}
+
+/// Every `raftset_…` metric name in `text`.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    text.match_indices("raftset_")
+        .map(|(at, _)| {
+            text[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                .collect()
+        })
+        .collect()
+}
+
+/// Scrapes a 3-node cluster that served writes, as Prometheus would, with
+/// the Python OpenMetrics parser; checks each new metric's type and that it
+/// moved; then that every metric the alerts and the dashboard of
+/// `k8s/monitoring/` name is among the samples the nodes export.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_and_cover_the_rules_and_the_dashboard() {
+    let cluster = Cluster::start(3).await;
+    for i in 0..9 {
+        let reply = get(&cluster.nodes[i % 3].http(), "/", "*/*").await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    let leader = cluster.leader().await;
+    let leader_http = cluster.nodes[leader].http();
+    // The leader times a heartbeat to each follower.
+    wait_for("heartbeat round trips to both followers", || async {
+        let scrape = scrape(&leader_http).await;
+        let peers: Vec<_> = scrape
+            .0
+            .values()
+            .flat_map(|f| &f.samples)
+            .filter(|s| s.0 == "raftset_peer_round_trip_seconds_count" && s.2 > 0.0)
+            .map(|s| s.1["peer"].clone())
+            .collect();
+        if peers.len() == 2 {
+            Ok(())
+        } else {
+            Err(format!("timed peers: {peers:?}"))
+        }
+    })
+    .await;
+
+    let mut exported = std::collections::BTreeSet::new();
+    for node in &cluster.nodes {
+        let scrape: Scrape = scrape(&node.http()).await;
+        for (family, kind) in [
+            ("raftset_log_flushes", "counter"),
+            ("raftset_log_appends", "counter"),
+            ("raftset_leader_changes", "counter"),
+            ("raftset_proposals_failed", "counter"),
+            ("raftset_requests", "counter"),
+            ("raftset_has_leader", "gauge"),
+            ("raftset_proposals_pending", "gauge"),
+            ("raftset_volume_size_bytes", "gauge"),
+            ("raftset_volume_free_bytes", "gauge"),
+            ("raftset_snapshot_size_bytes", "gauge"),
+            ("raftset_fsync_duration_seconds", "histogram"),
+            ("raftset_apply_duration_seconds", "histogram"),
+            ("raftset_snapshot_build_duration_seconds", "histogram"),
+            ("raftset_snapshot_install_duration_seconds", "histogram"),
+        ] {
+            assert_eq!(
+                scrape.family(family).kind,
+                kind,
+                "{family} on {}",
+                node.name
+            );
+        }
+        let at_least_one = |name: &str| {
+            let value = scrape.sum(name, &[]);
+            assert!(value >= 1.0, "{name} is {value} on {}", node.name);
+        };
+        at_least_one("raftset_has_leader");
+        at_least_one("raftset_leader_changes_total");
+        at_least_one("raftset_log_flushes_total");
+        at_least_one("raftset_log_appends_total");
+        at_least_one("raftset_fsync_duration_seconds_count");
+        at_least_one("raftset_apply_duration_seconds_count");
+        at_least_one("raftset_volume_size_bytes");
+        let free = scrape.sum("raftset_volume_free_bytes", &[]);
+        assert!(free <= scrape.sum("raftset_volume_size_bytes", &[]));
+        exported.extend(scrape.sample_names());
+    }
+    // A scraper that takes only the older text format gets it, and
+    // promtool's parser and lint accept it.
+    scrape_prometheus_text(&leader_http).await;
+    // Only a leader sends heartbeats, so only it has samples of round trips.
+    let leader_scrape = scrape(&leader_http).await;
+    assert_eq!(
+        leader_scrape.family("raftset_peer_round_trip_seconds").kind,
+        "histogram"
+    );
+
+    let monitoring = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("k8s/monitoring");
+    for file in ["prometheusrule.yaml", "dashboard.json"] {
+        let text = std::fs::read_to_string(monitoring.join(file)).unwrap();
+        let named = metric_names(&text);
+        assert!(named.len() >= 5, "{file} names {named:?}");
+        let missing: Vec<_> = named.difference(&exported).collect();
+        assert!(
+            missing.is_empty(),
+            "{file} names metrics no node exports: {missing:?}\nexported: {exported:?}"
+        );
+    }
+}
+
+/// A leader that lost its quorum holds a write as pending, then counts it
+/// as failed; a follower counts the new leader after the old one dies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_proposals_and_leader_changes_are_counted() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let http = cluster.nodes[leader].http();
+    let failed = |scrape: &Scrape| scrape.sum("raftset_proposals_failed_total", &[]);
+    let failed_before = failed(&scrape(&http).await);
+    // Both followers die: the leader's next write cannot commit.
+    for follower in &followers {
+        cluster.kill(*follower).await;
+    }
+    let visit = tokio::spawn({
+        let http = http.clone();
+        async move { fetch(&http, "/", "*/*", Duration::from_secs(30)).await }
+    });
+    poll(
+        "the write to be pending on the leader",
+        Duration::from_secs(4),
+        Duration::from_millis(20),
+        || async {
+            let pending = scrape(&http).await.sum("raftset_proposals_pending", &[]);
+            if pending == 1.0 {
+                Ok(())
+            } else {
+                Err(format!("{pending} pending"))
+            }
+        },
+    )
+    .await;
+    let reply = visit.await.unwrap().unwrap();
+    assert!(reply.status >= 500, "{} {}", reply.status, reply.body);
+    let after = scrape(&http).await;
+    assert!(
+        failed(&after) > failed_before,
+        "the failed write is counted: {:?}",
+        after.family("raftset_proposals_failed")
+    );
+    assert_eq!(after.sum("raftset_proposals_pending", &[]), 0.0);
+
+    // The followers come back; then the leader dies.
+    for follower in &followers {
+        cluster.restart(*follower);
+    }
+    for follower in &followers {
+        cluster.wait_ready(*follower).await;
+    }
+    let watcher_http = cluster.nodes[followers[0]].http();
+    let seen = scrape(&watcher_http)
+        .await
+        .sum("raftset_leader_changes_total", &[]);
+    assert!(seen >= 1.0, "the first leader known counts: {seen}");
+    cluster.kill(leader).await;
+    wait_for("the follower to count the new leader", || async {
+        let now = scrape(&watcher_http)
+            .await
+            .sum("raftset_leader_changes_total", &[]);
+        if now > seen {
+            Ok(())
+        } else {
+            Err(format!("{now} leader changes"))
+        }
+    })
+    .await;
 }

@@ -649,3 +649,159 @@ async fn a_restore_in_place_refounds_the_set_and_rewrites_the_founding_record() 
     refounded(&cluster, &api, &old_id).await;
     every_write_present(&cluster, 2, &acked).await;
 }
+
+/// Loses two of three nodes (killed; volumes deleted, but with `stale` the
+/// second keeps its volume, as a node that was only cut off) right after
+/// acknowledged writes, forces a new cluster on the survivor through the
+/// command line, and brings the lost nodes back. Returns the old and the
+/// new cluster ids and what was acknowledged.
+async fn lose_a_majority_then_force_a_new_cluster(
+    cluster: &mut Cluster,
+    stale: bool,
+) -> (String, String, Vec<(Vec<u8>, Vec<u8>)>) {
+    let (old_id, _) = one_cluster(cluster, 3).await;
+    let acked = acknowledged_writes(cluster, 24).await;
+    // The survivor is a follower, so its log, not its leadership, is what
+    // keeps the writes: wait until every acknowledged entry is in its log
+    // (not necessarily applied), then lose the other two at once.
+    let leader = cluster.leader().await;
+    let survivor = (leader + 1) % 3;
+    let last = cluster.status(leader).await.unwrap().last_log_index;
+    wait_for("the survivor to hold every acknowledged entry", || async {
+        let status = cluster.status(survivor).await?;
+        if status.last_log_index >= last {
+            Ok(())
+        } else {
+            Err(format!("last log index {}", status.last_log_index))
+        }
+    })
+    .await;
+    let lost: Vec<usize> = (0..3).filter(|&i| i != survivor).collect();
+    for &i in &lost {
+        cluster.kill(i).await;
+        if !(stale && i == lost[1]) {
+            cluster.delete_volume(i);
+        }
+    }
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_raftset"))
+        .args(["force-new-cluster", "--json", "--endpoint"])
+        .arg(cluster.nodes[survivor].api())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let forced: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let new_id = forced["cluster_id"].as_str().unwrap().to_string();
+    assert_ne!(new_id, old_id);
+    assert_eq!(forced["previous_cluster_id"], old_id.as_str());
+    assert_eq!(forced["lost"].as_array().unwrap().len(), 2, "{forced}");
+
+    // Alone, the survivor holds every acknowledged write and takes new ones.
+    let status = cluster.status(survivor).await.unwrap();
+    assert_eq!(status.cluster_id, new_id);
+    assert_eq!(status.members.len(), 1);
+    cluster.wait_ready(survivor).await;
+    let mut client = cluster.client(survivor).await;
+    for (key, value) in &acked {
+        let kv = client.get(key).await.unwrap();
+        assert_eq!(kv.map(|kv| kv.value).as_ref(), Some(value));
+    }
+    client.put(b"after-forcing", b"v").await.unwrap();
+
+    for &i in &lost {
+        cluster.restart(i);
+    }
+    if stale {
+        wait_for_log(cluster, lost[1], 0, "was re-founded by force").await;
+    }
+    (old_id, new_id, acked)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forcing_a_new_cluster_on_the_survivor_of_a_lost_majority_keeps_every_acknowledged_write() {
+    let mut cluster = Cluster::start(3).await;
+    let (_, new_id, acked) = lose_a_majority_then_force_a_new_cluster(&mut cluster, false).await;
+    let (after, _) = one_cluster(&cluster, 3).await;
+    assert_eq!(after, new_id, "the lost nodes joined the new cluster");
+    every_write_present(&cluster, 0, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forcing_a_new_cluster_in_a_pod_rewrites_the_founding_record_and_stale_pods_rejoin() {
+    let api = FakeKubeApi::start(3).await;
+    let mut cluster = Cluster::start_with(3, &["--kube-api", &api.url]).await;
+    // One lost pod comes back on its volume of the old cluster: it learns
+    // that its cluster was re-founded, discards its data and joins.
+    let (old_id, new_id, acked) =
+        lose_a_majority_then_force_a_new_cluster(&mut cluster, true).await;
+    refounded(&cluster, &api, &old_id).await;
+    assert_eq!(record_field(&api, "clusterId"), new_id);
+    every_write_present(&cluster, 2, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_nodes_back_on_empty_volumes_before_the_command_join_the_new_cluster() {
+    let mut cluster = Cluster::start(3).await;
+    let (old_id, _) = one_cluster(&cluster, 3).await;
+    let acked = acknowledged_writes(&cluster, 12).await;
+    // The survivor is the leader, which openraft keeps leading without a
+    // quorum: the wiped nodes, back at once under their old addresses,
+    // start joining the old cluster through it (and record its id).
+    let survivor = cluster.leader().await;
+    let lost: Vec<usize> = (0..3).filter(|&i| i != survivor).collect();
+    for &i in &lost {
+        cluster.kill(i).await;
+        cluster.delete_volume(i);
+    }
+    for &i in &lost {
+        cluster.restart(i);
+    }
+    for &i in &lost {
+        wait_for("a lost node to try joining the old cluster", || async {
+            let status = cluster.status(i).await?;
+            if status.cluster_id == old_id {
+                Ok(())
+            } else {
+                Err(format!("cluster {:?}", status.cluster_id))
+            }
+        })
+        .await;
+    }
+
+    // Their answers at the old members' addresses come from other nodes:
+    // no quorum, so the command goes ahead, and they join the new cluster.
+    let forced = cluster.force_new_cluster(survivor).await;
+    let (after, _) = one_cluster(&cluster, 3).await;
+    assert_eq!(after, forced.cluster_id);
+    every_write_present(&cluster, lost[0], &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_survivors_cannot_both_force_a_new_cluster() {
+    let mut cluster = Cluster::start(5).await;
+    let acked = acknowledged_writes(&cluster, 10).await;
+    let leader = cluster.leader().await;
+    let last = cluster.status(leader).await.unwrap().last_log_index;
+    cluster.wait_for_applied(0, last).await;
+    // Three of five lost: 0 and 1 reach each other, but are no quorum.
+    for i in [2, 3, 4] {
+        cluster.kill(i).await;
+        cluster.delete_volume(i);
+    }
+    let first = cluster.force_new_cluster(0).await;
+    // Node 0 has recorded its re-founding (it may still be starting again):
+    // node 1 must not found a second cluster beside it.
+    let refused = cluster.force_new_cluster_refused(1).await;
+    assert!(
+        refused.contains("re-founded this cluster already"),
+        "{refused}"
+    );
+
+    // Node 1 leaves the old cluster by itself and joins; so do the others.
+    for i in [2, 3, 4] {
+        cluster.restart(i);
+    }
+    let (after, _) = one_cluster(&cluster, 5).await;
+    assert_eq!(after, first.cluster_id);
+    every_write_present(&cluster, 1, &acked).await;
+}

@@ -4,6 +4,14 @@ Used by test_manifests.py and by scripts/validate-manifests:
 
     python3 tests/manifests/manifests.py validate [--versions 1.32.0,1.37.0]
     python3 tests/manifests/manifests.py render k8s/overlays/parallel
+    python3 tests/manifests/manifests.py promql DIR
+
+k8s/monitoring/ (Prometheus-Operator resources and a Grafana dashboard) is
+kept out of the core set: its custom resources have no Kubernetes schema,
+and the deployment does not refer to it. Its core objects (ConfigMap,
+NetworkPolicy) are validated strictly like the rest; `promql` writes its
+alert expressions and dashboard queries as Prometheus rule files for
+`promtool check rules`.
 
 Rendering is `kubectl kustomize`, the kustomize that `kubectl apply -k` runs
 and the one the e2e tests render with (tests/cluster/support/), so
@@ -23,6 +31,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
+MONITORING = K8S / "monitoring"
 KUSTOMIZATION_NAMES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
 # The oldest Kubernetes the manifests target: persistentVolumeClaimRetentionPolicy
 # is GA from 1.32, unhealthyPodEvictionPolicy from 1.31.
@@ -45,13 +54,66 @@ def kustomization_file(directory: Path) -> Path | None:
     return None
 
 
+def is_monitoring(path: Path) -> bool:
+    return MONITORING in path.resolve().parents or path.resolve() == MONITORING
+
+
 def kustomization_dirs() -> list[Path]:
-    """Every directory under k8s/ that holds a kustomization."""
-    return sorted(p.parent for p in K8S.rglob("*") if p.name in KUSTOMIZATION_NAMES)
+    """Every directory under k8s/ that holds a kustomization (k8s/monitoring/ apart)."""
+    return sorted(
+        p.parent
+        for p in K8S.rglob("*")
+        if p.name in KUSTOMIZATION_NAMES and not is_monitoring(p)
+    )
 
 
 def yaml_files() -> list[Path]:
-    return sorted(p for p in K8S.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
+    """Every YAML file of the deployment (k8s/monitoring/ apart)."""
+    return sorted(
+        p
+        for p in K8S.rglob("*")
+        if p.suffix in (".yaml", ".yml") and p.is_file() and not is_monitoring(p)
+    )
+
+
+# Kinds of k8s/monitoring/ that Kubernetes itself defines, so have a schema.
+CORE_MONITORING_KINDS = {"ConfigMap", "NetworkPolicy"}
+
+
+def monitoring_docs() -> list[dict]:
+    return render(MONITORING)
+
+
+def promql_rule_files(out: Path) -> list[Path]:
+    """Writes the PrometheusRule's groups, and every dashboard query as a
+    recording rule, into rule files under `out`; returns their paths."""
+    docs = monitoring_docs()
+    rule = next(d for d in docs if d["kind"] == "PrometheusRule")
+    alerts = out / "raftset-alerts.rules.yaml"
+    alerts.write_text(yaml.safe_dump(rule["spec"], sort_keys=False), encoding="utf-8")
+    dashboard = dashboard_json(docs)
+    queries = [
+        {"record": f"raftset:dashboard_query:{i}", "expr": expr.replace("$namespace", "raftset")}
+        for i, expr in enumerate(dashboard_exprs(dashboard))
+    ]
+    panels = out / "raftset-dashboard.rules.yaml"
+    panels.write_text(
+        yaml.safe_dump({"groups": [{"name": "dashboard", "rules": queries}]}), encoding="utf-8"
+    )
+    return [alerts, panels]
+
+
+def dashboard_json(docs: list[dict]) -> dict:
+    import json
+
+    config_map = next(d for d in docs if d["kind"] == "ConfigMap")
+    (text,) = config_map["data"].values()
+    return json.loads(text)
+
+
+def dashboard_exprs(dashboard: dict) -> list[str]:
+    """Every PromQL expression of the dashboard's panels."""
+    return [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
 
 
 def referenced_files() -> tuple[set[Path], set[Path]]:
@@ -143,6 +205,14 @@ def validate(versions: list[str], verbose: bool = False) -> int:
             print(f"FAIL {label}: {e}")
             return 1
 
+    try:
+        for doc in monitoring_docs():
+            if doc["kind"] in CORE_MONITORING_KINDS:
+                items.append(("k8s/monitoring/ (rendered)", doc))
+    except RenderError as e:
+        print(f"FAIL k8s/monitoring/ (rendered): {e}")
+        return 1
+
     failures = 0
     for version in versions:
         for label, doc in items:
@@ -174,7 +244,13 @@ def main() -> int:
     v.add_argument("-v", "--verbose", action="store_true", help="list every resource")
     r = sub.add_parser("render", help="print a kustomization as rendered here")
     r.add_argument("directory", type=Path)
+    q = sub.add_parser("promql", help="write k8s/monitoring's PromQL as rule files into DIR")
+    q.add_argument("directory", type=Path)
     args = parser.parse_args()
+    if args.command == "promql":
+        for path in promql_rule_files(args.directory):
+            print(path)
+        return 0
     if args.command == "render":
         yaml.safe_dump_all(render(args.directory), sys.stdout, sort_keys=False)
         return 0

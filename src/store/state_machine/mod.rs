@@ -55,6 +55,7 @@ use std::sync::{Arc, RwLock};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftLogId, StorageIOError};
+use prometheus_client::metrics::histogram::Histogram;
 
 use self::apply::{apply_writes, encode, EntryWrites};
 pub use self::digest::Digests;
@@ -161,6 +162,7 @@ impl StateMachine {
             tracing::warn!("the snapshot file is ahead of the applied state: writing it again");
             state_machine.dump().map_err(snapshot_io)?;
         }
+        state_machine.record_snapshot_size();
         state_machine
             .purges
             .applied(applied.map_or(0, |id| id.index))
@@ -184,6 +186,21 @@ impl StateMachine {
 
     pub(super) fn tree(&self) -> sled::Tree {
         self.current.read().expect("state machine lock").clone()
+    }
+
+    /// Records how long a snapshot took to build or install (`took`), and
+    /// its size.
+    fn snapshot_taken(&self, took: &Histogram, started: std::time::Instant) {
+        took.observe(started.elapsed().as_secs_f64());
+        self.record_snapshot_size();
+    }
+
+    /// Sets the snapshot-size metric to the current snapshot file's size.
+    fn record_snapshot_size(&self) {
+        if let Ok(file) = std::fs::metadata(self.snapshots.current_path()) {
+            let bytes = i64::try_from(file.len()).unwrap_or(i64::MAX);
+            self.shared.metrics.snapshot_bytes.set(bytes);
+        }
     }
 
     /// Writes one entry's write set while no read is in progress, so every
@@ -219,6 +236,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut changes = Vec::new();
         let mut last_applied = None;
         for entry in entries {
+            let started = std::time::Instant::now();
             let log_id = *entry.get_log_id();
             last_applied = Some(log_id.index);
             let mut batch = EntryWrites::new(tree.clone());
@@ -257,6 +275,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             batch.insert(APPLIED, encode(&Some(log_id)));
             self.write_entry(batch)
                 .map_err(|e| StorageIOError::apply(log_id, &self.shared.io_error("applying", e)))?;
+            self.shared
+                .metrics
+                .apply
+                .observe(started.elapsed().as_secs_f64());
             if entry_outcomes
                 .iter()
                 .any(|o| matches!(o, Outcome::Checkpoint { .. }))
@@ -278,7 +300,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        let started = std::time::Instant::now();
         let written = self.dump().and_then(|_| self.current_snapshot());
+        if written.is_ok() {
+            self.snapshot_taken(&self.shared.metrics.snapshot_build, started);
+        }
         SnapshotBuilder { written }
     }
 
@@ -300,7 +326,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), StorageError> {
         // tokio may still hold buffered writes: into_std() waits for them.
         let file = snapshot.into_std().await;
+        let started = std::time::Instant::now();
         let installed = self.install(meta, file);
+        if installed.is_ok() {
+            self.snapshot_taken(&self.shared.metrics.snapshot_install, started);
+        }
         if let Some(received) = self.receiving.take() {
             let _ = std::fs::remove_file(received);
         }

@@ -1,10 +1,12 @@
 //! The StatefulSet's life cycle: first deploy (OrderedReady and Parallel),
 //! the visit counter behind a load balancer, a pod deleted, a rolling
-//! restart under write load, a PVC deleted, scaling up and down.
+//! restart under write load, a PVC deleted, scaling up and down, a DNS
+//! outage while pod 0 comes back empty.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use hickory_resolver::proto::op::ResponseCode;
 use raftset::Client;
 
 use super::nemesis::roll;
@@ -408,4 +410,151 @@ async fn full_stop_with_a_lost_pod_0_volume_ordered_ready() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_stop_with_a_lost_pod_0_volume_parallel() {
     full_stop_with_a_lost_pod_0_volume("stop-parallel", Manifest::overlay("parallel")).await;
+}
+
+/// DNS fails fast (every lookup answered `code` at once) while pod 0 comes
+/// back on an empty volume, pods 1 and 2 running. Pod 0 cannot tell whether
+/// its peers exist, so it waits through round after round of failed
+/// lookups, more than founding needs in a row; once DNS answers again it
+/// joins the one cluster under a new node id, and no second cluster id
+/// appears.
+///
+/// With the founding record (`kube_api`), the record alone keeps pod 0 from
+/// founding. Without a Kubernetes API (a set whose pods may not read it, or
+/// pods outside Kubernetes) nothing but the DNS rule does: only NXDOMAIN
+/// makes a peer absent. That variant is the end-to-end proof of the rule;
+/// had pod 0 read the failures as "absent", it would have founded a second
+/// cluster there.
+async fn dns_outage_while_pod_0_restarts_empty(tag: &str, kube_api: bool, code: ResponseCode) {
+    let _turn = exclusive().await;
+    let mut set = StatefulSet::new(tag).await;
+    if !kube_api {
+        set.without_kube_api();
+    }
+    set.create().await;
+    set.wait_for_voters(3).await;
+    let cluster_id = statuses_agree(&set).await[0]["cluster_id"].clone();
+    let old_id = set.status(0).await.unwrap().id;
+    let mut client = set.connect(1, Duration::from_secs(10)).await.unwrap();
+    client.put(b"dns/before", b"the outage").await.unwrap();
+    // Pods 1 and 2 go on leading through the outage on the connections
+    // they hold; an election with pod 0 gone could need a new one.
+    lead_elsewhere_than(&set, 0).await;
+
+    set.dns().set_outage(Some(code));
+    let peer = set.manifest.pod_fqdn(1);
+    let answer = set.dns().lookup(&peer).await;
+    assert_eq!(
+        answer,
+        Err(code.to_string()),
+        "fault did not happen: {peer} still resolves"
+    );
+    let started = Instant::now();
+    set.delete_pvc(0).await;
+    let pod_0: std::net::IpAddr = set.ip(0).parse().unwrap();
+
+    // Every round looks up pod 1's name. Founding takes three rounds in a
+    // row (`BOOTSTRAP_CONFIRMATIONS`), and the rounds start 100 ms apart,
+    // doubling: a lookup this long after the first is from the sixth round
+    // or later.
+    let asking = Duration::from_secs(2);
+    let reason = if kube_api {
+        "the founding record says cluster"
+    } else {
+        "not bootstrapping while peers"
+    };
+    let (failed, span) = poll(
+        "pod 0 to wait through rounds of failed lookups of its peers",
+        DEADLINE,
+        Duration::from_millis(250),
+        || async {
+            let failures = set
+                .dns()
+                .failed_queries()
+                .get(&(pod_0, peer.clone()))
+                .copied();
+            let (failed, span) =
+                failures.map_or((0, Duration::ZERO), |f| (f.count, f.last - f.first));
+            let log = set.logs(0, 100).await;
+            assert!(
+                !log.contains("founded a new cluster"),
+                "pod 0 founded a second cluster during the outage, after {failed} failed \
+                 lookups of {peer}; its log:\n{log}"
+            );
+            if span >= asking && log.contains(reason) {
+                Ok((failed, span))
+            } else {
+                let last = log.lines().last().unwrap_or_default().to_string();
+                Err(format!(
+                    "{failed} failed lookups of {peer} over {span:?}; last log line: {last}"
+                ))
+            }
+        },
+    )
+    .await;
+    let waiting = set.status(0).await.expect("pod 0 answers while waiting");
+    assert!(
+        waiting.cluster_id.is_empty() && waiting.role != "leader",
+        "pod 0 waits, in no cluster: {waiting:?}"
+    );
+    let (_, leader) = set.wait_for_leader_among(&[1, 2], None, 0).await;
+    assert_eq!(leader.cluster_id, cluster_id.as_str().unwrap());
+    let outage = started.elapsed();
+
+    set.dns().set_outage(None);
+    let healed = Instant::now();
+    set.wait_ready(0).await;
+    set.wait_for_voters(3).await;
+    let statuses = statuses_agree(&set).await;
+    assert!(
+        statuses.iter().all(|s| s["cluster_id"] == cluster_id),
+        "one cluster, the first: {statuses:?}"
+    );
+    let fresh = set.status(0).await.unwrap();
+    assert_ne!(fresh.id, old_id, "an empty volume means a new node id");
+    let mut client = set.connect(0, Duration::from_secs(10)).await.unwrap();
+    let kv = client.get(b"dns/before").await.unwrap();
+    assert_eq!(kv.map(|kv| kv.value), Some(b"the outage".to_vec()));
+    verify_everywhere(&set).await;
+    assert!(
+        !set.logs(0, 500).await.contains("founded a new cluster"),
+        "pod 0 did not found again"
+    );
+    println!(
+        "{tag}: DNS answered {code}; pod 0 waited {} ({failed} failed lookups of {peer} over {}; \
+         {}), then joined cluster {cluster_id} as {:016x} in {}",
+        secs(outage),
+        secs(span),
+        if kube_api {
+            "founding record present"
+        } else {
+            "no Kubernetes API: DNS alone"
+        },
+        fresh.id,
+        secs(healed.elapsed())
+    );
+}
+
+/// Moves leadership off pod `i` if it leads, and waits for the new leader.
+async fn lead_elsewhere_than(set: &StatefulSet, i: usize) {
+    let (leader, status) = set.wait_for_leader().await;
+    if leader != i {
+        return;
+    }
+    let to = (i + 1) % 3;
+    let to_id = format!("{:x}", set.status(to).await.unwrap().id);
+    set.exec_ok(i, &["raftset", "transfer-leader", "--to", &to_id])
+        .await;
+    set.wait_for_leader_among(&set.ordinals(), status.leader_id, status.term + 1)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_outage_while_pod_0_restarts_empty_without_kube_api() {
+    dns_outage_while_pod_0_restarts_empty("dns-nokube", false, ResponseCode::ServFail).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_outage_while_pod_0_restarts_empty_with_founding_record() {
+    dns_outage_while_pod_0_restarts_empty("dns-record", true, ResponseCode::Refused).await;
 }

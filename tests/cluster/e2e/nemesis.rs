@@ -3,8 +3,10 @@
 //! followed by a wait until the cluster has recovered: every pod ready, one
 //! leader agreed by all, every pod caught up with the leader's log.
 
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use hickory_resolver::proto::op::ResponseCode;
 use raftset::proto::StatusResponse;
 
 use super::{full_stop_losing_pod_0, secs};
@@ -24,10 +26,12 @@ pub enum Fault {
     RollingRestart,
     MembershipChange,
     FullStopLostVolume,
+    FastScaleDown,
+    DnsOutage,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 8] = [
+    pub const ALL: [Fault; 10] = [
         Fault::LeaderKill,
         Fault::RandomKill,
         Fault::MinorityPartition,
@@ -36,6 +40,8 @@ impl Fault {
         Fault::RollingRestart,
         Fault::MembershipChange,
         Fault::FullStopLostVolume,
+        Fault::FastScaleDown,
+        Fault::DnsOutage,
     ];
 
     pub fn name(self) -> &'static str {
@@ -48,6 +54,8 @@ impl Fault {
             Fault::RollingRestart => "rolling restart",
             Fault::MembershipChange => "member removed + rejoins",
             Fault::FullStopLostVolume => "full stop, pod 0's volume lost",
+            Fault::FastScaleDown => "fast scale-down 3 -> 1, back to 3",
+            Fault::DnsOutage => "DNS outage (fast failures)",
         }
     }
 }
@@ -121,10 +129,12 @@ pub async fn run(set: &mut StatefulSet, step: &Step, recorder: &Recorder) -> Row
         Fault::RollingRestart => rolling_restart(set, recorder).await,
         Fault::MembershipChange => remove_member(set, step.pick).await,
         Fault::FullStopLostVolume => full_stop(set).await,
+        Fault::FastScaleDown => scale_down_and_back(set, step.hold).await,
+        Fault::DnsOutage => dns_outage(set, step.pick).await,
     };
     if !matches!(
         step.fault,
-        Fault::RollingRestart | Fault::FullStopLostVolume
+        Fault::RollingRestart | Fault::FullStopLostVolume | Fault::FastScaleDown
     ) {
         tokio::time::sleep(step.hold).await;
     }
@@ -151,7 +161,7 @@ pub async fn run(set: &mut StatefulSet, step: &Step, recorder: &Recorder) -> Row
 /// The leader every pod agrees on, asked once more right before the fault
 /// so that the fault hits the pod that leads at that moment (leadership
 /// may move on its own on a busy machine).
-async fn confirmed_leader(set: &StatefulSet) -> (usize, StatusResponse) {
+pub async fn confirmed_leader(set: &StatefulSet) -> (usize, StatusResponse) {
     poll(
         "a leader that still leads when asked again",
         DEADLINE,
@@ -382,6 +392,98 @@ async fn full_stop(set: &mut StatefulSet) -> Injected {
     }
 }
 
+/// `kubectl scale --replicas=1` while the workload runs: the controller
+/// stops pods 2 and 1 at once after their preStop hooks, long before the
+/// leader would look at spec.replicas. Proven: pod 0 is the one voter left
+/// and commits a write alone. Held for `hold`, then the claims of pods 1
+/// and 2 go (`whenScaled: Delete`) and the set is scaled back to 3: they
+/// start empty and join.
+async fn scale_down_and_back(set: &mut StatefulSet, hold: Duration) -> Injected {
+    let (_, before) = confirmed_leader(set).await;
+    let since = Instant::now();
+    set.scale(1).await;
+    let members = set.wait_for_voters_among(&[0], 1).await;
+    let mut client = set
+        .connect(0, Duration::from_secs(5))
+        .await
+        .expect("a client of pod 0");
+    client
+        .put(b"nemesis/alone", b"1")
+        .await
+        .unwrap_or_else(|e| panic!("fault did not happen as meant: pod 0 alone cannot write: {e}"));
+    let alone = since.elapsed();
+    tokio::time::sleep(hold).await;
+    for i in [1, 2] {
+        set.delete_claim(i).await;
+    }
+    set.scale(3).await;
+    let leader = members.members.first().and_then(|m| m.member.as_ref());
+    Injected {
+        victim: None,
+        proof: format!(
+            "pods 1 and 2 stopped; {} the one voter, wrote alone {} after the scale (leader before: {})",
+            leader.map_or("?", |m| m.name.as_str()),
+            secs(alone),
+            before.leader_name
+        ),
+        failover: None,
+    }
+}
+
+/// Every DNS query answered at once with SERVFAIL or REFUSED (chosen by
+/// `pick`) while the workload runs. The pods keep the connections they
+/// hold, so pod `pick` also crashes and is restarted meanwhile: it and its
+/// peers must resolve each other anew. Proven: the harness's own lookup of
+/// the pod's name gets the failure, and lookups by the pods failed.
+async fn dns_outage(set: &mut StatefulSet, pick: usize) -> Injected {
+    let code = [ResponseCode::ServFail, ResponseCode::Refused][pick % 2];
+    let victim = pick % 3;
+    let name = set.manifest.pod_fqdn(victim);
+    set.dns().set_outage(Some(code));
+    let answer = set.dns().lookup(&name).await;
+    assert_eq!(
+        answer,
+        Err(code.to_string()),
+        "fault did not happen: the harness's lookup of {name}"
+    );
+    set.kill(victim).await;
+    set.restart(victim).await;
+    let pods: Vec<IpAddr> = set
+        .ordinals()
+        .into_iter()
+        .map(|i| set.ip(i).parse().expect("pod IPs are IP addresses"))
+        .collect();
+    let failed = poll(
+        "lookups by the pods to fail",
+        DEADLINE,
+        Duration::from_millis(100),
+        || async {
+            let failed: u64 = set
+                .dns()
+                .failed_queries()
+                .iter()
+                .filter(|((from, _), _)| pods.contains(from))
+                .map(|(_, f)| f.count)
+                .sum();
+            if failed > 0 {
+                Ok(failed)
+            } else {
+                Err("no lookup by a pod failed yet".into())
+            }
+        },
+    )
+    .await;
+    Injected {
+        victim: Some(victim),
+        proof: format!(
+            "every lookup answered {code} at once, the harness's of {name} too; {} crashed \
+             and restarted, {failed} lookups by the pods failed",
+            set.pod_name(victim)
+        ),
+        failover: None,
+    }
+}
+
 /// `raftset remove` of a follower while the workload runs. Proven: the
 /// leader reports two voters, without it, and commits a write.
 async fn remove_member(set: &mut StatefulSet, pick: usize) -> Injected {
@@ -414,7 +516,9 @@ async fn heal(set: &mut StatefulSet, fault: Fault, victim: usize) {
         Fault::LeaderKill | Fault::RandomKill => set.restart(victim).await,
         Fault::MinorityPartition | Fault::LeaderPartition => set.heal(victim).await,
         Fault::Pause => set.unpause(victim).await,
-        Fault::RollingRestart | Fault::FullStopLostVolume => {
+        // DNS answers again; the pod was restarted already.
+        Fault::DnsOutage => set.dns().set_outage(None),
+        Fault::RollingRestart | Fault::FullStopLostVolume | Fault::FastScaleDown => {
             unreachable!("{fault:?} hits every pod and heals itself")
         }
         // The pod is deleted; it comes back on its volume, finds itself

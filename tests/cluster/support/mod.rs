@@ -11,9 +11,10 @@
 //! | `manifest.rs` | `k8s/` rendered by `kubectl kustomize` and read as JSON |
 //! | `docker.rs` | the `docker` command line and the clean-up of dead runs |
 //! | `image.rs` | the image the pods run, built once per test binary |
-//! | `dns.rs` | the NXDOMAIN server the pods' DNS forwards unknown names to |
+//! | `dns.rs` | the pods' cluster DNS: their names, NXDOMAIN for the rest, outages on command |
 //! | `kube.rs` | the fake Kubernetes API (the StatefulSet, ConfigMaps for the founding record) |
 //! | `http.rs` | HTTP from the tests to a node's HTTP port |
+//! | `openmetrics.rs` | `/metrics` scraped as Prometheus does, parsed by the Python `prometheus_client` parser |
 //! | `history.rs`, `linearizability.rs` | recorded histories and their checker |
 
 pub mod dns;
@@ -25,6 +26,7 @@ pub mod image;
 pub mod kube;
 pub mod linearizability;
 pub mod manifest;
+pub mod openmetrics;
 pub mod process;
 pub mod statefulset;
 

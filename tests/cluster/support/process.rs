@@ -209,6 +209,27 @@ impl Cluster {
         .await
     }
 
+    /// Forces a new cluster on node `i`'s data; it answers, then starts
+    /// again in place.
+    pub async fn force_new_cluster(&self, i: usize) -> raftset::proto::ForceNewClusterResponse {
+        self.client(i)
+            .await
+            .force_new_cluster()
+            .await
+            .unwrap_or_else(|e| panic!("force-new-cluster on {}: {e}", self.nodes[i].name))
+    }
+
+    /// Asks node `i` to force a new cluster, which it must refuse with
+    /// FAILED_PRECONDITION; returns the refusal's text.
+    pub async fn force_new_cluster_refused(&self, i: usize) -> String {
+        let refused = match self.client(i).await.force_new_cluster().await {
+            Ok(forced) => panic!("{} forced a new cluster: {forced:?}", self.nodes[i].name),
+            Err(e) => e,
+        };
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused}");
+        refused.to_string()
+    }
+
     /// Kills a node with SIGKILL: no shutdown, no flush.
     pub async fn kill(&mut self, i: usize) {
         let mut child = self.nodes[i].child.take().expect("node is running");

@@ -17,15 +17,14 @@
 //! | Kubernetes | here |
 //! |---|---|
 //! | pod `raftset-N` | container `<set id>-raftset-N`, hostname `raftset-N` |
-//! | headless Service DNS | network aliases `raftset-N.<service>.<ns>.svc.cluster.local` and `<service>.<ns>.svc.cluster.local` on a private `--internal` network |
+//! | headless Service DNS | [`ClusterDns`] on the network's gateway, the only server in the pods' `/etc/resolv.conf`: A records for `raftset-N.<service>.<ns>.svc.cluster.local` and `<service>.<ns>.svc.cluster.local` while the pod runs and is on the private `--internal` network (as Docker's aliases were), NXDOMAIN for the rest, and outages on command ([`StatefulSet::dns`]) |
 //! | PVC `data-raftset-N` | named volume `<set id>-data-raftset-N` at the claim's mount path |
 //! | emptyDir | `--tmpfs` (size limit, owned by the pod's user) |
 //! | securityContext | `--user`, `--read-only`, `--cap-drop`, `no-new-privileges` |
 //! | resources.limits | `--cpus`, `--memory` |
 //! | terminationGracePeriodSeconds | `--stop-timeout`, `docker stop -t` |
 //! | probes (kubelet) | HTTP GET from the host to the pod's IP on the network |
-//! | cluster DNS for names that do not exist | a tiny DNS server on the network's gateway (`--dns`) that answers NXDOMAIN, as CoreDNS does for a pod that does not exist; Docker's embedded DNS answers the aliases and forwards the rest to it |
-//! | Kubernetes API (`spec.replicas`, the founding record) | a tiny HTTP server on the network's gateway, `RAFTSET_KUBE_API` |
+//! | Kubernetes API (`spec.replicas`, the founding record) | a tiny HTTP server on the network's gateway, `RAFTSET_KUBE_API`; none after [`StatefulSet::without_kube_api`] |
 //! | pod IP | fixed per container: kept across a container restart and a partition, new when the pod is re-created |
 //!
 //! Nothing is published on the host: the host reaches each pod through its
@@ -38,6 +37,8 @@
 //! every test holds [`exclusive`] for its whole run. Names and subnets are
 //! still unique per set, so two test binaries can run at once.
 
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -45,7 +46,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::dns::start_dns;
+use super::dns::ClusterDns;
 use super::docker::{
     docker, docker_blocking, docker_output, docker_raw, ensure_docker, Output, DOCKER_TIMEOUT,
     LABEL_OWNER, LABEL_SET,
@@ -107,7 +108,9 @@ pub struct StatefulSet {
     /// `spec.replicas` as the fake API reports it.
     replicas: Arc<AtomicU32>,
     kube: Option<FakeKubeApi>,
-    dns: Option<tokio::task::JoinHandle<()>>,
+    dns: Option<ClusterDns>,
+    /// The pods' `/etc/resolv.conf`: the set's DNS server and nothing else.
+    resolv_conf: PathBuf,
     /// Environment added to (or replacing) the manifest's, for every pod.
     extra_env: Vec<(String, String)>,
     endpoints: Endpoints,
@@ -155,6 +158,7 @@ impl StatefulSet {
             replicas: Arc::new(AtomicU32::new(0)),
             kube: None,
             dns: None,
+            resolv_conf: PathBuf::new(),
             extra_env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -175,8 +179,28 @@ impl StatefulSet {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
         set.kube = Some(kube);
-        set.dns = Some(start_dns(&gateway).await.unwrap_or_else(|e| panic!("{e}")));
+        set.dns = Some(
+            ClusterDns::start(&gateway)
+                .await
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+        set.resolv_conf = std::env::temp_dir().join(format!("{}-resolv.conf", set.id));
+        write_resolv_conf(&set.resolv_conf, &gateway)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", set.resolv_conf.display()));
         set
+    }
+
+    /// Pods created from now on find no Kubernetes API (no
+    /// `RAFTSET_KUBE_API`): founding rests on the peers alone, as outside
+    /// Kubernetes or without the API permissions.
+    pub fn without_kube_api(&mut self) {
+        drop(self.kube.take());
+    }
+
+    /// The pods' DNS server, to break it ([`ClusterDns::set_outage`]) or
+    /// ask it.
+    pub fn dns(&self) -> &ClusterDns {
+        self.dns.as_ref().expect("the set's DNS server runs")
     }
 
     fn labels(&self) -> [String; 2] {
@@ -365,19 +389,14 @@ impl StatefulSet {
             env.push((name.clone(), value));
         }
         // In a cluster the API server is found from the service-account
-        // environment; here it is the fake on the gateway.
-        let kube = self
-            .kube
-            .as_ref()
-            .map(|k| k.url.clone())
-            .unwrap_or_default();
-        env.push(("RAFTSET_KUBE_API".into(), kube));
+        // environment; here it is the fake on the gateway, if the set has one.
+        if let Some(kube) = &self.kube {
+            env.push(("RAFTSET_KUBE_API".into(), kube.url.clone()));
+        }
         env.extend(self.extra_env.iter().cloned());
 
-        let alias = m.pod_fqdn(i);
-        let service = m.service_fqdn();
         let grace = m.grace_period_secs.to_string();
-        let gateway = format!("{}.1", self.subnet);
+        let resolv_conf = format!("{}:/etc/resolv.conf:ro", self.resolv_conf.display());
         let mut args: Vec<String> = [
             "run",
             "-d",
@@ -389,14 +408,9 @@ impl StatefulSet {
             &self.network,
             "--ip",
             &ip,
-            "--network-alias",
-            &alias,
-            "--network-alias",
-            &service,
-            "--dns",
-            &gateway,
-            "--dns-option",
-            "timeout:1",
+            // Docker's embedded DNS is left out: see `ClusterDns`.
+            "--volume",
+            &resolv_conf,
             "--stop-timeout",
             &grace,
         ]
@@ -429,7 +443,7 @@ impl StatefulSet {
         args.push(self.image.clone());
         args.extend(m.args.iter().cloned());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        docker(&args).await.unwrap_or_else(|e| panic!("{e}"));
+        // Its names resolve as soon as it starts, as Docker's aliases did.
         self.pods[i] = Some(Pod {
             container,
             ip,
@@ -437,7 +451,8 @@ impl StatefulSet {
             paused: false,
             partitioned: false,
         });
-        self.publish_endpoints();
+        self.publish();
+        docker(&args).await.unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// The `docker run` flags of every container on pod `i`'s claim, pod or
@@ -465,8 +480,10 @@ impl StatefulSet {
         args
     }
 
-    /// Tells every [`Endpoints`] handed out where the pods are now.
-    fn publish_endpoints(&self) {
+    /// Tells every [`Endpoints`] handed out where the pods are now, and
+    /// the DNS server which names resolve: a pod's name and the Service's
+    /// while the pod runs and is on the network.
+    fn publish(&self) {
         let current = self
             .pods
             .iter()
@@ -475,6 +492,23 @@ impl StatefulSet {
             .map(|(i, _)| self.api(i))
             .collect();
         *self.endpoints.0.write().unwrap() = current;
+
+        let mut records = BTreeMap::new();
+        let mut service = Vec::new();
+        for (i, pod) in self.pods.iter().enumerate() {
+            let Some(pod) = pod.as_ref().filter(|p| !p.stopped && !p.partitioned) else {
+                continue;
+            };
+            let ip: Ipv4Addr = pod.ip.parse().expect("pod IPs are IPv4");
+            records.insert(self.manifest.pod_fqdn(i), vec![ip]);
+            service.push(ip);
+        }
+        if !service.is_empty() {
+            records.insert(self.manifest.service_fqdn(), service);
+        }
+        if let Some(dns) = &self.dns {
+            dns.set_records(records);
+        }
     }
 
     /// The client addresses of the pods as they come and go (a re-created
@@ -535,7 +569,7 @@ impl StatefulSet {
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         self.pods[i] = None;
-        self.publish_endpoints();
+        self.publish();
     }
 
     /// Makes pod `i`'s PVC, with `options` for `docker volume create`,
@@ -614,6 +648,17 @@ impl StatefulSet {
         self.run_pod(i).await;
     }
 
+    /// `kubectl delete pvc` of a pod that does not run (scaled away, with
+    /// `whenScaled: Delete` the controller does it): its next pod starts
+    /// empty.
+    pub async fn delete_claim(&mut self, i: usize) {
+        assert!(!self.exists(i), "{} still runs", self.pod_name(i));
+        let volume = self.volume(i);
+        docker(&["volume", "rm", &volume])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
     // --- faults ----------------------------------------------------------
 
     /// Freezes every process of the pod (cgroup freezer, like SIGSTOP).
@@ -644,21 +689,18 @@ impl StatefulSet {
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         self.pod_mut(i).partitioned = true;
+        self.publish();
     }
 
     /// Reconnects a partitioned pod with its IP and DNS names.
     pub async fn heal(&mut self, i: usize) {
         let Pod { container, ip, .. } = self.pod(i).clone();
         let network = self.network.clone();
-        let alias = self.manifest.pod_fqdn(i);
-        let service = self.manifest.service_fqdn();
-        docker(&[
-            "network", "connect", "--ip", &ip, "--alias", &alias, "--alias", &service, &network,
-            &container,
-        ])
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        docker(&["network", "connect", "--ip", &ip, &network, &container])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         self.pod_mut(i).partitioned = false;
+        self.publish();
     }
 
     /// What Docker says about pod `i`'s container.
@@ -871,6 +913,7 @@ impl Harness for StatefulSet {
         let grace = self.manifest.grace_period_secs.to_string();
         self.on_container(i, &["stop", "-t", &grace]).await;
         self.pod_mut(i).stopped = true;
+        self.publish();
         let state = self.state(i).await;
         assert_eq!(
             state.exit_code,
@@ -886,13 +929,15 @@ impl Harness for StatefulSet {
     async fn kill(&mut self, i: usize) {
         self.on_container(i, &["kill", "--signal", "KILL"]).await;
         self.pod_mut(i).stopped = true;
+        self.publish();
     }
 
     /// Starts the pod's container again, as the kubelet restarts a crashed
     /// container: same pod, IP and volume. Does not wait for readiness.
     async fn restart(&mut self, i: usize) {
-        self.on_container(i, &["start"]).await;
         self.pod_mut(i).stopped = false;
+        self.publish();
+        self.on_container(i, &["start"]).await;
     }
 
     /// Waits until pod `i` passes its readiness probe; fails at once,
@@ -931,9 +976,7 @@ impl Harness for StatefulSet {
 impl Drop for StatefulSet {
     fn drop(&mut self) {
         drop(self.kube.take());
-        if let Some(dns) = self.dns.take() {
-            dns.abort();
-        }
+        drop(self.dns.take());
         let filter = format!("label={LABEL_SET}={}", self.id);
         let containers = docker_blocking(&["ps", "-aq", "--filter", &filter]).unwrap_or_default();
         if std::thread::panicking() {
@@ -975,8 +1018,19 @@ impl Drop for StatefulSet {
         if !self.network.is_empty() {
             errors.extend(docker_blocking(&["network", "rm", &self.network]).err());
         }
+        if !self.resolv_conf.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.resolv_conf);
+        }
         for e in errors {
             eprintln!("e2e cleanup of {}: {e}", self.id);
         }
     }
+}
+
+/// Writes the pods' `/etc/resolv.conf`: the set's DNS server on `gateway`
+/// and nothing else, readable by the pods' user.
+fn write_resolv_conf(path: &Path, gateway: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, format!("nameserver {gateway}\noptions timeout:1\n"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
 }
