@@ -887,7 +887,7 @@ fn reads_while_entries_apply_see_whole_entries_at_their_revision() {
 async fn a_recorded_refounding_makes_this_node_the_only_voter_after_the_whole_log() {
     let dir = tempfile::tempdir().unwrap();
     let options = StoreOptions::default();
-    let store = Store::open(dir.path(), &options).unwrap();
+    let store = open(dir.path(), options.clone());
     let id = store.node_id;
     store.meta.set_cluster_id("old").unwrap();
     let log = store.meta.shared.db.open_tree("log").unwrap();
@@ -914,7 +914,7 @@ async fn a_recorded_refounding_makes_this_node_the_only_voter_after_the_whole_lo
     drop((store, log));
 
     for _ in 0..2 {
-        let mut store = Store::open(dir.path(), &options).unwrap();
+        let mut store = open(dir.path(), options.clone());
         assert_eq!(store.meta.cluster_id().unwrap().as_deref(), Some("new"));
         assert_eq!(store.meta.refounded_from().unwrap().as_deref(), Some("old"));
         assert!(!dir.path().join("REFOUND").exists());
