@@ -95,6 +95,18 @@ pub enum CliError {
     },
     #[error("writing the output: {0}")]
     Output(#[source] std::io::Error),
+    /// `backup --dir`: a file or the directory could not be written,
+    /// synced, renamed or removed.
+    #[error("backup directory: {}: {source}", path.display())]
+    BackupDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `backup --dir`: what the node sent does not read back as a whole
+    /// backup, so it was not kept and no older one was removed.
+    #[error("the backup received does not read back whole; not kept, none removed: {0}")]
+    BadBackup(#[source] std::io::Error),
     #[error("the node ended the watch (shutting down?); watch again")]
     WatchEnded,
     /// `delete --prefix` stopped part-way.
@@ -113,6 +125,8 @@ impl CliError {
             CliError::KeyNotFound { .. } => Exit::NotFound,
             CliError::Input { .. }
             | CliError::Output(_)
+            | CliError::BackupDir { .. }
+            | CliError::BadBackup(_)
             | CliError::NotCaughtUp { .. }
             | CliError::NotACounter { .. } => Exit::Failure,
             CliError::Partial { source, .. } => source.exit(),

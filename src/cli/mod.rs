@@ -4,6 +4,7 @@
 //! `-o json|yaml` for scripts (`output`); a failure prints one line and
 //! exits with a code that says what the caller can do (`exit`).
 
+mod backup;
 mod bench;
 mod conn;
 mod endpoint;
@@ -12,7 +13,7 @@ mod local;
 mod output;
 
 use std::ffi::{OsStr, OsString};
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -229,11 +230,22 @@ pub enum Command {
         #[command(flatten)]
         conn: Conn,
     },
-    /// Save a consistent snapshot of the whole store to a file or stdout.
+    /// Save a consistent snapshot of the whole store to a file or stdout,
+    /// or as a new `raftset-<UTC time>.backup` in a directory (--dir),
+    /// keeping the newest N there (--keep).
     Backup {
         /// Write here instead of stdout.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "dir")]
         out: Option<std::path::PathBuf>,
+        /// Write a new `raftset-<UTC time>.backup` into this directory: a
+        /// hidden temporary file, fsynced and read back whole, then renamed
+        /// (never over an existing file).
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+        /// With --dir: then remove the oldest `raftset-<UTC time>.backup`
+        /// files beyond the newest N. No other file is touched.
+        #[arg(long, requires = "dir", value_parser = clap::value_parser!(u32).range(1..))]
+        keep: Option<u32>,
         #[command(flatten)]
         conn: Conn,
     },
@@ -610,7 +622,18 @@ async fn client_command(command: Command) -> Result<Exit, CliError> {
                 .await?;
             output::snapshot(index, conn.format());
         }
-        Command::Backup { out, conn } => backup(&conn, out.as_deref()).await?,
+        Command::Backup {
+            dir: Some(dir),
+            keep,
+            conn,
+            ..
+        } => backup::into_dir(&conn, &dir, keep.map(|n| n as usize)).await?,
+        Command::Backup {
+            out,
+            dir: None,
+            conn,
+            ..
+        } => backup::to_file_or_stdout(&conn, out.as_deref()).await?,
         Command::Verify { conn } => {
             let report = conn
                 .call(Op::Read, |mut c| async move { c.verify().await })
@@ -696,38 +719,6 @@ async fn watch(conn: &Conn, prefix: &[u8], from_revision: u64) -> Result<(), Cli
             }
         }
     }
-}
-
-/// Streams a backup to a file (written whole, then renamed) or stdout.
-async fn backup(conn: &Conn, out: Option<&Path>) -> Result<(), CliError> {
-    let mut stream = conn
-        .call(Op::Read, |mut c| async move { c.backup().await })
-        .await?;
-    let mut bytes = 0usize;
-    let progress = transfer_progress("backing up");
-    let mut sink: Box<dyn Write> = match out {
-        Some(path) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(path.with_extension("partial")).map_err(CliError::Output)?,
-        )),
-        None => Box::new(std::io::stdout().lock()),
-    };
-    let read = |source: tonic::Status| CliError::Call {
-        op: Op::Read,
-        source: source.into(),
-    };
-    while let Some(chunk) = stream.message().await.map_err(read)? {
-        sink.write_all(&chunk.data).map_err(CliError::Output)?;
-        bytes += chunk.data.len();
-        progress.inc(chunk.data.len() as u64);
-    }
-    progress.finish_and_clear();
-    sink.flush().map_err(CliError::Output)?;
-    drop(sink);
-    if let Some(path) = out {
-        std::fs::rename(path.with_extension("partial"), path).map_err(CliError::Output)?;
-        eprintln!("backup: {bytes} bytes written to {}", path.display());
-    }
-    Ok(())
 }
 
 /// `add-learner --wait`: polls the leader's view until learner `id` has
@@ -943,6 +934,23 @@ mod tests {
             Command::Bench(args) => {
                 assert_eq!(args.output.format(), Format::Yaml);
                 assert_eq!(args.endpoints, ["a:1"]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn backup_keeps_only_with_a_dir_and_at_least_one() {
+        let refused = |args: &[&str]| {
+            let args = std::iter::once("raftset").chain(args.iter().copied());
+            command().try_get_matches_from(args).is_err()
+        };
+        assert!(refused(&["backup", "--keep", "2"]), "--keep needs --dir");
+        assert!(refused(&["backup", "--dir", "d", "--keep", "0"]));
+        assert!(refused(&["backup", "--dir", "d", "--out", "f"]));
+        match parse(&["backup", "--dir", "d", "--keep", "2"]) {
+            Command::Backup { dir, keep, .. } => {
+                assert_eq!((dir.as_deref(), keep), (Some(Path::new("d")), Some(2)))
             }
             other => panic!("{other:?}"),
         }

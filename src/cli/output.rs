@@ -394,6 +394,31 @@ pub fn snapshot(index: u64, format: Format) {
     );
 }
 
+/// `backup --dir`: the file written and the old ones removed.
+pub fn backup_published(
+    file: &std::path::Path,
+    bytes: u64,
+    index: u64,
+    removed: &[std::path::PathBuf],
+    format: Format,
+) {
+    if is_document(format) {
+        let removed: Vec<_> = removed.iter().map(|p| p.display().to_string()).collect();
+        document(
+            &json!({ "file": file.display().to_string(), "bytes": bytes, "index": index, "removed": removed }),
+            format,
+        );
+        return;
+    }
+    println!(
+        "backup: {bytes} bytes (index {index}) written to {}",
+        file.display()
+    );
+    for path in removed {
+        println!("removed {}", path.display());
+    }
+}
+
 pub fn prepare_stop(response: &crate::proto::PrepareStopResponse, format: Format) {
     if is_document(format) {
         document(

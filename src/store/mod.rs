@@ -229,6 +229,13 @@ pub fn restore(
     restore_checked(data_dir, backup, options)
 }
 
+/// Reads a backup file whole (framing and checksum) without restoring it
+/// and gives the log index it was taken at: a backup that would not
+/// restore is refused while it can still be taken again.
+pub fn check_backup(file: &mut std::fs::File) -> std::io::Result<u64> {
+    Ok(snapshot::verify(file)?.last_log_id.map_or(0, |l| l.index))
+}
+
 /// [`restore`] from a stream (standard input). The stream is spooled into
 /// the data directory itself, the one place a read-only container can
 /// write, and removed once restored.

@@ -344,6 +344,118 @@ async fn the_cli_carries_any_bytes_fails_over_and_exits_with_a_code_per_failure(
     );
 }
 
+/// `backup --dir --keep`, as the scheduled-backup CronJob runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_backups_keep_the_newest_and_touch_nothing_else() {
+    let cluster = Cluster::start(3).await;
+    let endpoint = cluster.nodes[2].api();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_str().unwrap();
+    // What a backup volume holds besides backups.
+    std::fs::create_dir(dir.path().join("lost+found")).unwrap();
+    let unrelated = [
+        ("notes.txt", "keep me"),
+        ("raftset-latest.backup", "a copy under another name"),
+        ("raftset-20000101T000000.000Z.backup.bak", "renamed by hand"),
+    ];
+    for (name, text) in unrelated {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+
+    let mut client = cluster.client(2).await;
+    let mut taken = Vec::new();
+    for i in 0..3 {
+        client.put(format!("k{i}").as_bytes(), b"v").await.unwrap();
+        let out = cli(&[
+            "backup",
+            "--dir",
+            path,
+            "--keep",
+            "2",
+            "-o",
+            "json",
+            "--endpoints",
+            &endpoint,
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        taken.push(json);
+    }
+    let file = |json: &serde_json::Value| std::path::PathBuf::from(json["file"].as_str().unwrap());
+    assert_eq!(taken[0]["removed"], serde_json::json!([]));
+    assert_eq!(taken[1]["removed"], serde_json::json!([]));
+    assert_eq!(
+        taken[2]["removed"],
+        serde_json::json!([taken[0]["file"]]),
+        "the third run removes the oldest"
+    );
+
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    let mut want: Vec<String> = ["lost+found"]
+        .into_iter()
+        .chain(unrelated.iter().map(|(name, _)| *name))
+        .map(str::to_string)
+        .chain(taken[1..].iter().map(|json| {
+            let name = file(json)
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_string();
+            assert!(
+                name.starts_with("raftset-") && name.ends_with("Z.backup"),
+                "{name}"
+            );
+            name
+        }))
+        .collect();
+    want.sort();
+    assert_eq!(
+        names, want,
+        "the newest two backups, everything else untouched, no temporary file left"
+    );
+    for (name, text) in unrelated {
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(name)).unwrap(),
+            text
+        );
+    }
+
+    // Each one kept restores, with the keys written before it.
+    for (json, keys) in [(&taken[1], 2), (&taken[2], 3)] {
+        let data = tempfile::tempdir().unwrap();
+        let out = crate::support::restore_from(&file(json), &data.path().join("data"));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{out:?}");
+        assert!(
+            stdout.contains(&format!("restored {keys} keys")),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains(&format!("backup of index {})", json["index"])),
+            "{stdout}"
+        );
+    }
+
+    let nowhere = dir.path().join("no-such-dir");
+    let missing = cli(&[
+        "backup",
+        "--dir",
+        nowhere.to_str().unwrap(),
+        "--endpoints",
+        &endpoint,
+    ]);
+    assert_eq!(missing.status.code(), Some(1), "{missing:?}");
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("no-such-dir"),
+        "{missing:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_restores_into_a_fresh_cluster() {
     let old = Cluster::start(3).await;
