@@ -4,6 +4,7 @@ Used by test_manifests.py and by scripts/validate-manifests:
 
     python3 tests/manifests/manifests.py validate [--versions 1.32.0,1.37.0]
     python3 tests/manifests/manifests.py render k8s/overlays/parallel
+    python3 tests/manifests/manifests.py render --components production,monitoring
     python3 tests/manifests/manifests.py promql DIR
 
 k8s/monitoring/ (Prometheus-Operator resources and a Grafana dashboard) is
@@ -12,6 +13,11 @@ and the deployment does not refer to it. Its core objects (ConfigMap,
 NetworkPolicy) are validated strictly like the rest; `promql` writes its
 alert expressions and dashboard queries as Prometheus rule files for
 `promtool check rules`.
+
+k8s/components/ are kustomize components, which do not render alone: each
+combination an overlay may use (one profile or none, with any set of
+add-ons, see `combinations`) is rendered on top of k8s/base and validated,
+custom resources (the monitoring component's) apart as above.
 
 Rendering is `kubectl kustomize`, the kustomize that `kubectl apply -k` runs
 and the one the e2e tests render with (tests/cluster/support/), so
@@ -22,9 +28,12 @@ and says so.
 from __future__ import annotations
 
 import argparse
+import itertools
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -32,6 +41,14 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
 MONITORING = K8S / "monitoring"
+BASE = K8S / "base"
+COMPONENTS = K8S / "components"
+# Components that each shape the whole StatefulSet: at most one at a time.
+# Every other component is an add-on, used with any profile or none.
+PROFILES = ("production", "small")
+# API groups of custom resources: no Kubernetes schema to validate against
+# (test_monitoring.py checks them instead).
+CUSTOM_API_GROUPS = {"monitoring.coreos.com"}
 KUSTOMIZATION_NAMES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
 # The oldest Kubernetes the manifests target: persistentVolumeClaimRetentionPolicy
 # is GA from 1.32, unhealthyPodEvictionPolicy from 1.31.
@@ -59,12 +76,46 @@ def is_monitoring(path: Path) -> bool:
 
 
 def kustomization_dirs() -> list[Path]:
-    """Every directory under k8s/ that holds a kustomization (k8s/monitoring/ apart)."""
+    """Every directory under k8s/ that holds a kustomization or a component
+    (k8s/monitoring/ apart)."""
     return sorted(
         p.parent
         for p in K8S.rglob("*")
         if p.name in KUSTOMIZATION_NAMES and not is_monitoring(p)
     )
+
+
+def is_component(directory: Path) -> bool:
+    return load_docs(kustomization_file(directory))[0].get("kind") == "Component"
+
+
+def renderable_dirs() -> list[Path]:
+    """The kustomizations that render alone: k8s/, base/ and every overlay."""
+    return [d for d in kustomization_dirs() if not is_component(d)]
+
+
+def component_names() -> list[str]:
+    return sorted(d.name for d in kustomization_dirs() if d.parent == COMPONENTS)
+
+
+def addon_names() -> list[str]:
+    return [c for c in component_names() if c not in PROFILES]
+
+
+def combinations() -> list[tuple[str, ...]]:
+    """Every set of components an overlay may put on k8s/base: no profile or
+    one, with any subset of the add-ons."""
+    addons = addon_names()
+    addon_sets = [
+        combo for n in range(len(addons) + 1) for combo in itertools.combinations(addons, n)
+    ]
+    return [
+        profile + addons for profile in [()] + [(p,) for p in PROFILES] for addons in addon_sets
+    ]
+
+
+def is_custom(doc: dict) -> bool:
+    return doc.get("apiVersion", "").split("/")[0] in CUSTOM_API_GROUPS
 
 
 def yaml_files() -> list[Path]:
@@ -74,10 +125,6 @@ def yaml_files() -> list[Path]:
         for p in K8S.rglob("*")
         if p.suffix in (".yaml", ".yml") and p.is_file() and not is_monitoring(p)
     )
-
-
-# Kinds of k8s/monitoring/ that Kubernetes itself defines, so have a schema.
-CORE_MONITORING_KINDS = {"ConfigMap", "NetworkPolicy"}
 
 
 def monitoring_docs() -> list[dict]:
@@ -164,6 +211,26 @@ def render(directory: Path) -> list[dict]:
     return [d for d in yaml.safe_load_all(out.stdout) if d is not None]
 
 
+def render_components(components: tuple[str, ...]) -> list[dict]:
+    """k8s/base with these components, as an overlay would render it. The
+    kustomization is written into a temporary directory and refers to k8s/
+    by relative paths (kustomize refuses absolute ones)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        relative = lambda p: os.path.relpath(p, tmp)  # noqa: E731
+        kustomization = {
+            "apiVersion": "kustomize.config.k8s.io/v1beta1",
+            "kind": "Kustomization",
+            "resources": [relative(BASE)],
+            "components": [relative(COMPONENTS / c) for c in components],
+        }
+        Path(tmp, "kustomization.yaml").write_text(yaml.safe_dump(kustomization), encoding="utf-8")
+        return render(Path(tmp))
+
+
+def combination_label(components: tuple[str, ...]) -> str:
+    return "k8s/base + " + (" + ".join(components) if components else "no component")
+
+
 def key(doc: dict) -> tuple[str, str, str]:
     m = doc.get("metadata", {})
     return (doc.get("kind", ""), m.get("namespace", ""), m.get("name", ""))
@@ -196,22 +263,24 @@ def validate(versions: list[str], verbose: bool = False) -> int:
     for path in resource_files():
         for doc in load_docs(path):
             items.append((str(path.relative_to(REPO)), doc))
-    for d in kustomization_dirs():
-        label = f"{d.relative_to(REPO)}/ (rendered)"
+    renders = [(f"{d.relative_to(REPO)}/ (rendered)", lambda d=d: render(d)) for d in renderable_dirs()]
+    renders.append(("k8s/monitoring/ (rendered)", monitoring_docs))
+    renders += [
+        (f"{combination_label(c)} (rendered)", lambda c=c: render_components(c))
+        for c in combinations()
+    ]
+    custom = 0
+    for label, rendered in renders:
         try:
-            for doc in render(d):
-                items.append((label, doc))
+            docs = rendered()
         except RenderError as e:
             print(f"FAIL {label}: {e}")
             return 1
-
-    try:
-        for doc in monitoring_docs():
-            if doc["kind"] in CORE_MONITORING_KINDS:
-                items.append(("k8s/monitoring/ (rendered)", doc))
-    except RenderError as e:
-        print(f"FAIL k8s/monitoring/ (rendered): {e}")
-        return 1
+        for doc in docs:
+            if is_custom(doc):
+                custom += 1
+            else:
+                items.append((label, doc))
 
     failures = 0
     for version in versions:
@@ -231,7 +300,9 @@ def validate(versions: list[str], verbose: bool = False) -> int:
                     print(f"ok   {label} {what} (Kubernetes {version}, strict)")
     print(
         f"schema validation: {len(items)} resources x {len(versions)} versions "
-        f"({', '.join(versions)}), {failures} failed; rendered with kubectl kustomize"
+        f"({', '.join(versions)}), {failures} failed; rendered with kubectl kustomize "
+        f"({len(renders)} renders, {len(combinations())} of them component combinations; "
+        f"{custom} custom resources left to test_monitoring.py)"
     )
     return failures
 
@@ -243,7 +314,8 @@ def main() -> int:
     v.add_argument("--versions", help="comma-separated Kubernetes versions")
     v.add_argument("-v", "--verbose", action="store_true", help="list every resource")
     r = sub.add_parser("render", help="print a kustomization as rendered here")
-    r.add_argument("directory", type=Path)
+    r.add_argument("directory", type=Path, nargs="?")
+    r.add_argument("--components", help="render k8s/base with these components instead")
     q = sub.add_parser("promql", help="write k8s/monitoring's PromQL as rule files into DIR")
     q.add_argument("directory", type=Path)
     args = parser.parse_args()
@@ -252,7 +324,13 @@ def main() -> int:
             print(path)
         return 0
     if args.command == "render":
-        yaml.safe_dump_all(render(args.directory), sys.stdout, sort_keys=False)
+        if args.components is not None:
+            docs = render_components(tuple(c for c in args.components.split(",") if c))
+        elif args.directory is not None:
+            docs = render(args.directory)
+        else:
+            parser.error("render needs a DIRECTORY or --components")
+        yaml.safe_dump_all(docs, sys.stdout, sort_keys=False)
         return 0
     versions = args.versions.split(",") if args.versions else schema_versions()
     return 1 if validate(versions, args.verbose) else 0
