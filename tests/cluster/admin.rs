@@ -441,6 +441,38 @@ async fn scheduled_backups_keep_the_newest_and_touch_nothing_else() {
         );
     }
 
+    // The CronJob's own command line, as k8s/overlays/production renders
+    // it: a temporary directory for its volume, this cluster for the
+    // client Service.
+    use crate::support::manifest;
+    let rendered = manifest::render(&manifest::k8s_dir().join("overlays/production")).unwrap();
+    let cronjob = rendered
+        .iter()
+        .find(|o| o["kind"] == "CronJob")
+        .expect("the production overlay schedules backups");
+    let container = &cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0];
+    let mount = container["volumeMounts"][0]["mountPath"].as_str().unwrap();
+    let volume = tempfile::tempdir().unwrap();
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| match a.as_str().unwrap() {
+            a if a == mount => volume.path().to_str().unwrap(),
+            a => a,
+        })
+        .collect();
+    let scheduled = std::process::Command::new(env!("CARGO_BIN_EXE_raftset"))
+        .args(&args)
+        .env("RAFTSET_ENDPOINTS", &endpoint)
+        .output()
+        .unwrap();
+    assert!(scheduled.status.success(), "{args:?}: {scheduled:?}");
+    let json: serde_json::Value = serde_json::from_slice(&scheduled.stdout).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let restored = crate::support::restore_from(&file(&json), &data.path().join("data"));
+    assert!(restored.status.success(), "{restored:?}");
+
     let nowhere = dir.path().join("no-such-dir");
     let missing = cli(&[
         "backup",

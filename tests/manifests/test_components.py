@@ -238,3 +238,88 @@ def test_the_monitoring_component_adds_exactly_k8s_monitoring(base):
     assert component["resources"] == ["../../monitoring"], "wraps k8s/monitoring, no copies"
     assert list((m.COMPONENTS / "monitoring").iterdir()) == [
         m.COMPONENTS / "monitoring" / "kustomization.yaml"]
+
+
+# --- scheduled-backup ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def backups() -> list[dict]:
+    return m.render_components(("scheduled-backup",))
+
+
+def backup_pod(docs) -> dict:
+    return one(docs, "CronJob", "raftset-backup")["spec"]["jobTemplate"]["spec"]["template"]
+
+
+def test_backups_run_one_at_a_time_retry_briefly_and_keep_little_history(backups):
+    cron = one(backups, "CronJob", "raftset-backup")["spec"]
+    assert cron["concurrencyPolicy"] == "Forbid", "two runs would race on retention"
+    assert len(cron["schedule"].split()) == 5 and cron["timeZone"] == "Etc/UTC"
+    assert 0 < cron["startingDeadlineSeconds"]
+    assert 1 <= cron["successfulJobsHistoryLimit"] <= 5
+    assert 1 <= cron["failedJobsHistoryLimit"] <= 5
+    job = cron["jobTemplate"]["spec"]
+    assert 1 <= job["backoffLimit"] <= 3
+    assert 0 < job["activeDeadlineSeconds"] < 24 * 3600, "a hung run must end before the next"
+    assert job["template"]["spec"]["restartPolicy"] in ("Never", "OnFailure")
+
+
+def test_backups_keep_the_newest_n_on_their_own_claim(backups):
+    pod = backup_pod(backups)["spec"]
+    (container,) = pod["containers"]
+    args = container["args"]
+    assert args[0] == "backup"
+    directory = args[args.index("--dir") + 1]
+    assert int(args[args.index("--keep") + 1]) >= 1
+    mount = next(v for v in container["volumeMounts"] if v["mountPath"] == directory)
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    claim = one(backups, "PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])
+    # The README's restore and wipe steps delete every claim labelled
+    # app.kubernetes.io/name=raftset: never the backups.
+    assert claim["metadata"]["labels"]["app.kubernetes.io/name"] != "raftset"
+    writable = {v["mountPath"] for v in container["volumeMounts"]}
+    assert writable == {directory}, "the backup volume is all it writes"
+
+
+def test_backups_reach_the_cluster_through_the_client_service(backups):
+    pod = backup_pod(backups)
+    (container,) = pod["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    host, _, port = env["RAFTSET_ENDPOINTS"].partition(":")
+    service = one(backups, "Service", host)
+    assert service["spec"].get("publishNotReadyAddresses") is not True, "ready members only"
+    assert int(port) in {p["port"] for p in service["spec"]["ports"] if p["name"] == "grpc"}
+    labels = pod["metadata"]["labels"]
+
+    def admits(peer: dict) -> bool:
+        # A bare podSelector means pods of the policy's own namespace.
+        selector = peer.get("podSelector", {}).get("matchLabels", {})
+        return set(peer) == {"podSelector"} and all(labels.get(k) == v
+                                                    for k, v in selector.items())
+
+    policy = one(backups, "NetworkPolicy", "raftset")["spec"]
+    assert any(
+        int(port) in {p["port"] for p in rule["ports"]} and any(map(admits, rule["from"]))
+        for rule in policy["ingress"]
+    ), "the NetworkPolicy does not let the backup pod reach the client port"
+
+
+def test_backup_pods_are_no_raftset_member(backups):
+    labels = backup_pod(backups)["metadata"]["labels"]
+    selectors = [sts(backups)["spec"]["selector"]["matchLabels"],
+                 one(backups, "PodDisruptionBudget", "raftset")["spec"]["selector"]["matchLabels"]]
+    selectors += [s["spec"]["selector"] for s in backups if s["kind"] == "Service"]
+    selectors += [d["spec"]["selector"]["matchLabels"] for d in m.monitoring_docs()
+                  if d["kind"] == "PodMonitor"]
+    for selector in selectors:
+        assert not labels_selected(selector, labels), f"{selector} selects the backup pods"
+
+
+def test_backup_pods_run_without_a_service_account_token_or_credentials(backups):
+    pod = backup_pod(backups)["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["fsGroup"] == 10001, "the claim must be writable by UID 10001"
+    (container,) = pod["containers"]
+    assert not any("valueFrom" in e for e in container["env"]), (
+        "client auth does not exist yet: no Secret may be invented for it")

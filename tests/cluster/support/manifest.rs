@@ -415,13 +415,17 @@ fn cpu_quantity(q: &str) -> Result<String, String> {
 }
 
 /// Every object the kustomization in `dir` produces, as JSON:
-/// `kubectl patch --local -k <dir> -p {} -o json` renders `dir` with the
-/// kustomize built into kubectl (the one `kubectl kustomize` and
-/// `kubectl apply -k` run) and prints each object, unpatched, as JSON,
-/// talking to no API server.
+/// `kubectl patch --local -k <dir> -p {} --type merge -o json` renders
+/// `dir` with the kustomize built into kubectl (the one `kubectl kustomize`
+/// and `kubectl apply -k` run) and prints each object, unpatched, as JSON,
+/// talking to no API server. A merge patch, because kubectl cannot apply a
+/// strategic one locally to a custom resource (an overlay with the
+/// monitoring component has two).
 pub fn render(dir: &Path) -> Result<Vec<Value>, String> {
     let dir = dir.to_str().ok_or("the k8s/ path is not UTF-8")?;
-    let args = ["patch", "--local", "-k", dir, "-p", "{}", "-o", "json"];
+    let args = [
+        "patch", "--local", "-k", dir, "-p", "{}", "--type", "merge", "-o", "json",
+    ];
     let output = std::process::Command::new("kubectl")
         .args(args)
         // No kubeconfig: rendering must never reach a cluster.
