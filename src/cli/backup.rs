@@ -29,37 +29,43 @@ const SUFFIX: &str = ".backup";
 /// two runs in the same second still get two names.
 const TIME_FORMAT: &str = "%Y%m%dT%H%M%S%.3fZ";
 
-/// `backup` without `--dir`: to `out` (written whole, then renamed) or
-/// stdout.
+/// `backup` without `--dir`: to stdout, or to `out` with the same care as
+/// into a directory (durable and read back before it replaces `out`).
 pub async fn to_file_or_stdout(conn: &Conn, out: Option<&Path>) -> Result<(), CliError> {
-    let mut sink: Box<dyn Write> = match out {
-        Some(path) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(path.with_extension("partial")).map_err(CliError::Output)?,
-        )),
-        None => Box::new(std::io::stdout().lock()),
+    let Some(path) = out else {
+        receive(conn, &mut std::io::stdout().lock()).await?;
+        return Ok(());
     };
-    let bytes = receive(conn, &mut sink).await?;
+    let dir = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let temp = temp_in(dir)?;
+    let mut sink = std::io::BufWriter::new(temp.as_file());
+    receive(conn, &mut sink).await?;
     drop(sink);
-    if let Some(path) = out {
-        std::fs::rename(path.with_extension("partial"), path).map_err(CliError::Output)?;
-        eprintln!("backup: {bytes} bytes written to {}", path.display());
-    }
+    let bytes = put_in_place(dir, temp, path, true)?.bytes;
+    eprintln!("backup: {bytes} bytes written to {}", path.display());
     Ok(())
+}
+
+/// A hidden temporary file in `dir` for a backup on its way in; dropping it
+/// on any failure removes it.
+fn temp_in(dir: &Path) -> Result<tempfile::NamedTempFile, CliError> {
+    tempfile::Builder::new()
+        .prefix(".raftset-")
+        .suffix(".backup.partial")
+        .tempfile_in(dir)
+        .map_err(|source| CliError::BackupDir {
+            path: dir.to_path_buf(),
+            source,
+        })
 }
 
 /// `backup --dir DIR [--keep N]`: a new backup in `dir`, then the oldest
 /// beyond the newest `keep` removed (all kept without `keep`).
 pub async fn into_dir(conn: &Conn, dir: &Path, keep: Option<usize>) -> Result<(), CliError> {
-    let at_dir = |source| CliError::BackupDir {
-        path: dir.to_path_buf(),
-        source,
-    };
-    let temp = tempfile::Builder::new()
-        .prefix(".raftset-")
-        .suffix(".backup.partial")
-        .tempfile_in(dir)
-        .map_err(at_dir)?;
-    // Dropping `temp` on any failure below removes it.
+    let temp = temp_in(dir)?;
     let mut sink = std::io::BufWriter::new(temp.as_file());
     receive(conn, &mut sink).await?;
     drop(sink);
@@ -100,19 +106,27 @@ async fn receive(conn: &Conn, sink: &mut dyn Write) -> Result<usize, CliError> {
 struct Published {
     file: PathBuf,
     bytes: u64,
-    /// The log index it was taken at.
     index: u64,
     removed: Vec<PathBuf>,
 }
 
-/// Makes the received backup in `temp` durable, checks it, names it for
-/// `now`, and only then removes the backups beyond the newest `keep`.
-fn publish(
+/// A backup checked and in place.
+#[derive(Debug)]
+struct Checked {
+    bytes: u64,
+    /// The log index it was taken at.
+    index: u64,
+}
+
+/// Makes the received backup in `temp` durable and checks that it reads
+/// back whole; only then renames it to `file` (replacing it, or never, as
+/// `replace` says) and makes the rename durable.
+fn put_in_place(
     dir: &Path,
     mut temp: tempfile::NamedTempFile,
-    keep: Option<usize>,
-    now: DateTime<Utc>,
-) -> Result<Published, CliError> {
+    file: &Path,
+    replace: bool,
+) -> Result<Checked, CliError> {
     let at = |path: &Path| {
         let path = path.to_path_buf();
         move |source| CliError::BackupDir { path, source }
@@ -121,13 +135,34 @@ fn publish(
     temp.as_file().sync_all().map_err(at(&temp_path))?;
     let index = crate::store::check_backup(temp.as_file_mut()).map_err(CliError::BadBackup)?;
     let bytes = temp.as_file().metadata().map_err(at(&temp_path))?.len();
-    let file = dir.join(name_at(now));
-    temp.persist_noclobber(&file)
-        .map_err(|e| CliError::BackupDir {
-            path: file.clone(),
-            source: e.error,
-        })?;
+    let persisted = if replace {
+        temp.persist(file)
+    } else {
+        temp.persist_noclobber(file)
+    };
+    persisted.map_err(|e| CliError::BackupDir {
+        path: file.to_path_buf(),
+        source: e.error,
+    })?;
     sync_dir(dir)?;
+    Ok(Checked { bytes, index })
+}
+
+/// Puts the received backup in `temp` in place under the name for `now`
+/// (see [`put_in_place`]), and only then removes the backups beyond the
+/// newest `keep`.
+fn publish(
+    dir: &Path,
+    temp: tempfile::NamedTempFile,
+    keep: Option<usize>,
+    now: DateTime<Utc>,
+) -> Result<Published, CliError> {
+    let at = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| CliError::BackupDir { path, source }
+    };
+    let file = dir.join(name_at(now));
+    let Checked { bytes, index } = put_in_place(dir, temp, &file, false)?;
     let mut removed = Vec::new();
     if let Some(keep) = keep {
         let mut names = Vec::new();
@@ -264,6 +299,25 @@ mod tests {
             left,
             [old],
             "the old backup stays, the temporary file is gone"
+        );
+    }
+
+    #[test]
+    fn a_backup_to_a_named_file_that_does_not_read_back_leaves_the_file_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("last-night.backup");
+        std::fs::write(&out, b"last night's backup").unwrap();
+        let mut temp = temp_in(dir.path()).unwrap();
+        temp.write_all(b"RAFTSET\x02 and then not a snapshot")
+            .unwrap();
+
+        let err = put_in_place(dir.path(), temp, &out, true).unwrap_err();
+        assert!(matches!(err, CliError::BadBackup(_)), "{err:?}");
+        assert_eq!(std::fs::read(&out).unwrap(), b"last night's backup");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no file left behind"
         );
     }
 }
