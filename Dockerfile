@@ -54,6 +54,14 @@ USER 10001:10001
 EXPOSE 7000 7001 8080
 # Declared after the chown above: later changes to a VOLUME path are dropped.
 VOLUME ["/var/lib/raftset"]
+# Exec form: the distroless runtime has no shell. `healthcheck` asks
+# /readyz?noleader on the port the node listens on (RAFTSET_LISTEN_HTTP):
+# healthy once the node is a member, leader or not, so a cluster that lost
+# its quorum is not restarted by tools that act on health. The start period
+# covers founding, joining and catching up. Kubernetes ignores HEALTHCHECK
+# and uses the StatefulSet's probes.
+HEALTHCHECK --interval=5s --timeout=3s --start-period=60s --retries=3 \
+    CMD ["/usr/local/bin/raftset", "healthcheck"]
 # raftset is PID 1 and handles SIGTERM itself (a leader hands over leadership).
 ENTRYPOINT ["/usr/local/bin/raftset"]
 CMD ["serve"]

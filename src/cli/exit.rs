@@ -35,6 +35,10 @@ pub enum Exit {
     OutcomeUnknown = 6,
     /// `verify`: the members' data disagree.
     Disagree = 7,
+    /// `healthcheck`: the node's probe did not answer 2xx (nothing listens,
+    /// no answer in time, or not ready). Docker counts any non-zero as
+    /// unhealthy; this one tells it from a broken command line (2).
+    Unhealthy = 8,
 }
 
 /// The exit-code table as `--help` shows it.
@@ -47,7 +51,8 @@ Exit codes:
   4  precondition failed: compare-and-swap lost, increment of a non-integer
   5  unavailable: no node reachable, no leader or quorum; nothing changed, retry
   6  outcome unknown: a write may or may not have applied; read before retrying
-  7  verify: the members disagree";
+  7  verify: the members disagree
+  8  healthcheck: the node is not healthy (not listening, no answer, not ready)";
 
 impl From<Exit> for ExitCode {
     fn from(exit: Exit) -> ExitCode {
@@ -109,6 +114,8 @@ pub enum CliError {
     BadBackup(#[source] std::io::Error),
     #[error("the node ended the watch (shutting down?); watch again")]
     WatchEnded,
+    #[error("unhealthy: {0}")]
+    Unhealthy(#[source] super::healthcheck::Unhealthy),
     /// `delete --prefix` stopped part-way.
     #[error("deleted {deleted} keys, then: {source}")]
     Partial {
@@ -132,6 +139,7 @@ impl CliError {
             CliError::Partial { source, .. } => source.exit(),
             CliError::EveryEndpoint { last, .. } => last.exit(),
             CliError::WatchEnded => Exit::Unavailable,
+            CliError::Unhealthy(_) => Exit::Unhealthy,
         }
     }
 }
@@ -241,6 +249,7 @@ mod tests {
             Exit::Unavailable,
             Exit::OutcomeUnknown,
             Exit::Disagree,
+            Exit::Unhealthy,
         ] {
             let line = format!("\n  {}  ", exit as u8);
             assert!(EXIT_CODES_HELP.contains(&line), "{exit:?} is documented");

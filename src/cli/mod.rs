@@ -9,6 +9,7 @@ mod bench;
 mod conn;
 mod endpoint;
 mod exit;
+mod healthcheck;
 mod local;
 mod output;
 
@@ -289,6 +290,11 @@ pub enum Command {
     /// Every member at once: `endpoint status`, `endpoint health`.
     #[command(subcommand)]
     Endpoint(endpoint::EndpointCommand),
+    /// Ask the local node's HTTP probe and exit 0 if it is healthy, 8 if
+    /// not (for Docker's HEALTHCHECK and docker-compose). By default the
+    /// StatefulSet's readiness probe, `/readyz?noleader`: a member, caught
+    /// up, with or without a leader.
+    Healthcheck(healthcheck::HealthcheckArgs),
     /// Print a shell completion script: `source <(raftset completion bash)`.
     Completion {
         #[arg(value_enum)]
@@ -403,6 +409,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Bench(args) => {
             bench::run(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Healthcheck(args) => {
+            healthcheck::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Completion { shell } => {
@@ -649,6 +659,7 @@ async fn client_command(command: Command) -> Result<Exit, CliError> {
         | Command::Restore { .. }
         | Command::Bench(_)
         | Command::ForceNewCluster { .. }
+        | Command::Healthcheck(_)
         | Command::Completion { .. } => {
             unreachable!("run() handles the commands that are not a client's")
         }

@@ -190,6 +190,95 @@ async fn probes_and_metrics() {
     );
 }
 
+/// `raftset healthcheck ARGS` with `env` set: its exit code and stderr.
+async fn healthcheck(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_raftset"))
+        .arg("healthcheck")
+        .args(args)
+        .env_remove("RAFTSET_LISTEN_HTTP")
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("run raftset healthcheck");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        assert_eq!(stderr.lines().count(), 1, "one line on failure: {stderr}");
+    }
+    (out.status.code(), stderr)
+}
+
+/// The exit code `raftset healthcheck` documents for an unhealthy node.
+const UNHEALTHY: Option<i32> = Some(8);
+
+/// Docker's HEALTHCHECK: 0 once the node is a member, with or without a
+/// leader (so neither a quorum loss nor a node 0 restarted alone marks the
+/// cluster unhealthy); 8 for a node that is alive but not a member, for
+/// nothing listening, and for no answer in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_exits_0_for_a_member_and_8_otherwise() {
+    let mut cluster = Cluster::spawn(2, &[]).await;
+    // Node 1 alone: alive, but not a member until node 0 founds.
+    cluster.kill(0).await;
+    let http = cluster.nodes[1].http();
+    // The node's own listen setting is where the probe goes.
+    let own_env = [("RAFTSET_LISTEN_HTTP", http.as_str())];
+    wait_for("node 1 to pass `healthcheck --live`", || async {
+        match healthcheck(&["--live"], &own_env).await {
+            (Some(0), _) => Ok(()),
+            (code, stderr) => Err(format!("{code:?} {stderr}")),
+        }
+    })
+    .await;
+    for args in [&["--addr", &http][..], &["--addr", &http, "--leader"]] {
+        let (code, stderr) = healthcheck(args, &[]).await;
+        assert_eq!(code, UNHEALTHY, "{args:?}: {stderr}");
+        assert!(stderr.contains("503 not ready: not a member"), "{stderr}");
+    }
+
+    cluster.restart(0);
+    cluster.wait_for_voters(2).await;
+    cluster.wait_ready(1).await;
+    for args in [&[][..], &["--leader"], &["--live"]] {
+        let (code, stderr) = healthcheck(args, &own_env).await;
+        assert_eq!(code, Some(0), "{args:?}: {stderr}");
+    }
+
+    let leader = cluster.leader().await;
+    cluster.kill(leader).await;
+    let survivor = cluster.nodes[1 - leader].http();
+    wait_for("the survivor's `healthcheck --leader` to fail", || async {
+        match healthcheck(&["--addr", &survivor, "--leader"], &[]).await {
+            (UNHEALTHY, stderr) if stderr.contains("no leader") => Ok(()),
+            (code, stderr) => Err(format!("{code:?} {stderr}")),
+        }
+    })
+    .await;
+    let (code, stderr) = healthcheck(&["--addr", &survivor], &[]).await;
+    assert_eq!(
+        code,
+        Some(0),
+        "a member without a leader is healthy: {stderr}"
+    );
+
+    cluster.kill(1 - leader).await;
+    let (code, stderr) = healthcheck(&["--addr", &survivor], &[]).await;
+    assert_eq!(code, UNHEALTHY, "{stderr}");
+    assert!(stderr.contains("Connection refused"), "{stderr}");
+
+    // Accepted by the kernel, never answered: a hung node.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent = listener.local_addr().unwrap().to_string();
+    let started = std::time::Instant::now();
+    let (code, stderr) = healthcheck(&["--addr", &silent, "--timeout-secs", "1"], &[]).await;
+    assert_eq!(code, UNHEALTHY, "{stderr}");
+    assert!(stderr.contains("no answer within 1s"), "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "gave up in time"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_trickles_its_headers_is_cut_off() {
     let cluster = Cluster::start_with(1, &["--http-header-timeout-ms", "300"]).await;

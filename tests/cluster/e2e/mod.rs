@@ -1,6 +1,7 @@
 //! End-to-end tests on containers: the StatefulSet's life cycle and a fault
 //! campaign, played by `support::statefulset` with the image built from the
-//! `Dockerfile` and the pods described by `k8s/`.
+//! `Dockerfile` and the pods described by `k8s/`; and `docker-compose.yml`
+//! run by Compose with the same image (`compose`).
 //!
 //! Needs a running Docker daemon (the tests fail, saying so, without one).
 //! Run them alone with `cargo test --test cluster e2e`; add
@@ -9,6 +10,7 @@
 //! the machine's two cores.
 
 mod admin;
+mod compose;
 mod crash;
 mod faults;
 mod lifecycle;
