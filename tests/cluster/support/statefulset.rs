@@ -413,6 +413,9 @@ impl StatefulSet {
             &resolv_conf,
             "--stop-timeout",
             &grace,
+            // The kubelet ignores the image's HEALTHCHECK; running it here
+            // would only add load the pods in a cluster do not have.
+            "--no-healthcheck",
         ]
         .iter()
         .map(|s| s.to_string())
