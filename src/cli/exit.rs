@@ -115,7 +115,7 @@ pub enum CliError {
     #[error("the node ended the watch (shutting down?); watch again")]
     WatchEnded,
     #[error("unhealthy: {0}")]
-    Unhealthy(#[source] super::healthcheck::Unhealthy),
+    Unhealthy(#[source] Unhealthy),
     /// `delete --prefix` stopped part-way.
     #[error("deleted {deleted} keys, then: {source}")]
     Partial {
@@ -203,6 +203,28 @@ pub fn one_line(err: &(dyn std::error::Error + 'static)) -> String {
         cause = err.source();
     }
     line
+}
+
+/// Why the node is not healthy. Every variant exits 8.
+#[derive(Debug, thiserror::Error)]
+pub enum Unhealthy {
+    #[error("GET {url}: no answer within {after:?}")]
+    Timeout {
+        url: String,
+        after: std::time::Duration,
+    },
+    #[error("GET {url}: {source}")]
+    Unreachable {
+        url: String,
+        #[source]
+        source: ureq::Error,
+    },
+    #[error("GET {url}: {status} {reason}")]
+    Refused {
+        url: String,
+        status: u16,
+        reason: String,
+    },
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::exit::CliError;
+use super::exit::{CliError, Unhealthy};
 
 /// What to ask the node.
 #[derive(Debug, Clone, Args)]
@@ -40,25 +40,6 @@ pub struct HealthcheckArgs {
     /// --timeout, so the line saying why reaches `docker inspect`).
     #[arg(long, default_value_t = 2)]
     pub timeout_secs: u64,
-}
-
-/// Why the node is not healthy. Every variant exits 8.
-#[derive(Debug, thiserror::Error)]
-pub enum Unhealthy {
-    #[error("GET {url}: no answer within {after:?}")]
-    Timeout { url: String, after: Duration },
-    #[error("GET {url}: {source}")]
-    Unreachable {
-        url: String,
-        #[source]
-        source: ureq::Error,
-    },
-    #[error("GET {url}: {status} {reason}")]
-    Refused {
-        url: String,
-        status: u16,
-        reason: String,
-    },
 }
 
 impl HealthcheckArgs {
