@@ -215,17 +215,6 @@ impl Node {
             formation.clone(),
             metrics.proposals(),
         ));
-        let http = HttpState {
-            id,
-            me: me.clone(),
-            raft: raft.clone(),
-            requests: requests.clone(),
-            metrics: metrics.clone(),
-            meta: store.meta.clone(),
-            formation: formation.clone(),
-            ready_max_lag: config.ready_max_lag,
-            visit_limits: VisitLimits::new(config.visits_per_client, config.visits_per_second),
-        };
         let http_settings = HttpSettings {
             header_timeout: Duration::from_millis(config.http_header_timeout_ms),
             max_connections: config.http_max_connections,
@@ -245,6 +234,21 @@ impl Node {
             stop: stop.clone(),
             tasks: peer_tasks.clone(),
         });
+        let http = HttpState {
+            id,
+            me: cluster.me.clone(),
+            raft: raft.clone(),
+            roster: cluster.roster(),
+            requests: requests.clone(),
+            metrics: metrics.clone(),
+            meta: cluster.meta.clone(),
+            formation: cluster.formation.clone(),
+            ready_max_lag: cluster.config.ready_max_lag,
+            visit_limits: VisitLimits::new(
+                cluster.config.visits_per_client,
+                cluster.config.visits_per_second,
+            ),
+        };
         let admin = AdminService {
             requests: requests.clone(),
             cluster: cluster.clone(),

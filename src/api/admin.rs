@@ -21,7 +21,7 @@ use crate::metrics::Metrics;
 use crate::proto;
 use crate::proto::admin_client::AdminClient;
 use crate::raft::requests::Requests;
-use crate::types::{matched_index, member_name, Digest, Op, Outcome};
+use crate::types::{member_name, Digest, Op, Outcome};
 
 /// Bytes per backup chunk.
 const BACKUP_CHUNK: usize = 256 * 1024;
@@ -52,36 +52,7 @@ impl AdminService {
     }
 
     fn members_view(&self) -> proto::MembersResponse {
-        let metrics = self.cluster.raft_metrics();
-        let membership = metrics.membership_config.membership();
-        let voters: Vec<u64> = membership.voter_ids().collect();
-        let last = metrics.last_log_index.unwrap_or(0);
-        let healthy: Vec<u64> = membership::member_states(&self.cluster)
-            .into_iter()
-            .filter(|m| m.healthy)
-            .map(|m| m.id)
-            .collect();
-        let leading = metrics.current_leader == Some(self.cluster.id);
-        let members = membership
-            .nodes()
-            .map(|(id, m)| {
-                let matched = matched_index(&metrics, *id);
-                let contact = leading.then(|| self.cluster.contacts.since(*id)).flatten();
-                proto::MemberProgress {
-                    member: Some(proto::member(*id, m, voters.contains(id))),
-                    match_index: matched,
-                    lag: last.saturating_sub(matched),
-                    is_leader: metrics.current_leader == Some(*id),
-                    last_contact_ms: contact.map(|c| c.as_millis() as u64),
-                    healthy: healthy.contains(id),
-                }
-            })
-            .collect();
-        proto::MembersResponse {
-            members,
-            leader_id: metrics.current_leader.unwrap_or(0),
-            last_log_index: last,
-        }
+        self.cluster.roster().view()
     }
 
     fn status(&self) -> proto::StatusResponse {

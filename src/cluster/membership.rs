@@ -233,27 +233,18 @@ pub fn next_removal(set: &str, members: &[MemberState], replicas: u32) -> Option
 
 /// The members and their health, on the leader.
 pub fn member_states(ctx: &ClusterContext) -> Vec<MemberState> {
-    let metrics = ctx.raft_metrics();
-    let membership = metrics.membership_config.membership();
-    let voters: Vec<NodeId> = membership.voter_ids().collect();
-    let last = metrics.last_log_index.unwrap_or(0);
-    let window = Duration::from_millis(ctx.config.election_timeout_ms);
-    membership
-        .nodes()
-        .map(|(id, m)| {
-            let lag = last.saturating_sub(matched_index(&metrics, *id));
-            MemberState {
-                id: *id,
-                name: m.name.clone(),
-                voter: voters.contains(id),
-                healthy: *id == ctx.id
-                    || is_healthy(
-                        ctx.contacts.since(*id),
-                        lag,
-                        window,
-                        ctx.config.ready_max_lag,
-                    ),
-            }
+    ctx.roster()
+        .view()
+        .members
+        .into_iter()
+        .filter_map(|progress| {
+            let member = progress.member?;
+            Some(MemberState {
+                id: member.id,
+                name: member.name,
+                voter: member.voter,
+                healthy: progress.healthy,
+            })
         })
         .collect()
 }

@@ -32,6 +32,9 @@
 //! survivor then rewrites the founding record, and members of the old
 //! cluster that come back discard their data and join.
 //!
+//! Only the leader knows which members are alive; [`roster`] tells any
+//! node the leader's view.
+//!
 //! It must never import the faces or the node: it receives a
 //! [`ClusterContext`] with exactly the handles it uses.
 
@@ -43,6 +46,7 @@ pub mod kube;
 pub mod leadership;
 pub mod membership;
 pub mod refound;
+pub mod roster;
 pub mod service;
 
 use std::time::Duration;
@@ -61,6 +65,8 @@ use crate::raft::network::{Contacts, PeerClients};
 use crate::store::state_machine::Digests;
 use crate::store::Meta;
 use crate::types::{ClusterId, Digest, Formation, Member, NodeId, Raft, RaftMetrics};
+
+use self::roster::Roster;
 
 /// How long building a snapshot may take before a caller gives up.
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -142,6 +148,18 @@ impl ClusterContext {
     /// the pooled peer connection.
     pub fn peer(&self, addr: &str) -> Result<ClusterPeerClient<Channel>, PeerError> {
         Ok(ClusterPeerClient::new(self.peers.channel(addr)?))
+    }
+
+    /// What tells the members' health, from this node's handles.
+    pub fn roster(&self) -> Roster {
+        Roster {
+            id: self.id,
+            raft: self.raft.clone(),
+            peers: self.peers.clone(),
+            contacts: self.contacts.clone(),
+            window: Duration::from_millis(self.config.election_timeout_ms),
+            max_lag: self.config.ready_max_lag,
+        }
     }
 
     pub fn is_leader(&self) -> bool {

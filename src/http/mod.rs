@@ -1,6 +1,6 @@
-//! HTTP: the visit counter, health and readiness probes, Prometheus metrics.
-//! It holds the request path and the Raft handle, and never imports the
-//! gRPC faces.
+//! HTTP: the visit counter and its page ([`page`]), the cluster's status,
+//! health and readiness probes, Prometheus metrics. It holds the request
+//! path, the Raft handle and the roster, and never imports the gRPC faces.
 //!
 //! Served through hyper directly (not `axum::serve`) so every connection
 //! has a header-read timeout and the number of connections is capped: a
@@ -8,6 +8,7 @@
 //! are rate-limited per client address and overall ([`limit`]).
 
 pub mod limit;
+pub mod page;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +29,7 @@ use tower::ServiceExt;
 
 use self::limit::{ClientAddr, VisitLimits};
 
+use crate::cluster::roster::Roster;
 use crate::error::Error;
 use crate::metrics::{Format, Metrics, Snapshot};
 use crate::raft::leader_of;
@@ -48,6 +50,8 @@ pub struct HttpState {
     /// How the membership describes this node.
     pub me: Member,
     pub raft: Raft,
+    /// The members and their health, for the page and `/status`.
+    pub roster: Roster,
     pub requests: Arc<Requests>,
     pub metrics: Arc<Metrics>,
     pub meta: Meta,
@@ -132,6 +136,7 @@ fn router(core: Arc<HttpState>) -> Router {
     Router::new()
         .route("/", get(visit))
         .route("/visits", get(visits))
+        .route("/status", get(status))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -190,7 +195,8 @@ async fn visit(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|accept| accept.contains("text/html"));
     if wants_html {
-        Html(page(&core, count)).into_response()
+        let view = page::cluster_view(&core.roster, &core.me.name).await;
+        Html(page::render(count, &view)).into_response()
     } else {
         format!(
             "visits: {count}\nserved by: {}\nleader: {}\n",
@@ -199,40 +205,6 @@ async fn visit(
         )
         .into_response()
     }
-}
-
-fn page(core: &HttpState, count: i64) -> String {
-    let metrics = core.raft_metrics();
-    let membership = metrics.membership_config.membership();
-    let voters: Vec<u64> = membership.voter_ids().collect();
-    let rows: String = membership
-        .nodes()
-        .map(|(id, member)| {
-            let role =
-                crate::proto::member_role(metrics.current_leader == Some(*id), voters.contains(id));
-            format!(
-                "<tr><td>{}</td><td>{id:016x}</td><td>{role}</td><td>{}</td></tr>",
-                escape(&member.name),
-                escape(&member.http_addr)
-            )
-        })
-        .collect();
-    format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>raftset</title></head><body>\
-         <h1>{count} visits</h1><p>Served by <b>{}</b>; the leader is <b>{}</b>. \
-         Every pod reports the same count: it is one value, replicated with Raft.</p>\
-         <table><tr><th>member</th><th>id</th><th>role</th><th>http</th></tr>{rows}</table>\
-         </body></html>",
-        escape(&core.me.name),
-        escape(&leader_name(core))
-    )
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 /// `GET /visits`: the count, read linearizably, without counting a visit.
@@ -256,6 +228,12 @@ async fn visits(State(core): State<Arc<HttpState>>) -> Response {
         }
         Err(e) => error_response(e),
     }
+}
+
+/// `GET /status`: the cluster as this node and its leader see it (see
+/// [`page`]). Counts no visit and reads nothing through Raft.
+async fn status(State(core): State<Arc<HttpState>>) -> Response {
+    Json(page::cluster_view(&core.roster, &core.me.name).await).into_response()
 }
 
 /// `GET /healthz`: the process runs and Raft has not stopped. Never depends

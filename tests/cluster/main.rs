@@ -12,4 +12,5 @@ mod e2e;
 mod failover;
 mod http_endpoints;
 mod lifecycle;
+mod page;
 mod watch;

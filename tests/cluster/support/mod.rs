@@ -14,9 +14,11 @@
 //! | `dns.rs` | the pods' cluster DNS: their names, NXDOMAIN for the rest, outages on command |
 //! | `kube.rs` | the fake Kubernetes API (the StatefulSet, ConfigMaps for the founding record) |
 //! | `http.rs` | HTTP from the tests to a node's HTTP port |
+//! | `browser.rs` | headless Chromium: a page's DOM after its scripts ran, screenshots |
 //! | `openmetrics.rs` | `/metrics` scraped as Prometheus does, parsed by the Python `prometheus_client` parser |
 //! | `history.rs`, `linearizability.rs` | recorded histories and their checker |
 
+pub mod browser;
 pub mod dns;
 pub mod docker;
 pub mod harness;
