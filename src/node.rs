@@ -239,6 +239,7 @@ impl Node {
             me: cluster.me.clone(),
             raft: raft.clone(),
             roster: cluster.roster(),
+            views: Default::default(),
             requests: requests.clone(),
             metrics: metrics.clone(),
             meta: cluster.meta.clone(),

@@ -52,6 +52,8 @@ pub struct HttpState {
     pub raft: Raft,
     /// The members and their health, for the page and `/status`.
     pub roster: Roster,
+    /// The last view of them, reused briefly.
+    pub views: page::ViewCache,
     pub requests: Arc<Requests>,
     pub metrics: Arc<Metrics>,
     pub meta: Meta,
@@ -195,8 +197,7 @@ async fn visit(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|accept| accept.contains("text/html"));
     if wants_html {
-        let view = page::cluster_view(&core.roster, &core.me.name).await;
-        Html(page::render(count, &view)).into_response()
+        Html(page::render(count, &cluster_view(&core).await)).into_response()
     } else {
         format!(
             "visits: {count}\nserved by: {}\nleader: {}\n",
@@ -233,7 +234,13 @@ async fn visits(State(core): State<Arc<HttpState>>) -> Response {
 /// `GET /status`: the cluster as this node and its leader see it (see
 /// [`page`]). Counts no visit and reads nothing through Raft.
 async fn status(State(core): State<Arc<HttpState>>) -> Response {
-    Json(page::cluster_view(&core.roster, &core.me.name).await).into_response()
+    Json(cluster_view(&core).await).into_response()
+}
+
+async fn cluster_view(core: &HttpState) -> page::ClusterView {
+    core.views
+        .get(|| page::cluster_view(&core.roster, &core.me.name))
+        .await
 }
 
 /// `GET /healthz`: the process runs and Raft has not stopped. Never depends

@@ -13,11 +13,14 @@
 //! visitor may see (names, ids, roles, health), never the cluster id or an
 //! address.
 //!
-//! It owns no state and never writes.
+//! It owns only the last view, which it reuses for a moment, and never
+//! writes.
 
+use std::future::Future;
 use std::time::Duration;
 
 use serde::Serialize;
+use tokio::time::Instant;
 
 use crate::cluster::roster::{self, Roster};
 use crate::proto::MemberProgress;
@@ -27,8 +30,37 @@ use crate::raft::leader_of;
 /// members before they show their health as unknown.
 const LEADER_VIEW_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long a view is served again instead of asked anew.
+const VIEW_REUSE: Duration = Duration::from_secs(1);
+
+/// The last [`ClusterView`], served again for [`VIEW_REUSE`]. Every open
+/// page asks every 2 s, and on a follower each fresh view costs the leader
+/// an Admin call; so however many requests come in, a node asks the
+/// leader at most once a second, and requests that arrive while it asks
+/// wait for that answer instead of asking too.
+#[derive(Default)]
+pub struct ViewCache(tokio::sync::Mutex<Option<(Instant, ClusterView)>>);
+
+impl ViewCache {
+    /// The last view if it is recent enough, else the one `ask` gives.
+    pub async fn get<F>(&self, ask: impl FnOnce() -> F) -> ClusterView
+    where
+        F: Future<Output = ClusterView>,
+    {
+        let mut last = self.0.lock().await;
+        match &*last {
+            Some((at, view)) if at.elapsed() < VIEW_REUSE => view.clone(),
+            _ => {
+                let view = ask().await;
+                *last = Some((Instant::now(), view.clone()));
+                view
+            }
+        }
+    }
+}
+
 /// The cluster as one node and its leader see it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ClusterView {
     /// The member that answered.
     pub node: String,
@@ -42,7 +74,7 @@ pub struct ClusterView {
     pub health_unknown: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct MemberView {
     pub name: String,
     /// The Raft node id, in hex as `raftset members` shows it.
@@ -279,6 +311,46 @@ mod tests {
             last_contact_ms: healthy.map(|_| 12),
             lag: healthy.map(|_| 0),
         }
+    }
+
+    /// However many requests want a view, the leader is asked once while
+    /// an answer is in flight and once a second at most; after that the
+    /// next request asks anew.
+    #[tokio::test(start_paused = true)]
+    async fn a_view_is_asked_for_once_a_second_however_many_want_it() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::sync::Arc;
+
+        let cache = Arc::new(ViewCache::default());
+        let asked = Arc::new(AtomicU64::new(0));
+        let get = |cache: Arc<ViewCache>, asked: Arc<AtomicU64>| async move {
+            let view = cache
+                .get(|| async {
+                    let term = asked.fetch_add(1, Ordering::SeqCst) + 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    ClusterView {
+                        node: "raftset-1".into(),
+                        leader: None,
+                        term,
+                        members: vec![],
+                        health_unknown: None,
+                    }
+                })
+                .await;
+            view.term
+        };
+        let mut waiting = tokio::task::JoinSet::new();
+        for _ in 0..20 {
+            waiting.spawn(get(cache.clone(), asked.clone()));
+        }
+        while let Some(term) = waiting.join_next().await {
+            assert_eq!(term.unwrap(), 1, "every waiting request got the one answer");
+        }
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert_eq!(get(cache.clone(), asked.clone()).await, 1, "reused");
+        tokio::time::advance(VIEW_REUSE).await;
+        assert_eq!(get(cache.clone(), asked.clone()).await, 2, "asked anew");
+        assert_eq!(asked.load(Ordering::SeqCst), 2);
     }
 
     #[test]
