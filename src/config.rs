@@ -121,6 +121,13 @@ pub struct Config {
     #[arg(long, env = "RAFTSET_DEDUP_WINDOW_SECS", default_value_t = 600)]
     pub dedup_window_secs: u64,
 
+    /// The space quota: once the database takes this many bytes on disk,
+    /// the leader refuses writes that add data (deletes still pass). The
+    /// default leaves half of the manifests' 1 GiB volume for the snapshot
+    /// file and for sled's growth past the quota (see the README).
+    #[arg(long, env = "RAFTSET_QUOTA_BYTES", default_value_t = DEFAULT_QUOTA_BYTES)]
+    pub quota_bytes: u64,
+
     /// sled's page cache, in MiB.
     #[arg(long, env = "RAFTSET_CACHE_MB", default_value_t = 8)]
     pub cache_mb: u64,
@@ -146,6 +153,9 @@ pub struct Config {
     #[arg(long, env = "RAFTSET_VISITS_PER_SECOND", default_value_t = 1_000)]
     pub visits_per_second: u32,
 }
+
+/// 512 MiB: see [`Config::quota_bytes`].
+pub const DEFAULT_QUOTA_BYTES: u64 = 512 * 1024 * 1024;
 
 fn default_name() -> String {
     std::env::var("HOSTNAME").unwrap_or_else(|_| "raftset-0".to_string())
@@ -197,6 +207,9 @@ impl Config {
             ("--heartbeat-ms", self.heartbeat_ms),
             ("--snapshot-entries", self.snapshot_entries),
             ("--max-pending-proposals", self.max_pending_proposals as u64),
+            // No "off": with no quota a full volume stops every member at
+            // once; whoever wants none sets it above the volume size.
+            ("--quota-bytes", self.quota_bytes),
             ("--visits-per-client", u64::from(self.visits_per_client)),
             ("--visits-per-second", u64::from(self.visits_per_second)),
         ];

@@ -62,6 +62,9 @@ pub enum Error {
     NoQuorum { millis: u64 },
     #[error("too many proposals in flight (limit {limit}); the request was not proposed and can be retried")]
     Overloaded { limit: usize },
+    /// Past the space quota only writes that can free space are taken.
+    #[error("space quota exceeded: the database takes {used} bytes on disk, at or over the quota of {quota} bytes (--quota-bytes); the write was not proposed; delete keys, or raise the quota")]
+    QuotaExceeded { used: u64, quota: u64 },
     #[error("outcome unknown: {reason}; the write may still be applied, retry with the same request_id to learn its outcome")]
     OutcomeUnknown { reason: String },
     /// The leader's answer to a forwarded write that may have entered its
@@ -122,17 +125,28 @@ impl Error {
             | Error::LeaderUnreachable { .. }
             | Error::NoDigest => Code::Unavailable,
             Error::WatchReset { .. } => Code::Aborted,
-            Error::Overloaded { .. } | Error::WatchLagged { .. } | Error::TooManyWatches { .. } => {
-                Code::ResourceExhausted
-            }
+            Error::Overloaded { .. }
+            | Error::QuotaExceeded { .. }
+            | Error::WatchLagged { .. }
+            | Error::TooManyWatches { .. } => Code::ResourceExhausted,
             Error::OutcomeUnknown { .. } => Code::DeadlineExceeded,
             Error::Storage(_) | Error::Raft(_) => Code::Internal,
             Error::Leader(status) => status.code(),
         }
     }
 
-    /// The HTTP status for each error, derived from its gRPC code.
+    /// The HTTP status for each error, derived from its gRPC code, except
+    /// a full quota: 507 Insufficient Storage, not 429, since waiting does
+    /// not help. A follower knows its leader's refusal by its mark.
     pub fn http_status(&self) -> u16 {
+        let over_quota = match self {
+            Error::QuotaExceeded { .. } => true,
+            Error::Leader(status) => status.metadata().contains_key(QUOTA_HEADER),
+            _ => false,
+        };
+        if over_quota {
+            return 507;
+        }
         match self.code() {
             Code::InvalidArgument | Code::OutOfRange => 400,
             Code::FailedPrecondition | Code::Aborted => 409,
@@ -149,6 +163,10 @@ impl Error {
 /// forwarding follower knows a retry cannot apply it twice.
 pub const NOT_PROPOSED_HEADER: &str = "raftset-not-proposed";
 
+/// Metadata on a status that says the space quota refused the write, so a
+/// follower that passes the leader's answer on maps it as the leader would.
+const QUOTA_HEADER: &str = "raftset-quota-exceeded";
+
 impl Error {
     /// True when the request certainly did not enter the log.
     pub fn nothing_proposed(&self) -> bool {
@@ -158,6 +176,7 @@ impl Error {
                 | Error::NoLeader
                 | Error::NoQuorum { .. }
                 | Error::Overloaded { .. }
+                | Error::QuotaExceeded { .. }
                 | Error::ShuttingDown
                 | Error::NotServing
                 | Error::LeaderUnreachable { .. }
@@ -176,11 +195,16 @@ impl From<Error> for Status {
             return status;
         }
         let mut status = Status::new(err.code(), err.to_string());
+        let mark = |status: &mut Status, header| {
+            status
+                .metadata_mut()
+                .insert(header, tonic::metadata::MetadataValue::from_static("1"));
+        };
         if err.nothing_proposed() {
-            status.metadata_mut().insert(
-                NOT_PROPOSED_HEADER,
-                tonic::metadata::MetadataValue::from_static("1"),
-            );
+            mark(&mut status, NOT_PROPOSED_HEADER);
+        }
+        if matches!(err, Error::QuotaExceeded { .. }) {
+            mark(&mut status, QUOTA_HEADER);
         }
         status
     }
@@ -419,6 +443,22 @@ mod tests {
             (Error::NoLeader, Code::Unavailable, 503),
             (Error::NoQuorum { millis: 5 }, Code::Unavailable, 503),
             (Error::Overloaded { limit: 1 }, Code::ResourceExhausted, 429),
+            (
+                Error::QuotaExceeded { used: 9, quota: 8 },
+                Code::ResourceExhausted,
+                507,
+            ),
+            // A follower passing on its leader's refusals.
+            (
+                Error::Leader(Error::QuotaExceeded { used: 9, quota: 8 }.into()),
+                Code::ResourceExhausted,
+                507,
+            ),
+            (
+                Error::Leader(Error::Overloaded { limit: 1 }.into()),
+                Code::ResourceExhausted,
+                429,
+            ),
             (
                 Error::OutcomeUnknown { reason: "t".into() },
                 Code::DeadlineExceeded,

@@ -127,10 +127,12 @@ pub enum ProposalFailure {
     Unanswered,
     /// Raft stopped or refused the entry.
     Raft,
+    /// The database is at or over the space quota.
+    Quota,
 }
 
 impl ProposalFailure {
-    pub const ALL: [ProposalFailure; 7] = [
+    pub const ALL: [ProposalFailure; 8] = [
         ProposalFailure::NotServing,
         ProposalFailure::NoQuorum,
         ProposalFailure::Overloaded,
@@ -138,6 +140,7 @@ impl ProposalFailure {
         ProposalFailure::LeaderChanged,
         ProposalFailure::Unanswered,
         ProposalFailure::Raft,
+        ProposalFailure::Quota,
     ];
 
     pub fn label(self) -> &'static str {
@@ -149,6 +152,7 @@ impl ProposalFailure {
             ProposalFailure::LeaderChanged => "leader_changed",
             ProposalFailure::Unanswered => "unanswered",
             ProposalFailure::Raft => "raft",
+            ProposalFailure::Quota => "quota",
         }
     }
 }
@@ -294,6 +298,7 @@ pub struct Metrics {
     members: Gauge,
     replication_lag: Family<FollowerLabels, Gauge>,
     disk_bytes: Gauge,
+    quota_bytes: Gauge,
     volume_size: Gauge,
     volume_free: Gauge,
     resident_bytes: Gauge,
@@ -354,6 +359,7 @@ impl Default for Metrics {
             members: Gauge::default(),
             replication_lag: Family::default(),
             disk_bytes: Gauge::default(),
+            quota_bytes: Gauge::default(),
             volume_size: Gauge::default(),
             volume_free: Gauge::default(),
             resident_bytes: Gauge::default(),
@@ -463,6 +469,11 @@ impl Metrics {
             self.disk_bytes.clone(),
         );
         r.register(
+            "quota_bytes",
+            "The space quota (--quota-bytes): past it, writes that add data are refused",
+            self.quota_bytes.clone(),
+        );
+        r.register(
             "volume_size_bytes",
             "Size of the volume holding the data directory",
             self.volume_size.clone(),
@@ -493,6 +504,12 @@ impl Metrics {
     /// The peer transport's handle.
     pub fn peers(&self) -> PeerMetrics {
         self.peers.clone()
+    }
+
+    /// Exports the space quota, which is fixed for the process's life.
+    pub fn set_quota_bytes(&self, bytes: u64) {
+        self.quota_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     /// The counter of leaders seen, for whoever watches Raft.
@@ -698,7 +715,9 @@ mod tests {
     fn the_volume_and_peer_round_trips_are_exported() {
         let metrics = Metrics::default();
         metrics.peers().round_trip(5, Duration::from_millis(3));
+        metrics.set_quota_bytes(600);
         let text = scrape(&metrics, &RaftMetrics::new_initial(1));
+        assert_eq!(sample(&text, "raftset_quota_bytes"), "600");
         assert_eq!(sample(&text, "raftset_volume_size_bytes"), "1000");
         assert_eq!(sample(&text, "raftset_volume_free_bytes"), "250");
         assert_eq!(

@@ -30,7 +30,7 @@ use crate::metrics::Metrics;
 use crate::proto::admin_server::AdminServer;
 use crate::raft::network::{Contacts, NetworkFactory, PeerClients};
 use crate::raft::proposer::Proposer;
-use crate::raft::requests::{RequestSettings, Requests};
+use crate::raft::requests::{Quota, RequestSettings, Requests};
 use crate::raft::service::RaftService;
 use crate::store::{FlushStats, Store, StoreError, StoreOptions};
 use crate::types::{ClusterId, Formation, NodeId, Raft};
@@ -127,6 +127,7 @@ impl Node {
         config.validate()?;
         identity::check_peers(&config)?;
         let metrics = Arc::new(Metrics::default());
+        metrics.set_quota_bytes(config.quota_bytes);
         let options = StoreOptions {
             metrics: metrics.store(),
             ..store_options(&config)
@@ -211,6 +212,10 @@ impl Node {
                 proposal_timeout: config.proposal_timeout(),
                 quorum_timeout: config.quorum_timeout(),
                 max_pending_proposals: config.max_pending_proposals,
+                quota: Quota {
+                    bytes: config.quota_bytes,
+                    usage: store.meta.disk_usage(),
+                },
             },
             formation.clone(),
             metrics.proposals(),

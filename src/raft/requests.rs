@@ -10,6 +10,11 @@
 //! one that provably was never proposed (no leader, no quorum, overload) as
 //! safe to retry.
 //!
+//! The space quota is the leader's to enforce, before proposing: it alone
+//! decides for every write, forwarded or not, so a refusal is certain to
+//! be "not proposed". Members' databases grow alike, so the leader's size
+//! stands for theirs.
+//!
 //! Writes are refused, as never proposed, until the node's [`Formation`]
 //! says it serves: the path need not know why (a founder whose founding is
 //! not on record yet, a node that is not a member), only that nothing may
@@ -31,7 +36,7 @@ use crate::metrics::{ProposalFailure, ProposalMetrics};
 use crate::proto::raft_peer_client::RaftPeerClient;
 use crate::proto::PeerMessage;
 use crate::store::state_machine::{ScanPage, ScanRange};
-use crate::store::KvReader;
+use crate::store::{DiskUsage, KvReader};
 use crate::types::{
     new_request_id, Command, Consistency, Formation, KeyValue, Member, NodeId, Op, Outcome, Raft,
 };
@@ -67,6 +72,14 @@ pub struct RequestSettings {
     pub quorum_timeout: Duration,
     /// Writes waiting to commit on this node, at most.
     pub max_pending_proposals: usize,
+    pub quota: Quota,
+}
+
+/// The space quota (`--quota-bytes`) and what it is measured against.
+#[derive(Debug, Clone)]
+pub struct Quota {
+    pub bytes: u64,
+    pub usage: DiskUsage,
 }
 
 /// The request path of one node.
@@ -199,6 +212,10 @@ impl Requests {
         }
         if let Some(millis) = self.millis_without_quorum() {
             return Err((Why::NoQuorum, Attempt::Fail(Error::NoQuorum { millis })));
+        }
+        let quota = &self.settings.quota;
+        if let Err(e) = check_quota(&command.op, quota.bytes, || quota.usage.bytes()) {
+            return Err((Why::Quota, Attempt::Fail(e)));
         }
         let Ok(_permit) = self.proposals.try_acquire() else {
             return Err((
@@ -398,6 +415,26 @@ impl Requests {
     }
 }
 
+/// The quota's decision: at or past `quota` bytes (`used` measures them,
+/// and only for a write that needs it), a write that may add data is
+/// refused; deletes pass so that space can be freed, and checkpoints add
+/// nothing to the state.
+fn check_quota(op: &Op, quota: u64, used: impl FnOnce() -> u64) -> Result<()> {
+    let adds_data = match op {
+        Op::Put { .. } | Op::Increment { .. } => true,
+        Op::CompareAndSwap { new, .. } => new.is_some(),
+        Op::Delete { .. } | Op::Checkpoint => false,
+    };
+    if !adds_data {
+        return Ok(());
+    }
+    let used = used();
+    if used >= quota {
+        return Err(Error::QuotaExceeded { used, quota });
+    }
+    Ok(())
+}
+
 /// Where a write's deadlines stand after a failed attempt.
 #[derive(Debug, Clone, Copy)]
 struct Clock {
@@ -522,6 +559,70 @@ mod tests {
         Attempt::Retry {
             proposed,
             why: Error::NoLeader,
+        }
+    }
+
+    #[test]
+    fn past_the_quota_only_writes_that_cannot_add_data_pass() {
+        let key = || b"k".to_vec();
+        let put = Op::Put {
+            key: key(),
+            value: b"v".to_vec(),
+        };
+        let increment = Op::Increment {
+            key: key(),
+            delta: 1,
+        };
+        let cas = |new: Option<&[u8]>| Op::CompareAndSwap {
+            key: key(),
+            expected: None,
+            new: new.map(<[u8]>::to_vec),
+        };
+        let delete = Op::Delete { key: key() };
+        // (op, bytes used, refused at a quota of 100)
+        let cases = [
+            (&put, 99, false),
+            (&put, 100, true),
+            (&put, 150, true),
+            (&increment, 100, true),
+            (&cas(Some(b"n")), 100, true),
+            (&cas(Some(b"n")), 99, false),
+            (&cas(None), 150, false),
+            (&delete, 150, false),
+            (&Op::Checkpoint, 150, false),
+        ];
+        for (op, used, refused) in cases {
+            match check_quota(op, 100, || used) {
+                Err(Error::QuotaExceeded {
+                    used: u,
+                    quota: 100,
+                }) if refused => {
+                    assert_eq!(u, used, "{op:?}")
+                }
+                Ok(()) if !refused => {}
+                other => panic!("{op:?} at {used}: {other:?}"),
+            }
+        }
+        // A refusal is final and safe to retry: nothing was proposed.
+        let refusal = Error::QuotaExceeded { used: 1, quota: 1 };
+        assert!(refusal.nothing_proposed());
+        let never = Clock {
+            past_deadline: false,
+            past_leaderless_deadline: false,
+        };
+        match after_failure(false, Attempt::Fail(refusal), never) {
+            Next::GiveUp(e) => assert!(e.nothing_proposed(), "{e}"),
+            next => panic!("{next:?}"),
+        }
+        let from_leader =
+            classify_forward_failure(Error::QuotaExceeded { used: 1, quota: 1 }.into());
+        match after_failure(false, from_leader, never) {
+            Next::GiveUp(e) => {
+                let said_so = matches!(&e, Error::Leader(s) if status_says_nothing_proposed(s));
+                assert!(said_so, "{e}");
+                assert_eq!(e.http_status(), 507);
+            }
+            next => panic!("{next:?}"),
         }
     }
 

@@ -393,7 +393,14 @@ impl Meta {
 
     /// Bytes sled uses on disk.
     pub fn size_on_disk(&self) -> u64 {
-        self.shared.db.size_on_disk().unwrap_or(0)
+        self.disk_usage().bytes()
+    }
+
+    /// A handle that measures the database's size, for the space quota.
+    pub fn disk_usage(&self) -> DiskUsage {
+        DiskUsage {
+            db: self.shared.db.clone(),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -405,6 +412,22 @@ impl Meta {
             path: self.shared.path.clone(),
             source,
         }
+    }
+}
+
+/// Measures the sled database on disk: the log, the vote, the state
+/// machine with its watch history and request ids. Snapshot files beside it
+/// are not counted.
+#[derive(Clone, Debug)]
+pub struct DiskUsage {
+    db: sled::Db,
+}
+
+impl DiskUsage {
+    /// Bytes sled's files take now (0 when they cannot be read). Costs a
+    /// `stat` of the data file and one of each blob file.
+    pub fn bytes(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
     }
 }
 

@@ -6,7 +6,7 @@ use raftset::proto::kv_client::KvClient;
 use raftset::proto::{GetRequest, PutRequest, ScanRequest};
 use tonic::Code;
 
-use crate::support::{Cluster, Harness};
+use crate::support::{http, Cluster, Harness};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_the_documented_codes_and_change_nothing() {
@@ -374,4 +374,88 @@ async fn the_standard_health_and_reflection_services_are_served() {
         !names.iter().any(|n| n == "raftset.v1.RaftPeer"),
         "the peer service stays off the client port"
     );
+}
+
+/// The space quota, decided on the leader for a write that reached a
+/// follower: past it, writes that add data are refused as never proposed
+/// (RESOURCE_EXHAUSTED naming the quota; 507 for a visit), while reads,
+/// deletes and the nodes' service go on; a larger quota takes writes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_quota_writes_are_refused_while_reads_and_deletes_go_on() {
+    const QUOTA: &str = "16777216";
+    let mut cluster = Cluster::start_with(3, &["--quota-bytes", QUOTA]).await;
+    let follower = (cluster.leader().await + 1) % 3;
+    let mut client = cluster.client(follower).await;
+    let value = vec![b'v'; 256 * 1024];
+    let mut acked = Vec::new();
+    // A loaded machine may elect a new leader meanwhile: a write whose
+    // outcome is unknown counts neither as acknowledged nor as refused.
+    let mut attempts = 0;
+    let (refused_key, refusal) = loop {
+        attempts += 1;
+        assert!(attempts < 400, "still no refusal after {attempts} writes");
+        let key = format!("fill-{attempts}");
+        match client.put(key.as_bytes(), &value).await {
+            Ok(_) => acked.push(key),
+            Err(e) if e.code() == Code::ResourceExhausted => break (key, e),
+            Err(e) => eprintln!("{key}: {e}"),
+        }
+    };
+    assert!(!acked.is_empty(), "the first write was refused: {refusal}");
+    assert_eq!(refusal.code(), Code::ResourceExhausted, "{refusal}");
+    let message = refusal.to_string();
+    assert!(
+        message.contains("quota") && message.contains(QUOTA) && message.contains("not proposed"),
+        "{message}"
+    );
+
+    let increment = client.increment(b"n", 1).await.unwrap_err();
+    assert_eq!(increment.code(), Code::ResourceExhausted, "{increment}");
+    let cas = client.compare_and_swap(b"c", None, Some(b"v")).await;
+    assert_eq!(cas.unwrap_err().code(), Code::ResourceExhausted);
+    let visit = http::get(&cluster.nodes[follower].http(), "/", "text/plain").await;
+    assert_eq!(visit.status, 507, "{}", visit.body);
+    assert!(visit.body.contains("quota"), "{}", visit.body);
+
+    for i in 0..3 {
+        let mut reader = cluster.client(i).await;
+        for key in &acked {
+            let kv = reader.get(key.as_bytes()).await.unwrap();
+            assert_eq!(kv.map(|kv| kv.value), Some(value.clone()), "{key} on {i}");
+        }
+        let refused = reader.get(refused_key.as_bytes()).await.unwrap();
+        assert_eq!(refused, None, "a refused write was applied on {i}");
+    }
+
+    // Counted by whichever node led when it refused.
+    let mut refusals = 0.0;
+    for node in &cluster.nodes {
+        let metrics = http::get(&node.http(), "/metrics", "*/*").await;
+        let sample = |name: &str| {
+            let line = metrics.body.lines().find(|l| l.starts_with(name));
+            line.and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        };
+        assert_eq!(sample("raftset_quota_bytes "), QUOTA.parse().ok());
+        refusals += sample("raftset_proposals_failed_total{reason=\"quota\"}").unwrap();
+    }
+    assert!(refusals >= 4.0, "{refusals}");
+
+    for key in &acked {
+        assert!(client.delete(key.as_bytes()).await.unwrap(), "{key}");
+    }
+    assert_eq!(client.get(acked[0].as_bytes()).await.unwrap(), None);
+
+    cluster.set_args(&["--quota-bytes", "1073741824"]);
+    for i in 0..3 {
+        cluster.kill(i).await;
+    }
+    for i in 0..3 {
+        cluster.restart(i);
+    }
+    for i in 0..3 {
+        cluster.wait_ready(i).await;
+    }
+    let mut client = cluster.client(follower).await;
+    client.put(refused_key.as_bytes(), &value).await.unwrap();
+    assert_eq!(client.increment(b"n", 1).await.unwrap(), 1);
 }

@@ -273,6 +273,11 @@ impl Cluster {
         said
     }
 
+    /// Replaces the extra `serve` flags of the nodes started from now on.
+    pub fn set_args(&mut self, args: &[&str]) {
+        self.args = args.iter().map(|a| a.to_string()).collect();
+    }
+
     /// Starts node `i` again on its data directory. Synchronous: a
     /// process needs no wait to be started ([`Harness::restart`] wraps it).
     pub fn restart(&mut self, i: usize) {
