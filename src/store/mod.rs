@@ -34,7 +34,7 @@ mod snapshot;
 pub mod state_machine;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use log::PurgeGate;
 pub use log::{FlushStats, LogStore};
@@ -165,6 +165,7 @@ impl Store {
             path: path.clone(),
             db_file,
             metrics: options.metrics.clone(),
+            measured: Arc::default(),
         });
         let raft_tree = db.open_tree("raft").map_err(sled_err)?;
         let meta = Meta {
@@ -400,6 +401,7 @@ impl Meta {
     pub fn disk_usage(&self) -> DiskUsage {
         DiskUsage {
             db: self.shared.db.clone(),
+            measured: self.shared.measured.clone(),
         }
     }
 
@@ -421,13 +423,31 @@ impl Meta {
 #[derive(Clone, Debug)]
 pub struct DiskUsage {
     db: sled::Db,
+    measured: Arc<Mutex<Option<Measured>>>,
 }
 
+/// The last measurement, and when it was taken.
+type Measured = (tokio::time::Instant, u64);
+
+/// How long a measurement stands for the size. The quota asks on every
+/// write that adds data, and measuring stats the data file and every blob
+/// file: at most ten measurements a second, whatever the write rate, for at
+/// most a tenth of a second's writes past the quota.
+const MEASURE_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
 impl DiskUsage {
-    /// Bytes sled's files take now (0 when they cannot be read). Costs a
-    /// `stat` of the data file and one of each blob file.
+    /// Bytes sled's files take (0 when they cannot be read), as measured
+    /// within the last [`MEASURE_EVERY`].
     pub fn bytes(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        let mut measured = self.measured.lock().unwrap_or_else(|e| e.into_inner());
+        match *measured {
+            Some((at, bytes)) if at.elapsed() < MEASURE_EVERY => bytes,
+            _ => {
+                let bytes = self.db.size_on_disk().unwrap_or(0);
+                *measured = Some((tokio::time::Instant::now(), bytes));
+                bytes
+            }
+        }
     }
 }
 
@@ -438,6 +458,8 @@ struct Shared {
     /// sled's data file, opened again only to fdatasync it.
     db_file: std::fs::File,
     metrics: StoreMetrics,
+    /// [`DiskUsage`]'s last measurement, shared by every handle.
+    measured: Arc<Mutex<Option<Measured>>>,
 }
 
 impl Shared {

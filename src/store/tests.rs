@@ -1016,3 +1016,26 @@ async fn the_store_records_its_fsyncs_applies_and_snapshots() {
         0.0
     );
 }
+
+/// The quota asks for the size on every write that adds data, and a
+/// measurement stats every file: one stands for a tenth of a second, for
+/// every handle.
+#[tokio::test(start_paused = true)]
+async fn the_size_on_disk_is_measured_at_most_every_tenth_of_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), StoreOptions::default());
+    let usage = store.meta.disk_usage();
+    let before = usage.bytes();
+    let tree = store.meta.shared.db.open_tree("grow").unwrap();
+    for i in 0..64u32 {
+        tree.insert(i.to_be_bytes(), vec![7u8; 64 * 1024]).unwrap();
+    }
+    store.meta.shared.db.flush().unwrap();
+    assert_eq!(
+        store.meta.disk_usage().bytes(),
+        before,
+        "measured a moment ago, by another handle"
+    );
+    tokio::time::advance(super::MEASURE_EVERY).await;
+    assert!(usage.bytes() > before, "measured again once it is old");
+}

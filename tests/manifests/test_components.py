@@ -20,7 +20,7 @@ from test_manifests import CLUSTER_SCOPED, EXPECTED_ENV, NAMESPACE, one, quantit
 
 COMBINATIONS = m.combinations()
 # Settings a component may add to EXPECTED_ENV, each read by `raftset serve`.
-COMPONENT_ENV = {"RAFTSET_CACHE_MB"}
+COMPONENT_ENV = {"RAFTSET_CACHE_MB", "RAFTSET_QUOTA_BYTES"}
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +138,20 @@ def test_every_combination_keeps_the_base_rules(renders, combo):
     assert evictions_allowed(pdb, replicas) >= 1, "the budget would block every drain"
     assert evictions_allowed(pdb, replicas) <= max(1, (replicas - 1) // 2), (
         "the budget lets a drain take the quorum")
+
+
+@pytest.mark.parametrize("combo", COMBINATIONS, ids=m.combination_label)
+def test_every_volume_holds_twice_its_space_quota(renders, combo):
+    """sled can outgrow the quota by a burst of writes, and the snapshot file
+    sits beside the database (README, "Configuration")."""
+    default = re.search(r"DEFAULT_QUOTA_BYTES: u64 = ([0-9* ]+);",
+                        (m.REPO / "src" / "config.rs").read_text())
+    quota = math.prod(int(factor) for factor in default.group(1).split("*"))
+    statefulset = sts(renders[combo])
+    env = {e["name"]: e.get("value") for e in statefulset["spec"]["template"]["spec"]["containers"][0]["env"]}
+    quota = int(env.get("RAFTSET_QUOTA_BYTES", quota))
+    (claim,) = statefulset["spec"]["volumeClaimTemplates"]
+    assert quantity(claim["spec"]["resources"]["requests"]["storage"]) >= 2 * quota
 
 
 def test_component_env_is_read_by_raftset():
