@@ -101,6 +101,10 @@ async fn a_follower_behind_by_large_values_catches_up_by_log() {
         &heartbeat,
         "--election-timeout-ms",
         &election,
+        // sled takes about ten times the values written: 48 MiB of them
+        // pass the default 512 MiB quota, which is not what this tests.
+        "--quota-bytes",
+        "8589934592",
     ];
     let mut cluster = Cluster::start_with(3, &args).await;
     let leader = cluster.leader().await;
