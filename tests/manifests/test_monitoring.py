@@ -15,8 +15,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import manifests as m  # noqa: E402
+from test_manifests import NAMESPACE  # noqa: E402
 
-NAMESPACE = "raftset"
 # What etcd's mixin alerts on, by raftset's alert names.
 ALERTS = {
     "RaftsetNoLeader",
