@@ -13,6 +13,7 @@ mod admin;
 mod compose;
 mod crash;
 mod faults;
+mod image;
 mod lifecycle;
 mod nemesis;
 mod workload;
