@@ -35,6 +35,20 @@ pub struct Config {
     #[arg(long, env = "RAFTSET_LISTEN_HTTP", default_value = "0.0.0.0:8080")]
     pub listen_http: SocketAddr,
 
+    /// Mutual TLS on the peer port: a directory holding the cluster CA
+    /// (`ca.crt`) and this node's certificate and key (`<name>.crt` and
+    /// `<name>.key`, or `tls.crt` and `tls.key`), such as a mounted Secret
+    /// made by `raftset certs` or cert-manager. Its files are read again
+    /// when they change.
+    #[arg(long, env = "RAFTSET_PEER_TLS_DIR", conflicts_with = "insecure_peers")]
+    pub peer_tls_dir: Option<PathBuf>,
+
+    /// Serves and calls the peer port in plaintext, unauthenticated: whoever
+    /// reaches it can join, vote and copy every key. For a network that
+    /// only the set's own nodes reach, or a test.
+    #[arg(long, env = "RAFTSET_INSECURE_PEERS")]
+    pub insecure_peers: bool,
+
     /// The address other nodes use to reach this node's client port; the
     /// listen address by default (its host replaced by the name when the
     /// listen address is a wildcard).
@@ -180,6 +194,11 @@ pub enum ConfigError {
     DuplicatePeer(String),
     #[error("{field} must be greater than 0")]
     Zero { field: &'static str },
+    #[error(
+        "the peer port needs mutual TLS (--peer-tls-dir DIR, see `raftset certs`) \
+         or an explicit --insecure-peers"
+    )]
+    PeerSecurityUnset,
 }
 
 /// A peer from `--peers`.
@@ -215,6 +234,9 @@ impl Config {
         ];
         if let Some((field, _)) = must_be_positive.iter().find(|(_, value)| *value == 0) {
             return Err(ConfigError::Zero { field });
+        }
+        if self.peer_tls_dir.is_none() && !self.insecure_peers {
+            return Err(ConfigError::PeerSecurityUnset);
         }
         if self.election_timeout_ms < 3 * self.heartbeat_ms {
             return Err(ConfigError::ElectionTimeout {
@@ -265,8 +287,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_are_valid_and_match_the_documented_ports() {
-        let config = Config::default();
+    fn defaults_are_valid_once_the_peer_port_is_secured_and_match_the_documented_ports() {
+        let mut config = Config::default();
+        assert_eq!(config.validate(), Err(ConfigError::PeerSecurityUnset));
+        config.peer_tls_dir = Some("/etc/raftset/peer-tls".into());
         assert_eq!(config.validate(), Ok(()));
         assert_eq!(config.listen_api.port(), 7000);
         assert_eq!(config.listen_peer.port(), 7001);
@@ -281,6 +305,7 @@ mod tests {
                 "raftset-1=127.0.0.1:7101".into(),
                 "raftset-1=127.0.0.1:7102".into(),
             ],
+            insecure_peers: true,
             ..Config::default()
         };
         assert_eq!(
@@ -300,6 +325,7 @@ mod tests {
         let config = Config {
             heartbeat_ms: 100,
             election_timeout_ms: 200,
+            insecure_peers: true,
             ..Config::default()
         };
         assert!(matches!(

@@ -236,6 +236,10 @@ pub enum PeerError {
     Undecodable(String),
     #[error("bad peer address {addr:?}: {detail}")]
     BadAddress { addr: String, detail: String },
+    /// The caller's certificate is the cluster CA's, but not for whom it
+    /// claims to be.
+    #[error("the caller's certificate does not name {claimed}")]
+    Impostor { claimed: String },
 }
 
 impl PeerError {
@@ -243,6 +247,7 @@ impl PeerError {
         match self {
             PeerError::ClusterMismatch | PeerError::WrongTarget { .. } => Code::FailedPrecondition,
             PeerError::Undecodable(_) | PeerError::BadAddress { .. } => Code::InvalidArgument,
+            PeerError::Impostor { .. } => Code::PermissionDenied,
         }
     }
 }

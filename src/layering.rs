@@ -16,6 +16,7 @@ const FLOORS: &[(&str, u8)] = &[
     ("validate", 0),
     ("limits", 0),
     ("failpoint", 0),
+    ("tls", 0),
     ("config", 0),
     ("metrics", 0),
     ("store", 1),

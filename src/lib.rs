@@ -47,6 +47,7 @@ pub(crate) mod node;
 pub mod proto;
 pub(crate) mod raft;
 pub(crate) mod store;
+pub mod tls;
 pub(crate) mod types;
 pub(crate) mod validate;
 

@@ -33,6 +33,7 @@ use crate::raft::proposer::Proposer;
 use crate::raft::requests::{Quota, RequestSettings, Requests};
 use crate::raft::service::RaftService;
 use crate::store::{FlushStats, Store, StoreError, StoreOptions};
+use crate::tls::PeerTls;
 use crate::types::{ClusterId, Formation, NodeId, Raft};
 
 /// How long shutdown waits for the peer transport and the background tasks
@@ -48,6 +49,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("raft: {0}")]
     Raft(String),
+    #[error("peer TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Listen {
         what: &'static str,
@@ -153,7 +156,11 @@ impl Node {
         .validate()
         .map_err(|e| StartError::Raft(e.to_string()))?;
         let id = store.node_id;
-        let peers = PeerClients::new(cluster_id.clone());
+        let peer_tls = match &config.peer_tls_dir {
+            Some(dir) => Some(PeerTls::load(dir, &config.name)?),
+            None => None,
+        };
+        let peers = PeerClients::new(cluster_id.clone(), peer_tls.clone());
         let contacts = Contacts::default();
         let reader = store.state_machine.reader();
         let feed = store.state_machine.feed();
@@ -292,6 +299,7 @@ impl Node {
             },
             admin.clone(),
             peer_listener,
+            peer_tls,
             stop_peers.clone(),
         ));
         client_tasks.spawn(crate::api::serve(
@@ -462,14 +470,15 @@ async fn serve_peers(
     cluster: ClusterService,
     admin: AdminService,
     listener: TcpListener,
+    tls: Option<PeerTls>,
     stop: CancellationToken,
 ) {
+    let incoming = crate::tls::incoming(listener, tls, stop.clone());
     let result = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .add_service(raft.into_server())
         .add_service(cluster.into_server())
         .add_service(AdminServer::new(admin))
-        .serve_with_incoming_shutdown(crate::grpc::nodelay_incoming(listener), stop.cancelled())
+        .serve_with_incoming_shutdown(incoming, stop.cancelled())
         .await;
     if let Err(e) = result {
         tracing::error!("peer server failed: {e}");

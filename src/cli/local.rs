@@ -24,6 +24,11 @@ pub struct LocalArgs {
     /// Where the nodes keep their data (one directory each) and logs.
     #[arg(long, default_value = "./raftset-data")]
     pub dir: PathBuf,
+    /// Mutual TLS between the nodes, with a throwaway CA made in
+    /// `<dir>/peer-tls` on the first run and kept for the next. Without it
+    /// the peer ports, on loopback, run with `--insecure-peers`.
+    #[arg(long)]
+    pub tls: bool,
 }
 
 /// Node `i`'s name and addresses.
@@ -83,6 +88,18 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<ExitCode> {
         specs[0].http
     );
 
+    let security = if args.tls {
+        let dir = args.dir.join("peer-tls");
+        throwaway_certificates(&dir, &specs)?;
+        println!(
+            "  peers speak mutual TLS, certificates in {}",
+            dir.display()
+        );
+        vec!["--peer-tls-dir".into(), dir.into_os_string()]
+    } else {
+        vec!["--insecure-peers".into()]
+    };
+
     let stop = CancellationToken::new();
     let children = TaskTracker::new();
     for s in specs.iter() {
@@ -101,6 +118,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<ExitCode> {
                 &s.http,
             ])
             .args(["--peers", &peers])
+            .args(&security)
             .stdin(Stdio::null());
         children.spawn(supervise(
             s.name.clone(),
@@ -123,6 +141,30 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<ExitCode> {
     stop.cancel();
     children.wait().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A CA and a certificate per node in `dir`, unless it holds them from an
+/// earlier run (the nodes' data is kept too, so is their trust). A node's
+/// certificate names it and 127.0.0.1; on one address the names cannot
+/// tell the nodes apart, which is why this is for trying raftset out.
+fn throwaway_certificates(dir: &std::path::Path, specs: &[Spec]) -> anyhow::Result<()> {
+    use crate::tls::issue::Authority;
+    let missing = |s: &&Spec| !dir.join(format!("{}.crt", s.name)).exists();
+    if dir.join(crate::tls::CA_FILE).exists() && !specs.iter().any(|s| missing(&s)) {
+        return Ok(());
+    }
+    let ca = Authority::new("local")?;
+    let issued = specs
+        .iter()
+        .map(|s| {
+            Ok((
+                s.name.clone(),
+                ca.issue(&s.name, &["127.0.0.1", "localhost"])?,
+            ))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    ca.write_dir(dir, &issued)?;
+    Ok(())
 }
 
 /// Runs one node, restarting it whenever it exits until `stop`.

@@ -6,6 +6,7 @@
 
 mod backup;
 mod bench;
+mod certs;
 mod conn;
 mod endpoint;
 mod exit;
@@ -53,6 +54,10 @@ pub enum Command {
     Serve(Box<Config>),
     /// Run a cluster on this machine, one child process per node.
     Local(local::LocalArgs),
+    /// Make the peer port's CA and per-pod certificates: print them as the
+    /// Secret `k8s/` mounts (`raftset certs | kubectl apply -f -`), or
+    /// write them to a directory (--out-dir).
+    Certs(certs::CertsArgs),
     /// Print a key's value: its raw bytes (a newline added only on a
     /// terminal), or with -o json|yaml the key-value with base64 fields.
     Get {
@@ -375,6 +380,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(config) => serve(*config).await,
         Command::Local(args) => local::run(args).await,
+        Command::Certs(args) => {
+            certs::run(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::ForceNewCluster { wait_secs, conn } => {
             let forced = conn
                 .call_first(
@@ -656,6 +665,7 @@ async fn client_command(command: Command) -> Result<Exit, CliError> {
         Command::Endpoint(command) => return endpoint::run(command).await,
         Command::Serve(_)
         | Command::Local(_)
+        | Command::Certs(_)
         | Command::Restore { .. }
         | Command::Bench(_)
         | Command::ForceNewCluster { .. }

@@ -46,13 +46,23 @@ use super::ClusterContext;
 use crate::error::{ClusterError, PeerError};
 use crate::proto::admin_client::AdminClient;
 use crate::proto::{member_of_join, JoinRequest, JoinResponse, ScaleDownRequest};
+use crate::tls::Caller;
 use crate::types::{matched_index, Member, NodeId};
 
 /// Admits the node that asks, on the leader (others pass it on).
 pub async fn join(
     ctx: &ClusterContext,
+    caller: &Caller,
     request: JoinRequest,
 ) -> Result<JoinResponse, ClusterError> {
+    let members: Vec<Member> = ctx
+        .raft_metrics()
+        .membership_config
+        .membership()
+        .nodes()
+        .map(|(_, m)| m.clone())
+        .collect();
+    check_joiner(caller, &request.name, &request.peer_addr, &members)?;
     let ours = ctx.cluster_id.get();
     if ours.is_empty() || request.cluster_id != ours {
         tracing::warn!(ours = %ours, theirs = %request.cluster_id, node = %request.name, "refused a join for another cluster");
@@ -247,6 +257,37 @@ pub fn member_states(ctx: &ClusterContext) -> Vec<MemberState> {
             })
         })
         .collect()
+}
+
+/// A join's claims must be the caller's own, or the join must come from a
+/// member passing it on (which checked its joiner first): the caller's
+/// certificate must name the peer address the joiner asks to be replicated
+/// at, and its name, either as a name of the certificate's own or as the
+/// first label of that address (`raftset-2` of
+/// `raftset-2.raftset-peers.ns.svc.cluster.local`). So a certificate for
+/// one pod cannot take another pod's place.
+pub fn check_joiner(
+    caller: &Caller,
+    name: &str,
+    peer_addr: &str,
+    members: &[Member],
+) -> Result<(), PeerError> {
+    let host = crate::tls::host_of(peer_addr);
+    let first_label = host.split('.').next().unwrap_or_default();
+    let is_joiner = caller.is(host)
+        && (caller.is(name) || (first_label == name && host.parse::<std::net::IpAddr>().is_err()));
+    let is_member = members.iter().any(|m| caller.is_at(&m.peer_addr));
+    if is_joiner || is_member {
+        return Ok(());
+    }
+    tracing::warn!(
+        name,
+        peer_addr,
+        "refused a join: the caller's certificate is not the joiner's"
+    );
+    Err(PeerError::Impostor {
+        claimed: format!("{name} at {peer_addr}"),
+    })
 }
 
 /// On the leader: removes members beyond `replicas` one at a time, as far
@@ -458,6 +499,103 @@ async fn ask_to_scale_down(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_join_is_taken_only_from_the_joiner_or_a_member_passing_it_on() {
+        use crate::tls::issue::Authority;
+        use rustls::pki_types::pem::PemObject;
+        let ca = Authority::new("test").unwrap();
+        let caller = |name: &str, hosts: &[&str]| {
+            let issued = ca.issue(name, hosts).unwrap();
+            Caller::Certified(
+                rustls::pki_types::CertificateDer::from_pem_slice(issued.cert_pem.as_bytes())
+                    .unwrap(),
+            )
+        };
+        let fqdn = |n: u32| format!("raftset-{n}.raftset-peers.ns.svc.cluster.local");
+        let at = |host: &str| format!("{host}:7001");
+        let members = vec![Member {
+            name: "raftset-0".into(),
+            peer_addr: at(&fqdn(0)),
+            api_addr: String::new(),
+            http_addr: String::new(),
+        }];
+        let pod2 = caller("raftset-2", &[&fqdn(2)]);
+        let pod3 = caller("raftset-3", &[&fqdn(3)]);
+        // cert-manager style: the DNS name only, no bare pod name.
+        let fqdn_only = Caller::Certified(
+            rustls::pki_types::CertificateDer::from_pem_slice(
+                ca.issue(&fqdn(2), &[]).unwrap().cert_pem.as_bytes(),
+            )
+            .unwrap(),
+        );
+        let local = caller("node-a", &["127.0.0.5"]);
+        let member = caller("raftset-0", &[&fqdn(0)]);
+        // (case, caller, claimed name, claimed peer address, accepted)
+        let cases: Vec<(&str, &Caller, &str, String, bool)> = vec![
+            (
+                "its own name and address",
+                &pod2,
+                "raftset-2",
+                at(&fqdn(2)),
+                true,
+            ),
+            (
+                "the name from the address's first label",
+                &fqdn_only,
+                "raftset-2",
+                at(&fqdn(2)),
+                true,
+            ),
+            (
+                "another pod's name",
+                &pod3,
+                "raftset-2",
+                at(&fqdn(2)),
+                false,
+            ),
+            (
+                "another pod's name at its own address",
+                &pod3,
+                "raftset-2",
+                at(&fqdn(3)),
+                false,
+            ),
+            (
+                "its name, someone else's address",
+                &pod2,
+                "raftset-2",
+                at(&fqdn(3)),
+                false,
+            ),
+            (
+                "an address by IP with its name",
+                &local,
+                "node-a",
+                at("127.0.0.5"),
+                true,
+            ),
+            ("an IP is no name", &local, "127", at("127.0.0.5"), false),
+            (
+                "a member passing a join on",
+                &member,
+                "raftset-2",
+                at(&fqdn(2)),
+                true,
+            ),
+            (
+                "plaintext peers check nothing",
+                &Caller::Unchecked,
+                "x",
+                at("y"),
+                true,
+            ),
+        ];
+        for (case, caller, name, addr, accepted) in cases {
+            let result = check_joiner(caller, name, &addr, &members);
+            assert_eq!(result.is_ok(), accepted, "{case}: {result:?}");
+        }
+    }
 
     fn m(id: u64, ordinal: u32, voter: bool, healthy: bool) -> MemberState {
         MemberState {

@@ -13,6 +13,8 @@ use crate::proto::cluster_peer_server::{ClusterPeer, ClusterPeerServer};
 use crate::proto::{
     ClusterInfoRequest, ClusterInfoResponse, JoinRequest, JoinResponse, PeerMessage,
 };
+use crate::raft::service::check_sender;
+use crate::tls::Caller;
 use crate::types::NodeId;
 
 pub struct ClusterService {
@@ -65,9 +67,11 @@ fn info(ctx: &ClusterContext, asker_id: u64) -> ClusterInfoResponse {
 impl ClusterPeer for ClusterService {
     async fn hold_election(
         &self,
-        request: Request<PeerMessage>,
+        mut request: Request<PeerMessage>,
     ) -> Result<Response<PeerMessage>, Status> {
+        let caller = Caller::take(&mut request);
         let (from, millis): (NodeId, u64) = open(&self.ctx.cluster_id, self.ctx.id, request)?;
+        check_sender(&self.ctx.raft, &caller, from)?;
         leadership::hold_election(&self.ctx, from, Duration::from_millis(millis))?;
         Ok(reply(&()))
     }
@@ -86,9 +90,13 @@ impl ClusterPeer for ClusterService {
         Ok(Response::new(info(&self.ctx, asker)))
     }
 
-    async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+    async fn join(
+        &self,
+        mut request: Request<JoinRequest>,
+    ) -> Result<Response<JoinResponse>, Status> {
+        let caller = Caller::take(&mut request);
         Ok(Response::new(
-            membership::join(&self.ctx, request.into_inner()).await?,
+            membership::join(&self.ctx, &caller, request.into_inner()).await?,
         ))
     }
 }

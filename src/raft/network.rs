@@ -28,24 +28,28 @@ use crate::limits::MAX_PEER_MESSAGE;
 use crate::metrics::PeerMetrics;
 use crate::proto::raft_peer_client::RaftPeerClient;
 use crate::proto::PeerMessage;
+use crate::tls::PeerTls;
 use crate::types::{ClusterId, Member, NodeId, TypeConfig};
 
 /// How long a peer connection attempt may take before the peer counts as
 /// unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Connections to peers by address, made lazily and reused.
+/// Connections to peers by address, made lazily and reused; over mutual
+/// TLS unless the node runs with `--insecure-peers`.
 #[derive(Clone)]
 pub struct PeerClients {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     cluster_id: ClusterId,
+    tls: Option<PeerTls>,
 }
 
 impl PeerClients {
-    pub fn new(cluster_id: ClusterId) -> PeerClients {
+    pub fn new(cluster_id: ClusterId, tls: Option<PeerTls>) -> PeerClients {
         PeerClients {
             channels: Arc::default(),
             cluster_id,
+            tls,
         }
     }
 
@@ -56,7 +60,7 @@ impl PeerClients {
         if let Some(channel) = channels.get(addr) {
             return Ok(channel.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| PeerError::BadAddress {
                 addr: addr.to_string(),
                 detail: e.to_string(),
@@ -64,8 +68,11 @@ impl PeerClients {
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .connect_lazy();
+            .keep_alive_timeout(Duration::from_secs(5));
+        let channel = match &self.tls {
+            None => endpoint.connect_lazy(),
+            Some(tls) => tls.connect_lazy(endpoint),
+        };
         channels.insert(addr.to_string(), channel.clone());
         Ok(channel)
     }

@@ -11,11 +11,12 @@ use serde::de::DeserializeOwned;
 use tonic::{Request, Response, Status};
 
 use super::requests::Requests;
-use crate::error::Error;
+use crate::error::{Error, PeerError};
 use crate::grpc::{deadline_of, reply};
 use crate::limits::MAX_PEER_MESSAGE;
 use crate::proto::raft_peer_server::{RaftPeer, RaftPeerServer};
 use crate::proto::PeerMessage;
+use crate::tls::Caller;
 use crate::types::{ClusterId, Command, NodeId, Raft, TypeConfig};
 use crate::validate;
 
@@ -39,6 +40,45 @@ impl RaftService {
     fn open<T: DeserializeOwned>(&self, request: Request<PeerMessage>) -> Result<T, Status> {
         Ok(crate::grpc::open(&self.cluster_id, self.id, request)?)
     }
+
+    /// Decodes a Raft message sent on behalf of the node `sender` names,
+    /// and checks the caller is that node (see [`check_sender`]).
+    fn open_from<T: DeserializeOwned>(
+        &self,
+        mut request: Request<PeerMessage>,
+        sender: impl FnOnce(&T) -> Option<NodeId>,
+    ) -> Result<T, Status> {
+        let caller = Caller::take(&mut request);
+        let rpc: T = self.open(request)?;
+        if let Some(id) = sender(&rpc) {
+            check_sender(&self.raft, &caller, id)?;
+        }
+        Ok(rpc)
+    }
+}
+
+/// A message on behalf of member `id` must come from that member: its
+/// certificate must name the address the membership knows it by, so one
+/// member's certificate cannot speak for another. A sender this node does
+/// not know yet (the first leader of a node that has just joined, or one
+/// elected under a configuration not yet replicated here) passes on its
+/// CA-signed certificate alone: it can be no one this node could mistake
+/// it for.
+pub fn check_sender(raft: &Raft, caller: &Caller, id: NodeId) -> Result<(), PeerError> {
+    let metrics = raft.metrics();
+    let metrics = metrics.borrow();
+    match metrics.membership_config.membership().get_node(&id) {
+        Some(member) if !caller.is_at(&member.peer_addr) => {
+            tracing::warn!(
+                claimed = %member.name,
+                "refused a peer message: the caller's certificate is not that member's"
+            );
+            Err(PeerError::Impostor {
+                claimed: member.name.clone(),
+            })
+        }
+        _ => Ok(()),
+    }
 }
 
 #[tonic::async_trait]
@@ -47,12 +87,17 @@ impl RaftPeer for RaftService {
         &self,
         request: Request<PeerMessage>,
     ) -> Result<Response<PeerMessage>, Status> {
-        let rpc: AppendEntriesRequest<TypeConfig> = self.open(request)?;
+        let rpc: AppendEntriesRequest<TypeConfig> = self
+            .open_from(request, |r: &AppendEntriesRequest<TypeConfig>| {
+                r.vote.leader_id().voted_for()
+            })?;
         Ok(reply(&self.raft.append_entries(rpc).await))
     }
 
     async fn vote(&self, request: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
-        let rpc: VoteRequest<NodeId> = self.open(request)?;
+        let rpc: VoteRequest<NodeId> = self.open_from(request, |r: &VoteRequest<NodeId>| {
+            r.vote.leader_id().voted_for()
+        })?;
         Ok(reply(&self.raft.vote(rpc).await))
     }
 
@@ -60,7 +105,10 @@ impl RaftPeer for RaftService {
         &self,
         request: Request<PeerMessage>,
     ) -> Result<Response<PeerMessage>, Status> {
-        let rpc: InstallSnapshotRequest<TypeConfig> = self.open(request)?;
+        let rpc: InstallSnapshotRequest<TypeConfig> = self
+            .open_from(request, |r: &InstallSnapshotRequest<TypeConfig>| {
+                r.vote.leader_id().voted_for()
+            })?;
         Ok(reply(&self.raft.install_snapshot(rpc).await))
     }
 

@@ -13,4 +13,5 @@ mod failover;
 mod http_endpoints;
 mod lifecycle;
 mod page;
+mod peer_tls;
 mod watch;

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use raftset::proto::StatusResponse;
+use raftset::tls::issue::Authority;
 use raftset::Client;
 use rustix::process::{kill_process, Pid, Signal};
 use tokio::process::{Child, Command};
@@ -58,6 +59,10 @@ pub struct Cluster {
     args: Vec<String>,
     _dir: tempfile::TempDir,
     subnet: [u8; 2],
+    /// The CA of a cluster whose peers speak mutual TLS: each node gets a
+    /// certificate for its name and address in [`Cluster::tls_dir`]. None:
+    /// the nodes run with `--insecure-peers`.
+    authority: Option<Authority>,
 }
 
 impl Cluster {
@@ -116,13 +121,78 @@ impl Cluster {
         i
     }
 
+    /// Starts `n` nodes whose peers speak mutual TLS, and waits until they
+    /// form one cluster.
+    pub async fn start_secure(n: usize) -> Cluster {
+        let mut cluster = Cluster::empty(&[]);
+        cluster.secure();
+        for _ in 0..n {
+            cluster.create_node();
+        }
+        for i in 0..n {
+            cluster.launch(i);
+        }
+        cluster.wait_for_voters(n).await;
+        for i in 0..n {
+            cluster.wait_ready(i).await;
+        }
+        cluster
+    }
+
     fn empty(args: &[&str]) -> Cluster {
         Cluster {
             nodes: Vec::new(),
             args: args.iter().map(|a| a.to_string()).collect(),
             _dir: tempfile::tempdir().expect("temp dir"),
             subnet: next_subnet(),
+            authority: None,
         }
+    }
+
+    /// From now on, nodes get certificates from a fresh CA and speak mutual
+    /// TLS.
+    fn secure(&mut self) {
+        let ca = Authority::new("test").expect("a CA");
+        ca.write_dir(&self.tls_dir(), &[]).expect("the CA file");
+        self.authority = Some(ca);
+    }
+
+    /// Replaces the CA and every node's certificate with new ones, in
+    /// place, as a rotated Secret does; nodes started later get theirs
+    /// from the new CA.
+    pub fn rotate_authority(&mut self) {
+        let ca = Authority::new("rotated").expect("a CA");
+        let issued: Vec<_> = self
+            .nodes
+            .iter()
+            .map(|n| {
+                (
+                    n.name.clone(),
+                    ca.issue(&n.name, &[&n.ip]).expect("a certificate"),
+                )
+            })
+            .collect();
+        ca.write_dir(&self.tls_dir(), &issued)
+            .expect("the rotated files");
+        self.authority = Some(ca);
+    }
+
+    /// Where the nodes' peer certificates are (`--peer-tls-dir`).
+    pub fn tls_dir(&self) -> PathBuf {
+        self._dir.path().join("peer-tls")
+    }
+
+    /// The CA of a secure cluster.
+    pub fn authority(&self) -> &Authority {
+        self.authority.as_ref().expect("a cluster started secure")
+    }
+
+    /// Gives node `name` at `ip` a certificate from `ca` in `dir`, naming
+    /// both.
+    pub fn certify(ca: &Authority, dir: &std::path::Path, name: &str, ip: &str) {
+        let issued = ca.issue(name, &[ip]).expect("a certificate");
+        ca.write_dir(dir, &[(name.to_string(), issued)])
+            .expect("the certificate files");
     }
 
     fn create_node(&mut self) -> usize {
@@ -135,6 +205,10 @@ impl Cluster {
             log: self._dir.path().join(format!("raftset-{i}.log")),
             child: None,
         });
+        if let Some(ca) = &self.authority {
+            let node = &self.nodes[i];
+            Cluster::certify(ca, &self.tls_dir(), &node.name, &node.ip);
+        }
         i
     }
 
@@ -161,6 +235,10 @@ impl Cluster {
             .map(|n| format!("{}={}", n.name, n.peer()))
             .collect::<Vec<_>>()
             .join(",");
+        let security: Vec<std::ffi::OsString> = match &self.authority {
+            Some(_) => vec!["--peer-tls-dir".into(), self.tls_dir().into_os_string()],
+            None => vec!["--insecure-peers".into()],
+        };
         let node = &mut self.nodes[i];
         assert!(node.child.is_none(), "{} is already running", node.name);
         let log = std::fs::OpenOptions::new()
@@ -182,6 +260,7 @@ impl Cluster {
                 &node.http(),
             ])
             .args(["--peers", &peers])
+            .args(security)
             // Short timeouts keep failover tests quick, unless the test sets
             // its own (the defaults suit pods).
             .args(if self.args.iter().any(|a| a == "--heartbeat-ms") {

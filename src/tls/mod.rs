@@ -1,0 +1,527 @@
+//! Mutual TLS on the peer port, with rustls (TLS 1.3 only).
+//!
+//! Owns: reading the cluster CA and this node's certificate and key from a
+//! directory (a mounted Secret) and reading them again when they change, so
+//! a rotated Secret is used without a restart; the accepting side (a stream
+//! of handshaken connections for tonic, each carrying the certificate its
+//! peer presented); the connecting side (a connector for tonic channels);
+//! and the one identity question the services ask, whether a certificate
+//! names a host. [`issue`] makes a CA and certificates for `raftset certs`,
+//! `raftset local --tls` and the tests.
+//!
+//! Never: decides who may do what with a proven identity (the peer services
+//! do), nor touches the client ports.
+//!
+//! Reloading as etcd does: every new connection, accepted or made, checks
+//! the files' modification times and sizes first and re-reads them when
+//! they changed. Connections already open keep the certificate they were
+//! made with. Files that fail to load (half-written, mismatched) leave the
+//! last good set in use, with a warning.
+
+pub mod issue;
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tokio_util::sync::CancellationToken;
+
+/// The CA bundle's file name in the directory (cert-manager's too).
+pub const CA_FILE: &str = "ca.crt";
+/// The certificate and key every pod may share (cert-manager's names),
+/// used when the directory holds no files named after the node.
+pub const SHARED_CERT_FILE: &str = "tls.crt";
+pub const SHARED_KEY_FILE: &str = "tls.key";
+/// How long a peer has to finish its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{path}: {detail}")]
+    Invalid { path: PathBuf, detail: String },
+    #[error("the peer TLS directory {dir} holds neither {name}.crt and {name}.key nor tls.crt and tls.key")]
+    NoCertificate { dir: PathBuf, name: String },
+    #[error("the certificate and key in {dir} do not make a TLS configuration: {detail}")]
+    Config { dir: PathBuf, detail: String },
+}
+
+/// The files one node's peer TLS is made of.
+#[derive(Debug, Clone)]
+struct Files {
+    dir: PathBuf,
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl Files {
+    /// `<name>.crt` and `<name>.key` when the directory has them (one
+    /// Secret for the whole set, a certificate per pod), else `tls.crt`
+    /// and `tls.key` (a Secret per pod, or one certificate for all).
+    fn find(dir: &Path, name: &str) -> Result<Files, TlsError> {
+        let own = (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+        );
+        let shared = (dir.join(SHARED_CERT_FILE), dir.join(SHARED_KEY_FILE));
+        let (cert, key) = [own, shared]
+            .into_iter()
+            .find(|(cert, key)| cert.exists() && key.exists())
+            .ok_or_else(|| TlsError::NoCertificate {
+                dir: dir.to_path_buf(),
+                name: name.to_string(),
+            })?;
+        Ok(Files {
+            dir: dir.to_path_buf(),
+            ca: dir.join(CA_FILE),
+            cert,
+            key,
+        })
+    }
+
+    /// What tells a changed file: modification time and size of each.
+    fn stamp(&self) -> Vec<Option<(SystemTime, u64)>> {
+        [&self.ca, &self.cert, &self.key]
+            .into_iter()
+            .map(|p| {
+                std::fs::metadata(p)
+                    .ok()
+                    .and_then(|m| Some((m.modified().ok()?, m.len())))
+            })
+            .collect()
+    }
+
+    fn load(&self) -> Result<Configs, TlsError> {
+        let invalid = |path: &Path| {
+            let path = path.to_path_buf();
+            move |e: rustls::pki_types::pem::Error| TlsError::Invalid {
+                path: path.clone(),
+                detail: e.to_string(),
+            }
+        };
+        let read = |path: &Path| {
+            std::fs::read(path).map_err(|source| TlsError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+        };
+        let ca_pem = read(&self.ca)?;
+        let mut roots = RootCertStore::empty();
+        for ca in CertificateDer::pem_slice_iter(&ca_pem) {
+            roots
+                .add(ca.map_err(invalid(&self.ca))?)
+                .map_err(|e| TlsError::Invalid {
+                    path: self.ca.clone(),
+                    detail: e.to_string(),
+                })?;
+        }
+        if roots.is_empty() {
+            return Err(TlsError::Invalid {
+                path: self.ca.clone(),
+                detail: "no certificate in it".into(),
+            });
+        }
+        let chain = CertificateDer::pem_slice_iter(&read(&self.cert)?)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(invalid(&self.cert))?;
+        if chain.is_empty() {
+            return Err(TlsError::Invalid {
+                path: self.cert.clone(),
+                detail: "no certificate in it".into(),
+            });
+        }
+        let key = PrivateKeyDer::from_pem_slice(&read(&self.key)?).map_err(invalid(&self.key))?;
+        let config_err = |e: rustls::Error| TlsError::Config {
+            dir: self.dir.clone(),
+            detail: e.to_string(),
+        };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let roots = Arc::new(roots);
+        let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+            .build()
+            .map_err(|e| TlsError::Config {
+                dir: self.dir.clone(),
+                detail: e.to_string(),
+            })?;
+        let mut server = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(config_err)?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain.clone(), key.clone_key())
+            .map_err(config_err)?;
+        server.alpn_protocols = vec![b"h2".to_vec()];
+        let mut client = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(config_err)?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .map_err(config_err)?;
+        client.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Configs {
+            server: Arc::new(server),
+            client: Arc::new(client),
+        })
+    }
+}
+
+#[derive(Clone)]
+struct Configs {
+    server: Arc<ServerConfig>,
+    client: Arc<ClientConfig>,
+}
+
+struct Loaded {
+    stamp: Vec<Option<(SystemTime, u64)>>,
+    configs: Configs,
+}
+
+/// This node's peer TLS: the files, and what was last loaded from them.
+#[derive(Clone)]
+pub struct PeerTls {
+    files: Arc<Files>,
+    loaded: Arc<Mutex<Loaded>>,
+}
+
+impl std::fmt::Debug for PeerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerTls")
+            .field("cert", &self.files.cert)
+            .finish()
+    }
+}
+
+impl PeerTls {
+    /// Loads the CA and the certificate of node `name` from `dir`; a
+    /// start-up error if any of it is missing or wrong.
+    pub fn load(dir: &Path, name: &str) -> Result<PeerTls, TlsError> {
+        let files = Files::find(dir, name)?;
+        let stamp = files.stamp();
+        let configs = files.load()?;
+        Ok(PeerTls {
+            files: Arc::new(files),
+            loaded: Arc::new(Mutex::new(Loaded { stamp, configs })),
+        })
+    }
+
+    /// The configurations from the files as they are now.
+    fn current(&self) -> Configs {
+        let mut loaded = self.loaded.lock().expect("peer TLS lock");
+        let stamp = self.files.stamp();
+        if stamp != loaded.stamp {
+            match self.files.load() {
+                Ok(configs) => {
+                    tracing::info!(dir = %self.files.dir.display(), "peer certificates changed: using the new ones");
+                    loaded.configs = configs;
+                }
+                Err(e) => tracing::warn!(
+                    "peer certificates changed but cannot be used, keeping the previous ones: {e}"
+                ),
+            }
+            // Either way, not again until the files change again.
+            loaded.stamp = stamp;
+        }
+        loaded.configs.clone()
+    }
+
+    /// Connects to `host:port` over TLS, checking that the peer's
+    /// certificate names `host` and presenting this node's own.
+    pub async fn connect(&self, host: &str, port: u16) -> io::Result<PeerClientStream> {
+        let name = ServerName::try_from(host.to_string())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let tcp = TcpStream::connect((host, port)).await?;
+        tcp.set_nodelay(true)?;
+        let connector = TlsConnector::from(self.current().client);
+        let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, tcp))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+        Ok(hyper_util::rt::TokioIo::new(tls))
+    }
+}
+
+impl PeerTls {
+    /// A channel to `endpoint` over mutual TLS, connected when first used
+    /// and again after a failure, each time with the files as they are
+    /// then. The peer's certificate must name the host dialled, so the
+    /// address taken from the membership is the peer's own.
+    pub fn connect_lazy(&self, endpoint: tonic::transport::Endpoint) -> tonic::transport::Channel {
+        let tls = self.clone();
+        endpoint.connect_with_connector_lazy(tower::service_fn(
+            move |uri: tonic::codegen::http::Uri| {
+                let tls = tls.clone();
+                async move {
+                    let host = uri.host().unwrap_or_default();
+                    let host = host.trim_start_matches('[').trim_end_matches(']');
+                    let port = uri.port_u16().unwrap_or(80);
+                    tls.connect(host, port).await
+                }
+            },
+        ))
+    }
+}
+
+/// A connection made to a peer, as tonic's connector hands it to hyper.
+pub type PeerClientStream = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+
+/// What a peer connection proved about its other end: tonic puts it in
+/// every request's extensions.
+#[derive(Debug, Clone)]
+pub struct PeerConn {
+    pub remote: Option<SocketAddr>,
+    /// The certificate the peer presented and the CA verified; none on a
+    /// plaintext port (`--insecure-peers`).
+    pub certificate: Option<CertificateDer<'static>>,
+}
+
+/// An accepted peer connection, plaintext or TLS.
+pub struct PeerStream {
+    io: Io,
+    conn: PeerConn,
+}
+
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+/// The accepted connections of the peer listener, handshaken when `tls` is
+/// given, until `stop`. A handshake that fails or stalls drops only its
+/// own connection, and never holds up the others.
+pub fn incoming(
+    listener: TcpListener,
+    tls: Option<PeerTls>,
+    stop: CancellationToken,
+) -> impl Stream<Item = io::Result<PeerStream>> {
+    let (sender, receiver) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, remote) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        tracing::warn!("peer listener: accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = stop.cancelled() => return,
+                _ = sender.closed() => return,
+            };
+            let _ = tcp.set_nodelay(true);
+            let Some(tls) = tls.clone() else {
+                let stream = PeerStream {
+                    io: Io::Plain(tcp),
+                    conn: PeerConn {
+                        remote: Some(remote),
+                        certificate: None,
+                    },
+                };
+                if sender.send(Ok(stream)).await.is_err() {
+                    return;
+                }
+                continue;
+            };
+            let sender = sender.clone();
+            tokio::spawn(async move {
+                let acceptor = TlsAcceptor::from(tls.current().server);
+                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                let stream = match handshake {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => {
+                        tracing::warn!(%remote, "refused a peer connection: TLS handshake failed: {e}");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::warn!(%remote, "refused a peer connection: TLS handshake timed out");
+                        return;
+                    }
+                };
+                let certificate = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .map(|c| c.clone().into_owned());
+                let stream = PeerStream {
+                    io: Io::Tls(Box::new(stream)),
+                    conn: PeerConn {
+                        remote: Some(remote),
+                        certificate,
+                    },
+                };
+                let _ = sender.send(Ok(stream)).await;
+            });
+        }
+    });
+    ReceiverStream::new(receiver)
+}
+
+impl tonic::transport::server::Connected for PeerStream {
+    type ConnectInfo = PeerConn;
+
+    fn connect_info(&self) -> PeerConn {
+        self.conn.clone()
+    }
+}
+
+impl AsyncRead for PeerStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for PeerStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match &self.io {
+            Io::Plain(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// What the caller of a peer request proved about itself.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// The peer port is plaintext (`--insecure-peers`): nothing proven,
+    /// nothing to check.
+    Unchecked,
+    /// The certificate the caller presented, signed by the cluster CA.
+    Certified(CertificateDer<'static>),
+}
+
+impl Caller {
+    /// The caller of `request`, taken from what its connection proved.
+    pub fn take<T>(request: &mut tonic::Request<T>) -> Caller {
+        match request
+            .extensions_mut()
+            .remove::<PeerConn>()
+            .and_then(|c| c.certificate)
+        {
+            Some(certificate) => Caller::Certified(certificate),
+            None => Caller::Unchecked,
+        }
+    }
+
+    /// Whether the caller's certificate names `host` (a DNS name or an IP
+    /// address), as a server's must for a client connecting to it.
+    pub fn is(&self, host: &str) -> bool {
+        match self {
+            Caller::Unchecked => true,
+            Caller::Certified(der) => names(der, host),
+        }
+    }
+
+    /// Whether the caller's certificate names the host of `addr`
+    /// (`host:port`).
+    pub fn is_at(&self, addr: &str) -> bool {
+        self.is(host_of(addr))
+    }
+}
+
+/// Whether certificate `der` names `host`.
+fn names(der: &CertificateDer<'_>, host: &str) -> bool {
+    let Ok(name) = ServerName::try_from(host) else {
+        return false;
+    };
+    let Ok(parsed) = rustls::server::ParsedCertificate::try_from(der) else {
+        return false;
+    };
+    rustls::client::verify_server_name(&parsed, &name).is_ok()
+}
+
+/// The host of `host:port` (brackets of an IPv6 address removed).
+pub fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::issue::Authority;
+    use super::*;
+
+    #[test]
+    fn a_certificate_names_exactly_its_hosts() {
+        let ca = Authority::new("test").unwrap();
+        let cert = ca
+            .issue(
+                "raftset-1",
+                &["raftset-1.raftset-peers.ns.svc.cluster.local", "127.0.0.2"],
+            )
+            .unwrap();
+        let der = CertificateDer::from_pem_slice(cert.cert_pem.as_bytes()).unwrap();
+        let caller = Caller::Certified(der);
+        assert!(caller.is_at("raftset-1.raftset-peers.ns.svc.cluster.local:7001"));
+        assert!(caller.is_at("127.0.0.2:7001"));
+        assert!(caller.is("raftset-1"));
+        assert!(!caller.is_at("raftset-2.raftset-peers.ns.svc.cluster.local:7001"));
+        assert!(!caller.is_at("127.0.0.3:7001"));
+        assert!(!caller.is("raftset-1.raftset-peers"));
+        assert!(Caller::Unchecked.is("anything"));
+    }
+
+    #[test]
+    fn hosts_are_cut_from_addresses() {
+        assert_eq!(host_of("a.b:7001"), "a.b");
+        assert_eq!(host_of("127.0.0.1:1"), "127.0.0.1");
+        assert_eq!(host_of("[::1]:7001"), "::1");
+        assert_eq!(host_of("bare"), "bare");
+    }
+}
