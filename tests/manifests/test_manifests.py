@@ -30,6 +30,7 @@ EXPECTED_ENV = {
     "RAFTSET_CLUSTER_DOMAIN",
     "RAFTSET_LOG_JSON",
     "RAFTSET_FOLLOW_REPLICAS",
+    "RAFTSET_PEER_TLS_DIR",
 }
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "StorageClass",
                   "PersistentVolume", "PriorityClass", "CustomResourceDefinition"}
@@ -274,6 +275,21 @@ def test_env_values_agree_with_the_rest_of_the_manifests(base):
         assert env[var]["value"] == f"0.0.0.0:{ports[port]}"
     assert env["RAFTSET_LOG_JSON"]["value"] in ("true", "false")
     assert env["RAFTSET_FOLLOW_REPLICAS"]["value"] == "true"
+
+
+def test_the_peer_port_speaks_mutual_tls_from_the_secret_raftset_certs_makes(base):
+    env = {e["name"]: e for e in main_container(base)["env"]}
+    assert "RAFTSET_INSECURE_PEERS" not in env
+    tls_dir = env["RAFTSET_PEER_TLS_DIR"]["value"]
+    pod = one(base, "StatefulSet")["spec"]["template"]["spec"]
+    mounts = {v["mountPath"]: v for v in main_container(base)["volumeMounts"]}
+    assert mounts[tls_dir].get("readOnly") is True
+    volume = next(v for v in pod["volumes"] if v["name"] == mounts[tls_dir]["name"])
+    # `raftset certs` names its Secret so by default.
+    assert volume["secret"]["secretName"] == "raftset-peer-tls"
+    # Keys readable by the pod's group only.
+    assert volume["secret"]["defaultMode"] == 0o440
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
 
 
 def test_the_service_account_may_read_its_statefulset_and_keep_only_the_founding_record(base):

@@ -162,7 +162,11 @@ async fn docker_compose_runs_a_healthy_three_node_cluster() {
     let services = project.run(&["config", "--services"]).await.unwrap();
     let mut services: Vec<&str> = services.lines().collect();
     services.sort();
-    assert_eq!(services, SERVICES);
+    // The one-shot `certs` makes the peer certificates the nodes start with.
+    let mut expected = vec!["certs"];
+    expected.extend(SERVICES);
+    assert_eq!(services, expected);
+    assert!(config.contains("RAFTSET_PEER_TLS_DIR"), "{config}");
 
     project.run(&["up", "-d"]).await.unwrap();
     for service in SERVICES {

@@ -68,6 +68,8 @@ pub struct Manifest {
     pub data_mount: String,
     /// emptyDir mounts: path and Docker size (`64m`).
     pub empty_dirs: Vec<(String, Option<String>)>,
+    /// Secret mounts: the Secret's name and the mount path.
+    pub secrets: Vec<(String, String)>,
     pub run_as_user: u32,
     pub run_as_group: u32,
     pub read_only_root: bool,
@@ -185,6 +187,7 @@ impl Manifest {
         let volumes = pod.get("volumes").and_then(Value::as_array);
         let mut data_mount = None;
         let mut empty_dirs = Vec::new();
+        let mut secrets = Vec::new();
         for m in at(c, "volumeMounts")?
             .as_array()
             .ok_or("volumeMounts is not a list")?
@@ -200,9 +203,13 @@ impl Manifest {
                 .flatten()
                 .find(|v| v["name"] == name.as_str())
                 .ok_or_else(|| format!("volumeMount {name} names no volume"))?;
+            if let Some(secret) = volume.get("secret") {
+                secrets.push((text(secret, "secretName")?, path));
+                continue;
+            }
             let empty_dir = volume
                 .get("emptyDir")
-                .ok_or_else(|| format!("volume {name}: only emptyDir is played"))?;
+                .ok_or_else(|| format!("volume {name}: only emptyDir and secret are played"))?;
             let size = opt_text(empty_dir, "sizeLimit")
                 .map(|q| memory_quantity(&q))
                 .transpose()?;
@@ -267,6 +274,7 @@ impl Manifest {
             claim_name,
             data_mount,
             empty_dirs,
+            secrets,
             run_as_user,
             run_as_group,
             read_only_root,

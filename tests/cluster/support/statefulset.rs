@@ -20,6 +20,7 @@
 //! | headless Service DNS | [`ClusterDns`] on the network's gateway, the only server in the pods' `/etc/resolv.conf`: A records for `raftset-N.<service>.<ns>.svc.cluster.local` and `<service>.<ns>.svc.cluster.local` while the pod runs and is on the private `--internal` network (as Docker's aliases were), NXDOMAIN for the rest, and outages on command ([`StatefulSet::dns`]) |
 //! | PVC `data-raftset-N` | named volume `<set id>-data-raftset-N` at the claim's mount path |
 //! | emptyDir | `--tmpfs` (size limit, owned by the pod's user) |
+//! | the peer TLS Secret | `raftset certs --out-dir`, bind-mounted read-only, files owned by the pod's user and group, mode 0440 |
 //! | securityContext | `--user`, `--read-only`, `--cap-drop`, `no-new-privileges` |
 //! | resources.limits | `--cpus`, `--memory` |
 //! | terminationGracePeriodSeconds | `--stop-timeout`, `docker stop -t` |
@@ -111,6 +112,9 @@ pub struct StatefulSet {
     dns: Option<ClusterDns>,
     /// The pods' `/etc/resolv.conf`: the set's DNS server and nothing else.
     resolv_conf: PathBuf,
+    /// The Secrets the pods mount, one directory each (see
+    /// [`StatefulSet::make_secrets`]).
+    secrets_dir: PathBuf,
     /// Environment added to (or replacing) the manifest's, for every pod.
     extra_env: Vec<(String, String)>,
     endpoints: Endpoints,
@@ -159,6 +163,7 @@ impl StatefulSet {
             kube: None,
             dns: None,
             resolv_conf: PathBuf::new(),
+            secrets_dir: PathBuf::new(),
             extra_env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -187,6 +192,8 @@ impl StatefulSet {
         set.resolv_conf = std::env::temp_dir().join(format!("{}-resolv.conf", set.id));
         write_resolv_conf(&set.resolv_conf, &gateway)
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", set.resolv_conf.display()));
+        set.secrets_dir = std::env::temp_dir().join(format!("{}-secrets", set.id));
+        set.make_secrets().unwrap_or_else(|e| panic!("{e}"));
         set
     }
 
@@ -421,6 +428,10 @@ impl StatefulSet {
         .map(|s| s.to_string())
         .collect();
         args.extend(self.claim_run_args(i));
+        for (secret, path) in &m.secrets {
+            let dir = self.secrets_dir.join(secret);
+            args.extend(["--volume".into(), format!("{}:{path}:ro", dir.display())]);
+        }
         for (path, size) in &m.empty_dirs {
             let mut options = format!(
                 "{path}:uid={},gid={},mode=0770",
@@ -1021,6 +1032,9 @@ impl Drop for StatefulSet {
         if !self.network.is_empty() {
             errors.extend(docker_blocking(&["network", "rm", &self.network]).err());
         }
+        if !self.secrets_dir.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.secrets_dir);
+        }
         if !self.resolv_conf.as_os_str().is_empty() {
             let _ = std::fs::remove_file(&self.resolv_conf);
         }
@@ -1032,6 +1046,55 @@ impl Drop for StatefulSet {
 
 /// Writes the pods' `/etc/resolv.conf`: the set's DNS server on `gateway`
 /// and nothing else, readable by the pods' user.
+/// Ordinals the harness's peer certificates cover: more than any test
+/// scales to.
+const CERTIFIED_ORDINALS: u32 = 10;
+
+impl StatefulSet {
+    /// Makes the Secrets the manifest mounts, as an operator would before
+    /// deploying: the peer TLS Secret with `raftset certs`, for this set's
+    /// names, its files owned by the pods' group and readable by it only
+    /// (the manifest's `fsGroup` and `defaultMode: 0440`).
+    fn make_secrets(&self) -> Result<(), String> {
+        let m = &self.manifest;
+        for (secret, _) in &m.secrets {
+            if !secret.ends_with("peer-tls") {
+                return Err(format!(
+                    "the harness plays only the peer TLS Secret, not {secret}"
+                ));
+            }
+            let dir = self.secrets_dir.join(secret);
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_raftset"))
+                .arg("certs")
+                .args(["--replicas", &CERTIFIED_ORDINALS.to_string()])
+                .args(["--statefulset", &m.set_name])
+                .args(["--service", &m.service_name])
+                .args(["--namespace", &m.namespace])
+                .arg("--out-dir")
+                .arg(&dir)
+                .output()
+                .map_err(|e| format!("raftset certs: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "raftset certs failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            use std::os::unix::fs::PermissionsExt;
+            let files = std::fs::read_dir(&dir).map_err(|e| e.to_string())?;
+            for file in files {
+                let path = file.map_err(|e| e.to_string())?.path();
+                std::os::unix::fs::chown(&path, Some(m.run_as_user), Some(m.run_as_group))
+                    .and_then(|_| {
+                        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o440))
+                    })
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+        }
+        Ok(())
+    }
+}
+
 fn write_resolv_conf(path: &Path, gateway: &str) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::write(path, format!("nameserver {gateway}\noptions timeout:1\n"))?;
