@@ -253,9 +253,28 @@ impl PeerError {
 }
 
 impl From<PeerError> for Status {
+    /// Marked as a refusal of the message itself: the node at that address
+    /// handled nothing, whatever the code (see [`status_is_peer_refusal`]).
     fn from(err: PeerError) -> Status {
-        Status::new(err.code(), err.to_string())
+        let mut status = Status::new(err.code(), err.to_string());
+        for header in [PEER_REFUSAL_HEADER, NOT_PROPOSED_HEADER] {
+            status
+                .metadata_mut()
+                .insert(header, tonic::metadata::MetadataValue::from_static("1"));
+        }
+        status
     }
+}
+
+/// Metadata on a status that says the peer refused the message itself
+/// (another cluster, another node id): it is no answer to the request.
+const PEER_REFUSAL_HEADER: &str = "raftset-peer-refused";
+
+/// Whether a status from a peer is its refusal of the message, not an
+/// answer: a follower that forwarded to where it believed the leader was
+/// must not pass that on as the leader's verdict.
+pub fn status_is_peer_refusal(status: &Status) -> bool {
+    status.metadata().contains_key(PEER_REFUSAL_HEADER)
 }
 
 /// What a cluster-control call (join, membership change, leadership

@@ -30,7 +30,7 @@ use tokio::time::{timeout_at, Instant};
 use super::leader_of;
 use super::network::PeerClients;
 use super::proposer::{ProposeError, Proposer};
-use crate::error::{status_says_nothing_proposed, Error, Result};
+use crate::error::{status_is_peer_refusal, status_says_nothing_proposed, Error, Result};
 use crate::grpc::call;
 use crate::metrics::{ProposalFailure, ProposalMetrics};
 use crate::proto::raft_peer_client::RaftPeerClient;
@@ -485,9 +485,12 @@ fn after_failure(maybe_proposed: bool, failure: Attempt, clock: Clock) -> Next {
 /// A forwarded call failed. The leader's final answers pass through; an
 /// unavailable leader (it moved, lost quorum, or the connection broke) is
 /// worth another try, and unless it said so the request may have reached it.
+/// A node that refused the message itself is not the leader this node
+/// believed it was (the address is another node's now): another try, once
+/// the leader is known again.
 fn classify_forward_failure(status: tonic::Status) -> Attempt {
     use tonic::Code;
-    if never_sent(&status) {
+    if never_sent(&status) || status_is_peer_refusal(&status) {
         return Attempt::Retry {
             proposed: false,
             why: Error::LeaderUnreachable {
@@ -621,6 +624,47 @@ mod tests {
                 let said_so = matches!(&e, Error::Leader(s) if status_says_nothing_proposed(s));
                 assert!(said_so, "{e}");
                 assert_eq!(e.http_status(), 507);
+            }
+            next => panic!("{next:?}"),
+        }
+    }
+
+    /// After a full stop that lost pod 0's volume, its peers restart still
+    /// following the old pod 0 and forward to its address, where the new,
+    /// empty pod 0 refuses messages of a cluster it has not joined. That
+    /// refusal (FAILED_PRECONDITION on the peer port) used to reach the
+    /// client as its own answer, the code of a lost compare-and-swap: a
+    /// claim about the data that nobody had checked.
+    #[test]
+    fn a_node_that_refuses_a_forwarded_message_is_not_the_leader_answering() {
+        use crate::error::PeerError;
+        let refusals = [
+            PeerError::ClusterMismatch,
+            PeerError::WrongTarget { this: 1, target: 2 },
+        ];
+        for refusal in refusals {
+            let said = refusal.to_string();
+            match classify_forward_failure(refusal.into()) {
+                Attempt::Retry {
+                    proposed: false,
+                    why: Error::LeaderUnreachable { .. },
+                } => {}
+                Attempt::Retry { proposed, why } => {
+                    panic!("{said}: retried as {why} (proposed: {proposed})")
+                }
+                Attempt::Fail(e) => panic!("{said}: passed on as {} ({e})", e.code()),
+            }
+        }
+        // Past the deadline it ends as "not proposed", never as an answer.
+        let late = Clock {
+            past_deadline: true,
+            past_leaderless_deadline: true,
+        };
+        let refused = classify_forward_failure(PeerError::ClusterMismatch.into());
+        match after_failure(false, refused, late) {
+            Next::GiveUp(e) => {
+                assert!(e.nothing_proposed(), "{e}");
+                assert_eq!(tonic::Status::from(e).code(), tonic::Code::Unavailable);
             }
             next => panic!("{next:?}"),
         }

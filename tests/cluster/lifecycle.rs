@@ -480,6 +480,56 @@ async fn full_stop_then_pod_0_on_an_empty_volume_rejoins_under_ordered_ready() {
     assert_eq!(record_field(&api, "clusterId"), cluster_id);
 }
 
+/// After a full stop that lost pod 0's volume, pods 1 and 2 restart still
+/// following the old pod 0, and forward writes to its address, where the
+/// new pod 0 has joined nothing yet and refuses them. A compare-and-swap
+/// sent meanwhile must never be answered as lost (FAILED_PRECONDITION): the
+/// refusal says nothing about the data. Each attempt creates a key of its
+/// own, so no answer but success or "try again" is ever right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_by_the_node_that_replaced_the_leader_is_no_answer_to_a_write() {
+    let api = FakeKubeApi::start(3).await;
+    // A long election timeout keeps the restarted pods on the old leader.
+    let args = [
+        "--kube-api",
+        &api.url,
+        "--heartbeat-ms",
+        "100",
+        "--election-timeout-ms",
+        "5000",
+    ];
+    let mut cluster = Cluster::ordered(3, &args).await;
+    full_stop_losing_pod_0(&mut cluster).await;
+    cluster.restart(0);
+    wait_ordering_ready(&cluster, 0).await;
+    for i in [1, 2] {
+        cluster.restart(i);
+    }
+    let mut client = cluster.client(1).await.with_timeout(Duration::from_secs(2));
+    let started = std::time::Instant::now();
+    for attempt in 0.. {
+        let key = format!("cas/{attempt}");
+        match client
+            .compare_and_swap(key.as_bytes(), None, Some(b"created"))
+            .await
+        {
+            Ok(_) => break,
+            Err(e) => assert_ne!(
+                e.code(),
+                tonic::Code::FailedPrecondition,
+                "attempt {attempt}, {:?} after the restart: a compare-and-swap on a new key \
+                 was answered as lost: {e}",
+                started.elapsed()
+            ),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no write went through"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_stop_then_pod_0_on_an_empty_volume_never_founds_a_second_cluster_in_parallel() {
     let api = FakeKubeApi::start(3).await;
