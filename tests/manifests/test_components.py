@@ -140,6 +140,38 @@ def test_every_combination_keeps_the_base_rules(renders, combo):
         "the budget lets a drain take the quorum")
 
 
+# What the `restricted` Pod Security Standard allows (kubernetes.io/docs/
+# concepts/security/pod-security-standards), as the namespace enforces it.
+RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral",
+                      "persistentVolumeClaim", "projected", "secret"}
+
+
+@pytest.mark.parametrize("combo", COMBINATIONS, ids=m.combination_label)
+def test_every_pod_meets_the_restricted_pod_security_standard(renders, combo):
+    docs = renders[combo]
+    namespace = one(docs, "Namespace", "raftset")["metadata"]["labels"]
+    assert namespace["pod-security.kubernetes.io/enforce"] == "restricted"
+    for name, template in pod_templates(docs):
+        spec = template["spec"]
+        for field in ("hostNetwork", "hostPID", "hostIPC"):
+            assert not spec.get(field), f"{name}: {field}"
+        for volume in spec.get("volumes", []):
+            kinds = set(volume) - {"name"}
+            assert kinds <= RESTRICTED_VOLUMES, f"{name}: volume {volume['name']} is {kinds}"
+        pod_sc = spec.get("securityContext", {})
+        for c in containers_of(template):
+            sc = {**pod_sc, **c.get("securityContext", {})}
+            where = f"{name}/{c['name']}"
+            assert sc.get("runAsNonRoot") is True, where
+            assert sc.get("runAsUser", 1) != 0, where
+            assert sc.get("allowPrivilegeEscalation") is False, where
+            assert not sc.get("privileged"), where
+            assert c.get("securityContext", {}).get("capabilities", {}).get("drop") == ["ALL"], where
+            assert not c.get("securityContext", {}).get("capabilities", {}).get("add"), where
+            assert sc.get("seccompProfile", {}).get("type") in ("RuntimeDefault", "Localhost"), where
+            assert not any("hostPort" in p for p in c.get("ports", [])), where
+
+
 @pytest.mark.parametrize("combo", COMBINATIONS, ids=m.combination_label)
 def test_every_volume_holds_twice_its_space_quota(renders, combo):
     """sled can outgrow the quota by a burst of writes, and the snapshot file

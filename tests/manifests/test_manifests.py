@@ -345,3 +345,27 @@ def test_network_policy(base):
                     "peer port open to pods other than raftset's")
     container_ports = {p["containerPort"] for p in main_container(base)["ports"]}
     assert container_ports <= opened, f"ports unreachable: {container_ports - opened}"
+
+
+def test_egress_is_dns_the_sets_own_pods_and_the_api_server(base):
+    policy = one(base, "NetworkPolicy", "raftset")["spec"]
+    assert "Egress" in policy["policyTypes"]
+    raftset_pods = one(base, "StatefulSet")["spec"]["template"]["metadata"]["labels"]
+    allowed = []
+    for rule in policy["egress"]:
+        ports = {(p["protocol"], p["port"]) for p in rule["ports"]}
+        to = rule.get("to")
+        if to is None:
+            # Anywhere, but only DNS and the API server's ports.
+            assert ports <= {("UDP", 53), ("TCP", 53), ("TCP", 443), ("TCP", 6443)}, ports
+        else:
+            for peer in to:
+                selector = peer.get("podSelector", {}).get("matchLabels", {})
+                assert set(peer) == {"podSelector"}, f"egress beyond this namespace: {peer}"
+                assert selector and all(raftset_pods.get(k) == v for k, v in selector.items())
+        allowed.append(ports)
+    everything = set().union(*allowed)
+    assert {("UDP", 53), ("TCP", 53)} <= everything, "no DNS"
+    assert ("TCP", 7001) in everything, "no peer traffic"
+    assert ("TCP", 443) in everything, "no API server"
+
