@@ -50,12 +50,13 @@ COPY --from=binary --chown=10001:10001 /var/lib/raftset /var/lib/raftset
 # Numeric, so no /etc/passwd entry is needed and Kubernetes' runAsNonRoot can
 # check it. UID >= 10000 keeps clear of host users.
 USER 10001:10001
-# 7000 client gRPC, 7001 Raft peers, 8080 HTTP (visits, probes, metrics).
-EXPOSE 7000 7001 8080
+# 7000 client gRPC, 7001 Raft peers, 8080 HTTP (visits, probes, metrics),
+# 8081 the probes alone.
+EXPOSE 7000 7001 8080 8081
 # Declared after the chown above: later changes to a VOLUME path are dropped.
 VOLUME ["/var/lib/raftset"]
 # Exec form: the distroless runtime has no shell. `healthcheck` asks
-# /readyz?noleader on the port the node listens on (RAFTSET_LISTEN_HTTP):
+# /readyz?noleader on the node's probe port (RAFTSET_LISTEN_PROBES):
 # healthy once the node is a member, leader or not, so a cluster that lost
 # its quorum is not restarted by tools that act on health. The start period
 # covers founding, joining and catching up. Kubernetes ignores HEALTHCHECK

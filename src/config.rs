@@ -35,6 +35,12 @@ pub struct Config {
     #[arg(long, env = "RAFTSET_LISTEN_HTTP", default_value = "0.0.0.0:8080")]
     pub listen_http: SocketAddr,
 
+    /// HTTP for the probes alone (`/healthz`, `/readyz`), with connections
+    /// of its own: however many visitors hold the HTTP port, the kubelet's
+    /// probes are answered here.
+    #[arg(long, env = "RAFTSET_LISTEN_PROBES", default_value = "0.0.0.0:8081")]
+    pub listen_probes: SocketAddr,
+
     /// Mutual TLS on the peer port: a directory holding the cluster CA
     /// (`ca.crt`) and this node's certificate and key (`<name>.crt` and
     /// `<name>.key`, or `tls.crt` and `tls.key`), such as a mounted Secret
@@ -295,6 +301,7 @@ mod tests {
         assert_eq!(config.listen_api.port(), 7000);
         assert_eq!(config.listen_peer.port(), 7001);
         assert_eq!(config.listen_http.port(), 8080);
+        assert_eq!(config.listen_probes.port(), 8081);
         assert_eq!(config.data_dir, PathBuf::from("/var/lib/raftset"));
     }
 

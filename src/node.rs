@@ -188,6 +188,7 @@ impl Node {
         let peer_listener = bind("peer", config.listen_peer).await?;
         let api_listener = bind("client gRPC", config.listen_api).await?;
         let http_listener = bind("HTTP", config.listen_http).await?;
+        let probe_listener = bind("probes", config.listen_probes).await?;
         let local = |l: &TcpListener, what, addr| {
             l.local_addr()
                 .map_err(|source| StartError::Listen { what, addr, source })
@@ -312,6 +313,7 @@ impl Node {
             http,
             http_settings,
             http_listener,
+            probe_listener,
             stop_clients.clone(),
         ));
         let formation_ctx = cluster.clone();

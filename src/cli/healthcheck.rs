@@ -21,12 +21,12 @@ use super::exit::{CliError, Unhealthy};
 /// What to ask the node.
 #[derive(Debug, Clone, Args)]
 pub struct HealthcheckArgs {
-    /// The node's HTTP address; a wildcard host (0.0.0.0, [::]) is asked on
-    /// loopback, so the node's own --listen-http setting works as it is.
+    /// The node's probe address; a wildcard host (0.0.0.0, [::]) is asked
+    /// on loopback, so the node's own --listen-probes setting works as it is.
     #[arg(
         long,
-        env = "RAFTSET_LISTEN_HTTP",
-        default_value = "127.0.0.1:8080",
+        env = "RAFTSET_LISTEN_PROBES",
+        default_value = "127.0.0.1:8081",
         value_name = "HOST:PORT"
     )]
     pub addr: SocketAddr,

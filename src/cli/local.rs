@@ -37,6 +37,7 @@ struct Spec {
     api: String,
     peer: String,
     http: String,
+    probes: String,
     data_dir: PathBuf,
     log: PathBuf,
 }
@@ -47,6 +48,7 @@ fn spec(dir: &std::path::Path, i: u16) -> Spec {
         api: format!("127.0.0.1:{}", 7000 + i),
         peer: format!("127.0.0.1:{}", 7100 + i),
         http: format!("127.0.0.1:{}", 8080 + i),
+        probes: format!("127.0.0.1:{}", 8180 + i),
         data_dir: dir.join(&name),
         log: dir.join(format!("{name}.log")),
         name,
@@ -116,6 +118,8 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<ExitCode> {
                 &s.peer,
                 "--listen-http",
                 &s.http,
+                "--listen-probes",
+                &s.probes,
             ])
             .args(["--peers", &peers])
             .args(&security)

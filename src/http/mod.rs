@@ -73,19 +73,56 @@ pub struct HttpSettings {
     pub max_connections: usize,
 }
 
-/// Serves HTTP until `stop` is cancelled, then lets open requests finish.
+/// Connections the probe listener serves at once: the kubelet's probes
+/// and a few people asking by hand.
+const PROBE_CONNECTIONS: usize = 32;
+
+/// Serves HTTP on `listener` and the probes alone on `probes` until `stop`
+/// is cancelled, then lets open requests finish. Each listener has its own
+/// connection cap, so visitors filling the HTTP port's never fail a probe.
 pub async fn serve(
     state: HttpState,
     settings: HttpSettings,
     listener: TcpListener,
+    probes: TcpListener,
     stop: CancellationToken,
 ) {
     let state = Arc::new(state);
-    let app = router(state.clone());
+    let housekeeping = {
+        let state = state.clone();
+        let stop = stop.clone();
+        async move {
+            let mut every = tokio::time::interval(FORGET_IDLE_CLIENTS);
+            loop {
+                tokio::select! {
+                    _ = every.tick() => state.visit_limits.forget_idle(),
+                    _ = stop.cancelled() => return,
+                }
+            }
+        }
+    };
+    let probe_settings = HttpSettings {
+        max_connections: PROBE_CONNECTIONS,
+        ..settings.clone()
+    };
+    tokio::join!(
+        housekeeping,
+        serve_app(router(state.clone()), settings, listener, stop.clone()),
+        serve_app(probe_router(state), probe_settings, probes, stop),
+    );
+}
+
+/// Serves `app` on `listener` until `stop`, each connection with the header
+/// timeout, at most `max_connections` at once (beyond, closed at once).
+async fn serve_app(
+    app: Router,
+    settings: HttpSettings,
+    listener: TcpListener,
+    stop: CancellationToken,
+) {
     let connections = Arc::new(Semaphore::new(settings.max_connections));
     let header_timeout = settings.header_timeout;
     let tasks = TaskTracker::new();
-    let mut housekeeping = tokio::time::interval(FORGET_IDLE_CLIENTS);
     loop {
         let (stream, client) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -95,10 +132,6 @@ pub async fn serve(
                     continue;
                 }
             },
-            _ = housekeeping.tick() => {
-                state.visit_limits.forget_idle();
-                continue;
-            }
             _ = stop.cancelled() => break,
         };
         // Over the cap, close at once rather than queue without bound.
@@ -132,6 +165,14 @@ pub async fn serve(
     }
     tasks.close();
     tasks.wait().await;
+}
+
+/// The probe listener: health and readiness only.
+fn probe_router(core: Arc<HttpState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(core)
 }
 
 fn router(core: Arc<HttpState>) -> Router {

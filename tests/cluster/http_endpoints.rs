@@ -195,7 +195,7 @@ async fn healthcheck(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, Strin
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_raftset"))
         .arg("healthcheck")
         .args(args)
-        .env_remove("RAFTSET_LISTEN_HTTP")
+        .env_remove("RAFTSET_LISTEN_PROBES")
         .envs(env.iter().copied())
         .stdin(std::process::Stdio::null())
         .output()
@@ -220,9 +220,9 @@ async fn healthcheck_exits_0_for_a_member_and_8_otherwise() {
     let mut cluster = Cluster::spawn(2, &[]).await;
     // Node 1 alone: alive, but not a member until node 0 founds.
     cluster.kill(0).await;
-    let http = cluster.nodes[1].http();
+    let http = cluster.nodes[1].probes();
     // The node's own listen setting is where the probe goes.
-    let own_env = [("RAFTSET_LISTEN_HTTP", http.as_str())];
+    let own_env = [("RAFTSET_LISTEN_PROBES", http.as_str())];
     wait_for("node 1 to pass `healthcheck --live`", || async {
         match healthcheck(&["--live"], &own_env).await {
             (Some(0), _) => Ok(()),
@@ -246,7 +246,7 @@ async fn healthcheck_exits_0_for_a_member_and_8_otherwise() {
 
     let leader = cluster.leader().await;
     cluster.kill(leader).await;
-    let survivor = cluster.nodes[1 - leader].http();
+    let survivor = cluster.nodes[1 - leader].probes();
     wait_for("the survivor's `healthcheck --leader` to fail", || async {
         match healthcheck(&["--addr", &survivor, "--leader"], &[]).await {
             (UNHEALTHY, stderr) if stderr.contains("no leader") => Ok(()),
@@ -302,6 +302,32 @@ async fn a_client_that_trickles_its_headers_is_cut_off() {
             .status,
         200
     );
+}
+
+/// A thousand idle connections on the visitor port, far past its cap,
+/// leave the probes answering on their own port: visitors can never make
+/// the kubelet restart a node. (The visitor port itself is then full:
+/// that is what the cap is for.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_idle_visitor_connections_leave_the_probes_answering() {
+    let cluster = Cluster::start_with(1, &["--http-max-connections", "100"]).await;
+    let node = &cluster.nodes[0];
+    let mut idle = Vec::new();
+    for _ in 0..1000 {
+        idle.push(tokio::net::TcpStream::connect(node.http()).await.unwrap());
+    }
+    let started = std::time::Instant::now();
+    for path in ["/healthz", "/readyz"] {
+        let reply = get(&node.probes(), path, "*/*").await;
+        assert_eq!(reply.status, 200, "{path}: {}", reply.body);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the probes waited"
+    );
+    // The probe port serves probes only.
+    assert_eq!(get(&node.probes(), "/", "*/*").await.status, 404);
+    drop(idle);
 }
 
 /// Every `raftset_…` metric name in `text`.

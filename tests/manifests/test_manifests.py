@@ -31,6 +31,7 @@ EXPECTED_ENV = {
     "RAFTSET_LOG_JSON",
     "RAFTSET_FOLLOW_REPLICAS",
     "RAFTSET_PEER_TLS_DIR",
+    "RAFTSET_LISTEN_PROBES",
 }
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "StorageClass",
                   "PersistentVolume", "PriorityClass", "CustomResourceDefinition"}
@@ -156,7 +157,7 @@ def test_publish_not_ready_addresses_on_the_headless_service_only(base):
 
 def test_service_ports_name_container_ports(base):
     names = {p["name"]: p["containerPort"] for p in main_container(base)["ports"]}
-    assert names == {"grpc": 7000, "peer": 7001, "http": 8080}
+    assert names == {"grpc": 7000, "peer": 7001, "http": 8080, "probes": 8081}
     client = one(base, "Service", "raftset")
     assert {p["name"]: p["port"] for p in client["spec"]["ports"]} == {"grpc": 7000, "http": 8080}
     peers = one(base, "Service", "raftset-peers")
@@ -271,7 +272,7 @@ def test_env_values_agree_with_the_rest_of_the_manifests(base):
     assert env["RAFTSET_DATA_DIR"]["value"] == DATA_DIR
     ports = {p["name"]: p["containerPort"] for p in main_container(base)["ports"]}
     for var, port in (("RAFTSET_LISTEN_API", "grpc"), ("RAFTSET_LISTEN_PEER", "peer"),
-                      ("RAFTSET_LISTEN_HTTP", "http")):
+                      ("RAFTSET_LISTEN_HTTP", "http"), ("RAFTSET_LISTEN_PROBES", "probes")):
         assert env[var]["value"] == f"0.0.0.0:{ports[port]}"
     assert env["RAFTSET_LOG_JSON"]["value"] in ("true", "false")
     assert env["RAFTSET_FOLLOW_REPLICAS"]["value"] == "true"
@@ -343,7 +344,9 @@ def test_network_policy(base):
                 assert set(peer) == {"podSelector"}, "peer port open beyond this namespace"
                 assert selector and all(raftset_pods.get(k) == v for k, v in selector.items()), (
                     "peer port open to pods other than raftset's")
-    container_ports = {p["containerPort"] for p in main_container(base)["ports"]}
+    # The probe port is the kubelet's, which a NetworkPolicy never blocks.
+    container_ports = {p["containerPort"] for p in main_container(base)["ports"]
+                       if p["name"] != "probes"}
     assert container_ports <= opened, f"ports unreachable: {container_ports - opened}"
 
 
@@ -369,3 +372,8 @@ def test_egress_is_dns_the_sets_own_pods_and_the_api_server(base):
     assert ("TCP", 7001) in everything, "no peer traffic"
     assert ("TCP", 443) in everything, "no API server"
 
+
+def test_every_probe_asks_the_probe_port(base):
+    container = main_container(base)
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["port"] == "probes", probe

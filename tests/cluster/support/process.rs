@@ -48,6 +48,10 @@ impl TestNode {
         format!("{}:8080", self.ip)
     }
 
+    pub fn probes(&self) -> String {
+        format!("{}:8081", self.ip)
+    }
+
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }
@@ -258,6 +262,8 @@ impl Cluster {
                 &node.peer(),
                 "--listen-http",
                 &node.http(),
+                "--listen-probes",
+                &node.probes(),
             ])
             .args(["--peers", &peers])
             .args(security)
