@@ -160,6 +160,11 @@ pub struct Config {
     #[arg(long, env = "RAFTSET_HTTP_HEADER_TIMEOUT_MS", default_value_t = 5_000)]
     pub http_header_timeout_ms: u64,
 
+    /// Client gRPC: most connections open at once; past it new ones are
+    /// closed (one connection carries up to 1,024 requests at once).
+    #[arg(long, env = "RAFTSET_GRPC_MAX_CONNECTIONS", default_value_t = 1_024)]
+    pub grpc_max_connections: usize,
+
     /// HTTP: most connections served at once.
     #[arg(long, env = "RAFTSET_HTTP_MAX_CONNECTIONS", default_value_t = 1_024)]
     pub http_max_connections: usize,
@@ -232,6 +237,7 @@ impl Config {
             ("--heartbeat-ms", self.heartbeat_ms),
             ("--snapshot-entries", self.snapshot_entries),
             ("--max-pending-proposals", self.max_pending_proposals as u64),
+            ("--grpc-max-connections", self.grpc_max_connections as u64),
             // No "off": with no quota a full volume stops every member at
             // once; whoever wants none sets it above the volume size.
             ("--quota-bytes", self.quota_bytes),

@@ -1,5 +1,4 @@
-//! The tonic plumbing every gRPC service shares: accepted connections with
-//! Nagle off, the caller's `grpc-timeout`, and the peer envelope (a
+//! The tonic plumbing every gRPC service shares: the caller's `grpc-timeout`, and the peer envelope (a
 //! [`PeerMessage`] that names its cluster and target and carries a postcard
 //! payload).
 //!
@@ -18,15 +17,6 @@ use tonic::{Request, Response, Status};
 use crate::error::PeerError;
 use crate::proto::PeerMessage;
 use crate::types::{ClusterId, NodeId};
-
-/// Accepted gRPC connections with Nagle's algorithm off: small replies
-/// must not wait for the peer's delayed ACK (tonic only sets this on
-/// listeners it binds itself).
-pub fn nodelay_incoming(
-    listener: tokio::net::TcpListener,
-) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
-}
 
 /// The caller's deadline, from the `grpc-timeout` header.
 pub fn request_timeout<T>(request: &Request<T>) -> Option<Duration> {

@@ -34,3 +34,15 @@ pub const MAX_SCAN_BYTES: usize = 4 * 1024 * 1024;
 pub const MAX_CLIENT_RESPONSE: usize = MAX_SCAN_BYTES + MAX_CLIENT_MESSAGE;
 /// Watch streams one node serves at once.
 pub const MAX_WATCHERS: usize = 1_000;
+
+/// Peer connections open at once on one node: members keep one each way,
+/// the rest are members' CLI calls passed on; past it, new ones are closed.
+pub const MAX_PEER_CONNECTIONS: usize = 256;
+/// Concurrent requests on one peer connection: a follower forwards every
+/// write its clients have in flight over one.
+pub const MAX_PEER_STREAMS: u32 = 4096;
+/// Concurrent requests on one client connection.
+pub const MAX_CLIENT_STREAMS: u32 = 1024;
+/// Cluster-control requests (ClusterInfo, Join, HoldElection, Digest) are
+/// a few hundred bytes: the peer port takes no more for them.
+pub const MAX_CLUSTER_CONTROL_MESSAGE: usize = 64 * 1024;

@@ -26,6 +26,7 @@ use crate::cluster::{
 use crate::config::{Config, ConfigError};
 use crate::http::limit::VisitLimits;
 use crate::http::{HttpSettings, HttpState};
+use crate::limits;
 use crate::metrics::Metrics;
 use crate::proto::admin_server::AdminServer;
 use crate::raft::network::{Contacts, NetworkFactory, PeerClients};
@@ -307,6 +308,7 @@ impl Node {
             kv,
             admin,
             api_listener,
+            cluster.config.grpc_max_connections,
             stop_clients.clone(),
         ));
         client_tasks.spawn(crate::http::serve(
@@ -475,8 +477,9 @@ async fn serve_peers(
     tls: Option<PeerTls>,
     stop: CancellationToken,
 ) {
-    let incoming = crate::tls::incoming(listener, tls, stop.clone());
+    let incoming = crate::tls::incoming(listener, tls, limits::MAX_PEER_CONNECTIONS, stop.clone());
     let result = tonic::transport::Server::builder()
+        .max_concurrent_streams(limits::MAX_PEER_STREAMS)
         .add_service(raft.into_server())
         .add_service(cluster.into_server())
         .add_service(AdminServer::new(admin))

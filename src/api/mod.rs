@@ -31,6 +31,7 @@ pub async fn serve(
     kv: KvService,
     admin: AdminService,
     listener: TcpListener,
+    max_connections: usize,
     stop: CancellationToken,
 ) {
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -43,13 +44,14 @@ pub async fn serve(
     let kv = KvServer::new(kv)
         .max_decoding_message_size(MAX_CLIENT_MESSAGE)
         .max_encoding_message_size(MAX_CLIENT_RESPONSE);
+    let incoming = crate::tls::incoming(listener, None, max_connections, stop.clone());
     let result = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
+        .max_concurrent_streams(crate::limits::MAX_CLIENT_STREAMS)
         .add_service(health)
         .add_service(reflection)
         .add_service(kv)
         .add_service(AdminServer::new(admin))
-        .serve_with_incoming_shutdown(crate::grpc::nodelay_incoming(listener), stop.cancelled())
+        .serve_with_incoming_shutdown(incoming, stop.cancelled())
         .await;
     if let Err(e) = result {
         tracing::error!("client gRPC server failed: {e}");

@@ -24,8 +24,10 @@ pub struct ClusterService {
 }
 
 impl ClusterService {
+    /// The gRPC service; its requests are small, and larger ones refused.
     pub fn into_server(self) -> ClusterPeerServer<ClusterService> {
         ClusterPeerServer::new(self)
+            .max_decoding_message_size(crate::limits::MAX_CLUSTER_CONTROL_MESSAGE)
     }
 }
 

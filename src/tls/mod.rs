@@ -1,10 +1,11 @@
-//! Mutual TLS on the peer port, with rustls (TLS 1.3 only).
+//! Mutual TLS on the peer port, with rustls (TLS 1.3 only), and the
+//! accepted connections of both gRPC ports.
 //!
-//! Owns: reading the cluster CA and this node's certificate and key from a
+//! Owns: the accepting side of the gRPC listeners ([`incoming`]: Nagle off,
+//! a cap on open connections, a TLS handshake on the peer port, with the
+//! certificate the peer presented); reading the cluster CA and this node's certificate and key from a
 //! directory (a mounted Secret) and reading them again when they change, so
-//! a rotated Secret is used without a restart; the accepting side (a stream
-//! of handshaken connections for tonic, each carrying the certificate its
-//! peer presented); the connecting side (a connector for tonic channels);
+//! a rotated Secret is used without a restart; the connecting side (a connector for tonic channels);
 //! and the one identity question the services ask, whether a certificate
 //! names a host. [`issue`] makes a CA and certificates for `raftset certs`,
 //! `raftset local --tls` and the tests.
@@ -277,20 +278,22 @@ impl PeerTls {
 /// A connection made to a peer, as tonic's connector hands it to hyper.
 pub type PeerClientStream = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
 
-/// What a peer connection proved about its other end: tonic puts it in
-/// every request's extensions.
+/// What an accepted connection proved about its other end: tonic puts it
+/// in every request's extensions.
 #[derive(Debug, Clone)]
-pub struct PeerConn {
+pub struct ConnInfo {
     pub remote: Option<SocketAddr>,
     /// The certificate the peer presented and the CA verified; none on a
     /// plaintext port (`--insecure-peers`).
     pub certificate: Option<CertificateDer<'static>>,
 }
 
-/// An accepted peer connection, plaintext or TLS.
-pub struct PeerStream {
+/// An accepted connection, plaintext or TLS, holding its place under the
+/// listener's connection cap until it closes.
+pub struct Connection {
     io: Io,
-    conn: PeerConn,
+    conn: ConnInfo,
+    _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 enum Io {
@@ -298,15 +301,20 @@ enum Io {
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
 
-/// The accepted connections of the peer listener, handshaken when `tls` is
-/// given, until `stop`. A handshake that fails or stalls drops only its
-/// own connection, and never holds up the others.
+/// The accepted connections of a gRPC listener until `stop`, Nagle off,
+/// handshaken when `tls` is given (the peer port), at most
+/// `max_connections` open at once: past it a new connection is closed at
+/// once, so a flood of them costs no more than the cap. A handshake that
+/// fails or stalls drops only its own connection, and never holds up the
+/// others.
 pub fn incoming(
     listener: TcpListener,
     tls: Option<PeerTls>,
+    max_connections: usize,
     stop: CancellationToken,
-) -> impl Stream<Item = io::Result<PeerStream>> {
+) -> impl Stream<Item = io::Result<Connection>> {
     let (sender, receiver) = tokio::sync::mpsc::channel(64);
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     tokio::spawn(async move {
         loop {
             let (tcp, remote) = tokio::select! {
@@ -321,14 +329,19 @@ pub fn incoming(
                 _ = stop.cancelled() => return,
                 _ = sender.closed() => return,
             };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tracing::debug!(%remote, "closed a connection over the listener's cap");
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let Some(tls) = tls.clone() else {
-                let stream = PeerStream {
+                let stream = Connection {
                     io: Io::Plain(tcp),
-                    conn: PeerConn {
+                    conn: ConnInfo {
                         remote: Some(remote),
                         certificate: None,
                     },
+                    _slot: slot,
                 };
                 if sender.send(Ok(stream)).await.is_err() {
                     return;
@@ -356,12 +369,13 @@ pub fn incoming(
                     .peer_certificates()
                     .and_then(|chain| chain.first())
                     .map(|c| c.clone().into_owned());
-                let stream = PeerStream {
+                let stream = Connection {
                     io: Io::Tls(Box::new(stream)),
-                    conn: PeerConn {
+                    conn: ConnInfo {
                         remote: Some(remote),
                         certificate,
                     },
+                    _slot: slot,
                 };
                 let _ = sender.send(Ok(stream)).await;
             });
@@ -370,15 +384,15 @@ pub fn incoming(
     ReceiverStream::new(receiver)
 }
 
-impl tonic::transport::server::Connected for PeerStream {
-    type ConnectInfo = PeerConn;
+impl tonic::transport::server::Connected for Connection {
+    type ConnectInfo = ConnInfo;
 
-    fn connect_info(&self) -> PeerConn {
+    fn connect_info(&self) -> ConnInfo {
         self.conn.clone()
     }
 }
 
-impl AsyncRead for PeerStream {
+impl AsyncRead for Connection {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -391,7 +405,7 @@ impl AsyncRead for PeerStream {
     }
 }
 
-impl AsyncWrite for PeerStream {
+impl AsyncWrite for Connection {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -451,7 +465,7 @@ impl Caller {
     pub fn take<T>(request: &mut tonic::Request<T>) -> Caller {
         match request
             .extensions_mut()
-            .remove::<PeerConn>()
+            .remove::<ConnInfo>()
             .and_then(|c| c.certificate)
         {
             Some(certificate) => Caller::Certified(certificate),

@@ -4,6 +4,8 @@
 use raftset::limits::{MAX_KEY_LEN, MAX_SCAN_LIMIT, MAX_VALUE_LEN};
 use raftset::proto::kv_client::KvClient;
 use raftset::proto::{GetRequest, PutRequest, ScanRequest};
+use std::time::Duration;
+
 use tonic::Code;
 
 use crate::support::{http, Cluster, Harness};
@@ -458,4 +460,36 @@ async fn past_the_quota_writes_are_refused_while_reads_and_deletes_go_on() {
     let mut client = cluster.client(follower).await;
     client.put(refused_key.as_bytes(), &value).await.unwrap();
     assert_eq!(client.increment(b"n", 1).await.unwrap(), 1);
+}
+
+/// Connections past `--grpc-max-connections` are closed at once, and a
+/// place frees when one closes: a flood of connections costs a node no
+/// more than its cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_grpc_cap_are_closed_and_places_free_again() {
+    let cluster = Cluster::start_with(1, &["--grpc-max-connections", "4"]).await;
+    let api = cluster.nodes[0].api();
+    let one_read = || {
+        let api = api.clone();
+        async move {
+            let mut client = raftset::Client::connect(&api)
+                .await
+                .map_err(|e| e.to_string())?;
+            client.get(b"k").await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(client)
+        }
+    };
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(one_read().await.expect("a connection under the cap"));
+    }
+    let fifth = tokio::time::timeout(Duration::from_secs(20), one_read())
+        .await
+        .expect("an answer, not a hang");
+    assert!(fifth.is_err(), "a fifth connection was served");
+    drop(held.pop());
+    crate::support::wait_for("a place to free up", || async {
+        one_read().await.map(drop)
+    })
+    .await;
 }
