@@ -44,7 +44,7 @@ pub enum InvalidRequest {
     UnknownEnum { field: &'static str, value: i32 },
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
     Invalid(#[from] InvalidRequest),

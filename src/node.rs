@@ -30,7 +30,6 @@ use crate::limits;
 use crate::metrics::Metrics;
 use crate::proto::admin_server::AdminServer;
 use crate::raft::network::{Contacts, NetworkFactory, PeerClients};
-use crate::raft::proposer::Proposer;
 use crate::raft::requests::{Quota, RequestSettings, Requests};
 use crate::raft::service::RaftService;
 use crate::store::{FlushStats, Store, StoreError, StoreOptions};
@@ -206,21 +205,14 @@ impl Node {
         let me = identity::member(&config);
 
         let requests = Arc::new(Requests::new(
-            id,
             raft.clone(),
-            Proposer::start(
-                raft.clone(),
-                config.dedup_window_secs * 1000,
-                config.proposal_timeout(),
-                &peer_tasks,
-                stop_peers.clone(),
-            ),
             reader.clone(),
             peers.clone(),
             RequestSettings {
                 proposal_timeout: config.proposal_timeout(),
                 quorum_timeout: config.quorum_timeout(),
                 max_pending_proposals: config.max_pending_proposals,
+                dedup_window_ms: config.dedup_window_secs * 1000,
                 quota: Quota {
                     bytes: config.quota_bytes,
                     usage: store.meta.disk_usage(),
@@ -228,6 +220,8 @@ impl Node {
             },
             formation.clone(),
             metrics.proposals(),
+            &peer_tasks,
+            stop_peers.clone(),
         ));
         let http_settings = HttpSettings {
             header_timeout: Duration::from_millis(config.http_header_timeout_ms),

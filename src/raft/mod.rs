@@ -11,6 +11,7 @@
 pub mod network;
 pub mod proposer;
 pub mod requests;
+pub mod rounds;
 pub mod service;
 
 use prometheus_client::metrics::counter::Counter;

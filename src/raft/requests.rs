@@ -26,10 +26,13 @@ use std::time::Duration;
 use openraft::error::RaftError;
 use tokio::sync::Semaphore;
 use tokio::time::{timeout_at, Instant};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::leader_of;
 use super::network::PeerClients;
 use super::proposer::{ProposeError, Proposer};
+use super::rounds::Rounds;
 use crate::error::{status_is_peer_refusal, status_says_nothing_proposed, Error, Result};
 use crate::grpc::call;
 use crate::metrics::{ProposalFailure, ProposalMetrics};
@@ -45,6 +48,7 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 /// Why one attempt failed, and whether to try again.
+#[derive(Debug, Clone)]
 pub enum Attempt {
     /// Worth another try before the deadline. `proposed` is true when the
     /// write may have entered the log.
@@ -72,6 +76,8 @@ pub struct RequestSettings {
     pub quorum_timeout: Duration,
     /// Writes waiting to commit on this node, at most.
     pub max_pending_proposals: usize,
+    /// How long request ids are remembered (`--dedup-window-secs`).
+    pub dedup_window_ms: u64,
     pub quota: Quota,
 }
 
@@ -98,19 +104,51 @@ pub struct Requests {
     formation: Formation,
     /// Failed and pending proposals on this node as leader.
     metrics: ProposalMetrics,
+    /// One leadership check for all the reads waiting, while this leads.
+    leader_reads: Rounds<Result<u64, Attempt>>,
+    /// One ReadIndex to the leader for all the reads waiting, as a follower.
+    forwarded_reads: Rounds<Result<u64, Attempt>>,
 }
 
 impl Requests {
+    /// The request path of the node `raft` runs, its proposer and read
+    /// rounds running on `tasks` until `stop`.
     pub fn new(
-        id: NodeId,
         raft: Raft,
-        proposer: Proposer,
         reader: KvReader,
         peers: PeerClients,
         settings: RequestSettings,
         formation: Formation,
         metrics: ProposalMetrics,
+        tasks: &TaskTracker,
+        stop: CancellationToken,
     ) -> Requests {
+        let id = raft.metrics().borrow().id;
+        let proposer = Proposer::start(
+            raft.clone(),
+            settings.dedup_window_ms,
+            settings.proposal_timeout,
+            tasks,
+            stop.clone(),
+        );
+        let leader_reads = {
+            let raft = raft.clone();
+            let timeout = settings.proposal_timeout;
+            Rounds::start(
+                move || confirm_leadership(raft.clone(), timeout),
+                tasks,
+                stop.clone(),
+            )
+        };
+        let forwarded_reads = {
+            let (raft, peers) = (raft.clone(), peers.clone());
+            let timeout = settings.proposal_timeout;
+            Rounds::start(
+                move || ask_the_leader(id, raft.clone(), peers.clone(), timeout),
+                tasks,
+                stop,
+            )
+        };
         Requests {
             id,
             raft,
@@ -121,6 +159,8 @@ impl Requests {
             settings,
             formation,
             metrics,
+            leader_reads,
+            forwarded_reads,
         }
     }
 
@@ -275,7 +315,7 @@ impl Requests {
         loop {
             let attempt = match self.leader() {
                 Some((id, _)) if id == self.id => self.read_index_as_leader(deadline).await,
-                Some((_, leader)) => self.forward_read_index(&leader, deadline).await,
+                Some(_) => self.forward_read_index(deadline).await,
                 None => Err(Attempt::Retry {
                     proposed: false,
                     why: Error::NoLeader,
@@ -298,29 +338,33 @@ impl Requests {
     }
 
     /// On the leader: confirms leadership with a quorum and returns the
-    /// index a linearizable read must wait for.
+    /// index a linearizable read must wait for. Reads waiting together
+    /// share one confirmation round (see [`super::rounds`]).
     pub async fn read_index_as_leader(&self, deadline: Instant) -> Result<u64, Attempt> {
         if let Some(millis) = self.millis_without_quorum() {
             return Err(Attempt::Fail(Error::NoQuorum { millis }));
         }
-        match timeout_at(deadline, self.raft.ensure_linearizable()).await {
+        self.join(&self.leader_reads, deadline).await
+    }
+
+    /// As a follower: the leader's read index, one ReadIndex request for
+    /// all the reads waiting together.
+    async fn forward_read_index(&self, deadline: Instant) -> Result<u64, Attempt> {
+        self.join(&self.forwarded_reads, deadline).await
+    }
+
+    async fn join(
+        &self,
+        rounds: &Rounds<Result<u64, Attempt>>,
+        deadline: Instant,
+    ) -> Result<u64, Attempt> {
+        match timeout_at(deadline, rounds.join()).await {
             Err(_) => Err(Attempt::Fail(Error::NoQuorum {
                 millis: self.settings.proposal_timeout.as_millis() as u64,
             })),
-            Ok(Ok(read_log_id)) => Ok(read_log_id.map_or(0, |id| id.index)),
-            Ok(Err(RaftError::APIError(_))) => Err(Attempt::Retry {
-                proposed: false,
-                why: Error::NoLeader,
-            }),
-            Ok(Err(RaftError::Fatal(e))) => Err(Attempt::Fail(Error::Raft(e.to_string()))),
+            Ok(None) => Err(Attempt::Fail(Error::ShuttingDown)),
+            Ok(Some(answer)) => answer,
         }
-    }
-
-    async fn forward_read_index(&self, leader: &Member, deadline: Instant) -> Result<u64, Attempt> {
-        self.forward(leader, &(), deadline, |mut client, r| async move {
-            client.read_index(r).await
-        })
-        .await
     }
 
     /// Sends `payload` to the leader's peer port with `rpc`; a failure is
@@ -338,16 +382,7 @@ impl Requests {
         F: FnOnce(RaftPeerClient<Channel>, Request<PeerMessage>) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<Response<PeerMessage>, Status>>,
     {
-        let client = self
-            .peers
-            .client(&leader.peer_addr)
-            .map_err(|e| Attempt::Fail(e.into()))?;
-        let cluster_id = self.peers.cluster_id();
-        call(cluster_id, 0, payload, remaining(deadline), |r| {
-            rpc(client, r)
-        })
-        .await
-        .map_err(classify_forward_failure)
+        forward(&self.peers, leader, payload, deadline, rpc).await
     }
 
     async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<()> {
@@ -412,6 +447,71 @@ impl Requests {
         let limit = self.settings.proposal_timeout;
         let caller = timeout.map(|t| t.saturating_sub((t / 10).min(ANSWER_MARGIN)));
         Instant::now() + caller.map_or(limit, |t| t.min(limit))
+    }
+}
+
+/// Sends `payload` to `leader`'s peer port with `rpc`; a failure is
+/// classified for the retry loop.
+async fn forward<T, R, F, Fut>(
+    peers: &PeerClients,
+    leader: &Member,
+    payload: &T,
+    deadline: Instant,
+    rpc: F,
+) -> Result<R, Attempt>
+where
+    T: serde::Serialize,
+    R: serde::de::DeserializeOwned,
+    F: FnOnce(RaftPeerClient<Channel>, Request<PeerMessage>) -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<Response<PeerMessage>, Status>>,
+{
+    let client = peers
+        .client(&leader.peer_addr)
+        .map_err(|e| Attempt::Fail(e.into()))?;
+    call(peers.cluster_id(), 0, payload, remaining(deadline), |r| {
+        rpc(client, r)
+    })
+    .await
+    .map_err(classify_forward_failure)
+}
+
+/// One leadership confirmation: a heartbeat round to a quorum, then the
+/// index reads must wait for (once this leader applied it).
+async fn confirm_leadership(raft: Raft, timeout: Duration) -> Result<u64, Attempt> {
+    match tokio::time::timeout(timeout, raft.ensure_linearizable()).await {
+        Err(_) => Err(Attempt::Fail(Error::NoQuorum {
+            millis: timeout.as_millis() as u64,
+        })),
+        Ok(Ok(read_log_id)) => Ok(read_log_id.map_or(0, |id| id.index)),
+        Ok(Err(RaftError::APIError(_))) => Err(Attempt::Retry {
+            proposed: false,
+            why: Error::NoLeader,
+        }),
+        Ok(Err(RaftError::Fatal(e))) => Err(Attempt::Fail(Error::Raft(e.to_string()))),
+    }
+}
+
+/// One ReadIndex request to the leader this node knows when it is sent.
+async fn ask_the_leader(
+    me: NodeId,
+    raft: Raft,
+    peers: PeerClients,
+    timeout: Duration,
+) -> Result<u64, Attempt> {
+    let leader = leader_of(&raft.metrics().borrow());
+    match leader {
+        Some((id, leader)) if id != me => {
+            let deadline = Instant::now() + timeout;
+            forward(&peers, &leader, &(), deadline, |mut client, r| async move {
+                client.read_index(r).await
+            })
+            .await
+        }
+        // Leadership moved here or away meanwhile: the caller looks again.
+        _ => Err(Attempt::Retry {
+            proposed: false,
+            why: Error::NoLeader,
+        }),
     }
 }
 
