@@ -20,7 +20,7 @@
 //!        │
 //!      store (sled: log, vote, state machine; snapshots)
 //!        │
-//!      ground floor: types, proto, grpc, error, validate, limits, config, metrics
+//!      ground floor: types, proto, grpc, error, validate, limits, config, metrics, tls
 //! ```
 //!
 //! Imports point down only: a part receives the handles it uses (the Raft
