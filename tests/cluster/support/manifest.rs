@@ -512,7 +512,8 @@ mod tests {
         assert_eq!(m.args, ["serve"]);
         assert_eq!(m.port("grpc"), 7000);
         assert_eq!(m.readiness.path, "/readyz?noleader");
-        assert_eq!(m.readiness.port, m.port("http"));
+        assert_eq!(m.readiness.port, m.port("probes"));
+        assert_eq!(m.liveness.port, m.port("probes"));
         assert!(m.env.contains(&(
             "RAFTSET_NAME".into(),
             EnvSource::Field("metadata.name".into())
