@@ -165,6 +165,12 @@ pub struct Config {
     #[arg(long, env = "RAFTSET_GRPC_MAX_CONNECTIONS", default_value_t = 1_024)]
     pub grpc_max_connections: usize,
 
+    /// `/metrics` requires `Authorization: Bearer <token>` whose SHA-256
+    /// this file holds (`sha256:<hex>`); read again when it changes. Without
+    /// it `/metrics` is open.
+    #[arg(long, env = "RAFTSET_METRICS_TOKEN_FILE")]
+    pub metrics_token_file: Option<PathBuf>,
+
     /// HTTP: most connections served at once.
     #[arg(long, env = "RAFTSET_HTTP_MAX_CONNECTIONS", default_value_t = 1_024)]
     pub http_max_connections: usize,

@@ -84,6 +84,12 @@ impl Format {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuthLabels {
+    endpoint: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     method: String,
     code: String,
@@ -302,6 +308,7 @@ pub struct Metrics {
     volume_size: Gauge,
     volume_free: Gauge,
     resident_bytes: Gauge,
+    auth_failures: Family<AuthLabels, Counter>,
 }
 
 /// The volume the data directory is on, as statvfs tells it.
@@ -363,6 +370,7 @@ impl Default for Metrics {
             volume_size: Gauge::default(),
             volume_free: Gauge::default(),
             resident_bytes: Gauge::default(),
+            auth_failures: Family::default(),
         };
         metrics.register_all()
     }
@@ -372,6 +380,11 @@ impl Metrics {
     fn register_all(mut self) -> Self {
         let r = &mut self.registry;
         let s = &self.store;
+        r.register(
+            "auth_failures",
+            "Requests refused for a missing or wrong credential, by endpoint and reason",
+            self.auth_failures.clone(),
+        );
         r.register(
             "has_leader",
             "1 when this node knows a leader (and is not campaigning)",
@@ -507,6 +520,17 @@ impl Metrics {
     }
 
     /// Exports the space quota, which is fixed for the process's life.
+    /// Counts a request to `endpoint` refused for `reason` (`missing`,
+    /// `wrong`).
+    pub fn auth_failed(&self, endpoint: &str, reason: &str) {
+        self.auth_failures
+            .get_or_create(&AuthLabels {
+                endpoint: endpoint.to_string(),
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
     pub fn set_quota_bytes(&self, bytes: u64) {
         self.quota_bytes
             .set(i64::try_from(bytes).unwrap_or(i64::MAX));
@@ -732,6 +756,7 @@ mod tests {
         let metrics = Metrics::default();
         metrics.observe("Get", tonic::Code::Ok, Duration::from_millis(1));
         metrics.peers().round_trip(2, Duration::from_millis(1));
+        metrics.auth_failed("metrics", "missing");
         let mut raft = RaftMetrics::new_initial(1);
         raft.replication = Some([(2, None)].into_iter().collect());
         let text = scrape(&metrics, &raft);

@@ -51,6 +51,8 @@ pub enum StartError {
     Raft(String),
     #[error("peer TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    MetricsToken(#[from] crate::http::token::TokenError),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Listen {
         what: &'static str,
@@ -161,6 +163,10 @@ impl Node {
             None => None,
         };
         let peers = PeerClients::new(cluster_id.clone(), peer_tls.clone());
+        let metrics_token = match &config.metrics_token_file {
+            Some(path) => Some(crate::http::token::TokenFile::open(path)?),
+            None => None,
+        };
         let contacts = Contacts::default();
         let reader = store.state_machine.reader();
         let feed = store.state_machine.feed();
@@ -253,6 +259,7 @@ impl Node {
             meta: cluster.meta.clone(),
             formation: cluster.formation.clone(),
             ready_max_lag: cluster.config.ready_max_lag,
+            metrics_token,
             visit_limits: VisitLimits::new(
                 cluster.config.visits_per_client,
                 cluster.config.visits_per_second,

@@ -9,6 +9,7 @@
 
 pub mod limit;
 pub mod page;
+pub mod token;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,6 +63,8 @@ pub struct HttpState {
     /// A node is ready only while it is within this many entries of the leader.
     pub ready_max_lag: u64,
     pub visit_limits: VisitLimits,
+    /// The token `/metrics` requires, if any.
+    pub metrics_token: Option<token::TokenFile>,
 }
 
 /// How HTTP connections are served.
@@ -371,7 +374,29 @@ fn readiness(core: &HttpState, without_leader: bool) -> Result<(), String> {
 /// `GET /metrics`: OpenMetrics text, labelled as such; Prometheus text
 /// 0.0.4 for a client whose `Accept` asks for `text/plain` and not for
 /// OpenMetrics (see [`Format::negotiate`]).
-async fn metrics(State(core): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
+async fn metrics(
+    State(core): State<Arc<HttpState>>,
+    Extension(ClientAddr(client)): Extension<ClientAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(token) = &core.metrics_token {
+        if let Err(refusal) = token.check(&headers) {
+            let reason = refusal.reason();
+            tracing::warn!(%client, reason, "refused a /metrics scrape: bearer token {reason}");
+            core.metrics.auth_failed("metrics", reason);
+            return match refusal {
+                token::Refusal::Missing => (
+                    StatusCode::UNAUTHORIZED,
+                    [(header::WWW_AUTHENTICATE, "Bearer")],
+                    "/metrics needs a bearer token\n",
+                )
+                    .into_response(),
+                token::Refusal::Wrong => {
+                    (StatusCode::FORBIDDEN, "wrong bearer token\n").into_response()
+                }
+            };
+        }
+    }
     let raft = core.raft_metrics();
     let text = core.metrics.render(Snapshot {
         raft: &raft,

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::http::{fetch, get};
+use crate::support::http::{fetch, fetch_with, get};
 use crate::support::openmetrics::{scrape, scrape_prometheus_text, Scrape};
 use crate::support::{poll, wait_for, Cluster, Harness};
 
@@ -328,6 +328,66 @@ async fn a_thousand_idle_visitor_connections_leave_the_probes_answering() {
     // The probe port serves probes only.
     assert_eq!(get(&node.probes(), "/", "*/*").await.status, 404);
     drop(idle);
+}
+
+/// `--metrics-token-file`: a scrape without the bearer token gets 401, with
+/// a wrong one 403, each counted and logged without the token; the right
+/// one is served; a rotated file takes over without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_behind_a_token_refuse_scrapes_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("metrics-token");
+    let hash_line = |token: &str| {
+        let out = std::process::Command::new("sha256sum")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write;
+                child.stdin.take().unwrap().write_all(token.as_bytes())?;
+                child.wait_with_output()
+            })
+            .expect("sha256sum");
+        let text = String::from_utf8(out.stdout).unwrap();
+        format!("sha256:{}\n", text.split_whitespace().next().unwrap())
+    };
+    std::fs::write(&file, hash_line("first-token")).unwrap();
+    let path = file.to_str().unwrap();
+    let cluster = Cluster::start_with(1, &["--metrics-token-file", path]).await;
+    let addr = cluster.nodes[0].http();
+    let scrape = |token: Option<&str>| {
+        let addr = addr.clone();
+        let bearer = token.map(|t| format!("Bearer {t}"));
+        async move {
+            let mut headers = vec![("Accept", "*/*")];
+            if let Some(bearer) = &bearer {
+                headers.push(("Authorization", bearer.as_str()));
+            }
+            fetch_with(&addr, "/metrics", &headers, Duration::from_secs(10))
+                .await
+                .unwrap()
+        }
+    };
+    let missing = scrape(None).await;
+    assert_eq!(missing.status, 401, "{}", missing.body);
+    assert_eq!(missing.header("www-authenticate"), Some("Bearer"));
+    assert_eq!(scrape(Some("guess")).await.status, 403);
+    let served = scrape(Some("first-token")).await;
+    assert_eq!(served.status, 200);
+    assert!(
+        served
+            .body
+            .contains(r#"raftset_auth_failures_total{endpoint="metrics",reason="missing"} 1"#),
+        "{}",
+        served.body
+    );
+    assert!(!served.body.contains("guess"));
+    // The rest of HTTP stays open.
+    assert_eq!(get(&addr, "/healthz", "*/*").await.status, 200);
+    // Rotated in place (a file of another size, as a new Secret is).
+    std::fs::write(&file, format!("{}\n", hash_line("second-token"))).unwrap();
+    assert_eq!(scrape(Some("first-token")).await.status, 403);
+    assert_eq!(scrape(Some("second-token")).await.status, 200);
 }
 
 /// Every `raftset_…` metric name in `text`.

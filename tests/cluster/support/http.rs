@@ -32,8 +32,21 @@ pub async fn fetch(
     accept: &str,
     timeout: Duration,
 ) -> Result<Reply, String> {
+    fetch_with(addr, path, &[("Accept", accept)], timeout).await
+}
+
+/// [`fetch`] with the request headers `headers`.
+pub async fn fetch_with(
+    addr: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<Reply, String> {
     let url = format!("http://{addr}{path}");
-    let accept = accept.to_string();
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     let what = format!("GET {url}");
     let exchange = move || -> Result<Reply, ureq::Error> {
         let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -43,7 +56,11 @@ pub async fn fetch(
             .proxy(None)
             .build()
             .into();
-        let mut response = agent.get(&url).header("Accept", &accept).call()?;
+        let mut request = agent.get(&url);
+        for (name, value) in &headers {
+            request = request.header(name, value);
+        }
+        let mut response = request.call()?;
         let body = response.body_mut().read_to_vec()?;
         Ok(Reply {
             status: response.status().as_u16(),
