@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
+use rand::{Rng, SeedableRng};
 use serde_json::json;
 
 use super::conn::{Format, Output};
@@ -14,10 +15,14 @@ use crate::client::{Client, Consistency};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Workload {
-    /// Durable writes of distinct keys.
+    /// Durable writes of keys drawn from the key space.
     Put,
-    /// Linearizable reads of one key.
+    /// Linearizable reads of keys drawn from the key space.
     Get,
+    /// Serializable reads (this node's state, no leader round).
+    SerializableGet,
+    /// 90% linearizable reads, 10% writes.
+    Mix,
     /// Increments of one counter.
     Increment,
 }
@@ -44,6 +49,11 @@ pub struct BenchArgs {
     /// Value size in bytes for puts.
     #[arg(long, default_value_t = 100)]
     pub value_size: usize,
+    /// Keys are drawn at random from this many (16-byte keys
+    /// `bench/00000042…`): a large space spreads writes over the tree, a
+    /// small one makes them overwrite.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub keyspace: u64,
     /// `-o json|yaml`; `wide` prints as `table`.
     #[command(flatten)]
     pub output: Output,
@@ -64,24 +74,27 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let mut client = clients[worker % clients.len()].clone();
         let (stop, errors, done, value) =
             (stop.clone(), errors.clone(), done.clone(), value.clone());
-        let workload = args.workload;
+        let (workload, keyspace) = (args.workload, args.keyspace);
         workers.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
-            let mut n = 0u64;
+            let mut rng = rand::rngs::StdRng::from_os_rng();
             while !stop.load(Ordering::Relaxed) {
+                let key = bench_key(rng.random_range(0..keyspace));
                 let began = Instant::now();
-                let result = match workload {
-                    Workload::Put => {
-                        let key = format!("bench/{worker}/{n}");
-                        client.put(key.as_bytes(), &value).await.map(|_| ())
-                    }
-                    Workload::Get => client
-                        .get_with(b"bench/get", Consistency::Linearizable)
-                        .await
-                        .map(|_| ()),
-                    Workload::Increment => client.increment(b"bench/counter", 1).await.map(|_| ()),
+                let request = match workload {
+                    Workload::Put => Request::Write,
+                    Workload::Mix if rng.random_range(0..10) == 0 => Request::Write,
+                    Workload::Get | Workload::Mix => Request::Read(Consistency::Linearizable),
+                    Workload::SerializableGet => Request::Read(Consistency::Serializable),
+                    Workload::Increment => Request::Increment,
                 };
-                n += 1;
+                let result = match request {
+                    Request::Write => client.put(&key, &value).await.map(|_| ()),
+                    Request::Read(consistency) => {
+                        client.get_with(&key, consistency).await.map(|_| ())
+                    }
+                    Request::Increment => client.increment(b"bench/counter", 1).await.map(|_| ()),
+                };
                 match result {
                     Ok(()) => {
                         latencies.push(began.elapsed());
@@ -118,6 +131,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         super::output::document(
             &json!({
                 "workload": format!("{:?}", args.workload).to_lowercase(),
+                "keyspace": args.keyspace, "value_size": args.value_size,
                 "in_flight": args.in_flight, "seconds": elapsed, "ops": ops, "errors": errors,
                 "ops_per_sec": throughput, "p50_ms": percentile(0.5), "p99_ms": percentile(0.99),
                 "max_ms": percentile(1.0),
@@ -135,6 +149,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// One request of a workload.
+enum Request {
+    Write,
+    Read(Consistency),
+    Increment,
+}
+
+/// Key `i` of the key space: 16 bytes, `bench/` and ten digits.
+fn bench_key(i: u64) -> Vec<u8> {
+    format!("bench/{i:010}").into_bytes()
 }
 
 /// Waits out the run. On a terminal, stderr shows the time left and the

@@ -672,6 +672,44 @@ async fn the_cli_compares_and_swaps_increments_and_deletes_a_prefix() {
         seen.contains(" errors, ") && seen.contains(" ops/s"),
         "{seen:?}"
     );
+
+    // Puts stay inside --keyspace; every workload runs without errors.
+    let cleared = run(&["delete", "--prefix", "bench/"]);
+    assert!(cleared.status.success(), "{cleared:?}");
+    for workload in ["put", "get", "serializable-get", "mix", "increment"] {
+        let out = run(&[
+            "bench",
+            "--seconds",
+            "1",
+            "--in-flight",
+            "4",
+            "--keyspace",
+            "5",
+            "--value-size",
+            "16",
+            "--workload",
+            workload,
+            "-o",
+            "json",
+        ]);
+        assert!(out.status.success(), "{workload}: {out:?}");
+        let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(summary["errors"], 0, "{workload}: {summary}");
+        assert!(
+            summary["ops"].as_u64().unwrap() > 0,
+            "{workload}: {summary}"
+        );
+        assert_eq!(summary["keyspace"], 5, "{summary}");
+    }
+    let keys = run(&["scan", "--prefix", "bench/0", "-o", "json"]);
+    let keys: serde_json::Value = serde_json::from_slice(&keys.stdout).unwrap();
+    let keys = keys["kvs"].as_array().unwrap();
+    assert!(!keys.is_empty() && keys.len() <= 5, "{keys:?}");
+    assert!(
+        keys.iter()
+            .all(|kv| kv["key"].as_str().unwrap().len() == 16),
+        "{keys:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
