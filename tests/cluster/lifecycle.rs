@@ -838,6 +838,24 @@ async fn two_survivors_cannot_both_force_a_new_cluster() {
         cluster.kill(i).await;
         cluster.delete_volume(i);
     }
+    // A survivor that has not noticed yet that a lost node led (an
+    // election timeout) still reports it, and forcing is rightly refused:
+    // wait until neither follows a lost leader.
+    let survivors = [
+        cluster.status(0).await.unwrap().id,
+        cluster.status(1).await.unwrap().id,
+    ];
+    for i in [0, 1] {
+        wait_for(&format!("node {i} to follow no lost leader"), || async {
+            match cluster.status(i).await?.leader_id {
+                Some(leader) if !survivors.contains(&leader) => {
+                    Err(format!("leader {leader:016x}"))
+                }
+                _ => Ok(()),
+            }
+        })
+        .await;
+    }
     let first = cluster.force_new_cluster(0).await;
     // Node 0 has recorded its re-founding (it may still be starting again):
     // node 1 must not found a second cluster beside it.
