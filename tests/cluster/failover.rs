@@ -171,6 +171,11 @@ async fn a_write_that_never_reached_the_leader_is_unavailable_not_unknown() {
     client.put(b"before", b"1").await.unwrap();
     let leader_id = cluster.status(leader).await.unwrap().id;
     cluster.kill(leader).await;
+    // The follower's open connection to the leader may not have seen the
+    // kill yet: a request written into it is one the follower cannot know
+    // was not delivered ("maybe proposed", rightly). A read spends that
+    // connection first, so the write below can only meet a refused connect.
+    let _ = client.get(b"before").await;
 
     let failed = client.put(b"k", b"v").await.unwrap_err();
     assert_eq!(failed.code(), Code::Unavailable, "{failed}");
