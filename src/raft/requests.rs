@@ -301,9 +301,13 @@ impl Requests {
         command: &Command,
         deadline: Instant,
     ) -> Result<Outcome, Attempt> {
-        self.forward(leader, command, deadline, |mut client, r| async move {
-            client.propose(r).await
-        })
+        forward(
+            &self.peers,
+            leader,
+            command,
+            deadline,
+            |mut client, r| async move { client.propose(r).await },
+        )
         .await
     }
 
@@ -365,24 +369,6 @@ impl Requests {
             Ok(None) => Err(Attempt::Fail(Error::ShuttingDown)),
             Ok(Some(answer)) => answer,
         }
-    }
-
-    /// Sends `payload` to the leader's peer port with `rpc`; a failure is
-    /// classified for the retry loop.
-    async fn forward<T, R, F, Fut>(
-        &self,
-        leader: &Member,
-        payload: &T,
-        deadline: Instant,
-        rpc: F,
-    ) -> Result<R, Attempt>
-    where
-        T: serde::Serialize,
-        R: serde::de::DeserializeOwned,
-        F: FnOnce(RaftPeerClient<Channel>, Request<PeerMessage>) -> Fut,
-        Fut: std::future::Future<Output = std::result::Result<Response<PeerMessage>, Status>>,
-    {
-        forward(&self.peers, leader, payload, deadline, rpc).await
     }
 
     async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<()> {
