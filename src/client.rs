@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status, Streaming};
 
@@ -27,6 +28,8 @@ pub enum ClientError {
         endpoint: String,
         source: tonic::transport::Error,
     },
+    #[error("the token is not printable ASCII, so no header can carry it")]
+    InvalidToken,
     #[error("{}", .0.message())]
     Status(#[from] Status),
 }
@@ -36,6 +39,7 @@ impl ClientError {
     pub fn code(&self) -> Code {
         match self {
             ClientError::Connect { .. } => Code::Unavailable,
+            ClientError::InvalidToken => Code::InvalidArgument,
             ClientError::Status(status) => status.code(),
         }
     }
@@ -45,7 +49,7 @@ impl ClientError {
     /// "not proposed". Only such a write may be sent again elsewhere.
     pub fn not_proposed(&self) -> bool {
         match self {
-            ClientError::Connect { .. } => true,
+            ClientError::Connect { .. } | ClientError::InvalidToken => true,
             ClientError::Status(status) => crate::error::status_says_nothing_proposed(status),
         }
     }
@@ -69,6 +73,8 @@ pub struct Client {
     kv: KvClient<Channel>,
     admin: AdminClient<Channel>,
     timeout: Duration,
+    /// `Bearer <token>`, sent with every call when set.
+    authorization: Option<MetadataValue<Ascii>>,
 }
 
 impl Client {
@@ -96,7 +102,16 @@ impl Client {
                 .max_encoding_message_size(MAX_CLIENT_MESSAGE),
             admin: AdminClient::new(channel),
             timeout: DEFAULT_TIMEOUT,
+            authorization: None,
         })
+    }
+
+    /// Sends `token` as a bearer token with every later call, for a node
+    /// that requires one (`--client-tokens-file`).
+    pub fn with_token(mut self, token: &str) -> Result<Client> {
+        let value = format!("Bearer {}", token.trim());
+        self.authorization = Some(value.parse().map_err(|_| ClientError::InvalidToken)?);
+        Ok(self)
     }
 
     /// Sets the deadline of every later call.
@@ -106,8 +121,20 @@ impl Client {
     }
 
     fn request<T>(&self, message: T) -> Request<T> {
-        let mut request = Request::new(message);
+        let mut request = self.untimed(message);
         request.set_timeout(self.timeout);
+        request
+    }
+
+    /// A request without the client's deadline, for a call that sets its
+    /// own or lasts as long as it is read (a watch).
+    fn untimed<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        if let Some(authorization) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", authorization.clone());
+        }
         request
     }
 
@@ -224,7 +251,7 @@ impl Client {
         prefix: &[u8],
         start_revision: u64,
     ) -> Result<Streaming<proto::WatchEvent>> {
-        let request = Request::new(proto::WatchRequest {
+        let request = self.untimed(proto::WatchRequest {
             prefix: prefix.to_vec().into(),
             start_revision,
         });
@@ -276,7 +303,7 @@ impl Client {
         replicas: Option<u32>,
         wait: Duration,
     ) -> Result<proto::PrepareStopResponse> {
-        let mut request = Request::new(proto::PrepareStopRequest {
+        let mut request = self.untimed(proto::PrepareStopRequest {
             replicas,
             timeout_ms: wait.as_millis() as u64,
         });

@@ -171,6 +171,13 @@ pub struct Config {
     #[arg(long, env = "RAFTSET_METRICS_TOKEN_FILE")]
     pub metrics_token_file: Option<PathBuf>,
 
+    /// The client gRPC port requires `Authorization: Bearer <token>` with a
+    /// role (`read`, `write`, `admin`) from this file: one line per token,
+    /// `<role> sha256:<hex>`; read again when it changes. Without it, anyone
+    /// who reaches the client port may do anything.
+    #[arg(long, env = "RAFTSET_CLIENT_TOKENS_FILE")]
+    pub client_tokens_file: Option<PathBuf>,
+
     /// HTTP: most connections served at once.
     #[arg(long, env = "RAFTSET_HTTP_MAX_CONNECTIONS", default_value_t = 1_024)]
     pub http_max_connections: usize,

@@ -266,6 +266,29 @@ impl From<PeerError> for Status {
     }
 }
 
+impl From<crate::auth::Refusal> for Status {
+    /// `UNAUTHENTICATED` without a valid token, `PERMISSION_DENIED` for a
+    /// token whose role is too low; marked not proposed, as nothing was.
+    fn from(refusal: crate::auth::Refusal) -> Status {
+        use crate::auth::Refusal;
+        let mut status = match refusal {
+            Refusal::Missing => Status::unauthenticated(
+                "this call needs a bearer token (raftset --token-file, RAFTSET_TOKEN_FILE)",
+            ),
+            Refusal::Wrong => Status::unauthenticated("the bearer token is not valid"),
+            Refusal::Forbidden { needs } => Status::permission_denied(format!(
+                "this call needs the {} role, which the token does not have",
+                needs.name()
+            )),
+        };
+        status.metadata_mut().insert(
+            NOT_PROPOSED_HEADER,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
+        status
+    }
+}
+
 /// Metadata on a status that says the peer refused the message itself
 /// (another cluster, another node id): it is no answer to the request.
 const PEER_REFUSAL_HEADER: &str = "raftset-peer-refused";

@@ -20,7 +20,8 @@
 //!        │
 //!      store (sled: log, vote, state machine; snapshots)
 //!        │
-//!      ground floor: types, proto, grpc, error, validate, limits, config, metrics, tls
+//!      ground floor: types, proto, grpc, error, validate, limits, config, metrics, tls,
+//!                    reload, auth
 //! ```
 //!
 //! Imports point down only: a part receives the handles it uses (the Raft
@@ -33,6 +34,7 @@
 //! must be started again. See `examples/`.
 
 pub(crate) mod api;
+pub mod auth;
 pub mod cli;
 pub mod client;
 pub(crate) mod cluster;
@@ -46,6 +48,7 @@ pub(crate) mod metrics;
 pub(crate) mod node;
 pub mod proto;
 pub(crate) mod raft;
+pub(crate) mod reload;
 pub(crate) mod store;
 pub mod tls;
 pub(crate) mod types;

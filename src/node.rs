@@ -18,7 +18,8 @@ use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::api::{AdminService, KvService, Watches};
+use crate::api::{AdminService, AuthorizeLayer, KvService, Watches};
+use crate::auth::{ClientAuth, RoleTokens};
 use crate::cluster::service::ClusterService;
 use crate::cluster::{
     formation, identity, leadership, membership, ClusterContext, Stop, StopSignal,
@@ -52,7 +53,7 @@ pub enum StartError {
     #[error("peer TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
     #[error(transparent)]
-    MetricsToken(#[from] crate::http::token::TokenError),
+    Auth(#[from] crate::auth::AuthError),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Listen {
         what: &'static str,
@@ -164,9 +165,20 @@ impl Node {
         };
         let peers = PeerClients::new(cluster_id.clone(), peer_tls.clone());
         let metrics_token = match &config.metrics_token_file {
-            Some(path) => Some(crate::http::token::TokenFile::open(path)?),
+            Some(path) => Some(crate::auth::TokenFile::open(path)?),
             None => None,
         };
+        let client_auth = match &config.client_tokens_file {
+            Some(path) => ClientAuth::new(Some(RoleTokens::open(path)?)),
+            None => {
+                tracing::warn!(
+                    "no --client-tokens-file: anyone who reaches the client port may read, \
+                     write and administer the store"
+                );
+                ClientAuth::new(None)
+            }
+        };
+        let client_auth = Arc::new(client_auth);
         let contacts = Contacts::default();
         let reader = store.state_machine.reader();
         let feed = store.state_machine.feed();
@@ -308,6 +320,10 @@ impl Node {
         client_tasks.spawn(crate::api::serve(
             kv,
             admin,
+            AuthorizeLayer {
+                auth: client_auth,
+                metrics: metrics.clone(),
+            },
             api_listener,
             cluster.config.grpc_max_connections,
             stop_clients.clone(),
@@ -410,7 +426,8 @@ impl Node {
         }
     }
 
-    /// A client connected to this node's gRPC port.
+    /// A client connected to this node's gRPC port. A node that requires
+    /// client tokens needs one: `node.client().await?.with_token(token)`.
     pub async fn client(&self) -> Result<crate::client::Client, crate::client::ClientError> {
         let host = if self.api_addr.ip().is_unspecified() {
             SocketAddr::from(([127, 0, 0, 1], self.api_addr.port()))

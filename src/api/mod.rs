@@ -7,6 +7,7 @@
 //! or, for Admin, the cluster layer. They never import `http` or `node`.
 
 mod admin;
+mod authorize;
 mod kv;
 mod watch;
 
@@ -19,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 pub use self::admin::AdminService;
+pub use self::authorize::AuthorizeLayer;
 pub use self::kv::KvService;
 pub use self::watch::Watches;
 use crate::limits::{MAX_CLIENT_MESSAGE, MAX_CLIENT_RESPONSE};
@@ -26,10 +28,12 @@ use crate::metrics::Metrics;
 use crate::proto::admin_server::AdminServer;
 use crate::proto::kv_server::KvServer;
 
-/// Serves the client port until `stop` is cancelled.
+/// Serves the client port until `stop` is cancelled, every call through
+/// the `gate`.
 pub async fn serve(
     kv: KvService,
     admin: AdminService,
+    gate: AuthorizeLayer,
     listener: TcpListener,
     max_connections: usize,
     stop: CancellationToken,
@@ -47,6 +51,7 @@ pub async fn serve(
     let incoming = crate::tls::incoming(listener, None, max_connections, stop.clone());
     let result = tonic::transport::Server::builder()
         .max_concurrent_streams(crate::limits::MAX_CLIENT_STREAMS)
+        .layer(gate)
         .add_service(health)
         .add_service(reflection)
         .add_service(kv)

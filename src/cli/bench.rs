@@ -10,8 +10,8 @@ use clap::{Args, ValueEnum};
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
-use super::conn::{Format, Output};
-use crate::client::{Client, Consistency};
+use super::conn::{Credentials, Format, Output};
+use crate::client::Consistency;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Workload {
@@ -57,12 +57,14 @@ pub struct BenchArgs {
     /// `-o json|yaml`; `wide` prints as `table`.
     #[command(flatten)]
     pub output: Output,
+    #[command(flatten)]
+    pub credentials: Credentials,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut clients = Vec::new();
     for endpoint in &args.endpoints {
-        clients.push(Client::connect(endpoint).await?);
+        clients.push(args.credentials.connect(endpoint).await?);
     }
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));

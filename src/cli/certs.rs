@@ -102,7 +102,7 @@ fn authority(args: &CertsArgs) -> anyhow::Result<Authority> {
 }
 
 /// The Secret manifest: the CA certificate and each ordinal's
-/// certificate and key, base64 as the API wants them.
+/// certificate and key.
 fn secret(args: &CertsArgs, ca: &Authority, issued: &[(String, Issued)]) -> String {
     let mut data = BTreeMap::new();
     data.insert(CA_FILE.to_string(), ca.cert_pem());
@@ -110,22 +110,42 @@ fn secret(args: &CertsArgs, ca: &Authority, issued: &[(String, Issued)]) -> Stri
         data.insert(format!("{name}.crt"), cert.cert_pem.clone());
         data.insert(format!("{name}.key"), cert.key_pem.clone());
     }
+    let about = format!(
+        "The peer port's certificates for StatefulSet {} (ordinals 0 to {}),\n\
+         made by `raftset certs`.",
+        args.statefulset,
+        args.replicas.saturating_sub(1)
+    );
+    secret_manifest(
+        &about,
+        &args.secret,
+        &args.namespace,
+        &args.statefulset,
+        &data,
+    )
+}
+
+/// A Secret manifest named `name` in `namespace` for the set `instance`,
+/// holding `data` (file name → contents, base64 as the API wants them),
+/// under the comment `about`.
+pub(super) fn secret_manifest(
+    about: &str,
+    name: &str,
+    namespace: &str,
+    instance: &str,
+    data: &BTreeMap<String, String>,
+) -> String {
     let b64 = base64::engine::general_purpose::STANDARD;
-    let mut out = format!(
-        "# The peer port's certificates for StatefulSet {set} (ordinals 0 to {last}),\n\
-         # made by `raftset certs`.\n\
-         apiVersion: v1\n\
+    let mut out: String = about.lines().map(|l| format!("# {l}\n")).collect();
+    out.push_str(&format!(
+        "apiVersion: v1\n\
          kind: Secret\n\
-         metadata:\n  name: {secret}\n  namespace: {ns}\n  labels:\n    app.kubernetes.io/name: raftset\n    app.kubernetes.io/instance: {set}\n\
+         metadata:\n  name: {name}\n  namespace: {namespace}\n  labels:\n    app.kubernetes.io/name: raftset\n    app.kubernetes.io/instance: {instance}\n\
          type: Opaque\n\
          data:\n",
-        set = args.statefulset,
-        last = args.replicas.saturating_sub(1),
-        secret = args.secret,
-        ns = args.namespace,
-    );
-    for (file, pem) in data {
-        out.push_str(&format!("  {file}: {}\n", b64.encode(pem)));
+    ));
+    for (file, contents) in data {
+        out.push_str(&format!("  {file}: {}\n", b64.encode(contents)));
     }
     out
 }

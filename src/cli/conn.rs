@@ -49,9 +49,40 @@ pub struct Conn {
     pub endpoints: Vec<String>,
     #[command(flatten)]
     pub output: Output,
+    #[command(flatten)]
+    pub credentials: Credentials,
     /// Give up on each endpoint after this many seconds.
     #[arg(long, default_value_t = 10)]
     pub timeout_secs: u64,
+}
+
+/// What a command proves itself with to a node that requires it.
+#[derive(Debug, Clone, Args)]
+pub struct Credentials {
+    /// A file holding the bearer token sent with every call, for nodes
+    /// started with `--client-tokens-file`.
+    #[arg(long, env = "RAFTSET_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<std::path::PathBuf>,
+}
+
+impl Credentials {
+    /// Connects to `endpoint`, the token (if any) on every call.
+    pub async fn connect(&self, endpoint: &str) -> Result<Client, CliError> {
+        let op = Op::Read;
+        let client = Client::connect(endpoint)
+            .await
+            .map_err(|source| CliError::Call { op, source })?;
+        let Some(path) = &self.token_file else {
+            return Ok(client);
+        };
+        let token = std::fs::read_to_string(path).map_err(|source| CliError::Input {
+            what: format!("the token file {}", path.display()),
+            source,
+        })?;
+        client
+            .with_token(&token)
+            .map_err(|source| CliError::Call { op, source })
+    }
 }
 
 /// How a command prints: `-o FORMAT`, or `--json`.
@@ -111,9 +142,10 @@ impl Conn {
         let mut last = None;
         let endpoints = self.endpoints();
         for endpoint in &endpoints {
-            let result = match Client::connect(endpoint).await {
+            let result = match self.credentials.connect(endpoint).await {
                 Ok(client) => call(client.with_timeout(self.timeout())).await,
-                Err(e) => Err(e),
+                Err(CliError::Call { source, .. }) => Err(source),
+                Err(unusable) => return Err(unusable),
             };
             match result {
                 Ok(value) => return Ok(value),
@@ -141,11 +173,10 @@ impl Conn {
         Fut: Future<Output = Result<T, ClientError>>,
     {
         let endpoint = self.endpoints().swap_remove(0);
-        let result = match Client::connect(&endpoint).await {
-            Ok(client) => call(client.with_timeout(self.timeout())).await,
-            Err(e) => Err(e),
-        };
-        result.map_err(|source| CliError::Call { op, source })
+        let client = self.credentials.connect(&endpoint).await?;
+        call(client.with_timeout(self.timeout()))
+            .await
+            .map_err(|source| CliError::Call { op, source })
     }
 }
 

@@ -82,11 +82,12 @@ where
         let answer = if member.api_addr.is_empty() {
             Err("no client address on record".to_string())
         } else {
-            let asked = async {
-                let client = Client::connect(&member.api_addr).await?;
-                ask(client.with_timeout(timeout)).await
-            };
-            asked.await.map_err(|e| one_line(&e))
+            match conn.credentials.connect(&member.api_addr).await {
+                Ok(client) => ask(client.with_timeout(timeout))
+                    .await
+                    .map_err(|e| one_line(&e)),
+                Err(e) => Err(one_line(&e)),
+            }
         };
         Probe {
             took: started.elapsed(),

@@ -39,6 +39,9 @@ pub enum Exit {
     /// no answer in time, or not ready). Docker counts any non-zero as
     /// unhealthy; this one tells it from a broken command line (2).
     Unhealthy = 8,
+    /// The node refused the caller: no valid token, or the token's role may
+    /// not make this call.
+    Denied = 9,
 }
 
 /// The exit-code table as `--help` shows it.
@@ -52,7 +55,8 @@ Exit codes:
   5  unavailable: no node reachable, no leader or quorum; nothing changed, retry
   6  outcome unknown: a write may or may not have applied; read before retrying
   7  verify: the members disagree
-  8  healthcheck: the node is not healthy (not listening, no answer, not ready)";
+  8  healthcheck: the node is not healthy (not listening, no answer, not ready)
+  9  denied: no valid token (--token-file), or its role may not make the call";
 
 impl From<Exit> for ExitCode {
     fn from(exit: Exit) -> ExitCode {
@@ -151,6 +155,7 @@ pub fn exit_for(code: Code, op: Op, not_proposed: bool) -> Exit {
         (Code::NotFound, _) => Exit::NotFound,
         (Code::FailedPrecondition | Code::Aborted, _) => Exit::Precondition,
         (Code::InvalidArgument | Code::OutOfRange, _) => Exit::Usage,
+        (Code::Unauthenticated | Code::PermissionDenied, _) => Exit::Denied,
         (Code::Unavailable | Code::ResourceExhausted, Op::Read) => Exit::Unavailable,
         (Code::Unavailable | Code::ResourceExhausted, Op::Write) if not_proposed => {
             Exit::Unavailable
@@ -272,6 +277,7 @@ mod tests {
             Exit::OutcomeUnknown,
             Exit::Disagree,
             Exit::Unhealthy,
+            Exit::Denied,
         ] {
             let line = format!("\n  {}  ", exit as u8);
             assert!(EXIT_CODES_HELP.contains(&line), "{exit:?} is documented");

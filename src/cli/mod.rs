@@ -13,6 +13,7 @@ mod exit;
 mod healthcheck;
 mod local;
 mod output;
+mod tokens;
 
 use std::ffi::{OsStr, OsString};
 use std::io::{IsTerminal, Read};
@@ -58,6 +59,11 @@ pub enum Command {
     /// Secret `k8s/` mounts (`raftset certs | kubectl apply -f -`), or
     /// write them to a directory (--out-dir).
     Certs(certs::CertsArgs),
+    /// Make the client port's tokens, one per role (read, write, admin):
+    /// print them and their hashes as the Secret `k8s/` mounts (`raftset
+    /// tokens | kubectl apply -f -`), or write them to a directory
+    /// (--out-dir).
+    Tokens(tokens::TokensArgs),
     /// Print a key's value: its raw bytes (a newline added only on a
     /// terminal), or with -o json|yaml the key-value with base64 fields.
     Get {
@@ -384,6 +390,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             certs::run(args)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Tokens(args) => {
+            tokens::run(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::ForceNewCluster { wait_secs, conn } => {
             let forced = conn
                 .call_first(
@@ -666,6 +676,7 @@ async fn client_command(command: Command) -> Result<Exit, CliError> {
         Command::Serve(_)
         | Command::Local(_)
         | Command::Certs(_)
+        | Command::Tokens(_)
         | Command::Restore { .. }
         | Command::Bench(_)
         | Command::ForceNewCluster { .. }

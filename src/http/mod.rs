@@ -9,7 +9,6 @@
 
 pub mod limit;
 pub mod page;
-pub mod token;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +28,7 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use self::limit::{ClientAddr, VisitLimits};
+use crate::auth::{Refusal, TokenFile};
 
 use crate::cluster::roster::Roster;
 use crate::error::Error;
@@ -64,7 +64,7 @@ pub struct HttpState {
     pub ready_max_lag: u64,
     pub visit_limits: VisitLimits,
     /// The token `/metrics` requires, if any.
-    pub metrics_token: Option<token::TokenFile>,
+    pub metrics_token: Option<TokenFile>,
 }
 
 /// How HTTP connections are served.
@@ -380,18 +380,21 @@ async fn metrics(
     headers: HeaderMap,
 ) -> Response {
     if let Some(token) = &core.metrics_token {
-        if let Err(refusal) = token.check(&headers) {
+        let authorization = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if let Err(refusal) = token.check(authorization) {
             let reason = refusal.reason();
             tracing::warn!(%client, reason, "refused a /metrics scrape: bearer token {reason}");
             core.metrics.auth_failed("metrics", reason);
             return match refusal {
-                token::Refusal::Missing => (
+                Refusal::Missing => (
                     StatusCode::UNAUTHORIZED,
                     [(header::WWW_AUTHENTICATE, "Bearer")],
                     "/metrics needs a bearer token\n",
                 )
                     .into_response(),
-                token::Refusal::Wrong => {
+                Refusal::Wrong | Refusal::Forbidden { .. } => {
                     (StatusCode::FORBIDDEN, "wrong bearer token\n").into_response()
                 }
             };

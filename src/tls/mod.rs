@@ -13,11 +13,9 @@
 //! Never: decides who may do what with a proven identity (the peer services
 //! do), nor touches the client ports.
 //!
-//! Reloading as etcd does: every new connection, accepted or made, checks
-//! the files' modification times and sizes first and re-reads them when
-//! they changed. Connections already open keep the certificate they were
-//! made with. Files that fail to load (half-written, mismatched) leave the
-//! last good set in use, with a warning.
+//! Reloading as etcd does ([`crate::reload`]): every new connection,
+//! accepted or made, uses the files as they are then. Connections already
+//! open keep the certificate they were made with.
 
 pub mod issue;
 
@@ -25,9 +23,9 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -39,6 +37,8 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
+
+use crate::reload::Reloading;
 
 /// The CA bundle's file name in the directory (cert-manager's too).
 pub const CA_FILE: &str = "ca.crt";
@@ -93,18 +93,6 @@ impl Files {
             cert,
             key,
         })
-    }
-
-    /// What tells a changed file: modification time and size of each.
-    fn stamp(&self) -> Vec<Option<(SystemTime, u64)>> {
-        [&self.ca, &self.cert, &self.key]
-            .into_iter()
-            .map(|p| {
-                std::fs::metadata(p)
-                    .ok()
-                    .and_then(|m| Some((m.modified().ok()?, m.len())))
-            })
-            .collect()
     }
 
     fn load(&self) -> Result<Configs, TlsError> {
@@ -186,23 +174,17 @@ struct Configs {
     client: Arc<ClientConfig>,
 }
 
-struct Loaded {
-    stamp: Vec<Option<(SystemTime, u64)>>,
-    configs: Configs,
-}
-
-/// This node's peer TLS: the files, and what was last loaded from them.
+/// This node's peer TLS: the configurations from the files, made again
+/// when the files change.
 #[derive(Clone)]
 pub struct PeerTls {
-    files: Arc<Files>,
-    loaded: Arc<Mutex<Loaded>>,
+    cert: PathBuf,
+    configs: Arc<Reloading<Configs, TlsError>>,
 }
 
 impl std::fmt::Debug for PeerTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PeerTls")
-            .field("cert", &self.files.cert)
-            .finish()
+        f.debug_struct("PeerTls").field("cert", &self.cert).finish()
     }
 }
 
@@ -211,32 +193,18 @@ impl PeerTls {
     /// start-up error if any of it is missing or wrong.
     pub fn load(dir: &Path, name: &str) -> Result<PeerTls, TlsError> {
         let files = Files::find(dir, name)?;
-        let stamp = files.stamp();
-        let configs = files.load()?;
+        let paths = vec![files.ca.clone(), files.cert.clone(), files.key.clone()];
+        let cert = files.cert.clone();
+        let configs = Reloading::open("peer certificates", paths, move || files.load())?;
         Ok(PeerTls {
-            files: Arc::new(files),
-            loaded: Arc::new(Mutex::new(Loaded { stamp, configs })),
+            cert,
+            configs: Arc::new(configs),
         })
     }
 
     /// The configurations from the files as they are now.
-    fn current(&self) -> Configs {
-        let mut loaded = self.loaded.lock().expect("peer TLS lock");
-        let stamp = self.files.stamp();
-        if stamp != loaded.stamp {
-            match self.files.load() {
-                Ok(configs) => {
-                    tracing::info!(dir = %self.files.dir.display(), "peer certificates changed: using the new ones");
-                    loaded.configs = configs;
-                }
-                Err(e) => tracing::warn!(
-                    "peer certificates changed but cannot be used, keeping the previous ones: {e}"
-                ),
-            }
-            // Either way, not again until the files change again.
-            loaded.stamp = stamp;
-        }
-        loaded.configs.clone()
+    fn current(&self) -> Arc<Configs> {
+        self.configs.get()
     }
 
     /// Connects to `host:port` over TLS, checking that the peer's
@@ -246,7 +214,7 @@ impl PeerTls {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let tcp = TcpStream::connect((host, port)).await?;
         tcp.set_nodelay(true)?;
-        let connector = TlsConnector::from(self.current().client);
+        let connector = TlsConnector::from(self.current().client.clone());
         let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, tcp))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
@@ -350,7 +318,7 @@ pub fn incoming(
             };
             let sender = sender.clone();
             tokio::spawn(async move {
-                let acceptor = TlsAcceptor::from(tls.current().server);
+                let acceptor = TlsAcceptor::from(tls.current().server.clone());
                 let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
                 let stream = match handshake {
                     Ok(Ok(stream)) => stream,

@@ -5,6 +5,7 @@ mod support;
 
 mod admin;
 mod api_errors;
+mod client_auth;
 mod consistency;
 mod crash_points;
 mod durability;

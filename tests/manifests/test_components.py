@@ -324,8 +324,20 @@ def test_backups_keep_the_newest_n_on_their_own_claim(backups):
     # The README's restore and wipe steps delete every claim labelled
     # app.kubernetes.io/name=raftset: never the backups.
     assert claim["metadata"]["labels"]["app.kubernetes.io/name"] != "raftset"
-    writable = {v["mountPath"] for v in container["volumeMounts"]}
+    writable = {v["mountPath"] for v in container["volumeMounts"] if not v.get("readOnly")}
     assert writable == {directory}, "the backup volume is all it writes"
+
+
+def test_backups_send_the_admin_token_and_mount_no_other(backups):
+    pod = backup_pod(backups)["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    token = env["RAFTSET_TOKEN_FILE"]
+    mount = next(v for v in container["volumeMounts"] if token.startswith(v["mountPath"] + "/"))
+    assert mount["readOnly"]
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert volume["secret"]["secretName"] == "raftset-client-tokens"
+    assert [i["path"] for i in volume["secret"]["items"]] == [token.rsplit("/", 1)[1]]
 
 
 def test_backups_reach_the_cluster_through_the_client_service(backups):

@@ -32,6 +32,8 @@ EXPECTED_ENV = {
     "RAFTSET_FOLLOW_REPLICAS",
     "RAFTSET_PEER_TLS_DIR",
     "RAFTSET_LISTEN_PROBES",
+    "RAFTSET_CLIENT_TOKENS_FILE",
+    "RAFTSET_TOKEN_FILE",
 }
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "StorageClass",
                   "PersistentVolume", "PriorityClass", "CustomResourceDefinition"}
@@ -291,6 +293,23 @@ def test_the_peer_port_speaks_mutual_tls_from_the_secret_raftset_certs_makes(bas
     # Keys readable by the pod's group only.
     assert volume["secret"]["defaultMode"] == 0o440
     assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+
+
+def test_the_client_port_requires_tokens_from_the_secret_raftset_tokens_makes(base):
+    env = {e["name"]: e["value"] for e in main_container(base)["env"] if "value" in e}
+    tokens, admin = env["RAFTSET_CLIENT_TOKENS_FILE"], env["RAFTSET_TOKEN_FILE"]
+    directory = tokens.rsplit("/", 1)[0]
+    assert admin.rsplit("/", 1)[0] == directory
+    pod = one(base, "StatefulSet")["spec"]["template"]["spec"]
+    mounts = {v["mountPath"]: v for v in main_container(base)["volumeMounts"]}
+    assert mounts[directory].get("readOnly") is True
+    volume = next(v for v in pod["volumes"] if v["name"] == mounts[directory]["name"])
+    # `raftset tokens` names its Secret so by default; the pods get the
+    # hashes and the admin token (for kubectl exec), not the applications'.
+    assert volume["secret"]["secretName"] == "raftset-client-tokens"
+    assert sorted(i["path"] for i in volume["secret"]["items"]) == sorted(
+        p.rsplit("/", 1)[1] for p in (tokens, admin))
+    assert volume["secret"]["defaultMode"] == 0o440
 
 
 def test_the_service_account_may_read_its_statefulset_and_keep_only_the_founding_record(base):

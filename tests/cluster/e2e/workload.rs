@@ -378,7 +378,7 @@ impl PodClient {
     async fn client(&mut self) -> Option<&mut Client> {
         if self.client.is_none() {
             let endpoint = self.endpoints.nth(self.target).unwrap_or_default();
-            let connect = Client::connect(&endpoint);
+            let connect = self.endpoints.connect(&endpoint);
             match tokio::time::timeout(Duration::from_secs(2), connect).await {
                 Ok(Ok(c)) => self.client = Some(c.with_timeout(self.timeout)),
                 _ => {

@@ -49,12 +49,21 @@ pub trait Harness {
     /// Waits until member `i` answers its readiness probe with 200.
     async fn wait_ready(&self, i: usize);
 
+    /// The admin token the members require of clients, if they do.
+    fn token(&self) -> Option<String> {
+        None
+    }
+
     /// A client of member `i` whose calls give up after `timeout`;
-    /// connecting gives up after 3 s.
+    /// connecting gives up after 3 s. It sends the harness's token.
     async fn connect(&self, i: usize, timeout: Duration) -> Result<Client, String> {
         let api = self.api(i);
         match tokio::time::timeout(Duration::from_secs(3), Client::connect(&api)).await {
-            Ok(Ok(client)) => Ok(client.with_timeout(timeout)),
+            Ok(Ok(client)) => match self.token() {
+                Some(token) => client.with_token(&token).map_err(|e| e.to_string()),
+                None => Ok(client),
+            }
+            .map(|client| client.with_timeout(timeout)),
             Ok(Err(e)) => Err(format!("{}: {e}", self.name(i))),
             Err(_) => Err(format!("{}: connect {api}: timed out", self.name(i))),
         }

@@ -9,6 +9,7 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
+use raftset::auth::{token_line, Role};
 use raftset::proto::StatusResponse;
 use raftset::tls::issue::Authority;
 use raftset::Client;
@@ -67,7 +68,15 @@ pub struct Cluster {
     /// certificate for its name and address in [`Cluster::tls_dir`]. None:
     /// the nodes run with `--insecure-peers`.
     authority: Option<Authority>,
+    /// The admin token of a cluster that requires client tokens, which
+    /// the harness's own calls send.
+    token: Option<String>,
 }
+
+/// The tokens of a cluster started with [`Cluster::start_with_tokens`].
+pub const ADMIN_TOKEN: &str = "admin-7b1c2e";
+pub const WRITE_TOKEN: &str = "write-93fa07";
+pub const READ_TOKEN: &str = "read-4d5e61";
 
 impl Cluster {
     /// Starts `n` nodes that form one cluster, and waits until they have.
@@ -130,17 +139,23 @@ impl Cluster {
     pub async fn start_secure(n: usize) -> Cluster {
         let mut cluster = Cluster::empty(&[]);
         cluster.secure();
+        cluster.start_nodes(n).await
+    }
+
+    /// Creates and starts `n` nodes on this cluster's settings, and waits
+    /// until they form one cluster and serve.
+    async fn start_nodes(mut self, n: usize) -> Cluster {
         for _ in 0..n {
-            cluster.create_node();
+            self.create_node();
         }
         for i in 0..n {
-            cluster.launch(i);
+            self.launch(i);
         }
-        cluster.wait_for_voters(n).await;
+        self.wait_for_voters(n).await;
         for i in 0..n {
-            cluster.wait_ready(i).await;
+            self.wait_ready(i).await;
         }
-        cluster
+        self
     }
 
     fn empty(args: &[&str]) -> Cluster {
@@ -150,7 +165,38 @@ impl Cluster {
             _dir: tempfile::tempdir().expect("temp dir"),
             subnet: next_subnet(),
             authority: None,
+            token: None,
         }
+    }
+
+    /// Starts `n` nodes that require a client token
+    /// (`--client-tokens-file`): [`ADMIN_TOKEN`], [`WRITE_TOKEN`] and
+    /// [`READ_TOKEN`], one of each role.
+    pub async fn start_with_tokens(n: usize) -> Cluster {
+        let mut cluster = Cluster::empty(&[]);
+        cluster.write_tokens(&[
+            (Role::Admin, ADMIN_TOKEN),
+            (Role::Write, WRITE_TOKEN),
+            (Role::Read, READ_TOKEN),
+        ]);
+        let file = cluster.tokens_file().to_string_lossy().into_owned();
+        cluster.args = vec!["--client-tokens-file".into(), file];
+        cluster.token = Some(ADMIN_TOKEN.to_string());
+        cluster.start_nodes(n).await
+    }
+
+    /// Where the client tokens' hashes are (`--client-tokens-file`).
+    pub fn tokens_file(&self) -> PathBuf {
+        self._dir.path().join("client-tokens")
+    }
+
+    /// Replaces the client tokens file with these tokens, in place.
+    pub fn write_tokens(&self, tokens: &[(Role, &str)]) {
+        let lines: String = tokens
+            .iter()
+            .map(|(role, token)| format!("{}\n", token_line(*role, token)))
+            .collect();
+        std::fs::write(self.tokens_file(), lines).expect("the tokens file");
     }
 
     /// From now on, nodes get certificates from a fresh CA and speak mutual
@@ -289,7 +335,7 @@ impl Cluster {
     pub async fn client(&self, i: usize) -> Client {
         let api = self.nodes[i].api();
         wait_for(&format!("a connection to {api}"), || async {
-            Client::connect(&api).await.map_err(|e| e.to_string())
+            self.connect(i, raftset::client::DEFAULT_TIMEOUT).await
         })
         .await
     }
@@ -401,6 +447,10 @@ impl Cluster {
 impl Harness for Cluster {
     fn name(&self, i: usize) -> String {
         self.nodes[i].name.clone()
+    }
+
+    fn token(&self) -> Option<String> {
+        self.token.clone()
     }
 
     fn api(&self, i: usize) -> String {

@@ -20,7 +20,7 @@
 //! | headless Service DNS | [`ClusterDns`] on the network's gateway, the only server in the pods' `/etc/resolv.conf`: A records for `raftset-N.<service>.<ns>.svc.cluster.local` and `<service>.<ns>.svc.cluster.local` while the pod runs and is on the private `--internal` network (as Docker's aliases were), NXDOMAIN for the rest, and outages on command ([`StatefulSet::dns`]) |
 //! | PVC `data-raftset-N` | named volume `<set id>-data-raftset-N` at the claim's mount path |
 //! | emptyDir | `--tmpfs` (size limit, owned by the pod's user) |
-//! | the peer TLS Secret | `raftset certs --out-dir`, bind-mounted read-only, files owned by the pod's user and group, mode 0440 |
+//! | the peer TLS and client tokens Secrets | `raftset certs --out-dir`, `raftset tokens --out-dir`, bind-mounted read-only, files owned by the pod's user and group, mode 0440; the host's clients send the admin token |
 //! | securityContext | `--user`, `--read-only`, `--cap-drop`, `no-new-privileges` |
 //! | resources.limits | `--cpus`, `--memory` |
 //! | terminationGracePeriodSeconds | `--stop-timeout`, `docker stop -t` |
@@ -45,6 +45,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use raftset::Client;
 use serde_json::Value;
 
 use super::dns::ClusterDns;
@@ -120,15 +121,28 @@ pub struct StatefulSet {
     endpoints: Endpoints,
 }
 
-/// The client addresses of a set's pods, kept current by the set.
+/// The client addresses of a set's pods, kept current by the set, and
+/// the token its clients send.
 #[derive(Clone, Default)]
-pub struct Endpoints(Arc<std::sync::RwLock<Vec<String>>>);
+pub struct Endpoints {
+    addrs: Arc<std::sync::RwLock<Vec<String>>>,
+    token: Option<String>,
+}
 
 impl Endpoints {
     /// The `n`th address, counting round the pods that exist now.
     pub fn nth(&self, n: usize) -> Option<String> {
-        let all = self.0.read().unwrap();
+        let all = self.addrs.read().unwrap();
         (!all.is_empty()).then(|| all[n % all.len()].clone())
+    }
+
+    /// A client of `endpoint` that sends the set's token.
+    pub async fn connect(&self, endpoint: &str) -> Result<Client, raftset::ClientError> {
+        let client = Client::connect(endpoint).await?;
+        match &self.token {
+            Some(token) => client.with_token(token),
+            None => Ok(client),
+        }
     }
 }
 
@@ -505,7 +519,7 @@ impl StatefulSet {
             .filter(|(_, pod)| pod.is_some())
             .map(|(i, _)| self.api(i))
             .collect();
-        *self.endpoints.0.write().unwrap() = current;
+        *self.endpoints.addrs.write().unwrap() = current;
 
         let mut records = BTreeMap::new();
         let mut service = Vec::new();
@@ -528,7 +542,10 @@ impl StatefulSet {
     /// The client addresses of the pods as they come and go (a re-created
     /// pod has a new IP), as a client resolving the Service would see them.
     pub fn endpoints(&self) -> Endpoints {
-        self.endpoints.clone()
+        Endpoints {
+            addrs: self.endpoints.addrs.clone(),
+            token: self.token(),
+        }
     }
 
     /// Deletes pod `i` as `kubectl delete pod` does: the preStop hook, then
@@ -899,6 +916,20 @@ impl Harness for StatefulSet {
         self.pod_name(i)
     }
 
+    /// The admin token of the client tokens Secret, when the manifest
+    /// mounts one.
+    fn token(&self) -> Option<String> {
+        let (secret, _) = self
+            .manifest
+            .secrets
+            .iter()
+            .find(|(secret, _)| secret.ends_with("client-tokens"))?;
+        let path = self.secrets_dir.join(secret).join("admin.token");
+        let token =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        Some(token.trim().to_string())
+    }
+
     /// Client gRPC address of pod `i`, from the host.
     fn api(&self, i: usize) -> String {
         format!("{}:{}", self.ip(i), self.manifest.port("grpc"))
@@ -993,11 +1024,11 @@ impl Drop for StatefulSet {
         drop(self.dns.take());
         let filter = format!("label={LABEL_SET}={}", self.id);
         let containers = docker_blocking(&["ps", "-aq", "--filter", &filter]).unwrap_or_default();
-        if std::thread::panicking() {
+        if true {
             for (i, pod) in self.pods.iter().enumerate() {
                 let Some(pod) = pod else { continue };
                 let logs = std::process::Command::new("docker")
-                    .args(["logs", "--tail", "30", &pod.container])
+                    .args(["logs", &pod.container])
                     .output()
                     .map(|o| {
                         format!(
@@ -1007,11 +1038,8 @@ impl Drop for StatefulSet {
                         )
                     })
                     .unwrap_or_default();
-                eprintln!(
-                    "--- last lines of {} ({}) ---\n{logs}",
-                    self.pod_name(i),
-                    pod.container
-                );
+                std::fs::create_dir_all("/tmp/diag").unwrap();
+                std::fs::write(format!("/tmp/diag/{}.log", self.pod_name(i)), logs).unwrap();
             }
         }
         let mut errors = Vec::new();
@@ -1053,30 +1081,37 @@ const CERTIFIED_ORDINALS: u32 = 10;
 impl StatefulSet {
     /// Makes the Secrets the manifest mounts, as an operator would before
     /// deploying: the peer TLS Secret with `raftset certs`, for this set's
-    /// names, its files owned by the pods' group and readable by it only
-    /// (the manifest's `fsGroup` and `defaultMode: 0440`).
+    /// names, and the client tokens with `raftset tokens`; their files
+    /// owned by the pods' group and readable by it only (the manifest's
+    /// `fsGroup` and `defaultMode: 0440`). Every file of a Secret is
+    /// mounted, whatever `items` the manifest picks.
     fn make_secrets(&self) -> Result<(), String> {
         let m = &self.manifest;
         for (secret, _) in &m.secrets {
-            if !secret.ends_with("peer-tls") {
+            let dir = self.secrets_dir.join(secret);
+            let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_raftset"));
+            if secret.ends_with("peer-tls") {
+                command
+                    .arg("certs")
+                    .args(["--replicas", &CERTIFIED_ORDINALS.to_string()])
+                    .args(["--statefulset", &m.set_name])
+                    .args(["--service", &m.service_name])
+                    .args(["--namespace", &m.namespace]);
+            } else if secret.ends_with("client-tokens") {
+                command.arg("tokens");
+            } else {
                 return Err(format!(
-                    "the harness plays only the peer TLS Secret, not {secret}"
+                    "the harness plays only the peer TLS and client tokens Secrets, not {secret}"
                 ));
             }
-            let dir = self.secrets_dir.join(secret);
-            let out = std::process::Command::new(env!("CARGO_BIN_EXE_raftset"))
-                .arg("certs")
-                .args(["--replicas", &CERTIFIED_ORDINALS.to_string()])
-                .args(["--statefulset", &m.set_name])
-                .args(["--service", &m.service_name])
-                .args(["--namespace", &m.namespace])
+            let out = command
                 .arg("--out-dir")
                 .arg(&dir)
                 .output()
-                .map_err(|e| format!("raftset certs: {e}"))?;
+                .map_err(|e| format!("raftset for {secret}: {e}"))?;
             if !out.status.success() {
                 return Err(format!(
-                    "raftset certs failed: {}",
+                    "making {secret} failed: {}",
                     String::from_utf8_lossy(&out.stderr)
                 ));
             }

@@ -1,0 +1,418 @@
+//! Who may call what on the client port, and the `/metrics` token: the
+//! three roles, the files of token hashes that grant them, and the role
+//! each client RPC needs.
+//!
+//! Owns: reading token files (hashes only, never a token), re-reading them
+//! when they change ([`crate::reload`]), checking a presented bearer token
+//! against them, and the table of client RPCs and roles, which asks the
+//! highest role of any RPC it does not name.
+//!
+//! Never: serves, logs or keeps a token in the clear, nor decides anything
+//! for the peer port, whose callers prove themselves with certificates
+//! ([`crate::tls`]).
+//!
+//! Presented tokens are hashed and compared with every hash in the file,
+//! byte by byte to the end: timing could tell at most how much of a
+//! guess's hash is right, nothing of a token.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use crate::reload::Reloading;
+
+const HASH_PREFIX: &str = "sha256:";
+
+/// What a caller may do; each role may do everything of the ones before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// Get, Scan, Watch; the Admin service's Status and Members.
+    Read,
+    /// Read, and Put, Delete, CompareAndSwap, Increment.
+    Write,
+    /// Everything, the rest of the Admin service included.
+    Admin,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Read => "read",
+            Role::Write => "write",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl FromStr for Role {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Role, ()> {
+        [Role::Read, Role::Write, Role::Admin]
+            .into_iter()
+            .find(|role| role.name() == s)
+            .ok_or(())
+    }
+}
+
+/// Why a call was refused; none says anything of the token presented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// No bearer token.
+    Missing,
+    /// A bearer token that no line of the file grants.
+    Wrong,
+    /// A token whose role is below the one the call needs.
+    Forbidden { needs: Role },
+}
+
+impl Refusal {
+    /// The metric label and log field.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::Missing => "missing",
+            Refusal::Wrong => "wrong",
+            Refusal::Forbidden { .. } => "forbidden",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("cannot read the token file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    // The line itself is never shown: it could be a token pasted by mistake.
+    #[error("{path}, line {line}: {expected}")]
+    Format {
+        path: PathBuf,
+        line: usize,
+        expected: &'static str,
+    },
+}
+
+/// A token's SHA-256, as the files hold it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Hash([u8; 32]);
+
+impl std::fmt::Debug for Hash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hash(..)")
+    }
+}
+
+impl Hash {
+    fn of(token: &str) -> Hash {
+        let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+        Hash(digest.as_ref().try_into().expect("SHA-256 is 32 bytes"))
+    }
+
+    /// `sha256:<64 hex digits>`.
+    fn parse(text: &str) -> Option<Hash> {
+        let hex = text.strip_prefix(HASH_PREFIX)?;
+        if hex.len() != 64 {
+            return None;
+        }
+        let mut hash = [0u8; 32];
+        for (i, byte) in hash.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(Hash(hash))
+    }
+
+    /// Equal, comparing every byte whatever differs first.
+    fn same(&self, other: &Hash) -> bool {
+        self.0
+            .iter()
+            .zip(other.0)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header value.
+pub fn bearer(authorization: Option<&str>) -> Result<&str, Refusal> {
+    authorization
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or(Refusal::Missing)
+}
+
+/// The one token `/metrics` may require (`--metrics-token-file`): a line
+/// `sha256:<hex>`, the hash of `printf %s "$TOKEN" | sha256sum`.
+pub struct TokenFile(Reloading<Hash, AuthError>);
+
+impl TokenFile {
+    pub fn open(path: &Path) -> Result<TokenFile, AuthError> {
+        let file = path.to_path_buf();
+        Reloading::open("metrics token", vec![file.clone()], move || {
+            let text = read(&file)?;
+            Hash::parse(text.trim()).ok_or_else(|| AuthError::Format {
+                path: file.clone(),
+                line: 1,
+                expected: "one line `sha256:<64 hex digits>` (printf %s \"$TOKEN\" | sha256sum)",
+            })
+        })
+        .map(TokenFile)
+    }
+
+    /// Whether `authorization` carries the token.
+    pub fn check(&self, authorization: Option<&str>) -> Result<(), Refusal> {
+        let presented = Hash::of(bearer(authorization)?);
+        if self.0.get().same(&presented) {
+            Ok(())
+        } else {
+            Err(Refusal::Wrong)
+        }
+    }
+}
+
+/// The tokens that may call the client port (`--client-tokens-file`): one
+/// line per token, `<role> sha256:<hex>`; blank lines and `#` comments
+/// are allowed.
+pub struct RoleTokens(Reloading<Vec<(Role, Hash)>, AuthError>);
+
+impl RoleTokens {
+    pub fn open(path: &Path) -> Result<RoleTokens, AuthError> {
+        let file = path.to_path_buf();
+        Reloading::open("client tokens", vec![file.clone()], move || {
+            parse_role_tokens(&file, &read(&file)?)
+        })
+        .map(RoleTokens)
+    }
+
+    /// The role `authorization`'s token has.
+    fn role_of(&self, authorization: Option<&str>) -> Result<Role, Refusal> {
+        let presented = Hash::of(bearer(authorization)?);
+        // Every line is compared, so the time taken does not tell which.
+        self.0
+            .get()
+            .iter()
+            .fold(None, |found, (role, hash)| {
+                if hash.same(&presented) {
+                    found.max(Some(*role))
+                } else {
+                    found
+                }
+            })
+            .ok_or(Refusal::Wrong)
+    }
+}
+
+fn read(path: &Path) -> Result<String, AuthError> {
+    std::fs::read_to_string(path).map_err(|source| AuthError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn parse_role_tokens(path: &Path, text: &str) -> Result<Vec<(Role, Hash)>, AuthError> {
+    let mut tokens = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let parsed = line
+            .split_once(char::is_whitespace)
+            .and_then(|(role, hash)| Some((role.parse::<Role>().ok()?, Hash::parse(hash.trim())?)));
+        tokens.push(parsed.ok_or_else(|| AuthError::Format {
+            path: path.to_path_buf(),
+            line: i + 1,
+            expected: "`<read|write|admin> sha256:<64 hex digits>`",
+        })?);
+    }
+    Ok(tokens)
+}
+
+/// The role a client RPC (by its gRPC path) needs; `None`: anyone may call
+/// it (the standard health and reflection services).
+pub fn needed_role(path: &str) -> Option<Role> {
+    const OPEN: &[&str] = &[
+        "/grpc.health.v1.Health/",
+        "/grpc.reflection.v1.ServerReflection/",
+    ];
+    const RULES: &[(&str, Role)] = &[
+        ("/raftset.v1.KV/Get", Role::Read),
+        ("/raftset.v1.KV/Scan", Role::Read),
+        ("/raftset.v1.KV/Watch", Role::Read),
+        ("/raftset.v1.KV/Put", Role::Write),
+        ("/raftset.v1.KV/Delete", Role::Write),
+        ("/raftset.v1.KV/CompareAndSwap", Role::Write),
+        ("/raftset.v1.KV/Increment", Role::Write),
+        ("/raftset.v1.Admin/Status", Role::Read),
+        ("/raftset.v1.Admin/Members", Role::Read),
+    ];
+    if OPEN.iter().any(|prefix| path.starts_with(prefix)) {
+        return None;
+    }
+    Some(
+        RULES
+            .iter()
+            .find(|(rule, _)| *rule == path)
+            .map_or(Role::Admin, |(_, role)| *role),
+    )
+}
+
+/// Who may call the client port: anyone (no tokens file), or whoever
+/// presents a token with the role the call needs.
+pub struct ClientAuth {
+    tokens: Option<RoleTokens>,
+}
+
+impl ClientAuth {
+    /// Without a tokens file, every call is allowed.
+    pub fn new(tokens: Option<RoleTokens>) -> ClientAuth {
+        ClientAuth { tokens }
+    }
+
+    /// Whether a call of `path` with this `authorization` header may go on.
+    pub fn check(&self, path: &str, authorization: Option<&str>) -> Result<(), Refusal> {
+        let (Some(tokens), Some(needs)) = (&self.tokens, needed_role(path)) else {
+            return Ok(());
+        };
+        let role = tokens.role_of(authorization)?;
+        if role >= needs {
+            Ok(())
+        } else {
+            Err(Refusal::Forbidden { needs })
+        }
+    }
+}
+
+/// A tokens-file line for `token` with `role`, as `raftset certs` and the
+/// tests write them.
+pub fn token_line(role: Role, token: &str) -> String {
+    let hex: String = Hash::of(token)
+        .0
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{} {HASH_PREFIX}{hex}", role.name())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hash_line(token: &str) -> String {
+        token_line(Role::Read, token)
+            .split_once(' ')
+            .unwrap()
+            .1
+            .to_string()
+    }
+
+    #[test]
+    fn only_the_metrics_token_whose_hash_the_file_holds_passes_and_a_new_file_takes_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, format!("{}\n", hash_line("s3cret"))).unwrap();
+        let file = TokenFile::open(&path).unwrap();
+        let cases = [
+            (None, Err(Refusal::Missing)),
+            (Some("Basic czNjcmV0"), Err(Refusal::Missing)),
+            (Some("Bearer "), Err(Refusal::Missing)),
+            (Some("Bearer nope"), Err(Refusal::Wrong)),
+            (Some("Bearer s3cret"), Ok(())),
+        ];
+        for (authorization, expected) in cases {
+            assert_eq!(file.check(authorization), expected, "{authorization:?}");
+        }
+        // Rotated (a longer file, so the size differs even within one tick
+        // of the file system's clock).
+        std::fs::write(&path, format!("{}\n\n", hash_line("n3w-s3cret"))).unwrap();
+        assert_eq!(file.check(Some("Bearer s3cret")), Err(Refusal::Wrong));
+        assert_eq!(file.check(Some("Bearer n3w-s3cret")), Ok(()));
+    }
+
+    #[test]
+    fn a_token_file_must_hold_a_sha256_line() {
+        assert!(Hash::parse(&hash_line("x")).is_some());
+        for bad in [
+            "",
+            "s3cret",
+            "sha256:abc",
+            &format!("{HASH_PREFIX}{}", "zz".repeat(32)),
+            &format!("md5:{}", "0".repeat(64)),
+        ] {
+            assert!(Hash::parse(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn each_token_may_call_what_its_role_allows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        let file = format!(
+            "# who may call\n{}\n\n{}\n{}\n",
+            token_line(Role::Read, "reader"),
+            token_line(Role::Write, "writer"),
+            token_line(Role::Admin, "operator"),
+        );
+        std::fs::write(&path, file).unwrap();
+        let auth = ClientAuth::new(Some(RoleTokens::open(&path).unwrap()));
+        let forbidden = |needs| Err(Refusal::Forbidden { needs });
+        let cases = [
+            ("/raftset.v1.KV/Get", None, Err(Refusal::Missing)),
+            (
+                "/raftset.v1.KV/Get",
+                Some("Bearer guess"),
+                Err(Refusal::Wrong),
+            ),
+            ("/raftset.v1.KV/Get", Some("Bearer reader"), Ok(())),
+            ("/raftset.v1.KV/Watch", Some("Bearer reader"), Ok(())),
+            ("/raftset.v1.Admin/Status", Some("Bearer reader"), Ok(())),
+            (
+                "/raftset.v1.KV/Put",
+                Some("Bearer reader"),
+                forbidden(Role::Write),
+            ),
+            ("/raftset.v1.KV/Put", Some("Bearer writer"), Ok(())),
+            ("/raftset.v1.KV/Increment", Some("Bearer writer"), Ok(())),
+            (
+                "/raftset.v1.Admin/Remove",
+                Some("Bearer writer"),
+                forbidden(Role::Admin),
+            ),
+            (
+                "/raftset.v1.Admin/Backup",
+                Some("Bearer writer"),
+                forbidden(Role::Admin),
+            ),
+            ("/raftset.v1.Admin/Backup", Some("Bearer operator"), Ok(())),
+            ("/raftset.v1.KV/Put", Some("Bearer operator"), Ok(())),
+            (
+                "/raftset.v1.KV/NotYetWritten",
+                Some("Bearer writer"),
+                forbidden(Role::Admin),
+            ),
+            ("/grpc.health.v1.Health/Check", None, Ok(())),
+        ];
+        for (path, authorization, expected) in cases {
+            assert_eq!(
+                auth.check(path, authorization),
+                expected,
+                "{path} with {authorization:?}"
+            );
+        }
+        assert_eq!(
+            ClientAuth::new(None).check("/raftset.v1.Admin/Backup", None),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn a_tokens_file_line_that_does_not_parse_is_refused_without_echoing_it() {
+        let path = Path::new("tokens");
+        let err = parse_role_tokens(path, "read sha256:00\n").unwrap_err();
+        assert!(err.to_string().contains("line 1"), "{err}");
+        let err = parse_role_tokens(path, "# ok\nsuperuser my-plain-token\n").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("line 2") && !text.contains("my-plain-token"),
+            "{text}"
+        );
+    }
+}
