@@ -14,6 +14,7 @@ async fn main() -> anyhow::Result<()> {
         listen_peer: "127.0.0.1:0".parse()?,
         listen_http: "127.0.0.1:0".parse()?,
         listen_probes: "127.0.0.1:0".parse()?,
+        listen_admin: "127.0.0.1:0".parse()?,
         // One node on loopback has no peers to authenticate; a cluster
         // sets `peer_tls_dir` instead.
         insecure_peers: true,

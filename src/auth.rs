@@ -62,6 +62,8 @@ pub enum Refusal {
     Wrong,
     /// A token whose role is below the one the call needs.
     Forbidden { needs: Role },
+    /// A call that needs the admin role, on a port that takes none.
+    AdminElsewhere,
 }
 
 impl Refusal {
@@ -71,6 +73,7 @@ impl Refusal {
             Refusal::Missing => "missing",
             Refusal::Wrong => "wrong",
             Refusal::Forbidden { .. } => "forbidden",
+            Refusal::AdminElsewhere => "admin_elsewhere",
         }
     }
 }
@@ -255,21 +258,43 @@ pub fn needed_role(path: &str) -> Option<Role> {
     )
 }
 
-/// Who may call the client port: anyone (no tokens file), or whoever
-/// presents a token with the role the call needs.
+/// Who may call a gRPC port: on the client port, whoever presents a token
+/// with the role the call needs (anyone, without a tokens file), and admin
+/// calls only if the port takes them; on the loopback admin port, anyone.
 pub struct ClientAuth {
     tokens: Option<RoleTokens>,
+    takes_admin: bool,
 }
 
 impl ClientAuth {
-    /// Without a tokens file, every call is allowed.
-    pub fn new(tokens: Option<RoleTokens>) -> ClientAuth {
-        ClientAuth { tokens }
+    /// The client port: `tokens` decide (without them every call is
+    /// allowed), and calls that need the admin role are refused unless
+    /// `takes_admin` (`--remote-admin`).
+    pub fn client_port(tokens: Option<RoleTokens>, takes_admin: bool) -> ClientAuth {
+        ClientAuth {
+            tokens,
+            takes_admin,
+        }
+    }
+
+    /// The admin port on loopback: whoever can reach it runs on the node's
+    /// host (in a pod: may `kubectl exec`), and may do anything.
+    pub fn loopback() -> ClientAuth {
+        ClientAuth {
+            tokens: None,
+            takes_admin: true,
+        }
     }
 
     /// Whether a call of `path` with this `authorization` header may go on.
     pub fn check(&self, path: &str, authorization: Option<&str>) -> Result<(), Refusal> {
-        let (Some(tokens), Some(needs)) = (&self.tokens, needed_role(path)) else {
+        let Some(needs) = needed_role(path) else {
+            return Ok(());
+        };
+        if needs == Role::Admin && !self.takes_admin {
+            return Err(Refusal::AdminElsewhere);
+        }
+        let Some(tokens) = &self.tokens else {
             return Ok(());
         };
         let role = tokens.role_of(authorization)?;
@@ -352,7 +377,7 @@ mod tests {
             token_line(Role::Admin, "operator"),
         );
         std::fs::write(&path, file).unwrap();
-        let auth = ClientAuth::new(Some(RoleTokens::open(&path).unwrap()));
+        let auth = ClientAuth::client_port(Some(RoleTokens::open(&path).unwrap()), true);
         let forbidden = |needs| Err(Refusal::Forbidden { needs });
         let cases = [
             ("/raftset.v1.KV/Get", None, Err(Refusal::Missing)),
@@ -397,9 +422,34 @@ mod tests {
                 "{path} with {authorization:?}"
             );
         }
+        let open = ClientAuth::client_port(None, true);
+        assert_eq!(open.check("/raftset.v1.Admin/Backup", None), Ok(()));
+    }
+
+    #[test]
+    fn admin_calls_are_taken_on_loopback_and_on_the_client_port_only_when_it_takes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        std::fs::write(&path, token_line(Role::Admin, "operator")).unwrap();
+        let client_port = ClientAuth::client_port(Some(RoleTokens::open(&path).unwrap()), false);
+        let operator = Some("Bearer operator");
+        for call in ["/raftset.v1.Admin/Backup", "/raftset.v1.Admin/Remove"] {
+            assert_eq!(
+                client_port.check(call, operator),
+                Err(Refusal::AdminElsewhere)
+            );
+            assert_eq!(client_port.check(call, None), Err(Refusal::AdminElsewhere));
+            assert_eq!(ClientAuth::loopback().check(call, None), Ok(()));
+        }
+        // What `endpoint status` and member lists read stays on the client port.
         assert_eq!(
-            ClientAuth::new(None).check("/raftset.v1.Admin/Backup", None),
+            client_port.check("/raftset.v1.Admin/Status", operator),
             Ok(())
+        );
+        assert_eq!(client_port.check("/raftset.v1.KV/Put", operator), Ok(()));
+        assert_eq!(
+            client_port.check("/raftset.v1.KV/Put", None),
+            Err(Refusal::Missing)
         );
     }
 

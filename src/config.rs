@@ -23,9 +23,21 @@ pub struct Config {
     #[arg(long, env = "RAFTSET_DATA_DIR", default_value = "/var/lib/raftset")]
     pub data_dir: PathBuf,
 
-    /// Client gRPC (KV, Admin, health, reflection).
+    /// Client gRPC (KV, Admin's Status and Members, health, reflection;
+    /// the rest of Admin with --remote-admin).
     #[arg(long, env = "RAFTSET_LISTEN_API", default_value = "0.0.0.0:7000")]
     pub listen_api: SocketAddr,
+
+    /// Admin gRPC for whoever runs on this host (`kubectl exec … raftset
+    /// <command>`): every call, no token. Keep it on loopback.
+    #[arg(long, env = "RAFTSET_LISTEN_ADMIN", default_value = DEFAULT_ADMIN_ADDR)]
+    pub listen_admin: SocketAddr,
+
+    /// Also take Admin calls that change the cluster or read all of it
+    /// (membership, leader transfer, snapshot, backup, verify) on the
+    /// client port; with --client-tokens-file they need the admin role.
+    #[arg(long, env = "RAFTSET_REMOTE_ADMIN")]
+    pub remote_admin: bool,
 
     /// Raft traffic between nodes.
     #[arg(long, env = "RAFTSET_LISTEN_PEER", default_value = "0.0.0.0:7001")]
@@ -192,6 +204,10 @@ pub struct Config {
     pub visits_per_second: u32,
 }
 
+/// Where Admin listens unless told otherwise: loopback, and a port that
+/// none of `raftset local`'s nodes takes.
+pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:7090";
+
 /// 512 MiB: see [`Config::quota_bytes`].
 pub const DEFAULT_QUOTA_BYTES: u64 = 512 * 1024 * 1024;
 
@@ -321,6 +337,8 @@ mod tests {
         assert_eq!(config.listen_peer.port(), 7001);
         assert_eq!(config.listen_http.port(), 8080);
         assert_eq!(config.listen_probes.port(), 8081);
+        assert!(config.listen_admin.ip().is_loopback());
+        assert!(!config.remote_admin);
         assert_eq!(config.data_dir, PathBuf::from("/var/lib/raftset"));
     }
 

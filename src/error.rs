@@ -280,6 +280,11 @@ impl From<crate::auth::Refusal> for Status {
                 "this call needs the {} role, which the token does not have",
                 needs.name()
             )),
+            Refusal::AdminElsewhere => Status::permission_denied(
+                "admin calls are taken on the node's loopback admin port \
+                 (kubectl exec <pod> -- raftset <command>); on this port only if the node \
+                 runs with --remote-admin",
+            ),
         };
         status.metadata_mut().insert(
             NOT_PROPOSED_HEADER,

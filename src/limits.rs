@@ -38,6 +38,9 @@ pub const MAX_WATCHERS: usize = 1_000;
 /// Peer connections open at once on one node: members keep one each way,
 /// the rest are members' CLI calls passed on; past it, new ones are closed.
 pub const MAX_PEER_CONNECTIONS: usize = 256;
+/// Most connections open at once on the loopback admin port: operators'
+/// commands and a preStop hook, never a crowd.
+pub const MAX_ADMIN_CONNECTIONS: usize = 64;
 /// Concurrent requests on one peer connection: a follower forwards every
 /// write its clients have in flight over one.
 pub const MAX_PEER_STREAMS: u32 = 4096;

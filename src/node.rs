@@ -168,17 +168,16 @@ impl Node {
             Some(path) => Some(crate::auth::TokenFile::open(path)?),
             None => None,
         };
-        let client_auth = match &config.client_tokens_file {
-            Some(path) => ClientAuth::new(Some(RoleTokens::open(path)?)),
+        let tokens = match &config.client_tokens_file {
+            Some(path) => Some(RoleTokens::open(path)?),
             None => {
                 tracing::warn!(
-                    "no --client-tokens-file: anyone who reaches the client port may read, \
-                     write and administer the store"
+                    "no --client-tokens-file: anyone who reaches the client port may read and write"
                 );
-                ClientAuth::new(None)
+                None
             }
         };
-        let client_auth = Arc::new(client_auth);
+        let client_auth = Arc::new(ClientAuth::client_port(tokens, config.remote_admin));
         let contacts = Contacts::default();
         let reader = store.state_machine.reader();
         let feed = store.state_machine.feed();
@@ -207,6 +206,7 @@ impl Node {
         let api_listener = bind("client gRPC", config.listen_api).await?;
         let http_listener = bind("HTTP", config.listen_http).await?;
         let probe_listener = bind("probes", config.listen_probes).await?;
+        let admin_listener = bind("admin", config.listen_admin).await?;
         let local = |l: &TcpListener, what, addr| {
             l.local_addr()
                 .map_err(|source| StartError::Listen { what, addr, source })
@@ -318,14 +318,25 @@ impl Node {
             stop_peers.clone(),
         ));
         client_tasks.spawn(crate::api::serve(
-            kv,
-            admin,
+            kv.clone(),
+            admin.clone(),
             AuthorizeLayer {
                 auth: client_auth,
                 metrics: metrics.clone(),
             },
             api_listener,
             cluster.config.grpc_max_connections,
+            stop_clients.clone(),
+        ));
+        client_tasks.spawn(crate::api::serve(
+            kv,
+            admin,
+            AuthorizeLayer {
+                auth: Arc::new(ClientAuth::loopback()),
+                metrics: metrics.clone(),
+            },
+            admin_listener,
+            crate::limits::MAX_ADMIN_CONNECTIONS,
             stop_clients.clone(),
         ));
         client_tasks.spawn(crate::http::serve(

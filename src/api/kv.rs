@@ -16,6 +16,8 @@ use crate::store::state_machine::ScanRange;
 use crate::types::{Consistency, Op, Outcome};
 use crate::validate;
 
+/// Cloned for each port that serves it: the clones share everything.
+#[derive(Clone)]
 pub struct KvService {
     pub requests: Arc<Requests>,
     pub watches: Watches,

@@ -16,6 +16,7 @@ use tonic::Code;
 
 use super::exit::{CliError, Op};
 use crate::client::{Client, ClientError};
+use crate::config::DEFAULT_ADMIN_ADDR;
 
 /// Where client commands go when neither `--endpoints` nor
 /// `RAFTSET_ENDPOINTS` nor the older `RAFTSET_ENDPOINT` says.
@@ -54,6 +55,10 @@ pub struct Conn {
     /// Give up on each endpoint after this many seconds.
     #[arg(long, default_value_t = 10)]
     pub timeout_secs: u64,
+    /// The command's calls need the admin role: with no endpoint named,
+    /// they go to the node's loopback admin port, not its client port.
+    #[arg(skip)]
+    pub admin: bool,
 }
 
 /// What a command proves itself with to a node that requires it.
@@ -119,12 +124,20 @@ impl Conn {
     }
 
     /// The endpoints to try: the flag, else `RAFTSET_ENDPOINTS`, else
-    /// `RAFTSET_ENDPOINT` (the preStop hook's), else the local node.
+    /// `RAFTSET_ENDPOINT`, else the local node: its client port, or for an
+    /// admin command its admin port (`RAFTSET_LISTEN_ADMIN`, which a
+    /// command run in the node's container shares with it).
     pub fn endpoints(&self) -> Vec<String> {
+        let local = if self.admin {
+            std::env::var("RAFTSET_LISTEN_ADMIN").unwrap_or_else(|_| DEFAULT_ADMIN_ADDR.into())
+        } else {
+            DEFAULT_ENDPOINT.to_string()
+        };
         resolve_endpoints(
             &self.endpoints,
             std::env::var("RAFTSET_ENDPOINTS").ok(),
             std::env::var("RAFTSET_ENDPOINT").ok(),
+            local,
         )
     }
 
@@ -189,7 +202,12 @@ fn may_fail_over(err: &ClientError, op: Op) -> bool {
     }
 }
 
-fn resolve_endpoints(flag: &[String], list: Option<String>, single: Option<String>) -> Vec<String> {
+fn resolve_endpoints(
+    flag: &[String],
+    list: Option<String>,
+    single: Option<String>,
+    local: String,
+) -> Vec<String> {
     let split = |text: &str| -> Vec<String> {
         text.split(',')
             .map(str::trim)
@@ -205,7 +223,7 @@ fn resolve_endpoints(flag: &[String], list: Option<String>, single: Option<Strin
     ]
     .into_iter()
     .find(|endpoints| !endpoints.is_empty())
-    .unwrap_or_else(|| vec![DEFAULT_ENDPOINT.to_string()])
+    .unwrap_or_else(|| vec![local])
 }
 
 #[cfg(test)]
@@ -213,22 +231,55 @@ mod tests {
     use super::*;
 
     #[test]
-    fn endpoints_come_from_the_flag_then_either_variable_then_the_default() {
+    fn endpoints_come_from_the_flag_then_either_variable_then_the_local_node() {
         let s = |v: &[&str]| v.iter().map(|e| e.to_string()).collect::<Vec<_>>();
         let some = |t: &str| Some(t.to_string());
+        let local = || "local:1".to_string();
         assert_eq!(
-            resolve_endpoints(&s(&["a:1", "b:2"]), some("c:3"), some("d:4")),
+            resolve_endpoints(&s(&["a:1", "b:2"]), some("c:3"), some("d:4"), local()),
             s(&["a:1", "b:2"])
         );
         assert_eq!(
-            resolve_endpoints(&[], some("c:3, e:5"), some("d:4")),
+            resolve_endpoints(&[], some("c:3, e:5"), some("d:4"), local()),
             s(&["c:3", "e:5"])
         );
-        assert_eq!(resolve_endpoints(&[], None, some("d:4")), s(&["d:4"]));
         assert_eq!(
-            resolve_endpoints(&[], some(""), None),
-            s(&[DEFAULT_ENDPOINT])
+            resolve_endpoints(&[], None, some("d:4"), local()),
+            s(&["d:4"])
         );
+        assert_eq!(
+            resolve_endpoints(&[], some(""), None, local()),
+            s(&["local:1"])
+        );
+    }
+
+    #[test]
+    fn admin_commands_go_to_the_admin_port_and_the_others_to_the_client_port() {
+        let parse = |args: &[&str]| {
+            let mut cli = <super::super::Cli as clap::Parser>::parse_from(
+                std::iter::once("raftset").chain(args.iter().copied()),
+            );
+            cli.command.admin_conn().is_some()
+        };
+        for admin in [
+            &["backup"][..],
+            &["remove", "1"],
+            &["transfer-leader"],
+            &["snapshot"],
+            &["verify"],
+            &["pre-stop"],
+            &["force-new-cluster"],
+        ] {
+            assert!(parse(admin), "{admin:?} goes to the admin port");
+        }
+        for client in [
+            &["get", "k"][..],
+            &["put", "k", "v"],
+            &["status"],
+            &["members"],
+        ] {
+            assert!(!parse(client), "{client:?} goes to the client port");
+        }
     }
 
     #[test]

@@ -38,6 +38,7 @@ struct Spec {
     peer: String,
     http: String,
     probes: String,
+    admin: String,
     data_dir: PathBuf,
     log: PathBuf,
 }
@@ -49,6 +50,7 @@ fn spec(dir: &std::path::Path, i: u16) -> Spec {
         peer: format!("127.0.0.1:{}", 7100 + i),
         http: format!("127.0.0.1:{}", 8080 + i),
         probes: format!("127.0.0.1:{}", 8180 + i),
+        admin: format!("127.0.0.1:{}", 7090 + i),
         data_dir: dir.join(&name),
         log: dir.join(format!("{name}.log")),
         name,
@@ -120,6 +122,8 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<ExitCode> {
                 &s.http,
                 "--listen-probes",
                 &s.probes,
+                "--listen-admin",
+                &s.admin,
             ])
             .args(["--peers", &peers])
             .args(&security)

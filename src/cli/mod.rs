@@ -381,8 +381,31 @@ pub fn report_failure(err: &anyhow::Error) -> ExitCode {
     exit.into()
 }
 
+impl Command {
+    /// The connection of a command whose calls need the admin role: such a
+    /// command goes to the node's loopback admin port unless told where.
+    fn admin_conn(&mut self) -> Option<&mut Conn> {
+        match self {
+            Command::ForceNewCluster { conn, .. }
+            | Command::AddLearner { conn, .. }
+            | Command::Promote { conn, .. }
+            | Command::Remove { conn, .. }
+            | Command::ScaleDown { conn, .. }
+            | Command::PreStop { conn, .. }
+            | Command::TransferLeader { conn, .. }
+            | Command::Snapshot { conn }
+            | Command::Backup { conn, .. }
+            | Command::Verify { conn } => Some(conn),
+            _ => None,
+        }
+    }
+}
+
 /// Runs a parsed command line.
-pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+pub async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Some(conn) = cli.command.admin_conn() {
+        conn.admin = true;
+    }
     match cli.command {
         Command::Serve(config) => serve(*config).await,
         Command::Local(args) => local::run(args).await,

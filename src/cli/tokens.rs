@@ -119,7 +119,8 @@ mod tests {
             out_dir: Some(out.clone()),
         };
         run(args.clone()).unwrap();
-        let auth = ClientAuth::new(Some(RoleTokens::open(&out.join(TOKENS_FILE)).unwrap()));
+        let tokens = RoleTokens::open(&out.join(TOKENS_FILE)).unwrap();
+        let auth = ClientAuth::client_port(Some(tokens), true);
         let token =
             |role: &str| std::fs::read_to_string(out.join(format!("{role}.token"))).unwrap();
         let bearer = |role: &str| format!("Bearer {}", token(role).trim());

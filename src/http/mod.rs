@@ -394,7 +394,7 @@ async fn metrics(
                     "/metrics needs a bearer token\n",
                 )
                     .into_response(),
-                Refusal::Wrong | Refusal::Forbidden { .. } => {
+                Refusal::Wrong | Refusal::Forbidden { .. } | Refusal::AdminElsewhere => {
                     (StatusCode::FORBIDDEN, "wrong bearer token\n").into_response()
                 }
             };

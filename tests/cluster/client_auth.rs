@@ -176,3 +176,56 @@ async fn the_cli_sends_its_token_file_and_a_rotated_tokens_file_takes_over() {
     let rotated = token_file("rotated", "write-rotated-0b9c");
     assert!(cli(&["put", "k", "v2"], Some(&rotated)).status.success());
 }
+
+/// Without `--remote-admin` the client port refuses the calls that need
+/// the admin role (PERMISSION_DENIED, the CLI exits 9) and still serves
+/// everything else; the loopback admin port serves them without a token,
+/// and admin commands go there by default (`RAFTSET_LISTEN_ADMIN`, as in
+/// the node's own container). A follower's admin port passes a leader
+/// transfer on to the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_calls_are_taken_on_the_admin_port_and_refused_on_the_client_port() {
+    let cluster = Cluster::start_without_remote_admin(3).await;
+    let (leader, before) = cluster.wait_for_leader().await;
+    let follower = (leader + 1) % 3;
+    let mut client = client_as(&cluster, follower, None).await;
+    client.put(b"k", b"v").await.unwrap();
+    assert_eq!(client.status().await.unwrap().members.len(), 3);
+    assert_eq!(
+        code(client.backup().await.map(|_| ())),
+        Code::PermissionDenied
+    );
+    assert_eq!(code(client.snapshot().await), Code::PermissionDenied);
+    assert_eq!(
+        code(client.transfer_leader(None).await),
+        Code::PermissionDenied
+    );
+    let mut admin = Client::connect(&cluster.nodes[follower].admin())
+        .await
+        .unwrap()
+        .with_timeout(Duration::from_secs(10));
+    let mut backup = admin.backup().await.unwrap();
+    assert!(backup.message().await.unwrap().is_some());
+
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_raftset"))
+            .args(args)
+            .env_remove("RAFTSET_ENDPOINTS")
+            .env_remove("RAFTSET_ENDPOINT")
+            .env_remove("RAFTSET_TOKEN_FILE")
+            .env("RAFTSET_LISTEN_ADMIN", cluster.nodes[follower].admin())
+            .output()
+            .unwrap()
+    };
+    let api = cluster.nodes[follower].api();
+    let out = cli(&["transfer-leader", "--endpoints", &api]);
+    assert_eq!(out.status.code(), Some(9), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("loopback admin port"), "{stderr}");
+    let out = cli(&["transfer-leader"]);
+    assert!(out.status.success(), "{out:?}");
+    let (now, _) = cluster
+        .wait_for_leader_among(&[0, 1, 2], None, before.term + 1)
+        .await;
+    assert_ne!(now, leader, "leadership moved");
+}

@@ -74,6 +74,7 @@ async fn a_one_node_cluster_acknowledges_only_flushed_writes() {
         listen_peer: "127.0.0.1:0".parse().unwrap(),
         listen_http: "127.0.0.1:0".parse().unwrap(),
         listen_probes: "127.0.0.1:0".parse().unwrap(),
+        listen_admin: "127.0.0.1:0".parse().unwrap(),
         insecure_peers: true,
         ..Config::default()
     };

@@ -20,7 +20,7 @@ from test_manifests import CLUSTER_SCOPED, EXPECTED_ENV, NAMESPACE, one, quantit
 
 COMBINATIONS = m.combinations()
 # Settings a component may add to EXPECTED_ENV, each read by `raftset serve`.
-COMPONENT_ENV = {"RAFTSET_CACHE_MB", "RAFTSET_QUOTA_BYTES"}
+COMPONENT_ENV = {"RAFTSET_CACHE_MB", "RAFTSET_QUOTA_BYTES", "RAFTSET_REMOTE_ADMIN"}
 
 
 @pytest.fixture(scope="module")
@@ -326,6 +326,13 @@ def test_backups_keep_the_newest_n_on_their_own_claim(backups):
     assert claim["metadata"]["labels"]["app.kubernetes.io/name"] != "raftset"
     writable = {v["mountPath"] for v in container["volumeMounts"] if not v.get("readOnly")}
     assert writable == {directory}, "the backup volume is all it writes"
+
+
+def test_backups_reach_a_client_port_that_takes_admin_calls(backups, base):
+    env = {e["name"]: e.get("value") for e in sts(backups)["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env.get("RAFTSET_REMOTE_ADMIN") == "true", "a backup is an admin call"
+    base_env = {e["name"] for e in sts(base)["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "RAFTSET_REMOTE_ADMIN" not in base_env, "admin stays on loopback unless needed"
 
 
 def test_backups_send_the_admin_token_and_mount_no_other(backups):

@@ -136,6 +136,18 @@ pub trait Harness {
         self.wait_for_leader().await.0
     }
 
+    /// Asks member `at` to move leadership to the member with id `to`, as
+    /// an operator does: here through its client port, which takes admin
+    /// calls in the process harness.
+    async fn transfer_leader(&self, at: usize, to: u64) -> Result<(), String> {
+        let mut client = self.connect(at, Duration::from_secs(30)).await?;
+        client
+            .transfer_leader(Some(to))
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
     /// Makes member `to` the leader (`transfer-leader`), wherever
     /// leadership is now, and waits until every running member agrees.
     async fn make_leader(&self, to: usize) {
@@ -144,12 +156,7 @@ pub trait Harness {
             return;
         }
         let target = self.status(to).await.unwrap_or_else(|e| panic!("{e}")).id;
-        let mut client = self
-            .connect(leader, Duration::from_secs(30))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        client
-            .transfer_leader(Some(target))
+        self.transfer_leader(leader, target)
             .await
             .unwrap_or_else(|e| panic!("transfer-leader to {}: {e}", self.name(to)));
         let (now, _) = self

@@ -53,6 +53,11 @@ impl TestNode {
         format!("{}:8081", self.ip)
     }
 
+    /// The admin port, on the node's own loopback address.
+    pub fn admin(&self) -> String {
+        format!("{}:7090", self.ip)
+    }
+
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }
@@ -71,6 +76,9 @@ pub struct Cluster {
     /// The admin token of a cluster that requires client tokens, which
     /// the harness's own calls send.
     token: Option<String>,
+    /// Whether the client port takes admin calls (`--remote-admin`): the
+    /// tests call as remote operators do, unless a test says otherwise.
+    remote_admin: bool,
 }
 
 /// The tokens of a cluster started with [`Cluster::start_with_tokens`].
@@ -166,7 +174,16 @@ impl Cluster {
             subnet: next_subnet(),
             authority: None,
             token: None,
+            remote_admin: true,
         }
+    }
+
+    /// Starts `n` nodes whose client ports take no admin calls (the
+    /// default outside the tests): those go to each node's admin port.
+    pub async fn start_without_remote_admin(n: usize) -> Cluster {
+        let mut cluster = Cluster::empty(&[]);
+        cluster.remote_admin = false;
+        cluster.start_nodes(n).await
     }
 
     /// Starts `n` nodes that require a client token
@@ -310,7 +327,10 @@ impl Cluster {
                 &node.http(),
                 "--listen-probes",
                 &node.probes(),
+                "--listen-admin",
+                &node.admin(),
             ])
+            .args(self.remote_admin.then_some("--remote-admin"))
             .args(["--peers", &peers])
             .args(security)
             // Short timeouts keep failover tests quick, unless the test sets

@@ -916,6 +916,30 @@ impl Harness for StatefulSet {
         self.pod_name(i)
     }
 
+    /// `kubectl exec <pod> -- raftset transfer-leader`: admin calls reach a
+    /// pod's loopback admin port only.
+    async fn transfer_leader(&self, at: usize, to: u64) -> Result<(), String> {
+        let to = format!("{to:x}");
+        let out = self
+            .exec(
+                at,
+                &[
+                    "raftset",
+                    "transfer-leader",
+                    "--to",
+                    &to,
+                    "--timeout-secs",
+                    "30",
+                ],
+            )
+            .await;
+        if out.success() {
+            Ok(())
+        } else {
+            Err(format!("exited {:?}: {}", out.code, out.stderr.trim()))
+        }
+    }
+
     /// The admin token of the client tokens Secret, when the manifest
     /// mounts one.
     fn token(&self) -> Option<String> {
