@@ -16,6 +16,7 @@ use crate::proto;
 use crate::proto::admin_client::AdminClient;
 use crate::proto::compare_and_swap_request::{Expected, New};
 use crate::proto::kv_client::KvClient;
+use crate::tls::client::ClientTls;
 use crate::types::KeyValue;
 
 /// How long a call may take unless the client is told otherwise.
@@ -80,6 +81,12 @@ pub struct Client {
 impl Client {
     /// Connects to `host:port` (or a full `http://` URI).
     pub async fn connect(endpoint: &str) -> Result<Client> {
+        Client::connect_with(endpoint, None).await
+    }
+
+    /// Connects to `host:port`, over TLS when `tls` is given (a node with
+    /// `--client-tls-dir`): the node's certificate must name the host.
+    pub async fn connect_with(endpoint: &str, tls: Option<&ClientTls>) -> Result<Client> {
         let uri = if endpoint.contains("://") {
             endpoint.to_string()
         } else {
@@ -89,13 +96,26 @@ impl Client {
             endpoint: endpoint.to_string(),
             source,
         };
-        let channel = Endpoint::from_shared(uri)
+        let endpoint_config = Endpoint::from_shared(uri)
             .map_err(connect_error)?
             .connect_timeout(Duration::from_secs(3))
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .map_err(connect_error)?;
+            .tcp_nodelay(true);
+        let channel = match tls {
+            None => endpoint_config.connect().await,
+            Some(tls) => {
+                let tls = tls.clone();
+                let connector = tower::service_fn(move |uri: tonic::codegen::http::Uri| {
+                    let tls = tls.clone();
+                    async move {
+                        let host = uri.host().unwrap_or_default();
+                        let host = host.trim_start_matches('[').trim_end_matches(']');
+                        tls.connect(host, uri.port_u16().unwrap_or(443)).await
+                    }
+                });
+                endpoint_config.connect_with_connector(connector).await
+            }
+        }
+        .map_err(connect_error)?;
         Ok(Client {
             kv: KvClient::new(channel.clone())
                 .max_decoding_message_size(MAX_CLIENT_RESPONSE)

@@ -190,6 +190,12 @@ pub struct Config {
     #[arg(long, env = "RAFTSET_CLIENT_TOKENS_FILE")]
     pub client_tokens_file: Option<PathBuf>,
 
+    /// TLS on the client gRPC port: a directory with `tls.crt` and
+    /// `tls.key`, and if it holds `ca.crt` too, callers must present a
+    /// certificate from that CA. Re-read when the files change.
+    #[arg(long, env = "RAFTSET_CLIENT_TLS_DIR")]
+    pub client_tls_dir: Option<PathBuf>,
+
     /// HTTP: most connections served at once.
     #[arg(long, env = "RAFTSET_HTTP_MAX_CONNECTIONS", default_value_t = 1_024)]
     pub http_max_connections: usize,

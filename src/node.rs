@@ -34,6 +34,7 @@ use crate::raft::network::{Contacts, NetworkFactory, PeerClients};
 use crate::raft::requests::{Quota, RequestSettings, Requests};
 use crate::raft::service::RaftService;
 use crate::store::{FlushStats, Store, StoreError, StoreOptions};
+use crate::tls::client::ClientPortTls;
 use crate::tls::PeerTls;
 use crate::types::{ClusterId, Formation, NodeId, Raft};
 
@@ -50,7 +51,7 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("raft: {0}")]
     Raft(String),
-    #[error("peer TLS: {0}")]
+    #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthError),
@@ -178,6 +179,10 @@ impl Node {
             }
         };
         let client_auth = Arc::new(ClientAuth::client_port(tokens, config.remote_admin));
+        let client_tls = match &config.client_tls_dir {
+            Some(dir) => Some(ClientPortTls::load(dir)?.acceptor()),
+            None => None,
+        };
         let contacts = Contacts::default();
         let reader = store.state_machine.reader();
         let feed = store.state_machine.feed();
@@ -324,6 +329,7 @@ impl Node {
                 auth: client_auth,
                 metrics: metrics.clone(),
             },
+            client_tls,
             api_listener,
             cluster.config.grpc_max_connections,
             stop_clients.clone(),
@@ -335,6 +341,7 @@ impl Node {
                 auth: Arc::new(ClientAuth::loopback()),
                 metrics: metrics.clone(),
             },
+            None,
             admin_listener,
             crate::limits::MAX_ADMIN_CONNECTIONS,
             stop_clients.clone(),
@@ -506,7 +513,13 @@ async fn serve_peers(
     tls: Option<PeerTls>,
     stop: CancellationToken,
 ) {
-    let incoming = crate::tls::incoming(listener, tls, limits::MAX_PEER_CONNECTIONS, stop.clone());
+    let acceptor = tls.as_ref().map(PeerTls::acceptor);
+    let incoming = crate::tls::incoming(
+        listener,
+        acceptor,
+        limits::MAX_PEER_CONNECTIONS,
+        stop.clone(),
+    );
     let result = tonic::transport::Server::builder()
         .max_concurrent_streams(limits::MAX_PEER_STREAMS)
         .add_service(raft.into_server())

@@ -27,13 +27,15 @@ use crate::limits::{MAX_CLIENT_MESSAGE, MAX_CLIENT_RESPONSE};
 use crate::metrics::Metrics;
 use crate::proto::admin_server::AdminServer;
 use crate::proto::kv_server::KvServer;
+use crate::tls::Acceptor;
 
-/// Serves the client port until `stop` is cancelled, every call through
-/// the `gate`.
+/// Serves a client port until `stop` is cancelled, every call through the
+/// `gate`, over TLS when `tls` is given.
 pub async fn serve(
     kv: KvService,
     admin: AdminService,
     gate: AuthorizeLayer,
+    tls: Option<Acceptor>,
     listener: TcpListener,
     max_connections: usize,
     stop: CancellationToken,
@@ -48,7 +50,7 @@ pub async fn serve(
     let kv = KvServer::new(kv)
         .max_decoding_message_size(MAX_CLIENT_MESSAGE)
         .max_encoding_message_size(MAX_CLIENT_RESPONSE);
-    let incoming = crate::tls::incoming(listener, None, max_connections, stop.clone());
+    let incoming = crate::tls::incoming(listener, tls, max_connections, stop.clone());
     let result = tonic::transport::Server::builder()
         .max_concurrent_streams(crate::limits::MAX_CLIENT_STREAMS)
         .layer(gate)

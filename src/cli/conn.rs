@@ -17,6 +17,7 @@ use tonic::Code;
 use super::exit::{CliError, Op};
 use crate::client::{Client, ClientError};
 use crate::config::DEFAULT_ADMIN_ADDR;
+use crate::tls::client::{ClientTls, ClientTlsFiles};
 
 /// Where client commands go when neither `--endpoints` nor
 /// `RAFTSET_ENDPOINTS` nor the older `RAFTSET_ENDPOINT` says.
@@ -68,13 +69,45 @@ pub struct Credentials {
     /// started with `--client-tokens-file`.
     #[arg(long, env = "RAFTSET_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<std::path::PathBuf>,
+    /// Speak TLS to the node, trusting the CA in this file (nodes with
+    /// `--client-tls-dir`).
+    #[arg(long, env = "RAFTSET_CACERT", value_name = "FILE")]
+    pub cacert: Option<std::path::PathBuf>,
+    /// Present this certificate (with --key) to a node that requires one.
+    #[arg(
+        long = "cert",
+        id = "tls_cert",
+        env = "RAFTSET_CERT",
+        value_name = "FILE",
+        requires_all = ["tls_key", "cacert"]
+    )]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The key of --cert.
+    #[arg(
+        long = "key",
+        id = "tls_key",
+        env = "RAFTSET_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 impl Credentials {
     /// Connects to `endpoint`, the token (if any) on every call.
     pub async fn connect(&self, endpoint: &str) -> Result<Client, CliError> {
         let op = Op::Read;
-        let client = Client::connect(endpoint)
+        let tls = match &self.cacert {
+            Some(ca) => {
+                let files = ClientTlsFiles {
+                    ca: ca.clone(),
+                    identity: self.tls_cert.clone().zip(self.tls_key.clone()),
+                };
+                Some(ClientTls::load(&files).map_err(CliError::Tls)?)
+            }
+            None => None,
+        };
+        let client = Client::connect_with(endpoint, tls.as_ref())
             .await
             .map_err(|source| CliError::Call { op, source })?;
         let Some(path) = &self.token_file else {

@@ -104,6 +104,9 @@ pub enum CliError {
     },
     #[error("writing the output: {0}")]
     Output(#[source] std::io::Error),
+    /// --cacert, --cert or --key cannot be used.
+    #[error("client TLS: {0}")]
+    Tls(#[source] crate::tls::TlsError),
     /// `backup --dir`: a file or the directory could not be written,
     /// synced, renamed or removed.
     #[error("backup directory: {}: {source}", path.display())]
@@ -134,6 +137,7 @@ impl CliError {
         match self {
             CliError::Call { op, source } => exit_for(source.code(), *op, source.not_proposed()),
             CliError::KeyNotFound { .. } => Exit::NotFound,
+            CliError::Tls(_) => Exit::Usage,
             CliError::Input { .. }
             | CliError::Output(_)
             | CliError::BackupDir { .. }

@@ -1,22 +1,25 @@
-//! Mutual TLS on the peer port, with rustls (TLS 1.3 only), and the
-//! accepted connections of both gRPC ports.
+//! TLS with rustls: mutual TLS on the peer port (TLS 1.3 only), TLS on
+//! the client gRPC port ([`client`]), and the accepted connections of
+//! every gRPC listener.
 //!
 //! Owns: the accepting side of the gRPC listeners ([`incoming`]: Nagle off,
-//! a cap on open connections, a TLS handshake on the peer port, with the
-//! certificate the peer presented); reading the cluster CA and this node's certificate and key from a
-//! directory (a mounted Secret) and reading them again when they change, so
-//! a rotated Secret is used without a restart; the connecting side (a connector for tonic channels);
-//! and the one identity question the services ask, whether a certificate
-//! names a host. [`issue`] makes a CA and certificates for `raftset certs`,
-//! `raftset local --tls` and the tests.
+//! a cap on open connections, a TLS handshake where the port speaks TLS,
+//! with the certificate the caller presented); reading a CA, a certificate
+//! and a key from a directory (a mounted Secret) and reading them again
+//! when they change, so a rotated Secret is used without a restart; the
+//! connecting side (a connector for tonic channels); and the one identity
+//! question the services ask, whether a certificate names a host.
+//! [`issue`] makes a CA and certificates for `raftset certs`, `raftset
+//! local --tls` and the tests.
 //!
-//! Never: decides who may do what with a proven identity (the peer services
-//! do), nor touches the client ports.
+//! Never: decides who may do what with a proven identity (the peer
+//! services and [`crate::auth`] do).
 //!
 //! Reloading as etcd does ([`crate::reload`]): every new connection,
 //! accepted or made, uses the files as they are then. Connections already
 //! open keep the certificate they were made with.
 
+pub mod client;
 pub mod issue;
 
 use std::io;
@@ -96,45 +99,8 @@ impl Files {
     }
 
     fn load(&self) -> Result<Configs, TlsError> {
-        let invalid = |path: &Path| {
-            let path = path.to_path_buf();
-            move |e: rustls::pki_types::pem::Error| TlsError::Invalid {
-                path: path.clone(),
-                detail: e.to_string(),
-            }
-        };
-        let read = |path: &Path| {
-            std::fs::read(path).map_err(|source| TlsError::Read {
-                path: path.to_path_buf(),
-                source,
-            })
-        };
-        let ca_pem = read(&self.ca)?;
-        let mut roots = RootCertStore::empty();
-        for ca in CertificateDer::pem_slice_iter(&ca_pem) {
-            roots
-                .add(ca.map_err(invalid(&self.ca))?)
-                .map_err(|e| TlsError::Invalid {
-                    path: self.ca.clone(),
-                    detail: e.to_string(),
-                })?;
-        }
-        if roots.is_empty() {
-            return Err(TlsError::Invalid {
-                path: self.ca.clone(),
-                detail: "no certificate in it".into(),
-            });
-        }
-        let chain = CertificateDer::pem_slice_iter(&read(&self.cert)?)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(invalid(&self.cert))?;
-        if chain.is_empty() {
-            return Err(TlsError::Invalid {
-                path: self.cert.clone(),
-                detail: "no certificate in it".into(),
-            });
-        }
-        let key = PrivateKeyDer::from_pem_slice(&read(&self.key)?).map_err(invalid(&self.key))?;
+        let roots = read_roots(&self.ca)?;
+        let (chain, key) = read_identity(&self.cert, &self.key)?;
         let config_err = |e: rustls::Error| TlsError::Config {
             dir: self.dir.clone(),
             detail: e.to_string(),
@@ -166,6 +132,49 @@ impl Files {
             client: Arc::new(client),
         })
     }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn invalid(path: &Path, detail: impl std::fmt::Display) -> TlsError {
+    TlsError::Invalid {
+        path: path.to_path_buf(),
+        detail: detail.to_string(),
+    }
+}
+
+/// The CA certificates of a PEM bundle (at least one).
+fn read_roots(path: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(&read(path)?) {
+        roots
+            .add(ca.map_err(|e| invalid(path, e))?)
+            .map_err(|e| invalid(path, e))?;
+    }
+    if roots.is_empty() {
+        return Err(invalid(path, "no certificate in it"));
+    }
+    Ok(roots)
+}
+
+/// A certificate chain (at least one) and its key.
+fn read_identity(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let chain = CertificateDer::pem_slice_iter(&read(cert)?)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(cert, e))?;
+    if chain.is_empty() {
+        return Err(invalid(cert, "no certificate in it"));
+    }
+    let key = PrivateKeyDer::from_pem_slice(&read(key)?).map_err(|e| invalid(key, e))?;
+    Ok((chain, key))
 }
 
 #[derive(Clone)]
@@ -210,16 +219,44 @@ impl PeerTls {
     /// Connects to `host:port` over TLS, checking that the peer's
     /// certificate names `host` and presenting this node's own.
     pub async fn connect(&self, host: &str, port: u16) -> io::Result<PeerClientStream> {
-        let name = ServerName::try_from(host.to_string())
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let tcp = TcpStream::connect((host, port)).await?;
-        tcp.set_nodelay(true)?;
-        let connector = TlsConnector::from(self.current().client.clone());
-        let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, tcp))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
-        Ok(hyper_util::rt::TokioIo::new(tls))
+        connect_tls(self.current().client.clone(), host, port).await
     }
+
+    /// The handshake of the peer port's connections.
+    pub fn acceptor(&self) -> Acceptor {
+        let tls = self.clone();
+        Acceptor {
+            what: "peer",
+            config: Arc::new(move || tls.current().server.clone()),
+        }
+    }
+}
+
+/// Connects to `host:port` over TLS with `config`, checking that the
+/// server's certificate names `host`.
+async fn connect_tls(
+    config: Arc<ClientConfig>,
+    host: &str,
+    port: u16,
+) -> io::Result<PeerClientStream> {
+    let name = ServerName::try_from(host.to_string())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let tcp = TcpStream::connect((host, port)).await?;
+    tcp.set_nodelay(true)?;
+    let connector = TlsConnector::from(config);
+    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, tcp))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+    Ok(hyper_util::rt::TokioIo::new(tls))
+}
+
+/// The server side of a listener's TLS handshakes: the configuration as
+/// the files are now, for each new connection.
+#[derive(Clone)]
+pub struct Acceptor {
+    /// The port, in log lines.
+    what: &'static str,
+    config: Arc<dyn Fn() -> Arc<ServerConfig> + Send + Sync>,
 }
 
 impl PeerTls {
@@ -270,14 +307,14 @@ enum Io {
 }
 
 /// The accepted connections of a gRPC listener until `stop`, Nagle off,
-/// handshaken when `tls` is given (the peer port), at most
+/// handshaken when `tls` is given, at most
 /// `max_connections` open at once: past it a new connection is closed at
 /// once, so a flood of them costs no more than the cap. A handshake that
 /// fails or stalls drops only its own connection, and never holds up the
 /// others.
 pub fn incoming(
     listener: TcpListener,
-    tls: Option<PeerTls>,
+    tls: Option<Acceptor>,
     max_connections: usize,
     stop: CancellationToken,
 ) -> impl Stream<Item = io::Result<Connection>> {
@@ -318,16 +355,17 @@ pub fn incoming(
             };
             let sender = sender.clone();
             tokio::spawn(async move {
-                let acceptor = TlsAcceptor::from(tls.current().server.clone());
+                let acceptor = TlsAcceptor::from((tls.config)());
+                let what = tls.what;
                 let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
                 let stream = match handshake {
                     Ok(Ok(stream)) => stream,
                     Ok(Err(e)) => {
-                        tracing::warn!(%remote, "refused a peer connection: TLS handshake failed: {e}");
+                        tracing::warn!(%remote, "refused a {what} connection: TLS handshake failed: {e}");
                         return;
                     }
                     Err(_) => {
-                        tracing::warn!(%remote, "refused a peer connection: TLS handshake timed out");
+                        tracing::warn!(%remote, "refused a {what} connection: TLS handshake timed out");
                         return;
                     }
                 };

@@ -6,6 +6,7 @@ mod support;
 mod admin;
 mod api_errors;
 mod client_auth;
+mod client_tls;
 mod consistency;
 mod crash_points;
 mod durability;

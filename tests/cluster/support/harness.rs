@@ -15,6 +15,7 @@
 use std::time::Duration;
 
 use raftset::proto::{MembersResponse, StatusResponse};
+use raftset::tls::client::ClientTls;
 use raftset::Client;
 
 use super::{poll, DEADLINE};
@@ -54,11 +55,19 @@ pub trait Harness {
         None
     }
 
+    /// How to reach the members' client ports if they speak TLS.
+    fn client_tls(&self) -> Option<ClientTls> {
+        None
+    }
+
     /// A client of member `i` whose calls give up after `timeout`;
-    /// connecting gives up after 3 s. It sends the harness's token.
+    /// connecting gives up after 3 s. It sends the harness's token, over
+    /// the harness's TLS.
     async fn connect(&self, i: usize, timeout: Duration) -> Result<Client, String> {
         let api = self.api(i);
-        match tokio::time::timeout(Duration::from_secs(3), Client::connect(&api)).await {
+        let tls = self.client_tls();
+        let connect = Client::connect_with(&api, tls.as_ref());
+        match tokio::time::timeout(Duration::from_secs(3), connect).await {
             Ok(Ok(client)) => match self.token() {
                 Some(token) => client.with_token(&token).map_err(|e| e.to_string()),
                 None => Ok(client),

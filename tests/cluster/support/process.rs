@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use raftset::auth::{token_line, Role};
 use raftset::proto::StatusResponse;
+use raftset::tls::client::{ClientTls, ClientTlsFiles};
 use raftset::tls::issue::Authority;
 use raftset::Client;
 use rustix::process::{kill_process, Pid, Signal};
@@ -79,6 +80,8 @@ pub struct Cluster {
     /// Whether the client port takes admin calls (`--remote-admin`): the
     /// tests call as remote operators do, unless a test says otherwise.
     remote_admin: bool,
+    /// How to reach a client port that speaks TLS.
+    client_tls: Option<ClientTlsFiles>,
 }
 
 /// The tokens of a cluster started with [`Cluster::start_with_tokens`].
@@ -175,6 +178,7 @@ impl Cluster {
             authority: None,
             token: None,
             remote_admin: true,
+            client_tls: None,
         }
     }
 
@@ -200,6 +204,48 @@ impl Cluster {
         cluster.args = vec!["--client-tokens-file".into(), file];
         cluster.token = Some(ADMIN_TOKEN.to_string());
         cluster.start_nodes(n).await
+    }
+
+    /// Starts `n` nodes whose client port speaks TLS (`--client-tls-dir`),
+    /// with one certificate naming every node's address; with
+    /// `require_certs` they also require a client certificate. The
+    /// harness's own calls use [`Cluster::client_tls_files`].
+    pub async fn start_with_client_tls(n: usize, require_certs: bool) -> Cluster {
+        let mut cluster = Cluster::empty(&[]);
+        let dir = cluster._dir.path().join("client-tls");
+        let callers = cluster._dir.path().join("callers");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&callers).unwrap();
+        let ca = Authority::new("client port").expect("a CA");
+        let ips: Vec<String> = (0..n).map(|i| cluster.ip_of(i)).collect();
+        let hosts: Vec<&str> = ips.iter().map(String::as_str).collect();
+        let served = ca.issue("raftset", &hosts).expect("a certificate");
+        std::fs::write(dir.join("tls.crt"), &served.cert_pem).unwrap();
+        std::fs::write(dir.join("tls.key"), &served.key_pem).unwrap();
+        std::fs::write(callers.join("ca.crt"), ca.cert_pem()).unwrap();
+        let identity = require_certs.then(|| {
+            std::fs::write(dir.join("ca.crt"), ca.cert_pem()).unwrap();
+            let caller = ca.issue("operator", &[]).expect("a certificate");
+            let (cert, key) = (callers.join("operator.crt"), callers.join("operator.key"));
+            std::fs::write(&cert, &caller.cert_pem).unwrap();
+            std::fs::write(&key, &caller.key_pem).unwrap();
+            (cert, key)
+        });
+        cluster.client_tls = Some(ClientTlsFiles {
+            ca: callers.join("ca.crt"),
+            identity,
+        });
+        cluster.args = vec![
+            "--client-tls-dir".into(),
+            dir.to_string_lossy().into_owned(),
+        ];
+        cluster.start_nodes(n).await
+    }
+
+    /// What a caller of a cluster started with
+    /// [`Cluster::start_with_client_tls`] needs.
+    pub fn client_tls_files(&self) -> ClientTlsFiles {
+        self.client_tls.clone().expect("a cluster with client TLS")
     }
 
     /// Where the client tokens' hashes are (`--client-tokens-file`).
@@ -262,12 +308,17 @@ impl Cluster {
             .expect("the certificate files");
     }
 
+    /// Node `i`'s address, whether or not it exists yet.
+    fn ip_of(&self, i: usize) -> String {
+        let [x, y] = self.subnet;
+        format!("127.{x}.{y}.{}", i + 1)
+    }
+
     fn create_node(&mut self) -> usize {
         let i = self.nodes.len();
-        let [x, y] = self.subnet;
         self.nodes.push(TestNode {
             name: format!("raftset-{i}"),
-            ip: format!("127.{x}.{y}.{}", i + 1),
+            ip: self.ip_of(i),
             data_dir: self._dir.path().join(format!("raftset-{i}")),
             log: self._dir.path().join(format!("raftset-{i}.log")),
             child: None,
@@ -471,6 +522,11 @@ impl Harness for Cluster {
 
     fn token(&self) -> Option<String> {
         self.token.clone()
+    }
+
+    fn client_tls(&self) -> Option<ClientTls> {
+        let files = self.client_tls.as_ref()?;
+        Some(ClientTls::load(files).expect("the callers' TLS files"))
     }
 
     fn api(&self, i: usize) -> String {
