@@ -1048,11 +1048,11 @@ impl Drop for StatefulSet {
         drop(self.dns.take());
         let filter = format!("label={LABEL_SET}={}", self.id);
         let containers = docker_blocking(&["ps", "-aq", "--filter", &filter]).unwrap_or_default();
-        if true {
+        if std::thread::panicking() {
             for (i, pod) in self.pods.iter().enumerate() {
                 let Some(pod) = pod else { continue };
                 let logs = std::process::Command::new("docker")
-                    .args(["logs", &pod.container])
+                    .args(["logs", "--tail", "30", &pod.container])
                     .output()
                     .map(|o| {
                         format!(
@@ -1062,8 +1062,11 @@ impl Drop for StatefulSet {
                         )
                     })
                     .unwrap_or_default();
-                std::fs::create_dir_all("/tmp/diag").unwrap();
-                std::fs::write(format!("/tmp/diag/{}.log", self.pod_name(i)), logs).unwrap();
+                eprintln!(
+                    "--- last lines of {} ({}) ---\n{logs}",
+                    self.pod_name(i),
+                    pod.container
+                );
             }
         }
         let mut errors = Vec::new();
