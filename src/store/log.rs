@@ -206,13 +206,39 @@ impl LogStore {
         Ok(())
     }
 
+    /// Turns a committed vote for `id` itself, the mark of a leader, into an
+    /// uncommitted one in the same term, before openraft starts: openraft
+    /// 0.9 starts a node holding such a vote as the leader again at once,
+    /// in that term, with only the commit index it last wrote down (a hint,
+    /// never flushed on its own). Its first read index could then miss
+    /// writes it had acknowledged before it stopped. Standing down, it must
+    /// win an election in a later term first, whose first entry every read
+    /// waits for (Raft's own rule, as etcd restarts every node a follower).
+    /// The vote still holds the term, so nobody else gets this node's vote
+    /// in it. Nothing is flushed here: a crash before the next flush finds
+    /// the old vote and stands down again.
+    pub(super) fn stand_down(&self, id: NodeId) -> Result<(), StorageError> {
+        let Some(vote) = self.read_value::<Vote>(VOTE_KEY)? else {
+            return Ok(());
+        };
+        if vote.is_committed() && vote.leader_id().voted_for() == Some(id) {
+            tracing::info!(
+                term = vote.leader_id().term,
+                "led before it stopped: starting as a follower, to be elected again"
+            );
+            self.write_value(VOTE_KEY, &Vote::new(vote.leader_id().term, id))?;
+        }
+        Ok(())
+    }
+
     /// Appends, before openraft starts and outside it, one membership entry
     /// that makes `id` (at `member`'s addresses) the only voter, after every
     /// entry the log holds, in a term above any it has seen; writes a vote
     /// for `id` in that term, committed, and marks that entry committed. So
-    /// openraft starts this node as the leader of a cluster of one, and the
-    /// whole log up to that entry is committed and applied: nothing durable
-    /// in the log is dropped. Nothing is flushed here; sled keeps the order.
+    /// the whole log up to that entry is committed and applied (nothing
+    /// durable in the log is dropped), and the node, the only voter, elects
+    /// itself at once ([`LogStore::stand_down`] runs after this). Nothing
+    /// is flushed here; sled keeps the order.
     pub(super) fn append_sole_voter(
         &self,
         id: NodeId,

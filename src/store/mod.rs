@@ -191,6 +191,10 @@ impl Store {
         let state_machine = StateMachine::open(shared.clone(), options, purges.clone())?;
         let log = LogStore::open(shared, raft_tree, purges).map_err(sled_err)?;
         refound::finish(node_id, &log, &meta)?;
+        log.stand_down(node_id).map_err(|e| StoreError::Io {
+            path: path.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
         Ok(Store {
             node_id,
             log,

@@ -545,6 +545,29 @@ async fn a_snapshot_moves_the_whole_state_and_a_corrupted_one_changes_nothing() 
     assert_eq!(current.meta, meta);
 }
 
+/// A node that led when it stopped starts as a follower, its vote for
+/// itself no longer committed but in the same term; a vote for another
+/// leader is kept as it was.
+#[tokio::test]
+async fn a_node_that_led_reopens_standing_down_in_its_term() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), StoreOptions::default());
+    let node_id = store.node_id;
+    let led = crate::types::Vote::new_committed(4, node_id);
+    store.log.save_vote(&led).await.unwrap();
+    drop(store);
+    let mut store = open(dir.path(), StoreOptions::default());
+    assert_eq!(
+        store.log.read_vote().await.unwrap(),
+        Some(crate::types::Vote::new(4, node_id))
+    );
+    let followed = crate::types::Vote::new_committed(5, node_id ^ 2);
+    store.log.save_vote(&followed).await.unwrap();
+    drop(store);
+    let mut store = open(dir.path(), StoreOptions::default());
+    assert_eq!(store.log.read_vote().await.unwrap(), Some(followed));
+}
+
 #[tokio::test]
 async fn a_reopened_directory_keeps_its_id_log_vote_and_state() {
     let dir = tempfile::tempdir().unwrap();
@@ -933,7 +956,10 @@ async fn a_recorded_refounding_makes_this_node_the_only_voter_after_the_whole_lo
         assert_eq!(membership.get_node(&id).unwrap().name, "raftset-1");
         assert!(last.leader_id.term > 1, "a term above the old log's");
         let vote = store.log.read_vote().await.unwrap().unwrap();
-        assert!(vote.is_committed());
+        assert!(
+            !vote.is_committed(),
+            "stood down: it elects itself at start"
+        );
         assert_eq!(vote.leader_id().voted_for(), Some(id));
         assert_eq!(vote.leader_id().term, last.leader_id.term);
         assert_eq!(store.log.read_committed().await.unwrap(), Some(last));

@@ -9,7 +9,7 @@ use raftset::proto::kv_client::KvClient;
 use raftset::proto::{GetRequest, IncrementRequest};
 use raftset::KeyValue;
 
-use crate::support::{wait_for, Cluster};
+use crate::support::{wait_for, Cluster, Harness};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_through_any_node_are_read_from_every_node() {
@@ -290,4 +290,49 @@ async fn reads_during_writes_show_the_state_at_their_header_revision() {
         &wrong[..wrong.len().min(5)]
     );
     assert!(!reads.is_empty());
+}
+
+/// A leader killed (`-9`) and started again before the others elect
+/// anyone serves no stale linearizable read, through itself or a
+/// follower. openraft 0.9 starts a node whose stored vote is its own
+/// committed one as the leader again at once, in the same term, knowing
+/// only the commit index it last wrote down (a hint the kill may have
+/// lost); a read index taken from that would miss writes it had
+/// acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_restarted_before_an_election_serves_no_stale_read() {
+    // Elections slow enough that the killed leader is back before one.
+    let args = ["--heartbeat-ms", "100", "--election-timeout-ms", "4000"];
+    let mut cluster = Cluster::start_with(3, &args).await;
+    let (leader, before) = cluster.wait_for_leader().await;
+    let mut writer = cluster.client(leader).await;
+    let mut last = 0;
+    for i in 1..=300 {
+        writer.put(b"k", i.to_string().as_bytes()).await.unwrap();
+        last = i;
+    }
+    cluster.kill(leader).await;
+    cluster.restart(leader);
+    for i in [leader, (leader + 1) % 3] {
+        let read = wait_for("a linearizable read", || {
+            let cluster = &cluster;
+            async move {
+                let mut client = cluster.client(i).await;
+                client
+                    .get(b"k")
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| "no value".to_string())
+            }
+        })
+        .await;
+        assert_eq!(
+            read.value,
+            last.to_string().as_bytes(),
+            "read through node {i} after the leader's restart"
+        );
+    }
+    // It served only once elected again, in a later term.
+    let after = cluster.status(leader).await.unwrap();
+    assert!(after.term > before.term, "{after:?}");
 }
