@@ -34,6 +34,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -239,6 +240,29 @@ def key(doc: dict) -> tuple[str, str, str]:
 # --- schema validation -------------------------------------------------------
 
 
+def all_renders() -> list[tuple[str, Callable[[], list[dict]]]]:
+    """Every way k8s/ is deployed, as (label, render): each kustomization,
+    k8s/monitoring/, and k8s/base with every combination of components."""
+    renders = [(f"{d.relative_to(REPO)}/ (rendered)", lambda d=d: render(d)) for d in renderable_dirs()]
+    renders.append(("k8s/monitoring/ (rendered)", monitoring_docs))
+    renders += [
+        (f"{combination_label(c)} (rendered)", lambda c=c: render_components(c))
+        for c in combinations()
+    ]
+    return renders
+
+
+def write_renders(directory: Path) -> list[Path]:
+    """Writes each of all_renders() into its own file in `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for n, (label, rendered) in enumerate(all_renders()):
+        path = directory / f"render-{n:02d}.yaml"
+        path.write_text(f"# {label}\n" + yaml.safe_dump_all(rendered(), sort_keys=False), encoding="utf-8")
+        written.append(path)
+    return written
+
+
 def schema_versions() -> list[str]:
     """The oldest targeted and the newest Kubernetes the package has schemas for."""
     from kubernetes_validate import utils
@@ -263,12 +287,7 @@ def validate(versions: list[str], verbose: bool = False) -> int:
     for path in resource_files():
         for doc in load_docs(path):
             items.append((str(path.relative_to(REPO)), doc))
-    renders = [(f"{d.relative_to(REPO)}/ (rendered)", lambda d=d: render(d)) for d in renderable_dirs()]
-    renders.append(("k8s/monitoring/ (rendered)", monitoring_docs))
-    renders += [
-        (f"{combination_label(c)} (rendered)", lambda c=c: render_components(c))
-        for c in combinations()
-    ]
+    renders = all_renders()
     custom = 0
     for label, rendered in renders:
         try:
@@ -318,7 +337,13 @@ def main() -> int:
     r.add_argument("--components", help="render k8s/base with these components instead")
     q = sub.add_parser("promql", help="write k8s/monitoring's PromQL as rule files into DIR")
     q.add_argument("directory", type=Path)
+    w = sub.add_parser("renders", help="write every render of k8s/ into DIR, one file each")
+    w.add_argument("directory", type=Path)
     args = parser.parse_args()
+    if args.command == "renders":
+        for path in write_renders(args.directory):
+            print(path)
+        return 0
     if args.command == "promql":
         for path in promql_rule_files(args.directory):
             print(path)
