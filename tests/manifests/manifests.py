@@ -42,6 +42,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
 MONITORING = K8S / "monitoring"
+EXTRAS = K8S / "extras"
 BASE = K8S / "base"
 COMPONENTS = K8S / "components"
 # Components that each shape the whole StatefulSet: at most one at a time.
@@ -76,13 +77,19 @@ def is_monitoring(path: Path) -> bool:
     return MONITORING in path.resolve().parents or path.resolve() == MONITORING
 
 
+def is_extra(path: Path) -> bool:
+    """Under k8s/extras/: resources of CRDs this repository has no schemas
+    for (cert-manager), left out of every check but their own test."""
+    return EXTRAS in path.resolve().parents or path.resolve() == EXTRAS
+
+
 def kustomization_dirs() -> list[Path]:
     """Every directory under k8s/ that holds a kustomization or a component
     (k8s/monitoring/ apart)."""
     return sorted(
         p.parent
         for p in K8S.rglob("*")
-        if p.name in KUSTOMIZATION_NAMES and not is_monitoring(p)
+        if p.name in KUSTOMIZATION_NAMES and not is_monitoring(p) and not is_extra(p)
     )
 
 
@@ -125,6 +132,7 @@ def yaml_files() -> list[Path]:
         p
         for p in K8S.rglob("*")
         if p.suffix in (".yaml", ".yml") and p.is_file() and not is_monitoring(p)
+        and not is_extra(p)
     )
 
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import manifests as m  # noqa: E402
@@ -293,6 +294,27 @@ def test_the_peer_port_speaks_mutual_tls_from_the_secret_raftset_certs_makes(bas
     # Keys readable by the pod's group only.
     assert volume["secret"]["defaultMode"] == 0o440
     assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+
+
+def test_the_cert_manager_extra_makes_the_secret_the_pods_mount_for_every_pod(base):
+    """k8s/extras/cert-manager is not schema-validated (no CRDs here): it
+    must at least parse and name what the StatefulSet needs."""
+    extra = m.K8S / "extras" / "cert-manager"
+    assert "Not validated here" in (extra / "README.md").read_text(encoding="utf-8")
+    docs = [d for d in yaml.safe_load_all((extra / "peer-tls.yaml").read_text(encoding="utf-8")) if d]
+    certs = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Certificate"}
+    peer = certs["raftset-peer-tls"]["spec"]
+    pod = one(base, "StatefulSet")["spec"]["template"]["spec"]
+    mounted = {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    assert peer["secretName"] in mounted
+    assert {"server auth", "client auth"} <= set(peer["usages"])
+    replicas = one(base, "StatefulSet")["spec"]["replicas"]
+    for i in range(replicas):
+        assert f"raftset-{i}.raftset-peers.{NAMESPACE}.svc.cluster.local" in peer["dnsNames"]
+        assert f"raftset-{i}" in peer["dnsNames"]
+    issuers = {d["metadata"]["name"] for d in docs if d["kind"] == "Issuer"}
+    assert peer["issuerRef"]["name"] in issuers
+    assert certs["raftset-peer-ca"]["spec"]["isCA"] is True
 
 
 def test_the_client_port_requires_tokens_from_the_secret_raftset_tokens_makes(base):
