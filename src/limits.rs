@@ -34,6 +34,12 @@ pub const MAX_SCAN_BYTES: usize = 4 * 1024 * 1024;
 pub const MAX_CLIENT_RESPONSE: usize = MAX_SCAN_BYTES + MAX_CLIENT_MESSAGE;
 /// Watch streams one node serves at once.
 pub const MAX_WATCHERS: usize = 1_000;
+/// Bytes of keys and values queued for one watcher's client before the
+/// watch waits for it to read (one larger event waits for an empty queue).
+pub const WATCH_QUEUE_BYTES: usize = 1024 * 1024;
+/// Bytes of keys and values a watch's replay reads from the history at a
+/// time (at least one entry's changes).
+pub const WATCH_REPLAY_PAGE_BYTES: usize = 1024 * 1024;
 
 /// Peer connections open at once on one node: members keep one each way,
 /// the rest are members' CLI calls passed on; past it, new ones are closed.

@@ -2,27 +2,86 @@
 //! the live change feed. A watcher that falls behind the feed is cancelled
 //! with RESOURCE_EXHAUSTED and told where to resume, never buffered without
 //! bound.
+//!
+//! What one watcher holds is bounded in bytes, whatever the history holds
+//! and however slowly its client reads: the replay reads the history a
+//! page at a time ([`WATCH_WATCH_REPLAY_PAGE_BYTES`]), and the events queued for
+//! the client hold at most [`WATCH_QUEUE_BYTES`] (one larger event waits
+//! for an empty queue).
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use tokio::sync::{broadcast, mpsc, Semaphore};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::Status;
 
 use crate::error::Error;
-use crate::limits::MAX_WATCHERS;
+use crate::limits::{MAX_WATCHERS, WATCH_QUEUE_BYTES, WATCH_REPLAY_PAGE_BYTES};
 use crate::proto::watch_event::Kind;
 use crate::proto::WatchEvent;
 use crate::store::state_machine::{Change, FeedItem};
 use crate::store::{KvReader, WatchFeed};
 use crate::validate;
 
-pub type WatchStream = ReceiverStream<Result<WatchEvent, Status>>;
-
 /// Events queued per stream before the sender waits for the client.
 const STREAM_BUFFER: usize = 64;
+
+type Item = Result<WatchEvent, Status>;
+
+/// The events of one watch, as the client takes them; an event's bytes
+/// leave the queue's budget when the client's side takes it.
+pub struct WatchStream {
+    queued: mpsc::Receiver<(Item, Option<OwnedSemaphorePermit>)>,
+}
+
+impl Stream for WatchStream {
+    type Item = Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Item>> {
+        self.queued
+            .poll_recv(cx)
+            .map(|next| next.map(|(item, _bytes)| item))
+    }
+}
+
+/// The sending side: waits for room in events and in bytes.
+struct Queue {
+    events: mpsc::Sender<(Item, Option<OwnedSemaphorePermit>)>,
+    bytes: Arc<Semaphore>,
+}
+
+impl Queue {
+    fn new() -> (Queue, WatchStream) {
+        let (events, queued) = mpsc::channel(STREAM_BUFFER);
+        let bytes = Arc::new(Semaphore::new(WATCH_QUEUE_BYTES));
+        (Queue { events, bytes }, WatchStream { queued })
+    }
+
+    /// Queues `item`; false once the client is gone.
+    async fn send(&self, item: Item) -> bool {
+        let size = match &item {
+            Ok(event) => event
+                .kv
+                .as_ref()
+                .map_or(0, |kv| kv.key.len() + kv.value.len()),
+            Err(_) => 0,
+        };
+        let wanted = size.min(WATCH_QUEUE_BYTES) as u32;
+        let bytes = tokio::select! {
+            permit = self.bytes.clone().acquire_many_owned(wanted) => permit.ok(),
+            _ = self.events.closed() => return false,
+        };
+        self.events.send((item, bytes)).await.is_ok()
+    }
+
+    async fn closed(&self) {
+        self.events.closed().await
+    }
+}
 
 /// What watch streams are made of.
 #[derive(Clone)]
@@ -61,38 +120,54 @@ impl Watches {
                 .map_err(|_| Error::TooManyWatches {
                     limit: MAX_WATCHERS,
                 })?;
-        // Subscribe before reading history, so no change falls between the two.
+        // Subscribe before reading history, so no change falls between the
+        // two. The first page is read here, so that a start revision the
+        // history no longer holds is this call's error.
         let mut live = self.feed.subscribe();
-        let history = if start_revision > 0 {
-            self.reader.history(&prefix, start_revision)?
+        let mut page = if start_revision > 0 {
+            Some(
+                self.reader
+                    .history_page(&prefix, start_revision, WATCH_REPLAY_PAGE_BYTES)?,
+            )
         } else {
-            Vec::new()
+            None
         };
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let (queue, stream) = Queue::new();
         let closing = self.closing.clone();
         let capacity = self.feed.capacity();
+        let reader = self.reader.clone();
         self.tasks.spawn(async move {
             let _permit = permit;
             let mut last_sent = start_revision.saturating_sub(1);
-            for change in &history {
-                if tx.send(Ok(event(change))).await.is_err() {
-                    return;
+            while let Some(current) = page.take() {
+                for change in &current.changes {
+                    if !queue.send(Ok(event(change))).await {
+                        return;
+                    }
+                    last_sent = change.revision;
                 }
-                last_sent = change.revision;
+                let Some(next) = current.next else { break };
+                match reader.history_page(&prefix, next, WATCH_REPLAY_PAGE_BYTES) {
+                    Ok(more) => page = Some(more),
+                    Err(e) => {
+                        queue.send(Err(Error::from(e).into())).await;
+                        return;
+                    }
+                }
             }
             loop {
                 let item = tokio::select! {
                     item = live.recv() => item,
-                    _ = tx.closed() => return,
+                    _ = queue.closed() => return,
                     _ = closing.cancelled() => {
-                        let _ = tx.send(Err(Error::ShuttingDown.into())).await;
+                        queue.send(Err(Error::ShuttingDown.into())).await;
                         return;
                     }
                 };
                 let change = match item {
                     Ok(FeedItem::Change(change)) => change,
                     Ok(FeedItem::Reset { revision }) => {
-                        let _ = tx.send(Err(Error::WatchReset { revision }.into())).await;
+                        queue.send(Err(Error::WatchReset { revision }.into())).await;
                         return;
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => {
@@ -100,7 +175,7 @@ impl Watches {
                             capacity,
                             resume_from: last_sent + 1,
                         };
-                        let _ = tx.send(Err(lagged.into())).await;
+                        queue.send(Err(lagged.into())).await;
                         return;
                     }
                     Err(broadcast::error::RecvError::Closed) => return,
@@ -108,12 +183,12 @@ impl Watches {
                 if change.revision <= last_sent || !change.kv.key.starts_with(&prefix) {
                     continue;
                 }
-                if tx.send(Ok(event(&change))).await.is_err() {
+                if !queue.send(Ok(event(&change))).await {
                     return;
                 }
                 last_sent = change.revision;
             }
         });
-        Ok(ReceiverStream::new(rx))
+        Ok(stream)
     }
 }

@@ -357,12 +357,12 @@ async fn history_replays_changes_and_reports_compaction() {
         .collect();
     apply(&mut store.state_machine, 1, ops).await;
 
-    let changes = reader.history(b"ev", 16).unwrap();
+    let changes = reader.history_page(b"ev", 16, usize::MAX).unwrap().changes;
     assert_eq!(
         changes.iter().map(|c| c.revision).collect::<Vec<_>>(),
         vec![16, 18, 20]
     );
-    match reader.history(b"", 1) {
+    match reader.history_page(b"", 1, usize::MAX).map(|p| p.changes) {
         Err(ReadError::Compacted {
             requested: 1,
             oldest,
@@ -373,6 +373,39 @@ async fn history_replays_changes_and_reports_compaction() {
         FeedItem::Change(change) => assert_eq!(change.revision, 1),
         other => panic!("expected a change, got {other:?}"),
     }
+}
+
+/// History comes in pages of whole entries that stop once they hold the
+/// byte budget, and the pages together are the whole history, in order.
+#[tokio::test]
+async fn history_pages_are_bounded_in_bytes_and_add_up_to_the_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), StoreOptions::default());
+    let value = "v".repeat(99);
+    for index in 1..=10 {
+        apply(&mut store.state_machine, index, vec![put("k", &value)]).await;
+    }
+    let reader = store.state_machine.reader();
+    let (mut from, mut seen, mut pages) = (1, Vec::new(), 0);
+    loop {
+        let page = reader.history_page(b"", from, 250).unwrap();
+        // Each change is 100 bytes: three reach the budget.
+        assert!(
+            page.changes.len() <= 3,
+            "{} changes in a page",
+            page.changes.len()
+        );
+        seen.extend(page.changes.iter().map(|c| c.revision));
+        pages += 1;
+        match page.next {
+            Some(next) => from = next,
+            None => break,
+        }
+    }
+    assert_eq!(seen, (1..=10).collect::<Vec<_>>());
+    assert_eq!(pages, 4);
+    let all = reader.history_page(b"", 1, usize::MAX).unwrap();
+    assert_eq!((all.changes.len(), all.next), (10, None));
 }
 
 /// Entries carrying many commands each (the leader batches writes) must
@@ -411,7 +444,7 @@ async fn trimming_keeps_up_with_entries_of_many_commands() {
     // last entry's.
     assert!(count(b'h') <= 2, "{} history records kept", count(b'h'));
     let reader = store.state_machine.reader();
-    let window = reader.history(b"", 991).unwrap();
+    let window = reader.history_page(b"", 991, usize::MAX).unwrap().changes;
     assert_eq!(
         window.iter().map(|c| c.revision).collect::<Vec<_>>(),
         (991..=1000).collect::<Vec<_>>()
@@ -866,7 +899,15 @@ fn reads_while_entries_apply_see_whole_entries_at_their_revision() {
                         wrong.extend(check_scan(&page).err());
                         wrong.extend(check_get(got).err());
                         let from = page.revision.saturating_sub(2 * KEYS_PER_ENTRY).max(1);
-                        wrong.extend(check_history(from, reader.history(b"", from)).err());
+                        wrong.extend(
+                            check_history(
+                                from,
+                                reader
+                                    .history_page(b"", from, usize::MAX)
+                                    .map(|p| p.changes),
+                            )
+                            .err(),
+                        );
                         reads += 3;
                     }
                     (reads, wrong)

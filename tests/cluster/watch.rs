@@ -69,3 +69,59 @@ async fn watching_from_a_compacted_revision_is_out_of_range() {
         "{status}"
     );
 }
+
+/// The node's resident memory, as its `/metrics` says.
+async fn resident_bytes(cluster: &Cluster) -> u64 {
+    let metrics = crate::support::http::get(&cluster.nodes[0].http(), "/metrics", "*/*").await;
+    metrics
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix("raftset_resident_memory_bytes "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .expect("raftset_resident_memory_bytes") as u64
+}
+
+/// Watchers whose clients never read hold a bounded number of bytes each
+/// (the README's budget: a 1 MiB queue and a 1 MiB replay page, plus what
+/// the connection buffers), however much history they replay: ten of
+/// them from revision 1 over 40 MiB of history. Before, each collected
+/// its whole replay in memory and queued 64 events of any size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_that_never_read_hold_a_bounded_number_of_bytes_each() {
+    const MIB: u64 = 1024 * 1024;
+    let cluster = Cluster::start_with(1, &["--quota-bytes", "16000000000"]).await;
+    let mut client = cluster.client(0).await;
+    let value = vec![b'x'; raftset::limits::MAX_VALUE_LEN - 1024];
+    for i in 0..40 {
+        client
+            .put(format!("big/{i}").as_bytes(), &value)
+            .await
+            .unwrap();
+    }
+    let before = resident_bytes(&cluster).await;
+    let mut stalled = Vec::new();
+    for _ in 0..10 {
+        let mut watcher = cluster.client(0).await;
+        stalled.push(watcher.watch(b"big/", 1).await.unwrap());
+    }
+    // The replays run until their queues and connections are full; the
+    // peak of a few seconds' samples is what they took.
+    let mut peak = before;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        peak = peak.max(resident_bytes(&cluster).await);
+    }
+    let grown = peak.saturating_sub(before);
+    println!(
+        "ten stalled watchers over 40 MiB of history: resident {} MiB before, peak {} MiB (+{} MiB)",
+        before / MIB,
+        peak / MIB,
+        grown / MIB
+    );
+    assert!(
+        grown < 100 * MIB,
+        "ten stalled watchers took {} MiB",
+        grown / MIB
+    );
+    drop(stalled);
+}

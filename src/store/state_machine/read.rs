@@ -106,11 +106,18 @@ impl KvReader {
         })
     }
 
-    /// Changes under `prefix` from revision `from` on, oldest first, up to
-    /// the last applied entry's, all from one view: no compaction can run
-    /// between the check and the records it vouches for. The view is held
-    /// for at most the retained history (`history_revisions`).
-    pub fn history(&self, prefix: &[u8], from: u64) -> Result<Vec<Change>, ReadError> {
+    /// Changes under `prefix` from revision `from` on, oldest first: whole
+    /// entries' changes until they hold `max_bytes` of keys and values (at
+    /// least one entry's), and where the next page starts, if the history
+    /// goes on. All from one view: no compaction can run between the check
+    /// and the records it vouches for. A Watch replays page by page, so
+    /// what it holds at once is one page, whatever the history holds.
+    pub fn history_page(
+        &self,
+        prefix: &[u8],
+        from: u64,
+        max_bytes: usize,
+    ) -> Result<HistoryPage, ReadError> {
         let view = self.view();
         let compacted: u64 = read_value(&*view, COMPACTED)?.unwrap_or(0);
         if from <= compacted {
@@ -120,19 +127,40 @@ impl KvReader {
             });
         }
         let mut changes = Vec::new();
+        let mut bytes_so_far = 0;
+        let mut resume = from;
         // Records are keyed by their entry's last revision: the first one
         // at or after `from` holds `from`, if it exists.
         for item in view.range(history_key(from).as_slice()..[HISTORY + 1].as_slice()) {
+            if bytes_so_far >= max_bytes {
+                return Ok(HistoryPage {
+                    changes,
+                    next: Some(resume),
+                });
+            }
             let (_, bytes) = item?;
             let entry: Vec<Change> = postcard::from_bytes(&bytes)?;
-            changes.extend(
-                entry
-                    .into_iter()
-                    .filter(|c| c.revision >= from && c.kv.key.starts_with(prefix)),
-            );
+            resume = entry.last().map_or(resume, |c| c.revision + 1);
+            for change in entry {
+                if change.revision >= from && change.kv.key.starts_with(prefix) {
+                    bytes_so_far += change.kv.key.len() + change.kv.value.len();
+                    changes.push(change);
+                }
+            }
         }
-        Ok(changes)
+        Ok(HistoryPage {
+            changes,
+            next: None,
+        })
     }
+}
+
+/// One page of [`KvReader::history_page`].
+#[derive(Debug)]
+pub struct HistoryPage {
+    pub changes: Vec<Change>,
+    /// Where the next page starts; none when this one reached the end.
+    pub next: Option<u64>,
 }
 
 /// Point reads, from the tree or through an entry's pending writes.
