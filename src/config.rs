@@ -196,6 +196,13 @@ pub struct Config {
     #[arg(long, env = "RAFTSET_CLIENT_TLS_DIR")]
     pub client_tls_dir: Option<PathBuf>,
 
+    /// TLS on the HTTP port (visits, status, metrics; the probes' port
+    /// stays plain HTTP for the kubelet): `tls.crt` and `tls.key`, and if
+    /// the directory holds `ca.crt`, callers must present a certificate
+    /// from that CA. Re-read when the files change.
+    #[arg(long, env = "RAFTSET_HTTP_TLS_DIR")]
+    pub http_tls_dir: Option<PathBuf>,
+
     /// HTTP: most connections served at once.
     #[arg(long, env = "RAFTSET_HTTP_MAX_CONNECTIONS", default_value_t = 1_024)]
     pub http_max_connections: usize,

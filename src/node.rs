@@ -34,7 +34,7 @@ use crate::raft::network::{Contacts, NetworkFactory, PeerClients};
 use crate::raft::requests::{Quota, RequestSettings, Requests};
 use crate::raft::service::RaftService;
 use crate::store::{FlushStats, Store, StoreError, StoreOptions};
-use crate::tls::client::ClientPortTls;
+use crate::tls::client::{ClientPortTls, Protocol};
 use crate::tls::PeerTls;
 use crate::types::{ClusterId, Formation, NodeId, Raft};
 
@@ -180,7 +180,11 @@ impl Node {
         };
         let client_auth = Arc::new(ClientAuth::client_port(tokens, config.remote_admin));
         let client_tls = match &config.client_tls_dir {
-            Some(dir) => Some(ClientPortTls::load(dir)?.acceptor()),
+            Some(dir) => Some(ClientPortTls::load(dir, Protocol::Grpc)?.acceptor()),
+            None => None,
+        };
+        let http_tls = match &config.http_tls_dir {
+            Some(dir) => Some(ClientPortTls::load(dir, Protocol::Http)?.acceptor()),
             None => None,
         };
         let contacts = Contacts::default();
@@ -350,6 +354,7 @@ impl Node {
             http,
             http_settings,
             http_listener,
+            http_tls,
             probe_listener,
             stop_clients.clone(),
         ));

@@ -29,6 +29,7 @@ use tower::ServiceExt;
 
 use self::limit::{ClientAddr, VisitLimits};
 use crate::auth::{Refusal, TokenFile};
+use crate::tls::Acceptor;
 
 use crate::cluster::roster::Roster;
 use crate::error::Error;
@@ -87,6 +88,7 @@ pub async fn serve(
     state: HttpState,
     settings: HttpSettings,
     listener: TcpListener,
+    tls: Option<Acceptor>,
     probes: TcpListener,
     stop: CancellationToken,
 ) {
@@ -110,17 +112,19 @@ pub async fn serve(
     };
     tokio::join!(
         housekeeping,
-        serve_app(router(state.clone()), settings, listener, stop.clone()),
-        serve_app(probe_router(state), probe_settings, probes, stop),
+        serve_app(router(state.clone()), settings, listener, tls, stop.clone()),
+        serve_app(probe_router(state), probe_settings, probes, None, stop),
     );
 }
 
-/// Serves `app` on `listener` until `stop`, each connection with the header
-/// timeout, at most `max_connections` at once (beyond, closed at once).
+/// Serves `app` on `listener` until `stop`, over TLS when `tls` is given,
+/// each connection with the header timeout (the TLS handshake has its
+/// own), at most `max_connections` at once (beyond, closed at once).
 async fn serve_app(
     app: Router,
     settings: HttpSettings,
     listener: TcpListener,
+    tls: Option<Acceptor>,
     stop: CancellationToken,
 ) {
     let connections = Arc::new(Semaphore::new(settings.max_connections));
@@ -141,6 +145,7 @@ async fn serve_app(
         let Ok(permit) = connections.clone().try_acquire_owned() else {
             continue;
         };
+        let remote = client;
         let client = ClientAddr(client.ip());
         let service = TowerToHyperService::new(app.clone().map_request(
             move |mut request: axum::http::Request<hyper::body::Incoming>| {
@@ -149,25 +154,51 @@ async fn serve_app(
             },
         ));
         let stop = stop.clone();
+        let tls = tls.clone();
         tasks.spawn(async move {
             let _permit = permit;
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout);
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(connection);
-            tokio::select! {
-                _ = connection.as_mut() => {}
-                _ = stop.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
+            match tls {
+                None => serve_connection(stream, service, header_timeout, stop).await,
+                Some(tls) => {
+                    if let Some(stream) = tls.accept(stream, remote).await {
+                        serve_connection(stream, service, header_timeout, stop).await;
+                    }
                 }
             }
         });
     }
     tasks.close();
     tasks.wait().await;
+}
+
+/// Serves one HTTP/1.1 connection until it ends, or until `stop` and the
+/// request in flight is answered.
+async fn serve_connection<S, T>(
+    stream: T,
+    service: S,
+    header_timeout: Duration,
+    stop: CancellationToken,
+) where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming> + Send,
+    S::Future: Send + 'static,
+    S::ResBody: Send + 'static,
+    <S::ResBody as hyper::body::Body>::Data: Send,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        _ = stop.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
 }
 
 /// The probe listener: health and readiness only.

@@ -1,7 +1,7 @@
-//! TLS on the client gRPC port: the node's side (`--client-tls-dir`: a
-//! certificate, and client certificates required when the directory holds
-//! a CA), and the callers' side (the CLI's and the Rust client's
-//! `--cacert`, `--cert`, `--key`).
+//! TLS on the client ports: the node's side (`--client-tls-dir` for gRPC,
+//! `--http-tls-dir` for HTTP: a certificate, and client certificates
+//! required when the directory holds a CA), and the gRPC callers' side
+//! (the CLI's and the Rust client's `--cacert`, `--cert`, `--key`).
 //!
 //! Unlike the peer port, clients may speak TLS 1.2 as well as 1.3: the
 //! callers are whatever gRPC tools and libraries users have.
@@ -25,10 +25,20 @@ use crate::reload::Reloading;
 #[derive(Clone)]
 pub struct ClientPortTls {
     config: Arc<Reloading<Arc<ServerConfig>, TlsError>>,
+    protocol: Protocol,
+}
+
+/// What a client port speaks over TLS.
+#[derive(Debug, Clone, Copy)]
+pub enum Protocol {
+    /// gRPC: HTTP/2.
+    Grpc,
+    /// The HTTP port: HTTP/1.1.
+    Http,
 }
 
 impl ClientPortTls {
-    pub fn load(dir: &Path) -> Result<ClientPortTls, TlsError> {
+    pub fn load(dir: &Path, protocol: Protocol) -> Result<ClientPortTls, TlsError> {
         let (cert, key, ca) = (
             dir.join(SHARED_CERT_FILE),
             dir.join(SHARED_KEY_FILE),
@@ -37,18 +47,22 @@ impl ClientPortTls {
         let paths = vec![cert.clone(), key.clone(), ca.clone()];
         let dir = dir.to_path_buf();
         let config = Reloading::open("client port certificates", paths, move || {
-            server_config(&dir, &cert, &key, &ca)
+            server_config(&dir, &cert, &key, &ca, protocol)
         })?;
         Ok(ClientPortTls {
             config: Arc::new(config),
+            protocol,
         })
     }
 
-    /// The handshake of the client port's connections.
+    /// The handshake of the port's connections.
     pub fn acceptor(&self) -> Acceptor {
         let config = self.config.clone();
         Acceptor {
-            what: "client",
+            what: match self.protocol {
+                Protocol::Grpc => "client gRPC",
+                Protocol::Http => "HTTP",
+            },
             config: Arc::new(move || (*config.get()).clone()),
         }
     }
@@ -59,6 +73,7 @@ fn server_config(
     cert: &Path,
     key: &Path,
     ca: &Path,
+    protocol: Protocol,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let (chain, key) = read_identity(cert, key)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -81,7 +96,10 @@ fn server_config(
     let mut config = builder
         .with_single_cert(chain, key)
         .map_err(|e| config_err(&e))?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = vec![match protocol {
+        Protocol::Grpc => b"h2".to_vec(),
+        Protocol::Http => b"http/1.1".to_vec(),
+    }];
     Ok(Arc::new(config))
 }
 

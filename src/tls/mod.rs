@@ -259,6 +259,30 @@ pub struct Acceptor {
     config: Arc<dyn Fn() -> Arc<ServerConfig> + Send + Sync>,
 }
 
+impl Acceptor {
+    /// The TLS handshake of a connection accepted from `remote`, within
+    /// [`HANDSHAKE_TIMEOUT`]; none (logged) when it fails or stalls.
+    pub async fn accept(
+        &self,
+        tcp: TcpStream,
+        remote: SocketAddr,
+    ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+        let acceptor = TlsAcceptor::from((self.config)());
+        let what = self.what;
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            Ok(Ok(stream)) => Some(stream),
+            Ok(Err(e)) => {
+                tracing::warn!(%remote, "refused a {what} connection: TLS handshake failed: {e}");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(%remote, "refused a {what} connection: TLS handshake timed out");
+                None
+            }
+        }
+    }
+}
+
 impl PeerTls {
     /// A channel to `endpoint` over mutual TLS, connected when first used
     /// and again after a failure, each time with the files as they are
@@ -355,19 +379,8 @@ pub fn incoming(
             };
             let sender = sender.clone();
             tokio::spawn(async move {
-                let acceptor = TlsAcceptor::from((tls.config)());
-                let what = tls.what;
-                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
-                let stream = match handshake {
-                    Ok(Ok(stream)) => stream,
-                    Ok(Err(e)) => {
-                        tracing::warn!(%remote, "refused a {what} connection: TLS handshake failed: {e}");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::warn!(%remote, "refused a {what} connection: TLS handshake timed out");
-                        return;
-                    }
+                let Some(stream) = tls.accept(tcp, remote).await else {
+                    return;
                 };
                 let certificate = stream
                     .get_ref()

@@ -2,7 +2,9 @@
 //! the CA are served, and a node's certificate must name the address
 //! dialled; a plaintext caller gets no answer; with a CA in the directory
 //! a caller without a certificate from it gets none either. The CLI
-//! speaks TLS with `--cacert` (and `--cert`, `--key`).
+//! speaks TLS with `--cacert` (and `--cert`, `--key`). The HTTP port does
+//! the same with `--http-tls-dir` (checked with curl), the probes' port
+//! stays plain HTTP.
 
 use std::time::Duration;
 
@@ -37,6 +39,16 @@ async fn put_as(
         .await
         .map(|_| ())
         .map_err(|e| e.to_string())
+}
+
+/// `--cacert`, `--cert` and `--key` for a caller with a certificate: the
+/// CLI's flags, and curl's.
+fn identity_args(files: &ClientTlsFiles) -> Vec<String> {
+    let (cert, key) = files.identity.clone().expect("a caller certificate");
+    [("--cacert", &files.ca), ("--cert", &cert), ("--key", &key)]
+        .into_iter()
+        .flat_map(|(flag, path)| [flag.to_string(), path.to_string_lossy().into_owned()])
+        .collect()
 }
 
 fn cli(args: &[&str], endpoint: &str) -> std::process::Output {
@@ -94,7 +106,6 @@ async fn the_client_port_speaks_tls_and_a_plaintext_caller_gets_no_answer() {
 async fn with_a_ca_in_its_directory_the_node_requires_a_client_certificate() {
     let cluster = Cluster::start_with_client_tls(1, true).await;
     let files = cluster.client_tls_files();
-    let (cert, key) = files.identity.clone().expect("a caller certificate");
     let anonymous = ClientTlsFiles {
         ca: files.ca.clone(),
         identity: None,
@@ -111,19 +122,61 @@ async fn with_a_ca_in_its_directory_the_node_requires_a_client_certificate() {
     let ca = files.ca.to_str().unwrap();
     let out = cli(&["get", "k", "--cacert", ca], &api);
     assert_ne!(out.status.code(), Some(0), "no certificate: {out:?}");
-    let out = cli(
-        &[
-            "get",
-            "k",
-            "--cacert",
-            ca,
-            "--cert",
-            cert.to_str().unwrap(),
-            "--key",
-            key.to_str().unwrap(),
-        ],
-        &api,
-    );
+    let identity = identity_args(&files);
+    let mut args = vec!["get", "k"];
+    args.extend(identity.iter().map(String::as_str));
+    let out = cli(&args, &api);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(out.stdout, b"certified");
+}
+
+/// `curl` for `https://<node i's HTTP address><path>` with `args`: its exit
+/// status and what it printed.
+fn curl(cluster: &Cluster, i: usize, scheme: &str, path: &str, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new("curl")
+        .args(["--silent", "--show-error", "--max-time", "10"])
+        .args(args)
+        .arg(format!("{scheme}://{}{path}", cluster.nodes[i].http()))
+        .output()
+        .expect("curl (scripts/test installs it)");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_port_speaks_tls_and_the_probes_port_stays_plain() {
+    let cluster = Cluster::start_with_client_tls(1, false).await;
+    let ca = cluster.client_tls_files().ca;
+    let ca = ca.to_str().unwrap();
+    let (ok, visit) = curl(&cluster, 0, "https", "/", &["--cacert", ca]);
+    assert!(ok && visit.contains("visits: 1"), "{visit}");
+    let (ok, visits) = curl(&cluster, 0, "https", "/visits", &["--cacert", ca]);
+    assert!(ok && visits.contains("\"visits\":1"), "{visits}");
+    let (ok, plain) = curl(&cluster, 0, "http", "/", &[]);
+    assert!(!ok, "plain HTTP was answered: {plain}");
+    let (ok, unknown_ca) = curl(&cluster, 0, "https", "/", &[]);
+    assert!(
+        !ok,
+        "a certificate from an unknown CA was trusted: {unknown_ca}"
+    );
+    cluster.wait_ready(0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_ca_the_http_port_requires_a_client_certificate() {
+    let cluster = Cluster::start_with_client_tls(1, true).await;
+    let files = cluster.client_tls_files();
+    let ca = files.ca.to_str().unwrap();
+    let (ok, refused) = curl(&cluster, 0, "https", "/visits", &["--cacert", ca]);
+    assert!(!ok, "no certificate, yet answered: {refused}");
+    let identity = identity_args(&files);
+    let identity: Vec<&str> = identity.iter().map(String::as_str).collect();
+    let (ok, visits) = curl(&cluster, 0, "https", "/visits", &identity);
+    assert!(ok && visits.contains("\"visits\":0"), "{visits}");
 }

@@ -206,8 +206,9 @@ impl Cluster {
         cluster.start_nodes(n).await
     }
 
-    /// Starts `n` nodes whose client port speaks TLS (`--client-tls-dir`),
-    /// with one certificate naming every node's address; with
+    /// Starts `n` nodes whose client gRPC and HTTP ports speak TLS
+    /// (`--client-tls-dir`, `--http-tls-dir`), with one certificate naming
+    /// every node's address; with
     /// `require_certs` they also require a client certificate. The
     /// harness's own calls use [`Cluster::client_tls_files`].
     pub async fn start_with_client_tls(n: usize, require_certs: bool) -> Cluster {
@@ -235,9 +236,12 @@ impl Cluster {
             ca: callers.join("ca.crt"),
             identity,
         });
+        let dir = dir.to_string_lossy().into_owned();
         cluster.args = vec![
             "--client-tls-dir".into(),
-            dir.to_string_lossy().into_owned(),
+            dir.clone(),
+            "--http-tls-dir".into(),
+            dir,
         ];
         cluster.start_nodes(n).await
     }
@@ -566,8 +570,9 @@ impl Harness for Cluster {
         Cluster::restart(self, i)
     }
 
+    /// Asks the probes' port, as the kubelet does.
     async fn wait_ready(&self, i: usize) {
-        let http = self.nodes[i].http();
+        let http = self.nodes[i].probes();
         wait_for(&format!("{} to be ready", self.nodes[i].name), || {
             let http = http.clone();
             async move {
