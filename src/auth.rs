@@ -18,9 +18,13 @@
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use rustls::pki_types::CertificateDer;
+
 use crate::reload::Reloading;
+use crate::tls::certificate_names;
 
 const HASH_PREFIX: &str = "sha256:";
+const CERTIFICATE_PREFIX: &str = "cert:";
 
 /// What a caller may do; each role may do everything of the ones before.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -171,10 +175,27 @@ impl TokenFile {
     }
 }
 
-/// The tokens that may call the client port (`--client-tokens-file`): one
-/// line per token, `<role> sha256:<hex>`; blank lines and `#` comments
-/// are allowed.
-pub struct RoleTokens(Reloading<Vec<(Role, Hash)>, AuthError>);
+/// Who may call the client port (`--client-tokens-file`), one line each:
+/// `<role> sha256:<hex>` for a bearer token, `<role> cert:<name>` for a
+/// caller whose client certificate (verified by the port's CA,
+/// `--client-tls-dir`) names `<name>`; blank lines and `#` comments are
+/// allowed.
+pub struct RoleTokens(Reloading<Vec<(Role, Holder)>, AuthError>);
+
+/// What one line grants its role to.
+#[derive(Debug)]
+enum Holder {
+    Token(Hash),
+    Certificate(String),
+}
+
+/// What a call presents: its `Authorization` header, and the certificate
+/// its connection proved (the port's CA verified it).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Credentials<'a> {
+    pub authorization: Option<&'a str>,
+    pub certificate: Option<&'a CertificateDer<'static>>,
+}
 
 impl RoleTokens {
     pub fn open(path: &Path) -> Result<RoleTokens, AuthError> {
@@ -185,21 +206,38 @@ impl RoleTokens {
         .map(RoleTokens)
     }
 
-    /// The role `authorization`'s token has.
-    fn role_of(&self, authorization: Option<&str>) -> Result<Role, Refusal> {
-        let presented = Hash::of(bearer(authorization)?);
-        // Every line is compared, so the time taken does not tell which.
-        self.0
-            .get()
-            .iter()
-            .fold(None, |found, (role, hash)| {
-                if hash.same(&presented) {
-                    found.max(Some(*role))
-                } else {
-                    found
-                }
-            })
-            .ok_or(Refusal::Wrong)
+    /// The highest role the credentials have. A bearer token decides when
+    /// there is one (a wrong token is refused, whatever the certificate);
+    /// without one, the certificate's names do.
+    fn role_of(&self, credentials: Credentials<'_>) -> Result<Role, Refusal> {
+        let holders = self.0.get();
+        match bearer(credentials.authorization) {
+            Ok(token) => {
+                let presented = Hash::of(token);
+                // Every token line is compared, so the time taken does not
+                // tell which matched.
+                holders
+                    .iter()
+                    .fold(None, |found, (role, holder)| match holder {
+                        Holder::Token(hash) if hash.same(&presented) => found.max(Some(*role)),
+                        _ => found,
+                    })
+                    .ok_or(Refusal::Wrong)
+            }
+            Err(missing) => {
+                let certificate = credentials.certificate.ok_or(missing)?;
+                holders
+                    .iter()
+                    .filter_map(|(role, holder)| match holder {
+                        Holder::Certificate(name) if certificate_names(certificate, name) => {
+                            Some(*role)
+                        }
+                        _ => None,
+                    })
+                    .max()
+                    .ok_or(missing)
+            }
+        }
     }
 }
 
@@ -210,8 +248,8 @@ fn read(path: &Path) -> Result<String, AuthError> {
     })
 }
 
-fn parse_role_tokens(path: &Path, text: &str) -> Result<Vec<(Role, Hash)>, AuthError> {
-    let mut tokens = Vec::new();
+fn parse_role_tokens(path: &Path, text: &str) -> Result<Vec<(Role, Holder)>, AuthError> {
+    let mut holders = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -219,14 +257,23 @@ fn parse_role_tokens(path: &Path, text: &str) -> Result<Vec<(Role, Hash)>, AuthE
         }
         let parsed = line
             .split_once(char::is_whitespace)
-            .and_then(|(role, hash)| Some((role.parse::<Role>().ok()?, Hash::parse(hash.trim())?)));
-        tokens.push(parsed.ok_or_else(|| AuthError::Format {
+            .and_then(|(role, holder)| {
+                let holder = holder.trim();
+                let holder = match holder.strip_prefix(CERTIFICATE_PREFIX) {
+                    Some(name) if !name.is_empty() => Holder::Certificate(name.to_string()),
+                    Some(_) => return None,
+                    None => Holder::Token(Hash::parse(holder)?),
+                };
+                Some((role.parse::<Role>().ok()?, holder))
+            });
+        holders.push(parsed.ok_or_else(|| AuthError::Format {
             path: path.to_path_buf(),
             line: i + 1,
-            expected: "`<read|write|admin> sha256:<64 hex digits>`",
+            expected:
+                "`<read|write|admin> sha256:<64 hex digits>` or `<read|write|admin> cert:<name>`",
         })?);
     }
-    Ok(tokens)
+    Ok(holders)
 }
 
 /// The role a client RPC (by its gRPC path) needs; `None`: anyone may call
@@ -286,8 +333,8 @@ impl ClientAuth {
         }
     }
 
-    /// Whether a call of `path` with this `authorization` header may go on.
-    pub fn check(&self, path: &str, authorization: Option<&str>) -> Result<(), Refusal> {
+    /// Whether a call of `path` with these credentials may go on.
+    pub fn check(&self, path: &str, credentials: Credentials<'_>) -> Result<(), Refusal> {
         let Some(needs) = needed_role(path) else {
             return Ok(());
         };
@@ -297,7 +344,7 @@ impl ClientAuth {
         let Some(tokens) = &self.tokens else {
             return Ok(());
         };
-        let role = tokens.role_of(authorization)?;
+        let role = tokens.role_of(credentials)?;
         if role >= needs {
             Ok(())
         } else {
@@ -320,6 +367,13 @@ pub fn token_line(role: Role, token: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn bearer_only(authorization: Option<&str>) -> Credentials<'_> {
+        Credentials {
+            authorization,
+            certificate: None,
+        }
+    }
 
     fn hash_line(token: &str) -> String {
         token_line(Role::Read, token)
@@ -417,13 +471,16 @@ mod tests {
         ];
         for (path, authorization, expected) in cases {
             assert_eq!(
-                auth.check(path, authorization),
+                auth.check(path, bearer_only(authorization)),
                 expected,
                 "{path} with {authorization:?}"
             );
         }
         let open = ClientAuth::client_port(None, true);
-        assert_eq!(open.check("/raftset.v1.Admin/Backup", None), Ok(()));
+        assert_eq!(
+            open.check("/raftset.v1.Admin/Backup", bearer_only(None)),
+            Ok(())
+        );
     }
 
     #[test]
@@ -435,22 +492,76 @@ mod tests {
         let operator = Some("Bearer operator");
         for call in ["/raftset.v1.Admin/Backup", "/raftset.v1.Admin/Remove"] {
             assert_eq!(
-                client_port.check(call, operator),
+                client_port.check(call, bearer_only(operator)),
                 Err(Refusal::AdminElsewhere)
             );
-            assert_eq!(client_port.check(call, None), Err(Refusal::AdminElsewhere));
-            assert_eq!(ClientAuth::loopback().check(call, None), Ok(()));
+            assert_eq!(
+                client_port.check(call, bearer_only(None)),
+                Err(Refusal::AdminElsewhere)
+            );
+            assert_eq!(
+                ClientAuth::loopback().check(call, bearer_only(None)),
+                Ok(())
+            );
         }
         // What `endpoint status` and member lists read stays on the client port.
         assert_eq!(
-            client_port.check("/raftset.v1.Admin/Status", operator),
+            client_port.check("/raftset.v1.Admin/Status", bearer_only(operator)),
             Ok(())
         );
-        assert_eq!(client_port.check("/raftset.v1.KV/Put", operator), Ok(()));
         assert_eq!(
-            client_port.check("/raftset.v1.KV/Put", None),
+            client_port.check("/raftset.v1.KV/Put", bearer_only(operator)),
+            Ok(())
+        );
+        assert_eq!(
+            client_port.check("/raftset.v1.KV/Put", bearer_only(None)),
             Err(Refusal::Missing)
         );
+    }
+
+    #[test]
+    fn a_client_certificate_named_in_the_file_has_its_role_unless_a_token_decides() {
+        use rustls::pki_types::pem::PemObject;
+        let ca = crate::tls::issue::Authority::new("clients").unwrap();
+        let issued = |name: &str| {
+            let pem = ca.issue(name, &[]).unwrap().cert_pem;
+            CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()
+        };
+        let (reporter, stranger) = (issued("reporter"), issued("stranger"));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        let file = format!(
+            "read cert:reporter\n{}\n",
+            token_line(Role::Write, "writer")
+        );
+        std::fs::write(&path, file).unwrap();
+        let auth = ClientAuth::client_port(Some(RoleTokens::open(&path).unwrap()), true);
+        let call = |path: &str, authorization, certificate| {
+            auth.check(
+                path,
+                Credentials {
+                    authorization,
+                    certificate,
+                },
+            )
+        };
+        assert_eq!(call("/raftset.v1.KV/Get", None, Some(&reporter)), Ok(()));
+        assert_eq!(
+            call("/raftset.v1.KV/Put", None, Some(&reporter)),
+            Err(Refusal::Forbidden { needs: Role::Write })
+        );
+        assert_eq!(
+            call("/raftset.v1.KV/Get", None, Some(&stranger)),
+            Err(Refusal::Missing)
+        );
+        // A token decides when there is one, right or wrong.
+        let writer = Some("Bearer writer");
+        assert_eq!(call("/raftset.v1.KV/Put", writer, Some(&reporter)), Ok(()));
+        assert_eq!(
+            call("/raftset.v1.KV/Get", Some("Bearer guess"), Some(&reporter)),
+            Err(Refusal::Wrong)
+        );
+        assert!(parse_role_tokens(Path::new("t"), "read cert:\n").is_err());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use tonic::codegen::http;
 use tonic::Status;
 
-use crate::auth::ClientAuth;
+use crate::auth::{ClientAuth, Credentials};
 use crate::metrics::Metrics;
 use crate::tls::ConnInfo;
 
@@ -54,11 +54,17 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let authorization = request
-            .headers()
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        match self.gate.auth.check(request.uri().path(), authorization) {
+        let credentials = Credentials {
+            authorization: request
+                .headers()
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok()),
+            certificate: request
+                .extensions()
+                .get::<ConnInfo>()
+                .and_then(|c| c.certificate.as_ref()),
+        };
+        match self.gate.auth.check(request.uri().path(), credentials) {
             Ok(()) => Box::pin(self.inner.call(request)),
             Err(refusal) => {
                 let client = request

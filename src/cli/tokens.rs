@@ -106,7 +106,14 @@ fn write_private(dir: &Path, data: &BTreeMap<String, String>) -> anyhow::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::{ClientAuth, RoleTokens};
+
+    fn bearer_only(authorization: Option<&str>) -> Credentials<'_> {
+        Credentials {
+            authorization,
+            certificate: None,
+        }
+    }
+    use crate::auth::{ClientAuth, Credentials, RoleTokens};
 
     #[test]
     fn each_token_written_has_its_role_in_the_hashes_file_and_is_new_each_time() {
@@ -125,19 +132,25 @@ mod tests {
             |role: &str| std::fs::read_to_string(out.join(format!("{role}.token"))).unwrap();
         let bearer = |role: &str| format!("Bearer {}", token(role).trim());
         assert!(auth
-            .check("/raftset.v1.KV/Get", Some(&bearer("read")))
+            .check("/raftset.v1.KV/Get", bearer_only(Some(&bearer("read"))))
             .is_ok());
         assert!(auth
-            .check("/raftset.v1.KV/Put", Some(&bearer("read")))
+            .check("/raftset.v1.KV/Put", bearer_only(Some(&bearer("read"))))
             .is_err());
         assert!(auth
-            .check("/raftset.v1.KV/Put", Some(&bearer("write")))
+            .check("/raftset.v1.KV/Put", bearer_only(Some(&bearer("write"))))
             .is_ok());
         assert!(auth
-            .check("/raftset.v1.Admin/Backup", Some(&bearer("write")))
+            .check(
+                "/raftset.v1.Admin/Backup",
+                bearer_only(Some(&bearer("write")))
+            )
             .is_err());
         assert!(auth
-            .check("/raftset.v1.Admin/Backup", Some(&bearer("admin")))
+            .check(
+                "/raftset.v1.Admin/Backup",
+                bearer_only(Some(&bearer("admin")))
+            )
             .is_ok());
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(out.join("admin.token"))

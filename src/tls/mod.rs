@@ -497,7 +497,7 @@ impl Caller {
     pub fn is(&self, host: &str) -> bool {
         match self {
             Caller::Unchecked => true,
-            Caller::Certified(der) => names(der, host),
+            Caller::Certified(der) => certificate_names(der, host),
         }
     }
 
@@ -509,7 +509,7 @@ impl Caller {
 }
 
 /// Whether certificate `der` names `host`.
-fn names(der: &CertificateDer<'_>, host: &str) -> bool {
+pub fn certificate_names(der: &CertificateDer<'_>, host: &str) -> bool {
     let Ok(name) = ServerName::try_from(host) else {
         return false;
     };

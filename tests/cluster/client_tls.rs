@@ -180,3 +180,33 @@ async fn with_a_ca_the_http_port_requires_a_client_certificate() {
     let (ok, visits) = curl(&cluster, 0, "https", "/visits", &identity);
     assert!(ok && visits.contains("\"visits\":0"), "{visits}");
 }
+
+/// With `<role> cert:<name>` lines in the tokens file, a client
+/// certificate proves a role without a token: the reporter's reads but
+/// cannot write, the operator's may take a backup, and a certificate the
+/// file does not name proves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_named_in_the_tokens_file_proves_its_role() {
+    let cluster = Cluster::start_with_certificate_roles(3).await;
+    let (leader, _) = cluster.wait_for_leader().await;
+    let follower = (leader + 1) % 3;
+    let operator = cluster.caller_files("operator");
+    let reporter = cluster.caller_files("reporter");
+    let mut admin = client_with(&cluster, follower, Some(&operator))
+        .await
+        .unwrap();
+    admin.put(b"k", b"by certificate").await.unwrap();
+    let mut backup = admin.backup().await.unwrap();
+    assert!(backup.message().await.unwrap().is_some());
+    let mut reader = client_with(&cluster, follower, Some(&reporter))
+        .await
+        .unwrap();
+    assert_eq!(
+        reader.get(b"k").await.unwrap().unwrap().value,
+        b"by certificate"
+    );
+    let denied = reader.put(b"k", b"no").await.unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied}");
+    let backup = reader.backup().await.map(|_| ()).unwrap_err();
+    assert_eq!(backup.code(), tonic::Code::PermissionDenied, "{backup}");
+}

@@ -213,37 +213,83 @@ impl Cluster {
     /// harness's own calls use [`Cluster::client_tls_files`].
     pub async fn start_with_client_tls(n: usize, require_certs: bool) -> Cluster {
         let mut cluster = Cluster::empty(&[]);
-        let dir = cluster._dir.path().join("client-tls");
-        let callers = cluster._dir.path().join("callers");
+        let callers: &[&str] = if require_certs { &["operator"] } else { &[] };
+        cluster.client_tls_setup(n, callers);
+        cluster.start_nodes(n).await
+    }
+
+    /// Starts `n` nodes whose client port requires a client certificate,
+    /// and grants roles by the names in them (`<role> cert:<name>` in the
+    /// tokens file): `operator` may do anything (the harness calls as
+    /// it), `reporter` may read; [`Cluster::caller_files`] has both.
+    pub async fn start_with_certificate_roles(n: usize) -> Cluster {
+        let mut cluster = Cluster::empty(&[]);
+        cluster.client_tls_setup(n, &["operator", "reporter"]);
+        std::fs::write(
+            cluster.tokens_file(),
+            "admin cert:operator\nread cert:reporter\n",
+        )
+        .unwrap();
+        let file = cluster.tokens_file().to_string_lossy().into_owned();
+        cluster.args.extend(["--client-tokens-file".into(), file]);
+        cluster.start_nodes(n).await
+    }
+
+    /// Client TLS for nodes 0 to `n - 1`: one certificate naming every
+    /// node's address for the gRPC and HTTP ports, and when `callers` are
+    /// named, a CA the nodes require client certificates from and a
+    /// certificate for each caller; the harness calls as the first.
+    fn client_tls_setup(&mut self, n: usize, callers: &[&str]) {
+        let dir = self._dir.path().join("client-tls");
+        let callers_dir = self.callers_dir();
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::create_dir_all(&callers).unwrap();
+        std::fs::create_dir_all(&callers_dir).unwrap();
         let ca = Authority::new("client port").expect("a CA");
-        let ips: Vec<String> = (0..n).map(|i| cluster.ip_of(i)).collect();
+        let ips: Vec<String> = (0..n).map(|i| self.ip_of(i)).collect();
         let hosts: Vec<&str> = ips.iter().map(String::as_str).collect();
         let served = ca.issue("raftset", &hosts).expect("a certificate");
         std::fs::write(dir.join("tls.crt"), &served.cert_pem).unwrap();
         std::fs::write(dir.join("tls.key"), &served.key_pem).unwrap();
-        std::fs::write(callers.join("ca.crt"), ca.cert_pem()).unwrap();
-        let identity = require_certs.then(|| {
+        std::fs::write(callers_dir.join("ca.crt"), ca.cert_pem()).unwrap();
+        if !callers.is_empty() {
             std::fs::write(dir.join("ca.crt"), ca.cert_pem()).unwrap();
-            let caller = ca.issue("operator", &[]).expect("a certificate");
-            let (cert, key) = (callers.join("operator.crt"), callers.join("operator.key"));
-            std::fs::write(&cert, &caller.cert_pem).unwrap();
-            std::fs::write(&key, &caller.key_pem).unwrap();
-            (cert, key)
-        });
-        cluster.client_tls = Some(ClientTlsFiles {
-            ca: callers.join("ca.crt"),
-            identity,
+        }
+        for name in callers {
+            let caller = ca.issue(name, &[]).expect("a certificate");
+            std::fs::write(callers_dir.join(format!("{name}.crt")), &caller.cert_pem).unwrap();
+            std::fs::write(callers_dir.join(format!("{name}.key")), &caller.key_pem).unwrap();
+        }
+        self.client_tls = Some(match callers.first() {
+            Some(name) => self.caller_files(name),
+            None => ClientTlsFiles {
+                ca: callers_dir.join("ca.crt"),
+                identity: None,
+            },
         });
         let dir = dir.to_string_lossy().into_owned();
-        cluster.args = vec![
+        self.args.extend([
             "--client-tls-dir".into(),
             dir.clone(),
             "--http-tls-dir".into(),
             dir,
-        ];
-        cluster.start_nodes(n).await
+        ]);
+    }
+
+    fn callers_dir(&self) -> PathBuf {
+        self._dir.path().join("callers")
+    }
+
+    /// The CA and the certificate of caller `name` of a cluster started
+    /// with client certificates.
+    pub fn caller_files(&self, name: &str) -> ClientTlsFiles {
+        let dir = self.callers_dir();
+        ClientTlsFiles {
+            ca: dir.join("ca.crt"),
+            identity: Some((
+                dir.join(format!("{name}.crt")),
+                dir.join(format!("{name}.key")),
+            )),
+        }
     }
 
     /// What a caller of a cluster started with
