@@ -55,3 +55,14 @@ pub const MAX_CLIENT_STREAMS: u32 = 1024;
 /// Cluster-control requests (ClusterInfo, Join, HoldElection, Digest) are
 /// a few hundred bytes: the peer port takes no more for them.
 pub const MAX_CLUSTER_CONTROL_MESSAGE: usize = 64 * 1024;
+
+/// The largest request body a peer may send to the peer port's method at
+/// `path` (`/package.Service/Method`): replication and forwarded writes
+/// carry entries, every other call (votes, read-index requests, cluster
+/// control, Admin calls members pass on) a few hundred bytes.
+pub fn max_peer_request(path: &str) -> usize {
+    match path.rsplit('/').next() {
+        Some("AppendEntries" | "InstallSnapshot" | "Propose") => MAX_PEER_MESSAGE,
+        _ => MAX_CLUSTER_CONTROL_MESSAGE,
+    }
+}

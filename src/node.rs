@@ -30,6 +30,7 @@ use crate::http::{HttpSettings, HttpState};
 use crate::limits;
 use crate::metrics::Metrics;
 use crate::proto::admin_server::AdminServer;
+use crate::raft::body_limit::PeerRequestLimits;
 use crate::raft::network::{Contacts, NetworkFactory, PeerClients};
 use crate::raft::requests::{Quota, RequestSettings, Requests};
 use crate::raft::service::RaftService;
@@ -527,6 +528,7 @@ async fn serve_peers(
     );
     let result = tonic::transport::Server::builder()
         .max_concurrent_streams(limits::MAX_PEER_STREAMS)
+        .layer(PeerRequestLimits)
         .add_service(raft.into_server())
         .add_service(cluster.into_server())
         .add_service(AdminServer::new(admin))

@@ -8,6 +8,7 @@
 //! imports only the ground floor and the store. Whoever needs it receives
 //! a handle ([`requests::Requests`], the openraft handle), never the node.
 
+pub mod body_limit;
 pub mod network;
 pub mod proposer;
 pub mod requests;

@@ -217,21 +217,36 @@ fn postcard_put(request_id: &[u8], key: &[u8], value: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The leader, its status, and a client of its (plaintext) peer port that
+/// sends messages of any size, as a rogue peer would.
+async fn leader_peer_port(
+    cluster: &Cluster,
+) -> (
+    usize,
+    raftset::proto::StatusResponse,
+    raftset::proto::raft_peer_client::RaftPeerClient<tonic::transport::Channel>,
+) {
+    let leader = cluster.leader().await;
+    let status = cluster.status(leader).await.unwrap();
+    let peer = raftset::proto::raft_peer_client::RaftPeerClient::connect(format!(
+        "http://{}",
+        cluster.nodes[leader].peer()
+    ))
+    .await
+    .unwrap()
+    .max_encoding_message_size(8 * MAX_VALUE_LEN);
+    (leader, status, peer)
+}
+
 /// The peer port must not let a sender put into the log what the client
 /// API refuses: an entry no follower can take, or one that breaks a limit
 /// every replica relies on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_refuses_forwarded_writes_that_break_a_limit() {
-    use raftset::proto::raft_peer_client::RaftPeerClient;
     use raftset::proto::PeerMessage;
 
     let cluster = Cluster::start(3).await;
-    let leader = cluster.leader().await;
-    let status = cluster.status(leader).await.unwrap();
-    let mut peer = RaftPeerClient::connect(format!("http://{}", cluster.nodes[leader].peer()))
-        .await
-        .unwrap()
-        .max_encoding_message_size(8 * MAX_VALUE_LEN);
+    let (leader, status, mut peer) = leader_peer_port(&cluster).await;
     let forward = |request_id: &[u8], key: &[u8], value: &[u8]| PeerMessage {
         cluster_id: status.cluster_id.clone(),
         payload: postcard_put(request_id, key, value).into(),
@@ -492,4 +507,36 @@ async fn connections_past_the_grpc_cap_are_closed_and_places_free_again() {
         one_read().await.map(drop)
     })
     .await;
+}
+
+/// Each peer method takes bodies of its own size: a vote or a read-index
+/// request of 1 MiB is cut off while it is read, before anything decodes
+/// it; an AppendEntries of the same size is read whole (and then refused
+/// for what it says); the cluster goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_methods_that_carry_no_entries_take_no_large_bodies() {
+    use raftset::proto::PeerMessage;
+
+    let cluster = Cluster::start(3).await;
+    let (leader, status, mut peer) = leader_peer_port(&cluster).await;
+    let large = || PeerMessage {
+        cluster_id: status.cluster_id.clone(),
+        payload: vec![0xff; MAX_VALUE_LEN].into(),
+        target_id: status.id,
+    };
+    let vote = peer.vote(large()).await.unwrap_err();
+    let read_index = peer.read_index(large()).await.unwrap_err();
+    for (what, refused) in [("vote", &vote), ("read index", &read_index)] {
+        assert!(
+            refused.message().contains("length limit exceeded"),
+            "{what}: {refused}"
+        );
+    }
+    let append = peer.append_entries(large()).await.unwrap_err();
+    assert!(
+        !append.message().contains("length limit exceeded"),
+        "an AppendEntries may be large: {append}"
+    );
+    let mut client = cluster.client(leader).await;
+    client.put(b"after", b"large bodies").await.unwrap();
 }
