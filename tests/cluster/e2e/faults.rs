@@ -350,8 +350,11 @@ async fn re_elected_leader_whose_entry_a_snapshot_skipped_takes_writes() {
     for &i in &others {
         set.restart(i).await;
     }
-    // (A leader that restarts may lead on in its own term.)
-    let (new, leading) = set.wait_for_leader_among(&others, None, elected.term).await;
+    // A leader that restarts stands down, so this one won an election
+    // after the restarts.
+    let (new, leading) = set
+        .wait_for_leader_among(&others, None, elected.term + 1)
+        .await;
     assert!(
         leading.purged_index > stranded,
         "after the restart the log is purged past {stranded}: {leading:?}"
