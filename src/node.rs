@@ -69,6 +69,7 @@ pub fn store_options(config: &Config) -> StoreOptions {
     StoreOptions {
         cache_bytes: config.cache_mb * 1024 * 1024,
         history_revisions: config.history_revisions,
+        history_bytes: config.history_bytes,
         ..StoreOptions::default()
     }
 }

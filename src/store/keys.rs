@@ -9,7 +9,8 @@
 //!   remembered (when to forget them)
 //! - `r` → the current revision, `a` → last applied log id, `m` → last
 //!   membership, `c` → highest revision compacted out of the history,
-//!   `w` → the last entry's write set (redo record), `v` → the data format
+//!   `b` → bytes the retained history records take, `w` → the last
+//!   entry's write set (redo record), `v` → the data format
 //!
 //! Snapshot files carry the same records and the same format byte, so
 //! both the state machine and [`super::snapshot`] read it from here.
@@ -21,6 +22,9 @@ pub const EXPIRY: u8 = b'e';
 pub const APPLIED: &[u8] = b"a";
 pub const MEMBERSHIP: &[u8] = b"m";
 pub const COMPACTED: &[u8] = b"c";
+/// Bytes of the history records kept (absent in trees from before it was
+/// counted: their older records then count for nothing until compacted).
+pub const HISTORY_BYTES: &[u8] = b"b";
 pub const REVISION: &[u8] = b"r";
 /// The last entry's write set, replayed at start-up (see `EntryWrites::write`).
 pub const REDO: &[u8] = b"w";

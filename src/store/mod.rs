@@ -76,8 +76,10 @@ pub struct StoreOptions {
     /// sled's page cache, in bytes. Small by default: the working set of a
     /// key-value store this size is the log tail and hot keys.
     pub cache_bytes: u64,
-    /// How many revisions of change history Watch can replay.
+    /// How much change history Watch can replay: revisions, and bytes of
+    /// history records (the newest entry's is always kept).
     pub history_revisions: u64,
+    pub history_bytes: u64,
     /// Capacity of the live change feed for watchers.
     pub watch_buffer: usize,
     /// Where fsyncs, applies, snapshots and log flushes are recorded.
@@ -89,6 +91,7 @@ impl Default for StoreOptions {
         StoreOptions {
             cache_bytes: 8 * 1024 * 1024,
             history_revisions: 10_000,
+            history_bytes: 64 * 1024 * 1024,
             watch_buffer: 1024,
             metrics: StoreMetrics::default(),
         }

@@ -408,6 +408,48 @@ async fn history_pages_are_bounded_in_bytes_and_add_up_to_the_whole() {
     assert_eq!((all.changes.len(), all.next), (10, None));
 }
 
+/// History is also bounded in bytes: the oldest entries' records go once
+/// the records take more than the budget, whatever the revision count,
+/// the newest always stays, and a replay from before says where history
+/// starts now.
+#[tokio::test]
+async fn history_is_bounded_in_bytes_as_well_as_in_revisions() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions {
+        history_bytes: 1_000,
+        ..StoreOptions::default()
+    };
+    let mut store = open(dir.path(), options);
+    let value = "v".repeat(200);
+    for index in 1..=20 {
+        apply(&mut store.state_machine, index, vec![put("k", &value)]).await;
+    }
+    let tree = store.state_machine.tree();
+    let kept: usize = tree
+        .scan_prefix([b'h'])
+        .map(|item| item.unwrap().1.len())
+        .sum();
+    assert!(kept <= 1_000, "{kept} bytes of history kept");
+    assert!(kept > 600, "only {kept} bytes kept: more than needed went");
+    let reader = store.state_machine.reader();
+    match reader.history_page(b"", 1, usize::MAX) {
+        Err(ReadError::Compacted { oldest, .. }) => {
+            let page = reader.history_page(b"", oldest, usize::MAX).unwrap();
+            assert_eq!(page.changes.last().unwrap().revision, 20);
+        }
+        other => panic!("expected Compacted, got {other:?}"),
+    }
+    // One entry larger than the budget is kept alone.
+    let large = "v".repeat(5_000);
+    apply(&mut store.state_machine, 21, vec![put("k", &large)]).await;
+    let records: Vec<u64> = tree
+        .scan_prefix([b'h'])
+        .keys()
+        .map(|k| u64::from_be_bytes(k.unwrap()[1..9].try_into().unwrap()))
+        .collect();
+    assert_eq!(records, [21]);
+}
+
 /// Entries carrying many commands each (the leader batches writes) must
 /// not outgrow the trimming: history stays within its window and request
 /// ids past the dedup window are forgotten, however large the entries.

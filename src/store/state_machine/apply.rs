@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 use super::feed::Change;
 use super::read::{read_kv, read_value, Lookup, ReadError, StoredValue};
 use crate::store::keys::{
-    dedup_key, expiry_key, history_key, key_key, COMPACTED, EXPIRY, HISTORY, REDO, REVISION,
+    dedup_key, expiry_key, history_key, key_key, COMPACTED, EXPIRY, HISTORY, HISTORY_BYTES, REDO,
+    REVISION,
 };
 use crate::types::{Command, KeyValue, Op, Outcome, Proposal};
 
@@ -144,14 +145,16 @@ pub(super) fn finish_entry(
     log_index: u64,
     proposal: &Proposal,
     revision: u64,
-    history_revisions: u64,
+    retention: HistoryRetention,
 ) -> Result<Vec<Change>, ReadError> {
     let tree = writes.base.clone();
     let history = std::mem::take(&mut writes.history);
     if !history.is_empty() {
         writes.insert(REVISION, encode(&revision));
-        writes.insert(history_key(revision), encode(&history));
-        compact_history(&tree, writes, revision, history_revisions)?;
+        let record = encode(&history);
+        let added = record.len() as u64;
+        writes.insert(history_key(revision), record);
+        compact_history(&tree, writes, revision, retention, added)?;
     }
     if !writes.remembered.is_empty() {
         let remembered = std::mem::take(&mut writes.remembered);
@@ -184,30 +187,44 @@ fn expire_request_ids(
     Ok(())
 }
 
-/// Drops up to [`EXPIRE_PER_ENTRY`] entries' history records wholly
-/// older than the retained window, and records how far.
+/// How much Watch history is kept: the last `revisions` revisions, and
+/// at most `bytes` of history records (the newest entry's always).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct HistoryRetention {
+    pub revisions: u64,
+    pub bytes: u64,
+}
+
+/// Drops up to [`EXPIRE_PER_ENTRY`] of the oldest entries' history records
+/// while they lie wholly outside the retained revisions or the records
+/// take more than the retained bytes (`added` of them this entry's), and
+/// records how far. Every replica applies the same entries with the same
+/// records, so every replica keeps the same history.
 fn compact_history(
     tree: &sled::Tree,
     batch: &mut EntryWrites<sled::Tree>,
     revision: u64,
-    history_revisions: u64,
+    retention: HistoryRetention,
+    added: u64,
 ) -> Result<(), ReadError> {
-    let cutoff = revision.saturating_sub(history_revisions);
-    if cutoff == 0 {
-        return Ok(());
-    }
+    let cutoff = revision.saturating_sub(retention.revisions);
+    let mut retained = read_value::<u64>(tree, HISTORY_BYTES)?.unwrap_or(0) + added;
     let mut highest = None;
-    for key in tree
-        .range([HISTORY].as_slice()..history_key(cutoff).as_slice())
-        .keys()
+    // This entry's own record is not in the tree yet: it is never dropped.
+    for item in tree
+        .range([HISTORY].as_slice()..history_key(revision).as_slice())
         .take(EXPIRE_PER_ENTRY)
     {
-        let key = key?;
-        highest = Some(u64::from_be_bytes(
-            key[1..9].try_into().expect("history key"),
-        ));
+        let (key, record) = item?;
+        let last = u64::from_be_bytes(key[1..9].try_into().expect("history key"));
+        if last >= cutoff && retained <= retention.bytes {
+            break;
+        }
+        retained = retained.saturating_sub(record.len() as u64);
+        highest = Some(last);
         batch.remove(key);
     }
+    batch.insert(HISTORY_BYTES, encode(&retained));
     if let Some(highest) = highest {
         batch.insert(COMPACTED, encode(&highest));
     }

@@ -78,7 +78,7 @@ pub struct StateMachine {
     current: Arc<RwLock<sled::Tree>>,
     pointer: sled::Tree,
     snapshots: SnapshotDir,
-    history_revisions: u64,
+    history: apply::HistoryRetention,
     feed: WatchFeed,
     /// The temporary file a snapshot is being received into.
     receiving: Option<std::path::PathBuf>,
@@ -141,7 +141,10 @@ impl StateMachine {
             current: Arc::new(RwLock::new(tree)),
             pointer,
             snapshots,
-            history_revisions: options.history_revisions,
+            history: apply::HistoryRetention {
+                revisions: options.history_revisions,
+                bytes: options.history_bytes,
+            },
             feed: WatchFeed::new(options.watch_buffer),
             receiving: None,
             digests: Digests::default(),
@@ -266,7 +269,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             log_id.index,
                             &proposal,
                             revision,
-                            self.history_revisions,
+                            self.history,
                         )
                         .map_err(read_err)?,
                     );
