@@ -353,27 +353,35 @@ impl ClientAuth {
     }
 }
 
-/// A tokens-file line for `token` with `role`, as `raftset certs` and the
+/// A tokens-file line for `token` with `role`, as `raftset tokens` and the
 /// tests write them.
 pub fn token_line(role: Role, token: &str) -> String {
-    let hex: String = Hash::of(token)
-        .0
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("{} {HASH_PREFIX}{hex}", role.name())
+    format!("{} {HASH_PREFIX}{}", role.name(), hex(&Hash::of(token).0))
+}
+
+/// A fresh token: 256 random bits, in hex.
+pub fn new_token() -> String {
+    hex(&rand::random::<[u8; 32]>())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn bearer_only(authorization: Option<&str>) -> Credentials<'_> {
+impl<'a> Credentials<'a> {
+    /// A call with this `Authorization` header and no certificate.
+    pub fn bearer_only(authorization: Option<&'a str>) -> Credentials<'a> {
         Credentials {
             authorization,
             certificate: None,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     fn hash_line(token: &str) -> String {
         token_line(Role::Read, token)
@@ -471,14 +479,14 @@ mod tests {
         ];
         for (path, authorization, expected) in cases {
             assert_eq!(
-                auth.check(path, bearer_only(authorization)),
+                auth.check(path, Credentials::bearer_only(authorization)),
                 expected,
                 "{path} with {authorization:?}"
             );
         }
         let open = ClientAuth::client_port(None, true);
         assert_eq!(
-            open.check("/raftset.v1.Admin/Backup", bearer_only(None)),
+            open.check("/raftset.v1.Admin/Backup", Credentials::bearer_only(None)),
             Ok(())
         );
     }
@@ -492,29 +500,32 @@ mod tests {
         let operator = Some("Bearer operator");
         for call in ["/raftset.v1.Admin/Backup", "/raftset.v1.Admin/Remove"] {
             assert_eq!(
-                client_port.check(call, bearer_only(operator)),
+                client_port.check(call, Credentials::bearer_only(operator)),
                 Err(Refusal::AdminElsewhere)
             );
             assert_eq!(
-                client_port.check(call, bearer_only(None)),
+                client_port.check(call, Credentials::bearer_only(None)),
                 Err(Refusal::AdminElsewhere)
             );
             assert_eq!(
-                ClientAuth::loopback().check(call, bearer_only(None)),
+                ClientAuth::loopback().check(call, Credentials::bearer_only(None)),
                 Ok(())
             );
         }
         // What `endpoint status` and member lists read stays on the client port.
         assert_eq!(
-            client_port.check("/raftset.v1.Admin/Status", bearer_only(operator)),
+            client_port.check(
+                "/raftset.v1.Admin/Status",
+                Credentials::bearer_only(operator)
+            ),
             Ok(())
         );
         assert_eq!(
-            client_port.check("/raftset.v1.KV/Put", bearer_only(operator)),
+            client_port.check("/raftset.v1.KV/Put", Credentials::bearer_only(operator)),
             Ok(())
         );
         assert_eq!(
-            client_port.check("/raftset.v1.KV/Put", bearer_only(None)),
+            client_port.check("/raftset.v1.KV/Put", Credentials::bearer_only(None)),
             Err(Refusal::Missing)
         );
     }

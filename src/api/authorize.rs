@@ -3,7 +3,6 @@
 //! table asks the admin role of any RPC it does not name).
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -54,27 +53,21 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let conn = request.extensions().get::<ConnInfo>();
+        let remote = conn.and_then(|c| c.remote);
         let credentials = Credentials {
             authorization: request
                 .headers()
                 .get(http::header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok()),
-            certificate: request
-                .extensions()
-                .get::<ConnInfo>()
-                .and_then(|c| c.certificate.as_ref()),
+            certificate: conn.and_then(|c| c.certificate.as_ref()),
         };
         match self.gate.auth.check(request.uri().path(), credentials) {
             Ok(()) => Box::pin(self.inner.call(request)),
             Err(refusal) => {
-                let client = request
-                    .extensions()
-                    .get::<ConnInfo>()
-                    .and_then(|c| c.remote)
-                    .map_or_else(String::new, |a: SocketAddr| a.to_string());
                 let reason = refusal.reason();
                 tracing::warn!(
-                    %client,
+                    client = ?remote,
                     method = request.uri().path(),
                     reason,
                     "refused a client call"

@@ -5,7 +5,7 @@
 //!
 //! What one watcher holds is bounded in bytes, whatever the history holds
 //! and however slowly its client reads: the replay reads the history a
-//! page at a time ([`WATCH_WATCH_REPLAY_PAGE_BYTES`]), and the events queued for
+//! page at a time ([`WATCH_REPLAY_PAGE_BYTES`]), and the events queued for
 //! the client hold at most [`WATCH_QUEUE_BYTES`] (one larger event waits
 //! for an empty queue).
 
@@ -124,7 +124,7 @@ impl Watches {
         // two. The first page is read here, so that a start revision the
         // history no longer holds is this call's error.
         let mut live = self.feed.subscribe();
-        let mut page = if start_revision > 0 {
+        let first_page = if start_revision > 0 {
             Some(
                 self.reader
                     .history_page(&prefix, start_revision, WATCH_REPLAY_PAGE_BYTES)?,
@@ -139,20 +139,22 @@ impl Watches {
         self.tasks.spawn(async move {
             let _permit = permit;
             let mut last_sent = start_revision.saturating_sub(1);
-            while let Some(current) = page.take() {
-                for change in &current.changes {
-                    if !queue.send(Ok(event(change))).await {
-                        return;
+            if let Some(mut page) = first_page {
+                loop {
+                    for change in &page.changes {
+                        if !queue.send(Ok(event(change))).await {
+                            return;
+                        }
+                        last_sent = change.revision;
                     }
-                    last_sent = change.revision;
-                }
-                let Some(next) = current.next else { break };
-                match reader.history_page(&prefix, next, WATCH_REPLAY_PAGE_BYTES) {
-                    Ok(more) => page = Some(more),
-                    Err(e) => {
-                        queue.send(Err(Error::from(e).into())).await;
-                        return;
-                    }
+                    let Some(next) = page.next else { break };
+                    page = match reader.history_page(&prefix, next, WATCH_REPLAY_PAGE_BYTES) {
+                        Ok(more) => more,
+                        Err(e) => {
+                            queue.send(Err(Error::from(e).into())).await;
+                            return;
+                        }
+                    };
                 }
             }
             loop {

@@ -62,9 +62,10 @@ pub struct BenchArgs {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let connector = args.credentials.connector()?;
     let mut clients = Vec::new();
     for endpoint in &args.endpoints {
-        clients.push(args.credentials.connect(endpoint).await?);
+        clients.push(connector.connect(endpoint).await?);
     }
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));

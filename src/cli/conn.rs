@@ -94,9 +94,8 @@ pub struct Credentials {
 }
 
 impl Credentials {
-    /// Connects to `endpoint`, the token (if any) on every call.
-    pub async fn connect(&self, endpoint: &str) -> Result<Client, CliError> {
-        let op = Op::Read;
+    /// Reads the files once, for every endpoint the command tries.
+    pub fn connector(&self) -> Result<Connector, CliError> {
         let tls = match &self.cacert {
             Some(ca) => {
                 let files = ClientTlsFiles {
@@ -107,19 +106,36 @@ impl Credentials {
             }
             None => None,
         };
-        let client = Client::connect_with(endpoint, tls.as_ref())
-            .await
-            .map_err(|source| CliError::Call { op, source })?;
-        let Some(path) = &self.token_file else {
-            return Ok(client);
+        let token = match &self.token_file {
+            Some(path) => {
+                Some(
+                    std::fs::read_to_string(path).map_err(|source| CliError::Input {
+                        what: format!("the token file {}", path.display()),
+                        source,
+                    })?,
+                )
+            }
+            None => None,
         };
-        let token = std::fs::read_to_string(path).map_err(|source| CliError::Input {
-            what: format!("the token file {}", path.display()),
-            source,
-        })?;
-        client
-            .with_token(&token)
-            .map_err(|source| CliError::Call { op, source })
+        Ok(Connector { tls, token })
+    }
+}
+
+/// Connects with a command's credentials.
+pub struct Connector {
+    tls: Option<ClientTls>,
+    token: Option<String>,
+}
+
+impl Connector {
+    /// Connects to `endpoint`, over TLS if asked, the token (if any) on
+    /// every call.
+    pub async fn connect(&self, endpoint: &str) -> Result<Client, ClientError> {
+        let client = Client::connect_with(endpoint, self.tls.as_ref()).await?;
+        match &self.token {
+            Some(token) => client.with_token(token),
+            None => Ok(client),
+        }
     }
 }
 
@@ -187,11 +203,11 @@ impl Conn {
     {
         let mut last = None;
         let endpoints = self.endpoints();
+        let connector = self.credentials.connector()?;
         for endpoint in &endpoints {
-            let result = match self.credentials.connect(endpoint).await {
+            let result = match connector.connect(endpoint).await {
                 Ok(client) => call(client.with_timeout(self.timeout())).await,
-                Err(CliError::Call { source, .. }) => Err(source),
-                Err(unusable) => return Err(unusable),
+                Err(e) => Err(e),
             };
             match result {
                 Ok(value) => return Ok(value),
@@ -219,10 +235,12 @@ impl Conn {
         Fut: Future<Output = Result<T, ClientError>>,
     {
         let endpoint = self.endpoints().swap_remove(0);
-        let client = self.credentials.connect(&endpoint).await?;
-        call(client.with_timeout(self.timeout()))
-            .await
-            .map_err(|source| CliError::Call { op, source })
+        let connector = self.credentials.connector()?;
+        let result = match connector.connect(&endpoint).await {
+            Ok(client) => call(client.with_timeout(self.timeout())).await,
+            Err(e) => Err(e),
+        };
+        result.map_err(|source| CliError::Call { op, source })
     }
 }
 

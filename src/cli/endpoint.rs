@@ -76,18 +76,18 @@ where
     let mut members = status.members;
     members.sort_by(|a, b| output::by_ordinal(&a.name, &b.name));
     let timeout = Duration::from_secs(conn.timeout_secs);
+    let connector = &conn.credentials.connector()?;
     let ask = &ask;
     let probes = members.into_iter().map(|member| async move {
         let started = Instant::now();
         let answer = if member.api_addr.is_empty() {
             Err("no client address on record".to_string())
         } else {
-            match conn.credentials.connect(&member.api_addr).await {
-                Ok(client) => ask(client.with_timeout(timeout))
-                    .await
-                    .map_err(|e| one_line(&e)),
-                Err(e) => Err(one_line(&e)),
-            }
+            let asked = async {
+                let client = connector.connect(&member.api_addr).await?;
+                ask(client.with_timeout(timeout)).await
+            };
+            asked.await.map_err(|e| one_line(&e))
         };
         Probe {
             took: started.elapsed(),

@@ -16,10 +16,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Args;
-use rand::RngCore;
 
 use super::certs::secret_manifest;
-use crate::auth::{token_line, Role};
+use crate::auth::{new_token, token_line, Role};
 
 /// The hashes' file name, as `--client-tokens-file` names it in `k8s/`.
 pub const TOKENS_FILE: &str = "tokens";
@@ -76,9 +75,7 @@ fn files() -> BTreeMap<String, String> {
     let mut data = BTreeMap::new();
     let mut lines = String::new();
     for role in [Role::Read, Role::Write, Role::Admin] {
-        let mut bits = [0u8; 32];
-        rand::rng().fill_bytes(&mut bits);
-        let token: String = bits.iter().map(|b| format!("{b:02x}")).collect();
+        let token = new_token();
         lines.push_str(&token_line(role, &token));
         lines.push('\n');
         data.insert(format!("{}.token", role.name()), format!("{token}\n"));
@@ -107,12 +104,6 @@ fn write_private(dir: &Path, data: &BTreeMap<String, String>) -> anyhow::Result<
 mod tests {
     use super::*;
 
-    fn bearer_only(authorization: Option<&str>) -> Credentials<'_> {
-        Credentials {
-            authorization,
-            certificate: None,
-        }
-    }
     use crate::auth::{ClientAuth, Credentials, RoleTokens};
 
     #[test]
@@ -132,24 +123,33 @@ mod tests {
             |role: &str| std::fs::read_to_string(out.join(format!("{role}.token"))).unwrap();
         let bearer = |role: &str| format!("Bearer {}", token(role).trim());
         assert!(auth
-            .check("/raftset.v1.KV/Get", bearer_only(Some(&bearer("read"))))
+            .check(
+                "/raftset.v1.KV/Get",
+                Credentials::bearer_only(Some(&bearer("read")))
+            )
             .is_ok());
         assert!(auth
-            .check("/raftset.v1.KV/Put", bearer_only(Some(&bearer("read"))))
+            .check(
+                "/raftset.v1.KV/Put",
+                Credentials::bearer_only(Some(&bearer("read")))
+            )
             .is_err());
         assert!(auth
-            .check("/raftset.v1.KV/Put", bearer_only(Some(&bearer("write"))))
+            .check(
+                "/raftset.v1.KV/Put",
+                Credentials::bearer_only(Some(&bearer("write")))
+            )
             .is_ok());
         assert!(auth
             .check(
                 "/raftset.v1.Admin/Backup",
-                bearer_only(Some(&bearer("write")))
+                Credentials::bearer_only(Some(&bearer("write")))
             )
             .is_err());
         assert!(auth
             .check(
                 "/raftset.v1.Admin/Backup",
-                bearer_only(Some(&bearer("admin")))
+                Credentials::bearer_only(Some(&bearer("admin")))
             )
             .is_ok());
         use std::os::unix::fs::PermissionsExt;

@@ -64,6 +64,17 @@ pub enum StoreError {
     Sled { path: PathBuf, source: sled::Error },
 }
 
+impl StoreError {
+    /// The log store's error (openraft's type) from work done on the data
+    /// directory at `path` outside openraft, before it starts.
+    fn log(path: &Path, err: openraft::StorageError<crate::types::NodeId>) -> StoreError {
+        StoreError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(err.to_string()),
+        }
+    }
+}
+
 impl From<StoreError> for crate::error::ClusterError {
     fn from(err: StoreError) -> Self {
         crate::error::ClusterError::Storage(err.to_string())
@@ -194,10 +205,8 @@ impl Store {
         let state_machine = StateMachine::open(shared.clone(), options, purges.clone())?;
         let log = LogStore::open(shared, raft_tree, purges).map_err(sled_err)?;
         refound::finish(node_id, &log, &meta)?;
-        log.stand_down(node_id).map_err(|e| StoreError::Io {
-            path: path.clone(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
+        log.stand_down(node_id)
+            .map_err(|e| StoreError::log(&path, e))?;
         Ok(Store {
             node_id,
             log,

@@ -102,10 +102,7 @@ pub(super) fn finish(
     if meta.cluster_id()?.as_deref() != Some(refounding.cluster_id.as_str()) {
         let entry = log
             .append_sole_voter(node_id, &refounding.member)
-            .map_err(|e| StoreError::Io {
-                path: meta.path().to_path_buf(),
-                source: std::io::Error::other(e.to_string()),
-            })?;
+            .map_err(|e| StoreError::log(meta.path(), e))?;
         let sled_err = |e| meta.sled_err(e);
         meta.raft_tree
             .insert(

@@ -24,7 +24,7 @@ use crate::reload::Reloading;
 /// certificates from that CA are required. Re-read when the files change.
 #[derive(Clone)]
 pub struct ClientPortTls {
-    config: Arc<Reloading<Arc<ServerConfig>, TlsError>>,
+    config: Arc<Reloading<ServerConfig, TlsError>>,
     protocol: Protocol,
 }
 
@@ -63,7 +63,7 @@ impl ClientPortTls {
                 Protocol::Grpc => "client gRPC",
                 Protocol::Http => "HTTP",
             },
-            config: Arc::new(move || (*config.get()).clone()),
+            config: Arc::new(move || config.get()),
         }
     }
 }
@@ -74,7 +74,7 @@ fn server_config(
     key: &Path,
     ca: &Path,
     protocol: Protocol,
-) -> Result<Arc<ServerConfig>, TlsError> {
+) -> Result<ServerConfig, TlsError> {
     let (chain, key) = read_identity(cert, key)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config_err = |e: &dyn std::fmt::Display| TlsError::Config {
@@ -100,7 +100,7 @@ fn server_config(
         Protocol::Grpc => b"h2".to_vec(),
         Protocol::Http => b"http/1.1".to_vec(),
     }];
-    Ok(Arc::new(config))
+    Ok(config)
 }
 
 /// What a caller needs to reach a client port that speaks TLS: the CA

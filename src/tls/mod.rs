@@ -211,15 +211,10 @@ impl PeerTls {
         })
     }
 
-    /// The configurations from the files as they are now.
-    fn current(&self) -> Arc<Configs> {
-        self.configs.get()
-    }
-
     /// Connects to `host:port` over TLS, checking that the peer's
     /// certificate names `host` and presenting this node's own.
     pub async fn connect(&self, host: &str, port: u16) -> io::Result<PeerClientStream> {
-        connect_tls(self.current().client.clone(), host, port).await
+        connect_tls(self.configs.get().client.clone(), host, port).await
     }
 
     /// The handshake of the peer port's connections.
@@ -227,7 +222,7 @@ impl PeerTls {
         let tls = self.clone();
         Acceptor {
             what: "peer",
-            config: Arc::new(move || tls.current().server.clone()),
+            config: Arc::new(move || tls.configs.get().server.clone()),
         }
     }
 }

@@ -80,8 +80,9 @@ pub struct Cluster {
     /// Whether the client port takes admin calls (`--remote-admin`): the
     /// tests call as remote operators do, unless a test says otherwise.
     remote_admin: bool,
-    /// How to reach a client port that speaks TLS.
-    client_tls: Option<ClientTlsFiles>,
+    /// How to reach a client port that speaks TLS: the harness's files,
+    /// and them loaded once for its many calls.
+    client_tls: Option<(ClientTlsFiles, ClientTls)>,
 }
 
 /// The tokens of a cluster started with [`Cluster::start_with_tokens`].
@@ -259,13 +260,15 @@ impl Cluster {
             std::fs::write(callers_dir.join(format!("{name}.crt")), &caller.cert_pem).unwrap();
             std::fs::write(callers_dir.join(format!("{name}.key")), &caller.key_pem).unwrap();
         }
-        self.client_tls = Some(match callers.first() {
+        let files = match callers.first() {
             Some(name) => self.caller_files(name),
             None => ClientTlsFiles {
                 ca: callers_dir.join("ca.crt"),
                 identity: None,
             },
-        });
+        };
+        let loaded = ClientTls::load(&files).expect("the callers' TLS files");
+        self.client_tls = Some((files, loaded));
         let dir = dir.to_string_lossy().into_owned();
         self.args.extend([
             "--client-tls-dir".into(),
@@ -295,7 +298,8 @@ impl Cluster {
     /// What a caller of a cluster started with
     /// [`Cluster::start_with_client_tls`] needs.
     pub fn client_tls_files(&self) -> ClientTlsFiles {
-        self.client_tls.clone().expect("a cluster with client TLS")
+        let (files, _) = self.client_tls.as_ref().expect("a cluster with client TLS");
+        files.clone()
     }
 
     /// Where the client tokens' hashes are (`--client-tokens-file`).
@@ -575,8 +579,7 @@ impl Harness for Cluster {
     }
 
     fn client_tls(&self) -> Option<ClientTls> {
-        let files = self.client_tls.as_ref()?;
-        Some(ClientTls::load(files).expect("the callers' TLS files"))
+        self.client_tls.as_ref().map(|(_, loaded)| loaded.clone())
     }
 
     fn api(&self, i: usize) -> String {

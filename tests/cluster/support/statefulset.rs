@@ -122,7 +122,7 @@ pub struct StatefulSet {
 }
 
 /// The client addresses of a set's pods, kept current by the set, and
-/// the token its clients send.
+/// the token its clients send (the set's own too).
 #[derive(Clone, Default)]
 pub struct Endpoints {
     addrs: Arc<std::sync::RwLock<Vec<String>>>,
@@ -208,6 +208,7 @@ impl StatefulSet {
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", set.resolv_conf.display()));
         set.secrets_dir = std::env::temp_dir().join(format!("{}-secrets", set.id));
         set.make_secrets().unwrap_or_else(|e| panic!("{e}"));
+        set.endpoints.token = set.admin_token();
         set
     }
 
@@ -542,10 +543,7 @@ impl StatefulSet {
     /// The client addresses of the pods as they come and go (a re-created
     /// pod has a new IP), as a client resolving the Service would see them.
     pub fn endpoints(&self) -> Endpoints {
-        Endpoints {
-            addrs: self.endpoints.addrs.clone(),
-            token: self.token(),
-        }
+        self.endpoints.clone()
     }
 
     /// Deletes pod `i` as `kubectl delete pod` does: the preStop hook, then
@@ -940,18 +938,8 @@ impl Harness for StatefulSet {
         }
     }
 
-    /// The admin token of the client tokens Secret, when the manifest
-    /// mounts one.
     fn token(&self) -> Option<String> {
-        let (secret, _) = self
-            .manifest
-            .secrets
-            .iter()
-            .find(|(secret, _)| secret.ends_with("client-tokens"))?;
-        let path = self.secrets_dir.join(secret).join("admin.token");
-        let token =
-            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        Some(token.trim().to_string())
+        self.endpoints.token.clone()
     }
 
     /// Client gRPC address of pod `i`, from the host.
@@ -1112,6 +1100,20 @@ impl StatefulSet {
     /// owned by the pods' group and readable by it only (the manifest's
     /// `fsGroup` and `defaultMode: 0440`). Every file of a Secret is
     /// mounted, whatever `items` the manifest picks.
+    /// The admin token of the client tokens Secret, when the manifest
+    /// mounts one: what the harness's clients send.
+    fn admin_token(&self) -> Option<String> {
+        let (secret, _) = self
+            .manifest
+            .secrets
+            .iter()
+            .find(|(secret, _)| secret.ends_with("client-tokens"))?;
+        let path = self.secrets_dir.join(secret).join("admin.token");
+        let token =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        Some(token.trim().to_string())
+    }
+
     fn make_secrets(&self) -> Result<(), String> {
         let m = &self.manifest;
         for (secret, _) in &m.secrets {
