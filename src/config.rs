@@ -135,6 +135,12 @@ pub struct Config {
     #[arg(long, env = "RAFTSET_SNAPSHOT_ENTRIES", default_value_t = 10_000)]
     pub snapshot_entries: u64,
 
+    /// Take a snapshot, and purge the log up to it, once the log holds this
+    /// many bytes of entries, however few they are: large values would
+    /// otherwise fill the volume long before `--snapshot-entries` pass.
+    #[arg(long, env = "RAFTSET_SNAPSHOT_LOG_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub snapshot_log_bytes: u64,
+
     /// How long a write may wait to commit before its outcome is reported
     /// unknown, in milliseconds (a shorter client deadline wins).
     #[arg(long, env = "RAFTSET_PROPOSAL_TIMEOUT_MS", default_value_t = 5_000)]
@@ -283,6 +289,7 @@ impl Config {
         let must_be_positive = [
             ("--heartbeat-ms", self.heartbeat_ms),
             ("--snapshot-entries", self.snapshot_entries),
+            ("--snapshot-log-bytes", self.snapshot_log_bytes),
             ("--max-pending-proposals", self.max_pending_proposals as u64),
             ("--grpc-max-connections", self.grpc_max_connections as u64),
             // No "off": with no quota a full volume stops every member at

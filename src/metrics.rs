@@ -181,6 +181,8 @@ pub struct StoreMetrics {
     pub log_flushes: Counter,
     /// Appends those flushes covered.
     pub log_appends: Counter,
+    /// Bytes of entries the Raft log holds.
+    pub log_bytes: Gauge,
 }
 
 fn disk_buckets() -> Histogram {
@@ -208,6 +210,7 @@ impl Default for StoreMetrics {
             snapshot_bytes: Gauge::default(),
             log_flushes: Counter::default(),
             log_appends: Counter::default(),
+            log_bytes: Gauge::default(),
         }
     }
 }
@@ -439,6 +442,11 @@ impl Metrics {
             "log_appends",
             "Log appends made durable; appends/flushes is the group-commit batch size",
             s.log_appends.clone(),
+        );
+        r.register(
+            "log_size_bytes",
+            "Bytes of entries the Raft log holds; a snapshot and a purge follow past --snapshot-log-bytes",
+            s.log_bytes.clone(),
         );
         r.register(
             "peer_round_trip_seconds",

@@ -193,6 +193,7 @@ impl Node {
         let reader = store.state_machine.reader();
         let feed = store.state_machine.feed();
         let flush_stats = store.log.stats();
+        let log_size = store.log.size();
         let digests = store.state_machine.digests();
         let raft = Raft::new(
             id,
@@ -376,6 +377,12 @@ impl Node {
         peer_tasks.spawn(crate::raft::count_leader_changes(
             raft.metrics(),
             metrics.leader_changes(),
+            stop_peers.clone(),
+        ));
+        peer_tasks.spawn(crate::raft::compaction::bound_log_size(
+            raft.clone(),
+            log_size,
+            cluster.config.snapshot_log_bytes,
             stop_peers.clone(),
         ));
         peer_tasks.spawn(watch_for_fatal(

@@ -9,6 +9,7 @@
 //! a handle ([`requests::Requests`], the openraft handle), never the node.
 
 pub mod body_limit;
+pub mod compaction;
 pub mod network;
 pub mod proposer;
 pub mod requests;

@@ -55,6 +55,31 @@ impl RaftService {
         }
         Ok(rpc)
     }
+
+    /// Counts a snapshot chunk from the leader as word from it, as a
+    /// heartbeat is. openraft 0.9 resets a follower's election timer only
+    /// on AppendEntries and on a finished install, and its leader sends no
+    /// heartbeats to a follower while streaming it a snapshot: a snapshot
+    /// that takes longer than an election timeout to arrive would make the
+    /// follower call an election in the middle of every attempt, never
+    /// catching up and deposing a healthy leader each time. An empty
+    /// AppendEntries with no log position does only that: it touches the
+    /// vote (refused unless it is at least this node's), and with no
+    /// previous entry, no entries and no commit index it changes no log
+    /// and commits nothing.
+    async fn hear_from_leader(&self, vote: openraft::Vote<NodeId>) {
+        if !vote.is_committed() {
+            return;
+        }
+        let heartbeat = AppendEntriesRequest {
+            vote,
+            prev_log_id: None,
+            entries: Vec::new(),
+            leader_commit: None,
+        };
+        // A refusal (a newer vote here) is the snapshot's to report.
+        let _ = self.raft.append_entries(heartbeat).await;
+    }
 }
 
 /// A message on behalf of member `id` must come from that member: its
@@ -109,6 +134,7 @@ impl RaftPeer for RaftService {
             .open_from(request, |r: &InstallSnapshotRequest<TypeConfig>| {
                 r.vote.leader_id().voted_for()
             })?;
+        self.hear_from_leader(rpc.vote).await;
         Ok(reply(&self.raft.install_snapshot(rpc).await))
     }
 

@@ -13,6 +13,7 @@ use openraft::{
     StorageIOError,
 };
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -48,6 +49,62 @@ pub(super) struct PurgeGate {
     log: sled::Tree,
     raft: sled::Tree,
     state: Mutex<GateState>,
+    size: LogSize,
+}
+
+/// The bytes of entries the log holds, kept up to date by every append,
+/// truncation and purge, so compaction can bound the log by its size as
+/// well as by its length (`--snapshot-log-bytes`). It is the exported
+/// gauge itself, so the metric and the bound never disagree.
+#[derive(Debug, Clone, Default)]
+pub struct LogSize(Gauge);
+
+impl From<Gauge> for LogSize {
+    fn from(gauge: Gauge) -> Self {
+        LogSize(gauge)
+    }
+}
+
+impl LogSize {
+    pub fn bytes(&self) -> u64 {
+        u64::try_from(self.0.get()).unwrap_or(0)
+    }
+
+    fn add(&self, bytes: usize) {
+        self.0.inc_by(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    fn remove(&self, bytes: usize) {
+        self.0.dec_by(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Removes the entries at `keys` from `log` as one batch and counts
+    /// their bytes out.
+    fn remove_range(
+        &self,
+        log: &sled::Tree,
+        keys: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>,
+    ) -> sled::Result<()> {
+        let mut batch = sled::Batch::default();
+        let mut removed = 0;
+        for item in keys {
+            let (key, value) = item?;
+            removed += value.len();
+            batch.remove(key);
+        }
+        log.apply_batch(batch)?;
+        self.remove(removed);
+        Ok(())
+    }
+
+    /// Inserts one entry and counts it in (and the one it replaced out).
+    fn insert(&self, log: &sled::Tree, index: u64, bytes: Vec<u8>) -> sled::Result<()> {
+        let added = bytes.len();
+        let replaced = log.insert(index_key(index), bytes)?;
+        self.add(added);
+        self.remove(replaced.map_or(0, |old| old.len()));
+        Ok(())
+    }
 }
 
 #[derive(Default)]
@@ -59,11 +116,17 @@ struct GateState {
 }
 
 impl PurgeGate {
-    pub(super) fn open(db: &sled::Db, raft: sled::Tree) -> sled::Result<PurgeGate> {
+    pub(super) fn open(db: &sled::Db, raft: sled::Tree, size: LogSize) -> sled::Result<PurgeGate> {
+        let log = db.open_tree("log")?;
+        size.0.set(0);
+        for item in log.iter().values() {
+            size.add(item?.len());
+        }
         Ok(PurgeGate {
-            log: db.open_tree("log")?,
+            log,
             raft,
             state: Mutex::default(),
+            size,
         })
     }
 
@@ -97,11 +160,8 @@ impl PurgeGate {
             sled::Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
         })?;
         self.raft.insert(PURGED_KEY, marker)?;
-        let mut batch = sled::Batch::default();
-        for key in self.log.range(..=index_key(upto.index)).keys() {
-            batch.remove(key?);
-        }
-        self.log.apply_batch(batch)
+        self.size
+            .remove_range(&self.log, self.log.range(..=index_key(upto.index)))
     }
 }
 
@@ -174,6 +234,10 @@ impl LogStore {
 
     pub fn stats(&self) -> Arc<FlushStats> {
         self.stats.clone()
+    }
+
+    pub fn size(&self) -> LogSize {
+        self.purges.size.clone()
     }
 
     fn read_value<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
@@ -267,8 +331,9 @@ impl LogStore {
         self.write_value(VOTE_KEY, &Vote::new_committed(term, id))?;
         let bytes =
             postcard::to_stdvec(&entry).map_err(|e| StorageIOError::write_log_entry(log_id, &e))?;
-        self.log
-            .insert(index_key(log_id.index), bytes)
+        self.purges
+            .size
+            .insert(&self.log, log_id.index, bytes)
             .map_err(|e| StorageIOError::write_log_entry(log_id, &e))?;
         self.write_value(COMMITTED_KEY, &Some(log_id))?;
         Ok(log_id)
@@ -410,8 +475,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let log_id = *entry.get_log_id();
             let bytes = postcard::to_stdvec(&entry)
                 .map_err(|e| StorageIOError::write_log_entry(log_id, &e))?;
-            self.log
-                .insert(index_key(log_id.index), bytes)
+            self.purges
+                .size
+                .insert(&self.log, log_id.index, bytes)
                 .map_err(|e| {
                     StorageIOError::write_logs(&self.shared.io_error("appending to the log", e))
                 })?;
@@ -437,12 +503,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let mut batch = sled::Batch::default();
-        for key in self.log.range(index_key(log_id.index)..).keys() {
-            batch.remove(key.map_err(|e| StorageIOError::write_logs(&e))?);
-        }
-        self.log
-            .apply_batch(batch)
+        self.purges
+            .size
+            .remove_range(&self.log, self.log.range(index_key(log_id.index)..))
             .map_err(|e| StorageIOError::write_logs(&e))?;
         self.flush_now().await
     }
@@ -485,7 +548,7 @@ mod tests {
     fn a_purge_waits_until_the_state_machine_has_applied_what_it_removes() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
-        let gate = PurgeGate::open(&db, db.open_tree("raft").unwrap()).unwrap();
+        let gate = PurgeGate::open(&db, db.open_tree("raft").unwrap(), LogSize::default()).unwrap();
         for index in 1..=6 {
             gate.log.insert(index_key(index), b"entry").unwrap();
         }
@@ -510,5 +573,34 @@ mod tests {
         assert_eq!(indexes(&gate), [6]);
         gate.applied(6).unwrap();
         assert_eq!(purged(&gate), Some(log_id(5)), "a purge runs once");
+    }
+
+    /// The size the log reports is the bytes of the entries it holds,
+    /// through appends that replace entries, truncations and purges, and
+    /// the same when the store is opened again.
+    #[test]
+    fn the_log_size_follows_appends_truncations_and_purges() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let raft = db.open_tree("raft").unwrap();
+        let size = LogSize::default();
+        let gate = PurgeGate::open(&db, raft.clone(), size.clone()).unwrap();
+        for index in 1..=10 {
+            size.insert(&gate.log, index, vec![0; 100]).unwrap();
+        }
+        assert_eq!(size.bytes(), 1_000);
+        size.insert(&gate.log, 10, vec![0; 300]).unwrap();
+        assert_eq!(size.bytes(), 1_200, "a replaced entry counts once");
+
+        size.remove_range(&gate.log, gate.log.range(index_key(9)..))
+            .unwrap();
+        assert_eq!(size.bytes(), 800, "truncated from 9 on");
+        gate.applied(8).unwrap();
+        gate.request(log_id(3)).unwrap();
+        assert_eq!(size.bytes(), 500, "purged up to 3");
+
+        let reopened = LogSize::default();
+        let _gate = PurgeGate::open(&db, raft, reopened.clone()).unwrap();
+        assert_eq!(reopened.bytes(), 500, "counted again on opening");
     }
 }

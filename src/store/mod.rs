@@ -37,7 +37,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use log::PurgeGate;
-pub use log::{FlushStats, LogStore};
+pub use log::{FlushStats, LogSize, LogStore};
 pub use refound::Refounding;
 pub use state_machine::{KvReader, StateMachine, WatchFeed};
 
@@ -201,7 +201,8 @@ impl Store {
                 id
             }
         };
-        let purges = Arc::new(PurgeGate::open(&db, raft_tree.clone()).map_err(sled_err)?);
+        let log_size = LogSize::from(options.metrics.log_bytes.clone());
+        let purges = Arc::new(PurgeGate::open(&db, raft_tree.clone(), log_size).map_err(sled_err)?);
         let state_machine = StateMachine::open(shared.clone(), options, purges.clone())?;
         let log = LogStore::open(shared, raft_tree, purges).map_err(sled_err)?;
         refound::finish(node_id, &log, &meta)?;
