@@ -40,6 +40,8 @@ pub enum InvalidRequest {
     Missing { field: &'static str },
     #[error("request_id was already used for a different kind of request")]
     RequestIdReused,
+    #[error("request_id starts with bytes reserved for ids a node makes (0xff \"raftset\")")]
+    ReservedRequestId,
     #[error("unknown {field} value {value}")]
     UnknownEnum { field: &'static str, value: i32 },
 }

@@ -117,6 +117,33 @@ pub fn new_request_id() -> RequestId {
     rand::random::<[u8; 16]>().to_vec()
 }
 
+/// Starts every id a node makes for a write that came without one (a
+/// visit, a gRPC write with no id). Clients may not send ids that start
+/// with it, so such an id is always a node's.
+pub const NODE_ID_MARK: &[u8; 8] = b"\xffraftset";
+
+/// An id for a write that came without one, carrying how long replicas
+/// must remember it. Only the node that made it sends that write again,
+/// and only until its deadline: remembering it for the whole dedup window
+/// would let anonymous visitors fill the volume with ids nobody retries.
+pub fn node_request_id(remember_for: Duration) -> RequestId {
+    let ms = u32::try_from(remember_for.as_millis()).unwrap_or(u32::MAX);
+    [
+        NODE_ID_MARK.as_slice(),
+        &ms.to_be_bytes(),
+        &rand::random::<[u8; 16]>(),
+    ]
+    .concat()
+}
+
+/// How long a node-made id must be remembered, in milliseconds; `None`
+/// for a client's id, which is remembered for the whole dedup window.
+pub fn node_id_lifetime_ms(id: &[u8]) -> Option<u64> {
+    let rest = id.strip_prefix(NODE_ID_MARK.as_slice())?;
+    let ms: [u8; 4] = rest.get(..4)?.try_into().ok()?;
+    Some(u64::from(u32::from_be_bytes(ms)))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
     Put {

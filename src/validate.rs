@@ -3,7 +3,7 @@
 
 use crate::error::InvalidRequest;
 use crate::limits::{MAX_KEY_LEN, MAX_REQUEST_ID_LEN, MAX_SCAN_LIMIT, MAX_VALUE_LEN};
-use crate::types::{Command, Op};
+use crate::types::{Command, Op, NODE_ID_MARK};
 
 pub fn key(field: &'static str, key: &[u8]) -> Result<(), InvalidRequest> {
     if key.is_empty() {
@@ -37,6 +37,7 @@ pub fn request_id(id: &[u8]) -> Result<Option<Vec<u8>>, InvalidRequest> {
     match id.len() {
         0 => Ok(None),
         len if len > MAX_REQUEST_ID_LEN => Err(InvalidRequest::RequestId { len }),
+        _ if id.starts_with(NODE_ID_MARK) => Err(InvalidRequest::ReservedRequestId),
         _ => Ok(Some(id.to_vec())),
     }
 }
@@ -119,6 +120,11 @@ mod tests {
     fn request_ids_are_optional_and_bounded() {
         assert_eq!(request_id(b""), Ok(None));
         assert_eq!(request_id(b"abc"), Ok(Some(b"abc".to_vec())));
+        let made_by_a_node = crate::types::node_request_id(std::time::Duration::from_secs(1));
+        assert_eq!(
+            request_id(&made_by_a_node),
+            Err(InvalidRequest::ReservedRequestId)
+        );
         assert_eq!(
             request_id(&[1; 65]),
             Err(InvalidRequest::RequestId { len: 65 })

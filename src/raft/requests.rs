@@ -41,7 +41,7 @@ use crate::proto::PeerMessage;
 use crate::store::state_machine::{ScanPage, ScanRange};
 use crate::store::{DiskUsage, KvReader};
 use crate::types::{
-    new_request_id, Command, Consistency, Formation, KeyValue, Member, NodeId, Op, Outcome, Raft,
+    node_request_id, Command, Consistency, Formation, KeyValue, Member, NodeId, Op, Outcome, Raft,
 };
 use crate::validate;
 use tonic::transport::Channel;
@@ -169,6 +169,14 @@ impl Requests {
         self.settings.proposal_timeout
     }
 
+    /// How long replicas remember an id this node made: the retries of its
+    /// write end at the proposal timeout, and an entry of an earlier try
+    /// still commits, if ever, within an election or two after it. Four
+    /// proposal timeouts cover both with room to spare.
+    fn node_id_lifetime(&self) -> Duration {
+        self.settings.proposal_timeout * 4
+    }
+
     /// The current leader's id and membership entry, if one is known.
     pub fn leader(&self) -> Option<(NodeId, Member)> {
         leader_of(&self.raft.metrics().borrow())
@@ -187,7 +195,7 @@ impl Requests {
             return Err(Error::NotServing);
         }
         let command = Command {
-            request_id: request_id.unwrap_or_else(new_request_id),
+            request_id: request_id.unwrap_or_else(|| node_request_id(self.node_id_lifetime())),
             op,
         };
         let deadline = self.deadline(timeout);

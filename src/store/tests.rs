@@ -342,6 +342,63 @@ async fn a_repeated_request_id_returns_the_first_outcome_until_it_expires() {
     );
 }
 
+/// An id a node made for a visit is forgotten once its own lifetime has
+/// passed, long before the dedup window; a client's id of the same age is
+/// still remembered. So anonymous visits leave no long-lived records.
+#[tokio::test]
+async fn a_node_made_request_id_is_forgotten_after_its_own_lifetime() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), StoreOptions::default());
+    let inc = |id: &[u8], index: u64, at_ms: u64| {
+        let mut entry = entry(
+            index,
+            "",
+            at_ms,
+            Op::Increment {
+                key: "visits".into(),
+                delta: 1,
+            },
+        );
+        if let EntryPayload::Normal(proposal) = &mut entry.payload {
+            proposal.commands[0].request_id = id.to_vec();
+        }
+        entry
+    };
+    let visit = crate::types::node_request_id(std::time::Duration::from_millis(2_000));
+    let client = b"client-1".as_slice();
+    store
+        .state_machine
+        .apply([inc(&visit, 1, 100_000), inc(client, 2, 100_000)])
+        .await
+        .unwrap();
+    // Past the visit id's 2 s, well within the 10 s window: an entry then
+    // forgets the visit's id and keeps the client's.
+    store
+        .state_machine
+        .apply([entry(3, "other", 103_000, put("x", "y"))])
+        .await
+        .unwrap();
+    let outcomes = store
+        .state_machine
+        .apply([inc(&visit, 4, 103_500), inc(client, 5, 103_500)])
+        .await
+        .unwrap();
+    assert_eq!(
+        outcomes,
+        vec![
+            vec![Outcome::Incremented {
+                revision: 4,
+                value: 3
+            }],
+            vec![Outcome::Incremented {
+                revision: 2,
+                value: 2
+            }],
+        ],
+        "the visit's id was forgotten and counts again; the client's was remembered"
+    );
+}
+
 #[tokio::test]
 async fn history_replays_changes_and_reports_compaction() {
     let dir = tempfile::tempdir().unwrap();

@@ -167,6 +167,18 @@ async fn malformed_and_oversized_messages_are_refused_and_the_node_keeps_serving
     };
     assert_eq!(reused.code(), Code::InvalidArgument, "{reused}");
 
+    // Ids a node makes live briefly; a client may not pass one off as its own.
+    let reserved = raw
+        .put(PutRequest {
+            key: b"k".to_vec().into(),
+            value: b"v".to_vec().into(),
+            request_id: b"\xffraftset-mine".to_vec().into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reserved.code(), Code::InvalidArgument, "{reserved}");
+    assert!(reserved.message().contains("reserved"), "{reserved}");
+
     // Garbage on the gRPC port: the connection fails, the server does not.
     use tokio::io::AsyncWriteExt;
     let mut stream = tokio::net::TcpStream::connect(cluster.nodes[0].api())

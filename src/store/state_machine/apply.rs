@@ -17,7 +17,9 @@ use crate::store::keys::{
     dedup_key, expiry_key, history_key, key_key, COMPACTED, EXPIRY, HISTORY, HISTORY_BYTES, REDO,
     REVISION,
 };
-use crate::types::{Command, KeyValue, Op, Outcome, Proposal};
+use std::collections::BTreeMap;
+
+use crate::types::{node_id_lifetime_ms, Command, KeyValue, Op, Outcome, Proposal, RequestId};
 
 /// Most history or expiry records (each one entry's worth) one log entry
 /// expires: each entry adds at most one of each, so this drains a backlog,
@@ -157,12 +159,36 @@ pub(super) fn finish_entry(
         compact_history(&tree, writes, revision, retention, added)?;
     }
     if !writes.remembered.is_empty() {
-        let remembered = std::mem::take(&mut writes.remembered);
-        let key = expiry_key(proposal.proposed_at_ms, &log_index.to_be_bytes());
-        writes.insert(key, encode(&remembered));
+        let mut by_time: BTreeMap<u64, Vec<RequestId>> = BTreeMap::new();
+        for id in std::mem::take(&mut writes.remembered) {
+            by_time
+                .entry(forget_at(proposal, &id))
+                .or_default()
+                .push(id);
+        }
+        for (at_ms, ids) in by_time {
+            let key = expiry_key(at_ms, &log_index.to_be_bytes());
+            writes.insert(key, encode(&ids));
+        }
     }
     expire_request_ids(&tree, writes, proposal.forget_before_ms)?;
     Ok(history)
+}
+
+/// The time an id's expiry record is filed under: an entry forgets the
+/// records filed before its `forget_before_ms`, which trails its own time
+/// by the dedup window. A client's id is filed under its entry's time, so
+/// it is remembered for the whole window; a node's id under the time that
+/// makes it forgotten once its own lifetime has passed (never later than
+/// a client's). Both come from the entry alone, so every replica agrees.
+fn forget_at(proposal: &Proposal, id: &[u8]) -> u64 {
+    match node_id_lifetime_ms(id) {
+        Some(lifetime) => proposal
+            .forget_before_ms
+            .saturating_add(lifetime)
+            .min(proposal.proposed_at_ms),
+        None => proposal.proposed_at_ms,
+    }
 }
 
 /// Forgets the request ids of up to [`EXPIRE_PER_ENTRY`] entries
