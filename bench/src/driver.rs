@@ -168,7 +168,8 @@ pub async fn drive<S: Store>(
 }
 
 /// Writes every key of the key space once, from `in_flight` workers;
-/// returns how long it took and the operations that failed.
+/// returns how long it took, the operations that failed and the longest
+/// write.
 pub async fn preload<S: Store>(stores: &[S], in_flight: usize, data: Data) -> (Duration, Outcome) {
     let started = Instant::now();
     let shared = Arc::new(Shared::default());
@@ -184,9 +185,12 @@ pub async fn preload<S: Store>(stores: &[S], in_flight: usize, data: Data) -> (D
                 if i >= data.keyspace {
                     return;
                 }
+                let began = Instant::now();
                 if let Err(e) = store.put(key(i), value.clone()).await {
                     shared.fail(e);
                 }
+                let took = began.elapsed().as_micros() as u64;
+                shared.longest_us.fetch_max(took, Ordering::Relaxed);
             }
         }));
     }
@@ -200,6 +204,7 @@ pub async fn preload<S: Store>(stores: &[S], in_flight: usize, data: Data) -> (D
         ops: data.keyspace - errors,
         errors,
         first_error: shared.first_error.lock().expect("not poisoned").take(),
+        max_ms: shared.longest_us.load(Ordering::Relaxed) as f64 / 1000.0,
         ..Outcome::default()
     };
     (took, outcome)
@@ -213,6 +218,8 @@ struct Shared {
     stop: AtomicBool,
     errors: AtomicU64,
     retries: AtomicU64,
+    /// The longest write of a preload, failed or not, in microseconds.
+    longest_us: AtomicU64,
     first_error: Mutex<Option<String>>,
 }
 
@@ -280,6 +287,7 @@ mod tests {
         assert_eq!(stores[0].calls.load(Ordering::Relaxed), 100);
         assert_eq!((outcome.ops, outcome.errors), (86, 14));
         assert!(outcome.first_error.unwrap().contains("seventh"));
+        assert!(outcome.max_ms > 0.0);
     }
 
     #[test]

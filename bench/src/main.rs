@@ -215,6 +215,7 @@ async fn one_cluster<S: Store>(
         preload_secs: took.as_secs_f64(),
         preload_in_flight,
         preload_errors: loaded.errors,
+        preload_max_ms: loaded.max_ms,
         preload_first_error: loaded.first_error,
         rss_after_load_bytes: after_load.rss_bytes,
         disk_after_load_per_member: disk_after_load,

@@ -93,6 +93,8 @@ pub struct ClusterLife {
     pub preload_secs: f64,
     pub preload_in_flight: usize,
     pub preload_errors: u64,
+    /// The longest single write of it (a timed-out one counts its deadline).
+    pub preload_max_ms: f64,
     pub preload_first_error: Option<String>,
     pub rss_after_load_bytes: u64,
     pub disk_after_load_per_member: Vec<u64>,
@@ -438,7 +440,7 @@ impl Report {
         let col = |f: &dyn Fn(&ScaleResult) -> String| {
             [Side::Etcd, Side::Raftset].map(|side| by(side).map(f).collect::<Vec<_>>().join(" / "))
         };
-        let rows: [(String, [String; 2]); 4] = [
+        let rows: [(String, [String; 2]); 5] = [
             (
                 format!(
                     "time to write {} keys ({} in flight)",
@@ -446,6 +448,16 @@ impl Report {
                     self.scale.first().map_or(0, |s| s.life.preload_in_flight)
                 ),
                 col(&|s| secs(s.life.preload_secs)),
+            ),
+            (
+                "writes that failed while writing them (longest write)".into(),
+                col(&|s| {
+                    format!(
+                        "{} ({})",
+                        s.life.preload_errors,
+                        secs(s.life.preload_max_ms / 1000.0)
+                    )
+                }),
             ),
             (
                 "disk per member after writing them".into(),
