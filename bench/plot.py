@@ -2,8 +2,8 @@
 
 Headline and quick runs: per workload, throughput, p99 latency and the
 servers' CPU per operation, etcd beside raftset; bars are the medians over
-the repetitions, dots the single runs. Scale runs: the put run made after
-the keys were written.
+the repetitions, dots the single runs. Scale runs: the time to write the
+keys, disk and memory after them, and the puts made afterwards.
 """
 
 import json
@@ -21,7 +21,47 @@ SIDES = [("etcd", "#4c72b0"), ("raftset", "#dd8452")]
 def main(source, target):
     with open(source) as f:
         report = json.load(f)
-    runs = report["runs"] + [s["put"] for s in report["scale"]]
+    fig = scale_figure(report) if report["scale"] else workloads_figure(report)
+    fig.savefig(target, dpi=110)
+
+
+def heading(report):
+    plan = report["plan"]
+    return (
+        f"raftset beside etcd ({plan['mode']}): 3 members each, {report['machine']}\n"
+        f"{plan['repetitions']} repetition(s) × {plan['seconds']:g} s per workload, "
+        f"{plan['keyspace']:,} keys of 16 B, {plan['value_size']} B values; {report['started']}"
+    )
+
+
+def scale_figure(report):
+    """One panel per measure, each side's bar from zero, single runs as dots."""
+    def mean_disk(s):
+        return sum(s["disk_after_load_per_member"]) / len(s["disk_after_load_per_member"])
+
+    panels = [
+        ("seconds to write the keys", lambda s: s["preload_secs"]),
+        ("disk per member, GB", lambda s: mean_disk(s) / 1e9),
+        ("RSS of the 3 members, GB", lambda s: s["rss_after_load_bytes"] / 1e9),
+        ("puts/s at 64 in flight afterwards", lambda s: s["put"]["ops_per_sec"]),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(12, 4))
+    for ax, (name, value) in zip(axes, panels):
+        for x, (side, colour) in enumerate(SIDES):
+            values = [value(s) for s in report["scale"] if s["side"] == side]
+            ax.bar([x], [statistics.median(values)], 0.6, color=colour, label=side)
+            ax.scatter([x] * len(values), values, color="black", s=8, zorder=3)
+        ax.set_xticks(range(len(SIDES)))
+        ax.set_xticklabels([side for side, _ in SIDES])
+        ax.set_title(name, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(heading(report), fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def workloads_figure(report):
+    runs = report["runs"]
     workloads = [w["name"] for w in report["workloads"] if any(r["workload"] == w["name"] for r in runs)]
     # Throughput on a linear scale with the ratio above each pair; the
     # rest on log scales, since etcd's compare-and-swap loop and a put at 1
@@ -62,15 +102,9 @@ def main(source, target):
     axes[0].legend()
     axes[-1].set_xticks(range(len(workloads)))
     axes[-1].set_xticklabels(workloads, rotation=20, ha="right", fontsize=9)
-    plan = report["plan"]
-    fig.suptitle(
-        f"raftset beside etcd ({plan['mode']}): 3 members each, {report['machine']}\n"
-        f"{plan['repetitions']} repetition(s) × {plan['seconds']:g} s per workload, "
-        f"{plan['keyspace']:,} keys of 16 B, {plan['value_size']} B values; {report['started']}",
-        fontsize=10,
-    )
+    fig.suptitle(heading(report), fontsize=10)
     fig.tight_layout()
-    fig.savefig(target, dpi=110)
+    return fig
 
 
 if __name__ == "__main__":
