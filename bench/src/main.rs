@@ -96,10 +96,29 @@ impl Workload {
     }
 }
 
+/// What a run measures; its name is the stem of the files it writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Headline,
+    Quick,
+    Scale,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Headline => "headline",
+            Mode::Quick => "quick",
+            Mode::Scale => "scale",
+        }
+    }
+}
+
 /// How long and how much, settled from the mode and the flags.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct Plan {
-    pub mode: &'static str,
+    pub mode: Mode,
     pub repetitions: usize,
     pub seconds: f64,
     pub warmup_secs: f64,
@@ -110,11 +129,11 @@ pub struct Plan {
 impl Plan {
     fn of(args: &Args) -> Plan {
         let (mode, repetitions, seconds, warmup_secs, keyspace) = if args.quick {
-            ("quick", 1, 1.0, 0.0, 1_000)
+            (Mode::Quick, 1, 1.0, 0.0, 1_000)
         } else if args.scale {
-            ("scale", 1, 10.0, 1.0, 1_000_000)
+            (Mode::Scale, 1, 10.0, 1.0, 1_000_000)
         } else {
-            ("headline", 2, 10.0, 1.0, 100_000)
+            (Mode::Headline, 2, 10.0, 1.0, 100_000)
         };
         Plan {
             mode,
@@ -145,7 +164,7 @@ async fn main() -> anyhow::Result<()> {
     let mut report = Report::new(plan, &binaries)?;
     eprintln!(
         "raftset-bench {}: {} repetition(s), {} s per workload, {} keys; etcd {}, raftset {}",
-        plan.mode,
+        plan.mode.name(),
         plan.repetitions,
         plan.seconds,
         plan.keyspace,
@@ -184,7 +203,8 @@ async fn one_cluster<S: Store>(
 ) -> anyhow::Result<()> {
     let pids = cluster.pids();
     let idle = Usage::of(&pids)?;
-    let preload_in_flight = if plan.mode == "scale" {
+    let scale = plan.mode == Mode::Scale;
+    let preload_in_flight = if scale {
         SCALE_LOAD_IN_FLIGHT
     } else {
         PRELOAD_IN_FLIGHT
@@ -197,11 +217,7 @@ async fn one_cluster<S: Store>(
     let (took, loaded) = driver::preload(stores, preload_in_flight, plan.data()).await;
     let after_load = Usage::of(&pids)?;
     let disk_after_load = cluster.disk_per_member();
-    let workloads: &[Workload] = if plan.mode == "scale" {
-        &WORKLOADS[1..2]
-    } else {
-        WORKLOADS
-    };
+    let workloads: &[Workload] = if scale { &WORKLOADS[1..2] } else { WORKLOADS };
     let mut runs = Vec::new();
     for &workload in workloads {
         let run = measure(plan, cluster, stores, workload, rep).await?;
@@ -222,7 +238,7 @@ async fn one_cluster<S: Store>(
         rss_end_bytes: Usage::of(&pids)?.rss_bytes,
         disk_end_per_member: cluster.disk_per_member(),
     };
-    if plan.mode == "scale" {
+    if scale {
         report.scale.push(ScaleResult {
             life,
             put: runs.remove(0),

@@ -161,10 +161,10 @@ impl Report {
     /// Writes `<mode>.json` and `<mode>.md` into `dir`; returns the latter.
     pub fn write(&self, dir: &Path) -> anyhow::Result<PathBuf> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let json = dir.join(format!("{}.json", self.plan.mode));
+        let json = dir.join(format!("{}.json", self.plan.mode.name()));
         std::fs::write(&json, serde_json::to_string_pretty(self)?)
             .with_context(|| format!("writing {}", json.display()))?;
-        let markdown = dir.join(format!("{}.md", self.plan.mode));
+        let markdown = dir.join(format!("{}.md", self.plan.mode.name()));
         std::fs::write(&markdown, self.markdown())
             .with_context(|| format!("writing {}", markdown.display()))?;
         Ok(markdown)
@@ -207,7 +207,7 @@ impl Report {
     fn markdown(&self) -> String {
         let mut md = String::new();
         let plan = &self.plan;
-        let _ = writeln!(md, "# raftset beside etcd: {} mode\n", plan.mode);
+        let _ = writeln!(md, "# raftset beside etcd: {} mode\n", plan.mode.name());
         let _ = writeln!(
             md,
             "`{}`, {} to {}.\n\n\
