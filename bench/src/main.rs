@@ -1,0 +1,320 @@
+//! `raftset-bench`: raftset beside etcd on one machine, three members each
+//! on loopback, driven by one closed-loop load generator (`driver.rs`)
+//! through each store's own tonic client (`stores.rs`). `bench/run` installs
+//! etcd, builds both binaries, runs this and plots what it wrote.
+//!
+//! Modes: the headline workloads (the default), `--quick` (the test suite's
+//! short run) and `--scale` (a million keys, then puts). Every repetition
+//! starts fresh clusters, one side at a time, alternating etcd and raftset,
+//! so a change in the machine's other load falls on both.
+
+mod driver;
+mod procfs;
+mod report;
+mod servers;
+mod stores;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+
+use driver::{Data, Op, Store};
+use procfs::Usage;
+use report::{ClusterLife, Report, Run, ScaleResult};
+use servers::{Binaries, Cluster, Side};
+
+#[derive(Debug, Parser)]
+#[command(about = "raftset beside etcd: the same load generator against three members of each")]
+struct Args {
+    /// The test suite's run: 1 s per workload, no warm-up, one repetition,
+    /// 1,000 keys. Checks that everything runs, measures nothing.
+    #[arg(long, conflicts_with = "scale")]
+    quick: bool,
+    /// Write 1,000,000 keys through every member (128 in flight), then put
+    /// at 64 in flight: time, disk per member, RSS. Several minutes a side.
+    #[arg(long)]
+    scale: bool,
+    /// The raftset binary the nodes run.
+    #[arg(long, default_value = "target/release/raftset")]
+    raftset: PathBuf,
+    /// The etcd binary the members run.
+    #[arg(long, default_value = "/usr/bin/etcd")]
+    etcd: PathBuf,
+    /// Where the members keep their data, one directory each, emptied at
+    /// every start and removed at every stop.
+    #[arg(long, default_value = "bench/target/clusters")]
+    data_dir: PathBuf,
+    /// Where the Markdown table and the JSON of every run go.
+    #[arg(long, default_value = "bench/results")]
+    out: PathBuf,
+    /// Fresh clusters per side [default: 2; --quick and --scale: 1].
+    #[arg(long)]
+    repetitions: Option<usize>,
+    /// Measured seconds per workload [default: 10; --quick: 1].
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// Keys drawn from (and preloaded) [default: 100,000; --quick: 1,000;
+    /// --scale: 1,000,000].
+    #[arg(long)]
+    keyspace: Option<u64>,
+    #[arg(long, default_value_t = 256)]
+    value_size: usize,
+}
+
+/// The headline workloads, in the order they run on each cluster.
+pub const WORKLOADS: &[Workload] = &[
+    Workload::new("put, 1 in flight", Op::Put, 1),
+    Workload::new("put, 64 in flight", Op::Put, 64),
+    Workload::new("put, 256 in flight", Op::Put, 256),
+    Workload::new("linearizable get, 64", Op::Get, 64),
+    Workload::new("serializable get, 64", Op::SerializableGet, 64),
+    Workload::new("90% get / 10% put, 64", Op::Mix, 64),
+    Workload::new("increment one key, 64", Op::Increment, 64),
+];
+
+/// In flight while `--scale` writes its keys.
+const SCALE_LOAD_IN_FLIGHT: usize = 128;
+/// In flight while the preload writes the key space.
+const PRELOAD_IN_FLIGHT: usize = 256;
+
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Workload {
+    pub name: &'static str,
+    pub op: Op,
+    pub in_flight: usize,
+}
+
+impl Workload {
+    const fn new(name: &'static str, op: Op, in_flight: usize) -> Workload {
+        Workload {
+            name,
+            op,
+            in_flight,
+        }
+    }
+}
+
+/// What a run measures; its name is the stem of the files it writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Headline,
+    Quick,
+    Scale,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Headline => "headline",
+            Mode::Quick => "quick",
+            Mode::Scale => "scale",
+        }
+    }
+}
+
+/// How long and how much, settled from the mode and the flags.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Plan {
+    pub mode: Mode,
+    pub repetitions: usize,
+    pub seconds: f64,
+    pub warmup_secs: f64,
+    pub keyspace: u64,
+    pub value_size: usize,
+}
+
+impl Plan {
+    fn of(args: &Args) -> Plan {
+        let (mode, repetitions, seconds, warmup_secs, keyspace) = if args.quick {
+            (Mode::Quick, 1, 1.0, 0.0, 1_000)
+        } else if args.scale {
+            (Mode::Scale, 1, 10.0, 1.0, 1_000_000)
+        } else {
+            (Mode::Headline, 2, 10.0, 1.0, 100_000)
+        };
+        Plan {
+            mode,
+            repetitions: args.repetitions.unwrap_or(repetitions),
+            seconds: args.seconds.unwrap_or(seconds),
+            warmup_secs,
+            keyspace: args.keyspace.unwrap_or(keyspace),
+            value_size: args.value_size,
+        }
+    }
+
+    fn data(&self) -> Data {
+        Data {
+            keyspace: self.keyspace,
+            value_size: self.value_size,
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let plan = Plan::of(&args);
+    let binaries = Binaries {
+        etcd: args.etcd.clone(),
+        raftset: args.raftset.clone(),
+    };
+    let mut report = Report::new(plan, &binaries)?;
+    eprintln!(
+        "raftset-bench {}: {} repetition(s), {} s per workload, {} keys; etcd {}, raftset {}",
+        plan.mode.name(),
+        plan.repetitions,
+        plan.seconds,
+        plan.keyspace,
+        report.etcd_version,
+        report.raftset_version
+    );
+    for rep in 1..=plan.repetitions {
+        for side in [Side::Etcd, Side::Raftset] {
+            let dir = args.data_dir.join(side.name());
+            let cluster = Cluster::start(side, &binaries, &dir).await?;
+            match side {
+                Side::Etcd => {
+                    let stores = cluster.etcd_stores().await?;
+                    one_cluster(&plan, &cluster, &stores, rep, &mut report).await?;
+                }
+                Side::Raftset => {
+                    let stores = cluster.raftset_stores().await?;
+                    one_cluster(&plan, &cluster, &stores, rep, &mut report).await?;
+                }
+            }
+        }
+    }
+    report.finish();
+    let written = report.write(&args.out)?;
+    eprintln!("wrote {}", written.display());
+    report.check()
+}
+
+/// Everything one fresh cluster runs in this mode.
+async fn one_cluster<S: Store>(
+    plan: &Plan,
+    cluster: &Cluster,
+    stores: &[S],
+    rep: usize,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let pids = cluster.pids();
+    let idle = Usage::of(&pids)?;
+    let scale = plan.mode == Mode::Scale;
+    let preload_in_flight = if scale {
+        SCALE_LOAD_IN_FLIGHT
+    } else {
+        PRELOAD_IN_FLIGHT
+    };
+    eprintln!(
+        "{} #{rep}: writing {} keys, {preload_in_flight} in flight",
+        cluster.side.name(),
+        plan.keyspace
+    );
+    let (took, loaded) = driver::preload(stores, preload_in_flight, plan.data()).await;
+    let after_load = Usage::of(&pids)?;
+    let disk_after_load = cluster.disk_per_member();
+    let workloads: &[Workload] = if scale { &WORKLOADS[1..2] } else { WORKLOADS };
+    let mut runs = Vec::new();
+    for &workload in workloads {
+        let run = measure(plan, cluster, stores, workload, rep).await?;
+        eprintln!("  {}", run.summary());
+        runs.push(run);
+    }
+    let life = ClusterLife {
+        side: cluster.side,
+        rep,
+        idle_rss_bytes: idle.rss_bytes,
+        preload_secs: took.as_secs_f64(),
+        preload_in_flight,
+        preload_errors: loaded.errors,
+        preload_max_ms: loaded.max_ms,
+        preload_first_error: loaded.first_error,
+        rss_after_load_bytes: after_load.rss_bytes,
+        disk_after_load_per_member: disk_after_load,
+        rss_end_bytes: Usage::of(&pids)?.rss_bytes,
+        disk_end_per_member: cluster.disk_per_member(),
+    };
+    if scale {
+        report.scale.push(ScaleResult {
+            life,
+            put: runs.remove(0),
+        });
+    } else {
+        report.clusters.push(life);
+        report.runs.extend(runs);
+    }
+    Ok(())
+}
+
+/// One workload on one cluster, with the servers' and this process's
+/// counters read as the measurement window opens and closes.
+async fn measure<S: Store>(
+    plan: &Plan,
+    cluster: &Cluster,
+    stores: &[S],
+    workload: Workload,
+    rep: usize,
+) -> anyhow::Result<Run> {
+    let pids = cluster.pids();
+    let load_start = procfs::load_average()?;
+    let mut readings = Vec::new();
+    let outcome = driver::drive(
+        stores,
+        workload.op,
+        workload.in_flight,
+        plan.data(),
+        Duration::from_secs_f64(plan.warmup_secs),
+        Duration::from_secs_f64(plan.seconds),
+        |_| readings.push(Counters::read(&pids)),
+    )
+    .await;
+    let load_end = procfs::load_average()?;
+    let mut readings = readings.into_iter();
+    let (Some(Ok(before)), Some(Ok(after))) = (readings.next(), readings.next()) else {
+        anyhow::bail!("cannot read the servers' counters in /proc");
+    };
+    Ok(Run::new(
+        cluster.side,
+        rep,
+        workload,
+        outcome,
+        &before.until(&after),
+        [load_start, load_end],
+    ))
+}
+
+/// The counters read at each end of a measurement window.
+pub struct Counters {
+    /// The three servers together.
+    pub servers: Usage,
+    /// The load generator.
+    pub client: Usage,
+    /// The machine's (busy, total) CPU seconds.
+    pub machine: (f64, f64),
+}
+
+impl Counters {
+    fn read(pids: &[u32]) -> anyhow::Result<Counters> {
+        Ok(Counters {
+            servers: Usage::of(pids).context("the servers")?,
+            client: Usage::of_self()?,
+            machine: procfs::machine_cpu()?,
+        })
+    }
+
+    /// What happened from `self` to `later`.
+    fn until(&self, later: &Counters) -> Counters {
+        Counters {
+            servers: later.servers.since(&self.servers),
+            client: later.client.since(&self.client),
+            machine: (
+                later.machine.0 - self.machine.0,
+                later.machine.1 - self.machine.1,
+            ),
+        }
+    }
+}

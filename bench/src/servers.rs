@@ -1,0 +1,249 @@
+//! Fresh three-member clusters of either side on loopback: etcd members on
+//! 127.0.3.1–3, raftset nodes on 127.0.4.1–3 (so nothing collides with the
+//! tests on 127.0.0.1 and 127.0.0.2), each member's data in a directory of
+//! its own under one parent on one disk, and its output in a log file
+//! beside it. Both run with a 100 ms heartbeat and a 1 s election timeout.
+//! A cluster is killed (SIGKILL) and its data removed when dropped: the
+//! data is throwaway, and every repetition starts from nothing.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::stores::{Etcd, Raftset};
+
+/// Which store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    Etcd,
+    Raftset,
+}
+
+impl Side {
+    pub fn name(self) -> &'static str {
+        match self {
+            Side::Etcd => "etcd",
+            Side::Raftset => "raftset",
+        }
+    }
+}
+
+/// How long a fresh cluster may take to elect a leader with every member.
+const READY_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Space quotas, raised on both sides so that neither refuses the writes of
+/// a run: etcd's largest recommended backend, and raftset's equivalent.
+const ETCD_QUOTA: &str = "8589934592";
+const RAFTSET_QUOTA: &str = "68719476736";
+
+/// The servers' binaries.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    pub etcd: PathBuf,
+    pub raftset: PathBuf,
+}
+
+/// Three running members.
+pub struct Cluster {
+    pub side: Side,
+    children: Vec<Child>,
+    /// Each member's client address, `host:port`.
+    pub endpoints: Vec<String>,
+    /// Each member's data directory.
+    pub data_dirs: Vec<PathBuf>,
+    dir: PathBuf,
+}
+
+impl Cluster {
+    /// Starts three members of `side` with their data under `dir`, which is
+    /// emptied first, and waits until every member knows the leader.
+    pub async fn start(side: Side, binaries: &Binaries, dir: &Path) -> anyhow::Result<Cluster> {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).with_context(|| format!("emptying {}", dir.display()))?;
+        }
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut cluster = Cluster {
+            side,
+            children: Vec::new(),
+            endpoints: Vec::new(),
+            data_dirs: Vec::new(),
+            dir: dir.to_path_buf(),
+        };
+        for i in 0..3 {
+            let data_dir = dir.join(format!("{}-{i}", side.name()));
+            let (command, endpoint) = match side {
+                Side::Etcd => etcd_member(&binaries.etcd, i, &data_dir),
+                Side::Raftset => raftset_node(&binaries.raftset, i, &data_dir),
+            };
+            let log = dir.join(format!("{}-{i}.log", side.name()));
+            cluster.spawn(command, &log)?;
+            cluster.endpoints.push(endpoint);
+            cluster.data_dirs.push(data_dir);
+        }
+        cluster.wait_ready().await?;
+        Ok(cluster)
+    }
+
+    fn spawn(&mut self, mut command: Command, log: &Path) -> anyhow::Result<()> {
+        let out = std::fs::File::create(log)?;
+        command
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {command:?}"))?;
+        self.children.push(child);
+        Ok(())
+    }
+
+    /// The members' process ids.
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(Child::id).collect()
+    }
+
+    /// Bytes each member's data directory takes on disk.
+    pub fn disk_per_member(&self) -> Vec<u64> {
+        self.data_dirs
+            .iter()
+            .map(|d| crate::procfs::disk_usage(d))
+            .collect()
+    }
+
+    pub async fn raftset_stores(&self) -> anyhow::Result<Vec<Raftset>> {
+        let mut stores = Vec::new();
+        for endpoint in &self.endpoints {
+            stores.push(Raftset::connect(endpoint).await?);
+        }
+        Ok(stores)
+    }
+
+    pub async fn etcd_stores(&self) -> anyhow::Result<Vec<Etcd>> {
+        let mut stores = Vec::new();
+        for endpoint in &self.endpoints {
+            stores.push(Etcd::connect(endpoint).await?);
+        }
+        Ok(stores)
+    }
+
+    /// Waits until every member answers and names a leader, failing at the
+    /// deadline with the last thing a member said.
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let started = Instant::now();
+        loop {
+            for (i, child) in self.children.iter_mut().enumerate() {
+                if let Some(status) = child.try_wait()? {
+                    anyhow::bail!(
+                        "{} member {i} exited ({status}); see {}",
+                        self.side.name(),
+                        self.dir.display()
+                    );
+                }
+            }
+            let last = match self.all_know_the_leader().await {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            if started.elapsed() > READY_DEADLINE {
+                anyhow::bail!(
+                    "{} not ready after {READY_DEADLINE:?}: {last:#}; logs in {}",
+                    self.side.name(),
+                    self.dir.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn all_know_the_leader(&self) -> anyhow::Result<()> {
+        for endpoint in &self.endpoints {
+            match self.side {
+                Side::Etcd => {
+                    let mut client =
+                        etcd_client::Client::connect([format!("http://{endpoint}")], None).await?;
+                    let status = client.status().await?;
+                    anyhow::ensure!(status.leader() != 0, "{endpoint} knows no leader");
+                }
+                Side::Raftset => {
+                    let client = raftset::Client::connect(endpoint).await?;
+                    let status = client.with_timeout(Duration::from_secs(2)).status().await?;
+                    let voters = status.members.iter().filter(|m| m.voter).count();
+                    anyhow::ensure!(
+                        status.leader_id.is_some() && voters == 3,
+                        "{endpoint} sees {voters} voters, leader {:?}",
+                        status.leader_id
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// etcd member `i`: client port 2379 and peer port 2380 on 127.0.3.<i+1>.
+fn etcd_member(etcd: &Path, i: usize, data_dir: &Path) -> (Command, String) {
+    let host = |i: usize| format!("127.0.3.{}", i + 1);
+    let client = format!("{}:2379", host(i));
+    let peer_url = |i: usize| format!("http://{}:2380", host(i));
+    let initial_cluster = (0..3)
+        .map(|j| format!("etcd-{j}={}", peer_url(j)))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut command = Command::new(etcd);
+    command
+        .args(["--name", &format!("etcd-{i}")])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--listen-client-urls", &format!("http://{client}")])
+        .args(["--advertise-client-urls", &format!("http://{client}")])
+        .args(["--listen-peer-urls", &peer_url(i)])
+        .args(["--initial-advertise-peer-urls", &peer_url(i)])
+        .args(["--initial-cluster", &initial_cluster])
+        .args(["--initial-cluster-state", "new"])
+        .args(["--initial-cluster-token", "raftset-bench"])
+        .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
+        .args(["--quota-backend-bytes", ETCD_QUOTA])
+        .args(["--logger", "zap", "--log-level", "warn"]);
+    (command, client)
+}
+
+/// raftset node `i` (`raftset-<i>`; 0 founds the cluster, the others join):
+/// every port on 127.0.4.<i+1>, peers in plaintext on loopback as
+/// `raftset local` runs them.
+fn raftset_node(raftset: &Path, i: usize, data_dir: &Path) -> (Command, String) {
+    let host = |i: usize| format!("127.0.4.{}", i + 1);
+    let peers = (0..3)
+        .map(|j| format!("raftset-{j}={}:7001", host(j)))
+        .collect::<Vec<_>>()
+        .join(",");
+    let api = format!("{}:7000", host(i));
+    let mut command = Command::new(raftset);
+    command
+        .arg("serve")
+        .args(["--name", &format!("raftset-{i}")])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--listen-api", &api])
+        .args(["--listen-peer", &format!("{}:7001", host(i))])
+        .args(["--listen-http", &format!("{}:8080", host(i))])
+        .args(["--listen-probes", &format!("{}:8081", host(i))])
+        .args(["--listen-admin", &format!("{}:7090", host(i))])
+        .args(["--peers", &peers, "--insecure-peers"])
+        .args(["--heartbeat-ms", "100", "--election-timeout-ms", "1000"])
+        .args(["--quota-bytes", RAFTSET_QUOTA])
+        .env("RUST_LOG", "warn");
+    (command, api)
+}
