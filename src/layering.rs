@@ -29,6 +29,8 @@ const FLOORS: &[(&str, u8)] = &[
     ("client", 4),
     ("node", 5),
     ("cli", 6),
+    // The fuzz targets' entry points drive any layer.
+    ("fuzzing", 7),
 ];
 
 /// Faces on one floor that must not know each other.

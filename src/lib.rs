@@ -41,6 +41,10 @@ pub(crate) mod cluster;
 pub(crate) mod config;
 pub(crate) mod error;
 pub(crate) mod failpoint;
+#[cfg(fuzzing)]
+pub mod fuzzing;
+#[cfg(all(test, not(fuzzing)))]
+mod fuzzing;
 pub(crate) mod grpc;
 pub(crate) mod http;
 pub mod limits;

@@ -65,6 +65,63 @@ pub fn consistency(value: i32) -> Result<types::Consistency, InvalidRequest> {
     }
 }
 
+/// The write a `Put` asks for.
+pub fn put_op(request: &PutRequest) -> types::Op {
+    types::Op::Put {
+        key: request.key.to_vec(),
+        value: request.value.to_vec(),
+    }
+}
+
+/// The write a `Delete` asks for.
+pub fn delete_op(request: &DeleteRequest) -> types::Op {
+    types::Op::Delete {
+        key: request.key.to_vec(),
+    }
+}
+
+/// The write an `Increment` asks for.
+pub fn increment_op(request: &IncrementRequest) -> types::Op {
+    types::Op::Increment {
+        key: request.key.to_vec(),
+        delta: request.delta,
+    }
+}
+
+/// The write a `CompareAndSwap` asks for: each of its two `oneof`s must
+/// say something (`expect_absent` and `delete` only when true).
+pub fn compare_and_swap_op(request: &CompareAndSwapRequest) -> Result<types::Op, InvalidRequest> {
+    use compare_and_swap_request::{Expected, New};
+    let expected = match &request.expected {
+        Some(Expected::ExpectedValue(value)) => Some(value.to_vec()),
+        Some(Expected::ExpectAbsent(true)) => None,
+        Some(Expected::ExpectAbsent(false)) | None => {
+            return Err(InvalidRequest::Missing {
+                field: "expected_value or expect_absent",
+            })
+        }
+    };
+    let new = match &request.new {
+        Some(New::NewValue(value)) => Some(value.to_vec()),
+        Some(New::Delete(true)) => None,
+        Some(New::Delete(false)) | None => {
+            return Err(InvalidRequest::Missing {
+                field: "new_value or delete",
+            })
+        }
+    };
+    Ok(types::Op::CompareAndSwap {
+        key: request.key.to_vec(),
+        expected,
+        new,
+    })
+}
+
+/// A Scan's `end`: empty means none (to the end of the prefix).
+pub fn scan_end(request: &ScanRequest) -> Option<Vec<u8>> {
+    (!request.end.is_empty()).then(|| request.end.to_vec())
+}
+
 /// A membership entry as the Admin service shows it.
 pub fn member(id: types::NodeId, member: &types::Member, voter: bool) -> Member {
     Member {
@@ -148,6 +205,58 @@ mod tests {
                 value: 7
             })
         );
+    }
+
+    #[test]
+    fn a_compare_and_swap_must_say_what_it_expects_and_what_it_writes() {
+        use compare_and_swap_request::{Expected, New};
+        let request = |expected, new| CompareAndSwapRequest {
+            key: b"k".to_vec().into(),
+            expected,
+            new,
+            request_id: Default::default(),
+        };
+        let cas = |expected: Option<&[u8]>, new: Option<&[u8]>| {
+            Ok(types::Op::CompareAndSwap {
+                key: b"k".to_vec(),
+                expected: expected.map(<[u8]>::to_vec),
+                new: new.map(<[u8]>::to_vec),
+            })
+        };
+        let value = |v: &[u8]| v.to_vec().into();
+        let missing_expected = Err(InvalidRequest::Missing {
+            field: "expected_value or expect_absent",
+        });
+        let missing_new = Err(InvalidRequest::Missing {
+            field: "new_value or delete",
+        });
+        let table = [
+            (
+                Some(Expected::ExpectedValue(value(b"a"))),
+                Some(New::NewValue(value(b"b"))),
+                cas(Some(b"a"), Some(b"b")),
+            ),
+            (
+                Some(Expected::ExpectAbsent(true)),
+                Some(New::Delete(true)),
+                cas(None, None),
+            ),
+            (
+                Some(Expected::ExpectAbsent(false)),
+                Some(New::Delete(true)),
+                missing_expected.clone(),
+            ),
+            (None, Some(New::Delete(true)), missing_expected),
+            (
+                Some(Expected::ExpectAbsent(true)),
+                Some(New::Delete(false)),
+                missing_new.clone(),
+            ),
+            (Some(Expected::ExpectAbsent(true)), None, missing_new),
+        ];
+        for (expected, new, want) in table {
+            assert_eq!(compare_and_swap_op(&request(expected, new)), want);
+        }
     }
 
     #[test]

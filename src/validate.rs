@@ -53,6 +53,22 @@ pub fn scan_limit(limit: u32) -> Result<u32, InvalidRequest> {
     }
 }
 
+/// A Scan's range (`end`: `None` when the request sets none) and page
+/// size; gives the page size to use.
+pub fn scan(
+    prefix: &[u8],
+    start: &[u8],
+    end: Option<&[u8]>,
+    limit: u32,
+) -> Result<u32, InvalidRequest> {
+    key_bound("prefix", prefix)?;
+    key_bound("start", start)?;
+    if let Some(end) = end {
+        key_bound("end", end)?;
+    }
+    scan_limit(limit)
+}
+
 /// A command as it will enter the log: its op, and a request id of 1 to
 /// [`MAX_REQUEST_ID_LEN`] bytes.
 pub fn command(command: &Command) -> Result<(), InvalidRequest> {

@@ -10,7 +10,6 @@ use crate::error::{Error, InvalidRequest};
 use crate::grpc::request_timeout;
 use crate::metrics::Metrics;
 use crate::proto;
-use crate::proto::compare_and_swap_request::{Expected, New};
 use crate::raft::requests::Requests;
 use crate::store::state_machine::ScanRange;
 use crate::types::{Consistency, Op, Outcome};
@@ -80,10 +79,7 @@ impl proto::kv_server::Kv for KvService {
         observed(&self.metrics, "Put", async {
             let timeout = request_timeout(&request);
             let request = request.into_inner();
-            let op = Op::Put {
-                key: request.key.to_vec(),
-                value: request.value.to_vec(),
-            };
+            let op = proto::put_op(&request);
             match self.write(op, &request.request_id, timeout).await? {
                 Outcome::Put { revision, prev } => Ok(Response::new(proto::PutResponse {
                     revision,
@@ -102,9 +98,7 @@ impl proto::kv_server::Kv for KvService {
         observed(&self.metrics, "Delete", async {
             let timeout = request_timeout(&request);
             let request = request.into_inner();
-            let op = Op::Delete {
-                key: request.key.to_vec(),
-            };
+            let op = proto::delete_op(&request);
             match self.write(op, &request.request_id, timeout).await? {
                 Outcome::Deleted { revision, prev } => Ok(Response::new(proto::DeleteResponse {
                     revision,
@@ -127,7 +121,7 @@ impl proto::kv_server::Kv for KvService {
             let range = ScanRange {
                 prefix: request.prefix.to_vec(),
                 start: request.start.to_vec(),
-                end: (!request.end.is_empty()).then(|| request.end.to_vec()),
+                end: proto::scan_end(&request),
             };
             let page = self
                 .requests
@@ -154,31 +148,7 @@ impl proto::kv_server::Kv for KvService {
         observed(&self.metrics, "CompareAndSwap", async {
             let timeout = request_timeout(&request);
             let request = request.into_inner();
-            let expected = match request.expected {
-                Some(Expected::ExpectedValue(value)) => Some(value.to_vec()),
-                Some(Expected::ExpectAbsent(true)) => None,
-                Some(Expected::ExpectAbsent(false)) | None => {
-                    return Err(Error::from(InvalidRequest::Missing {
-                        field: "expected_value or expect_absent",
-                    })
-                    .into())
-                }
-            };
-            let new = match request.new {
-                Some(New::NewValue(value)) => Some(value.to_vec()),
-                Some(New::Delete(true)) => None,
-                Some(New::Delete(false)) | None => {
-                    return Err(Error::from(InvalidRequest::Missing {
-                        field: "new_value or delete",
-                    })
-                    .into())
-                }
-            };
-            let op = Op::CompareAndSwap {
-                key: request.key.to_vec(),
-                expected,
-                new,
-            };
+            let op = proto::compare_and_swap_op(&request).map_err(Error::from)?;
             match self.write(op, &request.request_id, timeout).await? {
                 Outcome::Swapped { revision } => {
                     Ok(Response::new(proto::CompareAndSwapResponse { revision }))
@@ -196,10 +166,7 @@ impl proto::kv_server::Kv for KvService {
         observed(&self.metrics, "Increment", async {
             let timeout = request_timeout(&request);
             let request = request.into_inner();
-            let op = Op::Increment {
-                key: request.key.to_vec(),
-                delta: request.delta,
-            };
+            let op = proto::increment_op(&request);
             match self.write(op, &request.request_id, timeout).await? {
                 Outcome::Incremented { revision, value } => {
                     Ok(Response::new(proto::IncrementResponse { value, revision }))

@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    Fatal, Infallible, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -18,7 +19,7 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
@@ -146,6 +147,30 @@ pub struct PeerConnection {
 
 type RpcResult<T, E = RaftError<NodeId>> = Result<T, RPCError<NodeId, Member, E>>;
 
+/// A Raft call's result as it crosses the wire: the reply's payload.
+pub type RaftReply<T, E = Infallible> = Result<T, WireError<E>>;
+
+/// A Raft call's error on the wire. openraft's own `RaftError` nests
+/// `AnyError`s without bound (each may carry its `source`), which postcard
+/// decodes by recursion: a reply nesting them a few hundred thousand deep,
+/// far below the peer message limit, overflowed the decoding task's stack
+/// and aborted the node. So a fatal error crosses as its message, which
+/// the caller logs; an API error (the snapshot mismatch that restarts a
+/// transfer) crosses as itself, and has no nesting.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum WireError<E> {
+    Api(E),
+    Fatal(String),
+}
+
+/// What the peer port answers a Raft call with.
+pub fn to_wire<T, E>(result: Result<T, RaftError<NodeId, E>>) -> RaftReply<T, E> {
+    result.map_err(|e| match e {
+        RaftError::APIError(e) => WireError::Api(e),
+        RaftError::Fatal(fatal) => WireError::Fatal(fatal.to_string()),
+    })
+}
+
 impl PeerConnection {
     /// Sends `rpc` to the target with `send`; the payload of the reply is
     /// the remote call's own result.
@@ -154,7 +179,7 @@ impl PeerConnection {
         rpc: &Req,
         option: RPCOption,
         send: F,
-    ) -> RpcResult<T, E>
+    ) -> RpcResult<T, RaftError<NodeId, E>>
     where
         Req: Serialize,
         T: DeserializeOwned,
@@ -167,7 +192,7 @@ impl PeerConnection {
             .client(&self.addr)
             .map_err(|s| RPCError::Unreachable(Unreachable::new(&s)))?;
         let cluster_id = self.clients.cluster_id();
-        let response: Result<Result<T, E>, Status> =
+        let response: Result<RaftReply<T, E>, Status> =
             call(cluster_id, self.target, rpc, option.hard_ttl(), |r| {
                 send(client, r)
             })
@@ -179,7 +204,16 @@ impl PeerConnection {
         })?;
         // The peer's Raft handled the message, whatever it answered.
         self.contacts.record(self.target);
-        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+        result.map_err(|e| {
+            let e = match e {
+                WireError::Api(e) => RaftError::APIError(e),
+                WireError::Fatal(message) => {
+                    tracing::warn!(peer = self.target, "the peer's Raft stopped: {message}");
+                    RaftError::Fatal(Fatal::Stopped)
+                }
+            };
+            RPCError::RemoteError(RemoteError::new(self.target, e))
+        })
     }
 }
 
@@ -224,5 +258,61 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
     ) -> RpcResult<VoteResponse<NodeId>> {
         self.send(&rpc, option, |mut c, r| async move { c.vote(r).await })
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reply that nests errors 200 000 deep (1 MB, a fifth of
+    /// `MAX_PEER_MESSAGE`): `Err(Fatal(StorageError(IO { Store, Read,
+    /// AnyError { source: Some(AnyError { source: Some(…) }) } })))` as
+    /// openraft's own error type encodes it. Decoding it as that type, as
+    /// the replies were, overflows a tokio worker's 2 MiB stack and aborts
+    /// the process (found writing the `peer_message` fuzz target, whose
+    /// binary reports it as a stack overflow).
+    #[test]
+    fn a_deeply_nested_reply_does_not_overflow_the_stack() {
+        const DEPTH: usize = 200_000;
+        let mut bytes = vec![1, 1, 0, 1, 0, 0];
+        for _ in 0..DEPTH {
+            bytes.extend([0, 0, 1]); // no type, empty message, a source:
+        }
+        bytes.extend([0, 0, 0, 0, 0]); // the innermost: no source, context or backtrace
+        for _ in 0..DEPTH {
+            bytes.extend([0, 0]); // each outer error's context and backtrace
+        }
+        bytes.push(0);
+        let decoded = std::thread::Builder::new()
+            .stack_size(2 * 1024 * 1024)
+            .spawn(move || {
+                crate::grpc::decode::<RaftReply<AppendEntriesResponse<NodeId>>>(&bytes).is_ok()
+            })
+            .expect("a thread")
+            .join();
+        assert!(decoded.is_ok(), "decoding panicked");
+    }
+
+    #[test]
+    fn errors_cross_the_wire_as_api_errors_or_messages() {
+        let api: RaftReply<(), InstallSnapshotError> = to_wire(Err(RaftError::APIError(
+            InstallSnapshotError::SnapshotMismatch(openraft::error::SnapshotMismatch {
+                expect: openraft::SnapshotSegmentId {
+                    id: "a".into(),
+                    offset: 0,
+                },
+                got: openraft::SnapshotSegmentId {
+                    id: "b".into(),
+                    offset: 7,
+                },
+            }),
+        )));
+        assert!(matches!(
+            api,
+            Err(WireError::Api(InstallSnapshotError::SnapshotMismatch(_)))
+        ));
+        let fatal: RaftReply<()> = to_wire(Err(RaftError::Fatal(Fatal::Panicked)));
+        assert!(matches!(fatal, Err(WireError::Fatal(m)) if m == "panicked"));
     }
 }

@@ -408,12 +408,7 @@ impl Requests {
         consistency: Consistency,
         timeout: Option<Duration>,
     ) -> Result<ScanPage> {
-        validate::key_bound("prefix", &range.prefix)?;
-        validate::key_bound("start", &range.start)?;
-        if let Some(end) = &range.end {
-            validate::key_bound("end", end)?;
-        }
-        let limit = validate::scan_limit(limit)?;
+        let limit = validate::scan(&range.prefix, &range.start, range.end.as_deref(), limit)?;
         self.barrier(consistency, timeout).await?;
         Ok(self
             .reader

@@ -10,6 +10,7 @@ use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use serde::de::DeserializeOwned;
 use tonic::{Request, Response, Status};
 
+use super::network::to_wire;
 use super::requests::Requests;
 use crate::error::{Error, PeerError};
 use crate::grpc::{deadline_of, reply};
@@ -116,14 +117,14 @@ impl RaftPeer for RaftService {
             .open_from(request, |r: &AppendEntriesRequest<TypeConfig>| {
                 r.vote.leader_id().voted_for()
             })?;
-        Ok(reply(&self.raft.append_entries(rpc).await))
+        Ok(reply(&to_wire(self.raft.append_entries(rpc).await)))
     }
 
     async fn vote(&self, request: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
         let rpc: VoteRequest<NodeId> = self.open_from(request, |r: &VoteRequest<NodeId>| {
             r.vote.leader_id().voted_for()
         })?;
-        Ok(reply(&self.raft.vote(rpc).await))
+        Ok(reply(&to_wire(self.raft.vote(rpc).await)))
     }
 
     async fn install_snapshot(
@@ -135,7 +136,7 @@ impl RaftPeer for RaftService {
                 r.vote.leader_id().voted_for()
             })?;
         self.hear_from_leader(rpc.vote).await;
-        Ok(reply(&self.raft.install_snapshot(rpc).await))
+        Ok(reply(&to_wire(self.raft.install_snapshot(rpc).await)))
     }
 
     async fn propose(

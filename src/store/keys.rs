@@ -64,6 +64,11 @@ pub fn history_key(revision: u64) -> [u8; 9] {
     key
 }
 
+/// The revision a [`history_key`] names; `None` for a key too short.
+pub fn history_revision(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.get(1..9)?.try_into().ok()?))
+}
+
 /// `suffix` is a log index, or nothing for the end of a range.
 pub fn expiry_key(at_ms: u64, suffix: &[u8]) -> Vec<u8> {
     [&[EXPIRY][..], &at_ms.to_be_bytes(), suffix].concat()

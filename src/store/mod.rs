@@ -30,7 +30,7 @@
 pub mod keys;
 mod log;
 mod refound;
-mod snapshot;
+pub mod snapshot;
 pub mod state_machine;
 
 use std::path::{Path, PathBuf};

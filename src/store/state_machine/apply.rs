@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use super::feed::Change;
 use super::read::{read_kv, read_value, Lookup, ReadError, StoredValue};
 use crate::store::keys::{
-    dedup_key, expiry_key, history_key, key_key, COMPACTED, EXPIRY, HISTORY, HISTORY_BYTES, REDO,
-    REVISION,
+    dedup_key, expiry_key, history_key, history_revision, key_key, COMPACTED, EXPIRY, HISTORY,
+    HISTORY_BYTES, REDO, REVISION,
 };
 use std::collections::BTreeMap;
 
@@ -234,7 +234,9 @@ fn compact_history(
     added: u64,
 ) -> Result<(), ReadError> {
     let cutoff = revision.saturating_sub(retention.revisions);
-    let mut retained = read_value::<u64>(tree, HISTORY_BYTES)?.unwrap_or(0) + added;
+    let mut retained = read_value::<u64>(tree, HISTORY_BYTES)?
+        .unwrap_or(0)
+        .saturating_add(added);
     let mut highest = None;
     // This entry's own record is not in the tree yet: it is never dropped.
     for item in tree
@@ -242,7 +244,10 @@ fn compact_history(
         .take(EXPIRE_PER_ENTRY)
     {
         let (key, record) = item?;
-        let last = u64::from_be_bytes(key[1..9].try_into().expect("history key"));
+        let last = history_revision(&key).ok_or(ReadError::MalformedKey {
+            kind: "history",
+            len: key.len(),
+        })?;
         if last >= cutoff && retained <= retention.bytes {
             break;
         }
@@ -573,5 +578,53 @@ mod tests {
         assert_eq!(revision, 5);
         assert!(writes.history.is_empty());
         assert_eq!(value_of(&writes, "k"), Some(b"1".to_vec()));
+    }
+
+    /// A state tree with `records`, as a snapshot install leaves it.
+    fn installed(records: &[(&[u8], Vec<u8>)]) -> sled::Tree {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let tree = db.open_tree("state").unwrap();
+        for (key, value) in records {
+            tree.insert(key, value.as_slice()).unwrap();
+        }
+        tree
+    }
+
+    /// The `snapshot_file` fuzz target's input: a snapshot (valid checksum)
+    /// whose history record's key is `h` alone, its revision cut off. The
+    /// next entry's history compaction sliced `key[1..9]` and panicked, on
+    /// every replica that installed it; now the entry fails with an error.
+    #[test]
+    fn a_history_key_without_its_revision_fails_the_entry_without_a_panic() {
+        let tree = installed(&[(&[HISTORY], b"C".to_vec())]);
+        let retention = HistoryRetention {
+            revisions: 1,
+            bytes: 0,
+        };
+        let compacted =
+            compact_history(&tree, &mut EntryWrites::new(tree.clone()), 5, retention, 10);
+        assert!(matches!(
+            compacted,
+            Err(ReadError::MalformedKey {
+                kind: "history",
+                len: 1
+            })
+        ));
+    }
+
+    /// Found fixing the above: a history byte count near `u64::MAX` (any
+    /// 8 bytes a snapshot carries) overflowed when the entry's record was
+    /// added.
+    #[test]
+    fn a_huge_history_byte_count_does_not_overflow() {
+        let tree = installed(&[(HISTORY_BYTES, encode(&u64::MAX))]);
+        let retention = HistoryRetention {
+            revisions: 1,
+            bytes: 0,
+        };
+        let mut writes = EntryWrites::new(tree.clone());
+        compact_history(&tree, &mut writes, 5, retention, 10).unwrap();
+        let retained: u64 = read_value(&writes, HISTORY_BYTES).unwrap().unwrap();
+        assert_eq!(retained, u64::MAX);
     }
 }

@@ -216,6 +216,10 @@ pub enum ReadError {
     Decode(#[from] postcard::Error),
     #[error("revision {requested} has been compacted; the oldest revision available is {oldest}")]
     Compacted { requested: u64, oldest: u64 },
+    /// A key of the state's layout ([`crate::store::keys`]) that is not
+    /// the length its prefix says.
+    #[error("malformed {kind} key of {len} bytes")]
+    MalformedKey { kind: &'static str, len: usize },
 }
 
 impl From<ReadError> for Error {
