@@ -78,16 +78,16 @@ impl LogSize {
         self.0.dec_by(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
-    /// Removes the entries at `keys` from `log` as one batch and counts
-    /// their bytes out.
+    /// Removes `entries` (a range of `log`) as one batch and counts their
+    /// bytes out.
     fn remove_range(
         &self,
         log: &sled::Tree,
-        keys: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>,
+        entries: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>,
     ) -> sled::Result<()> {
         let mut batch = sled::Batch::default();
         let mut removed = 0;
-        for item in keys {
+        for item in entries {
             let (key, value) = item?;
             removed += value.len();
             batch.remove(key);

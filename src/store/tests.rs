@@ -45,14 +45,14 @@ fn log_id(index: u64) -> LogId {
 /// The dedup window the tests' leader would use.
 const DEDUP_WINDOW_MS: u64 = 10_000;
 
-fn entry(index: u64, id: &str, at_ms: u64, op: Op) -> Entry {
+fn entry(index: u64, id: impl AsRef<[u8]>, at_ms: u64, op: Op) -> Entry {
     Entry {
         log_id: log_id(index),
         payload: EntryPayload::Normal(Proposal {
             proposed_at_ms: at_ms,
             forget_before_ms: at_ms.saturating_sub(DEDUP_WINDOW_MS),
             commands: vec![Command {
-                request_id: id.as_bytes().to_vec(),
+                request_id: id.as_ref().to_vec(),
                 op,
             }],
         }),
@@ -138,7 +138,7 @@ async fn apply(sm: &mut StateMachine, first_index: u64, ops: Vec<Op>) -> Vec<Out
         .enumerate()
         .map(|(i, op)| {
             let index = first_index + i as u64;
-            entry(index, &format!("req-{index}"), 1_000, op)
+            entry(index, format!("req-{index}"), 1_000, op)
         })
         .collect::<Vec<_>>();
     sm.apply(entries).await.expect("apply").concat()
@@ -350,19 +350,11 @@ async fn a_node_made_request_id_is_forgotten_after_its_own_lifetime() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = open(dir.path(), StoreOptions::default());
     let inc = |id: &[u8], index: u64, at_ms: u64| {
-        let mut entry = entry(
-            index,
-            "",
-            at_ms,
-            Op::Increment {
-                key: "visits".into(),
-                delta: 1,
-            },
-        );
-        if let EntryPayload::Normal(proposal) = &mut entry.payload {
-            proposal.commands[0].request_id = id.to_vec();
-        }
-        entry
+        let op = Op::Increment {
+            key: "visits".into(),
+            delta: 1,
+        };
+        entry(index, id, at_ms, op)
     };
     let visit = crate::types::node_request_id(std::time::Duration::from_millis(2_000));
     let client = b"client-1".as_slice();

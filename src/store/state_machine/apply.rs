@@ -9,6 +9,8 @@
 //! entry, and trimmed at the end of each entry by an amount fixed by the
 //! entry and the state before it, so every replica forgets the same things.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::feed::Change;
@@ -17,8 +19,6 @@ use crate::store::keys::{
     dedup_key, expiry_key, history_key, history_revision, key_key, COMPACTED, EXPIRY, HISTORY,
     HISTORY_BYTES, REDO, REVISION,
 };
-use std::collections::BTreeMap;
-
 use crate::types::{node_id_lifetime_ms, Command, KeyValue, Op, Outcome, Proposal, RequestId};
 
 /// Most history or expiry records (each one entry's worth) one log entry
