@@ -410,7 +410,7 @@ impl Metrics {
         );
         r.register(
             "fsync_duration_seconds",
-            "Time to make the database durable (flush and fdatasync)",
+            "Time to sync appended log entries, or to flush the database (fdatasync)",
             s.fsync.clone(),
         );
         r.register(
@@ -486,7 +486,7 @@ impl Metrics {
         );
         r.register(
             "disk_bytes",
-            "Bytes the database uses on disk",
+            "Bytes the log segments and the database use on disk",
             self.disk_bytes.clone(),
         );
         r.register(

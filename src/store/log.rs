@@ -1,4 +1,6 @@
-//! The Raft log and vote, with group-committed flushes.
+//! The Raft log and vote: entries in segment files ([`super::wal`]) with
+//! group-committed syncs; the vote, the commit hint and the purge marker in
+//! sled's `raft` tree.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -13,10 +15,10 @@ use openraft::{
     StorageIOError,
 };
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::gauge::Gauge;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::wal::{LogSize, Wal};
 use super::Shared;
 use crate::limits::MAX_APPEND_BYTES;
 use crate::types::{Entry, LogId, Member, NodeId, StorageError, TypeConfig, Vote};
@@ -40,71 +42,16 @@ pub struct FlushStats {
 /// Holds back each purge of the log until the state machine has applied
 /// what it removes. openraft asks for the purge that a received snapshot
 /// covers as soon as it hands the snapshot to the state machine, before
-/// the state machine has switched to it; any flush in between would make
-/// the purge durable first, and a crash there would leave a log that
-/// starts above the state, from which no node can restart. sled keeps
-/// writes in order, so a purge written after the state it relies on is
-/// never durable without that state.
+/// the state machine has switched to it; a purge made durable in between
+/// would leave, after a crash, a log that starts above the state, from
+/// which no node can restart. And the applied state is in sled, flushed
+/// only now and then (applying is recovered by re-applying the log): so a
+/// purge flushes sled, the marker with it, before any segment goes.
 pub(super) struct PurgeGate {
-    log: sled::Tree,
+    wal: Arc<Wal>,
+    shared: Arc<Shared>,
     raft: sled::Tree,
     state: Mutex<GateState>,
-    size: LogSize,
-}
-
-/// The bytes of entries the log holds, kept up to date by every append,
-/// truncation and purge, so compaction can bound the log by its size as
-/// well as by its length (`--snapshot-log-bytes`). It is the exported
-/// gauge itself, so the metric and the bound never disagree.
-#[derive(Debug, Clone, Default)]
-pub struct LogSize(Gauge);
-
-impl From<Gauge> for LogSize {
-    fn from(gauge: Gauge) -> Self {
-        LogSize(gauge)
-    }
-}
-
-impl LogSize {
-    pub fn bytes(&self) -> u64 {
-        u64::try_from(self.0.get()).unwrap_or(0)
-    }
-
-    fn add(&self, bytes: usize) {
-        self.0.inc_by(i64::try_from(bytes).unwrap_or(i64::MAX));
-    }
-
-    fn remove(&self, bytes: usize) {
-        self.0.dec_by(i64::try_from(bytes).unwrap_or(i64::MAX));
-    }
-
-    /// Removes `entries` (a range of `log`) as one batch and counts their
-    /// bytes out.
-    fn remove_range(
-        &self,
-        log: &sled::Tree,
-        entries: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>,
-    ) -> sled::Result<()> {
-        let mut batch = sled::Batch::default();
-        let mut removed = 0;
-        for item in entries {
-            let (key, value) = item?;
-            removed += value.len();
-            batch.remove(key);
-        }
-        log.apply_batch(batch)?;
-        self.remove(removed);
-        Ok(())
-    }
-
-    /// Inserts one entry and counts it in (and the one it replaced out).
-    fn insert(&self, log: &sled::Tree, index: u64, bytes: Vec<u8>) -> sled::Result<()> {
-        let added = bytes.len();
-        let replaced = log.insert(index_key(index), bytes)?;
-        self.add(added);
-        self.remove(replaced.map_or(0, |old| old.len()));
-        Ok(())
-    }
 }
 
 #[derive(Default)]
@@ -116,23 +63,29 @@ struct GateState {
 }
 
 impl PurgeGate {
-    pub(super) fn open(db: &sled::Db, raft: sled::Tree, size: LogSize) -> sled::Result<PurgeGate> {
-        let log = db.open_tree("log")?;
-        size.0.set(0);
-        for item in log.iter().values() {
-            size.add(item?.len());
-        }
+    pub(super) fn open(
+        shared: Arc<Shared>,
+        raft: sled::Tree,
+        size: LogSize,
+    ) -> std::io::Result<PurgeGate> {
+        let purged = read_value::<LogId>(&raft, PURGED_KEY).map_err(std::io::Error::other)?;
+        let wal = Wal::open(
+            &shared.path.join(super::WAL_DIR),
+            purged.map(|id| id.index),
+            size,
+            shared.wal_bytes.clone(),
+        )?;
         Ok(PurgeGate {
-            log,
+            wal: Arc::new(wal),
+            shared,
             raft,
             state: Mutex::default(),
-            size,
         })
     }
 
     /// The state machine has written `index` as applied: a purge that
     /// waited for it runs now.
-    pub(super) fn applied(&self, index: u64) -> sled::Result<()> {
+    pub(super) fn applied(&self, index: u64) -> std::io::Result<()> {
         let mut state = self.state.lock().expect("purge gate lock");
         state.applied = index;
         match state.deferred {
@@ -144,7 +97,7 @@ impl PurgeGate {
         }
     }
 
-    fn request(&self, upto: LogId) -> sled::Result<()> {
+    fn request(&self, upto: LogId) -> std::io::Result<()> {
         let mut state = self.state.lock().expect("purge gate lock");
         if upto.index <= state.applied {
             return self.purge_now(upto);
@@ -153,33 +106,32 @@ impl PurgeGate {
         Ok(())
     }
 
-    fn purge_now(&self, upto: LogId) -> sled::Result<()> {
-        // The marker goes first: sled recovers writes in order, so a crash
-        // never leaves removed entries without the marker that explains them.
-        let marker = postcard::to_stdvec(&upto).map_err(|e| {
-            sled::Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
-        })?;
-        self.raft.insert(PURGED_KEY, marker)?;
-        self.size
-            .remove_range(&self.log, self.log.range(..=index_key(upto.index)))
+    fn purge_now(&self, upto: LogId) -> std::io::Result<()> {
+        let marker = postcard::to_stdvec(&upto).map_err(std::io::Error::other)?;
+        self.raft
+            .insert(PURGED_KEY, marker)
+            .map_err(std::io::Error::other)?;
+        self.shared.make_durable()?;
+        self.wal.purge(upto.index)
     }
 }
 
-/// The log store openraft drives. Cheap to clone: clones share one database
-/// and one flusher thread.
+/// The log store openraft drives. Cheap to clone: clones share one log and
+/// one flusher thread.
 #[derive(Clone)]
 pub struct LogStore {
     shared: Arc<Shared>,
-    log: sled::Tree,
+    pub(super) wal: Arc<Wal>,
     raft: sled::Tree,
     pub(super) purges: Arc<PurgeGate>,
     flusher: Arc<Flusher>,
     stats: Arc<FlushStats>,
+    size: LogSize,
 }
 
 /// The flusher thread and the queue into it. Dropping the last handle
-/// closes the queue and waits for the thread, so the database is closed
-/// once every `LogStore` is gone (and can be reopened at once).
+/// closes the queue and waits for the thread, so the log is closed once
+/// every `LogStore` is gone (and can be reopened at once).
 struct Flusher {
     queue: Option<mpsc::Sender<PendingFlush>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -194,7 +146,7 @@ impl Drop for Flusher {
     }
 }
 
-/// An appended batch waiting for the flush that makes it durable.
+/// An appended batch waiting for the sync that makes it durable.
 struct PendingFlush {
     last_index: u64,
     done: LogFlushed<TypeConfig>,
@@ -205,23 +157,24 @@ impl LogStore {
         shared: Arc<Shared>,
         raft: sled::Tree,
         purges: Arc<PurgeGate>,
-    ) -> sled::Result<LogStore> {
-        let log = shared.db.open_tree("log")?;
+        size: LogSize,
+    ) -> LogStore {
         let stats = Arc::new(FlushStats {
             flushes: shared.metrics.log_flushes.clone(),
             appends: shared.metrics.log_appends.clone(),
             durable_index: AtomicU64::default(),
         });
+        let wal = purges.wal.clone();
         let (queue, pending) = mpsc::channel();
-        let flusher_shared = shared.clone();
-        let flusher_stats = stats.clone();
+        let (flusher_shared, flusher_wal, flusher_stats) =
+            (shared.clone(), wal.clone(), stats.clone());
         let thread = std::thread::Builder::new()
             .name("raftset-log-flush".into())
-            .spawn(move || run_flusher(&flusher_shared, &flusher_stats, pending))
+            .spawn(move || run_flusher(&flusher_shared, &flusher_wal, &flusher_stats, pending))
             .expect("spawning the log flusher thread");
-        Ok(LogStore {
+        LogStore {
             shared,
-            log,
+            wal,
             raft,
             purges,
             flusher: Arc::new(Flusher {
@@ -229,7 +182,8 @@ impl LogStore {
                 thread: Some(thread),
             }),
             stats,
-        })
+            size,
+        }
     }
 
     pub fn stats(&self) -> Arc<FlushStats> {
@@ -237,16 +191,11 @@ impl LogStore {
     }
 
     pub fn size(&self) -> LogSize {
-        self.purges.size.clone()
+        self.size.clone()
     }
 
     fn read_value<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
-        let Some(bytes) = self.raft.get(key).map_err(|e| StorageIOError::read(&e))? else {
-            return Ok(None);
-        };
-        postcard::from_bytes(&bytes)
-            .map(Some)
-            .map_err(|e| StorageIOError::read(&e).into())
+        read_value(&self.raft, key).map_err(|e| StorageIOError::read(&e).into())
     }
 
     fn write_value<T: Serialize>(&self, key: &[u8], value: &T) -> Result<(), StorageError> {
@@ -301,8 +250,9 @@ impl LogStore {
     /// for `id` in that term, committed, and marks that entry committed. So
     /// the whole log up to that entry is committed and applied (nothing
     /// durable in the log is dropped), and the node, the only voter, elects
-    /// itself at once ([`LogStore::stand_down`] runs after this). Nothing
-    /// is flushed here; sled keeps the order.
+    /// itself at once ([`LogStore::stand_down`] runs after this). The entry
+    /// is synced here, the vote and the mark are not: the caller flushes
+    /// sled next, so neither is ever durable without the entry.
     pub(super) fn append_sole_voter(
         &self,
         id: NodeId,
@@ -328,35 +278,74 @@ impl LogStore {
             log_id,
             payload: EntryPayload::Membership(membership),
         };
-        self.write_value(VOTE_KEY, &Vote::new_committed(term, id))?;
         let bytes =
             postcard::to_stdvec(&entry).map_err(|e| StorageIOError::write_log_entry(log_id, &e))?;
-        self.purges
-            .size
-            .insert(&self.log, log_id.index, bytes)
+        self.wal
+            .append(&[(log_id.index, bytes)])
+            .and_then(|()| self.wal.sync())
             .map_err(|e| StorageIOError::write_log_entry(log_id, &e))?;
+        self.write_value(VOTE_KEY, &Vote::new_committed(term, id))?;
         self.write_value(COMMITTED_KEY, &Some(log_id))?;
         Ok(log_id)
     }
 
     fn last_entry_log_id(&self) -> Result<Option<LogId>, StorageError> {
-        let Some((_, bytes)) = self.log.last().map_err(|e| StorageIOError::read_logs(&e))? else {
+        let Some((_, last)) = self.wal.bounds() else {
             return Ok(None);
         };
-        let entry: Entry =
-            postcard::from_bytes(&bytes).map_err(|e| StorageIOError::read_logs(&e))?;
-        Ok(Some(*entry.get_log_id()))
+        let entries = self.read_entries(last, last + 1, usize::MAX)?;
+        Ok(entries.last().map(|entry| *entry.get_log_id()))
+    }
+
+    fn read_entries(
+        &self,
+        start: u64,
+        end: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let payloads = self
+            .wal
+            .read(start, end, max_bytes)
+            .map_err(|e| StorageIOError::read_logs(&self.shared.io_error("reading the log", e)))?;
+        payloads
+            .iter()
+            .map(|bytes| {
+                postcard::from_bytes(bytes).map_err(|e| StorageIOError::read_logs(&e).into())
+            })
+            .collect()
     }
 }
 
-/// Waits for appended batches and flushes once for all that are waiting,
+fn read_value<T: DeserializeOwned>(
+    raft: &sled::Tree,
+    key: &[u8],
+) -> Result<Option<T>, std::io::Error> {
+    let Some(bytes) = raft.get(key).map_err(std::io::Error::other)? else {
+        return Ok(None);
+    };
+    postcard::from_bytes(&bytes)
+        .map(Some)
+        .map_err(std::io::Error::other)
+}
+
+/// Waits for appended batches and syncs once for all that are waiting,
 /// then reports each durable. Ends when every `LogStore` is dropped.
-fn run_flusher(shared: &Shared, stats: &FlushStats, pending: mpsc::Receiver<PendingFlush>) {
+fn run_flusher(
+    shared: &Shared,
+    wal: &Wal,
+    stats: &FlushStats,
+    pending: mpsc::Receiver<PendingFlush>,
+) {
     while let Ok(first) = pending.recv() {
         let mut batch = vec![first];
         batch.extend(pending.try_iter());
-        let result = shared.make_durable();
+        let started = std::time::Instant::now();
+        let result = wal.sync();
         if result.is_ok() {
+            shared
+                .metrics
+                .fsync
+                .observe(started.elapsed().as_secs_f64());
             let last = batch.iter().map(|p| p.last_index).max().unwrap_or(0);
             stats.durable_index.fetch_max(last, Ordering::SeqCst);
             stats.flushes.inc();
@@ -365,61 +354,47 @@ fn run_flusher(shared: &Shared, stats: &FlushStats, pending: mpsc::Receiver<Pend
         for waiting in batch {
             let outcome = match &result {
                 Ok(_) => Ok(()),
-                Err(e) => Err(shared.io_error("flushing the log", e)),
+                Err(e) => Err(shared.io_error("syncing the log", e)),
             };
             waiting.done.log_io_completed(outcome);
         }
     }
 }
 
-fn index_key(index: u64) -> [u8; 8] {
-    index.to_be_bytes()
+/// `start..end` of a range of log indexes.
+fn index_range(range: &impl RangeBounds<u64>) -> (u64, u64) {
+    let start = match range.start_bound() {
+        Bound::Included(i) => *i,
+        Bound::Excluded(i) => i.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(i) => i.saturating_add(1),
+        Bound::Excluded(i) => *i,
+        Bound::Unbounded => u64::MAX,
+    };
+    (start, end)
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
     /// At most [`MAX_APPEND_BYTES`] of entries, and always at least one:
     /// openraft gives each AppendEntries one heartbeat interval, the
-    /// follower's flush included, so a batch is bounded by its size, not
+    /// follower's sync included, so a batch is bounded by its size, not
     /// only by its count.
     async fn limited_get_log_entries(
         &mut self,
         start: u64,
         end: u64,
     ) -> Result<Vec<Entry>, StorageError> {
-        let mut entries = Vec::new();
-        let mut bytes = 0;
-        for item in self.log.range(index_key(start)..index_key(end)) {
-            let (_, value) = item.map_err(|e| StorageIOError::read_logs(&e))?;
-            if !entries.is_empty() && bytes + value.len() > MAX_APPEND_BYTES {
-                break;
-            }
-            bytes += value.len();
-            entries.push(postcard::from_bytes(&value).map_err(|e| StorageIOError::read_logs(&e))?);
-        }
-        Ok(entries)
+        self.read_entries(start, end, MAX_APPEND_BYTES)
     }
 
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        let start = match range.start_bound() {
-            Bound::Included(i) => Bound::Included(index_key(*i)),
-            Bound::Excluded(i) => Bound::Excluded(index_key(*i)),
-            Bound::Unbounded => Bound::Unbounded,
-        };
-        let end = match range.end_bound() {
-            Bound::Included(i) => Bound::Included(index_key(*i)),
-            Bound::Excluded(i) => Bound::Excluded(index_key(*i)),
-            Bound::Unbounded => Bound::Unbounded,
-        };
-        self.log
-            .range::<[u8; 8], _>((start, end))
-            .map(|item| {
-                let (_, bytes) = item.map_err(|e| StorageIOError::read_logs(&e))?;
-                postcard::from_bytes(&bytes).map_err(|e| StorageIOError::read_logs(&e).into())
-            })
-            .collect()
+        let (start, end) = index_range(&range);
+        self.read_entries(start, end, usize::MAX)
     }
 }
 
@@ -454,8 +429,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.write_value(COMMITTED_KEY, &committed)
     }
 
+    /// Never past the log's last entry: the hint reaches disk with any sled
+    /// flush, the entries only with the log's own sync, and a crash between
+    /// the two must not leave openraft a commit index with nothing under it.
+    /// Every entry up to the last durable one is committed if the hint is
+    /// beyond it: the hint was written when the log held the committed
+    /// entry, and what a crash keeps of the log is a prefix of that.
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self.read_value::<Option<LogId>>(COMMITTED_KEY)?.flatten())
+        let committed = self.read_value::<Option<LogId>>(COMMITTED_KEY)?.flatten();
+        let last = self.last_entry_log_id()?;
+        Ok(match (committed, last) {
+            (Some(committed), Some(last)) if last.index < committed.index => Some(last),
+            (Some(_), None) => self.read_value(PURGED_KEY)?,
+            _ => committed,
+        })
     }
 
     async fn append<I>(
@@ -467,53 +454,45 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        // Plain inserts, not a sled batch: a batch costs sled two synced
-        // writes of its own, and the flush below makes these durable anyway.
-        // sled recovers writes in order, so a crash keeps a prefix of them.
-        let mut last_index = None;
+        let mut records = Vec::new();
         for entry in entries {
             let log_id = *entry.get_log_id();
             let bytes = postcard::to_stdvec(&entry)
                 .map_err(|e| StorageIOError::write_log_entry(log_id, &e))?;
-            self.purges
-                .size
-                .insert(&self.log, log_id.index, bytes)
-                .map_err(|e| {
-                    StorageIOError::write_logs(&self.shared.io_error("appending to the log", e))
-                })?;
-            last_index = Some(log_id.index);
+            records.push((log_id.index, bytes));
         }
+        let Some(&(last_index, _)) = records.last() else {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        };
+        self.wal.append(&records).map_err(|e| {
+            StorageIOError::write_logs(&self.shared.io_error("appending to the log", e))
+        })?;
         crate::failpoint::crash_point("log-append-before-flush");
-        match last_index {
-            Some(last_index) => self
-                .flusher
-                .queue
-                .as_ref()
-                .expect("the queue lives as long as the flusher")
-                .send(PendingFlush {
-                    last_index,
-                    done: callback,
-                })
-                .map_err(|_| {
-                    StorageIOError::write_logs(&std::io::Error::other("log flusher stopped"))
-                })?,
-            None => callback.log_io_completed(Ok(())),
-        }
+        self.flusher
+            .queue
+            .as_ref()
+            .expect("the queue lives as long as the flusher")
+            .send(PendingFlush {
+                last_index,
+                done: callback,
+            })
+            .map_err(|_| {
+                StorageIOError::write_logs(&std::io::Error::other("log flusher stopped"))
+            })?;
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.purges
-            .size
-            .remove_range(&self.log, self.log.range(index_key(log_id.index)..))
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        self.flush_now().await
+        self.wal.truncate(log_id.index).map_err(|e| {
+            StorageIOError::write_logs(&self.shared.io_error("truncating the log", e)).into()
+        })
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.purges
-            .request(log_id)
-            .map_err(|e| StorageIOError::write_logs(&e).into())
+        self.purges.request(log_id).map_err(|e| {
+            StorageIOError::write_logs(&self.shared.io_error("purging the log", e)).into()
+        })
     }
 }
 
@@ -522,22 +501,18 @@ mod tests {
     use openraft::CommittedLeaderId;
 
     use super::*;
+    use crate::store::{Store, StoreOptions};
 
     fn log_id(index: u64) -> LogId {
         LogId::new(CommittedLeaderId::new(1, 0), index)
     }
 
-    fn indexes(gate: &PurgeGate) -> Vec<u64> {
-        gate.log
-            .iter()
-            .keys()
-            .map(|k| u64::from_be_bytes(k.unwrap().as_ref().try_into().unwrap()))
-            .collect()
+    fn purged(gate: &PurgeGate) -> Option<LogId> {
+        read_value(&gate.raft, PURGED_KEY).unwrap()
     }
 
-    fn purged(gate: &PurgeGate) -> Option<LogId> {
-        let bytes = gate.raft.get(PURGED_KEY).unwrap()?;
-        Some(postcard::from_bytes(&bytes).unwrap())
+    fn bounds(gate: &PurgeGate) -> Option<(u64, u64)> {
+        gate.wal.bounds()
     }
 
     /// openraft purges the log a received snapshot covers before the state
@@ -547,32 +522,27 @@ mod tests {
     #[test]
     fn a_purge_waits_until_the_state_machine_has_applied_what_it_removes() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
-        let gate = PurgeGate::open(&db, db.open_tree("raft").unwrap(), LogSize::default()).unwrap();
-        for index in 1..=6 {
-            gate.log.insert(index_key(index), b"entry").unwrap();
-        }
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let gate = &store.log.purges;
+        let entries: Vec<_> = (1..=6).map(|i| (i, b"entry".to_vec())).collect();
+        gate.wal.append(&entries).unwrap();
         gate.applied(2).unwrap();
 
         gate.request(log_id(2)).unwrap();
-        assert_eq!(purged(&gate), Some(log_id(2)), "applied, so purged at once");
-        assert_eq!(indexes(&gate), [3, 4, 5, 6]);
+        assert_eq!(purged(gate), Some(log_id(2)), "applied, so purged at once");
+        assert_eq!(bounds(gate), Some((3, 6)));
 
         gate.request(log_id(5)).unwrap();
-        assert_eq!(purged(&gate), Some(log_id(2)), "5 is not applied yet");
-        assert_eq!(indexes(&gate), [3, 4, 5, 6]);
+        assert_eq!(purged(gate), Some(log_id(2)), "5 is not applied yet");
+        assert_eq!(bounds(gate), Some((3, 6)));
         gate.applied(4).unwrap();
-        assert_eq!(
-            indexes(&gate),
-            [3, 4, 5, 6],
-            "applied 4 of the 5 it removes"
-        );
+        assert_eq!(bounds(gate), Some((3, 6)), "applied 4 of the 5 it removes");
 
         gate.applied(5).unwrap();
-        assert_eq!(purged(&gate), Some(log_id(5)));
-        assert_eq!(indexes(&gate), [6]);
+        assert_eq!(purged(gate), Some(log_id(5)));
+        assert_eq!(bounds(gate), Some((6, 6)));
         gate.applied(6).unwrap();
-        assert_eq!(purged(&gate), Some(log_id(5)), "a purge runs once");
+        assert_eq!(purged(gate), Some(log_id(5)), "a purge runs once");
     }
 
     /// The size the log reports is the bytes of the entries it holds,
@@ -581,26 +551,24 @@ mod tests {
     #[test]
     fn the_log_size_follows_appends_truncations_and_purges() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
-        let raft = db.open_tree("raft").unwrap();
-        let size = LogSize::default();
-        let gate = PurgeGate::open(&db, raft.clone(), size.clone()).unwrap();
-        for index in 1..=10 {
-            size.insert(&gate.log, index, vec![0; 100]).unwrap();
-        }
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let (wal, size) = (&store.log.wal, store.log.size());
+        let entries: Vec<_> = (1..=10).map(|i| (i, vec![0; 100])).collect();
+        wal.append(&entries).unwrap();
         assert_eq!(size.bytes(), 1_000);
-        size.insert(&gate.log, 10, vec![0; 300]).unwrap();
+        wal.append(&[(10, vec![0; 300])]).unwrap();
         assert_eq!(size.bytes(), 1_200, "a replaced entry counts once");
 
-        size.remove_range(&gate.log, gate.log.range(index_key(9)..))
-            .unwrap();
+        wal.truncate(9).unwrap();
         assert_eq!(size.bytes(), 800, "truncated from 9 on");
-        gate.applied(8).unwrap();
-        gate.request(log_id(3)).unwrap();
+        store.log.purges.applied(8).unwrap();
+        store.log.purges.request(log_id(3)).unwrap();
         assert_eq!(size.bytes(), 500, "purged up to 3");
+        wal.sync().unwrap();
+        drop(store);
 
-        let reopened = LogSize::default();
-        let _gate = PurgeGate::open(&db, raft, reopened.clone()).unwrap();
-        assert_eq!(reopened.bytes(), 500, "counted again on opening");
+        let options = StoreOptions::default();
+        let store = Store::open(dir.path(), &options).unwrap();
+        assert_eq!(store.log.size().bytes(), 500, "counted again on opening");
     }
 }

@@ -1,25 +1,31 @@
-//! Storage: the Raft log, the vote and the state machine, all in one sled
-//! database under the node's data directory, plus snapshot files beside it.
+//! Storage: the Raft log in segment files, the vote and the state machine
+//! in one sled database, snapshot files beside them, all under the node's
+//! data directory.
 //!
-//! Layout (`<data_dir>/db` is the sled database):
-//! - tree `log`: log index (big-endian u64) → postcard-encoded entry
-//! - tree `raft`: the vote, the committed and purged log ids, this node's id
-//!   and the cluster id (and the one before a forced re-founding)
-//! - tree `sm`: the state machine, see [`keys`] for its key prefixes
+//! Layout:
+//! - `<data_dir>/wal/`: the log's entries, append-only segment files (see
+//!   [`wal`] for the record format)
+//! - `<data_dir>/db`, the sled database:
+//!   - tree `raft`: the vote, the committed and purged log ids, this node's
+//!     id and the cluster id (and the one before a forced re-founding)
+//!   - tree `sm`: the state machine, see [`keys`] for its key prefixes
 //! - `<data_dir>/snapshots/`: the latest snapshot file
 //! - `<data_dir>/DISCARD`, `<data_dir>/REFOUND`: what the next start does
 //!   to the directory first (empty it; re-found the cluster, see [`refound`])
 //!
-//! What is flushed when (sled writes to its page cache until flushed):
+//! What is made durable when (sled writes to its page cache until flushed):
 //! - an appended batch of log entries is reported durable to openraft only
-//!   after a flush that covers it. One flusher thread flushes once for every
-//!   append that queued up while the previous flush ran (group commit), so
-//!   concurrent writes share fsyncs;
-//! - a vote is flushed before `save_vote` returns;
-//! - a truncation is flushed before it returns;
+//!   after an fdatasync of its segment. One flusher thread syncs once for
+//!   every append that queued up while the previous sync ran (group
+//!   commit), so concurrent writes share fsyncs. It syncs nothing but the
+//!   appended records;
+//! - a vote is flushed (sled) before `save_vote` returns;
+//! - a truncation is synced before it returns;
 //! - applying entries is not flushed by itself: applied state is recovered by
-//!   re-applying the durable log. The next log flush persists it anyway, and
-//!   a snapshot flushes before the log below it can be purged;
+//!   re-applying the durable log. sled is flushed when a snapshot is taken
+//!   or installed, and again before a purge deletes any segment, so the log
+//!   always reaches back to the durable applied state. The commit hint may
+//!   reach disk ahead of the entries; it is read back no further than they;
 //! - a snapshot file is fsynced (with its directory) before it is used;
 //! - a re-founding is flushed (new cluster id last) before its `REFOUND`
 //!   file is removed.
@@ -32,14 +38,17 @@ mod log;
 mod refound;
 pub mod snapshot;
 pub mod state_machine;
+mod wal;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use log::PurgeGate;
-pub use log::{FlushStats, LogSize, LogStore};
+pub use log::{FlushStats, LogStore};
 pub use refound::Refounding;
 pub use state_machine::{KvReader, StateMachine, WatchFeed};
+pub use wal::LogSize;
 
 use crate::metrics::{StoreMetrics, Volume};
 use crate::types::NodeId;
@@ -47,6 +56,8 @@ use crate::types::NodeId;
 use keys::{CLUSTER_ID_KEY, NODE_ID_KEY, RESTORED_KEY};
 /// A file whose presence makes the next start empty the data directory.
 const DISCARD_MARKER: &str = "DISCARD";
+/// The directory of the Raft log's segment files, see [`wal`].
+const WAL_DIR: &str = "wal";
 
 /// Failure to open or use the data directory. Always fatal for the node.
 #[derive(Debug, thiserror::Error)]
@@ -135,7 +146,7 @@ impl Store {
         let marker = path.join(DISCARD_MARKER);
         if let Ok(reason) = std::fs::read_to_string(&marker) {
             tracing::warn!(path = %path.display(), "discarding the data directory: {}", reason.trim());
-            for dir in [db_path.clone(), path.join("snapshots")] {
+            for dir in [db_path.clone(), path.join(WAL_DIR), path.join("snapshots")] {
                 if dir.exists() {
                     std::fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
                 }
@@ -180,6 +191,7 @@ impl Store {
             db_file,
             metrics: options.metrics.clone(),
             measured: Arc::default(),
+            wal_bytes: Arc::default(),
         });
         let raft_tree = db.open_tree("raft").map_err(sled_err)?;
         let meta = Meta {
@@ -202,9 +214,16 @@ impl Store {
             }
         };
         let log_size = LogSize::from(options.metrics.log_bytes.clone());
-        let purges = Arc::new(PurgeGate::open(&db, raft_tree.clone(), log_size).map_err(sled_err)?);
+        let purges = Arc::new(
+            PurgeGate::open(shared.clone(), raft_tree.clone(), log_size.clone()).map_err(
+                |source| StoreError::Io {
+                    path: path.join(WAL_DIR),
+                    source,
+                },
+            )?,
+        );
         let state_machine = StateMachine::open(shared.clone(), options, purges.clone())?;
-        let log = LogStore::open(shared, raft_tree, purges).map_err(sled_err)?;
+        let log = LogStore::open(shared, raft_tree, purges, log_size);
         refound::finish(node_id, &log, &meta)?;
         log.stand_down(node_id)
             .map_err(|e| StoreError::log(&path, e))?;
@@ -409,7 +428,7 @@ impl Meta {
         })
     }
 
-    /// Bytes sled uses on disk.
+    /// Bytes the log's segments and sled use on disk.
     pub fn size_on_disk(&self) -> u64 {
         self.disk_usage().bytes()
     }
@@ -419,6 +438,7 @@ impl Meta {
         DiskUsage {
             db: self.shared.db.clone(),
             measured: self.shared.measured.clone(),
+            wal_bytes: self.shared.wal_bytes.clone(),
         }
     }
 
@@ -434,13 +454,15 @@ impl Meta {
     }
 }
 
-/// Measures the sled database on disk: the log, the vote, the state
-/// machine with its watch history and request ids. Snapshot files beside it
+/// Measures the log's segment files and the sled database on disk (the
+/// vote, the state machine with its watch history and request ids).
+/// Snapshot files beside them
 /// are not counted.
 #[derive(Clone, Debug)]
 pub struct DiskUsage {
     db: sled::Db,
     measured: Arc<Mutex<Option<Measured>>>,
+    wal_bytes: Arc<AtomicU64>,
 }
 
 /// The last measurement, and when it was taken.
@@ -453,18 +475,19 @@ type Measured = (tokio::time::Instant, u64);
 const MEASURE_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl DiskUsage {
-    /// Bytes sled's files take (0 when they cannot be read), as measured
-    /// within the last [`MEASURE_EVERY`].
+    /// Bytes the log's segments take, plus sled's files as measured within
+    /// the last [`MEASURE_EVERY`] (0 when they cannot be read).
     pub fn bytes(&self) -> u64 {
         let mut measured = self.measured.lock().unwrap_or_else(|e| e.into_inner());
-        match *measured {
+        let sled = match *measured {
             Some((at, bytes)) if at.elapsed() < MEASURE_EVERY => bytes,
             _ => {
                 let bytes = self.db.size_on_disk().unwrap_or(0);
                 *measured = Some((tokio::time::Instant::now(), bytes));
                 bytes
             }
-        }
+        };
+        sled + self.wal_bytes.load(Ordering::Relaxed)
     }
 }
 
@@ -477,6 +500,8 @@ struct Shared {
     metrics: StoreMetrics,
     /// [`DiskUsage`]'s last measurement, shared by every handle.
     measured: Arc<Mutex<Option<Measured>>>,
+    /// Bytes of the log's segment files, kept by [`wal::Wal`].
+    wal_bytes: Arc<AtomicU64>,
 }
 
 impl Shared {

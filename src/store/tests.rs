@@ -1045,11 +1045,14 @@ async fn a_recorded_refounding_makes_this_node_the_only_voter_after_the_whole_lo
     let store = open(dir.path(), options.clone());
     let id = store.node_id;
     store.meta.set_cluster_id("old").unwrap();
-    let log = store.meta.shared.db.open_tree("log").unwrap();
-    for index in 1..=3 {
-        let bytes = postcard::to_stdvec(&entry(index, "r", 0, put("k", "v"))).unwrap();
-        log.insert(index.to_be_bytes(), bytes).unwrap();
-    }
+    let entries: Vec<_> = (1..=3)
+        .map(|index| {
+            let bytes = postcard::to_stdvec(&entry(index, "r", 0, put("k", "v"))).unwrap();
+            (index, bytes)
+        })
+        .collect();
+    store.log.wal.append(&entries).unwrap();
+    store.log.wal.sync().unwrap();
     let refounding = |cluster_id: &str| Refounding {
         cluster_id: cluster_id.into(),
         previous_cluster_id: "old".into(),
@@ -1066,7 +1069,7 @@ async fn a_recorded_refounding_makes_this_node_the_only_voter_after_the_whole_lo
             .unwrap(),
         "one re-founding at a time"
     );
-    drop((store, log));
+    drop(store);
 
     for _ in 0..2 {
         let mut store = open(dir.path(), options.clone());

@@ -169,7 +169,7 @@ impl StateMachine {
         state_machine
             .purges
             .applied(applied.map_or(0, |id| id.index))
-            .map_err(sled_err)?;
+            .map_err(snapshot_io)?;
         Ok(state_machine)
     }
 
