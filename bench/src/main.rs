@@ -260,6 +260,7 @@ async fn measure<S: Store>(
     rep: usize,
 ) -> anyhow::Result<Run> {
     let pids = cluster.pids();
+    let leaders_before = cluster.leaders_seen().await?;
     let load_start = procfs::load_average()?;
     let mut readings = Vec::new();
     let outcome = driver::drive(
@@ -273,6 +274,7 @@ async fn measure<S: Store>(
     )
     .await;
     let load_end = procfs::load_average()?;
+    let leader_changes = leader_changes(&leaders_before, &cluster.leaders_seen().await?);
     let mut readings = readings.into_iter();
     let (Some(Ok(before)), Some(Ok(after))) = (readings.next(), readings.next()) else {
         anyhow::bail!("cannot read the servers' counters in /proc");
@@ -284,7 +286,20 @@ async fn measure<S: Store>(
         outcome,
         &before.until(&after),
         [load_start, load_end],
+        leader_changes,
     ))
+}
+
+/// New leaders while a workload ran: the most any member saw, as each
+/// member counts each new leader it learns of once (and one cut off from
+/// the others may miss some).
+fn leader_changes(before: &[u64], after: &[u64]) -> u64 {
+    before
+        .iter()
+        .zip(after)
+        .map(|(b, a)| a.saturating_sub(*b))
+        .max()
+        .unwrap_or(0)
 }
 
 /// The counters read at each end of a measurement window.

@@ -36,6 +36,9 @@ pub struct Run {
     /// 1-, 5- and 15-minute load averages before and after the run.
     pub load_start: [f64; 3],
     pub load_end: [f64; 3],
+    /// New leaders while the workload ran, warm-up included: the issue
+    /// asks for none at full load.
+    pub leader_changes: u64,
 }
 
 impl Run {
@@ -46,6 +49,7 @@ impl Run {
         outcome: Outcome,
         used: &Counters,
         [load_start, load_end]: [[f64; 3]; 2],
+        leader_changes: u64,
     ) -> Run {
         let ops = outcome.ops.max(1) as f64;
         let (busy, total) = used.machine;
@@ -63,6 +67,7 @@ impl Run {
             rss_after_bytes: used.servers.rss_bytes,
             load_start,
             load_end,
+            leader_changes,
             outcome,
         }
     }
@@ -70,14 +75,15 @@ impl Run {
     /// One line for the progress output.
     pub fn summary(&self) -> String {
         format!(
-            "{:<7} {:<22} {:>8.0} ops/s  p50 {:>6.2} ms  p99 {:>6.2} ms  {} errors  {:.0} µs CPU/op",
+            "{:<7} {:<22} {:>8.0} ops/s  p50 {:>6.2} ms  p99 {:>6.2} ms  {} errors  {:.0} µs CPU/op  {} leader changes",
             self.side.name(),
             self.workload,
             self.ops_per_sec,
             self.outcome.p50_ms,
             self.outcome.p99_ms,
             self.outcome.errors,
-            self.server_cpu_us_per_op
+            self.server_cpu_us_per_op,
+            self.leader_changes
         )
     }
 }
@@ -172,13 +178,12 @@ impl Report {
 
     /// Fails unless every run completed operations without an error.
     pub fn check(&self) -> anyhow::Result<()> {
-        let runs = self.runs.iter().chain(self.scale.iter().map(|s| &s.put));
         let lives = self
             .clusters
             .iter()
             .chain(self.scale.iter().map(|s| &s.life));
         let mut problems = Vec::new();
-        for run in runs {
+        for run in self.all_runs() {
             if run.outcome.ops == 0 || run.outcome.errors > 0 {
                 problems.push(format!(
                     "{} #{} {}: {} ops, {} errors (first: {})",
@@ -222,7 +227,10 @@ impl Report {
              workloads; {} B values; {} s measured per workload after {} s of warm-up.\n\
              - CPU and disk per operation: the three servers' utime + stime and `write_bytes` \
              from `/proc/<pid>/stat` and `/proc/<pid>/io` over the measured window, divided by \
-             the operations completed. Figures are medians over the repetitions.\n",
+             the operations completed. Figures are medians over the repetitions.\n\
+             - Leader changes: each member's `etcd_server_leader_changes_seen_total` or \
+             `raftset_leader_changes_total` before and after each workload (warm-up \
+             included); the most any member saw.\n",
             self.command,
             self.started,
             self.finished,
@@ -488,18 +496,22 @@ impl Report {
         }
     }
 
+    /// Every workload run of any mode.
+    fn all_runs(&self) -> impl Iterator<Item = &Run> {
+        self.runs.iter().chain(self.scale.iter().map(|s| &s.put))
+    }
+
     fn every_run(&self, md: &mut String) {
         md.push_str(
             "\nEvery run, in the order it ran (load average: 1 min at start → 1 min at end, \
              with 5 and 15 min at the end):\n\n\
-             | side | rep | workload | ops/s | p50 ms | p99 ms | max ms | errors | server CPU µs/op | disk B/op | cores busy | load average |\n\
-             |---|---|---|---|---|---|---|---|---|---|---|---|\n",
+             | side | rep | workload | ops/s | p50 ms | p99 ms | max ms | errors | leader changes | server CPU µs/op | disk B/op | cores busy | load average |\n\
+             |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         );
-        let runs = self.runs.iter().chain(self.scale.iter().map(|s| &s.put));
-        for r in runs {
+        for r in self.all_runs() {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {:.2} | {:.1} | {:.1} | {} | {:.0} | {:.0} | {:.0}% | {:.2} → {:.2} ({:.2}, {:.2}) |",
+                "| {} | {} | {} | {} | {:.2} | {:.1} | {:.1} | {} | {} | {:.0} | {:.0} | {:.0}% | {:.2} → {:.2} ({:.2}, {:.2}) |",
                 r.side.name(),
                 r.rep,
                 r.workload,
@@ -508,6 +520,7 @@ impl Report {
                 r.outcome.p99_ms,
                 r.outcome.max_ms,
                 r.outcome.errors,
+                r.leader_changes,
                 r.server_cpu_us_per_op,
                 r.disk_bytes_per_op,
                 r.machine_busy * 100.0,
