@@ -132,6 +132,45 @@ impl Cluster {
             .collect()
     }
 
+    /// The member that leads now, by its own word: the one whose id is the
+    /// leader id it reports.
+    pub async fn leader(&self) -> anyhow::Result<usize> {
+        for (i, endpoint) in self.endpoints.iter().enumerate() {
+            let (id, leader) = match self.side {
+                Side::Etcd => {
+                    let mut client =
+                        etcd_client::Client::connect([format!("http://{endpoint}")], None).await?;
+                    let status = client.status().await?;
+                    let id = status
+                        .header()
+                        .context("a status without header")?
+                        .member_id();
+                    (id, Some(status.leader()))
+                }
+                Side::Raftset => {
+                    let client = raftset::Client::connect(endpoint).await?;
+                    let status = client.with_timeout(Duration::from_secs(2)).status().await?;
+                    (status.id, status.leader_id)
+                }
+            };
+            if leader == Some(id) {
+                return Ok(i);
+            }
+        }
+        anyhow::bail!("no {} member says it leads", self.side.name())
+    }
+
+    /// Kills member `i` with SIGKILL (`kill -9`); returns the instant just
+    /// before the signal went.
+    pub fn kill(&mut self, i: usize) -> anyhow::Result<Instant> {
+        let child = &mut self.children[i];
+        let at = Instant::now();
+        child
+            .kill()
+            .with_context(|| format!("killing {} member {i}", self.side.name()))?;
+        Ok(at)
+    }
+
     /// The leaders each member has seen since it started, from its metrics.
     pub async fn leaders_seen(&self) -> anyhow::Result<Vec<u64>> {
         let name = self.side.leader_changes_metric();
