@@ -6,9 +6,12 @@
 //! Modes: the headline workloads (the default), `--quick` (the test suite's
 //! short run) and `--scale` (a million keys, then puts). Every repetition
 //! starts fresh clusters, one side at a time, alternating etcd and raftset,
-//! so a change in the machine's other load falls on both.
+//! so a change in the machine's other load falls on both. After the
+//! workloads, the headline and quick runs kill the leader of more fresh
+//! clusters under load (`failover.rs`), alternating the sides too.
 
 mod driver;
+mod failover;
 mod procfs;
 mod report;
 mod servers;
@@ -22,7 +25,7 @@ use clap::Parser;
 
 use driver::{Data, Op, Store};
 use procfs::Usage;
-use report::{ClusterLife, Report, Run, ScaleResult};
+use report::{ClusterLife, FailoverTrial, Report, Run, ScaleResult};
 use servers::{Binaries, Cluster, Side};
 
 #[derive(Debug, Parser)]
@@ -59,6 +62,10 @@ struct Args {
     /// --scale: 1,000,000].
     #[arg(long)]
     keyspace: Option<u64>,
+    /// Fresh clusters per side whose leader is killed under load
+    /// [default: 5; --quick: 1; --scale: 0].
+    #[arg(long)]
+    failover_trials: Option<usize>,
     #[arg(long, default_value_t = 256)]
     value_size: usize,
 }
@@ -124,16 +131,17 @@ pub struct Plan {
     pub warmup_secs: f64,
     pub keyspace: u64,
     pub value_size: usize,
+    pub failover_trials: usize,
 }
 
 impl Plan {
     fn of(args: &Args) -> Plan {
-        let (mode, repetitions, seconds, warmup_secs, keyspace) = if args.quick {
-            (Mode::Quick, 1, 1.0, 0.0, 1_000)
+        let (mode, repetitions, seconds, warmup_secs, keyspace, failover_trials) = if args.quick {
+            (Mode::Quick, 1, 1.0, 0.0, 1_000, 1)
         } else if args.scale {
-            (Mode::Scale, 1, 10.0, 1.0, 1_000_000)
+            (Mode::Scale, 1, 10.0, 1.0, 1_000_000, 0)
         } else {
-            (Mode::Headline, 2, 10.0, 1.0, 100_000)
+            (Mode::Headline, 2, 10.0, 1.0, 100_000, 5)
         };
         Plan {
             mode,
@@ -142,6 +150,7 @@ impl Plan {
             warmup_secs,
             keyspace: args.keyspace.unwrap_or(keyspace),
             value_size: args.value_size,
+            failover_trials: args.failover_trials.unwrap_or(failover_trials),
         }
     }
 
@@ -163,11 +172,13 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut report = Report::new(plan, &binaries)?;
     eprintln!(
-        "raftset-bench {}: {} repetition(s), {} s per workload, {} keys; etcd {}, raftset {}",
+        "raftset-bench {}: {} repetition(s), {} s per workload, {} keys, {} failover trial(s); \
+         etcd {}, raftset {}",
         plan.mode.name(),
         plan.repetitions,
         plan.seconds,
         plan.keyspace,
+        plan.failover_trials,
         report.etcd_version,
         report.raftset_version
     );
@@ -185,6 +196,25 @@ async fn main() -> anyhow::Result<()> {
                     one_cluster(&plan, &cluster, &stores, rep, &mut report).await?;
                 }
             }
+        }
+    }
+    for trial in 1..=plan.failover_trials {
+        for side in [Side::Etcd, Side::Raftset] {
+            let dir = args.data_dir.join(side.name());
+            let mut cluster = Cluster::start(side, &binaries, &dir).await?;
+            let observed = match side {
+                Side::Etcd => {
+                    let stores = cluster.etcd_stores().await?;
+                    kill_the_leader(&plan, &mut cluster, &stores).await?
+                }
+                Side::Raftset => {
+                    let stores = cluster.raftset_stores().await?;
+                    kill_the_leader(&plan, &mut cluster, &stores).await?
+                }
+            };
+            let trial = FailoverTrial::new(side, trial, observed);
+            eprintln!("  {}", trial.summary());
+            report.failovers.push(trial);
         }
     }
     report.finish();
@@ -250,6 +280,19 @@ async fn one_cluster<S: Store>(
     Ok(())
 }
 
+/// Puts through every member of `cluster` while its leader is killed.
+async fn kill_the_leader<S: Store>(
+    plan: &Plan,
+    cluster: &mut Cluster,
+    stores: &[S],
+) -> anyhow::Result<failover::Observed> {
+    failover::run(stores, plan.data(), async {
+        let leader = cluster.leader().await?;
+        Ok((leader, cluster.kill(leader)?))
+    })
+    .await
+}
+
 /// One workload on one cluster, with the servers' and this process's
 /// counters read as the measurement window opens and closes.
 async fn measure<S: Store>(
@@ -260,6 +303,7 @@ async fn measure<S: Store>(
     rep: usize,
 ) -> anyhow::Result<Run> {
     let pids = cluster.pids();
+    let leaders_before = cluster.leaders_seen().await?;
     let load_start = procfs::load_average()?;
     let mut readings = Vec::new();
     let outcome = driver::drive(
@@ -273,6 +317,7 @@ async fn measure<S: Store>(
     )
     .await;
     let load_end = procfs::load_average()?;
+    let leader_changes = leader_changes(&leaders_before, &cluster.leaders_seen().await?);
     let mut readings = readings.into_iter();
     let (Some(Ok(before)), Some(Ok(after))) = (readings.next(), readings.next()) else {
         anyhow::bail!("cannot read the servers' counters in /proc");
@@ -284,7 +329,20 @@ async fn measure<S: Store>(
         outcome,
         &before.until(&after),
         [load_start, load_end],
+        leader_changes,
     ))
+}
+
+/// New leaders while a workload ran: the most any member saw, as each
+/// member counts each new leader it learns of once (and one cut off from
+/// the others may miss some).
+fn leader_changes(before: &[u64], after: &[u64]) -> u64 {
+    before
+        .iter()
+        .zip(after)
+        .map(|(b, a)| a.saturating_sub(*b))
+        .max()
+        .unwrap_or(0)
 }
 
 /// The counters read at each end of a measurement window.

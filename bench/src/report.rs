@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use crate::driver::{Op, Outcome};
+use crate::failover::{self, Observed, IN_FLIGHT};
 use crate::servers::{Binaries, Side};
 use crate::{Counters, Plan, Workload, WORKLOADS};
 
@@ -36,6 +37,9 @@ pub struct Run {
     /// 1-, 5- and 15-minute load averages before and after the run.
     pub load_start: [f64; 3],
     pub load_end: [f64; 3],
+    /// New leaders while the workload ran, warm-up included: the issue
+    /// asks for none at full load.
+    pub leader_changes: u64,
 }
 
 impl Run {
@@ -46,6 +50,7 @@ impl Run {
         outcome: Outcome,
         used: &Counters,
         [load_start, load_end]: [[f64; 3]; 2],
+        leader_changes: u64,
     ) -> Run {
         let ops = outcome.ops.max(1) as f64;
         let (busy, total) = used.machine;
@@ -63,6 +68,7 @@ impl Run {
             rss_after_bytes: used.servers.rss_bytes,
             load_start,
             load_end,
+            leader_changes,
             outcome,
         }
     }
@@ -70,14 +76,15 @@ impl Run {
     /// One line for the progress output.
     pub fn summary(&self) -> String {
         format!(
-            "{:<7} {:<22} {:>8.0} ops/s  p50 {:>6.2} ms  p99 {:>6.2} ms  {} errors  {:.0} µs CPU/op",
+            "{:<7} {:<22} {:>8.0} ops/s  p50 {:>6.2} ms  p99 {:>6.2} ms  {} errors  {:.0} µs CPU/op  {} leader changes",
             self.side.name(),
             self.workload,
             self.ops_per_sec,
             self.outcome.p50_ms,
             self.outcome.p99_ms,
             self.outcome.errors,
-            self.server_cpu_us_per_op
+            self.server_cpu_us_per_op,
+            self.leader_changes
         )
     }
 }
@@ -102,6 +109,42 @@ pub struct ClusterLife {
     pub disk_end_per_member: Vec<u64>,
 }
 
+/// A fresh cluster whose leader was killed under load.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FailoverTrial {
+    pub side: Side,
+    pub trial: usize,
+    pub in_flight: usize,
+    #[serde(flatten)]
+    pub observed: Observed,
+}
+
+impl FailoverTrial {
+    pub fn new(side: Side, trial: usize, observed: Observed) -> FailoverTrial {
+        FailoverTrial {
+            side,
+            trial,
+            in_flight: IN_FLIGHT,
+            observed,
+        }
+    }
+
+    /// One line for the progress output.
+    pub fn summary(&self) -> String {
+        let r = &self.observed.recovery;
+        format!(
+            "{:<7} failover #{}: killed member {}, first put acknowledged {}, steady {}, {} failed puts, {} missed deadlines",
+            self.side.name(),
+            self.trial,
+            self.observed.killed,
+            after_kill(r.first_ack_ms),
+            after_kill(r.steady_ms),
+            self.observed.errors,
+            self.observed.missed_deadlines
+        )
+    }
+}
+
 /// `--scale`: the keys written, then puts on top of them.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ScaleResult {
@@ -123,6 +166,7 @@ pub struct Report {
     pub runs: Vec<Run>,
     pub clusters: Vec<ClusterLife>,
     pub scale: Vec<ScaleResult>,
+    pub failovers: Vec<FailoverTrial>,
 }
 
 impl Report {
@@ -151,6 +195,7 @@ impl Report {
             runs: Vec::new(),
             clusters: Vec::new(),
             scale: Vec::new(),
+            failovers: Vec::new(),
         })
     }
 
@@ -170,15 +215,15 @@ impl Report {
         Ok(markdown)
     }
 
-    /// Fails unless every run completed operations without an error.
+    /// Fails unless every run completed operations without an error and
+    /// every cluster whose leader was killed took puts again.
     pub fn check(&self) -> anyhow::Result<()> {
-        let runs = self.runs.iter().chain(self.scale.iter().map(|s| &s.put));
         let lives = self
             .clusters
             .iter()
             .chain(self.scale.iter().map(|s| &s.life));
         let mut problems = Vec::new();
-        for run in runs {
+        for run in self.all_runs() {
             if run.outcome.ops == 0 || run.outcome.errors > 0 {
                 problems.push(format!(
                     "{} #{} {}: {} ops, {} errors (first: {})",
@@ -199,6 +244,20 @@ impl Report {
                 life.preload_errors,
                 life.preload_first_error.as_deref().unwrap_or("none")
             ));
+        }
+        for f in &self.failovers {
+            let r = &f.observed.recovery;
+            if r.puts_per_sec_before == 0.0 || r.first_ack_ms.is_none() {
+                problems.push(format!(
+                    "{} failover #{}: {:.0} puts/s before the kill, first put after it {} \
+                     (first error: {})",
+                    f.side.name(),
+                    f.trial,
+                    r.puts_per_sec_before,
+                    after_kill(r.first_ack_ms),
+                    f.observed.first_error.as_deref().unwrap_or("none")
+                ));
+            }
         }
         anyhow::ensure!(problems.is_empty(), "{}", problems.join("\n"));
         Ok(())
@@ -222,7 +281,10 @@ impl Report {
              workloads; {} B values; {} s measured per workload after {} s of warm-up.\n\
              - CPU and disk per operation: the three servers' utime + stime and `write_bytes` \
              from `/proc/<pid>/stat` and `/proc/<pid>/io` over the measured window, divided by \
-             the operations completed. Figures are medians over the repetitions.\n",
+             the operations completed. Figures are medians over the repetitions.\n\
+             - Leader changes: each member's `etcd_server_leader_changes_seen_total` or \
+             `raftset_leader_changes_total` before and after each workload (warm-up \
+             included); the most any member saw.\n",
             self.command,
             self.started,
             self.finished,
@@ -241,7 +303,11 @@ impl Report {
         if !self.scale.is_empty() {
             self.scale_table(&mut md);
         }
+        self.failover_tables(&mut md);
         self.every_run(&mut md);
+        if !self.failovers.is_empty() {
+            self.every_failover(&mut md);
+        }
         md
     }
 
@@ -488,18 +554,119 @@ impl Report {
         }
     }
 
+    /// Every workload run of any mode.
+    fn all_runs(&self) -> impl Iterator<Item = &Run> {
+        self.runs.iter().chain(self.scale.iter().map(|s| &s.put))
+    }
+
+    fn failover_tables(&self, md: &mut String) {
+        let changes = |side| {
+            self.all_runs()
+                .filter(|r| r.side == side)
+                .map(|r| r.leader_changes)
+                .sum::<u64>()
+        };
+        md.push_str("\nLeader changes and failover.");
+        if !self.failovers.is_empty() {
+            let _ = write!(
+                md,
+                " Failover: on {} fresh cluster(s) per side, {IN_FLIGHT} puts in flight over \
+                 all three members, `kill -9` of the leader after {} ms; each put has a {} ms \
+                 deadline, and after a failure or a missed deadline its worker moves to the next \
+                 member. The first put counted is the first one sent after the kill and \
+                 acknowledged; steady is the first {} ms from then on in which every {} ms \
+                 acknowledges at least {:.0}% of what it did before the kill. Median (max) over \
+                 the trials (`failover.rs`).",
+                self.plan.failover_trials,
+                failover::BEFORE_KILL.as_millis(),
+                failover::PUT_DEADLINE.as_millis(),
+                failover::RATE_WINDOW.as_millis(),
+                failover::SLICE.as_millis(),
+                failover::STEADY_SHARE * 100.0,
+            );
+        }
+        md.push_str(
+            "\n\n| measure | etcd | raftset | raftset / etcd | goal | met |\n\
+             |---|---|---|---|---|---|\n",
+        );
+        if !self.failovers.is_empty() {
+            let first = |side| self.failover_times(side, |f| f.observed.recovery.first_ack_ms);
+            let steady = |side| self.failover_times(side, |f| f.observed.recovery.steady_ms);
+            let (etcd, raftset) = (first(Side::Etcd), first(Side::Raftset));
+            let ratio = raftset.median / etcd.median;
+            let _ = writeln!(
+                md,
+                "| `kill -9` of the leader → first put acknowledged | {etcd} | {raftset} | {} | \
+                 ≤ etcd's | {} |",
+                times(ratio),
+                yes_no(raftset.median <= etcd.median)
+            );
+            let (etcd, raftset) = (steady(Side::Etcd), steady(Side::Raftset));
+            let _ = writeln!(
+                md,
+                "| `kill -9` of the leader → steady put rate again | {etcd} | {raftset} | {} |  |  |",
+                times(raftset.median / etcd.median)
+            );
+        }
+        let (etcd, raftset) = (changes(Side::Etcd), changes(Side::Raftset));
+        let _ = writeln!(
+            md,
+            "| leader changes during the workloads, every run | {etcd} | {raftset} |  | none | {} |",
+            yes_no(raftset == 0)
+        );
+    }
+
+    /// The median and max of a time the failover trials of `side` measured,
+    /// and how many trials it is missing from.
+    fn failover_times(
+        &self,
+        side: Side,
+        f: impl Fn(&FailoverTrial) -> Option<f64>,
+    ) -> FailoverTimes {
+        let trials: Vec<_> = self.failovers.iter().filter(|t| t.side == side).collect();
+        let values: Vec<f64> = trials.iter().filter_map(|t| f(t)).collect();
+        FailoverTimes {
+            median: median(values.clone()),
+            max: values.iter().copied().fold(f64::NAN, f64::max),
+            missing: trials.len() - values.len(),
+        }
+    }
+
+    fn every_failover(&self, md: &mut String) {
+        md.push_str(
+            "\nEvery failover trial, in the order it ran (times after the kill):\n\n\
+             | side | trial | leader killed | first put acknowledged | steady again | puts/s before → steady | failed puts | missed deadlines |\n\
+             |---|---|---|---|---|---|---|---|\n",
+        );
+        for f in &self.failovers {
+            let r = &f.observed.recovery;
+            let _ = writeln!(
+                md,
+                "| {} | {} | member {} | {} | {} | {} → {} | {} | {} |",
+                f.side.name(),
+                f.trial,
+                f.observed.killed,
+                after_kill(r.first_ack_ms),
+                after_kill(r.steady_ms),
+                thousands(r.puts_per_sec_before),
+                r.puts_per_sec_after.map_or("–".into(), thousands),
+                f.observed.errors,
+                f.observed.missed_deadlines,
+            );
+        }
+    }
+
     fn every_run(&self, md: &mut String) {
         md.push_str(
             "\nEvery run, in the order it ran (load average: 1 min at start → 1 min at end, \
              with 5 and 15 min at the end):\n\n\
-             | side | rep | workload | ops/s | p50 ms | p99 ms | max ms | errors | server CPU µs/op | disk B/op | cores busy | load average |\n\
-             |---|---|---|---|---|---|---|---|---|---|---|---|\n",
+             | side | rep | workload | ops/s | p50 ms | p99 ms | max ms | errors | leader changes | server CPU µs/op | disk B/op | cores busy | load average |\n\
+             |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         );
-        let runs = self.runs.iter().chain(self.scale.iter().map(|s| &s.put));
-        for r in runs {
+        for r in self.all_runs() {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {:.2} | {:.1} | {:.1} | {} | {:.0} | {:.0} | {:.0}% | {:.2} → {:.2} ({:.2}, {:.2}) |",
+                "| {} | {} | {} | {} | {:.2} | {:.1} | {:.1} | {} | {} | {:.0} | {:.0} | {:.0}% | {:.2} → {:.2} ({:.2}, {:.2}) |",
                 r.side.name(),
                 r.rep,
                 r.workload,
@@ -508,6 +675,7 @@ impl Report {
                 r.outcome.p99_ms,
                 r.outcome.max_ms,
                 r.outcome.errors,
+                r.leader_changes,
                 r.server_cpu_us_per_op,
                 r.disk_bytes_per_op,
                 r.machine_busy * 100.0,
@@ -518,6 +686,29 @@ impl Report {
             );
         }
     }
+}
+
+/// A failover time over one side's trials, shown as `1234 ms (1500 ms)`.
+struct FailoverTimes {
+    median: f64,
+    max: f64,
+    /// Trials that never reached it.
+    missing: usize,
+}
+
+impl std::fmt::Display for FailoverTimes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.0} ms ({:.0} ms)", self.median, self.max)?;
+        if self.missing > 0 {
+            write!(f, ", not reached in {}", self.missing)?;
+        }
+        Ok(())
+    }
+}
+
+/// `1234 ms`, or what the trial did not see.
+fn after_kill(ms: Option<f64>) -> String {
+    ms.map_or("not seen".into(), |ms| format!("{ms:.0} ms"))
 }
 
 fn median(mut values: Vec<f64>) -> f64 {

@@ -5,12 +5,16 @@
 //! beside it. Both run with a 100 ms heartbeat and a 1 s election timeout.
 //! A cluster is killed (SIGKILL) and its data removed when dropped: the
 //! data is throwaway, and every repetition starts from nothing.
+//!
+//! Each member's Prometheus metrics are read for the leaders it has seen:
+//! etcd serves them on its client port, raftset on its HTTP port.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::stores::{Etcd, Raftset};
 
@@ -29,10 +33,21 @@ impl Side {
             Side::Raftset => "raftset",
         }
     }
+
+    /// The counter a member exports of the leaders it has seen. Both count
+    /// the first leader after start-up too, and neither a spell without one.
+    fn leader_changes_metric(self) -> &'static str {
+        match self {
+            Side::Etcd => "etcd_server_leader_changes_seen_total",
+            Side::Raftset => "raftset_leader_changes_total",
+        }
+    }
 }
 
 /// How long a fresh cluster may take to elect a leader with every member.
 const READY_DEADLINE: Duration = Duration::from_secs(60);
+/// How long reading a member's metrics may take.
+const SCRAPE_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Space quotas, raised on both sides so that neither refuses the writes of
 /// a run: etcd's largest recommended backend, and raftset's equivalent.
@@ -52,6 +67,8 @@ pub struct Cluster {
     children: Vec<Child>,
     /// Each member's client address, `host:port`.
     pub endpoints: Vec<String>,
+    /// Each member's `/metrics` address, `host:port`.
+    metrics: Vec<String>,
     /// Each member's data directory.
     pub data_dirs: Vec<PathBuf>,
     dir: PathBuf,
@@ -69,18 +86,20 @@ impl Cluster {
             side,
             children: Vec::new(),
             endpoints: Vec::new(),
+            metrics: Vec::new(),
             data_dirs: Vec::new(),
             dir: dir.to_path_buf(),
         };
         for i in 0..3 {
             let data_dir = dir.join(format!("{}-{i}", side.name()));
-            let (command, endpoint) = match side {
+            let (command, endpoint, metrics) = match side {
                 Side::Etcd => etcd_member(&binaries.etcd, i, &data_dir),
                 Side::Raftset => raftset_node(&binaries.raftset, i, &data_dir),
             };
             let log = dir.join(format!("{}-{i}.log", side.name()));
             cluster.spawn(command, &log)?;
             cluster.endpoints.push(endpoint);
+            cluster.metrics.push(metrics);
             cluster.data_dirs.push(data_dir);
         }
         cluster.wait_ready().await?;
@@ -111,6 +130,60 @@ impl Cluster {
             .iter()
             .map(|d| crate::procfs::disk_usage(d))
             .collect()
+    }
+
+    /// The member that leads now, by its own word: the one whose id is the
+    /// leader id it reports.
+    pub async fn leader(&self) -> anyhow::Result<usize> {
+        for (i, endpoint) in self.endpoints.iter().enumerate() {
+            let (id, leader) = match self.side {
+                Side::Etcd => {
+                    let mut client =
+                        etcd_client::Client::connect([format!("http://{endpoint}")], None).await?;
+                    let status = client.status().await?;
+                    let id = status
+                        .header()
+                        .context("a status without header")?
+                        .member_id();
+                    (id, Some(status.leader()))
+                }
+                Side::Raftset => {
+                    let client = raftset::Client::connect(endpoint).await?;
+                    let status = client.with_timeout(Duration::from_secs(2)).status().await?;
+                    (status.id, status.leader_id)
+                }
+            };
+            if leader == Some(id) {
+                return Ok(i);
+            }
+        }
+        anyhow::bail!("no {} member says it leads", self.side.name())
+    }
+
+    /// Kills member `i` with SIGKILL (`kill -9`); returns the instant just
+    /// before the signal went.
+    pub fn kill(&mut self, i: usize) -> anyhow::Result<Instant> {
+        let child = &mut self.children[i];
+        let at = Instant::now();
+        child
+            .kill()
+            .with_context(|| format!("killing {} member {i}", self.side.name()))?;
+        Ok(at)
+    }
+
+    /// The leaders each member has seen since it started, from its metrics.
+    pub async fn leaders_seen(&self) -> anyhow::Result<Vec<u64>> {
+        let name = self.side.leader_changes_metric();
+        let mut seen = Vec::new();
+        for addr in &self.metrics {
+            let text = tokio::time::timeout(SCRAPE_DEADLINE, scrape(addr))
+                .await
+                .with_context(|| format!("no metrics from {addr} in {SCRAPE_DEADLINE:?}"))??;
+            let value =
+                metric(&text, name).with_context(|| format!("{addr}/metrics has no {name}"))?;
+            seen.push(value as u64);
+        }
+        Ok(seen)
     }
 
     pub async fn raftset_stores(&self) -> anyhow::Result<Vec<Raftset>> {
@@ -193,8 +266,10 @@ impl Drop for Cluster {
     }
 }
 
-/// etcd member `i`: client port 2379 and peer port 2380 on 127.0.3.<i+1>.
-fn etcd_member(etcd: &Path, i: usize, data_dir: &Path) -> (Command, String) {
+/// etcd member `i`: client port 2379 (which serves `/metrics` too) and
+/// peer port 2380 on 127.0.3.<i+1>. Returns the command, the client address
+/// and the metrics address.
+fn etcd_member(etcd: &Path, i: usize, data_dir: &Path) -> (Command, String, String) {
     let host = |i: usize| format!("127.0.3.{}", i + 1);
     let client = format!("{}:2379", host(i));
     let peer_url = |i: usize| format!("http://{}:2380", host(i));
@@ -217,19 +292,21 @@ fn etcd_member(etcd: &Path, i: usize, data_dir: &Path) -> (Command, String) {
         .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
         .args(["--quota-backend-bytes", ETCD_QUOTA])
         .args(["--logger", "zap", "--log-level", "warn"]);
-    (command, client)
+    (command, client.clone(), client)
 }
 
 /// raftset node `i` (`raftset-<i>`; 0 founds the cluster, the others join):
 /// every port on 127.0.4.<i+1>, peers in plaintext on loopback as
-/// `raftset local` runs them.
-fn raftset_node(raftset: &Path, i: usize, data_dir: &Path) -> (Command, String) {
+/// `raftset local` runs them. Returns the command, the API address and the
+/// HTTP address (which serves `/metrics`).
+fn raftset_node(raftset: &Path, i: usize, data_dir: &Path) -> (Command, String, String) {
     let host = |i: usize| format!("127.0.4.{}", i + 1);
     let peers = (0..3)
         .map(|j| format!("raftset-{j}={}:7001", host(j)))
         .collect::<Vec<_>>()
         .join(",");
     let api = format!("{}:7000", host(i));
+    let http = format!("{}:8080", host(i));
     let mut command = Command::new(raftset);
     command
         .arg("serve")
@@ -238,12 +315,67 @@ fn raftset_node(raftset: &Path, i: usize, data_dir: &Path) -> (Command, String) 
         .arg(data_dir)
         .args(["--listen-api", &api])
         .args(["--listen-peer", &format!("{}:7001", host(i))])
-        .args(["--listen-http", &format!("{}:8080", host(i))])
+        .args(["--listen-http", &http])
         .args(["--listen-probes", &format!("{}:8081", host(i))])
         .args(["--listen-admin", &format!("{}:7090", host(i))])
         .args(["--peers", &peers, "--insecure-peers"])
         .args(["--heartbeat-ms", "100", "--election-timeout-ms", "1000"])
         .args(["--quota-bytes", RAFTSET_QUOTA])
         .env("RUST_LOG", "warn");
-    (command, api)
+    (command, api, http)
+}
+
+/// The body of `GET http://<addr>/metrics`. HTTP/1.0, so that the server
+/// sends the body whole (not chunked) and closes the connection: one
+/// request a run needs no HTTP client crate.
+async fn scrape(addr: &str) -> anyhow::Result<String> {
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    let request = format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("{addr}/metrics: no end of the headers"))?;
+    let status = head.lines().next().unwrap_or_default();
+    anyhow::ensure!(
+        status.split_whitespace().nth(1) == Some("200"),
+        "{addr}/metrics answered {status}"
+    );
+    Ok(body.to_string())
+}
+
+/// The value of the unlabelled sample `name` in Prometheus or OpenMetrics
+/// text.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.split_whitespace().next()?.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_an_unlabelled_sample() {
+        let text = "# HELP etcd_server_leader_changes_seen_total x\n\
+                    # TYPE etcd_server_leader_changes_seen_total counter\n\
+                    etcd_server_leader_changes_seen_total_extra 9\n\
+                    etcd_server_leader_changes_seen_total 2\n";
+        assert_eq!(
+            metric(text, "etcd_server_leader_changes_seen_total"),
+            Some(2.0)
+        );
+        assert_eq!(
+            metric(
+                "raftset_leader_changes_total 1\n# EOF\n",
+                "raftset_leader_changes_total"
+            ),
+            Some(1.0)
+        );
+        assert_eq!(metric(text, "raftset_leader_changes_total"), None);
+    }
 }
