@@ -150,8 +150,8 @@ impl Node {
         let raft_config = openraft::Config {
             cluster_name: "raftset".into(),
             heartbeat_interval: config.heartbeat_ms,
-            election_timeout_min: config.election_timeout_ms,
-            election_timeout_max: config.election_timeout_ms * 2,
+            election_timeout_min: config.election_timeout_min_ms(),
+            election_timeout_max: config.election_timeout_max_ms(),
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_entries),
             max_in_snapshot_log_to_keep: config.snapshot_entries / 10,
             max_payload_entries: crate::limits::MAX_ENTRIES_PER_APPEND,

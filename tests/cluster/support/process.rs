@@ -443,7 +443,7 @@ impl Cluster {
             .args(if self.args.iter().any(|a| a == "--heartbeat-ms") {
                 &[][..]
             } else {
-                &["--heartbeat-ms", "50", "--election-timeout-ms", "300"][..]
+                &["--heartbeat-ms", "50", "--election-timeout-ms", "800"][..]
             })
             .args(&self.args)
             .env("RUST_LOG", "info,openraft=warn")
