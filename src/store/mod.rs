@@ -95,8 +95,7 @@ impl From<StoreError> for crate::error::ClusterError {
 /// Tuning for the store.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
-    /// sled's page cache, in bytes. Small by default: the working set of a
-    /// key-value store this size is the log tail and hot keys.
+    /// sled's page cache, in bytes.
     pub cache_bytes: u64,
     /// How much change history Watch can replay: revisions, and bytes of
     /// history records (the newest entry's is always kept).
@@ -111,7 +110,7 @@ pub struct StoreOptions {
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
-            cache_bytes: 8 * 1024 * 1024,
+            cache_bytes: 64 * 1024 * 1024,
             history_revisions: 10_000,
             history_bytes: 64 * 1024 * 1024,
             watch_buffer: 1024,
