@@ -130,7 +130,7 @@ pub async fn drive<S: Store>(
                         latencies_us.push(began.elapsed().as_micros() as u32);
                         shared.retries.fetch_add(retries, Ordering::Relaxed);
                     }
-                    Err(e) => shared.fail(e),
+                    Err(e) => shared.failures.record(e),
                 }
             }
             latencies_us
@@ -154,11 +154,11 @@ pub async fn drive<S: Store>(
         0 => 0.0,
         n => latencies[((n as f64 * p) as usize).min(n - 1)] as f64 / 1000.0,
     };
-    let first_error = shared.first_error.lock().expect("not poisoned").take();
+    let (errors, first_error) = shared.failures.take();
     Outcome {
         seconds,
         ops: latencies.len() as u64,
-        errors: shared.errors.load(Ordering::Relaxed),
+        errors,
         first_error,
         retries: shared.retries.load(Ordering::Relaxed),
         p50_ms: percentile(0.50),
@@ -187,7 +187,7 @@ pub async fn preload<S: Store>(stores: &[S], in_flight: usize, data: Data) -> (D
                 }
                 let began = Instant::now();
                 if let Err(e) = store.put(key(i), value.clone()).await {
-                    shared.fail(e);
+                    shared.failures.record(e);
                 }
                 let took = began.elapsed().as_micros() as u64;
                 shared.longest_us.fetch_max(took, Ordering::Relaxed);
@@ -198,12 +198,12 @@ pub async fn preload<S: Store>(stores: &[S], in_flight: usize, data: Data) -> (D
         let _ = worker.await;
     }
     let took = started.elapsed();
-    let errors = shared.errors.load(Ordering::Relaxed);
+    let (errors, first_error) = shared.failures.take();
     let outcome = Outcome {
         seconds: took.as_secs_f64(),
         ops: data.keyspace - errors,
         errors,
-        first_error: shared.first_error.lock().expect("not poisoned").take(),
+        first_error,
         max_ms: shared.longest_us.load(Ordering::Relaxed) as f64 / 1000.0,
         ..Outcome::default()
     };
@@ -216,18 +216,31 @@ struct Shared {
     /// Set while the window is open: only then are results counted.
     measuring: AtomicBool,
     stop: AtomicBool,
-    errors: AtomicU64,
+    failures: Failures,
     retries: AtomicU64,
     /// The longest write of a preload, failed or not, in microseconds.
     longest_us: AtomicU64,
-    first_error: Mutex<Option<String>>,
 }
 
-impl Shared {
-    fn fail(&self, error: anyhow::Error) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
-        let mut first = self.first_error.lock().expect("not poisoned");
+/// Requests that failed, counted by every worker of a load: how many, and
+/// the first one's error.
+#[derive(Default)]
+pub struct Failures {
+    count: AtomicU64,
+    first: Mutex<Option<String>>,
+}
+
+impl Failures {
+    pub fn record(&self, error: anyhow::Error) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let mut first = self.first.lock().expect("not poisoned");
         first.get_or_insert_with(|| format!("{error:#}"));
+    }
+
+    /// How many failed, and the first error; once the load is over.
+    pub fn take(&self) -> (u64, Option<String>) {
+        let first = self.first.lock().expect("not poisoned").take();
+        (self.count.load(Ordering::Relaxed), first)
     }
 }
 

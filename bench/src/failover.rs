@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 
-use crate::driver::{key, Data, Store};
+use crate::driver::{key, Data, Failures, Store};
 
 /// Puts outstanding: light, so that the time measured is the election's
 /// and not a queue's.
@@ -124,7 +124,7 @@ where
                         continue;
                     }
                     Ok(Err(e)) => {
-                        shared.fail(e);
+                        shared.failures.record(e);
                         tokio::time::sleep(RETRY_PAUSE).await;
                     }
                     Err(_) => {
@@ -147,12 +147,12 @@ where
     let (killed, at) = killed?;
     let kill_at = at.duration_since(started);
     let acks = shared.acks.lock().expect("not poisoned").clone();
-    let first_error = shared.first_error.lock().expect("not poisoned").take();
+    let (errors, first_error) = shared.failures.take();
     let seconds = started.elapsed();
     Ok(Observed {
         killed,
         recovery: recovery(&acks, kill_at, seconds),
-        errors: shared.errors.load(Ordering::Relaxed),
+        errors,
         first_error,
         missed_deadlines: shared.missed_deadlines.load(Ordering::Relaxed),
         seconds: seconds.as_secs_f64(),
@@ -246,17 +246,8 @@ fn ms(millis: f64) -> Duration {
 struct Shared {
     stop: AtomicBool,
     acks: Mutex<Vec<Ack>>,
-    errors: AtomicU64,
+    failures: Failures,
     missed_deadlines: AtomicU64,
-    first_error: Mutex<Option<String>>,
-}
-
-impl Shared {
-    fn fail(&self, error: anyhow::Error) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
-        let mut first = self.first_error.lock().expect("not poisoned");
-        first.get_or_insert_with(|| format!("{error:#}"));
-    }
 }
 
 #[cfg(test)]

@@ -121,12 +121,12 @@ impl PurgeGate {
 #[derive(Clone)]
 pub struct LogStore {
     shared: Arc<Shared>,
+    /// The gate's log: one `Wal` serves appends, reads and purges.
     pub(super) wal: Arc<Wal>,
     raft: sled::Tree,
     pub(super) purges: Arc<PurgeGate>,
     flusher: Arc<Flusher>,
     stats: Arc<FlushStats>,
-    size: LogSize,
 }
 
 /// The flusher thread and the queue into it. Dropping the last handle
@@ -153,12 +153,7 @@ struct PendingFlush {
 }
 
 impl LogStore {
-    pub(super) fn open(
-        shared: Arc<Shared>,
-        raft: sled::Tree,
-        purges: Arc<PurgeGate>,
-        size: LogSize,
-    ) -> LogStore {
+    pub(super) fn open(shared: Arc<Shared>, raft: sled::Tree, purges: Arc<PurgeGate>) -> LogStore {
         let stats = Arc::new(FlushStats {
             flushes: shared.metrics.log_flushes.clone(),
             appends: shared.metrics.log_appends.clone(),
@@ -182,7 +177,6 @@ impl LogStore {
                 thread: Some(thread),
             }),
             stats,
-            size,
         }
     }
 
@@ -191,7 +185,7 @@ impl LogStore {
     }
 
     pub fn size(&self) -> LogSize {
-        self.size.clone()
+        self.wal.size()
     }
 
     fn read_value<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {

@@ -214,15 +214,15 @@ impl Store {
         };
         let log_size = LogSize::from(options.metrics.log_bytes.clone());
         let purges = Arc::new(
-            PurgeGate::open(shared.clone(), raft_tree.clone(), log_size.clone()).map_err(
-                |source| StoreError::Io {
+            PurgeGate::open(shared.clone(), raft_tree.clone(), log_size).map_err(|source| {
+                StoreError::Io {
                     path: path.join(WAL_DIR),
                     source,
-                },
-            )?,
+                }
+            })?,
         );
         let state_machine = StateMachine::open(shared.clone(), options, purges.clone())?;
-        let log = LogStore::open(shared, raft_tree, purges, log_size);
+        let log = LogStore::open(shared, raft_tree, purges);
         refound::finish(node_id, &log, &meta)?;
         log.stand_down(node_id)
             .map_err(|e| StoreError::log(&path, e))?;

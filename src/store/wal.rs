@@ -204,6 +204,11 @@ impl Wal {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The bytes of the entries the log holds, as a live gauge.
+    pub(super) fn size(&self) -> LogSize {
+        self.size.clone()
+    }
+
     /// The first and last index the log holds, if it holds any.
     pub(super) fn bounds(&self) -> Option<(u64, u64)> {
         let state = self.lock();
@@ -228,15 +233,13 @@ impl Wal {
                 None => self.start_segment(&mut state, index)?,
                 Some(_) => {}
             }
-            let current = *state.segments.keys().next_back().expect("a segment");
-            if state.segments[&current].len >= SEGMENT_BYTES {
+            if state.current().1 >= SEGMENT_BYTES {
                 self.start_segment(&mut state, index)?;
             }
             // One write for the run of entries that follow on by one and
             // fit in the segment.
-            let segment = *state.segments.keys().next_back().expect("a segment");
+            let (segment, base) = state.current();
             let mut buf = Vec::new();
-            let base = state.segments[&segment].len;
             let mut end = start;
             while end < entries.len()
                 && entries[end].0 == index + (end - start) as u64
@@ -360,14 +363,14 @@ impl Wal {
     /// The payloads of the entries in `start..end` that the log holds, in
     /// order; past `max_bytes` it stops, after at least one.
     pub(super) fn read(&self, start: u64, end: u64, max_bytes: usize) -> io::Result<Vec<Vec<u8>>> {
-        let (runs, files) = {
+        let runs = {
             let state = self.lock();
             let Some(last) = state.last() else {
                 return Ok(Vec::new());
             };
             let start = start.max(state.first);
             let end = end.min(last + 1);
-            let mut runs: Vec<Vec<Location>> = Vec::new();
+            let mut runs: Vec<(Arc<File>, Vec<Location>)> = Vec::new();
             let mut bytes = 0usize;
             for index in start..end {
                 let location = state.locations[(index - state.first) as usize];
@@ -376,24 +379,21 @@ impl Wal {
                 }
                 bytes += location.payload as usize;
                 match runs.last_mut() {
-                    Some(run) if run.last().is_some_and(|l| l.segment == location.segment) => {
-                        run.push(location)
-                    }
-                    _ => runs.push(vec![location]),
+                    Some((_, run)) if run[0].segment == location.segment => run.push(location),
+                    _ => runs.push((
+                        state.segments[&location.segment].file.clone(),
+                        vec![location],
+                    )),
                 }
             }
-            let files: BTreeMap<u64, Arc<File>> = runs
-                .iter()
-                .map(|run| (run[0].segment, state.segments[&run[0].segment].file.clone()))
-                .collect();
-            (runs, files)
+            runs
         };
         let mut payloads = Vec::new();
-        for run in runs {
+        for (file, run) in runs {
             let (first, last) = (run[0], run[run.len() - 1]);
             let span = last.offset + HEADER_BYTES as u64 + last.payload as u64 - first.offset;
             let mut buf = vec![0; span as usize];
-            files[&first.segment].read_exact_at(&mut buf, first.offset)?;
+            file.read_exact_at(&mut buf, first.offset)?;
             for location in run {
                 let at = (location.offset - first.offset) as usize + HEADER_BYTES;
                 payloads.push(buf[at..at + location.payload as usize].to_vec());
@@ -448,6 +448,13 @@ impl Wal {
 }
 
 impl State {
+    /// The segment appends go to (the last one, which the callers have
+    /// made sure exists) and its length.
+    fn current(&self) -> (u64, u64) {
+        let (first, segment) = self.segments.iter().next_back().expect("a segment");
+        (*first, segment.len)
+    }
+
     fn last(&self) -> Option<u64> {
         (!self.locations.is_empty()).then(|| self.first + self.locations.len() as u64 - 1)
     }
