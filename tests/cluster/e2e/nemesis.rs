@@ -521,17 +521,36 @@ async fn heal(set: &mut StatefulSet, fault: Fault, victim: usize) {
         Fault::RollingRestart | Fault::FullStopLostVolume | Fault::FastScaleDown => {
             unreachable!("{fault:?} hits every pod and heals itself")
         }
-        // The pod is deleted; it comes back on its volume, finds itself
-        // removed, discards its data and exits; the kubelet restarts it
-        // and it joins again under a new node id.
+        // Either path ends with the member back under a new node id:
+        // - the pod is deleted; it comes back on its volume, finds itself
+        //   removed, marks its data for discarding and exits, and the
+        //   kubelet starts it again, empty;
+        // - or it noticed first: leaderless for a while, it asked its peers,
+        //   marked its data and exited by itself, before or while the pod
+        //   was deleted, and its next container starts empty.
         Fault::MembershipChange => {
             let old = set.status(victim).await.map(|s| s.id).ok();
-            set.delete_pod(victim).await;
             let name = set.pod_name(victim);
-            // It discards its data and exits.
-            let exited = set.wait_exited(victim).await;
-            assert_ne!(exited.exit_code, 0, "{name} exits as a failure");
-            set.restart(victim).await;
+            if set.state(victim).await.running {
+                set.delete_pod(victim).await;
+            }
+            let deadline = Instant::now() + DEADLINE;
+            loop {
+                let state = set.state(victim).await;
+                if !state.running {
+                    assert_ne!(state.exit_code, 0, "{name} exits as a failure");
+                    set.restart(victim).await;
+                    break;
+                }
+                if set.status(victim).await.is_ok_and(|s| Some(s.id) != old) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{name} neither exited nor came back under a new id: {state:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
             set.wait_ready(victim).await;
             set.wait_for_voters(3).await;
             let new = set.status(victim).await.expect("status after rejoining").id;
