@@ -186,6 +186,13 @@ impl Error {
     }
 }
 
+/// Puts the mark `header` on `status`.
+fn mark(status: &mut Status, header: &'static str) {
+    status
+        .metadata_mut()
+        .insert(header, tonic::metadata::MetadataValue::from_static("1"));
+}
+
 /// Whether a status (maybe from another node) says nothing was proposed.
 pub fn status_says_nothing_proposed(status: &Status) -> bool {
     status.metadata().contains_key(NOT_PROPOSED_HEADER)
@@ -197,16 +204,49 @@ impl From<Error> for Status {
             return status;
         }
         let mut status = Status::new(err.code(), err.to_string());
-        let mark = |status: &mut Status, header| {
-            status
-                .metadata_mut()
-                .insert(header, tonic::metadata::MetadataValue::from_static("1"));
-        };
         if err.nothing_proposed() {
             mark(&mut status, NOT_PROPOSED_HEADER);
         }
         if matches!(err, Error::QuotaExceeded { .. }) {
             mark(&mut status, QUOTA_HEADER);
+        }
+        status
+    }
+}
+
+/// A forwarded write's failure as it travels back in the leader's stream of
+/// answers: the status's code and message, and the marks a follower
+/// classifies it by and passes on.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WireStatus {
+    code: i32,
+    message: String,
+    not_proposed: bool,
+    quota: bool,
+}
+
+impl From<Status> for WireStatus {
+    fn from(status: Status) -> WireStatus {
+        let marked = |header| status.metadata().contains_key(header);
+        WireStatus {
+            code: status.code() as i32,
+            not_proposed: marked(NOT_PROPOSED_HEADER),
+            quota: marked(QUOTA_HEADER),
+            message: status.message().to_string(),
+        }
+    }
+}
+
+impl From<WireStatus> for Status {
+    fn from(wire: WireStatus) -> Status {
+        let mut status = Status::new(Code::from_i32(wire.code), wire.message);
+        for (marked, header) in [
+            (wire.not_proposed, NOT_PROPOSED_HEADER),
+            (wire.quota, QUOTA_HEADER),
+        ] {
+            if marked {
+                mark(&mut status, header);
+            }
         }
         status
     }
@@ -260,9 +300,7 @@ impl From<PeerError> for Status {
     fn from(err: PeerError) -> Status {
         let mut status = Status::new(err.code(), err.to_string());
         for header in [PEER_REFUSAL_HEADER, NOT_PROPOSED_HEADER] {
-            status
-                .metadata_mut()
-                .insert(header, tonic::metadata::MetadataValue::from_static("1"));
+            mark(&mut status, header);
         }
         status
     }
@@ -288,10 +326,7 @@ impl From<crate::auth::Refusal> for Status {
                  runs with --remote-admin",
             ),
         };
-        status.metadata_mut().insert(
-            NOT_PROPOSED_HEADER,
-            tonic::metadata::MetadataValue::from_static("1"),
-        );
+        mark(&mut status, NOT_PROPOSED_HEADER);
         status
     }
 }
@@ -563,6 +598,39 @@ mod tests {
             let status = Status::from(err);
             assert_eq!(status.code(), code);
             assert_eq!(status.message(), message);
+        }
+    }
+
+    /// A forwarded write's failure, carried back in a batch's answers, is
+    /// what the follower would have received as the call's own status:
+    /// same code and message, same marks, same HTTP status once passed on.
+    #[test]
+    fn a_status_carried_in_a_batch_keeps_its_code_message_and_marks() {
+        let errors = [
+            Error::QuotaExceeded { used: 9, quota: 8 },
+            Error::Overloaded { limit: 1 },
+            Error::NoLeader,
+            Error::MaybeProposed { reason: "m".into() },
+            Error::OutcomeUnknown { reason: "t".into() },
+            Error::from(InvalidRequest::Empty { field: "key" }),
+        ];
+        for err in errors {
+            let sent = Status::from(err.clone());
+            let wire = WireStatus::from(sent.clone());
+            let bytes = postcard::to_stdvec(&wire).unwrap();
+            let received = Status::from(postcard::from_bytes::<WireStatus>(&bytes).unwrap());
+            assert_eq!(received.code(), sent.code(), "{err}");
+            assert_eq!(received.message(), sent.message(), "{err}");
+            assert_eq!(
+                status_says_nothing_proposed(&received),
+                err.nothing_proposed(),
+                "{err}"
+            );
+            assert_eq!(
+                Error::Leader(received).http_status(),
+                err.http_status(),
+                "{err}"
+            );
         }
     }
 

@@ -38,6 +38,7 @@ use crate::limits::{
     MAX_KEY_LEN, MAX_REQUEST_ID_LEN, MAX_SCAN_BYTES, MAX_SCAN_LIMIT, MAX_VALUE_LEN,
 };
 use crate::proto::{self, PeerMessage};
+use crate::raft::forwarder::{BatchAnswer, ForwardedWrite};
 use crate::raft::network::RaftReply;
 use crate::store::state_machine::ScanRange;
 use crate::store::{snapshot, Store, StoreOptions};
@@ -214,10 +215,12 @@ fn open_every_payload(ours: &ClusterId, message: &PeerMessage) {
     opens::<AppendEntriesRequest<TypeConfig>>(ours, message);
     opens::<VoteRequest<NodeId>>(ours, message);
     opens::<InstallSnapshotRequest<TypeConfig>>(ours, message);
-    if let Some(command) = opens::<Command>(ours, message) {
-        // Propose checks a forwarded write again.
-        if validate::command(&command).is_ok() {
-            assert_op(&command.op);
+    if let Some(writes) = opens::<Vec<ForwardedWrite>>(ours, message) {
+        // Propose checks each forwarded write again.
+        for write in writes {
+            if validate::command(&write.command).is_ok() {
+                assert_op(&write.command.op);
+            }
         }
     }
     // ReadIndex.
@@ -229,7 +232,7 @@ fn open_every_payload(ours: &ClusterId, message: &PeerMessage) {
     opens::<RaftReply<AppendEntriesResponse<NodeId>>>(ours, message);
     opens::<RaftReply<VoteResponse<NodeId>>>(ours, message);
     opens::<RaftReply<InstallSnapshotResponse<NodeId>, InstallSnapshotError>>(ours, message);
-    opens::<Outcome>(ours, message);
+    opens::<BatchAnswer>(ours, message);
     opens::<Digest>(ours, message);
 }
 
@@ -544,18 +547,28 @@ mod tests {
                 data: b"RAFTSET".to_vec(),
                 done: false,
             }),
-            grpc::encode(&Command {
-                request_id: b"request-1".to_vec(),
-                op: ops[1].clone(),
-            }),
+            grpc::encode(&vec![ForwardedWrite {
+                command: Command {
+                    request_id: b"request-1".to_vec(),
+                    op: ops[1].clone(),
+                },
+                timeout_ms: 2_000,
+            }]),
             grpc::encode(&(ME, 500u64)),
             grpc::encode(&RaftReply::<_>::Ok(
                 AppendEntriesResponse::<NodeId>::Success,
             )),
-            grpc::encode(&Outcome::Incremented {
-                revision: 3,
-                value: 3,
-            }),
+            grpc::encode::<BatchAnswer>(&(
+                0,
+                Ok(Outcome::Incremented {
+                    revision: 3,
+                    value: 3,
+                }),
+            )),
+            grpc::encode::<BatchAnswer>(&(
+                1,
+                Err(tonic::Status::from(Error::Overloaded { limit: 1 }).into()),
+            )),
             grpc::encode(&Digest {
                 index: 2,
                 revision: 3,

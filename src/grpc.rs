@@ -58,7 +58,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, PeerError> {
 
 /// A peer request carrying `payload` for node `target` (0: whichever node
 /// serves the address), stamped with the sender's cluster id.
-fn seal<T: Serialize>(
+pub fn seal<T: Serialize>(
     cluster_id: &ClusterId,
     target: NodeId,
     payload: &T,
@@ -103,11 +103,16 @@ pub fn open<T: DeserializeOwned>(
 /// A peer's reply: the payload alone (the receiver trusts the connection
 /// it asked on).
 pub fn reply<T: Serialize>(value: &T) -> Response<PeerMessage> {
-    Response::new(PeerMessage {
+    Response::new(reply_message(value))
+}
+
+/// One message of a peer's reply, alone or in a stream.
+pub fn reply_message<T: Serialize>(value: &T) -> PeerMessage {
+    PeerMessage {
         cluster_id: String::new(),
         payload: encode(value).into(),
         target_id: 0,
-    })
+    }
 }
 
 /// Unpacks a peer's reply.

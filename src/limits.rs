@@ -17,7 +17,7 @@ pub const MAX_CLIENT_MESSAGE: usize = MAX_KEY_LEN + MAX_VALUE_LEN + 64 * 1024;
 /// Most entries in one AppendEntries message.
 pub const MAX_ENTRIES_PER_APPEND: u64 = 32;
 /// Largest log entry: a full batch of writes plus one maximal write
-/// ([`crate::raft::proposer::MAX_BATCH_BYTES`]).
+/// ([`crate::raft::batch::MAX_BATCH_BYTES`]).
 pub const MAX_ENTRY: usize = 1024 * 1024 + MAX_CLIENT_MESSAGE;
 /// An AppendEntries stops growing past this many bytes of entries (it
 /// always holds at least one entry).

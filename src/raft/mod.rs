@@ -1,6 +1,8 @@
 //! Consensus: the peer transport that carries openraft's messages between
 //! nodes over gRPC (`network` is the client half, `service` the server
-//! half), group commit on the leader (`proposer`), and the request path
+//! half), group commit on the leader (`proposer`), batches of forwarded
+//! writes on a follower (`forwarder`), both taken off their queues as
+//! `batch` does, and the request path
 //! every client entry point shares (`requests`: writes proposed here or
 //! forwarded to the leader, reads behind a linearizable barrier).
 //!
@@ -8,8 +10,11 @@
 //! imports only the ground floor and the store. Whoever needs it receives
 //! a handle ([`requests::Requests`], the openraft handle), never the node.
 
+pub mod attempt;
+pub mod batch;
 pub mod body_limit;
 pub mod compaction;
+pub mod forwarder;
 pub mod network;
 pub mod proposer;
 pub mod requests;

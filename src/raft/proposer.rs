@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::batch;
 use crate::types::{Command, Outcome, Proposal, Raft};
 
 /// Entries proposed but not yet committed, at most. More split the same
@@ -23,11 +24,6 @@ use crate::types::{Command, Outcome, Proposal, Raft};
 /// (raftset bench at 64 in flight: ~30 writes per entry with 1, ~5 with 4,
 /// at about the same throughput).
 const ENTRIES_IN_FLIGHT: usize = 1;
-/// Most commands in one entry.
-const MAX_BATCH_COMMANDS: usize = 1024;
-/// An entry stops growing past this many bytes (it holds at least one
-/// command, so it can reach this plus one maximal command).
-pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
 
 /// Why a proposal did not produce an outcome.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -153,28 +149,14 @@ async fn run<L: Log>(
 ) {
     let in_flight = Arc::new(Semaphore::new(ENTRIES_IN_FLIGHT));
     loop {
-        let first = tokio::select! {
-            first = queue.recv() => match first {
-                Some(first) => first,
-                None => return,
-            },
-            _ = stop.cancelled() => return,
+        let Some(first) = batch::first(&mut queue, &stop).await else {
+            return;
         };
         // Wait for a free slot first: whatever queues meanwhile joins this entry.
         let Ok(slot) = in_flight.clone().acquire_owned().await else {
             return;
         };
-        let mut bytes = first.command.size();
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH_COMMANDS && bytes < MAX_BATCH_BYTES {
-            match queue.try_recv() {
-                Ok(next) => {
-                    bytes += next.command.size();
-                    batch.push(next);
-                }
-                Err(_) => break,
-            }
-        }
+        let batch = batch::gather(first, &mut queue, |p| p.command.size(), |_| true);
         let log = log.clone();
         tasks.spawn(async move {
             let _slot = slot;

@@ -29,35 +29,20 @@ use tokio::time::{timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::attempt::{forward, remaining, Attempt};
+use super::forwarder::{Forwarder, ToLeader};
 use super::leader_of;
 use super::network::PeerClients;
 use super::proposer::{ProposeError, Proposer};
 use super::rounds::Rounds;
-use crate::error::{status_is_peer_refusal, status_says_nothing_proposed, Error, Result};
-use crate::grpc::call;
+use crate::error::{Error, Result};
 use crate::metrics::{ProposalFailure, ProposalMetrics};
-use crate::proto::raft_peer_client::RaftPeerClient;
-use crate::proto::PeerMessage;
 use crate::store::state_machine::{ScanPage, ScanRange};
 use crate::store::{DiskUsage, KvReader};
 use crate::types::{
     node_request_id, Command, Consistency, Formation, KeyValue, Member, NodeId, Op, Outcome, Raft,
 };
 use crate::validate;
-use tonic::transport::Channel;
-use tonic::{Request, Response, Status};
-
-/// Why one attempt failed, and whether to try again.
-#[derive(Debug, Clone)]
-pub enum Attempt {
-    /// Worth another try before the deadline. `proposed` is true when the
-    /// write may have entered the log.
-    Retry {
-        proposed: bool,
-        why: Error,
-    },
-    Fail(Error),
-}
 
 /// Pause between attempts while a leader is elected or found.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
@@ -94,11 +79,11 @@ pub struct Requests {
     raft: Raft,
     /// Batches this node's proposals while it leads.
     proposer: Proposer,
+    /// Batches the writes this node forwards while it follows.
+    forwarder: Forwarder,
     /// Bounds the writes waiting to commit on this node.
     proposals: Arc<Semaphore>,
     reader: KvReader,
-    /// Where writes and read-index requests are forwarded to the leader.
-    peers: PeerClients,
     settings: RequestSettings,
     /// Writes are taken only while this says the node serves.
     formation: Formation,
@@ -131,6 +116,15 @@ impl Requests {
             tasks,
             stop.clone(),
         );
+        let forwarder = Forwarder::start(
+            ToLeader {
+                me: id,
+                raft: raft.clone(),
+                peers: peers.clone(),
+            },
+            tasks,
+            stop.clone(),
+        );
         let leader_reads = {
             let raft = raft.clone();
             let timeout = settings.proposal_timeout;
@@ -141,7 +135,7 @@ impl Requests {
             )
         };
         let forwarded_reads = {
-            let (raft, peers) = (raft.clone(), peers.clone());
+            let raft = raft.clone();
             let timeout = settings.proposal_timeout;
             Rounds::start(
                 move || ask_the_leader(id, raft.clone(), peers.clone(), timeout),
@@ -153,9 +147,9 @@ impl Requests {
             id,
             raft,
             proposer,
+            forwarder,
             proposals: Arc::new(Semaphore::new(settings.max_pending_proposals)),
             reader,
-            peers,
             settings,
             formation,
             metrics,
@@ -207,7 +201,7 @@ impl Requests {
                 Some((id, _)) if id == self.id => {
                     self.propose_as_leader(command.clone(), deadline).await
                 }
-                Some((_, leader)) => self.forward_write(&leader, &command, deadline).await,
+                Some(_) => self.forwarder.forward(command.clone(), deadline).await,
                 None => Err(Attempt::Retry {
                     proposed: false,
                     why: Error::NoLeader,
@@ -301,22 +295,6 @@ impl Requests {
             )),
             Ok(Err(e)) => Err((Why::Raft, Attempt::Fail(Error::Raft(e.to_string())))),
         }
-    }
-
-    async fn forward_write(
-        &self,
-        leader: &Member,
-        command: &Command,
-        deadline: Instant,
-    ) -> Result<Outcome, Attempt> {
-        forward(
-            &self.peers,
-            leader,
-            command,
-            deadline,
-            |mut client, r| async move { client.propose(r).await },
-        )
-        .await
     }
 
     /// Waits until a read on this node would be linearizable: the leader
@@ -439,31 +417,6 @@ impl Requests {
     }
 }
 
-/// Sends `payload` to `leader`'s peer port with `rpc`; a failure is
-/// classified for the retry loop.
-async fn forward<T, R, F, Fut>(
-    peers: &PeerClients,
-    leader: &Member,
-    payload: &T,
-    deadline: Instant,
-    rpc: F,
-) -> Result<R, Attempt>
-where
-    T: serde::Serialize,
-    R: serde::de::DeserializeOwned,
-    F: FnOnce(RaftPeerClient<Channel>, Request<PeerMessage>) -> Fut,
-    Fut: std::future::Future<Output = std::result::Result<Response<PeerMessage>, Status>>,
-{
-    let client = peers
-        .client(&leader.peer_addr)
-        .map_err(|e| Attempt::Fail(e.into()))?;
-    call(peers.cluster_id(), 0, payload, remaining(deadline), |r| {
-        rpc(client, r)
-    })
-    .await
-    .map_err(classify_forward_failure)
-}
-
 /// One leadership confirmation: a heartbeat round to a quorum, then the
 /// index reads must wait for (once this leader applied it).
 async fn confirm_leadership(raft: Raft, timeout: Duration) -> Result<u64, Attempt> {
@@ -571,81 +524,11 @@ fn after_failure(maybe_proposed: bool, failure: Attempt, clock: Clock) -> Next {
     }
 }
 
-/// A forwarded call failed. The leader's final answers pass through; an
-/// unavailable leader (it moved, lost quorum, or the connection broke) is
-/// worth another try, and unless it said so the request may have reached it.
-/// A node that refused the message itself is not the leader this node
-/// believed it was (the address is another node's now): another try, once
-/// the leader is known again.
-fn classify_forward_failure(status: tonic::Status) -> Attempt {
-    use tonic::Code;
-    if never_sent(&status) || status_is_peer_refusal(&status) {
-        return Attempt::Retry {
-            proposed: false,
-            why: Error::LeaderUnreachable {
-                detail: status.message().to_string(),
-            },
-        };
-    }
-    match status.code() {
-        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Aborted => Attempt::Retry {
-            proposed: !status_says_nothing_proposed(&status),
-            why: Error::Leader(status),
-        },
-        _ => Attempt::Fail(Error::Leader(status)),
-    }
-}
-
-/// Whether a failed call provably never left this node: the connection
-/// to the leader could not be made at all.
-fn never_sent(status: &tonic::Status) -> bool {
-    use std::io::ErrorKind;
-    let mut cause = std::error::Error::source(status);
-    while let Some(error) = cause {
-        if let Some(io) = error.downcast_ref::<std::io::Error>() {
-            return matches!(
-                io.kind(),
-                ErrorKind::ConnectionRefused
-                    | ErrorKind::HostUnreachable
-                    | ErrorKind::NetworkUnreachable
-                    | ErrorKind::AddrNotAvailable
-            );
-        }
-        cause = error.source();
-    }
-    false
-}
-
-impl From<Attempt> for Error {
-    /// How the leader answers a forwarded call: a write that may have
-    /// entered the log before leadership moved stays retryable for the
-    /// follower, without the "not proposed" mark.
-    fn from(attempt: Attempt) -> Error {
-        match attempt {
-            Attempt::Retry {
-                proposed: true,
-                why,
-            } => Error::MaybeProposed {
-                reason: why.to_string(),
-            },
-            Attempt::Retry {
-                proposed: false,
-                why,
-            }
-            | Attempt::Fail(why) => why,
-        }
-    }
-}
-
-fn remaining(deadline: Instant) -> Duration {
-    deadline
-        .saturating_duration_since(Instant::now())
-        .max(Duration::from_millis(1))
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::attempt::classify_forward_failure;
     use super::*;
+    use crate::error::status_says_nothing_proposed;
 
     fn retry(proposed: bool) -> Attempt {
         Attempt::Retry {

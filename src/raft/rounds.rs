@@ -18,6 +18,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::batch;
+
 /// The handle callers join rounds through.
 pub struct Rounds<T> {
     queue: mpsc::UnboundedSender<oneshot::Sender<T>>,
@@ -34,12 +36,8 @@ impl<T: Clone + Send + 'static> Rounds<T> {
         let (queue, mut waiting) = mpsc::unbounded_channel::<oneshot::Sender<T>>();
         tasks.spawn(async move {
             loop {
-                let first = tokio::select! {
-                    first = waiting.recv() => match first {
-                        Some(first) => first,
-                        None => return,
-                    },
-                    _ = stop.cancelled() => return,
+                let Some(first) = batch::first(&mut waiting, &stop).await else {
+                    return;
                 };
                 // Everyone who arrived before the round starts is in it.
                 let mut callers = vec![first];

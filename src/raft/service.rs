@@ -4,21 +4,26 @@
 //! hand-over) is a service of its own in `cluster::service`, on the same
 //! port; `node` puts both on one server.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
+use futures::stream::{FuturesUnordered, Stream};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use serde::de::DeserializeOwned;
+use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
+use super::forwarder::ForwardedWrite;
 use super::network::to_wire;
 use super::requests::Requests;
-use crate::error::{Error, PeerError};
-use crate::grpc::{deadline_of, reply};
+use crate::error::{Error, PeerError, WireStatus};
+use crate::grpc::{deadline_of, reply, reply_message};
 use crate::limits::MAX_PEER_MESSAGE;
 use crate::proto::raft_peer_server::{RaftPeer, RaftPeerServer};
 use crate::proto::PeerMessage;
 use crate::tls::Caller;
-use crate::types::{ClusterId, Command, NodeId, Raft, TypeConfig};
+use crate::types::{ClusterId, Command, NodeId, Outcome, Raft, TypeConfig};
 use crate::validate;
 
 /// What the Raft peer service uses.
@@ -107,6 +112,22 @@ pub fn check_sender(raft: &Raft, caller: &Caller, id: NodeId) -> Result<(), Peer
     }
 }
 
+/// The leader's answers to a batch of forwarded writes, in the order their
+/// outcomes come.
+type BatchAnswers = Pin<Box<dyn Stream<Item = Result<PeerMessage, Status>> + Send>>;
+
+/// One forwarded write, proposed here as the leader.
+async fn propose_forwarded(
+    requests: &Requests,
+    command: Command,
+    deadline: Instant,
+) -> Result<Outcome, Error> {
+    // A follower checked it already; the peer port must not be a way
+    // around the limits every replica relies on.
+    validate::command(&command)?;
+    Ok(requests.propose_as_leader(command, deadline).await?)
+}
+
 #[tonic::async_trait]
 impl RaftPeer for RaftService {
     async fn append_entries(
@@ -139,21 +160,31 @@ impl RaftPeer for RaftService {
         Ok(reply(&to_wire(self.raft.install_snapshot(rpc).await)))
     }
 
+    type ProposeStream = BatchAnswers;
+
+    /// A follower's batch: every write proposed at once, each with its own
+    /// deadline, and each answered as soon as it has its outcome.
     async fn propose(
         &self,
         request: Request<PeerMessage>,
-    ) -> Result<Response<PeerMessage>, Status> {
-        let deadline = deadline_of(&request, self.requests.proposal_timeout());
-        let command: Command = self.open(request)?;
-        // A follower checked it already; the peer port must not be a way
-        // around the limits every replica relies on.
-        validate::command(&command).map_err(Error::from)?;
-        let outcome = self
-            .requests
-            .propose_as_leader(command, deadline)
-            .await
-            .map_err(Error::from)?;
-        Ok(reply(&outcome))
+    ) -> Result<Response<BatchAnswers>, Status> {
+        let writes: Vec<ForwardedWrite> = self.open(request)?;
+        let cap = self.requests.proposal_timeout();
+        let answers: FuturesUnordered<_> = writes
+            .into_iter()
+            .enumerate()
+            .map(|(at, write)| {
+                let requests = self.requests.clone();
+                async move {
+                    let deadline =
+                        Instant::now() + Duration::from_millis(write.timeout_ms).min(cap);
+                    let answer = propose_forwarded(&requests, write.command, deadline).await;
+                    let answer = answer.map_err(|e| WireStatus::from(Status::from(e)));
+                    Ok(reply_message(&(at as u32, answer)))
+                }
+            })
+            .collect();
+        Ok(Response::new(Box::pin(answers)))
     }
 
     async fn read_index(

@@ -209,24 +209,27 @@ async fn malformed_and_oversized_messages_are_refused_and_the_node_keeps_serving
     assert_eq!(page.kvs.len(), 1, "the node still serves and kept its data");
 }
 
-/// A `Command` as the peer protocol carries it (postcard): a request id,
-/// then `Op::Put` (variant 0) with its key and value.
-fn postcard_put(request_id: &[u8], key: &[u8], value: &[u8]) -> Vec<u8> {
-    fn bytes(out: &mut Vec<u8>, data: &[u8]) {
-        let mut len = data.len();
-        while len >= 0x80 {
-            out.push((len as u8 & 0x7f) | 0x80);
-            len >>= 7;
-        }
-        out.push(len as u8);
-        out.extend_from_slice(data);
+/// Appends `n` as a postcard varint.
+fn varint(out: &mut Vec<u8>, mut n: usize) {
+    while n >= 0x80 {
+        out.push((n as u8 & 0x7f) | 0x80);
+        n >>= 7;
     }
-    let mut out = Vec::new();
-    bytes(&mut out, request_id);
+    out.push(n as u8);
+}
+
+/// A forwarded write as the peer protocol carries it (postcard): a
+/// request id, then `Op::Put` (variant 0) with its key and value, then the
+/// write's timeout in milliseconds.
+fn postcard_put(out: &mut Vec<u8>, request_id: &[u8], key: &[u8], value: &[u8]) {
+    varint(out, request_id.len());
+    out.extend_from_slice(request_id);
     out.push(0);
-    bytes(&mut out, key);
-    bytes(&mut out, value);
-    out
+    varint(out, key.len());
+    out.extend_from_slice(key);
+    varint(out, value.len());
+    out.extend_from_slice(value);
+    varint(out, 5_000);
 }
 
 /// The leader, its status, and a client of its (plaintext) peer port that
@@ -259,26 +262,57 @@ async fn the_leader_refuses_forwarded_writes_that_break_a_limit() {
 
     let cluster = Cluster::start(3).await;
     let (leader, status, mut peer) = leader_peer_port(&cluster).await;
-    let forward = |request_id: &[u8], key: &[u8], value: &[u8]| PeerMessage {
-        cluster_id: status.cluster_id.clone(),
-        payload: postcard_put(request_id, key, value).into(),
-        target_id: 0,
-    };
-    let cases: Vec<(&str, PeerMessage)> = vec![
+    // (what is wrong, request id, key, value)
+    type Case = (&'static str, Vec<u8>, Vec<u8>, Vec<u8>);
+    let cases: Vec<Case> = vec![
         (
             "value over the limit",
-            forward(b"r1", b"big", &vec![0; MAX_VALUE_LEN + 1]),
+            b"r1".to_vec(),
+            b"big".to_vec(),
+            vec![0; MAX_VALUE_LEN + 1],
         ),
         (
             "key over the limit",
-            forward(b"r2", &vec![b'k'; MAX_KEY_LEN + 1], b"v"),
+            b"r2".to_vec(),
+            vec![b'k'; MAX_KEY_LEN + 1],
+            b"v".to_vec(),
         ),
-        ("empty key", forward(b"r3", b"", b"v")),
-        ("request id over the limit", forward(&[7; 65], b"k", b"v")),
+        ("empty key", b"r3".to_vec(), Vec::new(), b"v".to_vec()),
+        (
+            "request id over the limit",
+            vec![7; 65],
+            b"k".to_vec(),
+            b"v".to_vec(),
+        ),
     ];
-    for (name, message) in cases {
-        let refused = peer.propose(message).await.unwrap_err();
-        assert_eq!(refused.code(), Code::InvalidArgument, "{name}: {refused}");
+    // One batch of them all, as a follower forwards the writes it holds.
+    let mut batch = Vec::new();
+    varint(&mut batch, cases.len());
+    for (_, request_id, key, value) in &cases {
+        postcard_put(&mut batch, request_id, key, value);
+    }
+    let message = PeerMessage {
+        cluster_id: status.cluster_id.clone(),
+        payload: batch.into(),
+        target_id: 0,
+    };
+    let mut answers = peer.propose(message).await.unwrap().into_inner();
+    let mut refused = vec![None; cases.len()];
+    while let Some(answer) = answers.message().await.unwrap() {
+        // (place in the batch, Err(WireStatus { code, message, marks }))
+        type Answer = (u32, Result<(), (i32, String, bool, bool)>);
+        let (at, answer): Answer = postcard::from_bytes(&answer.payload).unwrap();
+        refused[at as usize] = Some(answer.unwrap_err());
+    }
+    for ((name, ..), refusal) in cases.iter().zip(refused) {
+        let (code, message, not_proposed, _) =
+            refusal.unwrap_or_else(|| panic!("{name}: no answer"));
+        assert_eq!(
+            Code::from_i32(code),
+            Code::InvalidArgument,
+            "{name}: {message}"
+        );
+        assert!(not_proposed, "{name}: {message}");
     }
     let mut client = cluster.client(leader).await;
     assert_eq!(
