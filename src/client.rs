@@ -181,6 +181,7 @@ impl Client {
             key: key.to_vec().into(),
             value: value.to_vec().into(),
             request_id: new_request_id(),
+            prev_kv: false,
         });
         Ok(self.kv.put(request).await?.into_inner().revision)
     }

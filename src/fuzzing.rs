@@ -172,7 +172,7 @@ fn assert_value(value: &[u8]) {
 /// Every key and value of an accepted op is within the limits.
 fn assert_op(op: &Op) {
     match op {
-        Op::Put { key, value } => {
+        Op::Put { key, value } | Op::PutReturningPrev { key, value } => {
             assert_key(key);
             assert_value(value);
         }
@@ -419,6 +419,10 @@ mod tests {
                 key: key.clone(),
                 value: b"hello".to_vec(),
             },
+            Op::PutReturningPrev {
+                key: key.clone(),
+                value: b"hi".to_vec(),
+            },
             Op::CompareAndSwap {
                 key: key.clone(),
                 expected: Some(b"hello".to_vec()),
@@ -472,6 +476,7 @@ mod tests {
                 key: key(),
                 value: b"hello".to_vec().into(),
                 request_id: id(),
+                prev_kv: true,
             }
             .encode_to_vec(),
             proto::DeleteRequest {

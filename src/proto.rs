@@ -67,9 +67,11 @@ pub fn consistency(value: i32) -> Result<types::Consistency, InvalidRequest> {
 
 /// The write a `Put` asks for.
 pub fn put_op(request: &PutRequest) -> types::Op {
-    types::Op::Put {
-        key: request.key.to_vec(),
-        value: request.value.to_vec(),
+    let (key, value) = (request.key.to_vec(), request.value.to_vec());
+    if request.prev_kv {
+        types::Op::PutReturningPrev { key, value }
+    } else {
+        types::Op::Put { key, value }
     }
 }
 

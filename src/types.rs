@@ -98,7 +98,7 @@ impl Command {
     /// Roughly how many bytes the command adds to a log entry.
     pub fn size(&self) -> usize {
         let payload = match &self.op {
-            Op::Put { key, value } => key.len() + value.len(),
+            Op::Put { key, value } | Op::PutReturningPrev { key, value } => key.len() + value.len(),
             Op::Delete { key } | Op::Increment { key, .. } => key.len(),
             Op::Checkpoint => 0,
             Op::CompareAndSwap { key, expected, new } => {
@@ -144,9 +144,15 @@ pub fn node_id_lifetime_ms(id: &[u8]) -> Option<u64> {
     Some(u64::from(u32::from_be_bytes(ms)))
 }
 
+/// Logs, snapshots and peers encode an op by its place in this list, so
+/// new kinds go at the end.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
-    Put {
+    /// A put whose writer asked for the value it replaces (`prev_kv`): the
+    /// outcome carries it, and so does its remembered copy. First in the
+    /// list: every put was one before writers could choose, so logs and
+    /// remembered outcomes written then read as this.
+    PutReturningPrev {
         #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         #[serde(with = "serde_bytes")]
@@ -174,6 +180,15 @@ pub enum Op {
     /// Changes nothing; every replica records a digest of its state after
     /// the entry that carries it, so replicas can be compared (`verify`).
     Checkpoint,
+    /// A put whose writer did not ask for the value it replaces: neither
+    /// the outcome nor its remembered copy holds it, so a put stores its
+    /// value once, not twice.
+    Put {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
 }
 
 /// A key's value with its history counters.
@@ -327,13 +342,14 @@ mod tests {
     fn byte_fields_keep_the_format_that_is_on_disk_and_on_the_wire() {
         // serde_bytes changes how a field reaches postcard (one slice, not
         // one call per byte), not the bytes postcard writes: logs,
-        // snapshots and peers of earlier builds read the same.
+        // snapshots and peers of earlier builds read the same. Their puts
+        // all returned the previous value, and read as the op that does.
         #[derive(Serialize)]
         enum PlainOp {
             Put { key: Vec<u8>, value: Vec<u8> },
         }
         let (key, value) = (b"key".to_vec(), (0..=255u8).collect::<Vec<u8>>());
-        let ours = postcard::to_stdvec(&Op::Put {
+        let ours = postcard::to_stdvec(&Op::PutReturningPrev {
             key: key.clone(),
             value: value.clone(),
         })

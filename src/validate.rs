@@ -81,7 +81,7 @@ pub fn command(command: &Command) -> Result<(), InvalidRequest> {
 
 pub fn op(op: &Op) -> Result<(), InvalidRequest> {
     match op {
-        Op::Put { key: k, value: v } => {
+        Op::Put { key: k, value: v } | Op::PutReturningPrev { key: k, value: v } => {
             key("key", k)?;
             value(v)
         }

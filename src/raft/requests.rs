@@ -463,7 +463,7 @@ async fn ask_the_leader(
 /// nothing to the state.
 fn check_quota(op: &Op, quota: u64, used: impl FnOnce() -> u64) -> Result<()> {
     let adds_data = match op {
-        Op::Put { .. } | Op::Increment { .. } => true,
+        Op::Put { .. } | Op::PutReturningPrev { .. } | Op::Increment { .. } => true,
         Op::CompareAndSwap { new, .. } => new.is_some(),
         Op::Delete { .. } | Op::Checkpoint => false,
     };

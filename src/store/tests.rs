@@ -152,7 +152,13 @@ async fn puts_count_versions_and_keep_the_create_revision() {
     let outcomes = apply(
         &mut store.state_machine,
         1,
-        vec![put("a", "1"), put("a", "2")],
+        vec![
+            put("a", "1"),
+            Op::PutReturningPrev {
+                key: "a".into(),
+                value: "2".into(),
+            },
+        ],
     )
     .await;
     assert_eq!(

@@ -130,6 +130,7 @@ async fn malformed_and_oversized_messages_are_refused_and_the_node_keeps_serving
             key: b"k".to_vec().into(),
             value: vec![0u8; 8 << 20].into(),
             request_id: Default::default(),
+            prev_kv: false,
         })
         .await
         .unwrap_err();
@@ -150,6 +151,7 @@ async fn malformed_and_oversized_messages_are_refused_and_the_node_keeps_serving
             key: b"k".to_vec().into(),
             value: b"v".to_vec().into(),
             request_id: id.clone().into(),
+            prev_kv: false,
         })
         .await
         .unwrap();
@@ -173,6 +175,7 @@ async fn malformed_and_oversized_messages_are_refused_and_the_node_keeps_serving
             key: b"k".to_vec().into(),
             value: b"v".to_vec().into(),
             request_id: b"\xffraftset-mine".to_vec().into(),
+            prev_kv: false,
         })
         .await
         .unwrap_err();
@@ -209,6 +212,50 @@ async fn malformed_and_oversized_messages_are_refused_and_the_node_keeps_serving
     assert_eq!(page.kvs.len(), 1, "the node still serves and kept its data");
 }
 
+/// etcd's `prev_kv`: a put returns the value it replaced only when asked,
+/// and a retry with the same request id returns what the first attempt did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_previous_value_comes_back_only_when_asked() {
+    use raftset::proto::DeleteRequest;
+
+    let cluster = Cluster::start(1).await;
+    let mut raw = KvClient::connect(format!("http://{}", cluster.nodes[0].api()))
+        .await
+        .unwrap();
+    let put = |value: &str, request_id: &str, prev_kv: bool| PutRequest {
+        key: b"k".to_vec().into(),
+        value: value.as_bytes().to_vec().into(),
+        request_id: request_id.as_bytes().to_vec().into(),
+        prev_kv,
+    };
+    let prev_value = |kv: Option<raftset::proto::KeyValue>| kv.map(|kv| kv.value.to_vec());
+
+    raw.put(put("1", "a", false)).await.unwrap();
+    let unasked = raw.put(put("2", "b", false)).await.unwrap().into_inner();
+    assert_eq!(unasked.prev_kv, None, "not asked for");
+    let asked = raw.put(put("3", "c", true)).await.unwrap().into_inner();
+    assert_eq!(prev_value(asked.prev_kv), Some(b"2".to_vec()));
+    raw.put(put("4", "d", false)).await.unwrap();
+    let retried = raw.put(put("3", "c", true)).await.unwrap().into_inner();
+    assert_eq!(
+        (retried.revision, prev_value(retried.prev_kv)),
+        (asked.revision, Some(b"2".to_vec())),
+        "a retry returns the first attempt's outcome"
+    );
+
+    // A delete always returns what it deleted.
+    let deleted = raw
+        .delete(DeleteRequest {
+            key: b"k".to_vec().into(),
+            request_id: b"e".to_vec().into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(deleted.deleted, "{deleted:?}");
+    assert_eq!(prev_value(deleted.prev_kv), Some(b"4".to_vec()));
+}
+
 /// Appends `n` as a postcard varint.
 fn varint(out: &mut Vec<u8>, mut n: usize) {
     while n >= 0x80 {
@@ -219,8 +266,8 @@ fn varint(out: &mut Vec<u8>, mut n: usize) {
 }
 
 /// A forwarded write as the peer protocol carries it (postcard): a
-/// request id, then `Op::Put` (variant 0) with its key and value, then the
-/// write's timeout in milliseconds.
+/// request id, then `Op::PutReturningPrev` (variant 0) with its key and
+/// value, then the write's timeout in milliseconds.
 fn postcard_put(out: &mut Vec<u8>, request_id: &[u8], key: &[u8], value: &[u8]) {
     varint(out, request_id.len());
     out.extend_from_slice(request_id);

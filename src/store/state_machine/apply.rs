@@ -45,13 +45,14 @@ pub(super) fn execute<L: Lookup>(
     }
     let (current, next) = (*revision, *revision + 1);
     let (outcome, change) = match &command.op {
-        Op::Put { key, value } => {
+        Op::Put { key, value } | Op::PutReturningPrev { key, value } => {
             let prev = read_kv(writes, key)?;
             let change = write_kv(writes, key, value, prev.as_ref(), next);
+            let returning_prev = matches!(command.op, Op::PutReturningPrev { .. });
             (
                 Outcome::Put {
                     revision: next,
-                    prev,
+                    prev: prev.filter(|_| returning_prev),
                 },
                 Some(change),
             )
@@ -427,6 +428,38 @@ mod tests {
 
     fn value_of(writes: &EntryWrites<Map>, key: &str) -> Option<Vec<u8>> {
         read_kv(writes, key.as_bytes()).unwrap().map(|kv| kv.value)
+    }
+
+    #[test]
+    fn a_put_returns_and_remembers_the_value_it_replaced_only_when_asked() {
+        let old = "x".repeat(1000);
+        let (key, value) = (b"k".to_vec(), b"v".to_vec());
+        let puts = [
+            (Op::Put { key, value }, false),
+            (
+                Op::PutReturningPrev {
+                    key: b"k".to_vec(),
+                    value: b"v".to_vec(),
+                },
+                true,
+            ),
+        ];
+        for (put, asked) in puts {
+            let (outcome, revision, writes) = run(state(&[("k", &old)]), put);
+            let Outcome::Put { prev, .. } = &outcome else {
+                panic!("{outcome:?}");
+            };
+            let prev = prev.as_ref().map(|kv| kv.value.as_slice());
+            assert_eq!(prev, asked.then_some(old.as_bytes()), "{outcome:?}");
+            assert_eq!(revision, 6, "the put applied either way");
+            assert_eq!(value_of(&writes, "k"), Some(b"v".to_vec()));
+            let remembered = writes.pending[&dedup_key(b"r1")].as_ref().unwrap();
+            assert_eq!(
+                remembered.len() > old.len(),
+                asked,
+                "the remembered outcome holds the old value only when asked: {outcome:?}"
+            );
+        }
     }
 
     #[test]
