@@ -61,6 +61,7 @@ impl SnapshotDir {
     where
         I: IntoIterator<Item = io::Result<(Vec<u8>, Vec<u8>)>>,
     {
+        crate::failpoint::stall_point("snapshot-write");
         let (path, file) = self.temp_file()?;
         let mut out = Crc32Writer::new(BufWriter::new(file));
         out.write_all(MAGIC)?;

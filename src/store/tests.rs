@@ -8,7 +8,7 @@ use openraft::testing::{StoreBuilder, Suite};
 use openraft::{CommittedLeaderId, EntryPayload, RaftLogReader, RaftSnapshotBuilder};
 
 use super::state_machine::read::ReadError;
-use super::state_machine::{FeedItem, ScanRange};
+use super::state_machine::{FeedItem, ScanRange, SnapshotBuilder};
 use super::*;
 use crate::types::{Command, Entry, KeyValue, LogId, Op, Outcome, Proposal, TypeConfig};
 
@@ -673,6 +673,127 @@ async fn a_snapshot_moves_the_whole_state_and_a_corrupted_one_changes_nothing() 
         .unwrap()
         .unwrap();
     assert_eq!(current.meta, meta);
+}
+
+/// Every record of the state tree but the redo record, by key.
+fn state_records(sm: &StateMachine) -> std::collections::BTreeMap<Vec<u8>, Vec<u8>> {
+    sm.tree()
+        .iter()
+        .map(|item| item.expect("read the state tree"))
+        .filter(|(key, _)| key.as_ref() != keys::REDO)
+        .map(|(key, value)| (key.to_vec(), value.to_vec()))
+        .collect()
+}
+
+/// `key-NNNNN` for the tests of copies with many chunks.
+fn numbered(i: u32) -> String {
+    format!("key-{i:05}")
+}
+
+/// Applies 3,000 puts to `sm` and begins a snapshot copy; returns the
+/// builder that holds the copy and the state it began at.
+async fn copy_of_3000_keys(
+    sm: &mut StateMachine,
+) -> (
+    SnapshotBuilder,
+    std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+) {
+    apply(
+        sm,
+        1,
+        (0..3_000).map(|i| put(&numbered(i), "before")).collect(),
+    )
+    .await;
+    let began = state_records(sm);
+    (sm.get_snapshot_builder().await, began)
+}
+
+/// The copy runs beside applying: entries that overwrite, delete and
+/// create keys behind it, ahead of it and under its cursor land between
+/// its chunks, and the copy still holds exactly the state when it began,
+/// each key once.
+#[tokio::test]
+async fn a_snapshot_copied_while_entries_apply_is_the_state_when_it_began() {
+    use rand::{Rng, SeedableRng};
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), StoreOptions::default());
+    let sm = &mut store.state_machine;
+    let (mut builder, began) = copy_of_3000_keys(sm).await;
+    let copy = builder.copy.take().expect("a copy").expect("begun");
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut next_index = 3_001;
+    let mut copied = Vec::new();
+    for record in copy.records() {
+        copied.push(record.expect("copied record"));
+        if copied.len() % 400 == 0 {
+            let ops = (0..25)
+                .map(|_| {
+                    let i = rng.random_range(0..4_000);
+                    if rng.random_bool(0.3) {
+                        Op::Delete {
+                            key: numbered(i).into(),
+                        }
+                    } else {
+                        put(&numbered(i), "after")
+                    }
+                })
+                .collect::<Vec<_>>();
+            next_index += ops.len() as u64;
+            apply(sm, next_index - ops.len() as u64, ops).await;
+        }
+    }
+    assert!(next_index > 3_500, "entries applied during the copy");
+    assert_ne!(state_records(sm), began);
+    let copied_records = copied.len();
+    let copied: std::collections::BTreeMap<_, _> = copied.into_iter().collect();
+    assert_eq!(copied.len(), copied_records, "each key once");
+    assert!(copied == began, "the copy is the state when it began");
+}
+
+/// An install replaces the state tree under a copy, so it waits for the
+/// copy in progress to end; the copy is still the state when it began.
+#[tokio::test]
+async fn an_install_waits_for_the_snapshot_copy_in_progress() {
+    let other_dir = tempfile::tempdir().unwrap();
+    let mut other = open(other_dir.path(), StoreOptions::default());
+    apply(&mut other.state_machine, 1, vec![put("other", "x")]).await;
+    let (meta, bytes) = build(&mut other.state_machine).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), StoreOptions::default());
+    let sm = &mut store.state_machine;
+    let (mut builder, began) = copy_of_3000_keys(sm).await;
+    let copy = builder.copy.take().expect("a copy").expect("begun");
+    let mut records = copy.records();
+    let mut copied = vec![records.next().expect("a record").expect("copied")];
+
+    {
+        let mut install = std::pin::pin!(receive(sm, &meta, &bytes));
+        let waited =
+            tokio::time::timeout(std::time::Duration::from_millis(300), &mut install).await;
+        assert!(waited.is_err(), "the install waits for the copy");
+        copied.extend(records.map(|record| record.expect("copied")));
+        drop(copy);
+        install.await.expect("installed once the copy ended");
+    }
+    assert!(
+        copied
+            .into_iter()
+            .collect::<std::collections::BTreeMap<_, _>>()
+            == began
+    );
+    assert_eq!(
+        store
+            .state_machine
+            .reader()
+            .get(b"other")
+            .unwrap()
+            .0
+            .unwrap()
+            .value,
+        b"x"
+    );
 }
 
 /// A node that led when it stopped starts as a follower, its vote for

@@ -1,5 +1,7 @@
 //! Admin commands through the gRPC Admin service and the CLI.
 
+use std::time::Duration;
+
 use raftset::proto::AddLearnerRequest;
 
 use crate::support::{wait_for, Cluster, Harness};
@@ -42,6 +44,45 @@ async fn members_transfer_leader_and_verify_through_any_node() {
     assert!(report.agree, "{report:?}");
     assert_eq!(report.members.len(), 3);
     assert_eq!(report.keys, 21);
+}
+
+/// A snapshot is written beside applying: with the snapshot file's writing
+/// stalled for 10 s, a write is acknowledged at once, and the snapshot
+/// covers what was applied when it began, not the write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_go_on_while_a_snapshot_is_written() {
+    let mut cluster = Cluster::start(1).await;
+    cluster.stop(0).await;
+    cluster.restart_armed(0, "snapshot-write=return(10000)");
+    cluster.leader().await;
+    let mut client = cluster.client(0).await;
+    let applied = cluster.status(0).await.unwrap().applied_index;
+    let snapshot = tokio::spawn({
+        let mut client = client.clone().with_timeout(Duration::from_secs(60));
+        async move { client.snapshot().await }
+    });
+    wait_for("the snapshot file's writing to stall", || {
+        let log = cluster.log_of(0);
+        async move {
+            match log.contains("failpoint snapshot-write: stalling") {
+                true => Ok(()),
+                false => Err("not yet".to_string()),
+            }
+        }
+    })
+    .await;
+
+    let put = tokio::time::timeout(Duration::from_secs(5), client.put(b"during", b"v")).await;
+    assert!(
+        matches!(put, Ok(Ok(_))),
+        "a write while the snapshot is written: {put:?}"
+    );
+    let after = cluster.status(0).await.unwrap().applied_index;
+    let index = snapshot.await.unwrap().unwrap();
+    assert!(
+        applied <= index && index < after,
+        "the snapshot ({index}) is the state when it began, before the write ({after})"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -295,6 +295,11 @@ impl<L: Lookup> EntryWrites<L> {
 }
 
 impl EntryWrites<sled::Tree> {
+    /// The keys the entry writes or removes.
+    pub(super) fn keys(&self) -> impl Iterator<Item = &[u8]> {
+        self.pending.keys().map(Vec::as_slice)
+    }
+
     /// Writes the entry atomically without a sled batch (which costs two
     /// synced writes): first the whole write set as one redo record, then
     /// each write. sled recovers writes in order, so after a crash either

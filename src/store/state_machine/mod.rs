@@ -36,14 +36,16 @@
 //! read, which must be exact. Digests need no lock: they are taken on the
 //! applying task between entries, when nothing else writes.
 //!
-//! Snapshots can be built without pausing writes on the same mechanism
-//! (today `dump` runs while openraft applies nothing): a builder copies the
-//! tree in chunks, each under a shared view so applying waits one chunk at
-//! most, and meanwhile applying keeps each entry's write set, which is
-//! state-based and idempotent (it sets final values). The copy is fuzzy,
-//! ZooKeeper-style, but the file = copy + the write sets of every entry
-//! applied after its first chunk, replayed in order on install, is exactly
-//! the state at the last of them.
+//! **A snapshot is copied beside applying, on the same lock.** openraft
+//! asks for the builder between two entries; from there a copy reads the
+//! tree in chunks, each under a shared view, so an entry waits for one
+//! chunk at most. Meanwhile each entry, before its writes land, keeps the
+//! present value of every key it changes that the copy has not reached
+//! (the key order tells), once per key. The copy takes keys as it finds
+//! them unless one was kept, and ends with the kept values: exactly the
+//! state when the snapshot began, whatever applied during the copy. The
+//! kept values cost memory for the keys changed during one copy only. A
+//! snapshot install waits for a copy in progress, as it replaces the tree.
 
 mod apply;
 mod digest;
@@ -51,11 +53,10 @@ mod feed;
 pub(super) mod read;
 mod snapshots;
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftLogId, StorageIOError};
-use prometheus_client::metrics::histogram::Histogram;
 
 use self::apply::{apply_writes, encode, EntryWrites};
 pub use self::digest::Digests;
@@ -63,6 +64,7 @@ pub use self::feed::{Change, FeedItem, WatchFeed};
 use self::read::{read_revision, read_value};
 pub use self::read::{KvReader, ScanPage, ScanRange};
 pub use self::snapshots::SnapshotBuilder;
+use self::snapshots::{current_snapshot, record_snapshot_size, Preimages, SnapshotCopy};
 use super::keys::{
     APPLIED, DATA_FORMAT, FIRST_TREE, FORMAT, MEMBERSHIP, POINTER_KEY, POINTER_TREE, REDO,
 };
@@ -85,6 +87,10 @@ pub struct StateMachine {
     digests: Digests,
     /// Told each applied index, so a log purge never gets ahead of it.
     purges: Arc<PurgeGate>,
+    /// What applying keeps for a snapshot being copied beside it.
+    copying: Arc<Mutex<Option<Preimages>>>,
+    /// Taken by a snapshot copy for its whole run: an install waits for it.
+    snapshot_turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl StateMachine {
@@ -149,6 +155,8 @@ impl StateMachine {
             receiving: None,
             digests: Digests::default(),
             purges,
+            copying: Arc::default(),
+            snapshot_turn: Arc::default(),
         };
         // An install that stopped after copying its snapshot file but before
         // switching to its data leaves a snapshot ahead of the state, which
@@ -163,9 +171,13 @@ impl StateMachine {
             .map_err(snapshot_io)?;
         if snapshot.is_some_and(|meta| meta.last_log_id > applied) {
             tracing::warn!("the snapshot file is ahead of the applied state: writing it again");
-            state_machine.dump().map_err(snapshot_io)?;
+            let turn = (state_machine.snapshot_turn.clone().try_lock_owned())
+                .expect("nothing else copies a snapshot while the store opens");
+            (state_machine.begin_snapshot(turn))
+                .and_then(SnapshotCopy::write)
+                .map_err(snapshot_io)?;
         }
-        state_machine.record_snapshot_size();
+        record_snapshot_size(&state_machine.snapshots, &state_machine.shared);
         state_machine
             .purges
             .applied(applied.map_or(0, |id| id.index))
@@ -191,25 +203,14 @@ impl StateMachine {
         self.current.read().expect("state machine lock").clone()
     }
 
-    /// Records how long a snapshot took to build or install (`took`), and
-    /// its size.
-    fn snapshot_taken(&self, took: &Histogram, started: std::time::Instant) {
-        took.observe(started.elapsed().as_secs_f64());
-        self.record_snapshot_size();
-    }
-
-    /// Sets the snapshot-size metric to the current snapshot file's size.
-    fn record_snapshot_size(&self) {
-        if let Ok(file) = std::fs::metadata(self.snapshots.current_path()) {
-            let bytes = i64::try_from(file.len()).unwrap_or(i64::MAX);
-            self.shared.metrics.snapshot_bytes.set(bytes);
-        }
-    }
-
     /// Writes one entry's write set while no read is in progress, so every
     /// read sees the state before the entry or after it, never part of it.
+    /// A snapshot being copied meanwhile keeps what the entry overwrites.
     fn write_entry(&self, writes: EntryWrites<sled::Tree>) -> Result<(), sled::Error> {
-        let _readers_wait = self.current.write().expect("state machine lock");
+        let tree = self.current.write().expect("state machine lock");
+        if let Some(preimages) = self.copying.lock().expect("snapshot copy lock").as_mut() {
+            preimages.keep(&tree, writes.keys())?;
+        }
         writes.write()
     }
 }
@@ -303,12 +304,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
-        let started = std::time::Instant::now();
-        let written = self.dump().and_then(|_| self.current_snapshot());
-        if written.is_ok() {
-            self.snapshot_taken(&self.shared.metrics.snapshot_build, started);
+        let turn = self.snapshot_turn.clone().lock_owned().await;
+        SnapshotBuilder {
+            copy: Some(self.begin_snapshot(turn)),
         }
-        SnapshotBuilder { written }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
@@ -329,10 +328,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), StorageError> {
         // tokio may still hold buffered writes: into_std() waits for them.
         let file = snapshot.into_std().await;
+        let _copy_done = self.snapshot_turn.clone().lock_owned().await;
         let started = std::time::Instant::now();
         let installed = self.install(meta, file);
         if installed.is_ok() {
-            self.snapshot_taken(&self.shared.metrics.snapshot_install, started);
+            (self.shared.metrics.snapshot_install).observe(started.elapsed().as_secs_f64());
+            record_snapshot_size(&self.snapshots, &self.shared);
         }
         if let Some(received) = self.receiving.take() {
             let _ = std::fs::remove_file(received);
@@ -344,7 +345,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        self.current_snapshot()
+        current_snapshot(&self.snapshots)
             .map_err(|e| StorageIOError::read_snapshot(None, &e).into())
     }
 }

@@ -1,5 +1,6 @@
-//! Snapshots of the state machine: dumping the whole tree into a snapshot
-//! file, installing one received from the leader, and loading a backup
+//! Snapshots of the state machine: copying the state at one entry into a
+//! snapshot file while later entries apply, installing one received from
+//! the leader, and loading a backup
 //! into an empty data directory.
 //!
 //! Installing fills a fresh tree, copies the snapshot file, and then
@@ -8,7 +9,12 @@
 //! switch (see `store::log::PurgeGate`). A dump is made durable before
 //! openraft may purge the log below it.
 
+use std::collections::HashMap;
+use std::ops::Bound;
+use std::sync::{Arc, Mutex, RwLock};
+
 use openraft::{RaftSnapshotBuilder, StorageIOError};
+use tokio::sync::OwnedMutexGuard;
 
 use super::apply::encode;
 use super::feed::FeedItem;
@@ -16,12 +22,18 @@ use super::read::{read_revision, read_value};
 use super::StateMachine;
 use crate::store::keys::{APPLIED, KEY, MEMBERSHIP, POINTER_KEY, REDO};
 use crate::store::snapshot;
-use crate::store::Restored;
+use crate::store::snapshot::SnapshotDir;
+use crate::store::{Restored, Shared};
 use crate::types::{LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
 impl StateMachine {
-    /// Writes the whole tree to a new current snapshot file.
-    pub(super) fn dump(&self) -> std::io::Result<()> {
+    /// Starts a snapshot of the state as it is now, between two entries.
+    /// Entries applied from here on keep what they overwrite ahead of the
+    /// copy (see [`Preimages`]), so the copy may run beside them.
+    pub(super) fn begin_snapshot(
+        &self,
+        one_at_a_time: OwnedMutexGuard<()>,
+    ) -> std::io::Result<SnapshotCopy> {
         let tree = self.tree();
         let applied: Option<LogId> = read_value::<Option<LogId>>(&tree, APPLIED)
             .map_err(std::io::Error::other)?
@@ -38,29 +50,16 @@ impl StateMachine {
                 rand::random::<u32>()
             ),
         };
-        let records = tree
-            .iter()
-            .filter(|item| !matches!(item, Ok((k, _)) if k == REDO))
-            .map(|item| {
-                item.map(|(k, v)| (k.to_vec(), v.to_vec()))
-                    .map_err(std::io::Error::other)
-            });
-        self.snapshots.write(&meta, records)?;
-        // The state machine must be durable at least up to the snapshot
-        // before openraft purges the log below it.
-        self.shared.make_durable()?;
-        Ok(())
-    }
-
-    pub(super) fn current_snapshot(&self) -> std::io::Result<Option<Snapshot>> {
-        let Some(meta) = self.snapshots.current_meta()? else {
-            return Ok(None);
-        };
-        let file = std::fs::File::open(self.snapshots.current_path())?;
-        Ok(Some(Snapshot {
+        *self.copying.lock().expect("snapshot copy lock") = Some(Preimages::default());
+        Ok(SnapshotCopy {
             meta,
-            snapshot: Box::new(tokio::fs::File::from_std(file)),
-        }))
+            tree,
+            state_lock: self.current.clone(),
+            copying: self.copying.clone(),
+            snapshots: self.snapshots.clone(),
+            shared: self.shared.clone(),
+            _one_at_a_time: one_at_a_time,
+        })
     }
 
     /// Loads a backup's records into an empty state machine, leaving out the
@@ -164,23 +163,185 @@ impl StateMachine {
     }
 }
 
-/// Snapshots are written when the builder is made, while the state machine
-/// is not applying, so the file is one consistent point in the log.
+/// The current snapshot file, opened for openraft to send or report.
+pub(super) fn current_snapshot(snapshots: &SnapshotDir) -> std::io::Result<Option<Snapshot>> {
+    let Some(meta) = snapshots.current_meta()? else {
+        return Ok(None);
+    };
+    let file = std::fs::File::open(snapshots.current_path())?;
+    Ok(Some(Snapshot {
+        meta,
+        snapshot: Box::new(tokio::fs::File::from_std(file)),
+    }))
+}
+
+/// A key and its value as the tree holds them.
+type Record = (Vec<u8>, Vec<u8>);
+
+/// How many records a copy reads per hold of the state lock: an entry
+/// being applied waits for one such chunk at most.
+const CHUNK_RECORDS: usize = 1024;
+
+/// What a snapshot copy in progress needs from applying: the value each
+/// key had when the snapshot began, for the keys that entries change
+/// before the copy reaches them. Keys the copy has passed need nothing:
+/// it read them before anything changed them.
+#[derive(Default)]
+pub(super) struct Preimages {
+    /// The last key the copy has read, `None` before its first chunk.
+    copied_through: Option<Vec<u8>>,
+    /// Key → its value when the snapshot began (`None`: it did not exist).
+    before: HashMap<Vec<u8>, Option<sled::IVec>>,
+}
+
+impl Preimages {
+    /// Keeps the present value of each of `keys` that the copy has not
+    /// reached and that no earlier entry kept. Called with the state lock
+    /// held alone, before an entry's writes reach `tree`.
+    pub(super) fn keep<'k>(
+        &mut self,
+        tree: &sled::Tree,
+        keys: impl Iterator<Item = &'k [u8]>,
+    ) -> sled::Result<()> {
+        for key in keys {
+            let copied = self.copied_through.as_deref().is_some_and(|c| key <= c);
+            if !copied && !self.before.contains_key(key) {
+                self.before.insert(key.to_vec(), tree.get(key)?);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A snapshot of the state at one applied entry, copied into a snapshot
+/// file while later entries apply: chunk by chunk under the state lock
+/// (shared, as a read), each key as the copy finds it unless an entry
+/// changed it first, then the kept values of those keys.
+pub(in crate::store) struct SnapshotCopy {
+    meta: SnapshotMeta,
+    tree: sled::Tree,
+    state_lock: Arc<RwLock<sled::Tree>>,
+    copying: Arc<Mutex<Option<Preimages>>>,
+    snapshots: SnapshotDir,
+    shared: Arc<Shared>,
+    /// Held until the copy ends: an install, which replaces the tree, and
+    /// the next snapshot wait for it.
+    _one_at_a_time: OwnedMutexGuard<()>,
+}
+
+impl SnapshotCopy {
+    /// Writes the snapshot file, makes it current and the state machine
+    /// durable at least up to it (openraft purges the log below it next).
+    pub(super) fn write(self) -> std::io::Result<()> {
+        self.snapshots.write(&self.meta, self.records())?;
+        self.shared.make_durable()
+    }
+
+    pub(in crate::store) fn records(
+        &self,
+    ) -> impl Iterator<Item = std::io::Result<(Vec<u8>, Vec<u8>)>> + '_ {
+        let mut chunk = std::collections::VecDeque::new();
+        let mut copied_all = false;
+        std::iter::from_fn(move || loop {
+            if let Some(record) = chunk.pop_front() {
+                return Some(Ok(record));
+            }
+            if copied_all {
+                return None;
+            }
+            match self.next_chunk() {
+                Ok(Some(records)) => chunk.extend(records),
+                Ok(None) => {
+                    copied_all = true;
+                    chunk.extend(self.kept_values());
+                }
+                Err(e) => return Some(Err(e)),
+            }
+        })
+    }
+
+    /// The next chunk of keys after the copy's last, less those an entry
+    /// changed since the snapshot began; `None` past the last key.
+    fn next_chunk(&self) -> std::io::Result<Option<Vec<Record>>> {
+        let _applying_waits = self.state_lock.read().expect("state machine lock");
+        let mut copying = self.copying.lock().expect("snapshot copy lock");
+        let preimages = copying
+            .as_mut()
+            .expect("a copy in progress has its preimages");
+        let range = match &preimages.copied_through {
+            Some(last) => self
+                .tree
+                .range((Bound::Excluded(last.clone()), Bound::Unbounded)),
+            None => self.tree.iter(),
+        };
+        let mut records = Vec::new();
+        let mut read_any = false;
+        for item in range.take(CHUNK_RECORDS) {
+            let (key, value) = item.map_err(std::io::Error::other)?;
+            read_any = true;
+            if key != REDO && !preimages.before.contains_key(key.as_ref()) {
+                records.push((key.to_vec(), value.to_vec()));
+            }
+            // Past the last key this stays put: keys created after it are
+            // new since the snapshot began and kept as absent.
+            preimages.copied_through = Some(key.to_vec());
+        }
+        Ok(read_any.then_some(records))
+    }
+
+    /// Ends the copy: the kept values of the keys that existed when the
+    /// snapshot began.
+    fn kept_values(&self) -> Vec<Record> {
+        let kept = self.copying.lock().expect("snapshot copy lock").take();
+        kept.into_iter()
+            .flat_map(|preimages| preimages.before)
+            .filter_map(|(key, value)| Some((key, value?.to_vec())))
+            .collect()
+    }
+}
+
+impl Drop for SnapshotCopy {
+    /// A copy that failed half-way stops applying from keeping values.
+    fn drop(&mut self) {
+        self.copying.lock().expect("snapshot copy lock").take();
+    }
+}
+
+/// Copies the state into a snapshot file on a blocking thread, while the
+/// state machine goes on applying.
 pub struct SnapshotBuilder {
-    pub(super) written: std::io::Result<Option<Snapshot>>,
+    pub(in crate::store) copy: Option<std::io::Result<SnapshotCopy>>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        let written = std::mem::replace(&mut self.written, Ok(None));
-        match written {
-            Ok(Some(snapshot)) => Ok(snapshot),
-            Ok(None) => Err(StorageIOError::write_snapshot(
-                None,
-                &std::io::Error::other("snapshot already taken"),
-            )
-            .into()),
-            Err(e) => Err(StorageIOError::write_snapshot(None, &e).into()),
-        }
+        let copy = self
+            .copy
+            .take()
+            .unwrap_or_else(|| Err(std::io::Error::other("snapshot already taken")));
+        let written = tokio::task::spawn_blocking(move || {
+            let copy = copy?;
+            let started = std::time::Instant::now();
+            let (snapshots, shared) = (copy.snapshots.clone(), copy.shared.clone());
+            copy.write()?;
+            shared
+                .metrics
+                .snapshot_build
+                .observe(started.elapsed().as_secs_f64());
+            record_snapshot_size(&snapshots, &shared);
+            current_snapshot(&snapshots)?
+                .ok_or_else(|| std::io::Error::other("the snapshot written is gone"))
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        written.map_err(|e| StorageIOError::write_snapshot(None, &e).into())
+    }
+}
+
+/// Sets the snapshot-size metric to the current snapshot file's size.
+pub(super) fn record_snapshot_size(snapshots: &SnapshotDir, shared: &Shared) {
+    if let Ok(file) = std::fs::metadata(snapshots.current_path()) {
+        let bytes = i64::try_from(file.len()).unwrap_or(i64::MAX);
+        shared.metrics.snapshot_bytes.set(bytes);
     }
 }
