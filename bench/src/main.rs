@@ -25,7 +25,7 @@ use clap::Parser;
 
 use driver::{Data, Op, Store};
 use procfs::Usage;
-use report::{ClusterLife, FailoverTrial, Report, Run, ScaleResult};
+use report::{ClusterLife, FailoverTrial, Report, Run, ScaleResult, SnapshotRun};
 use servers::{Binaries, Cluster, Side};
 
 #[derive(Debug, Parser)]
@@ -80,6 +80,12 @@ pub const WORKLOADS: &[Workload] = &[
     Workload::new("90% get / 10% put, 64", Op::Mix, 64),
     Workload::new("increment one key, 64", Op::Increment, 64),
 ];
+
+/// `--scale`'s puts again, while every raftset member writes a snapshot.
+const PUT_DURING_SNAPSHOTS: Workload =
+    Workload::new("put, 64 in flight, every member snapshotting", Op::Put, 64);
+/// How long into the measured window `--scale` asks for the snapshots.
+pub const SNAPSHOTS_AFTER: Duration = Duration::from_secs(1);
 
 /// In flight while `--scale` writes its keys.
 const SCALE_LOAD_IN_FLIGHT: usize = 128;
@@ -269,15 +275,49 @@ async fn one_cluster<S: Store>(
         disk_end_per_member: cluster.disk_per_member(),
     };
     if scale {
+        let during_snapshots = match cluster.side {
+            Side::Raftset => Some(measure_during_snapshots(plan, cluster, stores, rep).await?),
+            Side::Etcd => None,
+        };
         report.scale.push(ScaleResult {
             life,
             put: runs.remove(0),
+            during_snapshots,
         });
     } else {
         report.clusters.push(life);
         report.runs.extend(runs);
     }
     Ok(())
+}
+
+/// The puts of `--scale` again, with every member asked for a snapshot
+/// [`SNAPSHOTS_AFTER`] into the measured window: the longest put then,
+/// against the p99 of the same puts without one.
+async fn measure_during_snapshots<S: Store>(
+    plan: &Plan,
+    cluster: &Cluster,
+    stores: &[S],
+    rep: usize,
+) -> anyhow::Result<SnapshotRun> {
+    let snapshots = async {
+        tokio::time::sleep(Duration::from_secs_f64(plan.warmup_secs) + SNAPSHOTS_AFTER).await;
+        cluster.snapshot_every_member().await
+    };
+    let (run, took) = tokio::join!(
+        measure(plan, cluster, stores, PUT_DURING_SNAPSHOTS, rep),
+        snapshots
+    );
+    let snapshot = SnapshotRun {
+        run: run?,
+        snapshots_secs: took?.as_secs_f64(),
+    };
+    eprintln!(
+        "  {}; the snapshots took {:.1} s",
+        snapshot.run.summary(),
+        snapshot.snapshots_secs
+    );
+    Ok(snapshot)
 }
 
 /// Puts through every member of `cluster` while its leader is killed.

@@ -11,7 +11,7 @@ use anyhow::Context;
 use crate::driver::{Op, Outcome};
 use crate::failover::{self, Observed, IN_FLIGHT};
 use crate::servers::{Binaries, Side};
-use crate::{Counters, Plan, Workload, WORKLOADS};
+use crate::{Counters, Plan, Workload, SNAPSHOTS_AFTER, WORKLOADS};
 
 /// One workload on one cluster.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -151,6 +151,16 @@ pub struct ScaleResult {
     #[serde(flatten)]
     pub life: ClusterLife,
     pub put: Run,
+    /// raftset's puts again, while every member writes a snapshot.
+    pub during_snapshots: Option<SnapshotRun>,
+}
+
+/// A workload run while every member wrote a snapshot.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SnapshotRun {
+    pub run: Run,
+    /// From asking for the snapshots to the last one written.
+    pub snapshots_secs: f64,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -506,7 +516,7 @@ impl Report {
         let col = |f: &dyn Fn(&ScaleResult) -> String| {
             [Side::Etcd, Side::Raftset].map(|side| by(side).map(f).collect::<Vec<_>>().join(" / "))
         };
-        let rows: [(String, [String; 2]); 5] = [
+        let rows: [(String, [String; 2]); 6] = [
             (
                 format!(
                     "time to write {} keys ({} in flight)",
@@ -547,6 +557,23 @@ impl Report {
                     )
                 }),
             ),
+            (
+                format!(
+                    "the same while every member writes a snapshot, asked for {} s into the \
+                     window (p99, max ms; the snapshots took)",
+                    SNAPSHOTS_AFTER.as_secs()
+                ),
+                col(&|s| match &s.during_snapshots {
+                    Some(d) => format!(
+                        "{} ({:.0}, {:.0}; {})",
+                        thousands(d.run.ops_per_sec),
+                        d.run.outcome.p99_ms,
+                        d.run.outcome.max_ms,
+                        secs(d.snapshots_secs)
+                    ),
+                    None => "no such call".into(),
+                }),
+            ),
         ];
         md.push_str("| | etcd | raftset |\n|---|---|---|\n");
         for (name, [etcd, raftset]) in rows {
@@ -556,7 +583,13 @@ impl Report {
 
     /// Every workload run of any mode.
     fn all_runs(&self) -> impl Iterator<Item = &Run> {
-        self.runs.iter().chain(self.scale.iter().map(|s| &s.put))
+        let during_snapshots = self
+            .scale
+            .iter()
+            .filter_map(|s| s.during_snapshots.as_ref());
+        (self.runs.iter())
+            .chain(self.scale.iter().map(|s| &s.put))
+            .chain(during_snapshots.map(|d| &d.run))
     }
 
     fn failover_tables(&self, md: &mut String) {

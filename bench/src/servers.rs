@@ -48,6 +48,8 @@ impl Side {
 const READY_DEADLINE: Duration = Duration::from_secs(60);
 /// How long reading a member's metrics may take.
 const SCRAPE_DEADLINE: Duration = Duration::from_secs(5);
+/// How long a raftset member may take to write a snapshot it was asked for.
+const SNAPSHOT_DEADLINE: Duration = Duration::from_secs(120);
 
 /// Space quotas, raised on both sides so that neither refuses the writes of
 /// a run: etcd's largest recommended backend, and raftset's equivalent.
@@ -194,6 +196,35 @@ impl Cluster {
         Ok(stores)
     }
 
+    /// Asks every raftset member at once for a snapshot, through its
+    /// loopback admin port, and returns when the last one is written. etcd
+    /// has no such call: it snapshots on its own schedule.
+    pub async fn snapshot_every_member(&self) -> anyhow::Result<Duration> {
+        anyhow::ensure!(
+            self.side == Side::Raftset,
+            "only raftset snapshots when asked"
+        );
+        let started = Instant::now();
+        let mut snapshots = tokio::task::JoinSet::new();
+        for i in 0..self.endpoints.len() {
+            snapshots.spawn(async move {
+                let admin = raftset_admin(i);
+                let mut client = raftset::Client::connect(&admin)
+                    .await
+                    .with_context(|| format!("connecting to {admin}"))?
+                    .with_timeout(SNAPSHOT_DEADLINE);
+                client
+                    .snapshot()
+                    .await
+                    .with_context(|| format!("a snapshot of {admin}"))
+            });
+        }
+        while let Some(taken) = snapshots.join_next().await {
+            taken??;
+        }
+        Ok(started.elapsed())
+    }
+
     pub async fn etcd_stores(&self) -> anyhow::Result<Vec<Etcd>> {
         let mut stores = Vec::new();
         for endpoint in &self.endpoints {
@@ -300,7 +331,7 @@ fn etcd_member(etcd: &Path, i: usize, data_dir: &Path) -> (Command, String, Stri
 /// `raftset local` runs them. Returns the command, the API address and the
 /// HTTP address (which serves `/metrics`).
 fn raftset_node(raftset: &Path, i: usize, data_dir: &Path) -> (Command, String, String) {
-    let host = |i: usize| format!("127.0.4.{}", i + 1);
+    let host = raftset_host;
     let peers = (0..3)
         .map(|j| format!("raftset-{j}={}:7001", host(j)))
         .collect::<Vec<_>>()
@@ -317,12 +348,21 @@ fn raftset_node(raftset: &Path, i: usize, data_dir: &Path) -> (Command, String, 
         .args(["--listen-peer", &format!("{}:7001", host(i))])
         .args(["--listen-http", &http])
         .args(["--listen-probes", &format!("{}:8081", host(i))])
-        .args(["--listen-admin", &format!("{}:7090", host(i))])
+        .args(["--listen-admin", &raftset_admin(i)])
         .args(["--peers", &peers, "--insecure-peers"])
         .args(["--heartbeat-ms", "100", "--election-timeout-ms", "1000"])
         .args(["--quota-bytes", RAFTSET_QUOTA])
         .env("RUST_LOG", "warn");
     (command, api, http)
+}
+
+fn raftset_host(i: usize) -> String {
+    format!("127.0.4.{}", i + 1)
+}
+
+/// Node `i`'s admin port, which takes Admin calls from anyone on the host.
+fn raftset_admin(i: usize) -> String {
+    format!("{}:7090", raftset_host(i))
 }
 
 /// The body of `GET http://<addr>/metrics`. HTTP/1.0, so that the server
