@@ -331,13 +331,12 @@ fn etcd_member(etcd: &Path, i: usize, data_dir: &Path) -> (Command, String, Stri
 /// `raftset local` runs them. Returns the command, the API address and the
 /// HTTP address (which serves `/metrics`).
 fn raftset_node(raftset: &Path, i: usize, data_dir: &Path) -> (Command, String, String) {
-    let host = raftset_host;
     let peers = (0..3)
-        .map(|j| format!("raftset-{j}={}:7001", host(j)))
+        .map(|j| format!("raftset-{j}={}:7001", raftset_host(j)))
         .collect::<Vec<_>>()
         .join(",");
-    let api = format!("{}:7000", host(i));
-    let http = format!("{}:8080", host(i));
+    let api = format!("{}:7000", raftset_host(i));
+    let http = format!("{}:8080", raftset_host(i));
     let mut command = Command::new(raftset);
     command
         .arg("serve")
@@ -345,9 +344,9 @@ fn raftset_node(raftset: &Path, i: usize, data_dir: &Path) -> (Command, String, 
         .arg("--data-dir")
         .arg(data_dir)
         .args(["--listen-api", &api])
-        .args(["--listen-peer", &format!("{}:7001", host(i))])
+        .args(["--listen-peer", &format!("{}:7001", raftset_host(i))])
         .args(["--listen-http", &http])
-        .args(["--listen-probes", &format!("{}:8081", host(i))])
+        .args(["--listen-probes", &format!("{}:8081", raftset_host(i))])
         .args(["--listen-admin", &raftset_admin(i)])
         .args(["--peers", &peers, "--insecure-peers"])
         .args(["--heartbeat-ms", "100", "--election-timeout-ms", "1000"])

@@ -61,16 +61,9 @@ async fn writes_go_on_while_a_snapshot_is_written() {
         let mut client = client.clone().with_timeout(Duration::from_secs(60));
         async move { client.snapshot().await }
     });
-    wait_for("the snapshot file's writing to stall", || {
-        let log = cluster.log_of(0);
-        async move {
-            match log.contains("failpoint snapshot-write: stalling") {
-                true => Ok(()),
-                false => Err("not yet".to_string()),
-            }
-        }
-    })
-    .await;
+    cluster
+        .wait_for_log(0, 0, "failpoint snapshot-write: stalling")
+        .await;
 
     let put = tokio::time::timeout(Duration::from_secs(5), client.put(b"during", b"v")).await;
     assert!(

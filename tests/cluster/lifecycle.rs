@@ -385,23 +385,6 @@ async fn every_write_present(cluster: &Cluster, i: usize, acked: &[(Vec<u8>, Vec
     assert!(verify.agree, "members disagree: {verify:?}");
 }
 
-/// Waits until node `i` logged `text` past the first `after` bytes of its
-/// log (which spans its restarts).
-async fn wait_for_log(cluster: &Cluster, i: usize, after: usize, text: &str) {
-    wait_for(
-        &format!("{} to log {text:?}", cluster.nodes[i].name),
-        || async {
-            let log = cluster.log_of(i);
-            if log.get(after..).is_some_and(|new| new.contains(text)) {
-                Ok(())
-            } else {
-                Err(log.lines().last().unwrap_or_default().to_string())
-            }
-        },
-    )
-    .await
-}
-
 /// The set formed one new cluster (not `before`), every pod is ready, and
 /// the founding record names the new cluster, confirmed.
 async fn refounded(cluster: &Cluster, api: &FakeKubeApi, before: &str) {
@@ -614,7 +597,7 @@ async fn a_pod_0_that_died_between_recording_and_confirming_its_founding_is_not_
     let reply = http::get(&cluster.nodes[0].http(), "/readyz?noleader", "*/*").await;
     assert_eq!(reply.status, 503, "{}", reply.body);
     refuses_writes(&cluster, 0).await;
-    wait_for_log(&cluster, 1, 0, "not on record yet").await;
+    cluster.wait_for_log(1, 0, "not on record yet").await;
     let status = cluster.status(0).await.unwrap();
     assert_eq!(
         status.members.len(),
@@ -636,20 +619,16 @@ async fn a_founder_that_stopped_before_confirming_confirms_on_restart_before_ser
     let api = FakeKubeApi::start(1).await;
     api.refuse_updates(true);
     let mut cluster = Cluster::spawn(1, &["--kube-api", &api.url]).await;
-    wait_for_log(&cluster, 0, 0, "founded a new cluster").await;
+    cluster.wait_for_log(0, 0, "founded a new cluster").await;
     let founded = record_field(&api, "clusterId");
 
     // Back on its data while the API still refuses: it serves nothing.
     cluster.kill(0).await;
     let before_restart = cluster.log_of(0).len();
     cluster.restart(0);
-    wait_for_log(
-        &cluster,
-        0,
-        before_restart,
-        "cannot settle the founding record yet",
-    )
-    .await;
+    cluster
+        .wait_for_log(0, before_restart, "cannot settle the founding record yet")
+        .await;
     let reply = http::get(&cluster.nodes[0].http(), "/readyz?noleader", "*/*").await;
     assert_eq!(reply.status, 503, "{}", reply.body);
     refuses_writes(&cluster, 0).await;
@@ -762,7 +741,9 @@ async fn lose_a_majority_then_force_a_new_cluster(
         cluster.restart(i);
     }
     if stale {
-        wait_for_log(cluster, lost[1], 0, "was re-founded by force").await;
+        cluster
+            .wait_for_log(lost[1], 0, "was re-founded by force")
+            .await;
     }
     (old_id, new_id, acked)
 }

@@ -64,7 +64,7 @@ pub use self::feed::{Change, FeedItem, WatchFeed};
 use self::read::{read_revision, read_value};
 pub use self::read::{KvReader, ScanPage, ScanRange};
 pub use self::snapshots::SnapshotBuilder;
-use self::snapshots::{current_snapshot, record_snapshot_size, Preimages, SnapshotCopy};
+use self::snapshots::{current_snapshot, record_snapshot_size, snapshot_taken, Preimages};
 use super::keys::{
     APPLIED, DATA_FORMAT, FIRST_TREE, FORMAT, MEMBERSHIP, POINTER_KEY, POINTER_TREE, REDO,
 };
@@ -174,7 +174,7 @@ impl StateMachine {
             let turn = (state_machine.snapshot_turn.clone().try_lock_owned())
                 .expect("nothing else copies a snapshot while the store opens");
             (state_machine.begin_snapshot(turn))
-                .and_then(SnapshotCopy::write)
+                .and_then(|copy| copy.write())
                 .map_err(snapshot_io)?;
         }
         record_snapshot_size(&state_machine.snapshots, &state_machine.shared);
@@ -332,8 +332,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let started = std::time::Instant::now();
         let installed = self.install(meta, file);
         if installed.is_ok() {
-            (self.shared.metrics.snapshot_install).observe(started.elapsed().as_secs_f64());
-            record_snapshot_size(&self.snapshots, &self.shared);
+            let took = &self.shared.metrics.snapshot_install;
+            snapshot_taken(took, started, &self.snapshots, &self.shared);
         }
         if let Some(received) = self.receiving.take() {
             let _ = std::fs::remove_file(received);

@@ -1,12 +1,11 @@
 //! Snapshots of the state machine: copying the state at one entry into a
 //! snapshot file while later entries apply, installing one received from
-//! the leader, and loading a backup
-//! into an empty data directory.
+//! the leader, and loading a backup into an empty data directory.
 //!
 //! Installing fills a fresh tree, copies the snapshot file, and then
 //! switches the pointer to the tree, so a crash mid-install leaves the old
 //! state intact; the log purge that comes with the snapshot waits for the
-//! switch (see `store::log::PurgeGate`). A dump is made durable before
+//! switch (see `store::log::PurgeGate`). A copy is made durable before
 //! openraft may purge the log below it.
 
 use std::collections::HashMap;
@@ -14,6 +13,7 @@ use std::ops::Bound;
 use std::sync::{Arc, Mutex, RwLock};
 
 use openraft::{RaftSnapshotBuilder, StorageIOError};
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::OwnedMutexGuard;
 
 use super::apply::encode;
@@ -53,7 +53,6 @@ impl StateMachine {
         *self.copying.lock().expect("snapshot copy lock") = Some(Preimages::default());
         Ok(SnapshotCopy {
             meta,
-            tree,
             state_lock: self.current.clone(),
             copying: self.copying.clone(),
             snapshots: self.snapshots.clone(),
@@ -219,7 +218,8 @@ impl Preimages {
 /// changed it first, then the kept values of those keys.
 pub(in crate::store) struct SnapshotCopy {
     meta: SnapshotMeta,
-    tree: sled::Tree,
+    /// The state tree, behind the lock applying takes alone per entry. No
+    /// install replaces the tree while the copy holds its turn.
     state_lock: Arc<RwLock<sled::Tree>>,
     copying: Arc<Mutex<Option<Preimages>>>,
     snapshots: SnapshotDir,
@@ -232,14 +232,12 @@ pub(in crate::store) struct SnapshotCopy {
 impl SnapshotCopy {
     /// Writes the snapshot file, makes it current and the state machine
     /// durable at least up to it (openraft purges the log below it next).
-    pub(super) fn write(self) -> std::io::Result<()> {
+    pub(super) fn write(&self) -> std::io::Result<()> {
         self.snapshots.write(&self.meta, self.records())?;
         self.shared.make_durable()
     }
 
-    pub(in crate::store) fn records(
-        &self,
-    ) -> impl Iterator<Item = std::io::Result<(Vec<u8>, Vec<u8>)>> + '_ {
+    pub(in crate::store) fn records(&self) -> impl Iterator<Item = std::io::Result<Record>> + '_ {
         let mut chunk = std::collections::VecDeque::new();
         let mut copied_all = false;
         std::iter::from_fn(move || loop {
@@ -263,30 +261,31 @@ impl SnapshotCopy {
     /// The next chunk of keys after the copy's last, less those an entry
     /// changed since the snapshot began; `None` past the last key.
     fn next_chunk(&self) -> std::io::Result<Option<Vec<Record>>> {
-        let _applying_waits = self.state_lock.read().expect("state machine lock");
+        let tree = self.state_lock.read().expect("state machine lock");
         let mut copying = self.copying.lock().expect("snapshot copy lock");
         let preimages = copying
             .as_mut()
             .expect("a copy in progress has its preimages");
         let range = match &preimages.copied_through {
-            Some(last) => self
-                .tree
-                .range((Bound::Excluded(last.clone()), Bound::Unbounded)),
-            None => self.tree.iter(),
+            Some(last) => tree.range((Bound::Excluded(last.clone()), Bound::Unbounded)),
+            None => tree.iter(),
         };
         let mut records = Vec::new();
-        let mut read_any = false;
+        let mut last = None;
         for item in range.take(CHUNK_RECORDS) {
             let (key, value) = item.map_err(std::io::Error::other)?;
-            read_any = true;
             if key != REDO && !preimages.before.contains_key(key.as_ref()) {
                 records.push((key.to_vec(), value.to_vec()));
             }
-            // Past the last key this stays put: keys created after it are
-            // new since the snapshot began and kept as absent.
-            preimages.copied_through = Some(key.to_vec());
+            last = Some(key);
         }
-        Ok(read_any.then_some(records))
+        // Past the last key the cursor stays put: keys created after it
+        // are new since the snapshot began and kept as absent.
+        let Some(last) = last else {
+            return Ok(None);
+        };
+        preimages.copied_through = Some(last.to_vec());
+        Ok(Some(records))
     }
 
     /// Ends the copy: the kept values of the keys that existed when the
@@ -322,20 +321,28 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let written = tokio::task::spawn_blocking(move || {
             let copy = copy?;
             let started = std::time::Instant::now();
-            let (snapshots, shared) = (copy.snapshots.clone(), copy.shared.clone());
             copy.write()?;
-            shared
-                .metrics
-                .snapshot_build
-                .observe(started.elapsed().as_secs_f64());
-            record_snapshot_size(&snapshots, &shared);
-            current_snapshot(&snapshots)?
+            let (snapshots, shared) = (&copy.snapshots, &copy.shared);
+            snapshot_taken(&shared.metrics.snapshot_build, started, snapshots, shared);
+            current_snapshot(snapshots)?
                 .ok_or_else(|| std::io::Error::other("the snapshot written is gone"))
         })
         .await
         .unwrap_or_else(|e| Err(std::io::Error::other(e)));
         written.map_err(|e| StorageIOError::write_snapshot(None, &e).into())
     }
+}
+
+/// Records how long a snapshot took to build or install (`took`), and its
+/// size.
+pub(super) fn snapshot_taken(
+    took: &Histogram,
+    started: std::time::Instant,
+    snapshots: &SnapshotDir,
+    shared: &Shared,
+) {
+    took.observe(started.elapsed().as_secs_f64());
+    record_snapshot_size(snapshots, shared);
 }
 
 /// Sets the snapshot-size metric to the current snapshot file's size.

@@ -642,6 +642,23 @@ impl Cluster {
     pub fn log_of(&self, i: usize) -> String {
         std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default()
     }
+
+    /// Waits until node `i` logged `text` past the first `after` bytes of
+    /// its log (which spans its restarts).
+    pub async fn wait_for_log(&self, i: usize, after: usize, text: &str) {
+        wait_for(
+            &format!("{} to log {text:?}", self.nodes[i].name),
+            || async {
+                let log = self.log_of(i);
+                if log.get(after..).is_some_and(|new| new.contains(text)) {
+                    Ok(())
+                } else {
+                    Err(log.lines().last().unwrap_or_default().to_string())
+                }
+            },
+        )
+        .await
+    }
 }
 
 impl Drop for Cluster {
