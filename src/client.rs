@@ -1,9 +1,13 @@
 //! A typed gRPC client for any node. Followers forward to the leader, so
 //! one endpoint is enough.
 //!
-//! Every write carries a fresh request id. The client never retries on its
-//! own: a write that failed with DEADLINE_EXCEEDED ("outcome unknown") may
-//! still apply, and the caller decides whether to look or to resend.
+//! Writes carry no request id: the client never retries on its own, so an
+//! id of its making would never be sent twice, yet every node would
+//! remember it for the whole dedup window (sled keeps about 1.7 KB of file
+//! per remembered id). The node picks an id that lives only as long as it
+//! may itself retry the write. A write that failed with DEADLINE_EXCEEDED
+//! ("outcome unknown") may still apply, and the caller decides whether to
+//! look or to resend.
 
 use std::time::Duration;
 
@@ -180,7 +184,7 @@ impl Client {
         let request = self.request(proto::PutRequest {
             key: key.to_vec().into(),
             value: value.to_vec().into(),
-            request_id: new_request_id(),
+            request_id: LEFT_TO_THE_NODE,
             prev_kv: false,
         });
         Ok(self.kv.put(request).await?.into_inner().revision)
@@ -190,7 +194,7 @@ impl Client {
     pub async fn delete(&mut self, key: &[u8]) -> Result<bool> {
         let request = self.request(proto::DeleteRequest {
             key: key.to_vec().into(),
-            request_id: new_request_id(),
+            request_id: LEFT_TO_THE_NODE,
         });
         Ok(self.kv.delete(request).await?.into_inner().deleted)
     }
@@ -245,7 +249,7 @@ impl Client {
                 Some(value) => New::NewValue(value.to_vec().into()),
                 None => New::Delete(true),
             }),
-            request_id: new_request_id(),
+            request_id: LEFT_TO_THE_NODE,
         });
         Ok(self
             .kv
@@ -261,7 +265,7 @@ impl Client {
         let request = self.request(proto::IncrementRequest {
             key: key.to_vec().into(),
             delta,
-            request_id: new_request_id(),
+            request_id: LEFT_TO_THE_NODE,
         });
         Ok(self.kv.increment(request).await?.into_inner().value)
     }
@@ -376,6 +380,105 @@ fn consistency_value(consistency: Consistency) -> i32 {
     proto::Consistency::from(consistency) as i32
 }
 
-fn new_request_id() -> bytes::Bytes {
-    crate::types::new_request_id().into()
+/// An empty request id: the node picks one (see the module doc).
+const LEFT_TO_THE_NODE: bytes::Bytes = bytes::Bytes::new();
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tonic::{Request, Response, Status};
+
+    use super::*;
+
+    /// A KV server that records the request id of every write it is sent.
+    #[derive(Default, Clone)]
+    struct RecordingIds(Arc<Mutex<Vec<bytes::Bytes>>>);
+
+    impl RecordingIds {
+        fn record(&self, id: &bytes::Bytes) {
+            self.0.lock().unwrap().push(id.clone());
+        }
+    }
+
+    #[tonic::async_trait]
+    impl proto::kv_server::Kv for RecordingIds {
+        type WatchStream = tokio_stream::Empty<std::result::Result<proto::WatchEvent, Status>>;
+
+        async fn get(
+            &self,
+            _: Request<proto::GetRequest>,
+        ) -> std::result::Result<Response<proto::GetResponse>, Status> {
+            Err(Status::unimplemented("reads are not recorded"))
+        }
+        async fn put(
+            &self,
+            request: Request<proto::PutRequest>,
+        ) -> std::result::Result<Response<proto::PutResponse>, Status> {
+            self.record(&request.get_ref().request_id);
+            Ok(Response::new(proto::PutResponse::default()))
+        }
+        async fn delete(
+            &self,
+            request: Request<proto::DeleteRequest>,
+        ) -> std::result::Result<Response<proto::DeleteResponse>, Status> {
+            self.record(&request.get_ref().request_id);
+            Ok(Response::new(proto::DeleteResponse::default()))
+        }
+        async fn scan(
+            &self,
+            _: Request<proto::ScanRequest>,
+        ) -> std::result::Result<Response<proto::ScanResponse>, Status> {
+            Err(Status::unimplemented("reads are not recorded"))
+        }
+        async fn compare_and_swap(
+            &self,
+            request: Request<proto::CompareAndSwapRequest>,
+        ) -> std::result::Result<Response<proto::CompareAndSwapResponse>, Status> {
+            self.record(&request.get_ref().request_id);
+            Ok(Response::new(proto::CompareAndSwapResponse::default()))
+        }
+        async fn increment(
+            &self,
+            request: Request<proto::IncrementRequest>,
+        ) -> std::result::Result<Response<proto::IncrementResponse>, Status> {
+            self.record(&request.get_ref().request_id);
+            Ok(Response::new(proto::IncrementResponse::default()))
+        }
+        async fn watch(
+            &self,
+            _: Request<proto::WatchRequest>,
+        ) -> std::result::Result<Response<Self::WatchStream>, Status> {
+            Err(Status::unimplemented("reads are not recorded"))
+        }
+    }
+
+    /// Ids the client made up would be remembered by every node for the
+    /// whole dedup window and never be sent again: the client leaves them
+    /// to the node, which forgets its own once it can no longer retry.
+    #[tokio::test]
+    async fn writes_leave_the_request_id_to_the_node() {
+        let server = RecordingIds::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let service = proto::kv_server::KvServer::new(server.clone());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let mut client = Client::connect(&address.to_string()).await.unwrap();
+
+        client.put(b"k", b"v").await.unwrap();
+        client.delete(b"k").await.unwrap();
+        client
+            .compare_and_swap(b"k", None, Some(b"v"))
+            .await
+            .unwrap();
+        client.increment(b"n", 1).await.unwrap();
+
+        let ids = server.0.lock().unwrap().clone();
+        assert_eq!(ids.len(), 4, "every write reached the server");
+        assert!(ids.iter().all(|id| id.is_empty()), "ids sent: {ids:?}");
+    }
 }

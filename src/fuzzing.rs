@@ -43,8 +43,8 @@ use crate::raft::network::RaftReply;
 use crate::store::state_machine::ScanRange;
 use crate::store::{snapshot, Store, StoreOptions};
 use crate::types::{
-    new_request_id, ClusterId, Command, Digest, Entry, LogId, NodeId, Op, Outcome, Proposal,
-    SnapshotMeta, TypeConfig,
+    ClusterId, Command, Digest, Entry, LogId, NodeId, Op, Outcome, Proposal, SnapshotMeta,
+    TypeConfig,
 };
 use crate::validate;
 
@@ -356,6 +356,11 @@ async fn install_into(store: &mut Store, bytes: &[u8]) -> bool {
     assert_eq!(membership, meta.last_membership);
     read_and_apply(sm, &meta).await;
     true
+}
+
+/// 16 random bytes: unique enough that two requests never share one.
+fn new_request_id() -> Vec<u8> {
+    rand::random::<[u8; 16]>().to_vec()
 }
 
 /// Reads the installed state whole and applies an entry on top of it:

@@ -112,11 +112,6 @@ impl Command {
 /// A client-chosen (or node-chosen) request id, 1 to 64 bytes.
 pub type RequestId = Vec<u8>;
 
-/// 16 random bytes: unique enough that two requests never share one.
-pub fn new_request_id() -> RequestId {
-    rand::random::<[u8; 16]>().to_vec()
-}
-
 /// Starts every id a node makes for a write that came without one (a
 /// visit, a gRPC write with no id). Clients may not send ids that start
 /// with it, so such an id is always a node's.
