@@ -124,13 +124,16 @@ async fn a_damaged_data_file_stops_its_pod_with_a_clear_error_and_the_others_ser
     let written = writers.stop().await;
 
     // Damage pod 1's database file while it is down: 64 bytes at each
-    // eighth of it, so that some land where sled's recovery reads.
+    // 64th of it, so that some land where sled's recovery reads. Most of
+    // the file may be segments sled has freed (the ids the node picks for
+    // these writes are forgotten after 20 s), and damage there goes
+    // unnoticed: seven places were once not enough.
     set.kill(1).await;
     let file = set.claim_path(1).await.join("db").join("db");
     let mut bytes = std::fs::read(&file)
         .unwrap_or_else(|e| panic!("cannot read {} on this host: {e}", file.display()));
-    for eighth in 1..8 {
-        let at = bytes.len() * eighth / 8;
+    for part in 1..64 {
+        let at = bytes.len() * part / 64;
         bytes[at..at + 64].fill(0x5A);
     }
     std::fs::write(&file, &bytes).expect("write the damage");
