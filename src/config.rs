@@ -179,6 +179,12 @@ pub struct Config {
     #[arg(long, env = "RAFTSET_CACHE_MB", default_value_t = 64)]
     pub cache_mb: u64,
 
+    /// The state database is copied into a fresh one (compacted) once its
+    /// files take more than this many MiB and four times the latest
+    /// snapshot: sled gives little of its file back on its own.
+    #[arg(long, env = "RAFTSET_DEFRAG_MIN_MB", default_value_t = 256)]
+    pub defrag_min_mb: u64,
+
     /// A node is ready only while it is within this many entries of the leader.
     #[arg(long, env = "RAFTSET_READY_MAX_LAG", default_value_t = 1_000)]
     pub ready_max_lag: u64,
@@ -294,6 +300,7 @@ impl Config {
             ("--heartbeat-ms", self.heartbeat_ms),
             ("--snapshot-entries", self.snapshot_entries),
             ("--snapshot-log-bytes", self.snapshot_log_bytes),
+            ("--defrag-min-mb", self.defrag_min_mb),
             ("--max-pending-proposals", self.max_pending_proposals as u64),
             ("--grpc-max-connections", self.grpc_max_connections as u64),
             // No "off": with no quota a full volume stops every member at

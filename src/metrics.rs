@@ -175,6 +175,8 @@ pub struct StoreMetrics {
     pub snapshot_build: Histogram,
     /// Installing a snapshot received from the leader.
     pub snapshot_install: Histogram,
+    /// Copying the state into a fresh database, from start to switch.
+    pub defrag: Histogram,
     /// Size of the latest snapshot file, built or installed.
     pub snapshot_bytes: Gauge,
     /// Flushes that made appended log entries durable.
@@ -207,6 +209,7 @@ impl Default for StoreMetrics {
             apply: fast_buckets(),
             snapshot_build: snapshot_buckets(),
             snapshot_install: snapshot_buckets(),
+            defrag: snapshot_buckets(),
             snapshot_bytes: Gauge::default(),
             log_flushes: Counter::default(),
             log_appends: Counter::default(),
@@ -427,6 +430,11 @@ impl Metrics {
             "snapshot_install_duration_seconds",
             "Time to install a snapshot received from the leader",
             s.snapshot_install.clone(),
+        );
+        r.register(
+            "defrag_duration_seconds",
+            "Time to copy the state into a fresh database and switch to it",
+            s.defrag.clone(),
         );
         r.register(
             "snapshot_size_bytes",

@@ -34,7 +34,7 @@ use crate::raft::body_limit::PeerRequestLimits;
 use crate::raft::network::{Contacts, NetworkFactory, PeerClients};
 use crate::raft::requests::{Quota, RequestSettings, Requests};
 use crate::raft::service::RaftService;
-use crate::store::{FlushStats, Store, StoreError, StoreOptions};
+use crate::store::{DefragPolicy, FlushStats, Store, StoreError, StoreOptions};
 use crate::tls::client::{ClientPortTls, Protocol};
 use crate::tls::PeerTls;
 use crate::types::{ClusterId, Formation, NodeId, Raft};
@@ -70,6 +70,10 @@ pub fn store_options(config: &Config) -> StoreOptions {
         cache_bytes: config.cache_mb * 1024 * 1024,
         history_revisions: config.history_revisions,
         history_bytes: config.history_bytes,
+        defrag: DefragPolicy {
+            min_bytes: config.defrag_min_mb.saturating_mul(1024 * 1024),
+            ..DefragPolicy::default()
+        },
         ..StoreOptions::default()
     }
 }

@@ -1,14 +1,18 @@
-//! Storage: the Raft log in segment files, the vote and the state machine
-//! in one sled database, snapshot files beside them, all under the node's
-//! data directory.
+//! Storage: the Raft log in segment files, the vote and the node's
+//! metadata in one sled database, the state machine in another, snapshot
+//! files beside them, all under the node's data directory.
 //!
 //! Layout:
 //! - `<data_dir>/wal/`: the log's entries, append-only segment files (see
 //!   [`wal`] for the record format)
-//! - `<data_dir>/db`, the sled database:
+//! - `<data_dir>/db`, the metadata database:
 //!   - tree `raft`: the vote, the committed and purged log ids, this node's
 //!     id and the cluster id (and the one before a forced re-founding)
-//!   - tree `sm`: the state machine, see [`keys`] for its key prefixes
+//!   - tree `sm_current`: which state database is current
+//! - `<data_dir>/state-<random>/`, the current state database: tree `sm`,
+//!   the state machine, see [`keys`] for its key prefixes. A snapshot
+//!   install or a defrag fills a fresh one and switches to it, so the
+//!   old file goes back to the volume (see `state_machine::defrag`)
 //! - `<data_dir>/snapshots/`: the latest snapshot file
 //! - `<data_dir>/DISCARD`, `<data_dir>/REFOUND`: what the next start does
 //!   to the directory first (empty it; re-found the cluster, see [`refound`])
@@ -19,7 +23,7 @@
 //!   every append that queued up while the previous sync ran (group
 //!   commit), so concurrent writes share fsyncs. It syncs nothing but the
 //!   appended records;
-//! - a vote is flushed (sled) before `save_vote` returns;
+//! - a vote is flushed (both databases) before `save_vote` returns;
 //! - a truncation is synced before it returns;
 //! - applying entries is not flushed by itself: applied state is recovered by
 //!   re-applying the durable log. sled is flushed when a snapshot is taken
@@ -33,6 +37,7 @@
 //! A failed write or flush is fatal: it is logged with the data directory and
 //! returned to openraft, which stops the node; nothing is acknowledged.
 
+mod database;
 pub mod keys;
 mod log;
 mod refound;
@@ -44,10 +49,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use database::Database;
 use log::PurgeGate;
 pub use log::{FlushStats, LogStore};
 pub use refound::Refounding;
-pub use state_machine::{KvReader, StateMachine, WatchFeed};
+pub use state_machine::{DefragPolicy, KvReader, StateMachine, WatchFeed};
 pub use wal::LogSize;
 
 use crate::metrics::{StoreMetrics, Volume};
@@ -58,6 +64,8 @@ use keys::{CLUSTER_ID_KEY, NODE_ID_KEY, RESTORED_KEY};
 const DISCARD_MARKER: &str = "DISCARD";
 /// The directory of the Raft log's segment files, see [`wal`].
 const WAL_DIR: &str = "wal";
+/// The metadata database holds a few small records: a small cache.
+const META_CACHE_BYTES: u64 = 4 << 20;
 
 /// Failure to open or use the data directory. Always fatal for the node.
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +111,8 @@ pub struct StoreOptions {
     pub history_bytes: u64,
     /// Capacity of the live change feed for watchers.
     pub watch_buffer: usize,
+    /// When the state database is copied into a fresh one.
+    pub defrag: DefragPolicy,
     /// Where fsyncs, applies, snapshots and log flushes are recorded.
     pub metrics: StoreMetrics,
 }
@@ -114,6 +124,7 @@ impl Default for StoreOptions {
             history_revisions: 10_000,
             history_bytes: 64 * 1024 * 1024,
             watch_buffer: 1024,
+            defrag: DefragPolicy::default(),
             metrics: StoreMetrics::default(),
         }
     }
@@ -145,54 +156,27 @@ impl Store {
         let marker = path.join(DISCARD_MARKER);
         if let Ok(reason) = std::fs::read_to_string(&marker) {
             tracing::warn!(path = %path.display(), "discarding the data directory: {}", reason.trim());
-            for dir in [db_path.clone(), path.join(WAL_DIR), path.join("snapshots")] {
+            let state_dirs = state_machine::state_dirs(&path).map_err(io_err(&path))?;
+            let dirs = [db_path.clone(), path.join(WAL_DIR), path.join("snapshots")];
+            for dir in dirs.into_iter().chain(state_dirs) {
                 if dir.exists() {
                     std::fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
                 }
             }
             std::fs::remove_file(&marker).map_err(io_err(&marker))?;
         }
-        let config = sled::Config::new()
-            .path(&db_path)
-            .cache_capacity(options.cache_bytes)
-            .flush_every_ms(None);
-        // sled 0.34 panics, instead of failing, on many kinds of damage to
-        // its files; a damaged volume must give an error that names it.
-        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()))
-            .map_err(|panic| StoreError::Corrupted {
-                path: db_path.clone(),
-                detail: format!(
-                    "sled could not recover its files: {}",
-                    panic_message(panic.as_ref())
-                ),
-            })?;
-        let db = opened.map_err(|source| match source {
-            sled::Error::Corruption { .. } | sled::Error::Unsupported(_) => StoreError::Corrupted {
-                path: db_path.clone(),
-                detail: source.to_string(),
-            },
-            source => StoreError::Open {
-                path: db_path.clone(),
-                source,
-            },
-        })?;
-        let sled_err = |source| StoreError::Sled {
-            path: db_path.clone(),
-            source,
-        };
-        let db_file = std::fs::File::open(db_path.join("db")).map_err(|source| StoreError::Io {
-            path: db_path.join("db"),
-            source,
-        })?;
+        let meta_db = Database::open(&db_path, META_CACHE_BYTES)?;
+        let state_db = state_machine::open_current(&meta_db, &path, options.cache_bytes)?;
+        let sled_err = |source| meta_db.sled_err(source);
+        let raft_tree = meta_db.db.open_tree("raft").map_err(sled_err)?;
         let shared = Arc::new(Shared {
-            db: db.clone(),
+            meta: meta_db.clone(),
+            state: Mutex::new(state_db),
             path: path.clone(),
-            db_file,
             metrics: options.metrics.clone(),
             measured: Arc::default(),
             wal_bytes: Arc::default(),
         });
-        let raft_tree = db.open_tree("raft").map_err(sled_err)?;
         let meta = Meta {
             shared: shared.clone(),
             raft_tree: raft_tree.clone(),
@@ -233,14 +217,6 @@ impl Store {
             meta,
         })
     }
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 /// What a restore put into a data directory.
@@ -435,7 +411,7 @@ impl Meta {
     /// A handle that measures the database's size, for the space quota.
     pub fn disk_usage(&self) -> DiskUsage {
         DiskUsage {
-            db: self.shared.db.clone(),
+            path: self.shared.path.clone(),
             measured: self.shared.measured.clone(),
             wal_bytes: self.shared.wal_bytes.clone(),
         }
@@ -453,13 +429,13 @@ impl Meta {
     }
 }
 
-/// Measures the log's segment files and the sled database on disk (the
-/// vote, the state machine with its watch history and request ids).
-/// Snapshot files beside them
-/// are not counted.
+/// Measures the log's segment files and the sled databases on disk (the
+/// vote; the state machine with its watch history and request ids, and a
+/// defragmented copy of it while one is made). Snapshot files beside them are
+/// not counted.
 #[derive(Clone, Debug)]
 pub struct DiskUsage {
-    db: sled::Db,
+    path: PathBuf,
     measured: Arc<Mutex<Option<Measured>>>,
     wal_bytes: Arc<AtomicU64>,
 }
@@ -481,7 +457,7 @@ impl DiskUsage {
         let sled = match *measured {
             Some((at, bytes)) if at.elapsed() < MEASURE_EVERY => bytes,
             _ => {
-                let bytes = self.db.size_on_disk().unwrap_or(0);
+                let bytes = sled_bytes(&self.path);
                 *measured = Some((tokio::time::Instant::now(), bytes));
                 bytes
             }
@@ -490,12 +466,16 @@ impl DiskUsage {
     }
 }
 
-/// What the log and the state machine share: the database and where it is.
+/// What the log and the state machine share: the databases and where
+/// they are.
 struct Shared {
-    db: sled::Db,
+    /// The vote, the log's markers, the node and cluster ids, and which
+    /// state database is current.
+    meta: Database,
+    /// The state machine's current database: replaced when a snapshot is
+    /// installed or the state is defragmented.
+    state: Mutex<Database>,
     path: PathBuf,
-    /// sled's data file, opened again only to fdatasync it.
-    db_file: std::fs::File,
     metrics: StoreMetrics,
     /// [`DiskUsage`]'s last measurement, shared by every handle.
     measured: Arc<Mutex<Option<Measured>>>,
@@ -504,27 +484,17 @@ struct Shared {
 }
 
 impl Shared {
-    /// Makes every write so far durable. sled's flush writes its buffers
-    /// but syncs them with `sync_file_range`, which neither flushes the
-    /// device's write cache nor covers values sled keeps in separate blob
-    /// files; an fdatasync of its data file (and a sync of the whole file
-    /// system while blob files exist) closes both gaps.
+    /// Makes every write so far durable, in the state and the metadata.
     fn make_durable(&self) -> std::io::Result<()> {
         let started = std::time::Instant::now();
-        self.sync()?;
+        self.state_db().sync()?;
+        self.meta.sync()?;
         self.metrics.fsync.observe(started.elapsed().as_secs_f64());
         Ok(())
     }
 
-    fn sync(&self) -> std::io::Result<()> {
-        self.db.flush().map_err(std::io::Error::other)?;
-        self.db_file.sync_data()?;
-        let blobs = self.path.join("db").join("blobs");
-        let has_blobs = std::fs::read_dir(&blobs).is_ok_and(|mut entries| entries.next().is_some());
-        if has_blobs {
-            sync_file_system(&self.db_file)?;
-        }
-        Ok(())
+    fn state_db(&self) -> Database {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn io_error(&self, what: &str, err: impl std::fmt::Display) -> std::io::Error {
@@ -533,8 +503,25 @@ impl Shared {
     }
 }
 
-fn sync_file_system(file: &std::fs::File) -> std::io::Result<()> {
-    Ok(rustix::fs::syncfs(file)?)
+/// Bytes of the files of the metadata database and of every state database
+/// in `data_dir` (with their blob files).
+fn sled_bytes(data_dir: &Path) -> u64 {
+    let files_in = |dir: &Path| -> u64 {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return 0;
+        };
+        entries
+            .flatten()
+            .filter_map(|entry| entry.metadata().ok())
+            .filter(|meta| meta.is_file())
+            .map(|meta| meta.len())
+            .sum()
+    };
+    let state_dirs = state_machine::state_dirs(data_dir).unwrap_or_default();
+    std::iter::once(data_dir.join("db"))
+        .chain(state_dirs)
+        .map(|dir| files_in(&dir) + files_in(&dir.join("blobs")))
+        .sum()
 }
 
 fn decode_u64(bytes: &[u8]) -> Option<u64> {

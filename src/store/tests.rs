@@ -70,6 +70,18 @@ fn open(dir: &std::path::Path, options: StoreOptions) -> Store {
     when_unlocked(|| Store::open(dir, &options))
 }
 
+/// The directory of the one state database in `data_dir`.
+fn state_dir(data_dir: &std::path::Path) -> std::path::PathBuf {
+    let dirs = super::state_machine::state_dirs(data_dir).unwrap();
+    assert_eq!(
+        dirs.len(),
+        1,
+        "one state database in {}: {dirs:?}",
+        data_dir.display()
+    );
+    dirs[0].clone()
+}
+
 /// Runs `open` until sled's file lock is free: sled's I/O threads may hold
 /// it for a moment after the last handle of a database is dropped.
 fn when_unlocked<T, E: std::fmt::Display>(mut open: impl FnMut() -> Result<T, E>) -> T {
@@ -918,7 +930,7 @@ async fn damage_inside_the_database_file_is_refused_with_its_path() {
 
     // 64 bytes at every sixteenth of the file: some land where sled's
     // recovery reads (damage it does not read goes unnoticed).
-    let file = dir.path().join("db").join("db");
+    let file = state_dir(dir.path()).join("db");
     let len = std::fs::metadata(&file).unwrap().len();
     let mut f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
     for sixteenth in 1..16 {
@@ -1003,7 +1015,7 @@ async fn an_entry_whose_writes_were_cut_short_is_completed_from_its_redo_record(
     // As after a crash that kept the last entry's redo record but lost one
     // of the writes after it.
     {
-        let db = when_unlocked(|| sled::open(dir.path().join("db")));
+        let db = when_unlocked(|| sled::open(state_dir(dir.path())));
         let tree = db.open_tree("sm").unwrap();
         assert!(tree.remove(b"ky").unwrap().is_some());
         db.flush().unwrap();
@@ -1021,7 +1033,7 @@ async fn an_entry_whose_writes_were_cut_short_is_completed_from_its_redo_record(
 /// on other threads: no read may return a key newer than the revision it
 /// reports, and a scan shows every key of the entry at that revision, never
 /// part of one entry and part of the one before. History replays, while
-/// compaction trims a short window, are gapless runs of whole entries or
+/// defrag trims a short window, are gapless runs of whole entries or
 /// refused as compacted.
 #[test]
 fn reads_while_entries_apply_see_whole_entries_at_their_revision() {
@@ -1314,11 +1326,11 @@ async fn the_size_on_disk_is_measured_at_most_every_tenth_of_a_second() {
     let store = open(dir.path(), StoreOptions::default());
     let usage = store.meta.disk_usage();
     let before = usage.bytes();
-    let tree = store.meta.shared.db.open_tree("grow").unwrap();
+    let tree = store.meta.shared.meta.db.open_tree("grow").unwrap();
     for i in 0..64u32 {
         tree.insert(i.to_be_bytes(), vec![7u8; 64 * 1024]).unwrap();
     }
-    store.meta.shared.db.flush().unwrap();
+    store.meta.shared.meta.db.flush().unwrap();
     assert_eq!(
         store.meta.disk_usage().bytes(),
         before,
@@ -1326,4 +1338,261 @@ async fn the_size_on_disk_is_measured_at_most_every_tenth_of_a_second() {
     );
     tokio::time::advance(super::MEASURE_EVERY).await;
     assert!(usage.bytes() > before, "measured again once it is old");
+}
+
+/// The state's records, as the tree holds them.
+fn records(sm: &StateMachine) -> Vec<(sled::IVec, sled::IVec)> {
+    sm.tree().iter().map(Result::unwrap).collect()
+}
+
+/// Puts of 200 B over 5,000 keys, 100 to an entry, the same for every
+/// store that is given the same `round`.
+fn overwrites(round: u64) -> Vec<Op> {
+    let value = format!("{round:0>200}");
+    (0..100u64)
+        .map(|k| put(&format!("k{:05}", (round * 37 + k * 101) % 5_000), &value))
+        .collect()
+}
+
+/// A store and a reference store that never defragments, given the same
+/// entries.
+struct Twins {
+    dir: tempfile::TempDir,
+    store: Store,
+    _reference_dir: tempfile::TempDir,
+    reference: Store,
+    /// The last round applied; round `n` is entry `n`.
+    round: u64,
+}
+
+impl Twins {
+    /// Both opened with `options` (the reference never defragments), and
+    /// given `rounds` entries.
+    async fn new(options: StoreOptions, rounds: u64) -> Twins {
+        let dir = tempfile::tempdir().unwrap();
+        let reference_dir = tempfile::tempdir().unwrap();
+        let never = DefragPolicy {
+            min_bytes: u64::MAX,
+            ..DefragPolicy::default()
+        };
+        let mut twins = Twins {
+            store: open(dir.path(), options.clone()),
+            reference: open(
+                reference_dir.path(),
+                StoreOptions {
+                    defrag: never,
+                    ..options
+                },
+            ),
+            dir,
+            _reference_dir: reference_dir,
+            round: 0,
+        };
+        for _ in 0..rounds {
+            twins.next_round().await;
+        }
+        twins
+    }
+
+    /// One entry of [`overwrites`] to each store. Each put carries a request
+    /// id of its own, remembered for good, in no order: the pattern under
+    /// which sled's file grows fastest past the live records.
+    async fn next_round(&mut self) {
+        self.round += 1;
+        let round = self.round;
+        let entry = || Entry {
+            log_id: log_id(round),
+            payload: EntryPayload::Normal(Proposal {
+                proposed_at_ms: 1_000,
+                forget_before_ms: 0,
+                commands: overwrites(round)
+                    .into_iter()
+                    .enumerate()
+                    .map(|(k, op)| Command {
+                        request_id: (round * 100 + k as u64)
+                            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                            .to_be_bytes()
+                            .to_vec(),
+                        op,
+                    })
+                    .collect(),
+            }),
+        };
+        self.store
+            .state_machine
+            .apply([entry()])
+            .await
+            .expect("apply");
+        (self.reference.state_machine.apply([entry()]).await).expect("apply");
+    }
+
+    /// The store closed and opened again.
+    fn reopen(self, options: StoreOptions) -> Twins {
+        let Twins {
+            dir,
+            store,
+            _reference_dir,
+            reference,
+            round,
+        } = self;
+        drop(store);
+        Twins {
+            store: open(dir.path(), options),
+            dir,
+            _reference_dir,
+            reference,
+            round,
+        }
+    }
+
+    /// Whether both hold the same records.
+    fn agree(&self) -> bool {
+        records(&self.store.state_machine) == records(&self.reference.state_machine)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grown_state_is_copied_into_a_fresh_database_beside_applying_and_the_old_file_goes() {
+    let options = StoreOptions {
+        defrag: DefragPolicy {
+            min_bytes: 32 << 20,
+            ratio: 4,
+        },
+        history_revisions: 100,
+        ..StoreOptions::default()
+    };
+    let mut twins = Twins::new(options.clone(), 0).await;
+    let reader = twins.store.state_machine.reader();
+    let first = state_dir(twins.dir.path());
+    let mut largest = 0;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    // Apply until the state has moved to a fresh database and the old one
+    // is gone; entries apply all along, the copy's included.
+    loop {
+        twins.next_round().await;
+        let dirs = super::state_machine::state_dirs(twins.dir.path()).unwrap();
+        if dirs.len() == 1 && dirs[0] != first {
+            break;
+        }
+        if dirs == [first.clone()] {
+            largest = largest.max(twins.store.meta.shared.state_db().size_on_disk());
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no defrag after {} entries; {dirs:?}, largest {largest}",
+            twins.round
+        );
+    }
+    // A few entries more on the fresh database, then it must hold exactly
+    // what the database that was never defragmented holds.
+    for _ in 0..5 {
+        twins.next_round().await;
+    }
+    assert!(twins.agree());
+    let defragged = twins.store.meta.shared.state_db().size_on_disk();
+    assert!(
+        defragged < largest / 3,
+        "{defragged} bytes after the defrag, {largest} before"
+    );
+    let round = twins.round;
+    let key = format!("k{:05}", (round * 37) % 5_000);
+    assert_eq!(
+        reader.get(key.as_bytes()).unwrap().0.unwrap().value,
+        format!("{round:0>200}").as_bytes(),
+        "a reader taken before the switch reads the fresh database"
+    );
+
+    drop(reader);
+    assert!(twins.reopen(options).agree(), "the same after a restart");
+}
+
+#[tokio::test]
+async fn a_defrag_cut_short_leaves_the_state_where_it_was() {
+    let mut twins = Twins::new(StoreOptions::default(), 20).await;
+    let first = state_dir(twins.dir.path());
+    twins.store.state_machine.start_defrag(0).unwrap();
+    twins.next_round().await;
+    // As when the node stops or crashes before the switch.
+    let twins = twins.reopen(StoreOptions::default());
+    let dir = twins.dir.path();
+    assert_eq!(state_dir(dir), first, "the copy's database is removed");
+    assert!(twins.agree());
+}
+
+#[tokio::test]
+async fn installing_a_snapshot_during_a_defrag_cancels_it() {
+    let Twins {
+        dir,
+        mut store,
+        _reference_dir,
+        mut reference,
+        ..
+    } = Twins::new(StoreOptions::default(), 20).await;
+    let only = vec![put("only", "in the snapshot")];
+    apply(&mut reference.state_machine, 21, only).await;
+    let (meta, bytes) = build(&mut reference.state_machine).await;
+    store.state_machine.start_defrag(0).unwrap();
+    receive(&mut store.state_machine, &meta, &bytes)
+        .await
+        .unwrap();
+    // The next entry would have switched to a finished copy.
+    for sm in [&mut store.state_machine, &mut reference.state_machine] {
+        apply(sm, 22, vec![put("after", "it")]).await;
+    }
+
+    assert_eq!(
+        super::state_machine::state_dirs(dir.path()).unwrap().len(),
+        1
+    );
+    let reader = store.state_machine.reader();
+    assert_eq!(
+        reader.get(b"only").unwrap().0.unwrap().value,
+        b"in the snapshot"
+    );
+    let keys = |sm: &StateMachine| -> Vec<_> {
+        records(sm)
+            .into_iter()
+            .filter(|(key, _)| key.first() == Some(&keys::KEY))
+            .collect()
+    };
+    assert_eq!(keys(&store.state_machine), keys(&reference.state_machine));
+}
+
+/// Before state databases the state was a tree of the metadata database;
+/// such a directory opens with its state moved into a database of its own.
+#[tokio::test]
+async fn a_state_tree_in_the_metadata_database_moves_into_a_state_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), StoreOptions::default());
+    apply(
+        &mut store.state_machine,
+        1,
+        vec![put("a", "1"), put("b", "2")],
+    )
+    .await;
+    let before = records(&store.state_machine);
+    drop(store);
+    // The old layout: the state in tree `sm` of `db`, no pointer.
+    let state = state_dir(dir.path());
+    {
+        let old = when_unlocked(|| sled::open(&state));
+        let meta = when_unlocked(|| sled::open(dir.path().join("db")));
+        let tree = meta.open_tree(keys::FIRST_TREE).unwrap();
+        for item in old.open_tree(keys::FIRST_TREE).unwrap().iter() {
+            let (key, value) = item.unwrap();
+            tree.insert(key, value).unwrap();
+        }
+        meta.drop_tree(keys::POINTER_TREE).unwrap();
+        meta.flush().unwrap();
+    }
+    std::fs::remove_dir_all(&state).unwrap();
+
+    let store = open(dir.path(), StoreOptions::default());
+    assert_eq!(records(&store.state_machine), before);
+    state_dir(dir.path());
+    let names = store.meta.shared.meta.db.tree_names();
+    assert!(
+        !names.iter().any(|name| name.as_ref() == keys::FIRST_TREE),
+        "the old tree is dropped"
+    );
 }

@@ -1,5 +1,5 @@
 //! A crash at any point of an append, an apply, a snapshot build, a
-//! snapshot install or a forced re-founding leaves a node that starts and
+//! snapshot install, a defrag or a forced re-founding leaves a node that starts and
 //! catches up (or completes the re-founding). Each test
 //! starts one node with a crash point armed (the test binary is built with
 //! the `failpoints` feature), lets it die there, restarts it plainly and
@@ -225,4 +225,44 @@ async fn a_crash_before_a_refounding_is_flushed_leaves_a_node_that_completes_it(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_before_a_refounding_mark_is_removed_leaves_a_node_that_completes_it() {
     crash_while_refounding("refound-before-marker-removed").await;
+}
+
+/// A node that dies at `point` of defragmenting its state database while
+/// the cluster takes writes through another member. With no snapshot yet
+/// and `--defrag-min-mb 1`, values of 16 KiB take its state database past
+/// the bound within the first writes; writing goes on until it died.
+async fn crash_while_defragmenting(point: &str) {
+    let mut cluster = Cluster::start_with(3, &["--defrag-min-mb", "1"]).await;
+    let armed = 0;
+    cluster.stop(armed).await;
+    cluster.restart_armed(armed, &format!("{point}=return"));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut client = cluster.client(1).await;
+    let writer = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut written = 0;
+            while written < 900 && !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let value = vec![b'v'; 16 * 1024];
+                let key = format!("x{written:03}");
+                client.put(key.as_bytes(), &value).await.unwrap();
+                written += 1;
+            }
+            written
+        }
+    });
+    dies_at(&mut cluster, armed, point).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let count = writer.await.unwrap();
+    restarts_and_catches_up(&mut cluster, armed, "x", count).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_before_switching_to_a_defragmented_database_leaves_a_node_that_restarts() {
+    crash_while_defragmenting("defrag-before-switch").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_right_after_switching_to_a_defragmented_database_leaves_a_node_that_restarts() {
+    crash_while_defragmenting("defrag-switched").await;
 }

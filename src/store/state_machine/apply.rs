@@ -305,22 +305,27 @@ impl EntryWrites<sled::Tree> {
     /// each write. sled recovers writes in order, so after a crash either
     /// the redo record is missing and so is every write after it, or it is
     /// there and `StateMachine::open` replays it (replaying is harmless:
-    /// the writes set final values).
-    pub(super) fn write(self) -> Result<(), sled::Error> {
+    /// the writes set final values). `mirror`, a compaction's fresh tree,
+    /// gets the same writes after.
+    pub(super) fn write(self, mirror: Option<&sled::Tree>) -> Result<(), sled::Error> {
         let pending: Vec<(Vec<u8>, Option<Vec<u8>>)> = self.pending.into_iter().collect();
-        self.base.insert(REDO, encode(&pending))?;
-        crate::failpoint::crash_point("apply-mid-entry");
-        apply_writes(&self.base, pending)
+        let redo = encode(&pending);
+        for tree in std::iter::once(&self.base).chain(mirror) {
+            tree.insert(REDO, redo.as_slice())?;
+            crate::failpoint::crash_point("apply-mid-entry");
+            apply_writes(tree, &pending)?;
+        }
+        Ok(())
     }
 }
 
 pub(super) fn apply_writes(
     tree: &sled::Tree,
-    writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    writes: &[(Vec<u8>, Option<Vec<u8>>)],
 ) -> Result<(), sled::Error> {
     for (key, value) in writes {
         match value {
-            Some(value) => tree.insert(key, value)?,
+            Some(value) => tree.insert(key.as_slice(), value.as_slice())?,
             None => tree.remove(key)?,
         };
     }

@@ -48,6 +48,8 @@
 //! snapshot install waits for a copy in progress, as it replaces the tree.
 
 mod apply;
+mod databases;
+mod defrag;
 mod digest;
 mod feed;
 pub(super) mod read;
@@ -59,15 +61,16 @@ use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftLogId, StorageIOError};
 
 use self::apply::{apply_writes, encode, EntryWrites};
+pub(super) use self::databases::{open_current, state_dirs};
+pub use self::defrag::DefragPolicy;
 pub use self::digest::Digests;
 pub use self::feed::{Change, FeedItem, WatchFeed};
 use self::read::{read_revision, read_value};
 pub use self::read::{KvReader, ScanPage, ScanRange};
 pub use self::snapshots::SnapshotBuilder;
 use self::snapshots::{current_snapshot, record_snapshot_size, snapshot_taken, Preimages};
-use super::keys::{
-    APPLIED, DATA_FORMAT, FIRST_TREE, FORMAT, MEMBERSHIP, POINTER_KEY, POINTER_TREE, REDO,
-};
+use super::database::Database;
+use super::keys::{APPLIED, DATA_FORMAT, FORMAT, MEMBERSHIP, POINTER_TREE, REDO};
 use super::snapshot::SnapshotDir;
 use super::{PurgeGate, Shared, StoreError, StoreOptions};
 use crate::types::{
@@ -91,6 +94,9 @@ pub struct StateMachine {
     copying: Arc<Mutex<Option<Preimages>>>,
     /// Taken by a snapshot copy for its whole run: an install waits for it.
     snapshot_turn: Arc<tokio::sync::Mutex<()>>,
+    defragger: defrag::Defragger,
+    /// sled's page cache for each state database.
+    cache_bytes: u64,
 }
 
 impl StateMachine {
@@ -99,7 +105,8 @@ impl StateMachine {
         options: &StoreOptions,
         purges: Arc<PurgeGate>,
     ) -> Result<StateMachine, StoreError> {
-        let path = shared.path.join("db");
+        let state_db = shared.state_db();
+        let path = state_db.dir.clone();
         let sled_err = |source| StoreError::Sled {
             path: path.clone(),
             source,
@@ -108,13 +115,8 @@ impl StateMachine {
             path: path.clone(),
             detail,
         };
-        let pointer = shared.db.open_tree(POINTER_TREE).map_err(sled_err)?;
-        let name = match pointer.get(POINTER_KEY).map_err(sled_err)? {
-            Some(name) => name.to_vec(),
-            None => FIRST_TREE.to_vec(),
-        };
-        let tree = shared.db.open_tree(&name).map_err(sled_err)?;
-        drop_abandoned_trees(&shared.db, &name).map_err(sled_err)?;
+        let pointer = shared.meta.db.open_tree(POINTER_TREE).map_err(sled_err)?;
+        let tree = databases::state_tree(&state_db)?;
         match tree.get(FORMAT).map_err(sled_err)? {
             Some(format) if format.as_ref() == [DATA_FORMAT] => {}
             None if tree.is_empty() => {
@@ -131,7 +133,7 @@ impl StateMachine {
         if let Some(redo) = tree.get(REDO).map_err(sled_err)? {
             let writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = postcard::from_bytes(&redo)
                 .map_err(|e| corrupted(format!("undecodable redo record: {e}")))?;
-            apply_writes(&tree, writes).map_err(sled_err)?;
+            apply_writes(&tree, &writes).map_err(sled_err)?;
         }
         let snapshots_path = shared.path.join("snapshots");
         let snapshots =
@@ -157,6 +159,8 @@ impl StateMachine {
             purges,
             copying: Arc::default(),
             snapshot_turn: Arc::default(),
+            defragger: defrag::Defragger::new(options.defrag),
+            cache_bytes: options.cache_bytes,
         };
         // An install that stopped after copying its snapshot file but before
         // switching to its data leaves a snapshot ahead of the state, which
@@ -206,12 +210,82 @@ impl StateMachine {
     /// Writes one entry's write set while no read is in progress, so every
     /// read sees the state before the entry or after it, never part of it.
     /// A snapshot being copied meanwhile keeps what the entry overwrites.
+    /// A defrag in progress gets the same writes (see [`defrag`]).
     fn write_entry(&self, writes: EntryWrites<sled::Tree>) -> Result<(), sled::Error> {
         let tree = self.current.write().expect("state machine lock");
         if let Some(preimages) = self.copying.lock().expect("snapshot copy lock").as_mut() {
             preimages.keep(&tree, writes.keys())?;
         }
-        writes.write()
+        let mirror = self.defragger.mirror.lock().expect("mirror lock").clone();
+        writes.write(mirror.as_ref())
+    }
+
+    /// Makes `db` (holding `tree`) the state; returns the database it
+    /// replaces. Waits for reads in progress, as applying an entry does.
+    fn replace_state(&self, db: Database, tree: sled::Tree) -> Database {
+        let mut current = self.current.write().expect("state machine lock");
+        *current = tree;
+        let mut state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::replace(&mut *state, db)
+    }
+
+    /// Switches to a defrag whose copy has ended, or removes one that
+    /// failed. Called between entries.
+    fn finish_defrag(&mut self) -> std::io::Result<()> {
+        let running = match self.defragger.poll() {
+            defrag::Polled::Nothing => return Ok(()),
+            defrag::Polled::Failed(running, e) => {
+                tracing::warn!(
+                    "defragmenting the state database failed, the state stays where it is: {e}"
+                );
+                databases::remove(running.fresh);
+                return Ok(());
+            }
+            defrag::Polled::Copied(running) => running,
+        };
+        running.fresh.sync()?;
+        crate::failpoint::crash_point("defrag-before-switch");
+        databases::point_to(&self.pointer, &self.shared.meta, &running.fresh)?;
+        crate::failpoint::crash_point("defrag-switched");
+        let size_after = running.fresh.size_on_disk();
+        let old = self.replace_state(running.fresh, running.tree);
+        databases::remove(old);
+        self.defragger.finished(size_after);
+        let took = running.started.elapsed();
+        self.shared.metrics.defrag.observe(took.as_secs_f64());
+        tracing::info!(
+            size_before = running.size_before,
+            size_after,
+            took_ms = took.as_millis() as u64,
+            "defragmented the state database"
+        );
+        Ok(())
+    }
+
+    /// Starts a defrag when the state database has outgrown its bound.
+    fn defrag_if_due(&mut self) -> Result<(), StoreError> {
+        let state_db = self.shared.state_db();
+        let snapshots = &self.snapshots;
+        let mut size = 0;
+        let due = self.defragger.due(|| {
+            size = state_db.size_on_disk();
+            let snapshot = std::fs::metadata(snapshots.current_path()).map_or(0, |m| m.len());
+            (size, snapshot)
+        });
+        if due {
+            self.start_defrag(size)?;
+        }
+        Ok(())
+    }
+
+    /// Starts copying the state into a fresh database (see [`defrag`]).
+    pub(in crate::store) fn start_defrag(&mut self, size_before: u64) -> Result<(), StoreError> {
+        self.defragger.start(
+            &self.current,
+            &self.shared.path,
+            self.cache_bytes,
+            size_before,
+        )
     }
 }
 
@@ -234,6 +308,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        self.finish_defrag().map_err(|e| {
+            StorageIOError::apply(LogId::default(), &self.shared.io_error("defragmenting", e))
+        })?;
         let tree = self.tree();
         let mut revision = read_revision(&tree).map_err(read_err)?;
         let mut outcomes = Vec::new();
@@ -300,6 +377,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         for change in changes {
             self.feed.send(FeedItem::Change(Arc::new(change)));
         }
+        if let Err(e) = self.defrag_if_due() {
+            tracing::warn!("cannot start defragmenting the state database: {e}");
+        }
         Ok(outcomes)
     }
 
@@ -328,6 +408,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), StorageError> {
         // tokio may still hold buffered writes: into_std() waits for them.
         let file = snapshot.into_std().await;
+        self.defragger.cancel().await;
         let _copy_done = self.snapshot_turn.clone().lock_owned().await;
         let started = std::time::Instant::now();
         let installed = self.install(meta, file);
@@ -348,22 +429,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         current_snapshot(&self.snapshots)
             .map_err(|e| StorageIOError::read_snapshot(None, &e).into())
     }
-}
-
-/// Drops the state trees that are not `current`: what an install that
-/// crashed before switching to its fresh tree left behind.
-fn drop_abandoned_trees(db: &sled::Db, current: &[u8]) -> sled::Result<()> {
-    for name in db.tree_names() {
-        let state_tree = name.as_ref() == FIRST_TREE || name.starts_with(b"sm-");
-        if state_tree && name.as_ref() != current {
-            tracing::info!(
-                "dropping an abandoned state tree {}",
-                String::from_utf8_lossy(&name)
-            );
-            db.drop_tree(&name)?;
-        }
-    }
-    Ok(())
 }
 
 fn read_err<E: std::error::Error + 'static>(e: E) -> StorageError {

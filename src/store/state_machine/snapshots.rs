@@ -2,9 +2,9 @@
 //! snapshot file while later entries apply, installing one received from
 //! the leader, and loading a backup into an empty data directory.
 //!
-//! Installing fills a fresh tree, copies the snapshot file, and then
-//! switches the pointer to the tree, so a crash mid-install leaves the old
-//! state intact; the log purge that comes with the snapshot waits for the
+//! Installing fills a fresh state database, copies the snapshot file, and
+//! then switches the pointer to the database, so a crash mid-install leaves
+//! the old state intact; the log purge that comes with the snapshot waits for the
 //! switch (see `store::log::PurgeGate`). A copy is made durable before
 //! openraft may purge the log below it.
 
@@ -17,10 +17,12 @@ use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::OwnedMutexGuard;
 
 use super::apply::encode;
+use super::databases;
 use super::feed::FeedItem;
 use super::read::{read_revision, read_value};
 use super::StateMachine;
-use crate::store::keys::{APPLIED, KEY, MEMBERSHIP, POINTER_KEY, REDO};
+use crate::store::database::Database;
+use crate::store::keys::{APPLIED, KEY, MEMBERSHIP, REDO};
 use crate::store::snapshot;
 use crate::store::snapshot::SnapshotDir;
 use crate::store::{Restored, Shared};
@@ -106,60 +108,63 @@ impl StateMachine {
                 ),
             ));
         }
-        let name = format!(
-            "sm-{}-{:08x}",
-            meta.last_log_id.map(|id| id.index).unwrap_or(0),
-            rand::random::<u32>()
-        );
-        let fresh = self
-            .shared
-            .db
-            .open_tree(&name)
+        let fresh = databases::create(&self.shared.path, self.cache_bytes)
             .map_err(std::io::Error::other)?;
-        let mut batch = sled::Batch::default();
-        let mut pending = 0;
-        for record in snapshot::records(&mut file)? {
-            let (key, value) = record?;
-            batch.insert(key, value);
-            pending += 1;
-            if pending == 10_000 {
-                fresh
-                    .apply_batch(std::mem::take(&mut batch))
-                    .map_err(std::io::Error::other)?;
-                pending = 0;
+        let filled = fill(&fresh, meta, &mut file).and_then(|tree| {
+            fresh.sync()?;
+            crate::failpoint::crash_point("snapshot-install-filled");
+            // The file first, the switch second: a crash between them leaves a
+            // snapshot ahead of the state, which `open` writes again; the other
+            // order would leave a log purge with no snapshot that covers it.
+            self.snapshots.install_copy(&mut file)?;
+            crate::failpoint::crash_point("snapshot-install-copied");
+            databases::point_to(&self.pointer, &self.shared.meta, &fresh)?;
+            crate::failpoint::crash_point("snapshot-install-switched");
+            Ok(tree)
+        });
+        let tree = match filled {
+            Ok(tree) => tree,
+            Err(e) => {
+                databases::remove(fresh);
+                return Err(e);
             }
-        }
-        batch.insert(APPLIED, encode(&meta.last_log_id));
-        batch.insert(MEMBERSHIP, encode(&meta.last_membership));
-        fresh.apply_batch(batch).map_err(std::io::Error::other)?;
-        self.shared.make_durable()?;
-        crate::failpoint::crash_point("snapshot-install-filled");
-        // The file first, the switch second: a crash between them leaves a
-        // snapshot ahead of the state, which `open` writes again; the other
-        // order would leave a log purge with no snapshot that covers it.
-        self.snapshots.install_copy(&mut file)?;
-        crate::failpoint::crash_point("snapshot-install-copied");
-        self.pointer
-            .insert(POINTER_KEY, name.as_bytes())
-            .map_err(std::io::Error::other)?;
-        self.shared.make_durable()?;
-        crate::failpoint::crash_point("snapshot-install-switched");
-        let old = std::mem::replace(
-            &mut *self.current.write().expect("state machine lock"),
-            fresh,
-        );
+        };
+        let old = self.replace_state(fresh, tree);
         let revision = meta.last_log_id.map(|id| id.index).unwrap_or(0);
         // Only now may the purge openraft asked for with this snapshot run.
         self.purges
             .applied(revision)
             .map_err(std::io::Error::other)?;
-        self.shared
-            .db
-            .drop_tree(old.name())
-            .map_err(std::io::Error::other)?;
+        databases::remove(old);
         self.feed.send(FeedItem::Reset { revision });
         Ok(())
     }
+}
+
+/// Fills the state tree of `fresh` with a snapshot file's records and the
+/// snapshot's applied log id and membership.
+fn fill(
+    fresh: &Database,
+    meta: &SnapshotMeta,
+    file: &mut std::fs::File,
+) -> std::io::Result<sled::Tree> {
+    let tree = databases::state_tree(fresh).map_err(std::io::Error::other)?;
+    let mut batch = sled::Batch::default();
+    let mut pending = 0;
+    for record in snapshot::records(file)? {
+        let (key, value) = record?;
+        batch.insert(key, value);
+        pending += 1;
+        if pending == 10_000 {
+            tree.apply_batch(std::mem::take(&mut batch))
+                .map_err(std::io::Error::other)?;
+            pending = 0;
+        }
+    }
+    batch.insert(APPLIED, encode(&meta.last_log_id));
+    batch.insert(MEMBERSHIP, encode(&meta.last_membership));
+    tree.apply_batch(batch).map_err(std::io::Error::other)?;
+    Ok(tree)
 }
 
 /// The current snapshot file, opened for openraft to send or report.
@@ -179,7 +184,7 @@ type Record = (Vec<u8>, Vec<u8>);
 
 /// How many records a copy reads per hold of the state lock: an entry
 /// being applied waits for one such chunk at most.
-const CHUNK_RECORDS: usize = 1024;
+pub(super) const CHUNK_RECORDS: usize = 1024;
 
 /// What a snapshot copy in progress needs from applying: the value each
 /// key had when the snapshot began, for the keys that entries change

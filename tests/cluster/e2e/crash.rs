@@ -123,13 +123,23 @@ async fn a_damaged_data_file_stops_its_pod_with_a_clear_error_and_the_others_ser
     writers.until_acknowledged(4000).await;
     let written = writers.stop().await;
 
-    // Damage pod 1's database file while it is down: 64 bytes at each
+    // Damage pod 1's state database file while it is down: 64 bytes at each
     // 64th of it, so that some land where sled's recovery reads. Most of
     // the file may be segments sled has freed (the ids the node picks for
     // these writes are forgotten after 20 s), and damage there goes
     // unnoticed: seven places were once not enough.
     set.kill(1).await;
-    let file = set.claim_path(1).await.join("db").join("db");
+    let claim = set.claim_path(1).await;
+    let state = std::fs::read_dir(&claim)
+        .unwrap_or_else(|e| panic!("cannot list {} on this host: {e}", claim.display()))
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|path| {
+            path.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("state-"))
+        })
+        .unwrap_or_else(|| panic!("no state database in {}", claim.display()));
+    let file = state.join("db");
     let mut bytes = std::fs::read(&file)
         .unwrap_or_else(|e| panic!("cannot read {} on this host: {e}", file.display()));
     for part in 1..64 {
