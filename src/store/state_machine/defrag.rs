@@ -67,10 +67,19 @@ impl DefragPolicy {
 /// How often applying looks at the state database's size.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
+/// After a defrag, the next waits this many times as long as it took: under
+/// a write load that outruns sled's own reclaiming (its file can grow by
+/// tens of MB a second), defragmenting takes at most a tenth of the time.
+const PAUSE_PER_DEFRAG_TIME: u32 = 9;
+
+/// After a failed defrag, the next waits this long.
+const PAUSE_AFTER_FAILURE: Duration = Duration::from_secs(60);
+
 /// The defrags of one state machine: at most one at a time.
 pub(super) struct Defragger {
     pub(super) policy: DefragPolicy,
-    checked_at: Option<Instant>,
+    /// No size check, and so no defrag, before this.
+    next_check: Option<Instant>,
     /// What the last defrag left, in bytes.
     defragged_bytes: u64,
     running: Option<Running>,
@@ -102,20 +111,22 @@ impl Defragger {
     pub(super) fn new(policy: DefragPolicy) -> Defragger {
         Defragger {
             policy,
-            checked_at: None,
+            next_check: None,
             defragged_bytes: 0,
             running: None,
             mirror: Arc::default(),
         }
     }
 
-    /// Whether a defrag should start now: none is running, the size
-    /// was not looked at within [`CHECK_EVERY`], and it is past the bound.
+    /// Whether a defrag should start now: none is running, the size was
+    /// not looked at within [`CHECK_EVERY`], the pause after the last one
+    /// is over, and the size is past the bound.
     pub(super) fn due(&mut self, size: impl FnOnce() -> (u64, u64)) -> bool {
-        if self.running.is_some() || self.checked_at.is_some_and(|at| at.elapsed() < CHECK_EVERY) {
+        let now = Instant::now();
+        if self.running.is_some() || self.next_check.is_some_and(|at| now < at) {
             return false;
         }
-        self.checked_at = Some(Instant::now());
+        self.next_check = Some(now + CHECK_EVERY);
         let (size, snapshot_bytes) = size();
         self.policy.due(size, snapshot_bytes, self.defragged_bytes)
     }
@@ -187,13 +198,17 @@ impl Defragger {
         self.mirror.lock().expect("mirror lock").take();
         match ended {
             Ok(()) => Polled::Copied(running),
-            Err(e) => Polled::Failed(running, e),
+            Err(e) => {
+                self.next_check = Some(Instant::now() + PAUSE_AFTER_FAILURE);
+                Polled::Failed(running, e)
+            }
         }
     }
 
-    /// Records what a finished defrag left.
-    pub(super) fn finished(&mut self, defragged_bytes: u64) {
+    /// Records what a finished defrag left, and how long it took.
+    pub(super) fn finished(&mut self, defragged_bytes: u64, took: Duration) {
         self.defragged_bytes = defragged_bytes;
+        self.next_check = Some(Instant::now() + took * PAUSE_PER_DEFRAG_TIME);
     }
 
     /// Stops a defrag in progress, waits for its thread to let go of
@@ -264,7 +279,25 @@ impl Copy {
 
 #[cfg(test)]
 mod tests {
-    use super::DefragPolicy;
+    use super::{DefragPolicy, Defragger};
+    use std::time::Duration;
+
+    #[test]
+    fn after_a_defrag_the_next_waits_nine_times_as_long_as_it_took() {
+        let policy = DefragPolicy {
+            min_bytes: 0,
+            ratio: 1,
+        };
+        let grown = || (1 << 40, 0);
+        let mut defragger = Defragger::new(policy);
+        assert!(defragger.due(grown), "nothing ran yet");
+        let mut defragger = Defragger::new(policy);
+        defragger.finished(1, Duration::from_secs(10));
+        assert!(!defragger.due(grown), "within 90 s of a defrag of 10 s");
+        let mut defragger = Defragger::new(policy);
+        defragger.finished(1, Duration::ZERO);
+        assert!(defragger.due(grown), "a pause of nothing is over");
+    }
 
     #[test]
     fn a_defrag_is_due_past_every_bound() {

@@ -250,8 +250,8 @@ impl StateMachine {
         let size_after = running.fresh.size_on_disk();
         let old = self.replace_state(running.fresh, running.tree);
         databases::remove(old);
-        self.defragger.finished(size_after);
         let took = running.started.elapsed();
+        self.defragger.finished(size_after, took);
         self.shared.metrics.defrag.observe(took.as_secs_f64());
         tracing::info!(
             size_before = running.size_before,
