@@ -2,6 +2,7 @@
 //! semantics, snapshots, and reopening a data directory.
 
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::sync::atomic::AtomicBool;
 
 use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::testing::{StoreBuilder, Suite};
@@ -1507,12 +1508,14 @@ async fn a_grown_state_is_copied_into_a_fresh_database_beside_applying_and_the_o
 }
 
 #[tokio::test]
-async fn a_defrag_cut_short_leaves_the_state_where_it_was() {
+async fn a_defrag_cut_short_before_its_switch_leaves_the_state_where_it_was() {
     let mut twins = Twins::new(StoreOptions::default(), 20).await;
     let first = state_dir(twins.dir.path());
-    twins.store.state_machine.start_defrag(0).unwrap();
+    let parts = twins.store.state_machine.defrag_parts();
+    let copied = parts.copy(0, &AtomicBool::new(false)).unwrap();
     twins.next_round().await;
     // As when the node stops or crashes before the switch.
+    drop((copied, parts));
     let twins = twins.reopen(StoreOptions::default());
     let dir = twins.dir.path();
     assert_eq!(state_dir(dir), first, "the copy's database is removed");
@@ -1520,7 +1523,7 @@ async fn a_defrag_cut_short_leaves_the_state_where_it_was() {
 }
 
 #[tokio::test]
-async fn installing_a_snapshot_during_a_defrag_cancels_it() {
+async fn a_snapshot_installed_during_a_defrag_outdates_its_copy() {
     let Twins {
         dir,
         mut store,
@@ -1531,11 +1534,13 @@ async fn installing_a_snapshot_during_a_defrag_cancels_it() {
     let only = vec![put("only", "in the snapshot")];
     apply(&mut reference.state_machine, 21, only).await;
     let (meta, bytes) = build(&mut reference.state_machine).await;
-    store.state_machine.start_defrag(0).unwrap();
+    let parts = store.state_machine.defrag_parts();
+    let copied = parts.copy(0, &AtomicBool::new(false)).unwrap().unwrap();
     receive(&mut store.state_machine, &meta, &bytes)
         .await
         .unwrap();
-    // The next entry would have switched to a finished copy.
+    assert_eq!(parts.switch(copied).unwrap(), None, "the copy is outdated");
+    drop(parts);
     for sm in [&mut store.state_machine, &mut reference.state_machine] {
         apply(sm, 22, vec![put("after", "it")]).await;
     }
@@ -1595,4 +1600,32 @@ async fn a_state_tree_in_the_metadata_database_moves_into_a_state_database() {
         !names.iter().any(|name| name.as_ref() == keys::FIRST_TREE),
         "the old tree is dropped"
     );
+}
+
+/// A node that takes no writes is defragmented too: nothing waits for an
+/// entry to switch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_grown_state_is_defragmented() {
+    let twins = Twins::new(StoreOptions::default(), 50).await;
+    let first = state_dir(twins.dir.path());
+    let twins = twins.reopen(StoreOptions {
+        defrag: DefragPolicy {
+            min_bytes: 1,
+            ratio: 1,
+        },
+        ..StoreOptions::default()
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let dirs = super::state_machine::state_dirs(twins.dir.path()).unwrap();
+        if dirs.len() == 1 && dirs[0] != first {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not defragmented: {dirs:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(twins.agree());
 }

@@ -6,8 +6,9 @@
 //! reclaims almost nothing, and under steady overwrites its file settles at
 //! 15–30× the live records. A database filled once, in key order, takes
 //! two to three times them. So when the state database has grown past
-//! [`DefragPolicy`]'s bound, a thread copies the state into a fresh
-//! database while entries go on applying:
+//! [`DefragPolicy`]'s bound (a thread of its own looks every second, at low
+//! priority), it copies the state into a fresh database while entries go
+//! on applying:
 //! - the copy reads the current tree in chunks, each under the state lock
 //!   held shared, and writes each chunk into the fresh tree before it lets
 //!   go, so no entry lands between reading a record and copying it;
@@ -16,23 +17,25 @@
 //!
 //! A record the copy reaches after an entry changed it is copied as changed;
 //! one it copied before is changed again by the mirror. When the copy has
-//! reached the end and synced the fresh database, the next call to apply
-//! (nothing is applying then) syncs the entries mirrored since, points the
-//! metadata at the fresh database, swaps it in and removes the old one. A
-//! crash before the pointer moved leaves the old database current and the
-//! fresh one abandoned (removed at start-up); after it, the fresh one is
-//! current and durable up to the last applied entry. A snapshot install
-//! cancels a defrag: it replaces the state itself.
+//! reached the end and synced the fresh database, the thread waits for the
+//! batch of entries being applied to end (and holds the next), syncs what
+//! was mirrored since, points the metadata at the fresh database, swaps it
+//! in and removes the old one; an idle node is defragmented too. A crash
+//! before the pointer moved leaves the old database current and the fresh
+//! one abandoned (removed at start-up); after it, the fresh one is current
+//! and durable up to the last applied entry. A snapshot install outdates a
+//! copy in progress: it replaces the state itself.
 
 use std::ops::Bound;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use super::super::database::Database;
+use super::super::snapshot::SnapshotDir;
+use super::super::Shared;
 use super::databases;
 use super::snapshots::CHUNK_RECORDS;
-use crate::store::StoreError;
 
 /// When the state database is defragmented: once its files take more than
 /// `min_bytes`, more than `ratio` times the latest snapshot (the live
@@ -64,7 +67,7 @@ impl DefragPolicy {
     }
 }
 
-/// How often applying looks at the state database's size.
+/// How often the defrag thread looks at the state database's size.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// After a defrag, the next waits this many times as long as it took: under
@@ -75,182 +78,108 @@ const PAUSE_PER_DEFRAG_TIME: u32 = 9;
 /// After a failed defrag, the next waits this long.
 const PAUSE_AFTER_FAILURE: Duration = Duration::from_secs(60);
 
-/// The defrags of one state machine: at most one at a time.
-pub(super) struct Defragger {
-    pub(super) policy: DefragPolicy,
-    /// No size check, and so no defrag, before this.
-    next_check: Option<Instant>,
+/// When the next defrag may run.
+struct Pacing {
+    policy: DefragPolicy,
     /// What the last defrag left, in bytes.
     defragged_bytes: u64,
-    running: Option<Running>,
+    /// No defrag before this.
+    not_before: Option<Instant>,
+}
+
+impl Pacing {
+    fn due(&self, size: u64, snapshot_bytes: u64) -> bool {
+        let paused = self.not_before.is_some_and(|at| Instant::now() < at);
+        !paused && self.policy.due(size, snapshot_bytes, self.defragged_bytes)
+    }
+
+    fn finished(&mut self, defragged_bytes: u64, took: Duration) {
+        self.defragged_bytes = defragged_bytes;
+        self.not_before = Some(Instant::now() + took * PAUSE_PER_DEFRAG_TIME);
+    }
+
+    fn failed(&mut self) {
+        self.not_before = Some(Instant::now() + PAUSE_AFTER_FAILURE);
+    }
+}
+
+/// What defragmenting shares with the state machine.
+#[derive(Clone)]
+pub(in crate::store) struct Parts {
+    pub(super) current: Arc<RwLock<sled::Tree>>,
+    pub(super) shared: Arc<Shared>,
+    pub(super) pointer: sled::Tree,
+    pub(super) snapshots: SnapshotDir,
+    pub(super) cache_bytes: u64,
+    /// Held by applying for a whole batch of entries and by an install; a
+    /// switch takes it, so it never lands inside either.
+    pub(super) applying: Arc<Mutex<()>>,
+    /// Counts installs: a copy begun before one is stale.
+    pub(super) installs: Arc<AtomicU64>,
     /// The fresh tree every applied entry also writes to while a copy runs.
     pub(super) mirror: Arc<Mutex<Option<sled::Tree>>>,
+    /// A switch that failed half-way, which applying reports (fatal).
+    pub(super) failed: Arc<Mutex<Option<String>>>,
 }
 
-/// A defrag under way.
-pub(super) struct Running {
-    pub(super) fresh: Database,
-    pub(super) tree: sled::Tree,
-    pub(super) started: Instant,
-    pub(super) size_before: u64,
-    cancel: Arc<AtomicBool>,
-    /// The copy's result, once it has ended.
-    copied: tokio::sync::oneshot::Receiver<std::io::Result<()>>,
+/// A complete, durable copy of the state, still mirrored, not switched to.
+pub(in crate::store) struct Copied {
+    fresh: Database,
+    tree: sled::Tree,
+    installs: u64,
+    started: Instant,
+    size_before: u64,
 }
 
-/// What [`Defragger::poll`] found.
-pub(super) enum Polled {
-    Nothing,
-    /// The copy is complete and durable: switch to it.
-    Copied(Running),
-    /// The copy failed; its database is to be removed.
-    Failed(Running, std::io::Error),
-}
-
-impl Defragger {
-    pub(super) fn new(policy: DefragPolicy) -> Defragger {
-        Defragger {
-            policy,
-            next_check: None,
-            defragged_bytes: 0,
-            running: None,
-            mirror: Arc::default(),
-        }
-    }
-
-    /// Whether a defrag should start now: none is running, the size was
-    /// not looked at within [`CHECK_EVERY`], the pause after the last one
-    /// is over, and the size is past the bound.
-    pub(super) fn due(&mut self, size: impl FnOnce() -> (u64, u64)) -> bool {
-        let now = Instant::now();
-        if self.running.is_some() || self.next_check.is_some_and(|at| now < at) {
-            return false;
-        }
-        self.next_check = Some(now + CHECK_EVERY);
-        let (size, snapshot_bytes) = size();
-        self.policy.due(size, snapshot_bytes, self.defragged_bytes)
-    }
-
-    /// Starts copying `current` into a fresh database in `data_dir` on a
-    /// thread of its own; entries from now on are mirrored into it. Called
-    /// between entries.
-    pub(super) fn start(
-        &mut self,
-        current: &Arc<RwLock<sled::Tree>>,
-        data_dir: &std::path::Path,
-        cache_bytes: u64,
+impl Parts {
+    /// Copies the state into a fresh database while entries go on applying
+    /// (mirrored into it); `None` when `stop` was set or an install came.
+    pub(in crate::store) fn copy(
+        &self,
         size_before: u64,
-    ) -> Result<(), StoreError> {
-        let fresh = databases::create(data_dir, cache_bytes)?;
-        let tree = databases::state_tree(&fresh)?;
-        let cancel = Arc::new(AtomicBool::new(false));
-        let (done, copied) = tokio::sync::oneshot::channel();
-        *self.mirror.lock().expect("mirror lock") = Some(tree.clone());
-        let copy = Copy {
-            current: current.clone(),
-            fresh: fresh.clone(),
-            tree: tree.clone(),
-            cancel: cancel.clone(),
-        };
-        let spawned = std::thread::Builder::new()
-            .name("raftset-defrag".into())
-            .spawn(move || {
-                let _ = done.send(copy.run());
+        stop: &AtomicBool,
+    ) -> std::io::Result<Option<Copied>> {
+        let installs = self.installs.load(Ordering::SeqCst);
+        let started = Instant::now();
+        let fresh = databases::create(&self.shared.path, self.cache_bytes)
+            .map_err(std::io::Error::other)?;
+        tracing::info!(size_before, path = %fresh.dir.display(), "defragmenting the state database");
+        let copied = databases::state_tree(&fresh)
+            .map_err(std::io::Error::other)
+            .and_then(|tree| {
+                *self.mirror.lock().expect("mirror lock") = Some(tree.clone());
+                let complete = self.copy_into(&tree, installs, stop)?;
+                fresh.sync()?;
+                Ok(complete.then_some(tree))
             });
-        if let Err(source) = spawned {
-            self.mirror.lock().expect("mirror lock").take();
-            databases::remove(fresh);
-            return Err(StoreError::Io {
-                path: data_dir.to_path_buf(),
-                source,
-            });
-        }
-        tracing::info!(
-            size_before,
-            path = %fresh.dir.display(),
-            "defragmenting the state database"
-        );
-        self.running = Some(Running {
-            fresh,
-            tree,
-            started: Instant::now(),
-            size_before,
-            cancel,
-            copied,
-        });
-        Ok(())
-    }
-
-    /// Takes a defrag whose copy has ended, and stops mirroring into
-    /// it: the caller switches to it or removes it before the next entry.
-    pub(super) fn poll(&mut self) -> Polled {
-        let Some(running) = self.running.as_mut() else {
-            return Polled::Nothing;
-        };
-        let ended = match running.copied.try_recv() {
-            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => return Polled::Nothing,
-            Ok(result) => result,
-            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => Err(std::io::Error::other(
-                "the defrag thread ended without a word",
-            )),
-        };
-        let running = self.running.take().expect("a running defrag");
-        self.mirror.lock().expect("mirror lock").take();
-        match ended {
-            Ok(()) => Polled::Copied(running),
-            Err(e) => {
-                self.next_check = Some(Instant::now() + PAUSE_AFTER_FAILURE);
-                Polled::Failed(running, e)
+        match copied {
+            Ok(Some(tree)) => Ok(Some(Copied {
+                fresh,
+                tree,
+                installs,
+                started,
+                size_before,
+            })),
+            stopped_or_failed => {
+                self.mirror.lock().expect("mirror lock").take();
+                databases::remove(fresh);
+                stopped_or_failed.map(|_| None)
             }
         }
     }
 
-    /// Records what a finished defrag left, and how long it took.
-    pub(super) fn finished(&mut self, defragged_bytes: u64, took: Duration) {
-        self.defragged_bytes = defragged_bytes;
-        self.next_check = Some(Instant::now() + took * PAUSE_PER_DEFRAG_TIME);
-    }
-
-    /// Stops a defrag in progress, waits for its thread to let go of
-    /// the state, and removes its database.
-    pub(super) async fn cancel(&mut self) {
-        let Some(running) = self.running.take() else {
-            return;
-        };
-        self.mirror.lock().expect("mirror lock").take();
-        running.cancel.store(true, Ordering::Relaxed);
-        let _ = running.copied.await;
-        tracing::info!("defrag cancelled");
-        databases::remove(running.fresh);
-    }
-}
-
-impl Drop for Defragger {
-    /// A node that stops ends its copy at the next chunk; the fresh
-    /// database is removed at the next start.
-    fn drop(&mut self) {
-        if let Some(running) = &self.running {
-            running.cancel.store(true, Ordering::Relaxed);
-        }
-    }
-}
-
-/// The copying thread's part.
-struct Copy {
-    current: Arc<RwLock<sled::Tree>>,
-    fresh: Database,
-    tree: sled::Tree,
-    cancel: Arc<AtomicBool>,
-}
-
-impl Copy {
-    fn run(self) -> std::io::Result<()> {
-        // Below the threads that serve and apply: the copy is never urgent.
-        let _ = rustix::process::setpriority_process(None, 10);
+    /// Copies the current tree into `to` chunk by chunk, each under the
+    /// state lock held shared; `false` when stopped or outdated by an install.
+    fn copy_into(
+        &self,
+        to: &sled::Tree,
+        installs: u64,
+        stop: &AtomicBool,
+    ) -> std::io::Result<bool> {
         let mut after: Option<sled::IVec> = None;
         loop {
-            if self.cancel.load(Ordering::Relaxed) {
-                return Err(std::io::Error::other("defrag cancelled"));
+            if stop.load(Ordering::SeqCst) || self.installs.load(Ordering::SeqCst) != installs {
+                return Ok(false);
             }
             let current = self.current.read().expect("state machine lock");
             let range = match after.take() {
@@ -262,24 +191,141 @@ impl Copy {
             let mut copied = 0;
             for item in range.take(CHUNK_RECORDS) {
                 let (key, value) = item.map_err(std::io::Error::other)?;
-                self.tree
-                    .insert(key.clone(), value)
+                to.insert(key.clone(), value)
                     .map_err(std::io::Error::other)?;
                 after = Some(key);
                 copied += 1;
             }
-            drop(current);
             if copied == 0 {
-                break;
+                return Ok(true);
             }
         }
-        self.fresh.sync()
+    }
+
+    /// Switches to `copied` between two batches of entries: syncs what was
+    /// mirrored since the copy, moves the pointer, swaps the database in
+    /// and removes the old one. Gives the size left, or `None` when an
+    /// install came since the copy began (the copy is removed). A failure
+    /// once the switch has begun is kept for applying to report.
+    pub(in crate::store) fn switch(&self, copied: Copied) -> std::io::Result<Option<u64>> {
+        let applying = self.applying.lock().unwrap_or_else(|e| e.into_inner());
+        if self.installs.load(Ordering::SeqCst) != copied.installs {
+            drop(applying);
+            databases::remove(copied.fresh);
+            return Ok(None);
+        }
+        let switched = copied.fresh.sync().and_then(|()| {
+            crate::failpoint::crash_point("defrag-before-switch");
+            databases::point_to(&self.pointer, &self.shared.meta, &copied.fresh)
+        });
+        if let Err(e) = switched {
+            let failure = format!("switching to a defragmented state database failed: {e}");
+            *self.failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(failure);
+            return Err(e);
+        }
+        crate::failpoint::crash_point("defrag-switched");
+        let size_after = copied.fresh.size_on_disk();
+        let old = self.replace_state(copied.fresh, copied.tree);
+        drop(applying);
+        databases::remove(old);
+        let took = copied.started.elapsed();
+        self.shared.metrics.defrag.observe(took.as_secs_f64());
+        tracing::info!(
+            size_before = copied.size_before,
+            size_after,
+            took_ms = took.as_millis() as u64,
+            "defragmented the state database"
+        );
+        Ok(Some(size_after))
+    }
+
+    /// Makes `db` (holding `tree`) the state and stops any mirroring;
+    /// returns the database it replaces. Waits for reads in progress, as
+    /// applying an entry does.
+    pub(super) fn replace_state(&self, db: Database, tree: sled::Tree) -> Database {
+        let mut current = self.current.write().expect("state machine lock");
+        *current = tree;
+        self.mirror.lock().expect("mirror lock").take();
+        let mut state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::replace(&mut *state, db)
+    }
+}
+
+/// The defrag thread of one state machine: at most one defrag at a time.
+pub(super) struct Defragger {
+    pub(super) parts: Parts,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Defragger {
+    /// Starts the thread that looks at the state database's size every
+    /// [`CHECK_EVERY`] and defragments it when `policy` says so.
+    pub(super) fn start(parts: Parts, policy: DefragPolicy) -> std::io::Result<Defragger> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::Builder::new()
+            .name("raftset-defrag".into())
+            .spawn({
+                let (parts, stop) = (parts.clone(), stop.clone());
+                move || run(parts, policy, stop)
+            })?;
+        Ok(Defragger {
+            parts,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Defragger {
+    /// Stops the thread (a copy in progress ends at its next chunk, its
+    /// database is removed) and waits for it to let go of the state.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
+            let _ = thread.join();
+        }
+    }
+}
+
+fn run(parts: Parts, policy: DefragPolicy, stop: Arc<AtomicBool>) {
+    // Below the threads that serve and apply: a defrag is never urgent.
+    let _ = rustix::process::setpriority_process(None, 10);
+    let mut pacing = Pacing {
+        policy,
+        defragged_bytes: 0,
+        not_before: None,
+    };
+    loop {
+        std::thread::park_timeout(CHECK_EVERY);
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let size = parts.shared.state_db().size_on_disk();
+        let snapshot = std::fs::metadata(parts.snapshots.current_path()).map_or(0, |m| m.len());
+        if !pacing.due(size, snapshot) {
+            continue;
+        }
+        let started = Instant::now();
+        let done = parts.copy(size, &stop).and_then(|copied| match copied {
+            Some(copied) => parts.switch(copied),
+            None => Ok(None),
+        });
+        match done {
+            Ok(Some(size_after)) => pacing.finished(size_after, started.elapsed()),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!("defragmenting the state database failed: {e}");
+                pacing.failed();
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{DefragPolicy, Defragger};
+    use super::{DefragPolicy, Pacing};
     use std::time::Duration;
 
     #[test]
@@ -288,15 +334,19 @@ mod tests {
             min_bytes: 0,
             ratio: 1,
         };
-        let grown = || (1 << 40, 0);
-        let mut defragger = Defragger::new(policy);
-        assert!(defragger.due(grown), "nothing ran yet");
-        let mut defragger = Defragger::new(policy);
-        defragger.finished(1, Duration::from_secs(10));
-        assert!(!defragger.due(grown), "within 90 s of a defrag of 10 s");
-        let mut defragger = Defragger::new(policy);
-        defragger.finished(1, Duration::ZERO);
-        assert!(defragger.due(grown), "a pause of nothing is over");
+        let grown = 1 << 40;
+        let mut pacing = Pacing {
+            policy,
+            defragged_bytes: 0,
+            not_before: None,
+        };
+        assert!(pacing.due(grown, 0), "nothing ran yet");
+        pacing.finished(1, Duration::from_secs(10));
+        assert!(!pacing.due(grown, 0), "within 90 s of a defrag of 10 s");
+        pacing.finished(1, Duration::ZERO);
+        assert!(pacing.due(grown, 0), "a pause of nothing is over");
+        pacing.failed();
+        assert!(!pacing.due(grown, 0), "within a minute of a failure");
     }
 
     #[test]

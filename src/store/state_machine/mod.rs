@@ -49,7 +49,7 @@
 
 mod apply;
 mod databases;
-mod defrag;
+pub(in crate::store) mod defrag;
 mod digest;
 mod feed;
 pub(super) mod read;
@@ -69,7 +69,6 @@ use self::read::{read_revision, read_value};
 pub use self::read::{KvReader, ScanPage, ScanRange};
 pub use self::snapshots::SnapshotBuilder;
 use self::snapshots::{current_snapshot, record_snapshot_size, snapshot_taken, Preimages};
-use super::database::Database;
 use super::keys::{APPLIED, DATA_FORMAT, FORMAT, MEMBERSHIP, POINTER_TREE, REDO};
 use super::snapshot::SnapshotDir;
 use super::{PurgeGate, Shared, StoreError, StoreOptions};
@@ -94,9 +93,8 @@ pub struct StateMachine {
     copying: Arc<Mutex<Option<Preimages>>>,
     /// Taken by a snapshot copy for its whole run: an install waits for it.
     snapshot_turn: Arc<tokio::sync::Mutex<()>>,
+    /// The defrag thread, and the handles it shares (see [`defrag`]).
     defragger: defrag::Defragger,
-    /// sled's page cache for each state database.
-    cache_bytes: u64,
 }
 
 impl StateMachine {
@@ -144,9 +142,26 @@ impl StateMachine {
         let applied: Option<LogId> = read_value::<Option<LogId>>(&tree, APPLIED)
             .map_err(|e| corrupted(format!("unreadable applied log id: {e}")))?
             .flatten();
+        let current = Arc::new(RwLock::new(tree));
+        let parts = defrag::Parts {
+            current: current.clone(),
+            shared: shared.clone(),
+            pointer: pointer.clone(),
+            snapshots: snapshots.clone(),
+            cache_bytes: options.cache_bytes,
+            applying: Arc::default(),
+            installs: Arc::default(),
+            mirror: Arc::default(),
+            failed: Arc::default(),
+        };
+        let defragger =
+            defrag::Defragger::start(parts, options.defrag).map_err(|source| StoreError::Io {
+                path: shared.path.clone(),
+                source,
+            })?;
         let state_machine = StateMachine {
             shared,
-            current: Arc::new(RwLock::new(tree)),
+            current,
             pointer,
             snapshots,
             history: apply::HistoryRetention {
@@ -159,8 +174,7 @@ impl StateMachine {
             purges,
             copying: Arc::default(),
             snapshot_turn: Arc::default(),
-            defragger: defrag::Defragger::new(options.defrag),
-            cache_bytes: options.cache_bytes,
+            defragger,
         };
         // An install that stopped after copying its snapshot file but before
         // switching to its data leaves a snapshot ahead of the state, which
@@ -203,6 +217,12 @@ impl StateMachine {
         self.digests.clone()
     }
 
+    /// The handles a defrag works with, for tests that drive one by hand.
+    #[cfg(test)]
+    pub(in crate::store) fn defrag_parts(&self) -> defrag::Parts {
+        self.defragger.parts.clone()
+    }
+
     pub(super) fn tree(&self) -> sled::Tree {
         self.current.read().expect("state machine lock").clone()
     }
@@ -216,76 +236,14 @@ impl StateMachine {
         if let Some(preimages) = self.copying.lock().expect("snapshot copy lock").as_mut() {
             preimages.keep(&tree, writes.keys())?;
         }
-        let mirror = self.defragger.mirror.lock().expect("mirror lock").clone();
+        let mirror = self
+            .defragger
+            .parts
+            .mirror
+            .lock()
+            .expect("mirror lock")
+            .clone();
         writes.write(mirror.as_ref())
-    }
-
-    /// Makes `db` (holding `tree`) the state; returns the database it
-    /// replaces. Waits for reads in progress, as applying an entry does.
-    fn replace_state(&self, db: Database, tree: sled::Tree) -> Database {
-        let mut current = self.current.write().expect("state machine lock");
-        *current = tree;
-        let mut state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
-        std::mem::replace(&mut *state, db)
-    }
-
-    /// Switches to a defrag whose copy has ended, or removes one that
-    /// failed. Called between entries.
-    fn finish_defrag(&mut self) -> std::io::Result<()> {
-        let running = match self.defragger.poll() {
-            defrag::Polled::Nothing => return Ok(()),
-            defrag::Polled::Failed(running, e) => {
-                tracing::warn!(
-                    "defragmenting the state database failed, the state stays where it is: {e}"
-                );
-                databases::remove(running.fresh);
-                return Ok(());
-            }
-            defrag::Polled::Copied(running) => running,
-        };
-        running.fresh.sync()?;
-        crate::failpoint::crash_point("defrag-before-switch");
-        databases::point_to(&self.pointer, &self.shared.meta, &running.fresh)?;
-        crate::failpoint::crash_point("defrag-switched");
-        let size_after = running.fresh.size_on_disk();
-        let old = self.replace_state(running.fresh, running.tree);
-        databases::remove(old);
-        let took = running.started.elapsed();
-        self.defragger.finished(size_after, took);
-        self.shared.metrics.defrag.observe(took.as_secs_f64());
-        tracing::info!(
-            size_before = running.size_before,
-            size_after,
-            took_ms = took.as_millis() as u64,
-            "defragmented the state database"
-        );
-        Ok(())
-    }
-
-    /// Starts a defrag when the state database has outgrown its bound.
-    fn defrag_if_due(&mut self) -> Result<(), StoreError> {
-        let state_db = self.shared.state_db();
-        let snapshots = &self.snapshots;
-        let mut size = 0;
-        let due = self.defragger.due(|| {
-            size = state_db.size_on_disk();
-            let snapshot = std::fs::metadata(snapshots.current_path()).map_or(0, |m| m.len());
-            (size, snapshot)
-        });
-        if due {
-            self.start_defrag(size)?;
-        }
-        Ok(())
-    }
-
-    /// Starts copying the state into a fresh database (see [`defrag`]).
-    pub(in crate::store) fn start_defrag(&mut self, size_before: u64) -> Result<(), StoreError> {
-        self.defragger.start(
-            &self.current,
-            &self.shared.path,
-            self.cache_bytes,
-            size_before,
-        )
     }
 }
 
@@ -308,9 +266,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        self.finish_defrag().map_err(|e| {
-            StorageIOError::apply(LogId::default(), &self.shared.io_error("defragmenting", e))
-        })?;
+        let parts = self.defragger.parts.clone();
+        let _applying = parts.applying.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(failure) = parts
+            .failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
+            let err = self.shared.io_error("applying", failure);
+            return Err(StorageIOError::apply(LogId::default(), &err).into());
+        }
         let tree = self.tree();
         let mut revision = read_revision(&tree).map_err(read_err)?;
         let mut outcomes = Vec::new();
@@ -377,9 +343,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         for change in changes {
             self.feed.send(FeedItem::Change(Arc::new(change)));
         }
-        if let Err(e) = self.defrag_if_due() {
-            tracing::warn!("cannot start defragmenting the state database: {e}");
-        }
         Ok(outcomes)
     }
 
@@ -408,7 +371,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), StorageError> {
         // tokio may still hold buffered writes: into_std() waits for them.
         let file = snapshot.into_std().await;
-        self.defragger.cancel().await;
         let _copy_done = self.snapshot_turn.clone().lock_owned().await;
         let started = std::time::Instant::now();
         let installed = self.install(meta, file);

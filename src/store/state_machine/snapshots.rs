@@ -108,7 +108,13 @@ impl StateMachine {
                 ),
             ));
         }
-        let fresh = databases::create(&self.shared.path, self.cache_bytes)
+        let parts = self.defragger.parts.clone();
+        // Holds off a defrag's switch, and outdates its copy.
+        let _applying = parts.applying.lock().unwrap_or_else(|e| e.into_inner());
+        parts
+            .installs
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let fresh = databases::create(&self.shared.path, parts.cache_bytes)
             .map_err(std::io::Error::other)?;
         let filled = fill(&fresh, meta, &mut file).and_then(|tree| {
             fresh.sync()?;
@@ -129,7 +135,7 @@ impl StateMachine {
                 return Err(e);
             }
         };
-        let old = self.replace_state(fresh, tree);
+        let old = parts.replace_state(fresh, tree);
         let revision = meta.last_log_id.map(|id| id.index).unwrap_or(0);
         // Only now may the purge openraft asked for with this snapshot run.
         self.purges
