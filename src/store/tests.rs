@@ -1034,7 +1034,7 @@ async fn an_entry_whose_writes_were_cut_short_is_completed_from_its_redo_record(
 /// on other threads: no read may return a key newer than the revision it
 /// reports, and a scan shows every key of the entry at that revision, never
 /// part of one entry and part of the one before. History replays, while
-/// defrag trims a short window, are gapless runs of whole entries or
+/// compaction trims a short window, are gapless runs of whole entries or
 /// refused as compacted.
 #[test]
 fn reads_while_entries_apply_see_whole_entries_at_their_revision() {
