@@ -5,8 +5,10 @@
 //! By concern: [`apply`] (what each command does, near-pure over a lookup),
 //! [`read`] (the read view for Get, Scan and Watch), [`feed`] (the live
 //! change feed), [`digest`] (state digests for `verify`), [`snapshots`]
-//! (dump, install, backup import); this file opens the tree and implements
-//! openraft's state machine trait on top of them.
+//! (dump, install, backup import), [`databases`] (which sled database holds
+//! the tree), [`defrag`] (copying it into a fresh one beside applying);
+//! this file opens the tree and implements openraft's state machine trait
+//! on top of them.
 //!
 //! A log entry carries a batch of commands. Each command that changes a key
 //! takes the next revision. All of an entry's writes, its remembered
