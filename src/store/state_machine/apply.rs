@@ -305,7 +305,7 @@ impl EntryWrites<sled::Tree> {
     /// each write. sled recovers writes in order, so after a crash either
     /// the redo record is missing and so is every write after it, or it is
     /// there and `StateMachine::open` replays it (replaying is harmless:
-    /// the writes set final values). `mirror`, a compaction's fresh tree,
+    /// the writes set final values). `mirror`, a defrag's fresh tree,
     /// gets the same writes after.
     pub(super) fn write(self, mirror: Option<&sled::Tree>) -> Result<(), sled::Error> {
         let pending: Vec<(Vec<u8>, Option<Vec<u8>>)> = self.pending.into_iter().collect();

@@ -82,7 +82,6 @@ use crate::types::{
 pub struct StateMachine {
     shared: Arc<Shared>,
     current: Arc<RwLock<sled::Tree>>,
-    pointer: sled::Tree,
     snapshots: SnapshotDir,
     history: apply::HistoryRetention,
     feed: WatchFeed,
@@ -107,10 +106,7 @@ impl StateMachine {
     ) -> Result<StateMachine, StoreError> {
         let state_db = shared.state_db();
         let path = state_db.dir.clone();
-        let sled_err = |source| StoreError::Sled {
-            path: path.clone(),
-            source,
-        };
+        let sled_err = |source| state_db.sled_err(source);
         let corrupted = |detail: String| StoreError::Corrupted {
             path: path.clone(),
             detail,
@@ -148,7 +144,7 @@ impl StateMachine {
         let parts = defrag::Parts {
             current: current.clone(),
             shared: shared.clone(),
-            pointer: pointer.clone(),
+            pointer,
             snapshots: snapshots.clone(),
             cache_bytes: options.cache_bytes,
             applying: Arc::default(),
@@ -164,7 +160,6 @@ impl StateMachine {
         let state_machine = StateMachine {
             shared,
             current,
-            pointer,
             snapshots,
             history: apply::HistoryRetention {
                 revisions: options.history_revisions,
@@ -268,14 +263,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let parts = self.defragger.parts.clone();
-        let _applying = parts.applying.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(failure) = parts
-            .failed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-        {
+        // A defrag's switch waits for this batch to end.
+        let applying = self.defragger.parts.applying.clone();
+        let _applying = applying.lock().unwrap_or_else(|e| e.into_inner());
+        let failed = self.defragger.parts.failed.lock();
+        if let Some(failure) = failed.unwrap_or_else(|e| e.into_inner()).clone() {
             let err = self.shared.io_error("applying", failure);
             return Err(StorageIOError::apply(LogId::default(), &err).into());
         }

@@ -4,8 +4,8 @@
 //!
 //! Installing fills a fresh state database, copies the snapshot file, and
 //! then switches the pointer to the database, so a crash mid-install leaves
-//! the old state intact; the log purge that comes with the snapshot waits for the
-//! switch (see `store::log::PurgeGate`). A copy is made durable before
+//! the old state intact; the log purge that comes with the snapshot waits
+//! for the switch (see `store::log::PurgeGate`). A copy is made durable before
 //! openraft may purge the log below it.
 
 use std::collections::HashMap;
@@ -108,7 +108,7 @@ impl StateMachine {
                 ),
             ));
         }
-        let parts = self.defragger.parts.clone();
+        let parts = &self.defragger.parts;
         // Holds off a defrag's switch, and outdates its copy.
         let _applying = parts.applying.lock().unwrap_or_else(|e| e.into_inner());
         parts
@@ -124,7 +124,7 @@ impl StateMachine {
             // order would leave a log purge with no snapshot that covers it.
             self.snapshots.install_copy(&mut file)?;
             crate::failpoint::crash_point("snapshot-install-copied");
-            databases::point_to(&self.pointer, &self.shared.meta, &fresh)?;
+            databases::point_to(&parts.pointer, &self.shared.meta, &fresh)?;
             crate::failpoint::crash_point("snapshot-install-switched");
             Ok(tree)
         });
