@@ -11,6 +11,7 @@ use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 
+use super::database::SYNC_EVERY;
 use super::keys::DATA_FORMAT;
 use crate::types::SnapshotMeta;
 
@@ -186,13 +187,6 @@ fn read_chunk(reader: &mut impl Read) -> io::Result<Vec<u8>> {
 fn corrupt(detail: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("snapshot: {detail}"))
 }
-
-/// Bytes of a snapshot written between two syncs. A copy of a large state
-/// otherwise leaves hundreds of MB dirty until its final sync, and their
-/// writeback holds up the log's own fdatasync on the same disk: with
-/// 300,000 keys and every member copying, the longest put took 169–190 ms
-/// without these syncs and 101–108 ms with them (`bench/` `--scale`).
-const SYNC_EVERY: u64 = 8 << 20;
 
 /// A file written front to back, synced every `every` bytes.
 struct SyncedEvery {

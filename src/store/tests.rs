@@ -1513,6 +1513,29 @@ async fn a_defrag_cut_short_before_its_switch_leaves_the_state_where_it_was() {
     assert!(twins.agree());
 }
 
+/// The copy's writeback is synced in steps, not left dirty for one sync
+/// at the end that would hold up the log's fdatasync behind it.
+#[tokio::test]
+async fn a_defrag_copy_syncs_its_database_every_few_megabytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), StoreOptions::default());
+    let value = "v".repeat(16 << 10);
+    let puts = (0..1_600)
+        .map(|k| put(&format!("k{k:05}"), &value))
+        .collect();
+    apply(&mut store.state_machine, 1, puts).await;
+
+    let parts = store.state_machine.defrag_parts();
+    let copied = parts.copy(0, &AtomicBool::new(false)).unwrap().unwrap();
+    let copied_bytes = 1_600 * (16 << 10);
+    assert!(
+        copied.syncs >= copied_bytes / (super::database::SYNC_EVERY as u32) - 1,
+        "{} syncs while copying {copied_bytes} bytes",
+        copied.syncs
+    );
+    parts.switch(copied).unwrap();
+}
+
 #[tokio::test]
 async fn a_snapshot_installed_during_a_defrag_outdates_its_copy() {
     let Twins {
