@@ -15,6 +15,32 @@ use super::StoreError;
 /// 101–108 ms with them (`bench/` `--scale`).
 pub(super) const SYNC_EVERY: u64 = 8 << 20;
 
+/// Counts bytes written in bulk and says when `every` of them are due a
+/// sync: the snapshot file's writer and a defrag's copy both pace theirs
+/// with it.
+pub(super) struct SyncPacer {
+    every: u64,
+    /// Bytes written since the last sync.
+    pub(super) unsynced: u64,
+}
+
+impl SyncPacer {
+    pub(super) fn new(every: u64) -> SyncPacer {
+        SyncPacer { every, unsynced: 0 }
+    }
+
+    /// Counts `bytes` more; whether a sync is due now (the count then
+    /// starts again).
+    pub(super) fn wrote(&mut self, bytes: u64) -> bool {
+        self.unsynced += bytes;
+        if self.unsynced < self.every {
+            return false;
+        }
+        self.unsynced = 0;
+        true
+    }
+}
+
 /// An open sled database and the directory it lives in.
 #[derive(Clone)]
 pub(super) struct Database {
@@ -78,19 +104,6 @@ impl Database {
             rustix::fs::syncfs(&*self.file)?;
         }
         Ok(())
-    }
-
-    /// Syncs once `bytes` more have been written into this database since
-    /// the last sync that `unsynced` counts, [`SYNC_EVERY`] at a time;
-    /// whether it synced.
-    pub(super) fn sync_every(&self, unsynced: &mut u64, bytes: u64) -> std::io::Result<bool> {
-        *unsynced += bytes;
-        if *unsynced < SYNC_EVERY {
-            return Ok(false);
-        }
-        self.sync()?;
-        *unsynced = 0;
-        Ok(true)
     }
 
     /// Bytes sled's files take (0 when they cannot be read).

@@ -11,7 +11,7 @@ use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 
-use super::database::SYNC_EVERY;
+use super::database::{SyncPacer, SYNC_EVERY};
 use super::keys::DATA_FORMAT;
 use crate::types::SnapshotMeta;
 
@@ -191,16 +191,14 @@ fn corrupt(detail: &str) -> io::Error {
 /// A file written front to back, synced every `every` bytes.
 struct SyncedEvery {
     file: File,
-    every: u64,
-    unsynced: u64,
+    pacer: SyncPacer,
 }
 
 impl SyncedEvery {
     fn new(file: File, every: u64) -> SyncedEvery {
         SyncedEvery {
             file,
-            every,
-            unsynced: 0,
+            pacer: SyncPacer::new(every),
         }
     }
 }
@@ -208,10 +206,8 @@ impl SyncedEvery {
 impl Write for SyncedEvery {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.file.write(buf)?;
-        self.unsynced += n as u64;
-        if self.unsynced >= self.every {
+        if self.pacer.wrote(n as u64) {
             self.file.sync_data()?;
-            self.unsynced = 0;
         }
         Ok(n)
     }
@@ -281,7 +277,7 @@ mod tests {
         for _ in 0..writes {
             out.write_all(&[7; 1000]).unwrap();
         }
-        out.unsynced
+        out.pacer.unsynced
     }
 
     #[test]

@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use super::super::database::Database;
+use super::super::database::{Database, SyncPacer, SYNC_EVERY};
 use super::super::snapshot::SnapshotDir;
 use super::super::Shared;
 use super::databases;
@@ -181,7 +181,7 @@ impl Parts {
 
     /// Copies the current tree into `to` (of `fresh`) chunk by chunk, each
     /// under the state lock held shared, syncing `fresh` between chunks
-    /// every [`SYNC_EVERY`](super::super::database::SYNC_EVERY) bytes, so
+    /// every [`SYNC_EVERY`] bytes, so
     /// that the copy's writeback never holds up the log's fdatasync for
     /// long. Gives how often it synced, or `None` when stopped or outdated
     /// by an install.
@@ -193,7 +193,7 @@ impl Parts {
         stop: &AtomicBool,
     ) -> std::io::Result<Option<u32>> {
         let mut after: Option<sled::IVec> = None;
-        let (mut unsynced, mut syncs) = (0, 0);
+        let (mut pacer, mut syncs) = (SyncPacer::new(SYNC_EVERY), 0);
         loop {
             if stop.load(Ordering::SeqCst) || self.installs.load(Ordering::SeqCst) != installs {
                 return Ok(None);
@@ -218,7 +218,8 @@ impl Parts {
             if copied == 0 {
                 return Ok(Some(syncs));
             }
-            if fresh.sync_every(&mut unsynced, bytes)? {
+            if pacer.wrote(bytes) {
+                fresh.sync()?;
                 syncs += 1;
             }
         }
