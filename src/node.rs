@@ -73,7 +73,8 @@ pub fn store_options(config: &Config) -> StoreOptions {
         defrag: DefragPolicy {
             min_bytes: config.defrag_min_mb.saturating_mul(1024 * 1024),
             ..DefragPolicy::default()
-        },
+        }
+        .staggered(identity::ordinal_of(&config.name).unwrap_or(0)),
         ..StoreOptions::default()
     }
 }
@@ -576,5 +577,26 @@ async fn watch_for_fatal(raft: Raft, cluster: Arc<ClusterContext>, stop: Cancell
             changed = metrics.changed() => if changed.is_err() { return },
             _ = stop.cancelled() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{store_options, Config};
+
+    #[test]
+    fn each_ordinal_of_a_set_defragments_at_a_size_of_its_own() {
+        let stagger = |name: &str| {
+            let config = Config {
+                name: name.into(),
+                ..Config::default()
+            };
+            store_options(&config).defrag.stagger_percent
+        };
+        assert_eq!(stagger("raftset-0"), 0);
+        assert_eq!(stagger("raftset-1"), 25);
+        assert_eq!(stagger("raftset-2"), 50);
+        assert_eq!(stagger("raftset-3"), 0);
+        assert_eq!(stagger("standalone"), 0);
     }
 }

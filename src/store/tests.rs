@@ -1457,7 +1457,7 @@ async fn a_grown_state_is_copied_into_a_fresh_database_beside_applying_and_the_o
     let options = StoreOptions {
         defrag: DefragPolicy {
             min_bytes: 32 << 20,
-            ratio: 4,
+            ..DefragPolicy::default()
         },
         history_revisions: 100,
         ..StoreOptions::default()
@@ -1632,6 +1632,7 @@ async fn an_idle_grown_state_is_defragmented_into_a_fraction_of_its_file() {
         defrag: DefragPolicy {
             min_bytes: 1,
             ratio: 1,
+            ..DefragPolicy::default()
         },
         ..options
     });
