@@ -134,6 +134,14 @@ struct Pause {
 }
 
 impl Pacing {
+    fn new(policy: DefragPolicy) -> Pacing {
+        Pacing {
+            policy,
+            defragged_bytes: 0,
+            pause: None,
+        }
+    }
+
     fn due(&self, size: u64, snapshot_bytes: u64) -> bool {
         let paused = self
             .pause
@@ -230,10 +238,9 @@ impl Parts {
 
     /// Copies the current tree into `to` (of `fresh`) chunk by chunk, each
     /// under the state lock held shared, syncing `fresh` between chunks
-    /// every [`SYNC_EVERY`] bytes, so
-    /// that the copy's writeback never holds up the log's fdatasync for
-    /// long. Gives how often it synced, or `None` when stopped or outdated
-    /// by an install.
+    /// every [`SYNC_EVERY`] bytes, so that the copy's writeback never holds
+    /// up the log's fdatasync for long. Gives how often it synced, or
+    /// `None` when stopped or outdated by an install.
     fn copy_into(
         &self,
         fresh: &Database,
@@ -366,11 +373,7 @@ impl Drop for Defragger {
 }
 
 fn run(parts: Parts, policy: DefragPolicy, stop: Arc<AtomicBool>) {
-    let mut pacing = Pacing {
-        policy,
-        defragged_bytes: 0,
-        pause: None,
-    };
+    let mut pacing = Pacing::new(policy);
     loop {
         std::thread::park_timeout(CHECK_EVERY);
         if stop.load(Ordering::SeqCst) {
@@ -402,20 +405,19 @@ mod tests {
     use super::{DefragPolicy, Pacing};
     use std::time::Duration;
 
+    fn policy_of(min_bytes: u64, ratio: u64) -> DefragPolicy {
+        DefragPolicy {
+            min_bytes,
+            ratio,
+            ..DefragPolicy::default()
+        }
+    }
+
     #[test]
     fn after_a_defrag_the_next_waits_nine_times_as_long_as_it_took() {
-        let policy = DefragPolicy {
-            min_bytes: 0,
-            ratio: 1,
-            stagger_percent: 0,
-        };
         // Past twice what the defrag left, not past four times.
         let (left, grown) = (300, 1000);
-        let mut pacing = Pacing {
-            policy,
-            defragged_bytes: 0,
-            pause: None,
-        };
+        let mut pacing = Pacing::new(policy_of(0, 1));
         assert!(pacing.due(grown, 0), "nothing ran yet");
         pacing.finished(left, Duration::from_secs(10));
         assert!(!pacing.due(grown, 0), "within 90 s of a defrag of 10 s");
@@ -427,15 +429,7 @@ mod tests {
 
     #[test]
     fn a_pause_ends_once_the_file_holds_four_times_what_the_defrag_left() {
-        let mut pacing = Pacing {
-            policy: DefragPolicy {
-                min_bytes: 0,
-                ratio: 1,
-                stagger_percent: 0,
-            },
-            defragged_bytes: 0,
-            pause: None,
-        };
+        let mut pacing = Pacing::new(policy_of(0, 1));
         pacing.finished(100, Duration::from_secs(3600));
         assert!(!pacing.due(400, 0), "paused, and grown only to four times");
         assert!(pacing.due(401, 0), "grown past four times what it left");
@@ -448,11 +442,7 @@ mod tests {
 
     #[test]
     fn a_defrag_is_due_past_every_bound() {
-        let policy = DefragPolicy {
-            min_bytes: 100,
-            ratio: 4,
-            stagger_percent: 0,
-        };
+        let policy = policy_of(100, 4);
         let cases = [
             // (size, snapshot, last defragmented, due)
             (100, 0, 0, false),
@@ -474,11 +464,7 @@ mod tests {
 
     #[test]
     fn each_ordinal_of_a_set_defragments_a_quarter_of_the_bound_later() {
-        let policy = DefragPolicy {
-            min_bytes: 400,
-            ratio: 4,
-            stagger_percent: 0,
-        };
+        let policy = policy_of(400, 4);
         // (ordinal, the largest size not yet due with nothing else known,
         // and with a snapshot of 200)
         let cases = [
