@@ -9,7 +9,7 @@ use openraft::testing::{StoreBuilder, Suite};
 use openraft::{CommittedLeaderId, EntryPayload, RaftLogReader, RaftSnapshotBuilder};
 
 use super::state_machine::read::ReadError;
-use super::state_machine::{FeedItem, ScanRange, SnapshotBuilder};
+use super::state_machine::{FeedItem, ScanRange, SnapshotCopy};
 use super::*;
 use crate::types::{Command, Entry, KeyValue, LogId, Op, Outcome, Proposal, TypeConfig};
 
@@ -703,14 +703,11 @@ fn numbered(i: u32) -> String {
     format!("key-{i:05}")
 }
 
-/// Applies 3,000 puts to `sm` and begins a snapshot copy; returns the
-/// builder that holds the copy and the state it began at.
+/// Applies 3,000 puts to `sm` and begins a snapshot copy; returns the copy
+/// and the state it began at.
 async fn copy_of_3000_keys(
     sm: &mut StateMachine,
-) -> (
-    SnapshotBuilder,
-    std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
-) {
+) -> (SnapshotCopy, std::collections::BTreeMap<Vec<u8>, Vec<u8>>) {
     apply(
         sm,
         1,
@@ -718,50 +715,69 @@ async fn copy_of_3000_keys(
     )
     .await;
     let began = state_records(sm);
-    (sm.get_snapshot_builder().await, began)
+    let mut builder = sm.get_snapshot_builder().await;
+    let copy = builder.copy.take().expect("a copy").expect("begun");
+    (copy, began)
 }
 
-/// The copy runs beside applying: entries that overwrite, delete and
-/// create keys behind it, ahead of it and under its cursor land between
-/// its chunks, and the copy still holds exactly the state when it began,
-/// each key once.
+/// The copy runs beside applying, and reads each chunk without the state
+/// lock: entries that overwrite, delete and create keys behind it, ahead
+/// of it, and inside a chunk it has read but not yet marked copied land
+/// between its steps, and the copy still holds exactly the state when it
+/// began, each key once.
 #[tokio::test]
 async fn a_snapshot_copied_while_entries_apply_is_the_state_when_it_began() {
-    use rand::{Rng, SeedableRng};
     let dir = tempfile::tempdir().unwrap();
     let mut store = open(dir.path(), StoreOptions::default());
     let sm = &mut store.state_machine;
-    let (mut builder, began) = copy_of_3000_keys(sm).await;
-    let copy = builder.copy.take().expect("a copy").expect("begun");
+    let (copy, began) = copy_of_3000_keys(sm).await;
 
-    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    let mut next_index = 3_001;
+    let mut changes = Changes::new();
     let mut copied = Vec::new();
-    for record in copy.records() {
-        copied.push(record.expect("copied record"));
-        if copied.len() % 400 == 0 {
-            let ops = (0..25)
-                .map(|_| {
-                    let i = rng.random_range(0..4_000);
-                    if rng.random_bool(0.3) {
-                        Op::Delete {
-                            key: numbered(i).into(),
-                        }
-                    } else {
-                        put(&numbered(i), "after")
-                    }
-                })
-                .collect::<Vec<_>>();
-            next_index += ops.len() as u64;
-            apply(sm, next_index - ops.len() as u64, ops).await;
-        }
+    while let Some(chunk) = copy.read_chunk().expect("read a chunk") {
+        changes.apply(sm, 300).await;
+        copied.extend(copy.mark_copied(chunk));
+        changes.apply(sm, 25).await;
     }
-    assert!(next_index > 3_500, "entries applied during the copy");
-    assert_ne!(state_records(sm), began);
+    copied.extend(copy.kept_values());
+    assert_ne!(state_records(sm), began, "entries changed the state");
     let copied_records = copied.len();
     let copied: std::collections::BTreeMap<_, _> = copied.into_iter().collect();
     assert_eq!(copied.len(), copied_records, "each key once");
     assert!(copied == began, "the copy is the state when it began");
+}
+
+/// Random puts and deletes over `key-00000` to `key-03999`, each an entry,
+/// from index 3,001 on.
+struct Changes {
+    rng: rand::rngs::StdRng,
+    next_index: u64,
+}
+
+impl Changes {
+    fn new() -> Changes {
+        use rand::SeedableRng;
+        Changes {
+            rng: rand::rngs::StdRng::seed_from_u64(7),
+            next_index: 3_001,
+        }
+    }
+
+    async fn apply(&mut self, sm: &mut StateMachine, entries: usize) {
+        use rand::Rng;
+        let ops = (0..entries)
+            .map(|_| {
+                let key = numbered(self.rng.random_range(0..4_000));
+                if self.rng.random_bool(0.3) {
+                    Op::Delete { key: key.into() }
+                } else {
+                    put(&key, "after")
+                }
+            })
+            .collect::<Vec<_>>();
+        apply(sm, self.next_index, ops).await;
+        self.next_index += entries as u64;
+    }
 }
 
 /// An install replaces the state tree under a copy, so it waits for the
@@ -776,8 +792,7 @@ async fn an_install_waits_for_the_snapshot_copy_in_progress() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = open(dir.path(), StoreOptions::default());
     let sm = &mut store.state_machine;
-    let (mut builder, began) = copy_of_3000_keys(sm).await;
-    let copy = builder.copy.take().expect("a copy").expect("begun");
+    let (copy, began) = copy_of_3000_keys(sm).await;
     let mut records = copy.records();
     let mut copied = vec![records.next().expect("a record").expect("copied")];
 
@@ -1534,6 +1549,33 @@ async fn a_defrag_copy_syncs_its_database_every_few_megabytes() {
         copied.syncs
     );
     parts.switch(copied).unwrap();
+}
+
+/// A defrag's switch replaces the tree that a snapshot copy reads without
+/// the state lock, so it waits for the copy in progress to end.
+#[tokio::test]
+async fn a_defrag_switch_waits_for_the_snapshot_copy_in_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), StoreOptions::default());
+    let sm = &mut store.state_machine;
+    let (copy, began) = copy_of_3000_keys(sm).await;
+    let parts = sm.defrag_parts();
+    let defragged = parts.copy(0, &AtomicBool::new(false)).unwrap().unwrap();
+
+    let (switched, switch_ended) = std::sync::mpsc::channel();
+    let switch = std::thread::spawn(move || {
+        let size = parts.switch(defragged);
+        switched.send(()).unwrap();
+        size
+    });
+    let waited = switch_ended.recv_timeout(std::time::Duration::from_millis(300));
+    assert!(waited.is_err(), "the switch waits for the copy");
+    let copied = copy.records().map(|record| record.expect("copied"));
+    assert!(copied.collect::<std::collections::BTreeMap<_, _>>() == began);
+    drop(copy);
+    let size = switch.join().unwrap().unwrap();
+    assert!(size.is_some(), "switched once the copy ended");
+    assert_eq!(state_records(sm), began);
 }
 
 #[tokio::test]

@@ -107,6 +107,9 @@ const PAUSE_PER_DEFRAG_TIME: u32 = 9;
 /// headline run of e27372d).
 const COPY_CHUNK_RECORDS: usize = 32;
 
+/// How often a switch that waits for a snapshot copy looks again.
+const SNAPSHOT_TURN_POLL: Duration = Duration::from_millis(5);
+
 /// After a failed defrag, the next waits this long.
 const PAUSE_AFTER_FAILURE: Duration = Duration::from_secs(60);
 
@@ -185,6 +188,9 @@ pub(in crate::store) struct Parts {
     pub(super) mirror: Arc<Mutex<Option<sled::Tree>>>,
     /// A switch that failed half-way, which applying reports (fatal).
     pub(super) failed: Arc<Mutex<Option<String>>>,
+    /// A snapshot copy's turn: a switch waits for the copy in progress,
+    /// which reads the tree it began with.
+    pub(super) snapshot_turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// A complete, durable copy of the state, still mirrored, not switched to.
@@ -287,6 +293,7 @@ impl Parts {
     /// install came since the copy began (the copy is removed). A failure
     /// once the switch has begun is kept for applying to report.
     pub(in crate::store) fn switch(&self, copied: Copied) -> std::io::Result<Option<u64>> {
+        let _no_snapshot_copy = self.snapshot_turn();
         let applying = self.applying.lock().unwrap_or_else(|e| e.into_inner());
         let held_from = Instant::now();
         if self.installs.load(Ordering::SeqCst) != copied.installs {
@@ -320,6 +327,19 @@ impl Parts {
             "defragmented the state database"
         );
         Ok(Some(size_after))
+    }
+
+    /// Holds a snapshot copy's turn, once the copy in progress, if any,
+    /// has ended. Polled rather than awaited: the switch runs on the
+    /// defrag's own thread, and in tests inside the runtime, where
+    /// tokio's blocking lock would panic.
+    fn snapshot_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        loop {
+            if let Ok(turn) = self.snapshot_turn.try_lock() {
+                return turn;
+            }
+            std::thread::sleep(SNAPSHOT_TURN_POLL);
+        }
     }
 
     /// Makes `db` (holding `tree`) the state and stops any mirroring;

@@ -70,6 +70,8 @@ pub use self::feed::{Change, FeedItem, WatchFeed};
 use self::read::{read_revision, read_value};
 pub use self::read::{KvReader, ScanPage, ScanRange};
 pub use self::snapshots::SnapshotBuilder;
+#[cfg(test)]
+pub(in crate::store) use self::snapshots::SnapshotCopy;
 use self::snapshots::{current_snapshot, record_snapshot_size, snapshot_taken, Preimages};
 use super::keys::{APPLIED, DATA_FORMAT, FORMAT, MEMBERSHIP, POINTER_TREE, REDO};
 use super::snapshot::SnapshotDir;
@@ -92,7 +94,8 @@ pub struct StateMachine {
     purges: Arc<PurgeGate>,
     /// What applying keeps for a snapshot being copied beside it.
     copying: Arc<Mutex<Option<Preimages>>>,
-    /// Taken by a snapshot copy for its whole run: an install waits for it.
+    /// Taken by a snapshot copy for its whole run: an install and a
+    /// defrag's switch wait for it.
     snapshot_turn: Arc<tokio::sync::Mutex<()>>,
     /// The defrag thread, and the handles it shares (see [`defrag`]).
     defragger: defrag::Defragger,
@@ -141,6 +144,7 @@ impl StateMachine {
             .map_err(|e| corrupted(format!("unreadable applied log id: {e}")))?
             .flatten();
         let current = Arc::new(RwLock::new(tree));
+        let snapshot_turn = Arc::<tokio::sync::Mutex<()>>::default();
         let parts = defrag::Parts {
             current: current.clone(),
             shared: shared.clone(),
@@ -151,6 +155,7 @@ impl StateMachine {
             installs: Arc::default(),
             mirror: Arc::default(),
             failed: Arc::default(),
+            snapshot_turn: snapshot_turn.clone(),
         };
         let defragger =
             defrag::Defragger::start(parts, options.defrag).map_err(|source| StoreError::Io {
@@ -170,7 +175,7 @@ impl StateMachine {
             digests: Digests::default(),
             purges,
             copying: Arc::default(),
-            snapshot_turn: Arc::default(),
+            snapshot_turn,
             defragger,
         };
         // An install that stopped after copying its snapshot file but before
