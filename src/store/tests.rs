@@ -1551,6 +1551,47 @@ async fn a_defrag_copy_syncs_its_database_every_few_megabytes() {
     parts.switch(copied).unwrap();
 }
 
+/// The copy runs on a thread of its own below those that serve and apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_is_copied_on_a_thread_below_those_that_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), StoreOptions::default());
+    let sm = &mut store.state_machine;
+    apply(sm, 1, vec![put("k", "v")]).await;
+    let mut builder = sm.get_snapshot_builder().await;
+    let preimages = sm.snapshot_preimages();
+    // The copy's first chunk waits for this lock: the thread stays put.
+    let held = preimages.lock().unwrap();
+    let build = tokio::spawn(async move { builder.build_snapshot().await });
+    // Asleep, it waits for the lock: it has set its priority by then.
+    let nice = loop {
+        if let Some(('S', nice)) = state_and_nice_of_thread("raftset-snapsho") {
+            break nice;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    };
+    drop(held);
+    assert_eq!(nice, 10);
+    build.await.unwrap().expect("built");
+}
+
+/// The state and nice value of a thread of this process named `comm` (as
+/// the kernel truncates it: 15 bytes), if one runs.
+fn state_and_nice_of_thread(comm: &str) -> Option<(char, i64)> {
+    std::fs::read_dir("/proc/self/task").ok()?.find_map(|task| {
+        let task = task.ok()?.path();
+        let name = std::fs::read_to_string(task.join("comm")).ok()?;
+        if name.trim_end() != comm {
+            return None;
+        }
+        let stat = std::fs::read_to_string(task.join("stat")).ok()?;
+        // After the name in parentheses: state is field 3, nice field 19.
+        let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+        let state = fields.first()?.chars().next()?;
+        Some((state, fields.get(16)?.parse().ok()?))
+    })
+}
+
 /// A defrag's switch replaces the tree that a snapshot copy reads without
 /// the state lock, so it waits for the copy in progress to end.
 #[tokio::test]

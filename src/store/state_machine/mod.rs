@@ -225,6 +225,13 @@ impl StateMachine {
         self.defragger.parts.clone()
     }
 
+    /// What applying keeps for a snapshot copy, for tests that hold a copy
+    /// up.
+    #[cfg(test)]
+    pub(in crate::store) fn snapshot_preimages(&self) -> Arc<Mutex<Option<Preimages>>> {
+        self.copying.clone()
+    }
+
     pub(super) fn tree(&self) -> sled::Tree {
         self.current.read().expect("state machine lock").clone()
     }
