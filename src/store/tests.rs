@@ -1699,6 +1699,48 @@ async fn a_state_tree_in_the_metadata_database_moves_into_a_state_database() {
     );
 }
 
+/// A defrag that comes due while a snapshot is copied begins once the
+/// copy has ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_defrag_waits_for_the_snapshot_copy_in_progress_to_begin() {
+    let twins = Twins::new(StoreOptions::default(), 300).await;
+    let first = state_dir(twins.dir.path());
+    let mut twins = twins.reopen(StoreOptions {
+        defrag: DEFRAG_AT_ONCE,
+        ..StoreOptions::default()
+    });
+    let copy = twins.store.state_machine.get_snapshot_builder().await;
+    // More than two of the defrag's checks, each due.
+    std::thread::sleep(std::time::Duration::from_millis(2_500));
+    let dirs = super::state_machine::state_dirs(twins.dir.path()).unwrap();
+    assert_eq!(dirs, vec![first.clone()], "no defrag beside the copy");
+    drop(copy);
+    wait_for_a_defrag(twins.dir.path(), &first);
+}
+
+/// Defragments whenever the defrag thread looks.
+const DEFRAG_AT_ONCE: DefragPolicy = DefragPolicy {
+    min_bytes: 1,
+    ratio: 1,
+    stagger_percent: 0,
+};
+
+/// Waits until `data_dir` holds one state database, not `first`.
+fn wait_for_a_defrag(data_dir: &std::path::Path, first: &std::path::Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let dirs = super::state_machine::state_dirs(data_dir).unwrap();
+        if dirs.len() == 1 && dirs[0] != first {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not defragmented: {dirs:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// A node that takes no writes is defragmented too (nothing waits for an
 /// entry to switch), and the file it is left with is a fraction of the
 /// grown one.
@@ -1712,25 +1754,10 @@ async fn an_idle_grown_state_is_defragmented_into_a_fraction_of_its_file() {
     let first = state_dir(twins.dir.path());
     let grown = twins.store.meta.shared.state_db().size_on_disk();
     let twins = twins.reopen(StoreOptions {
-        defrag: DefragPolicy {
-            min_bytes: 1,
-            ratio: 1,
-            ..DefragPolicy::default()
-        },
+        defrag: DEFRAG_AT_ONCE,
         ..options
     });
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let dirs = super::state_machine::state_dirs(twins.dir.path()).unwrap();
-        if dirs.len() == 1 && dirs[0] != first {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not defragmented: {dirs:?}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_for_a_defrag(twins.dir.path(), &first);
     assert!(twins.agree());
     let defragged = twins.store.meta.shared.state_db().size_on_disk();
     assert!(
