@@ -213,14 +213,14 @@ impl Requests {
             };
             let now = Instant::now();
             let clock = Clock {
-                past_deadline: now >= deadline,
+                past_deadline: !retry_fits(now, deadline),
                 past_leaderless_deadline: now >= leaderless_deadline,
             };
             match after_failure(maybe_proposed, failure, clock) {
                 Next::GiveUp(e) => return Err(e),
                 Next::Retry { maybe_proposed: m } => {
                     maybe_proposed = m;
-                    tokio::time::sleep(RETRY_PAUSE.min(deadline - now)).await;
+                    tokio::time::sleep(RETRY_PAUSE).await;
                 }
             }
         }
@@ -319,11 +319,10 @@ impl Requests {
                 Err(Attempt::Fail(e)) => return Err(e),
                 Err(Attempt::Retry { why, .. }) => why,
             };
-            let now = Instant::now();
-            if now >= deadline {
+            if !retry_fits(Instant::now(), deadline) {
                 return Err(why);
             }
-            tokio::time::sleep(RETRY_PAUSE.min(deadline - now)).await;
+            tokio::time::sleep(RETRY_PAUSE).await;
         }
     }
 
@@ -481,6 +480,16 @@ fn check_quota(op: &Op, quota: u64, used: impl FnOnce() -> u64) -> Result<()> {
         return Err(Error::QuotaExceeded { used, quota });
     }
     Ok(())
+}
+
+/// Whether another attempt, after the pause, still starts before
+/// `deadline`. One that would start at the deadline could only time out,
+/// and a forwarded write that times out is "outcome unknown" although the
+/// attempts before it provably sent nothing (a flaky cluster test,
+/// `a_write_that_never_reached_the_leader_is_unavailable_not_unknown`,
+/// caught it under load).
+fn retry_fits(now: Instant, deadline: Instant) -> bool {
+    now + RETRY_PAUSE < deadline
 }
 
 /// Where a write's deadlines stand after a failed attempt.
@@ -646,6 +655,17 @@ mod tests {
             }
             next => panic!("{next:?}"),
         }
+    }
+
+    /// No attempt starts at or past the deadline, where it could only end
+    /// unanswered.
+    #[test]
+    fn a_retry_is_made_only_when_it_starts_before_the_deadline() {
+        let now = Instant::now();
+        assert!(retry_fits(now, now + RETRY_PAUSE * 2));
+        assert!(!retry_fits(now, now + RETRY_PAUSE));
+        assert!(!retry_fits(now, now + RETRY_PAUSE / 2));
+        assert!(!retry_fits(now, now));
     }
 
     #[test]
