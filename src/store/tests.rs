@@ -732,12 +732,15 @@ async fn a_snapshot_copied_while_entries_apply_is_the_state_when_it_began() {
     let sm = &mut store.state_machine;
     let (copy, began) = copy_of_3000_keys(sm).await;
 
-    let mut changes = Changes::new();
+    use rand::SeedableRng;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut next_index = 3_001;
     let mut copied = Vec::new();
     while let Some(chunk) = copy.read_chunk().expect("read a chunk") {
-        changes.apply(sm, 300).await;
+        apply(sm, next_index, random_changes(&mut rng, 300)).await;
         copied.extend(copy.mark_copied(chunk));
-        changes.apply(sm, 25).await;
+        apply(sm, next_index + 300, random_changes(&mut rng, 25)).await;
+        next_index += 325;
     }
     copied.extend(copy.kept_values());
     assert_ne!(state_records(sm), began, "entries changed the state");
@@ -747,37 +750,19 @@ async fn a_snapshot_copied_while_entries_apply_is_the_state_when_it_began() {
     assert!(copied == began, "the copy is the state when it began");
 }
 
-/// Random puts and deletes over `key-00000` to `key-03999`, each an entry,
-/// from index 3,001 on.
-struct Changes {
-    rng: rand::rngs::StdRng,
-    next_index: u64,
-}
-
-impl Changes {
-    fn new() -> Changes {
-        use rand::SeedableRng;
-        Changes {
-            rng: rand::rngs::StdRng::seed_from_u64(7),
-            next_index: 3_001,
-        }
-    }
-
-    async fn apply(&mut self, sm: &mut StateMachine, entries: usize) {
-        use rand::Rng;
-        let ops = (0..entries)
-            .map(|_| {
-                let key = numbered(self.rng.random_range(0..4_000));
-                if self.rng.random_bool(0.3) {
-                    Op::Delete { key: key.into() }
-                } else {
-                    put(&key, "after")
-                }
-            })
-            .collect::<Vec<_>>();
-        apply(sm, self.next_index, ops).await;
-        self.next_index += entries as u64;
-    }
+/// `entries` random puts and deletes over `key-00000` to `key-03999`.
+fn random_changes(rng: &mut rand::rngs::StdRng, entries: usize) -> Vec<Op> {
+    use rand::Rng;
+    (0..entries)
+        .map(|_| {
+            let key = numbered(rng.random_range(0..4_000));
+            if rng.random_bool(0.3) {
+                Op::Delete { key: key.into() }
+            } else {
+                put(&key, "after")
+            }
+        })
+        .collect()
 }
 
 /// An install replaces the state tree under a copy, so it waits for the
