@@ -43,8 +43,7 @@ use crate::raft::network::RaftReply;
 use crate::store::state_machine::ScanRange;
 use crate::store::{snapshot, Store, StoreOptions};
 use crate::types::{
-    ClusterId, Command, Digest, Entry, LogId, NodeId, Op, Outcome, Proposal, SnapshotMeta,
-    TypeConfig,
+    ClusterId, Command, Digest, Entry, LogId, NodeId, Op, Proposal, SnapshotMeta, TypeConfig,
 };
 use crate::validate;
 
@@ -398,7 +397,7 @@ async fn read_and_apply(sm: &mut crate::store::StateMachine, meta: &SnapshotMeta
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::Member;
+    use crate::types::{Member, Outcome};
     use openraft::{Membership, Vote};
     use std::collections::{BTreeMap, BTreeSet};
     use std::io::Read;
