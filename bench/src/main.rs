@@ -264,6 +264,7 @@ async fn one_cluster<S: Store>(
         side: cluster.side,
         rep,
         idle_rss_bytes: idle.rss_bytes,
+        idle_anon_bytes: idle.anon_bytes,
         preload_secs: took.as_secs_f64(),
         preload_in_flight,
         preload_errors: loaded.errors,

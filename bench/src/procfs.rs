@@ -18,6 +18,11 @@ pub struct Usage {
     pub write_bytes: u64,
     /// Resident memory now, in bytes.
     pub rss_bytes: u64,
+    /// Of it, the anonymous pages (`RssAnon`: heap, stacks, the
+    /// allocator's): what the process alone holds. The rest is mapped
+    /// files, mostly the program's code, whose pages every process running
+    /// the same binary shares.
+    pub anon_bytes: u64,
 }
 
 impl Usage {
@@ -29,6 +34,7 @@ impl Usage {
             total.cpu_secs += one.cpu_secs;
             total.write_bytes += one.write_bytes;
             total.rss_bytes += one.rss_bytes;
+            total.anon_bytes += one.anon_bytes;
         }
         Ok(total)
     }
@@ -52,19 +58,22 @@ impl Usage {
         let write_bytes = field(&io, "write_bytes:")?;
         let status = read(&format!("{dir}/status"))?;
         let rss_bytes = field(&status, "VmRSS:")? * 1024;
+        let anon_bytes = field(&status, "RssAnon:")? * 1024;
         Ok(Usage {
             cpu_secs,
             write_bytes,
             rss_bytes,
+            anon_bytes,
         })
     }
 
-    /// What happened between `earlier` and `self`; the RSS is `self`'s.
+    /// What happened between `earlier` and `self`; the memory is `self`'s.
     pub fn since(&self, earlier: &Usage) -> Usage {
         Usage {
             cpu_secs: self.cpu_secs - earlier.cpu_secs,
             write_bytes: self.write_bytes.saturating_sub(earlier.write_bytes),
             rss_bytes: self.rss_bytes,
+            anon_bytes: self.anon_bytes,
         }
     }
 }
@@ -151,6 +160,7 @@ mod tests {
     fn reads_this_process() {
         let usage = Usage::of_self().unwrap();
         assert!(usage.rss_bytes > 0);
+        assert!(usage.anon_bytes > 0 && usage.anon_bytes < usage.rss_bytes);
         let (busy, total) = machine_cpu().unwrap();
         assert!(busy > 0.0 && total >= busy);
         assert!(load_average().unwrap()[0] >= 0.0);

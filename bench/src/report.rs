@@ -96,6 +96,8 @@ pub struct ClusterLife {
     pub rep: usize,
     /// The three members together, formed and empty.
     pub idle_rss_bytes: u64,
+    /// Of it, their anonymous pages (see [`crate::procfs::Usage`]).
+    pub idle_anon_bytes: u64,
     /// Writing every key of the key space once.
     pub preload_secs: f64,
     pub preload_in_flight: usize,
@@ -382,6 +384,7 @@ impl Report {
             )
         };
         let idle = |side| life(side, |l| l.idle_rss_bytes as f64);
+        let idle_anon = |side| life(side, |l| l.idle_anon_bytes as f64);
         let end_rss = |side| life(side, |l| l.rss_end_bytes as f64);
         let end_disk = |side| {
             life(side, |l| {
@@ -404,7 +407,7 @@ impl Report {
             &'a str,
             Option<f64>,
         );
-        let rows: [Row; 6] = [
+        let rows: [Row; 7] = [
             (
                 "server CPU per put, 64 in flight",
                 &cpu,
@@ -425,6 +428,13 @@ impl Report {
                 bytes,
                 "≤ ½ of etcd's",
                 Some(0.5),
+            ),
+            (
+                "of it anonymous (heap, stacks; the rest is mostly code pages)",
+                &idle_anon,
+                bytes,
+                "",
+                None,
             ),
             (
                 "RSS after the workloads, 3 members",
