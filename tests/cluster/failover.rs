@@ -146,6 +146,20 @@ async fn the_log_is_bounded_by_bytes_as_well_as_by_entries() {
     );
     assert_eq!(page.kvs[0].value.len(), raftset::limits::MAX_VALUE_LEN);
 
+    // The snapshot the away node installed may cover every entry there
+    // was, leaving its log empty; an entry written now is in every log.
+    let leader = cluster.leader().await;
+    cluster
+        .client(leader)
+        .await
+        .put(b"after-rejoin", b"1")
+        .await
+        .unwrap();
+    let written = cluster.status(leader).await.unwrap().applied_index;
+    for i in 0..3 {
+        cluster.wait_for_applied(i, written).await;
+    }
+
     // The bound holds on every node once the purges have run (openraft
     // waits for replication to move past what it purges); one entry may
     // pass it, since the bound is checked after each append.
