@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use serde_bytes::{ByteBuf, Bytes};
 
 use super::feed::Change;
 use super::read::{read_kv, read_value, Lookup, ReadError, StoredValue};
@@ -309,7 +310,7 @@ impl EntryWrites<sled::Tree> {
     /// gets the same writes after.
     pub(super) fn write(self, mirror: Option<&sled::Tree>) -> Result<(), sled::Error> {
         let pending: Vec<(Vec<u8>, Option<Vec<u8>>)> = self.pending.into_iter().collect();
-        let redo = encode(&pending);
+        let redo = redo_record(&pending);
         for tree in std::iter::once(&self.base).chain(mirror) {
             tree.insert(REDO, redo.as_slice())?;
             crate::failpoint::crash_point("apply-mid-entry");
@@ -319,14 +320,42 @@ impl EntryWrites<sled::Tree> {
     }
 }
 
-pub(super) fn apply_writes(
+/// The redo record of `writes` (a key, and its value or `None` for a
+/// removal). Each key and value goes in as one byte string, which postcard
+/// writes exactly as it writes a `Vec<u8>` (its length, then its bytes) but
+/// copied whole rather than byte by byte: the record holds every value of
+/// the entry, so this is on every write's path.
+fn redo_record(writes: &[(Vec<u8>, Option<Vec<u8>>)]) -> Vec<u8> {
+    let writes: Vec<(&Bytes, Option<&Bytes>)> = writes
+        .iter()
+        .map(|(key, value)| (Bytes::new(key), value.as_deref().map(Bytes::new)))
+        .collect();
+    encode(&writes)
+}
+
+/// Finishes the entry a redo record was written for (see
+/// [`EntryWrites::write`]).
+pub(super) fn replay_redo_record(tree: &sled::Tree, record: &[u8]) -> Result<(), ReplayError> {
+    let writes: Vec<(ByteBuf, Option<ByteBuf>)> = postcard::from_bytes(record)?;
+    Ok(apply_writes(tree, &writes)?)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ReplayError {
+    #[error("undecodable redo record: {0}")]
+    Undecodable(#[from] postcard::Error),
+    #[error(transparent)]
+    Sled(#[from] sled::Error),
+}
+
+fn apply_writes<K: AsRef<[u8]>, V: AsRef<[u8]>>(
     tree: &sled::Tree,
-    writes: &[(Vec<u8>, Option<Vec<u8>>)],
+    writes: &[(K, Option<V>)],
 ) -> Result<(), sled::Error> {
     for (key, value) in writes {
         match value {
-            Some(value) => tree.insert(key.as_slice(), value.as_slice())?,
-            None => tree.remove(key)?,
+            Some(value) => tree.insert(key.as_ref(), value.as_ref())?,
+            None => tree.remove(key.as_ref())?,
         };
     }
     Ok(())
@@ -669,5 +698,29 @@ mod tests {
         compact_history(&tree, &mut writes, 5, retention, 10).unwrap();
         let retained: u64 = read_value(&writes, HISTORY_BYTES).unwrap().unwrap();
         assert_eq!(retained, u64::MAX);
+    }
+
+    /// A redo record left by a node of an earlier version, which wrote each
+    /// key and value as a `Vec<u8>`, is replayed by this one: the bytes are
+    /// the same.
+    #[test]
+    fn a_redo_record_has_the_bytes_of_one_written_as_vectors() {
+        let writes = vec![
+            (b"k1".to_vec(), Some(vec![0, 1, 255, 128])),
+            (b"k2".to_vec(), None),
+            (vec![7; 300], Some(vec![9; 1000])),
+        ];
+        let as_vectors = encode(&writes);
+        assert_eq!(redo_record(&writes), as_vectors);
+
+        let tree = installed(&[(b"k2", b"gone".to_vec())]);
+        replay_redo_record(&tree, &as_vectors).unwrap();
+        assert_eq!(tree.get(b"k1").unwrap().unwrap().as_ref(), [0, 1, 255, 128]);
+        assert_eq!(tree.get(b"k2").unwrap(), None);
+        assert_eq!(tree.get(vec![7; 300]).unwrap().unwrap().as_ref(), [9; 1000]);
+        assert!(matches!(
+            replay_redo_record(&tree, &as_vectors[..as_vectors.len() - 1]),
+            Err(ReplayError::Undecodable(_))
+        ));
     }
 }

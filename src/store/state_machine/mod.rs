@@ -62,7 +62,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftLogId, StorageIOError};
 
-use self::apply::{apply_writes, encode, EntryWrites};
+use self::apply::{encode, replay_redo_record, EntryWrites, ReplayError};
 pub(super) use self::databases::{open_current, state_dirs};
 pub use self::defrag::DefragPolicy;
 pub use self::digest::Digests;
@@ -130,9 +130,10 @@ impl StateMachine {
             }
         }
         if let Some(redo) = tree.get(REDO).map_err(sled_err)? {
-            let writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = postcard::from_bytes(&redo)
-                .map_err(|e| corrupted(format!("undecodable redo record: {e}")))?;
-            apply_writes(&tree, &writes).map_err(sled_err)?;
+            replay_redo_record(&tree, &redo).map_err(|e| match e {
+                ReplayError::Undecodable(_) => corrupted(e.to_string()),
+                ReplayError::Sled(e) => sled_err(e),
+            })?;
         }
         let snapshots_path = shared.path.join("snapshots");
         let snapshots =
