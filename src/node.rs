@@ -297,7 +297,6 @@ impl Node {
         let admin = AdminService {
             requests: requests.clone(),
             cluster: cluster.clone(),
-            metrics: metrics.clone(),
         };
         let kv = KvService {
             requests: requests.clone(),
@@ -308,7 +307,6 @@ impl Node {
                 closing: stop_clients.clone(),
                 tasks: client_tasks.clone(),
             },
-            metrics: metrics.clone(),
         };
         tracing::info!(
             node_id = id,

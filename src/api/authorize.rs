@@ -1,6 +1,7 @@
 //! The client port's gate: every call passes [`crate::auth::ClientAuth`]
 //! before any service sees it, so a new RPC cannot forget the check (the
-//! table asks the admin role of any RPC it does not name).
+//! table asks the admin role of any RPC it does not name), and is counted
+//! ([`super::observe`]), refused or not.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -10,6 +11,7 @@ use std::task::{Context, Poll};
 use tonic::codegen::http;
 use tonic::Status;
 
+use super::observe::Observation;
 use crate::auth::{ClientAuth, Credentials};
 use crate::metrics::Metrics;
 use crate::tls::ConnInfo;
@@ -53,6 +55,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let observation = Observation::start(&self.gate.metrics, request.uri().path());
         let conn = request.extensions().get::<ConnInfo>();
         let remote = conn.and_then(|c| c.remote);
         let credentials = Credentials {
@@ -63,7 +66,16 @@ where
             certificate: conn.and_then(|c| c.certificate.as_ref()),
         };
         match self.gate.auth.check(request.uri().path(), credentials) {
-            Ok(()) => Box::pin(self.inner.call(request)),
+            Ok(()) => {
+                let response = self.inner.call(request);
+                Box::pin(async move {
+                    let response = response.await?;
+                    if let Some(observation) = observation {
+                        observation.finish(&response);
+                    }
+                    Ok(response)
+                })
+            }
             Err(refusal) => {
                 let reason = refusal.reason();
                 tracing::warn!(
@@ -73,8 +85,11 @@ where
                     "refused a client call"
                 );
                 self.gate.metrics.auth_failed("grpc", reason);
-                let status = Status::from(refusal);
-                Box::pin(async move { Ok(status.into_http()) })
+                let response = Status::from(refusal).into_http();
+                if let Some(observation) = observation {
+                    observation.finish(&response);
+                }
+                Box::pin(async move { Ok(response) })
             }
         }
     }

@@ -9,22 +9,17 @@
 mod admin;
 mod authorize;
 mod kv;
+mod observe;
 mod watch;
-
-use std::future::Future;
-use std::sync::Arc;
-use std::time::Instant;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::Status;
 
 pub use self::admin::AdminService;
 pub use self::authorize::AuthorizeLayer;
 pub use self::kv::KvService;
 pub use self::watch::Watches;
 use crate::limits::{MAX_CLIENT_MESSAGE, MAX_CLIENT_RESPONSE};
-use crate::metrics::Metrics;
 use crate::proto::admin_server::AdminServer;
 use crate::proto::kv_server::KvServer;
 use crate::tls::Acceptor;
@@ -63,19 +58,4 @@ pub async fn serve(
     if let Err(e) = result {
         tracing::error!("client gRPC server failed: {e}");
     }
-}
-
-/// Runs a handler and records its code and latency.
-async fn observed<T>(
-    metrics: &Arc<Metrics>,
-    method: &str,
-    handler: impl Future<Output = Result<T, Status>>,
-) -> Result<T, Status> {
-    let started = Instant::now();
-    let result = handler.await;
-    let code = result
-        .as_ref()
-        .map_or_else(|s| s.code(), |_| tonic::Code::Ok);
-    metrics.observe(method, code, started.elapsed());
-    result
 }

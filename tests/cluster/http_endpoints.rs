@@ -564,3 +564,51 @@ async fn failed_proposals_and_leader_changes_are_counted() {
     })
     .await;
 }
+
+/// Every call on the client port is counted by its method and status: an
+/// answered one, one its handler refused, and one the token gate refused
+/// before any handler saw it; health checks are not raftset's calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_calls_are_counted_by_method_and_status_refused_ones_too() {
+    let cluster = Cluster::start_with_tokens(1).await;
+    let http = cluster.nodes[0].http();
+    let count = |scrape: &Scrape, method: &str, code: &str| {
+        scrape.sum(
+            "raftset_requests_total",
+            &[("method", method), ("code", code)],
+        )
+    };
+    let mut admin = cluster.client(0).await;
+    admin.put(b"counted", b"1").await.unwrap();
+    let too_long = vec![b'k'; raftset::limits::MAX_KEY_LEN + 1];
+    let refused = admin.get(&too_long).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    let mut anonymous = raftset::Client::connect(&cluster.nodes[0].api())
+        .await
+        .unwrap();
+    let gated = anonymous.get(b"counted").await.unwrap_err();
+    assert_eq!(gated.code(), tonic::Code::Unauthenticated, "{gated:?}");
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.nodes[0].api()))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap();
+
+    let after = scrape(&http).await;
+    assert_eq!(count(&after, "Put", "Ok"), 1.0);
+    assert_eq!(count(&after, "Get", "InvalidArgument"), 1.0);
+    assert_eq!(count(&after, "Get", "Unauthenticated"), 1.0);
+    assert_eq!(count(&after, "Check", "Ok"), 0.0);
+    assert_eq!(
+        after.sum(
+            "raftset_request_duration_seconds_count",
+            &[("method", "Get")]
+        ),
+        2.0
+    );
+}
