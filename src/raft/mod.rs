@@ -17,6 +17,7 @@ pub mod compaction;
 pub mod forwarder;
 pub mod network;
 pub mod proposer;
+pub mod read_index;
 pub mod requests;
 pub mod rounds;
 pub mod service;

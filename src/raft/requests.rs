@@ -34,6 +34,7 @@ use super::forwarder::{Forwarder, ToLeader};
 use super::leader_of;
 use super::network::PeerClients;
 use super::proposer::{ProposeError, Proposer};
+use super::read_index::{acknowledged_index, LeaderState, ReadIndexAsk};
 use super::rounds::Rounds;
 use crate::error::{Error, Result};
 use crate::metrics::{ProposalFailure, ProposalMetrics};
@@ -336,6 +337,37 @@ impl Requests {
         self.join(&self.leader_reads, deadline).await
     }
 
+    /// As the leader, for a follower's round: the index its reads must
+    /// wait for, without a heartbeat round when its request acknowledges
+    /// this leader ([`super::read_index`]), else as for a read here.
+    pub async fn read_index_for(
+        &self,
+        ask: ReadIndexAsk,
+        deadline: Instant,
+    ) -> Result<u64, Attempt> {
+        let me = self.id;
+        let acknowledged = self
+            .raft
+            .with_raft_state(move |state| {
+                let membership = state.membership_state.effective().membership();
+                acknowledged_index(
+                    &LeaderState {
+                        me,
+                        server_state: state.server_state,
+                        vote: state.vote_ref(),
+                        committed: state.committed,
+                        configs: membership.get_joint_config(),
+                    },
+                    &ask,
+                )
+            })
+            .await;
+        match acknowledged {
+            Ok(Some(index)) => Ok(index),
+            _ => self.read_index_as_leader(deadline).await,
+        }
+    }
+
     /// As a follower: the leader's read index, one ReadIndex request for
     /// all the reads waiting together.
     async fn forward_read_index(&self, deadline: Instant) -> Result<u64, Attempt> {
@@ -438,7 +470,10 @@ async fn confirm_leadership(raft: Raft, timeout: Duration) -> Result<u64, Attemp
     }
 }
 
-/// One ReadIndex request to the leader this node knows when it is sent.
+/// One ReadIndex request to the leader this node knows when it is sent,
+/// with this node's vote as its core holds it now, after the reads of the
+/// round arrived (the metrics may lag behind a vote just granted): see
+/// [`super::read_index`].
 async fn ask_the_leader(
     me: NodeId,
     raft: Raft,
@@ -449,9 +484,18 @@ async fn ask_the_leader(
     match leader {
         Some((id, leader)) if id != me => {
             let deadline = Instant::now() + timeout;
-            forward(&peers, &leader, &(), deadline, |mut client, r| async move {
-                client.read_index(r).await
-            })
+            let vote = raft
+                .with_raft_state(|state| *state.vote_ref())
+                .await
+                .map_err(|e| Attempt::Fail(Error::Raft(e.to_string())))?;
+            let ask = ReadIndexAsk { from: me, vote };
+            forward(
+                &peers,
+                &leader,
+                &ask,
+                deadline,
+                |mut client, r| async move { client.read_index(r).await },
+            )
             .await
         }
         // Leadership moved here or away meanwhile: the caller looks again.

@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status};
 
 use super::forwarder::ForwardedWrite;
 use super::network::to_wire;
+use super::read_index::ReadIndexAsk;
 use super::requests::Requests;
 use crate::error::{Error, PeerError, WireStatus};
 use crate::grpc::{deadline_of, reply, reply_message};
@@ -192,10 +193,10 @@ impl RaftPeer for RaftService {
         request: Request<PeerMessage>,
     ) -> Result<Response<PeerMessage>, Status> {
         let deadline = deadline_of(&request, self.requests.proposal_timeout());
-        self.open::<()>(request)?;
+        let ask: ReadIndexAsk = self.open_from(request, |ask: &ReadIndexAsk| Some(ask.from))?;
         let index = self
             .requests
-            .read_index_as_leader(deadline)
+            .read_index_for(ask, deadline)
             .await
             .map_err(Error::from)?;
         Ok(reply(&index))
