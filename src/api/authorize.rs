@@ -55,7 +55,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let observation = Observation::start(&self.gate.metrics, request.uri().path());
+        let observation = Observation::start(&self.gate.metrics, request.uri());
         let conn = request.extensions().get::<ConnInfo>();
         let remote = conn.and_then(|c| c.remote);
         let credentials = Credentials {
@@ -70,9 +70,7 @@ where
                 let response = self.inner.call(request);
                 Box::pin(async move {
                     let response = response.await?;
-                    if let Some(observation) = observation {
-                        observation.finish(&response);
-                    }
+                    observation.finish(&response);
                     Ok(response)
                 })
             }
@@ -86,9 +84,7 @@ where
                 );
                 self.gate.metrics.auth_failed("grpc", reason);
                 let response = Status::from(refusal).into_http();
-                if let Some(observation) = observation {
-                    observation.finish(&response);
-                }
+                observation.finish(&response);
                 Box::pin(async move { Ok(response) })
             }
         }

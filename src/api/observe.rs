@@ -10,36 +10,38 @@ use tonic::codegen::http;
 
 use crate::metrics::Metrics;
 
-/// One call being timed.
+/// One call being timed. It keeps the call's URI (a shared buffer, not
+/// a copy) to name the method when the call is counted.
 pub(super) struct Observation {
     metrics: Arc<Metrics>,
-    method: String,
+    uri: http::Uri,
     started: Instant,
 }
 
 impl Observation {
-    /// Starts timing a call to `path`; `None` for calls that are not
-    /// raftset's own (health checks, reflection).
-    pub(super) fn start(metrics: &Arc<Metrics>, path: &str) -> Option<Observation> {
-        Some(Observation {
+    pub(super) fn start(metrics: &Arc<Metrics>, uri: &http::Uri) -> Observation {
+        Observation {
             metrics: metrics.clone(),
-            method: counted_method(path)?,
+            uri: uri.clone(),
             started: Instant::now(),
-        })
+        }
     }
 
-    /// Counts the call, as its answer's headers leave.
+    /// Counts the call, as its answer's headers leave; calls that are not
+    /// raftset's own (health checks, reflection) are not counted.
     pub(super) fn finish<B>(self, response: &http::Response<B>) {
-        self.metrics
-            .observe(&self.method, code_of(response), self.started.elapsed());
+        if let Some(method) = counted_method(self.uri.path()) {
+            self.metrics
+                .observe(method, code_of(response), self.started.elapsed());
+        }
     }
 }
 
 /// The method of a call to raftset's own services (`/raftset.v1.KV/Get`
 /// is `Get`).
-fn counted_method(path: &str) -> Option<String> {
+fn counted_method(path: &str) -> Option<&str> {
     let (service, method) = path.strip_prefix("/raftset.")?.rsplit_once('/')?;
-    (!service.is_empty() && !method.is_empty()).then(|| method.to_string())
+    (!service.is_empty() && !method.is_empty()).then_some(method)
 }
 
 /// A call's status as its response headers carry it. A handler's error,
@@ -60,9 +62,9 @@ mod tests {
 
     #[test]
     fn only_raftsets_own_methods_are_counted_by_their_name() {
-        assert_eq!(counted_method("/raftset.v1.KV/Get").as_deref(), Some("Get"));
+        assert_eq!(counted_method("/raftset.v1.KV/Get"), Some("Get"));
         assert_eq!(
-            counted_method("/raftset.v1.Admin/ForceNewCluster").as_deref(),
+            counted_method("/raftset.v1.Admin/ForceNewCluster"),
             Some("ForceNewCluster")
         );
         assert_eq!(counted_method("/grpc.health.v1.Health/Check"), None);
