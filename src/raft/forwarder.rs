@@ -13,12 +13,17 @@
 //! answer of the leader's, or the call's failure classified as it would be
 //! for that write alone (a connection never made: not proposed; a broken
 //! one: maybe proposed).
+//!
+//! A write that finds a call free and nobody waiting for one goes out from
+//! its caller's own task: alone, it has nothing to wait for, and the hand-
+//! offs to the batching task, to the call's task and back are each a
+//! wake-up on a core the nodes share (see the README's put timeline).
 
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -81,23 +86,45 @@ pub trait Route: Clone + Send + Sync + 'static {
 
 /// The handle a follower forwards writes through.
 #[derive(Clone)]
-pub struct Forwarder {
+pub struct Forwarder<R> {
     queue: mpsc::UnboundedSender<Waiting>,
+    route: R,
+    in_flight: Arc<Semaphore>,
+    stop: CancellationToken,
 }
 
-impl Forwarder {
+impl<R: Route> Forwarder<R> {
     /// Starts the batching task on `tasks`; it ends when `stop` is
     /// cancelled or every handle is dropped.
-    pub fn start<R: Route>(route: R, tasks: &TaskTracker, stop: CancellationToken) -> Forwarder {
+    pub fn start(route: R, tasks: &TaskTracker, stop: CancellationToken) -> Forwarder<R> {
         let (queue, waiting) = mpsc::unbounded_channel();
-        tasks.spawn(run(route, waiting, tasks.clone(), stop));
-        Forwarder { queue }
+        let in_flight = Arc::new(Semaphore::new(CALLS_IN_FLIGHT));
+        tasks.spawn(run(
+            route.clone(),
+            waiting,
+            in_flight.clone(),
+            tasks.clone(),
+            stop.clone(),
+        ));
+        Forwarder {
+            queue,
+            route,
+            in_flight,
+            stop,
+        }
     }
 
     /// Forwards `command` to the leader and waits for its outcome, until
     /// `deadline`. Callers bound how many writes wait here (the clients'
     /// concurrency; the leader bounds what it takes).
     pub async fn forward(&self, command: Command, deadline: Instant) -> Result<Outcome, Attempt> {
+        // A free permit means no batch waits for one: the semaphore hands
+        // a released permit to its waiters before anyone may take it.
+        if !self.stop.is_cancelled() {
+            if let Ok(slot) = self.in_flight.clone().try_acquire_owned() {
+                return self.forward_alone(command, deadline, slot).await;
+            }
+        }
         let (reply, answer) = oneshot::channel();
         let settled = Arc::new(AtomicBool::new(false));
         let waiting = Waiting {
@@ -125,15 +152,56 @@ impl Forwarder {
             })),
         }
     }
+
+    /// Sends `command` in a call of its own from this task, holding `slot`.
+    async fn forward_alone(
+        &self,
+        command: Command,
+        deadline: Instant,
+        slot: OwnedSemaphorePermit,
+    ) -> Result<Outcome, Attempt> {
+        let (reply, mut answer) = oneshot::channel();
+        let write = Waiting {
+            command,
+            deadline,
+            reply,
+            settled: Arc::new(AtomicBool::new(true)),
+        };
+        let call = deliver_in_slot(&self.route, vec![write], slot);
+        if tokio::time::timeout_at(deadline, call).await.is_err() {
+            // Dropping the call does not take back what the leader may
+            // already have proposed.
+            return Err(Attempt::Fail(Error::OutcomeUnknown {
+                reason: "the leader did not answer the forwarded write in time".into(),
+            }));
+        }
+        answer
+            .try_recv()
+            .unwrap_or(Err(Attempt::Fail(Error::ShuttingDown)))
+    }
+}
+
+/// Delivers `batch` holding a call's `slot`, which it lets go as soon as
+/// the leader moves: a call to the old leader may hang until its deadline.
+async fn deliver_in_slot<R: Route>(route: &R, batch: Vec<Waiting>, slot: OwnedSemaphorePermit) {
+    let moved = route.leader_moved();
+    let delivery = route.deliver(batch);
+    tokio::pin!(delivery);
+    tokio::select! {
+        () = &mut delivery => return,
+        () = moved => {}
+    }
+    drop(slot);
+    delivery.await;
 }
 
 async fn run<R: Route>(
     route: R,
     mut waiting: mpsc::UnboundedReceiver<Waiting>,
+    in_flight: Arc<Semaphore>,
     tasks: TaskTracker,
     stop: CancellationToken,
 ) {
-    let in_flight = Arc::new(Semaphore::new(CALLS_IN_FLIGHT));
     loop {
         let Some(first) = batch::first(&mut waiting, &stop).await else {
             return;
@@ -147,17 +215,7 @@ async fn run<R: Route>(
             continue;
         }
         let route = route.clone();
-        tasks.spawn(async move {
-            let moved = route.leader_moved();
-            let delivery = route.deliver(batch);
-            tokio::pin!(delivery);
-            tokio::select! {
-                () = &mut delivery => return,
-                () = moved => {}
-            }
-            drop(slot);
-            delivery.await;
-        });
+        tasks.spawn(async move { deliver_in_slot(&route, batch, slot).await });
     }
 }
 
@@ -321,7 +379,7 @@ mod tests {
         deadline: Instant,
     ) -> (
         HeldLeader,
-        Forwarder,
+        Forwarder<HeldLeader>,
         tokio::task::JoinSet<Result<Outcome, Attempt>>,
     ) {
         let leader = HeldLeader::default();
@@ -354,6 +412,47 @@ mod tests {
             answered += 1;
         }
         assert_eq!(answered, 12, "every write answered once");
+    }
+
+    /// A leader that answers at once and notes the task each call was
+    /// made from.
+    #[derive(Clone, Default)]
+    struct TaskNotingLeader {
+        callers: Arc<Mutex<Vec<Option<tokio::task::Id>>>>,
+    }
+
+    impl Route for TaskNotingLeader {
+        async fn deliver(&self, batch: Vec<Waiting>) {
+            self.callers.lock().unwrap().push(tokio::task::try_id());
+            for write in batch {
+                let _ = write.reply.send(Ok(Outcome::Put {
+                    revision: 1,
+                    prev: None,
+                }));
+            }
+        }
+
+        fn leader_moved(&self) -> impl Future<Output = ()> + Send + 'static {
+            std::future::pending()
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_write_that_finds_a_call_free_is_sent_from_its_own_task() {
+        let leader = TaskNotingLeader::default();
+        let forwarder = Forwarder::start(
+            leader.clone(),
+            &TaskTracker::new(),
+            CancellationToken::new(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let write = tokio::spawn(async move {
+            let answer = forwarder.forward(put(0), deadline).await;
+            (tokio::task::id(), answer)
+        });
+        let (caller, answer) = write.await.unwrap();
+        assert!(matches!(answer, Ok(Outcome::Put { .. })), "{answer:?}");
+        assert_eq!(*leader.callers.lock().unwrap(), vec![Some(caller)]);
     }
 
     #[tokio::test(flavor = "current_thread", start_paused = true)]

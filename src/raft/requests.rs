@@ -81,7 +81,7 @@ pub struct Requests {
     /// Batches this node's proposals while it leads.
     proposer: Proposer,
     /// Batches the writes this node forwards while it follows.
-    forwarder: Forwarder,
+    forwarder: Forwarder<ToLeader>,
     /// Bounds the writes waiting to commit on this node.
     proposals: Arc<Semaphore>,
     reader: KvReader,
