@@ -9,6 +9,7 @@
 //! state before it, so every replica reaches the same result: the proposer's
 //! clock travels inside the [`Proposal`] for that reason.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -327,6 +328,14 @@ impl Formation {
             .is_ok_and(|r| r.is_ok());
         serving
     }
+}
+
+/// Whether `nodes` hold a majority of each voter set of a membership's
+/// configuration (two while a change is in joint consensus).
+pub fn majority_of_each(configs: &[BTreeSet<NodeId>], nodes: &BTreeSet<NodeId>) -> bool {
+    configs
+        .iter()
+        .all(|config| 2 * config.intersection(nodes).count() > config.len())
 }
 
 #[cfg(test)]

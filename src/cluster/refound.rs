@@ -30,7 +30,7 @@ use super::ClusterContext;
 use crate::error::ClusterError;
 use crate::proto::ClusterInfoRequest;
 use crate::store::Refounding;
-use crate::types::{Member, NodeId};
+use crate::types::{majority_of_each, Member, NodeId};
 
 /// What probing one other voter found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,9 +92,7 @@ pub fn assess(
         .map(|(id, _)| *id)
         .chain([me])
         .collect();
-    let is_quorum =
-        |config: &BTreeSet<NodeId>| 2 * config.intersection(&reachable).count() > config.len();
-    if configs.iter().all(is_quorum) {
+    if majority_of_each(configs, &reachable) {
         let reachable = reachable.len();
         let quorum = voters.len() / 2 + 1;
         let seen: Vec<String> = std::iter::once(format!("{} (this node)", name(me)))

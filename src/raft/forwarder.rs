@@ -147,9 +147,7 @@ impl<R: Route> Forwarder<R> {
                 },
             }),
             // It may have been sent: only the leader knows.
-            Err(_) => Err(Attempt::Fail(Error::OutcomeUnknown {
-                reason: "the leader did not answer the forwarded write in time".into(),
-            })),
+            Err(_) => Err(unanswered()),
         }
     }
 
@@ -171,14 +169,19 @@ impl<R: Route> Forwarder<R> {
         if tokio::time::timeout_at(deadline, call).await.is_err() {
             // Dropping the call does not take back what the leader may
             // already have proposed.
-            return Err(Attempt::Fail(Error::OutcomeUnknown {
-                reason: "the leader did not answer the forwarded write in time".into(),
-            }));
+            return Err(unanswered());
         }
         answer
             .try_recv()
             .unwrap_or(Err(Attempt::Fail(Error::ShuttingDown)))
     }
+}
+
+/// A write in a call to the leader that got no answer by its deadline.
+fn unanswered() -> Attempt {
+    Attempt::Fail(Error::OutcomeUnknown {
+        reason: "the leader did not answer the forwarded write in time".into(),
+    })
 }
 
 /// Delivers `batch` holding a call's `slot`, which it lets go as soon as

@@ -25,7 +25,7 @@ use std::collections::BTreeSet;
 
 use openraft::{LogId, ServerState, Vote};
 
-use crate::types::NodeId;
+use crate::types::{majority_of_each, NodeId};
 
 /// A follower's ReadIndex request: who asks, and its vote as its core held
 /// it after the reads it asks for arrived.
@@ -54,13 +54,8 @@ pub fn acknowledged_index(leader: &LeaderState<'_>, ask: &ReadIndexAsk) -> Optio
     if !leads || ask.vote != *leader.vote || ask.from == leader.me {
         return None;
     }
-    let pair = [leader.me, ask.from];
-    let quorum_everywhere = !leader.configs.is_empty()
-        && leader.configs.iter().all(|config| {
-            let votes = pair.iter().filter(|id| config.contains(id)).count();
-            votes * 2 > config.len()
-        });
-    if !quorum_everywhere {
+    let pair = BTreeSet::from([leader.me, ask.from]);
+    if leader.configs.is_empty() || !majority_of_each(leader.configs, &pair) {
         return None;
     }
     let committed = leader.committed?;
