@@ -20,6 +20,7 @@
 //! not on record yet, a node that is not a member), only that nothing may
 //! be acknowledged before.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,6 +48,8 @@ use crate::validate;
 
 /// Pause between attempts while a leader is elected or found.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
+/// The least time a retried attempt is given before the deadline.
+const ATTEMPT_TIME: Duration = Duration::from_millis(100);
 /// How long before the caller's deadline a request is answered, at most
 /// (a tenth of the deadline when that is shorter).
 const ANSWER_MARGIN: Duration = Duration::from_millis(200);
@@ -196,9 +199,8 @@ impl Requests {
         let deadline = self.deadline(timeout);
         // Without a leader, give up well before a long client deadline.
         let leaderless_deadline = Instant::now() + self.settings.quorum_timeout;
-        let mut maybe_proposed = false;
-        loop {
-            let attempt = match self.leader() {
+        with_retries(deadline, leaderless_deadline, || async {
+            match self.leader() {
                 Some((id, _)) if id == self.id => {
                     self.propose_as_leader(command.clone(), deadline).await
                 }
@@ -207,24 +209,9 @@ impl Requests {
                     proposed: false,
                     why: Error::NoLeader,
                 }),
-            };
-            let failure = match attempt {
-                Ok(outcome) => return Ok(outcome),
-                Err(failure) => failure,
-            };
-            let now = Instant::now();
-            let clock = Clock {
-                past_deadline: !retry_fits(now, deadline),
-                past_leaderless_deadline: now >= leaderless_deadline,
-            };
-            match after_failure(maybe_proposed, failure, clock) {
-                Next::GiveUp(e) => return Err(e),
-                Next::Retry { maybe_proposed: m } => {
-                    maybe_proposed = m;
-                    tokio::time::sleep(RETRY_PAUSE).await;
-                }
             }
-        }
+        })
+        .await
     }
 
     /// Proposes on this node, which believes it leads. Called for local
@@ -320,7 +307,7 @@ impl Requests {
                 Err(Attempt::Fail(e)) => return Err(e),
                 Err(Attempt::Retry { why, .. }) => why,
             };
-            if !retry_fits(Instant::now(), deadline) {
+            if !attempt_fits(Instant::now() + RETRY_PAUSE, deadline) {
                 return Err(why);
             }
             tokio::time::sleep(RETRY_PAUSE).await;
@@ -526,14 +513,49 @@ fn check_quota(op: &Op, quota: u64, used: impl FnOnce() -> u64) -> Result<()> {
     Ok(())
 }
 
-/// Whether another attempt, after the pause, still starts before
-/// `deadline`. One that would start at the deadline could only time out,
-/// and a forwarded write that times out is "outcome unknown" although the
-/// attempts before it provably sent nothing (a flaky cluster test,
+/// Makes a write's attempts until one succeeds or `after_failure` gives
+/// up, pausing between them.
+async fn with_retries<F, A>(
+    deadline: Instant,
+    leaderless_deadline: Instant,
+    attempt: F,
+) -> Result<Outcome>
+where
+    F: Fn() -> A,
+    A: Future<Output = Result<Outcome, Attempt>>,
+{
+    let mut maybe_proposed = false;
+    loop {
+        let failure = match attempt().await {
+            Ok(outcome) => return Ok(outcome),
+            Err(failure) => failure,
+        };
+        if let Attempt::Retry { .. } = failure {
+            // The time is read after the pause: on a loaded machine a pause
+            // can overrun and leave the next attempt too little time.
+            tokio::time::sleep_until((Instant::now() + RETRY_PAUSE).min(deadline)).await;
+        }
+        let now = Instant::now();
+        let clock = Clock {
+            past_deadline: !attempt_fits(now, deadline),
+            past_leaderless_deadline: now >= leaderless_deadline,
+        };
+        match after_failure(maybe_proposed, failure, clock) {
+            Next::GiveUp(e) => return Err(e),
+            Next::Retry { maybe_proposed: m } => maybe_proposed = m,
+        }
+    }
+}
+
+/// Whether an attempt starting `now` still has `ATTEMPT_TIME` before
+/// `deadline`. A forwarded write cut off by the deadline is "outcome
+/// unknown" although the attempts before it provably sent nothing, and
+/// under load even a refused connection takes a while to be heard (a flaky
+/// cluster test,
 /// `a_write_that_never_reached_the_leader_is_unavailable_not_unknown`,
-/// caught it under load).
-fn retry_fits(now: Instant, deadline: Instant) -> bool {
-    now + RETRY_PAUSE < deadline
+/// caught both).
+fn attempt_fits(now: Instant, deadline: Instant) -> bool {
+    now + ATTEMPT_TIME < deadline
 }
 
 /// Where a write's deadlines stand after a failed attempt.
@@ -701,15 +723,45 @@ mod tests {
         }
     }
 
-    /// No attempt starts at or past the deadline, where it could only end
+    /// No attempt starts so near the deadline that it could only end
     /// unanswered.
     #[test]
-    fn a_retry_is_made_only_when_it_starts_before_the_deadline() {
+    fn a_retry_is_made_only_when_it_has_time_before_the_deadline() {
         let now = Instant::now();
-        assert!(retry_fits(now, now + RETRY_PAUSE * 2));
-        assert!(!retry_fits(now, now + RETRY_PAUSE));
-        assert!(!retry_fits(now, now + RETRY_PAUSE / 2));
-        assert!(!retry_fits(now, now));
+        assert!(attempt_fits(now, now + ATTEMPT_TIME * 2));
+        assert!(!attempt_fits(now, now + ATTEMPT_TIME));
+        assert!(!attempt_fits(now, now + ATTEMPT_TIME / 2));
+        assert!(!attempt_fits(now, now));
+    }
+
+    /// Attempts that each take 70 ms to hear a refused connection, as on a
+    /// loaded machine: the last one used to start 40 ms before the
+    /// deadline, get cut off there, and turn the write "outcome unknown".
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_write_whose_every_attempt_was_refused_ends_unavailable() {
+        let start = Instant::now();
+        let deadline = start + Duration::from_millis(400);
+        let refused_slowly = || async {
+            let connect = tokio::time::sleep(Duration::from_millis(70));
+            match tokio::time::timeout_at(deadline, connect).await {
+                Ok(()) => Err(Attempt::Retry {
+                    proposed: false,
+                    why: Error::LeaderUnreachable {
+                        detail: "connection refused".into(),
+                    },
+                }),
+                Err(_) => Err(Attempt::Fail(Error::OutcomeUnknown {
+                    reason: "unanswered".into(),
+                })),
+            }
+        };
+        let far = start + Duration::from_secs(60);
+        let failed = with_retries(deadline, far, refused_slowly)
+            .await
+            .unwrap_err();
+        assert!(failed.nothing_proposed(), "{failed}");
+        assert_eq!(tonic::Status::from(failed).code(), tonic::Code::Unavailable);
+        assert!(Instant::now() <= deadline);
     }
 
     #[test]
