@@ -286,7 +286,7 @@ mod tests {
             .prefix(".raftset-")
             .tempfile_in(dir.path())
             .unwrap();
-        temp.write_all(b"RAFTSET\x02 and then not a snapshot")
+        temp.write_all(b"RAFTSET\x03 and then not a snapshot")
             .unwrap();
 
         let err = publish(dir.path(), temp, Some(1), Utc::now()).unwrap_err();
@@ -308,7 +308,7 @@ mod tests {
         let out = dir.path().join("last-night.backup");
         std::fs::write(&out, b"last night's backup").unwrap();
         let mut temp = temp_in(dir.path()).unwrap();
-        temp.write_all(b"RAFTSET\x02 and then not a snapshot")
+        temp.write_all(b"RAFTSET\x03 and then not a snapshot")
             .unwrap();
 
         let err = put_in_place(dir.path(), temp, &out, true).unwrap_err();

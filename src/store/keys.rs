@@ -4,9 +4,13 @@
 //! - `k` + key → the value and its revision counters
 //! - `h` + last revision of an entry → the changes that entry made, in
 //!   order (Watch history)
-//! - `d` + request id → the outcome of that request (deduplication)
-//! - `e` + proposed-at ms + log index → the request ids that entry
-//!   remembered (when to forget them)
+//! - `d` + request id → the outcome of that request (deduplication), for
+//!   ids of clients
+//! - `e` + filing time (ms) + log index → the client request ids that entry
+//!   remembered (an entry forgets the records filed before its
+//!   `forget_before_ms`)
+//! - `o` + filing time (ms) + log index → the node-made request ids of that
+//!   entry with their outcomes (see `state_machine::recent`)
 //! - `r` → the current revision, `a` → last applied log id, `m` → last
 //!   membership, `c` → highest revision compacted out of the history,
 //!   `b` → bytes the retained history records take, `w` → the last
@@ -19,6 +23,7 @@ pub const KEY: u8 = b'k';
 pub const HISTORY: u8 = b'h';
 pub const DEDUP: u8 = b'd';
 pub const EXPIRY: u8 = b'e';
+pub const OUTCOMES: u8 = b'o';
 pub const APPLIED: &[u8] = b"a";
 pub const MEMBERSHIP: &[u8] = b"m";
 pub const COMPACTED: &[u8] = b"c";
@@ -30,9 +35,21 @@ pub const REVISION: &[u8] = b"r";
 pub const REDO: &[u8] = b"w";
 /// The data format of the tree's records, [`DATA_FORMAT`].
 pub const FORMAT: &[u8] = b"v";
-/// Which layout of records this version reads and writes. Snapshot files
-/// carry it too. 2: history and expiry records per entry.
-pub const DATA_FORMAT: u8 = 2;
+/// Which layout of records this version writes. Snapshot files carry it
+/// too. 2: history and expiry records per entry; 3: the outcomes of
+/// node-made request ids per entry (`o`), where format 2 filed each in a
+/// `d` record of its own.
+pub const DATA_FORMAT: u8 = 3;
+/// The oldest format this version reads: format 2 is format 3 without `o`
+/// records, so state in it is read as it is and marked format 3, and a
+/// version that reads only format 2 refuses it from then on.
+pub const OLDEST_READABLE_FORMAT: u8 = 2;
+
+/// Whether this version reads state or a snapshot in `format`.
+pub fn readable_format(format: u8) -> bool {
+    (OLDEST_READABLE_FORMAT..=DATA_FORMAT).contains(&format)
+}
+
 /// The tree that names the current state machine tree (switched when a
 /// snapshot is installed).
 pub const POINTER_TREE: &str = "sm_current";
@@ -69,9 +86,18 @@ pub fn history_revision(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(key.get(1..9)?.try_into().ok()?))
 }
 
+/// The key of the `o` record of the entry at `log_index`, filed under `at_ms`.
+pub fn outcomes_key(at_ms: u64, log_index: u64) -> [u8; 17] {
+    let mut key = [OUTCOMES; 17];
+    key[1..9].copy_from_slice(&at_ms.to_be_bytes());
+    key[9..].copy_from_slice(&log_index.to_be_bytes());
+    key
+}
+
+/// The key of an `e` or `o` record (`prefix`), filed under `at_ms`;
 /// `suffix` is a log index, or nothing for the end of a range.
-pub fn expiry_key(at_ms: u64, suffix: &[u8]) -> Vec<u8> {
-    [&[EXPIRY][..], &at_ms.to_be_bytes(), suffix].concat()
+pub fn timed_key(prefix: u8, at_ms: u64, suffix: &[u8]) -> Vec<u8> {
+    [&[prefix][..], &at_ms.to_be_bytes(), suffix].concat()
 }
 
 /// The smallest key greater than every key that starts with `prefix`.

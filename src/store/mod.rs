@@ -298,7 +298,7 @@ fn restore_checked(
     };
     let mut file = std::fs::File::open(backup).map_err(io_err(backup))?;
     let meta = snapshot::verify(&mut file).map_err(io_err(backup))?;
-    let store = Store::open(data_dir, options)?;
+    let mut store = Store::open(data_dir, options)?;
     let restored = store
         .state_machine
         .import(snapshot::records(&mut file).map_err(io_err(backup))?)

@@ -12,7 +12,7 @@ use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 
 use super::database::{SyncPacer, SYNC_EVERY};
-use super::keys::DATA_FORMAT;
+use super::keys::{readable_format, DATA_FORMAT, OLDEST_READABLE_FORMAT};
 use crate::types::SnapshotMeta;
 
 const MAGIC: &[u8; 7] = b"RAFTSET";
@@ -142,9 +142,9 @@ fn read_meta(reader: &mut impl Read) -> io::Result<SnapshotMeta> {
     if &magic[..7] != MAGIC {
         return Err(corrupt("not a raftset snapshot (bad magic)"));
     }
-    if magic[7] != DATA_FORMAT {
+    if !readable_format(magic[7]) {
         return Err(corrupt(&format!(
-            "snapshot in data format {}, this raftset reads format {DATA_FORMAT}",
+            "snapshot in data format {}, this raftset reads formats {OLDEST_READABLE_FORMAT} to {DATA_FORMAT}",
             magic[7]
         )));
     }

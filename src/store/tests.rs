@@ -410,6 +410,162 @@ async fn a_node_made_request_id_is_forgotten_after_its_own_lifetime() {
     );
 }
 
+/// An entry of one increment of `visits` per id, proposed at `at_ms`.
+fn visits(index: u64, ids: &[crate::types::RequestId], at_ms: u64) -> Entry {
+    let commands = ids
+        .iter()
+        .map(|id| Command {
+            request_id: id.clone(),
+            op: Op::Increment {
+                key: "visits".into(),
+                delta: 1,
+            },
+        })
+        .collect();
+    Entry {
+        log_id: log_id(index),
+        payload: EntryPayload::Normal(Proposal {
+            proposed_at_ms: at_ms,
+            forget_before_ms: at_ms.saturating_sub(DEDUP_WINDOW_MS),
+            commands,
+        }),
+    }
+}
+
+fn incremented(revision: u64, value: i64) -> Outcome {
+    Outcome::Incremented { revision, value }
+}
+
+/// How many records of the state tree start with `prefix`.
+fn records_under(sm: &StateMachine, prefix: u8) -> usize {
+    sm.tree().scan_prefix([prefix]).count()
+}
+
+/// An entry files its node-made ids with their outcomes in one record,
+/// instead of a record per id and that record's removal later: two sled
+/// writes less for every write sent without a client's id. The ids are
+/// remembered across a restart and a snapshot install, and forgotten
+/// together once their lifetime has passed.
+#[tokio::test]
+async fn node_made_ids_are_filed_per_entry_and_remembered_across_restarts_and_snapshots() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), StoreOptions::default());
+    let lifetime = std::time::Duration::from_millis(2_000);
+    let ids: Vec<_> = (0..3)
+        .map(|_| crate::types::node_request_id(lifetime))
+        .collect();
+    // The first id twice in the entry: the second is the first's retry.
+    let sent = [ids.clone(), vec![ids[0].clone()]].concat();
+    let first = store
+        .state_machine
+        .apply([visits(1, &sent, 100_000)])
+        .await
+        .unwrap();
+    let outcomes = vec![incremented(1, 1), incremented(2, 2), incremented(3, 3)];
+    let retried = incremented(1, 1);
+    assert_eq!(first, vec![[outcomes.clone(), vec![retried]].concat()]);
+    let sm = &store.state_machine;
+    assert_eq!(records_under(sm, keys::DEDUP), 0, "no record per id");
+    assert_eq!(records_under(sm, keys::EXPIRY), 0);
+    assert_eq!(records_under(sm, keys::OUTCOMES), 1, "one for the entry");
+    let next = store
+        .state_machine
+        .apply([visits(2, &ids[..1], 100_500)])
+        .await
+        .unwrap();
+    assert_eq!(next, vec![vec![outcomes[0].clone()]], "in a later entry");
+
+    drop(store);
+    let mut store = open(dir.path(), StoreOptions::default());
+    let again = store
+        .state_machine
+        .apply([visits(3, &ids[1..2], 101_000)])
+        .await
+        .unwrap();
+    assert_eq!(again, vec![vec![outcomes[1].clone()]], "after a restart");
+
+    let (meta, bytes) = build(&mut store.state_machine).await;
+    let other_dir = tempfile::tempdir().unwrap();
+    let mut other = open(other_dir.path(), StoreOptions::default());
+    receive(&mut other.state_machine, &meta, &bytes)
+        .await
+        .unwrap();
+    let there = other
+        .state_machine
+        .apply([visits(4, &ids[2..3], 101_500)])
+        .await
+        .unwrap();
+    assert_eq!(there, vec![vec![outcomes[2].clone()]], "after an install");
+
+    // Past the ids' 2 s: one entry forgets all three.
+    other
+        .state_machine
+        .apply([entry(5, "other", 103_000, put("x", "y"))])
+        .await
+        .unwrap();
+    assert_eq!(records_under(&other.state_machine, keys::OUTCOMES), 0);
+    let counted = other
+        .state_machine
+        .apply([visits(6, &ids[..1], 103_500)])
+        .await
+        .unwrap();
+    assert_eq!(counted, vec![vec![incremented(5, 4)]], "forgotten");
+}
+
+/// Versions before per-entry records filed each node-made id in a `d`
+/// record of its own, listed in an `e` record. Ids filed so are still
+/// remembered after an upgrade, as the replicas not yet upgraded remember
+/// them, and forgotten with their `e` record.
+#[tokio::test]
+async fn node_made_ids_filed_alone_by_an_earlier_version_are_remembered_then_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), StoreOptions::default());
+    let id = crate::types::node_request_id(std::time::Duration::from_millis(2_000));
+    let ids = [id];
+    store
+        .state_machine
+        .apply([visits(1, &ids, 100_000)])
+        .await
+        .unwrap();
+    // The same state as the earlier version wrote it: a `d` record holds
+    // the outcome (a one-field struct, encoded as its field), and an `e`
+    // record filed where the `o` record was lists the id. (Without the
+    // entry's redo record, which would write the `o` record again.)
+    let tree = store.state_machine.tree();
+    let (filed, _) = tree.scan_prefix([keys::OUTCOMES]).next().unwrap().unwrap();
+    tree.remove(&filed).unwrap();
+    tree.remove(keys::REDO).unwrap();
+    let outcome = postcard::to_stdvec(&incremented(1, 1)).unwrap();
+    tree.insert(keys::dedup_key(&ids[0]), outcome).unwrap();
+    let mut listed = filed.to_vec();
+    listed[0] = keys::EXPIRY;
+    tree.insert(&listed, postcard::to_stdvec(&ids.to_vec()).unwrap())
+        .unwrap();
+    drop((tree, store));
+
+    let mut store = open(dir.path(), StoreOptions::default());
+    let again = store
+        .state_machine
+        .apply([visits(2, &ids, 101_000)])
+        .await
+        .unwrap();
+    assert_eq!(again, vec![vec![incremented(1, 1)]], "remembered");
+    store
+        .state_machine
+        .apply([entry(3, "other", 103_000, put("x", "y"))])
+        .await
+        .unwrap();
+    let tree = store.state_machine.tree();
+    assert_eq!(tree.get(keys::dedup_key(&ids[0])).unwrap(), None);
+    assert_eq!(tree.get(&listed).unwrap(), None);
+    let counted = store
+        .state_machine
+        .apply([visits(4, &ids, 103_500)])
+        .await
+        .unwrap();
+    assert_eq!(counted, vec![vec![incremented(3, 2)]], "forgotten");
+}
+
 #[tokio::test]
 async fn history_replays_changes_and_reports_compaction() {
     let dir = tempfile::tempdir().unwrap();
@@ -915,6 +1071,44 @@ async fn state_in_another_data_format_is_refused() {
 
 /// sled panics on damage inside its file; the panic must become an error
 /// naming the directory, not a crash without one.
+/// State and snapshots in format 2, from before the outcomes of node-made
+/// ids were filed per entry, are read (format 3 only adds `o` records),
+/// and state is marked format 3 once opened or installed, so that a
+/// version reading only format 2 refuses it afterwards.
+#[tokio::test]
+async fn state_and_snapshots_in_format_2_are_read_and_become_format_3() {
+    let format_of = |sm: &StateMachine| sm.tree().get(keys::FORMAT).unwrap().unwrap().to_vec();
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), StoreOptions::default());
+    apply(&mut store.state_machine, 1, vec![put("a", "1")]).await;
+    assert_eq!(format_of(&store.state_machine), [3]);
+    store
+        .state_machine
+        .tree()
+        .insert(keys::FORMAT, &[2u8])
+        .unwrap();
+    store.meta.make_durable().unwrap();
+    drop(store);
+
+    let mut store = open(dir.path(), StoreOptions::default());
+    assert_eq!(format_of(&store.state_machine), [3]);
+    let (meta, mut bytes) = build(&mut store.state_machine).await;
+    // The same snapshot as format 2 wrote it: its format byte, and the
+    // file's checksum over every byte before it.
+    bytes[7] = 2;
+    let body = bytes.len() - 4;
+    let crc = crc32fast::hash(&bytes[..body]);
+    bytes[body..].copy_from_slice(&crc.to_be_bytes());
+    let other_dir = tempfile::tempdir().unwrap();
+    let mut other = open(other_dir.path(), StoreOptions::default());
+    receive(&mut other.state_machine, &meta, &bytes)
+        .await
+        .unwrap();
+    let value = other.state_machine.reader().get(b"a").unwrap().0.unwrap();
+    assert_eq!(value.value, b"1");
+    assert_eq!(format_of(&other.state_machine), [3]);
+}
+
 #[tokio::test]
 async fn damage_inside_the_database_file_is_refused_with_its_path() {
     let dir = tempfile::tempdir().unwrap();

@@ -5,20 +5,22 @@
 //! Applying is total: a lost compare-and-swap or a counter that is not an
 //! integer is an [`Outcome`], never an error; only an unreadable tree fails.
 //! A command whose request id is remembered changes nothing and returns its
-//! first outcome again. History and request-id expiry are recorded once per
-//! entry, and trimmed at the end of each entry by an amount fixed by the
-//! entry and the state before it, so every replica forgets the same things.
+//! first outcome again. History, request-id expiry and the outcomes of
+//! node-made ids ([`super::recent`]) are recorded once per entry, and
+//! trimmed at the end of each entry by an amount fixed by the entry and the
+//! state before it, so every replica forgets the same things.
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_bytes::{ByteBuf, Bytes};
 
 use super::feed::Change;
 use super::read::{read_kv, read_value, Lookup, ReadError, StoredValue};
+use super::recent::{made_by_a_node, EntryOutcomes, IndexChanges, RecentIds, Remembered};
 use crate::store::keys::{
-    dedup_key, expiry_key, history_key, history_revision, key_key, COMPACTED, EXPIRY, HISTORY,
-    HISTORY_BYTES, REDO, REVISION,
+    dedup_key, history_key, history_revision, key_key, outcomes_key, timed_key, COMPACTED, EXPIRY,
+    HISTORY, HISTORY_BYTES, OUTCOMES, REDO, REVISION,
 };
 use crate::types::{node_id_lifetime_ms, Command, KeyValue, Op, Outcome, Proposal, RequestId};
 
@@ -27,22 +29,28 @@ use crate::types::{node_id_lifetime_ms, Command, KeyValue, Op, Outcome, Proposal
 /// and it bounds the work of one entry.
 const EXPIRE_PER_ENTRY: usize = 16;
 
-#[derive(Debug, Serialize, Deserialize)]
-struct Remembered {
-    outcome: Outcome,
-}
-
 /// Applies one command into the entry's writes: its effect and its
 /// remembered outcome, and it adds its change to the entry's history. A
-/// command whose request id is remembered changes nothing.
+/// command whose request id is remembered (in the tree, as `recent` says
+/// for a node-made id, or earlier in this entry) changes nothing.
 pub(super) fn execute<L: Lookup>(
     writes: &mut EntryWrites<L>,
+    recent: &RecentIds,
     command: &Command,
     revision: &mut u64,
 ) -> Result<Outcome, ReadError> {
-    let dedup_key = dedup_key(&command.request_id);
-    if let Some(remembered) = read_value::<Remembered>(writes, &dedup_key)? {
-        return Ok(remembered.outcome);
+    let id = &command.request_id;
+    let by_a_node = made_by_a_node(id);
+    let remembered = if by_a_node {
+        match writes.made.iter().find(|(made, _)| made == id) {
+            Some((_, outcome)) => Some(outcome.clone()),
+            None => recent.outcome(writes, id)?,
+        }
+    } else {
+        read_value::<Remembered>(writes, &dedup_key(id))?.map(|r| r.outcome)
+    };
+    if let Some(outcome) = remembered {
+        return Ok(outcome);
     }
     let (current, next) = (*revision, *revision + 1);
     let (outcome, change) = match &command.op {
@@ -130,13 +138,17 @@ pub(super) fn execute<L: Lookup>(
         *revision = next;
         writes.history.push(change);
     }
-    writes.insert(
-        dedup_key,
-        encode(&Remembered {
-            outcome: outcome.clone(),
-        }),
-    );
-    writes.remembered.push(command.request_id.clone());
+    if by_a_node {
+        writes.made.push((id.clone(), outcome.clone()));
+    } else {
+        writes.insert(
+            dedup_key(id),
+            encode(&Remembered {
+                outcome: outcome.clone(),
+            }),
+        );
+        writes.remembered.push(id.clone());
+    }
     Ok(outcome)
 }
 
@@ -160,21 +172,65 @@ pub(super) fn finish_entry(
         writes.insert(history_key(revision), record);
         compact_history(&tree, writes, revision, retention, added)?;
     }
-    if !writes.remembered.is_empty() {
-        let mut by_time: BTreeMap<u64, Vec<RequestId>> = BTreeMap::new();
-        for id in std::mem::take(&mut writes.remembered) {
-            by_time
-                .entry(forget_at(proposal, &id))
-                .or_default()
-                .push(id);
-        }
-        for (at_ms, ids) in by_time {
-            let key = expiry_key(at_ms, &log_index.to_be_bytes());
-            writes.insert(key, encode(&ids));
-        }
+    for (at_ms, ids) in by_filing_time(proposal, std::mem::take(&mut writes.remembered), |id| id) {
+        writes.insert(
+            timed_key(EXPIRY, at_ms, &log_index.to_be_bytes()),
+            encode(&ids),
+        );
     }
-    expire_request_ids(&tree, writes, proposal.forget_before_ms)?;
+    let made = std::mem::take(&mut writes.made);
+    for (at_ms, made) in by_filing_time(proposal, made, |(id, _)| id) {
+        let key = outcomes_key(at_ms, log_index);
+        let ids = made.iter().map(|(id, _)| id.clone()).collect();
+        let record: EntryOutcomes = made
+            .into_iter()
+            .map(|(id, outcome)| (ByteBuf::from(id), outcome))
+            .collect();
+        writes.insert(key, encode(&record));
+        writes.index.filed.push((key, ids));
+    }
+    let forget_before_ms = proposal.forget_before_ms;
+    expire(&tree, writes, EXPIRY, forget_before_ms, |writes, ids| {
+        let ids: Vec<RequestId> = postcard::from_bytes(ids)?;
+        for id in ids {
+            writes.remove(dedup_key(&id));
+            // Ids a version before `o` records filed alone.
+            if made_by_a_node(&id) {
+                writes.index.forgotten.push(id);
+            }
+        }
+        Ok(())
+    })?;
+    expire(
+        &tree,
+        writes,
+        OUTCOMES,
+        forget_before_ms,
+        |writes, record| {
+            let outcomes: EntryOutcomes = postcard::from_bytes(record)?;
+            let ids = outcomes.into_iter().map(|(id, _)| id.into_vec());
+            writes.index.forgotten.extend(ids);
+            Ok(())
+        },
+    )?;
     Ok(history)
+}
+
+/// Groups an entry's ids, or ids with outcomes, by the time each is filed
+/// under, in a fixed order.
+fn by_filing_time<T>(
+    proposal: &Proposal,
+    items: Vec<T>,
+    id_of: impl Fn(&T) -> &[u8],
+) -> BTreeMap<u64, Vec<T>> {
+    let mut by_time: BTreeMap<u64, Vec<T>> = BTreeMap::new();
+    for item in items {
+        by_time
+            .entry(forget_at(proposal, id_of(&item)))
+            .or_default()
+            .push(item);
+    }
+    by_time
 }
 
 /// The time an id's expiry record is filed under: an entry forgets the
@@ -193,24 +249,23 @@ fn forget_at(proposal: &Proposal, id: &[u8]) -> u64 {
     }
 }
 
-/// Forgets the request ids of up to [`EXPIRE_PER_ENTRY`] entries
-/// proposed before `forget_before_ms`.
-fn expire_request_ids(
+/// Removes up to [`EXPIRE_PER_ENTRY`] records under `prefix` filed before
+/// `forget_before_ms`, after `forget` has seen each one's value.
+fn expire(
     tree: &sled::Tree,
-    batch: &mut EntryWrites<sled::Tree>,
+    writes: &mut EntryWrites<sled::Tree>,
+    prefix: u8,
     forget_before_ms: u64,
+    mut forget: impl FnMut(&mut EntryWrites<sled::Tree>, &[u8]) -> Result<(), ReadError>,
 ) -> Result<(), ReadError> {
-    let end = expiry_key(forget_before_ms, &[]);
+    let end = timed_key(prefix, forget_before_ms, &[]);
     for item in tree
-        .range([EXPIRY].as_slice()..end.as_slice())
+        .range([prefix].as_slice()..end.as_slice())
         .take(EXPIRE_PER_ENTRY)
     {
-        let (key, ids) = item?;
-        let ids: Vec<Vec<u8>> = postcard::from_bytes(&ids)?;
-        for id in ids {
-            batch.remove(dedup_key(&id));
-        }
-        batch.remove(key);
+        let (key, value) = item?;
+        forget(writes, &value)?;
+        writes.remove(key);
     }
     Ok(())
 }
@@ -273,7 +328,12 @@ pub(super) struct EntryWrites<L> {
     /// The entry's changes and remembered request ids, written as one
     /// record each by [`finish_entry`].
     history: Vec<Change>,
-    remembered: Vec<Vec<u8>>,
+    remembered: Vec<RequestId>,
+    /// The entry's node-made ids and their outcomes, filed in one record.
+    made: Vec<(RequestId, Outcome)>,
+    /// What the entry changes about the index of node-made ids, for
+    /// [`RecentIds::update`] once its writes are made.
+    index: IndexChanges,
 }
 
 impl<L: Lookup> EntryWrites<L> {
@@ -283,7 +343,14 @@ impl<L: Lookup> EntryWrites<L> {
             pending: Default::default(),
             history: Vec::new(),
             remembered: Vec::new(),
+            made: Vec::new(),
+            index: IndexChanges::default(),
         }
+    }
+
+    /// What the entry changes about the index of node-made ids.
+    pub(super) fn take_index_changes(&mut self) -> IndexChanges {
+        std::mem::take(&mut self.index)
     }
 
     pub(super) fn insert(&mut self, key: impl AsRef<[u8]>, value: Vec<u8>) {
@@ -461,7 +528,7 @@ mod tests {
             request_id: b"r1".to_vec(),
             op,
         };
-        let outcome = execute(&mut writes, &command, &mut revision).unwrap();
+        let outcome = execute(&mut writes, &RecentIds::default(), &command, &mut revision).unwrap();
         (outcome, revision, writes)
     }
 

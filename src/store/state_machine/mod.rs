@@ -6,7 +6,8 @@
 //! [`read`] (the read view for Get, Scan and Watch), [`feed`] (the live
 //! change feed), [`digest`] (state digests for `verify`), [`snapshots`]
 //! (dump, install, backup import), [`databases`] (which sled database holds
-//! the tree), [`defrag`] (copying it into a fresh one beside applying);
+//! the tree), [`defrag`] (copying it into a fresh one beside applying),
+//! [`recent`] (where node-made request ids' outcomes are filed);
 //! this file opens the tree and implements openraft's state machine trait
 //! on top of them.
 //!
@@ -55,6 +56,7 @@ pub(in crate::store) mod defrag;
 mod digest;
 mod feed;
 pub(super) mod read;
+mod recent;
 mod snapshots;
 
 use std::sync::{Arc, Mutex, RwLock};
@@ -69,11 +71,15 @@ pub use self::digest::Digests;
 pub use self::feed::{Change, FeedItem, WatchFeed};
 use self::read::{read_revision, read_value};
 pub use self::read::{KvReader, ScanPage, ScanRange};
+use self::recent::RecentIds;
 pub use self::snapshots::SnapshotBuilder;
 #[cfg(test)]
 pub(in crate::store) use self::snapshots::SnapshotCopy;
 use self::snapshots::{current_snapshot, record_snapshot_size, snapshot_taken, Preimages};
-use super::keys::{APPLIED, DATA_FORMAT, FORMAT, MEMBERSHIP, POINTER_TREE, REDO};
+use super::keys::{
+    readable_format, APPLIED, DATA_FORMAT, FORMAT, MEMBERSHIP, OLDEST_READABLE_FORMAT,
+    POINTER_TREE, REDO,
+};
 use super::snapshot::SnapshotDir;
 use super::{PurgeGate, Shared, StoreError, StoreOptions};
 use crate::types::{
@@ -90,6 +96,8 @@ pub struct StateMachine {
     /// The temporary file a snapshot is being received into.
     receiving: Option<std::path::PathBuf>,
     digests: Digests,
+    /// Where the node-made request ids the tree remembers are filed.
+    recent: RecentIds,
     /// Told each applied index, so a log purge never gets ahead of it.
     purges: Arc<PurgeGate>,
     /// What applying keeps for a snapshot being copied beside it.
@@ -116,16 +124,21 @@ impl StateMachine {
         };
         let pointer = shared.meta.db.open_tree(POINTER_TREE).map_err(sled_err)?;
         let tree = databases::state_tree(&state_db)?;
-        match tree.get(FORMAT).map_err(sled_err)? {
-            Some(format) if format.as_ref() == [DATA_FORMAT] => {}
+        let format = tree.get(FORMAT).map_err(sled_err)?;
+        match format.as_deref() {
+            Some(&[DATA_FORMAT]) => {}
+            Some(&[older]) if readable_format(older) => {
+                tree.insert(FORMAT, &[DATA_FORMAT]).map_err(sled_err)?;
+            }
             None if tree.is_empty() => {
                 tree.insert(FORMAT, &[DATA_FORMAT]).map_err(sled_err)?;
             }
             found => {
                 let found = found.map_or(1, |f| f.first().copied().unwrap_or(0));
                 return Err(corrupted(format!(
-                    "its state is in data format {found}, this raftset reads format {DATA_FORMAT}: \
-                     start this node on an empty volume (it rejoins), or restore a backup taken by this version"
+                    "its state is in data format {found}, this raftset reads formats \
+                     {OLDEST_READABLE_FORMAT} to {DATA_FORMAT}: start this node on an empty volume \
+                     (it rejoins), or restore a backup taken by this version"
                 )));
             }
         }
@@ -144,6 +157,8 @@ impl StateMachine {
         let applied: Option<LogId> = read_value::<Option<LogId>>(&tree, APPLIED)
             .map_err(|e| corrupted(format!("unreadable applied log id: {e}")))?
             .flatten();
+        let recent = RecentIds::load(&tree)
+            .map_err(|e| corrupted(format!("unreadable request id records: {e}")))?;
         let current = Arc::new(RwLock::new(tree));
         let snapshot_turn = Arc::<tokio::sync::Mutex<()>>::default();
         let parts = defrag::Parts {
@@ -174,6 +189,7 @@ impl StateMachine {
             feed: WatchFeed::new(options.watch_buffer),
             receiving: None,
             digests: Digests::default(),
+            recent,
             purges,
             copying: Arc::default(),
             snapshot_turn,
@@ -306,7 +322,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Normal(proposal) => {
                     for command in &proposal.commands {
                         let outcome =
-                            apply::execute(&mut batch, command, &mut revision).map_err(read_err)?;
+                            apply::execute(&mut batch, &self.recent, command, &mut revision)
+                                .map_err(read_err)?;
                         entry_outcomes.push(match outcome {
                             Outcome::Checkpoint { .. } => Outcome::Checkpoint {
                                 index: log_id.index,
@@ -327,8 +344,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
             }
             batch.insert(APPLIED, encode(&Some(log_id)));
+            let index_changes = batch.take_index_changes();
             self.write_entry(batch)
                 .map_err(|e| StorageIOError::apply(log_id, &self.shared.io_error("applying", e)))?;
+            self.recent.update(index_changes);
             self.shared
                 .metrics
                 .apply

@@ -20,9 +20,10 @@ use super::apply::encode;
 use super::databases;
 use super::feed::FeedItem;
 use super::read::{read_revision, read_value};
+use super::recent::RecentIds;
 use super::StateMachine;
 use crate::store::database::Database;
-use crate::store::keys::{APPLIED, KEY, MEMBERSHIP, REDO};
+use crate::store::keys::{APPLIED, DATA_FORMAT, FORMAT, KEY, MEMBERSHIP, REDO};
 use crate::store::snapshot;
 use crate::store::snapshot::SnapshotDir;
 use crate::store::{Restored, Shared};
@@ -66,7 +67,7 @@ impl StateMachine {
     /// Loads a backup's records into an empty state machine, leaving out the
     /// old cluster's applied log id and membership (the new cluster's log
     /// starts over; revisions, history and remembered requests carry on).
-    pub(in crate::store) fn import<I>(&self, records: I) -> std::io::Result<Restored>
+    pub(in crate::store) fn import<I>(&mut self, records: I) -> std::io::Result<Restored>
     where
         I: IntoIterator<Item = std::io::Result<(Vec<u8>, Vec<u8>)>>,
     {
@@ -81,8 +82,11 @@ impl StateMachine {
             keys += u64::from(key.first() == Some(&KEY));
             batch.insert(key, value);
         }
+        // A backup in an older format is in this one once loaded.
+        batch.insert(FORMAT, &[DATA_FORMAT]);
         tree.apply_batch(batch).map_err(std::io::Error::other)?;
         self.shared.make_durable()?;
+        self.recent = RecentIds::load(&tree).map_err(std::io::Error::other)?;
         let revision = read_revision(&tree).map_err(std::io::Error::other)?;
         Ok(Restored {
             keys,
@@ -117,6 +121,7 @@ impl StateMachine {
         let fresh = databases::create(&self.shared.path, parts.cache_bytes)
             .map_err(std::io::Error::other)?;
         let filled = fill(&fresh, meta, &mut file).and_then(|tree| {
+            let recent = RecentIds::load(&tree).map_err(std::io::Error::other)?;
             fresh.sync()?;
             crate::failpoint::crash_point("snapshot-install-filled");
             // The file first, the switch second: a crash between them leaves a
@@ -126,16 +131,17 @@ impl StateMachine {
             crate::failpoint::crash_point("snapshot-install-copied");
             databases::point_to(&parts.pointer, &self.shared.meta, &fresh)?;
             crate::failpoint::crash_point("snapshot-install-switched");
-            Ok(tree)
+            Ok((tree, recent))
         });
-        let tree = match filled {
-            Ok(tree) => tree,
+        let (tree, recent) = match filled {
+            Ok(filled) => filled,
             Err(e) => {
                 databases::remove(fresh);
                 return Err(e);
             }
         };
         let old = parts.replace_state(fresh, tree);
+        self.recent = recent;
         let revision = meta.last_log_id.map(|id| id.index).unwrap_or(0);
         // Only now may the purge openraft asked for with this snapshot run.
         self.purges
@@ -169,6 +175,7 @@ fn fill(
     }
     batch.insert(APPLIED, encode(&meta.last_log_id));
     batch.insert(MEMBERSHIP, encode(&meta.last_membership));
+    batch.insert(FORMAT, &[DATA_FORMAT]);
     tree.apply_batch(batch).map_err(std::io::Error::other)?;
     Ok(tree)
 }
