@@ -124,10 +124,10 @@ async fn a_damaged_data_file_stops_its_pod_with_a_clear_error_and_the_others_ser
     let written = writers.stop().await;
 
     // Damage pod 1's state database file while it is down: 64 bytes at each
-    // 64th of it, so that some land where sled's recovery reads. Most of
-    // the file may be segments sled has freed (the ids the node picks for
-    // these writes are forgotten after 20 s), and damage there goes
-    // unnoticed: seven places were once not enough.
+    // 512th of it, so that some land where sled's recovery reads. Much of
+    // the file may be segments sled has freed or pages it reads only when
+    // asked for, and damage there goes unnoticed: seven places were once
+    // not enough, and 63 once missed under the whole suite's load.
     set.kill(1).await;
     let claim = set.claim_path(1).await;
     let state = std::fs::read_dir(&claim)
@@ -142,8 +142,8 @@ async fn a_damaged_data_file_stops_its_pod_with_a_clear_error_and_the_others_ser
     let file = state.join("db");
     let mut bytes = std::fs::read(&file)
         .unwrap_or_else(|e| panic!("cannot read {} on this host: {e}", file.display()));
-    for part in 1..64 {
-        let at = bytes.len() * part / 64;
+    for part in 1..512 {
+        let at = bytes.len() * part / 512;
         bytes[at..at + 64].fill(0x5A);
     }
     std::fs::write(&file, &bytes).expect("write the damage");
