@@ -307,10 +307,9 @@ impl Requests {
                 Err(Attempt::Fail(e)) => return Err(e),
                 Err(Attempt::Retry { why, .. }) => why,
             };
-            if !attempt_fits(Instant::now() + RETRY_PAUSE, deadline) {
+            if !pause_for_another_attempt(deadline).await {
                 return Err(why);
             }
-            tokio::time::sleep(RETRY_PAUSE).await;
         }
     }
 
@@ -530,21 +529,27 @@ where
             Ok(outcome) => return Ok(outcome),
             Err(failure) => failure,
         };
-        if let Attempt::Retry { .. } = failure {
-            // The time is read after the pause: on a loaded machine a pause
-            // can overrun and leave the next attempt too little time.
-            tokio::time::sleep_until((Instant::now() + RETRY_PAUSE).min(deadline)).await;
-        }
-        let now = Instant::now();
+        let another_fits = match failure {
+            Attempt::Retry { .. } => pause_for_another_attempt(deadline).await,
+            Attempt::Fail(_) => attempt_fits(Instant::now(), deadline),
+        };
         let clock = Clock {
-            past_deadline: !attempt_fits(now, deadline),
-            past_leaderless_deadline: now >= leaderless_deadline,
+            past_deadline: !another_fits,
+            past_leaderless_deadline: Instant::now() >= leaderless_deadline,
         };
         match after_failure(maybe_proposed, failure, clock) {
             Next::GiveUp(e) => return Err(e),
             Next::Retry { maybe_proposed: m } => maybe_proposed = m,
         }
     }
+}
+
+/// Pauses before another attempt, never past `deadline`, and says whether
+/// that attempt fits before it. The time is read after the pause: on a
+/// loaded machine a pause can overrun and leave the attempt too little.
+async fn pause_for_another_attempt(deadline: Instant) -> bool {
+    tokio::time::sleep_until((Instant::now() + RETRY_PAUSE).min(deadline)).await;
+    attempt_fits(Instant::now(), deadline)
 }
 
 /// Whether an attempt starting `now` still has `ATTEMPT_TIME` before

@@ -181,12 +181,13 @@ pub(super) fn finish_entry(
     let made = std::mem::take(&mut writes.made);
     for (at_ms, made) in by_filing_time(proposal, made, |(id, _)| id) {
         let key = outcomes_key(at_ms, log_index);
-        let ids = made.iter().map(|(id, _)| id.clone()).collect();
-        let record: EntryOutcomes = made
-            .into_iter()
-            .map(|(id, outcome)| (ByteBuf::from(id), outcome))
+        // Encoded as an `EntryOutcomes` is, from borrows, so the ids move on.
+        let record: Vec<(&Bytes, &Outcome)> = made
+            .iter()
+            .map(|(id, outcome)| (Bytes::new(id), outcome))
             .collect();
         writes.insert(key, encode(&record));
+        let ids = made.into_iter().map(|(id, _)| id).collect();
         writes.index.filed.push((key, ids));
     }
     let forget_before_ms = proposal.forget_before_ms;

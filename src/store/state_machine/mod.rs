@@ -125,22 +125,22 @@ impl StateMachine {
         let pointer = shared.meta.db.open_tree(POINTER_TREE).map_err(sled_err)?;
         let tree = databases::state_tree(&state_db)?;
         let format = tree.get(FORMAT).map_err(sled_err)?;
-        match format.as_deref() {
-            Some(&[DATA_FORMAT]) => {}
-            Some(&[older]) if readable_format(older) => {
-                tree.insert(FORMAT, &[DATA_FORMAT]).map_err(sled_err)?;
-            }
-            None if tree.is_empty() => {
-                tree.insert(FORMAT, &[DATA_FORMAT]).map_err(sled_err)?;
-            }
-            found => {
-                let found = found.map_or(1, |f| f.first().copied().unwrap_or(0));
-                return Err(corrupted(format!(
-                    "its state is in data format {found}, this raftset reads formats \
-                     {OLDEST_READABLE_FORMAT} to {DATA_FORMAT}: start this node on an empty volume \
-                     (it rejoins), or restore a backup taken by this version"
-                )));
-            }
+        // An empty tree is a new node's; a tree without the mark, format 1's.
+        let found = match format.as_deref() {
+            Some(&[found]) => found,
+            Some(_) => 0,
+            None if tree.is_empty() => DATA_FORMAT,
+            None => 1,
+        };
+        if !readable_format(found) {
+            return Err(corrupted(format!(
+                "its state is in data format {found}, this raftset reads formats \
+                 {OLDEST_READABLE_FORMAT} to {DATA_FORMAT}: start this node on an empty volume \
+                 (it rejoins), or restore a backup taken by this version"
+            )));
+        }
+        if format.as_deref() != Some(&[DATA_FORMAT]) {
+            tree.insert(FORMAT, &[DATA_FORMAT]).map_err(sled_err)?;
         }
         if let Some(redo) = tree.get(REDO).map_err(sled_err)? {
             replay_redo_record(&tree, &redo).map_err(|e| match e {
