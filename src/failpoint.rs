@@ -1,15 +1,16 @@
 //! Named points where a test build kills its own process, so a test can
 //! show that a crash at exactly that moment leaves a node that starts and
-//! catches up, or stalls one thread, so a test can show what goes on while
-//! a slow step is under way. Compiled in only with the `failpoints`
-//! feature (the binary the process tests run); in the shipped binary a
-//! point is nothing at all.
+//! catches up; stalls one thread, so a test can show what goes on while a
+//! slow step is under way; or fails a storage step with an I/O error, as a
+//! failing disk would. Compiled in only with the `failpoints` feature (the
+//! binary the process tests run); in the shipped binary a point is nothing
+//! at all.
 //!
 //! A test arms a point through the environment of the node it starts, in
 //! the `fail` crate's syntax: `FAILPOINTS=snapshot-install-copied=return`,
 //! `FAILPOINTS=snapshot-write=return(10000)` (a stall of 10 s). Owns
-//! nothing else and never decides anything: it only ends the process or
-//! waits.
+//! nothing else and never decides anything: it only ends the process,
+//! waits, or fails the step.
 
 /// Ends the process with SIGKILL when the point `name` is armed: no
 /// destructor runs and sled flushes nothing more, as when the kernel kills
@@ -35,4 +36,16 @@ pub fn stall_point(name: &str) {
         tracing::warn!("failpoint {name}: stalling for {ms} ms");
         std::thread::sleep(std::time::Duration::from_millis(ms));
     });
+}
+
+/// Fails the calling storage step with an I/O error when the point `name`
+/// is armed (`name=return`), as a failing disk fails it.
+pub fn io_error_point(name: &str) -> std::io::Result<()> {
+    #[cfg(not(feature = "failpoints"))]
+    let _ = name;
+    fail::fail_point!(name, |_| {
+        tracing::warn!("failpoint {name}: failing with an I/O error");
+        Err(std::io::Error::other(format!("failpoint {name}")))
+    });
+    Ok(())
 }

@@ -459,9 +459,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             callback.log_io_completed(Ok(()));
             return Ok(());
         };
-        self.wal.append(&records).map_err(|e| {
-            StorageIOError::write_logs(&self.shared.io_error("appending to the log", e))
-        })?;
+        crate::failpoint::io_error_point("log-append-io-error")
+            .and_then(|()| self.wal.append(&records))
+            .map_err(|e| {
+                StorageIOError::write_logs(&self.shared.io_error("appending to the log", e))
+            })?;
         crate::failpoint::crash_point("log-append-before-flush");
         self.flusher
             .queue

@@ -1,6 +1,7 @@
 //! A crash at any point of an append, an apply, a snapshot build, a
 //! snapshot install, a defrag or a forced re-founding leaves a node that starts and
-//! catches up (or completes the re-founding). Each test
+//! catches up (or completes the re-founding); so does a failing disk, which
+//! stops the node. Each test
 //! starts one node with a crash point armed (the test binary is built with
 //! the `failpoints` feature), lets it die there, restarts it plainly and
 //! checks that it serves every write the cluster acknowledged.
@@ -115,6 +116,33 @@ async fn crash_while_writing(point: &str) {
     }
     dies_at(&mut cluster, armed, point).await;
     restarts_and_catches_up(&mut cluster, armed, "w", 100).await;
+}
+
+/// A follower whose log append fails, as on a failing disk, stops with the
+/// error in its log and exit code 1 (the kubelet restarts it), rather
+/// than answer clients while its Raft no longer runs; the other two go on,
+/// and on a sound disk it catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storage_error_stops_the_node_which_restarts_and_catches_up() {
+    let mut cluster = Cluster::start_with(3, &[]).await;
+    let armed = 0;
+    cluster.stop(armed).await;
+    cluster.restart_armed(armed, "log-append-io-error=return");
+    write_keys(&cluster, 1, "w", 20).await;
+    let code = cluster.wait_exit(armed).await;
+    let log = cluster.log_of(armed);
+    assert_eq!(
+        code,
+        Some(1),
+        "{} must stop with an error:\n{log}",
+        cluster.name(armed)
+    );
+    assert!(
+        log.contains("failpoint log-append-io-error") && log.contains("raft stopped"),
+        "{} must say that Raft stopped on the failed append:\n{log}",
+        cluster.name(armed)
+    );
+    restarts_and_catches_up(&mut cluster, armed, "w", 20).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
