@@ -378,7 +378,7 @@ impl Node {
             ));
         }
         peer_tasks.spawn(crate::raft::count_leader_changes(
-            raft.metrics(),
+            raft.server_metrics(),
             metrics.leader_changes(),
             stop_peers.clone(),
         ));
@@ -553,29 +553,32 @@ async fn serve_peers(
 /// Stops the node when Raft stops by itself: a storage failure must never
 /// leave a node answering clients.
 async fn watch_for_fatal(raft: Raft, cluster: Arc<ClusterContext>, stop: CancellationToken) {
-    let mut metrics = raft.metrics();
+    // Raft's core records why it stopped in its full metrics, then drops
+    // every metrics sender. The full metrics go out on every turn of the
+    // core's loop, so the end is watched on the server metrics, which are
+    // sent only when they change.
+    let mut server = raft.server_metrics();
     loop {
-        let running = metrics.borrow_and_update().running_state.clone();
-        if let Err(fatal) = running {
-            let meta = &cluster.meta;
-            meta.abandon();
-            let free = match meta.volume() {
-                Ok(volume) => format!("{} bytes free", volume.free_bytes),
-                Err(e) => format!("free space unknown: {e}"),
-            };
-            let reason = format!(
-                "raft stopped: {fatal} (data directory {}, {free})",
-                meta.path().display()
-            );
-            tracing::error!("{reason}");
-            cluster.stop.stop(reason);
-            return;
-        }
         tokio::select! {
-            changed = metrics.changed() => if changed.is_err() { return },
+            changed = server.changed() => if changed.is_err() { break },
             _ = stop.cancelled() => return,
         }
     }
+    let Err(fatal) = raft.metrics().borrow().running_state.clone() else {
+        return;
+    };
+    let meta = &cluster.meta;
+    meta.abandon();
+    let free = match meta.volume() {
+        Ok(volume) => format!("{} bytes free", volume.free_bytes),
+        Err(e) => format!("free space unknown: {e}"),
+    };
+    let reason = format!(
+        "raft stopped: {fatal} (data directory {}, {free})",
+        meta.path().display()
+    );
+    tracing::error!("{reason}");
+    cluster.stop.stop(reason);
 }
 
 #[cfg(test)]

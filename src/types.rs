@@ -54,6 +54,13 @@ pub type Snapshot = openraft::Snapshot<TypeConfig>;
 pub type StoredMembership = openraft::StoredMembership<NodeId, Member>;
 pub type StorageError = openraft::StorageError<NodeId>;
 pub type RaftMetrics = openraft::RaftMetrics<NodeId, Member>;
+/// Who leads, the vote and the membership: openraft sends these only when
+/// they change, where [`RaftMetrics`] goes out on every turn of its core's
+/// loop and wakes each task that watches it. A task that waits for a
+/// change of leader watches these.
+pub type ServerMetrics = openraft::metrics::RaftServerMetrics<NodeId, Member>;
+/// The log, applied, snapshot and purge positions, sent when they change.
+pub type DataMetrics = openraft::metrics::RaftDataMetrics<NodeId>;
 
 /// What the membership records about each node: its name (the pod name,
 /// `raftset-2`) and where to reach it.

@@ -10,13 +10,12 @@
 
 use std::time::Duration;
 
-use openraft::RaftMetrics;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::LogSize;
-use crate::types::{LogId, Member, NodeId, Raft};
+use crate::types::{DataMetrics, LogId, Raft};
 
 /// How long an asked-for step may take before it is asked for again (a
 /// snapshot build can fail, and openraft drops a repeated ask meanwhile).
@@ -53,7 +52,7 @@ fn next_step(
 /// once a second, compares the log's size with `limit` and asks openraft
 /// for the next step.
 pub async fn bound_log_size(raft: Raft, size: LogSize, limit: u64, stop: CancellationToken) {
-    let mut metrics: watch::Receiver<RaftMetrics<NodeId, Member>> = raft.metrics();
+    let mut metrics: watch::Receiver<DataMetrics> = raft.data_metrics();
     let mut asked: Option<(Step, Instant)> = None;
     loop {
         let step = {

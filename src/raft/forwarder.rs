@@ -301,7 +301,7 @@ impl Route for ToLeader {
     }
 
     fn leader_moved(&self) -> impl Future<Output = ()> + Send + 'static {
-        let mut metrics = self.raft.metrics();
+        let mut metrics = self.raft.server_metrics();
         let leader = metrics.borrow().current_leader;
         async move {
             while metrics.borrow_and_update().current_leader == leader {

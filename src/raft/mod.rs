@@ -26,7 +26,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::types::{Member, NodeId, RaftMetrics};
+use crate::types::{Member, NodeId, RaftMetrics, ServerMetrics};
 
 /// The current leader's id and membership entry, as this node's Raft
 /// metrics know them.
@@ -44,7 +44,7 @@ pub fn leader_of(metrics: &RaftMetrics) -> Option<(NodeId, Member)> {
 /// `leader_changes_seen_total`). Ends when `stop` is cancelled or Raft
 /// stops.
 pub async fn count_leader_changes(
-    mut metrics: watch::Receiver<RaftMetrics>,
+    mut metrics: watch::Receiver<ServerMetrics>,
     changes: Counter,
     stop: CancellationToken,
 ) {

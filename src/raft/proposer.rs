@@ -67,16 +67,16 @@ impl Log for Raft {
     }
 
     fn leadership_lost(&self) -> impl Future<Output = ()> + Send + 'static {
-        let mut metrics = self.metrics();
+        let mut metrics = self.server_metrics();
         let (id, term) = {
             let now = metrics.borrow();
-            (now.id, now.current_term)
+            (now.id, now.vote.leader_id().term)
         };
         async move {
             loop {
                 {
                     let now = metrics.borrow_and_update();
-                    if now.current_term != term || now.current_leader != Some(id) {
+                    if now.vote.leader_id().term != term || now.current_leader != Some(id) {
                         return;
                     }
                 }
