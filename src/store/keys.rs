@@ -13,8 +13,9 @@
 //!   entry with their outcomes (see `state_machine::recent`)
 //! - `r` → the current revision, `a` → last applied log id, `m` → last
 //!   membership, `c` → highest revision compacted out of the history,
-//!   `b` → bytes the retained history records take, `w` → the last
-//!   entry's write set (redo record), `v` → the data format
+//!   `b` → bytes the retained history records take, `x` → the last
+//!   entry's redo record, `w` → the redo record of earlier versions (read
+//!   once at start-up, then removed), `v` → the data format
 //!
 //! Snapshot files carry the same records and the same format byte, so
 //! both the state machine and [`super::snapshot`] read it from here.
@@ -31,8 +32,19 @@ pub const COMPACTED: &[u8] = b"c";
 /// counted: their older records then count for nothing until compacted).
 pub const HISTORY_BYTES: &[u8] = b"b";
 pub const REVISION: &[u8] = b"r";
-/// The last entry's write set, replayed at start-up (see `EntryWrites::write`).
-pub const REDO: &[u8] = b"w";
+/// The last entry's redo record: its log index, its writes but those of
+/// values, and the key of its history record, whose changes give the values
+/// again. Replayed at start-up (see `EntryWrites::write`).
+pub const REDO: &[u8] = b"x";
+/// The redo record of versions before the `x` record: the last entry's
+/// whole write set, values included. Replayed at start-up and removed, so
+/// a stale one is never replayed after later entries.
+pub const WHOLE_REDO: &[u8] = b"w";
+/// Whether `key` is a redo record, of either kind: never part of a
+/// snapshot or a restored backup, which carry no half-written entry.
+pub fn is_redo(key: &[u8]) -> bool {
+    key == REDO || key == WHOLE_REDO
+}
 /// The data format of the tree's records, [`DATA_FORMAT`].
 pub const FORMAT: &[u8] = b"v";
 /// Which layout of records this version writes. Snapshot files carry it

@@ -849,7 +849,7 @@ fn state_records(sm: &StateMachine) -> std::collections::BTreeMap<Vec<u8>, Vec<u
     sm.tree()
         .iter()
         .map(|item| item.expect("read the state tree"))
-        .filter(|(key, _)| key.as_ref() != keys::REDO)
+        .filter(|(key, _)| !keys::is_redo(key))
         .map(|(key, value)| (key.to_vec(), value.to_vec()))
         .collect()
 }
@@ -1221,6 +1221,51 @@ async fn an_entry_whose_writes_were_cut_short_is_completed_from_its_redo_record(
     assert_eq!(reader.get(b"y").unwrap().0.unwrap().value, b"2");
     assert_eq!(reader.get(b"x").unwrap().0.unwrap().value, b"1");
     assert_eq!(reader.get(b"a").unwrap().1, 2);
+}
+
+/// A redo record of an earlier version (every write of the entry, values
+/// included, under `w`) is replayed at start-up and then removed: entries
+/// applied after it must never be set back by replaying it again.
+#[tokio::test]
+async fn a_whole_redo_record_of_an_earlier_version_is_replayed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), StoreOptions::default());
+    apply(&mut store.state_machine, 1, vec![put("x", "1")]).await;
+    let tree = store.state_machine.tree();
+    let x = tree.get(b"kx").unwrap().unwrap();
+    drop((tree, store));
+
+    // As after a crash of the earlier version between the redo record of
+    // its entry 2 and that entry's writes.
+    {
+        let db = when_unlocked(|| sled::open(state_dir(dir.path())));
+        let tree = db.open_tree("sm").unwrap();
+        let applied = postcard::to_stdvec(&Some(log_id(2))).unwrap();
+        let whole: Vec<(&[u8], Option<&[u8]>)> = vec![
+            (keys::APPLIED, Some(&applied)),
+            (b"ky", Some(&x)),
+            (b"kx", None),
+        ];
+        tree.insert(keys::WHOLE_REDO, postcard::to_stdvec(&whole).unwrap())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let mut store = open(dir.path(), StoreOptions::default());
+    {
+        let reader = store.state_machine.reader();
+        assert_eq!(reader.get(b"y").unwrap().0.unwrap().value, b"1");
+        assert_eq!(reader.get(b"x").unwrap().0, None);
+    }
+    assert_eq!(
+        store.state_machine.tree().get(keys::WHOLE_REDO).unwrap(),
+        None
+    );
+
+    apply(&mut store.state_machine, 3, vec![put("y", "2")]).await;
+    drop(store);
+    let store = open(dir.path(), StoreOptions::default());
+    let reader = store.state_machine.reader();
+    assert_eq!(reader.get(b"y").unwrap().0.unwrap().value, b"2");
 }
 
 /// Every read is one point in time. A writer applies entries that each put

@@ -16,13 +16,15 @@ use serde::Serialize;
 use serde_bytes::{ByteBuf, Bytes};
 
 use super::feed::Change;
-use super::read::{read_kv, read_value, Lookup, ReadError, StoredValue};
+use super::read::{read_kv, read_value, Lookup, ReadError};
 use super::recent::{made_by_a_node, EntryOutcomes, IndexChanges, RecentIds, Remembered};
 use crate::store::keys::{
-    dedup_key, history_key, history_revision, key_key, outcomes_key, timed_key, COMPACTED, EXPIRY,
-    HISTORY, HISTORY_BYTES, OUTCOMES, REDO, REVISION,
+    dedup_key, history_key, history_revision, key_key, outcomes_key, timed_key, APPLIED, COMPACTED,
+    EXPIRY, HISTORY, HISTORY_BYTES, KEY, OUTCOMES, REDO, REVISION, WHOLE_REDO,
 };
-use crate::types::{node_id_lifetime_ms, Command, KeyValue, Op, Outcome, Proposal, RequestId};
+use crate::types::{
+    node_id_lifetime_ms, Command, KeyValue, LogId, Op, Outcome, Proposal, RequestId,
+};
 
 /// Most history or expiry records (each one entry's worth) one log entry
 /// expires: each entry adds at most one of each, so this drains a backlog,
@@ -170,6 +172,7 @@ pub(super) fn finish_entry(
         let record = encode(&history);
         let added = record.len() as u64;
         writes.insert(history_key(revision), record);
+        writes.history_record = Some(history_key(revision));
         compact_history(&tree, writes, revision, retention, added)?;
     }
     for (at_ms, ids) in by_filing_time(proposal, std::mem::take(&mut writes.remembered), |id| id) {
@@ -329,6 +332,8 @@ pub(super) struct EntryWrites<L> {
     /// The entry's changes and remembered request ids, written as one
     /// record each by [`finish_entry`].
     history: Vec<Change>,
+    /// The key of the entry's history record, once written into `pending`.
+    history_record: Option<[u8; 9]>,
     remembered: Vec<RequestId>,
     /// The entry's node-made ids and their outcomes, filed in one record.
     made: Vec<(RequestId, Outcome)>,
@@ -343,6 +348,7 @@ impl<L: Lookup> EntryWrites<L> {
             base,
             pending: Default::default(),
             history: Vec::new(),
+            history_record: None,
             remembered: Vec::new(),
             made: Vec::new(),
             index: IndexChanges::default(),
@@ -361,6 +367,12 @@ impl<L: Lookup> EntryWrites<L> {
     fn remove(&mut self, key: impl AsRef<[u8]>) {
         self.pending.insert(key.as_ref().to_vec(), None);
     }
+
+    /// Writes a key's new value, or its removal, as `change` says.
+    fn write_change(&mut self, change: &Change) {
+        let (key, value) = kv_write(change);
+        self.pending.insert(key, value);
+    }
 }
 
 impl EntryWrites<sled::Tree> {
@@ -370,48 +382,150 @@ impl EntryWrites<sled::Tree> {
     }
 
     /// Writes the entry atomically without a sled batch (which costs two
-    /// synced writes): first the whole write set as one redo record, then
-    /// each write. sled recovers writes in order, so after a crash either
-    /// the redo record is missing and so is every write after it, or it is
-    /// there and `StateMachine::open` replays it (replaying is harmless:
-    /// the writes set final values). `mirror`, a defrag's fresh tree,
-    /// gets the same writes after.
-    pub(super) fn write(self, mirror: Option<&sled::Tree>) -> Result<(), sled::Error> {
-        let pending: Vec<(Vec<u8>, Option<Vec<u8>>)> = self.pending.into_iter().collect();
-        let redo = redo_record(&pending);
-        for tree in std::iter::once(&self.base).chain(mirror) {
-            tree.insert(REDO, redo.as_slice())?;
+    /// synced writes). sled recovers writes in order, so the entry writes
+    /// first its history record, then its redo record, then everything
+    /// else. The redo record holds the entry's log index, the key of that
+    /// history record and every write but the values' (the history
+    /// record's changes give those again, so no value is written twice).
+    /// After a crash either the redo record is the previous entry's, and of
+    /// this entry at most its history record is there (applying the entry
+    /// again writes the same one), or `StateMachine::open` replays it
+    /// (harmless: the writes set final values). `mirror`, a defrag's fresh
+    /// tree, gets the same writes after.
+    pub(super) fn write(
+        self,
+        log_index: u64,
+        mirror: Option<&sled::Tree>,
+    ) -> Result<(), sled::Error> {
+        let entry = self.into_records(log_index);
+        for tree in std::iter::once(&entry.base).chain(mirror) {
+            entry.write_redo(tree)?;
             crate::failpoint::crash_point("apply-mid-entry");
-            apply_writes(tree, &pending)?;
+            apply_writes(tree, &entry.writes)?;
         }
+        Ok(())
+    }
+
+    fn into_records(mut self, log_index: u64) -> EntryRecords {
+        let history = self.history_record.and_then(|key| {
+            let record = self.pending.remove(key.as_slice()).flatten()?;
+            Some((key, record))
+        });
+        let writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = self.pending.into_iter().collect();
+        let redo = redo_record(log_index, history.as_ref().map(|(key, _)| key), &writes);
+        EntryRecords {
+            base: self.base,
+            history,
+            redo,
+            writes,
+        }
+    }
+}
+
+/// An entry's writes in the order [`EntryWrites::write`] makes them.
+struct EntryRecords {
+    base: sled::Tree,
+    history: Option<([u8; 9], Vec<u8>)>,
+    redo: Vec<u8>,
+    writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl EntryRecords {
+    /// The history record, then the redo record: what a crash right after
+    /// leaves for `StateMachine::open` to replay.
+    fn write_redo(&self, tree: &sled::Tree) -> Result<(), sled::Error> {
+        if let Some((key, record)) = &self.history {
+            tree.insert(key, record.as_slice())?;
+        }
+        tree.insert(REDO, self.redo.as_slice())?;
         Ok(())
     }
 }
 
-/// The redo record of `writes` (a key, and its value or `None` for a
-/// removal). Each key and value goes in as one byte string, which postcard
-/// writes exactly as it writes a `Vec<u8>` (its length, then its bytes) but
-/// copied whole rather than byte by byte: the record holds every value of
-/// the entry, so this is on every write's path.
-fn redo_record(writes: &[(Vec<u8>, Option<Vec<u8>>)]) -> Vec<u8> {
+/// The redo record of the entry at `log_index` (see [`EntryWrites::write`]):
+/// `writes` (a key, and its value or `None` for a removal) less those of
+/// values when the history record under `history` gives them again. Each key
+/// and value goes in as one byte string, which postcard writes exactly as
+/// it writes a `Vec<u8>` (its length, then its bytes) but copied whole.
+fn redo_record(
+    log_index: u64,
+    history: Option<&[u8; 9]>,
+    writes: &[(Vec<u8>, Option<Vec<u8>>)],
+) -> Vec<u8> {
     let writes: Vec<(&Bytes, Option<&Bytes>)> = writes
         .iter()
+        .filter(|(key, _)| history.is_none() || key.first() != Some(&KEY))
         .map(|(key, value)| (Bytes::new(key), value.as_deref().map(Bytes::new)))
         .collect();
-    encode(&writes)
+    encode(&(log_index, history.map(|key| Bytes::new(key)), writes))
 }
 
-/// Finishes the entry a redo record was written for (see
-/// [`EntryWrites::write`]).
-pub(super) fn replay_redo_record(tree: &sled::Tree, record: &[u8]) -> Result<(), ReplayError> {
+/// A redo record as [`redo_record`] encodes it.
+type Redo = (u64, Option<ByteBuf>, Vec<(ByteBuf, Option<ByteBuf>)>);
+
+/// Finishes, at start-up, the last entry written before the node stopped
+/// (see [`EntryWrites::write`]), in case a crash cut it short: replays a
+/// redo record of an earlier version and removes it, then this version's,
+/// and removes a history record beyond the state's revision (an entry cut
+/// short before its redo record wrote it; applied again, the entry writes
+/// it anew), so Watch never reports a change the state does not hold.
+pub(super) fn finish_last_entry(tree: &sled::Tree) -> Result<(), ReplayError> {
+    if let Some(whole) = tree.get(WHOLE_REDO)? {
+        replay_whole_redo_record(tree, &whole)?;
+        tree.remove(WHOLE_REDO)?;
+    }
+    if let Some(redo) = tree.get(REDO)? {
+        let applied: Option<LogId> = match tree.get(APPLIED)? {
+            Some(bytes) => postcard::from_bytes(&bytes)?,
+            None => None,
+        };
+        replay_redo_record(tree, &redo, applied.map(|id| id.index))?;
+    }
+    let revision: u64 = match tree.get(REVISION)? {
+        Some(bytes) => postcard::from_bytes(&bytes)?,
+        None => 0,
+    };
+    let beyond = history_key(revision.saturating_add(1));
+    for item in tree.range(beyond.as_slice()..[HISTORY + 1].as_slice()) {
+        tree.remove(item?.0)?;
+    }
+    Ok(())
+}
+
+/// Finishes the entry a redo record was written for, unless the state has
+/// applied a later entry: a version before this one writes no such record,
+/// so one it left standing is stale.
+fn replay_redo_record(
+    tree: &sled::Tree,
+    record: &[u8],
+    applied: Option<u64>,
+) -> Result<(), ReplayError> {
+    let (log_index, history, writes): Redo = postcard::from_bytes(record)?;
+    if applied.is_some_and(|applied| applied > log_index) {
+        return Ok(());
+    }
+    if let Some(key) = history {
+        let record = tree.get(&key)?.ok_or(ReplayError::HistoryMissing)?;
+        let changes: Vec<Change> = postcard::from_bytes(&record)?;
+        let values: Vec<_> = changes.iter().map(kv_write).collect();
+        apply_writes(tree, &values)?;
+    }
+    Ok(apply_writes(tree, &writes)?)
+}
+
+/// Finishes the entry a redo record of an earlier version was written for:
+/// every write of the entry, values included.
+fn replay_whole_redo_record(tree: &sled::Tree, record: &[u8]) -> Result<(), ReplayError> {
     let writes: Vec<(ByteBuf, Option<ByteBuf>)> = postcard::from_bytes(record)?;
     Ok(apply_writes(tree, &writes)?)
 }
 
 #[derive(Debug, thiserror::Error)]
 pub(super) enum ReplayError {
-    #[error("undecodable redo record: {0}")]
+    #[error("undecodable record while finishing the last entry: {0}")]
     Undecodable(#[from] postcard::Error),
+    #[error("the history record the redo record names is missing")]
+    HistoryMissing,
     #[error(transparent)]
     Sled(#[from] sled::Error),
 }
@@ -449,29 +563,23 @@ fn write_kv<L: Lookup>(
     prev: Option<&KeyValue>,
     revision: u64,
 ) -> Change {
-    let stored = StoredValue {
-        value: value.to_vec(),
-        create_revision: prev.map_or(revision, |p| p.create_revision),
-        mod_revision: revision,
-        version: prev.map_or(1, |p| p.version + 1),
-    };
-    batch.insert(key_key(key), encode(&stored));
-    Change {
+    let change = Change {
         revision,
         kv: KeyValue {
             key: key.to_vec(),
-            value: stored.value,
-            create_revision: stored.create_revision,
+            value: value.to_vec(),
+            create_revision: prev.map_or(revision, |p| p.create_revision),
             mod_revision: revision,
-            version: stored.version,
+            version: prev.map_or(1, |p| p.version + 1),
         },
         deleted: false,
-    }
+    };
+    batch.write_change(&change);
+    change
 }
 
 fn delete_kv<L: Lookup>(batch: &mut EntryWrites<L>, prev: &KeyValue, revision: u64) -> Change {
-    batch.remove(key_key(&prev.key));
-    Change {
+    let change = Change {
         revision,
         kv: KeyValue {
             key: prev.key.clone(),
@@ -481,7 +589,35 @@ fn delete_kv<L: Lookup>(batch: &mut EntryWrites<L>, prev: &KeyValue, revision: u
             version: prev.version,
         },
         deleted: true,
-    }
+    };
+    batch.write_change(&change);
+    change
+}
+
+/// A key's record as `read::StoredValue` decodes it, encoded from borrows.
+#[derive(Serialize)]
+struct StoredValueRef<'a> {
+    #[serde(with = "serde_bytes")]
+    value: &'a [u8],
+    create_revision: u64,
+    mod_revision: u64,
+    version: u64,
+}
+
+/// The write `change` makes to its key's record: the one place a change
+/// becomes a write, both when it is applied and when a redo record's
+/// history record is replayed, so the two cannot differ.
+fn kv_write(change: &Change) -> (Vec<u8>, Option<Vec<u8>>) {
+    let kv = &change.kv;
+    let record = (!change.deleted).then(|| {
+        encode(&StoredValueRef {
+            value: &kv.value,
+            create_revision: kv.create_revision,
+            mod_revision: kv.mod_revision,
+            version: kv.version,
+        })
+    });
+    (key_key(&kv.key), record)
 }
 
 pub(super) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -768,27 +904,170 @@ mod tests {
         assert_eq!(retained, u64::MAX);
     }
 
-    /// A redo record left by a node of an earlier version, which wrote each
-    /// key and value as a `Vec<u8>`, is replayed by this one: the bytes are
-    /// the same.
+    /// A redo record left by a node of an earlier version (the whole write
+    /// set, each key and value a `Vec<u8>`) is replayed by this one.
     #[test]
-    fn a_redo_record_has_the_bytes_of_one_written_as_vectors() {
-        let writes = vec![
+    fn a_whole_redo_record_of_an_earlier_version_is_replayed() {
+        let writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = vec![
             (b"k1".to_vec(), Some(vec![0, 1, 255, 128])),
             (b"k2".to_vec(), None),
             (vec![7; 300], Some(vec![9; 1000])),
         ];
         let as_vectors = encode(&writes);
-        assert_eq!(redo_record(&writes), as_vectors);
-
         let tree = installed(&[(b"k2", b"gone".to_vec())]);
-        replay_redo_record(&tree, &as_vectors).unwrap();
+        replay_whole_redo_record(&tree, &as_vectors).unwrap();
         assert_eq!(tree.get(b"k1").unwrap().unwrap().as_ref(), [0, 1, 255, 128]);
         assert_eq!(tree.get(b"k2").unwrap(), None);
         assert_eq!(tree.get(vec![7; 300]).unwrap().unwrap().as_ref(), [9; 1000]);
         assert!(matches!(
-            replay_redo_record(&tree, &as_vectors[..as_vectors.len() - 1]),
+            replay_whole_redo_record(&tree, &as_vectors[..as_vectors.len() - 1]),
             Err(ReplayError::Undecodable(_))
+        ));
+    }
+
+    /// Every record of `tree`, by key.
+    fn records(tree: &sled::Tree) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        tree.iter()
+            .map(|item| item.unwrap())
+            .map(|(key, value)| (key.to_vec(), value.to_vec()))
+            .collect()
+    }
+
+    /// One entry of puts (one key twice), an increment, a delete and a
+    /// compare-and-swap, over state with history to compact, ready to write.
+    fn an_entry(tree: &sled::Tree, log_index: u64) -> EntryRecords {
+        let put = |key: &str, value: &str| Op::Put {
+            key: key.into(),
+            value: value.into(),
+        };
+        let ops = [
+            put("a", "1"),
+            put("b", "2"),
+            put("a", "3"),
+            Op::Increment {
+                key: b"n".to_vec(),
+                delta: 5,
+            },
+            Op::Delete {
+                key: b"old".to_vec(),
+            },
+            Op::CompareAndSwap {
+                key: b"b".to_vec(),
+                expected: Some(b"2".to_vec()),
+                new: Some(b"4".to_vec()),
+            },
+        ];
+        let mut writes = EntryWrites::new(tree.clone());
+        let mut revision = read_value::<u64>(tree, REVISION).unwrap().unwrap_or(0);
+        let proposal = Proposal {
+            proposed_at_ms: 1_000_000,
+            forget_before_ms: 400_000,
+            commands: Vec::new(),
+        };
+        for (i, op) in ops.into_iter().enumerate() {
+            let command = Command {
+                request_id: format!("client-{log_index}-{i}").into_bytes(),
+                op,
+            };
+            execute(&mut writes, &RecentIds::default(), &command, &mut revision).unwrap();
+        }
+        let retention = HistoryRetention {
+            revisions: 2,
+            bytes: u64::MAX,
+        };
+        finish_entry(&mut writes, log_index, &proposal, revision, retention).unwrap();
+        writes.into_records(log_index)
+    }
+
+    /// State two entries in: keys to delete and overwrite, and history.
+    fn two_entries_in() -> (sled::Tree, sled::Tree) {
+        let (a, b) = (installed(&[]), installed(&[]));
+        for tree in [&a, &b] {
+            let mut writes = EntryWrites::new(tree.clone());
+            write_kv(&mut writes, b"old", b"x", None, 1);
+            writes.insert(REVISION, encode(&1u64));
+            writes.write(1, None).unwrap();
+            let entry = an_entry(tree, 2);
+            entry.write_redo(tree).unwrap();
+            apply_writes(tree, &entry.writes).unwrap();
+        }
+        (a, b)
+    }
+
+    /// The redo record holds no value: a crash right after it leaves the
+    /// entry's values to come from its history record. Replaying it gives
+    /// every record a whole write gives (the values of a key written twice,
+    /// a delete, an increment, a compacted history), and replaying it again
+    /// changes nothing.
+    #[test]
+    fn a_crash_after_the_redo_record_is_finished_from_the_history_record() {
+        let (crashed, whole) = two_entries_in();
+        let entry = an_entry(&crashed, 3);
+        entry.write_redo(&crashed).unwrap();
+        let redo = crashed.get(REDO).unwrap().unwrap();
+        let (_, _, redone): Redo = postcard::from_bytes(&redo).unwrap();
+        assert!(
+            redone.iter().all(|(key, _)| key.first() != Some(&KEY)),
+            "the redo record holds no value"
+        );
+        let entry = an_entry(&whole, 3);
+        entry.write_redo(&whole).unwrap();
+        apply_writes(&whole, &entry.writes).unwrap();
+        assert_ne!(records(&crashed), records(&whole));
+
+        finish_last_entry(&crashed).unwrap();
+        assert_eq!(records(&crashed), records(&whole));
+        finish_last_entry(&whole).unwrap();
+        assert_eq!(records(&crashed), records(&whole));
+        assert_eq!(read_kv(&whole, b"a").unwrap().unwrap().value, b"3");
+        assert_eq!(read_kv(&whole, b"b").unwrap().unwrap().value, b"4");
+        assert_eq!(read_kv(&whole, b"old").unwrap(), None);
+    }
+
+    /// A crash after an entry's history record but before its redo record
+    /// leaves a history record beyond the state's revision: it goes, so
+    /// Watch never reports a change the state does not hold yet.
+    #[test]
+    fn a_crash_before_the_redo_record_leaves_no_history_beyond_the_state() {
+        let (crashed, before) = two_entries_in();
+        let entry = an_entry(&crashed, 3);
+        let (key, record) = entry.history.as_ref().unwrap();
+        crashed.insert(key, record.as_slice()).unwrap();
+        assert_ne!(records(&crashed), records(&before));
+        finish_last_entry(&crashed).unwrap();
+        assert_eq!(records(&crashed), records(&before));
+    }
+
+    /// A redo record older than the applied entry (left standing by this
+    /// version before an earlier one, which writes `w` records, applied
+    /// more) is not replayed: it would set values back.
+    #[test]
+    fn a_redo_record_behind_the_applied_entry_is_not_replayed() {
+        let (tree, _) = two_entries_in();
+        let stale = tree.get(REDO).unwrap().unwrap();
+        let mut writes = EntryWrites::new(tree.clone());
+        write_kv(&mut writes, b"a", b"later", None, 9);
+        writes.write(3, None).unwrap();
+        let applied = LogId::new(openraft::CommittedLeaderId::new(1, 0), 3);
+        tree.insert(APPLIED, encode(&Some(applied))).unwrap();
+        tree.insert(REDO, stale).unwrap();
+        let before = records(&tree);
+        finish_last_entry(&tree).unwrap();
+        assert_eq!(records(&tree), before);
+        assert_eq!(read_kv(&tree, b"a").unwrap().unwrap().value, b"later");
+    }
+
+    /// A redo record naming a history record that is not there is
+    /// corruption, not an entry silently left half-written.
+    #[test]
+    fn a_redo_record_whose_history_record_is_missing_is_an_error() {
+        let (tree, _) = two_entries_in();
+        let redo = tree.get(REDO).unwrap().unwrap();
+        let (_, history, _): Redo = postcard::from_bytes(&redo).unwrap();
+        tree.remove(history.unwrap()).unwrap();
+        assert!(matches!(
+            finish_last_entry(&tree),
+            Err(ReplayError::HistoryMissing)
         ));
     }
 }

@@ -64,7 +64,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftLogId, StorageIOError};
 
-use self::apply::{encode, replay_redo_record, EntryWrites, ReplayError};
+use self::apply::{encode, finish_last_entry, EntryWrites, ReplayError};
 pub(super) use self::databases::{open_current, state_dirs};
 pub use self::defrag::DefragPolicy;
 pub use self::digest::Digests;
@@ -77,8 +77,7 @@ pub use self::snapshots::SnapshotBuilder;
 pub(in crate::store) use self::snapshots::SnapshotCopy;
 use self::snapshots::{current_snapshot, record_snapshot_size, snapshot_taken, Preimages};
 use super::keys::{
-    readable_format, APPLIED, DATA_FORMAT, FORMAT, MEMBERSHIP, OLDEST_READABLE_FORMAT,
-    POINTER_TREE, REDO,
+    readable_format, APPLIED, DATA_FORMAT, FORMAT, MEMBERSHIP, OLDEST_READABLE_FORMAT, POINTER_TREE,
 };
 use super::snapshot::SnapshotDir;
 use super::{PurgeGate, Shared, StoreError, StoreOptions};
@@ -142,12 +141,10 @@ impl StateMachine {
         if format.as_deref() != Some(&[DATA_FORMAT]) {
             tree.insert(FORMAT, &[DATA_FORMAT]).map_err(sled_err)?;
         }
-        if let Some(redo) = tree.get(REDO).map_err(sled_err)? {
-            replay_redo_record(&tree, &redo).map_err(|e| match e {
-                ReplayError::Undecodable(_) => corrupted(e.to_string()),
-                ReplayError::Sled(e) => sled_err(e),
-            })?;
-        }
+        finish_last_entry(&tree).map_err(|e| match e {
+            ReplayError::Sled(e) => sled_err(e),
+            unreadable => corrupted(unreadable.to_string()),
+        })?;
         let snapshots_path = shared.path.join("snapshots");
         let snapshots =
             SnapshotDir::open(snapshots_path.clone()).map_err(|source| StoreError::Io {
@@ -257,7 +254,11 @@ impl StateMachine {
     /// read sees the state before the entry or after it, never part of it.
     /// A snapshot being copied meanwhile keeps what the entry overwrites.
     /// A defrag in progress gets the same writes (see [`defrag`]).
-    fn write_entry(&self, writes: EntryWrites<sled::Tree>) -> Result<(), sled::Error> {
+    fn write_entry(
+        &self,
+        log_index: u64,
+        writes: EntryWrites<sled::Tree>,
+    ) -> Result<(), sled::Error> {
         let tree = self.current.write().expect("state machine lock");
         if let Some(preimages) = self.copying.lock().expect("snapshot copy lock").as_mut() {
             preimages.keep(&tree, writes.keys())?;
@@ -269,7 +270,7 @@ impl StateMachine {
             .lock()
             .expect("mirror lock")
             .clone();
-        writes.write(mirror.as_ref())
+        writes.write(log_index, mirror.as_ref())
     }
 }
 
@@ -345,7 +346,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             batch.insert(APPLIED, encode(&Some(log_id)));
             let index_changes = batch.take_index_changes();
-            self.write_entry(batch)
+            self.write_entry(log_id.index, batch)
                 .map_err(|e| StorageIOError::apply(log_id, &self.shared.io_error("applying", e)))?;
             self.recent.update(index_changes);
             self.shared

@@ -23,7 +23,7 @@ use super::read::{read_revision, read_value};
 use super::recent::RecentIds;
 use super::StateMachine;
 use crate::store::database::Database;
-use crate::store::keys::{APPLIED, DATA_FORMAT, FORMAT, KEY, MEMBERSHIP, REDO};
+use crate::store::keys::{is_redo, APPLIED, DATA_FORMAT, FORMAT, KEY, MEMBERSHIP};
 use crate::store::snapshot;
 use crate::store::snapshot::SnapshotDir;
 use crate::store::{Restored, Shared};
@@ -76,7 +76,7 @@ impl StateMachine {
         let mut keys = 0;
         for record in records {
             let (key, value) = record?;
-            if key == APPLIED || key == MEMBERSHIP || key == REDO {
+            if key == APPLIED || key == MEMBERSHIP || is_redo(&key) {
                 continue;
             }
             keys += u64::from(key.first() == Some(&KEY));
@@ -321,7 +321,7 @@ impl SnapshotCopy {
             let preimages = copying
                 .as_mut()
                 .expect("a copy in progress has its preimages");
-            read.retain(|(key, _)| key != REDO && !preimages.before.contains_key(key.as_ref()));
+            read.retain(|(key, _)| !is_redo(key) && !preimages.before.contains_key(key.as_ref()));
             preimages.copied_through = last;
         }
         read.into_iter()
