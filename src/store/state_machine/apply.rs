@@ -10,13 +10,14 @@
 //! trimmed at the end of each entry by an amount fixed by the entry and the
 //! state before it, so every replica forgets the same things.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 use serde_bytes::{ByteBuf, Bytes};
 
 use super::feed::Change;
-use super::read::{read_kv, read_value, Lookup, ReadError};
+use super::read::{read_kv, read_revision, read_value, Lookup, ReadError, StoredValue};
 use super::recent::{made_by_a_node, EntryOutcomes, IndexChanges, RecentIds, Remembered};
 use crate::store::keys::{
     dedup_key, history_key, history_revision, key_key, outcomes_key, timed_key, APPLIED, COMPACTED,
@@ -475,17 +476,10 @@ pub(super) fn finish_last_entry(tree: &sled::Tree) -> Result<(), ReplayError> {
         tree.remove(WHOLE_REDO)?;
     }
     if let Some(redo) = tree.get(REDO)? {
-        let applied: Option<LogId> = match tree.get(APPLIED)? {
-            Some(bytes) => postcard::from_bytes(&bytes)?,
-            None => None,
-        };
+        let applied = read_value::<Option<LogId>>(tree, APPLIED)?.flatten();
         replay_redo_record(tree, &redo, applied.map(|id| id.index))?;
     }
-    let revision: u64 = match tree.get(REVISION)? {
-        Some(bytes) => postcard::from_bytes(&bytes)?,
-        None => 0,
-    };
-    let beyond = history_key(revision.saturating_add(1));
+    let beyond = history_key(read_revision(tree)?.saturating_add(1));
     for item in tree.range(beyond.as_slice()..[HISTORY + 1].as_slice()) {
         tree.remove(item?.0)?;
     }
@@ -526,6 +520,8 @@ pub(super) enum ReplayError {
     Undecodable(#[from] postcard::Error),
     #[error("the history record the redo record names is missing")]
     HistoryMissing,
+    #[error(transparent)]
+    Read(#[from] ReadError),
     #[error(transparent)]
     Sled(#[from] sled::Error),
 }
@@ -594,24 +590,14 @@ fn delete_kv<L: Lookup>(batch: &mut EntryWrites<L>, prev: &KeyValue, revision: u
     change
 }
 
-/// A key's record as `read::StoredValue` decodes it, encoded from borrows.
-#[derive(Serialize)]
-struct StoredValueRef<'a> {
-    #[serde(with = "serde_bytes")]
-    value: &'a [u8],
-    create_revision: u64,
-    mod_revision: u64,
-    version: u64,
-}
-
 /// The write `change` makes to its key's record: the one place a change
 /// becomes a write, both when it is applied and when a redo record's
 /// history record is replayed, so the two cannot differ.
 fn kv_write(change: &Change) -> (Vec<u8>, Option<Vec<u8>>) {
     let kv = &change.kv;
     let record = (!change.deleted).then(|| {
-        encode(&StoredValueRef {
-            value: &kv.value,
+        encode(&StoredValue {
+            value: Cow::Borrowed(&kv.value),
             create_revision: kv.create_revision,
             mod_revision: kv.mod_revision,
             version: kv.version,

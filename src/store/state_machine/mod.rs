@@ -69,7 +69,7 @@ pub(super) use self::databases::{open_current, state_dirs};
 pub use self::defrag::DefragPolicy;
 pub use self::digest::Digests;
 pub use self::feed::{Change, FeedItem, WatchFeed};
-use self::read::{read_revision, read_value};
+use self::read::{read_revision, read_value, ReadError};
 pub use self::read::{KvReader, ScanPage, ScanRange};
 use self::recent::RecentIds;
 pub use self::snapshots::SnapshotBuilder;
@@ -142,7 +142,7 @@ impl StateMachine {
             tree.insert(FORMAT, &[DATA_FORMAT]).map_err(sled_err)?;
         }
         finish_last_entry(&tree).map_err(|e| match e {
-            ReplayError::Sled(e) => sled_err(e),
+            ReplayError::Sled(e) | ReplayError::Read(ReadError::Sled(e)) => sled_err(e),
             unreadable => corrupted(unreadable.to_string()),
         })?;
         let snapshots_path = shared.path.join("snapshots");

@@ -3,6 +3,7 @@
 //! never writes. Each read runs inside one [`KvReader::view`], so it sees
 //! the state after one applied entry (see the state machine's design note).
 
+use std::borrow::Cow;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use serde::de::DeserializeOwned;
@@ -15,10 +16,12 @@ use crate::store::keys::{
 };
 use crate::types::KeyValue;
 
+/// A key's record: written from a borrowed value when an entry applies,
+/// read back into an owned one.
 #[derive(Debug, Serialize, Deserialize)]
-pub(super) struct StoredValue {
-    #[serde(with = "serde_bytes")]
-    pub value: Vec<u8>,
+pub(super) struct StoredValue<'a> {
+    #[serde(with = "serde_bytes", borrow)]
+    pub value: Cow<'a, [u8]>,
     pub create_revision: u64,
     pub mod_revision: u64,
     pub version: u64,
@@ -185,7 +188,7 @@ pub(super) fn decode_kv(key: &[u8], bytes: &[u8]) -> Result<KeyValue, ReadError>
     let stored: StoredValue = postcard::from_bytes(bytes)?;
     Ok(KeyValue {
         key: key.to_vec(),
-        value: stored.value,
+        value: stored.value.into_owned(),
         create_revision: stored.create_revision,
         mod_revision: stored.mod_revision,
         version: stored.version,
