@@ -49,7 +49,7 @@ pub mod refound;
 pub mod roster;
 pub mod service;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -184,16 +184,29 @@ impl ClusterContext {
 
     /// Builds a snapshot that covers at least `index` and returns its index.
     pub async fn take_snapshot(&self, index: u64) -> Result<u64, ClusterError> {
-        self.raft
-            .trigger()
-            .snapshot()
-            .await
-            .map_err(|e| ClusterError::Raft(e.to_string()))?;
-        self.raft
-            .wait(Some(SNAPSHOT_TIMEOUT))
-            .metrics(|m| m.snapshot.is_some_and(|s| s.index >= index), "snapshot")
-            .await
-            .map(|m| m.snapshot.map_or(0, |s| s.index))
-            .map_err(|e| ClusterError::SnapshotTimeout(e.to_string()))
+        let deadline = Instant::now() + SNAPSHOT_TIMEOUT;
+        loop {
+            // openraft drops the request while a snapshot is being built,
+            // and that one may end short of `index`: when a snapshot ends
+            // without covering it, ask again.
+            let before = self.raft.metrics().borrow().snapshot;
+            self.raft
+                .trigger()
+                .snapshot()
+                .await
+                .map_err(|e| ClusterError::Raft(e.to_string()))?;
+            let now = self
+                .raft
+                .wait(Some(deadline.saturating_duration_since(Instant::now())))
+                .metrics(
+                    |m| m.snapshot != before || m.snapshot.is_some_and(|s| s.index >= index),
+                    "snapshot",
+                )
+                .await
+                .map_err(|e| ClusterError::SnapshotTimeout(e.to_string()))?;
+            if let Some(taken) = now.snapshot.filter(|s| s.index >= index) {
+                return Ok(taken.index);
+            }
+        }
     }
 }
