@@ -49,9 +49,10 @@ pub mod refound;
 pub mod roster;
 pub mod service;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio::time::{timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -64,7 +65,7 @@ use crate::raft::leader_of;
 use crate::raft::network::{Contacts, PeerClients};
 use crate::store::state_machine::Digests;
 use crate::store::Meta;
-use crate::types::{ClusterId, Digest, Formation, Member, NodeId, Raft, RaftMetrics};
+use crate::types::{ClusterId, DataMetrics, Digest, Formation, Member, NodeId, Raft, RaftMetrics};
 
 use self::roster::Roster;
 
@@ -184,27 +185,32 @@ impl ClusterContext {
 
     /// Builds a snapshot that covers at least `index` and returns its index.
     pub async fn take_snapshot(&self, index: u64) -> Result<u64, ClusterError> {
+        let covering = |m: &DataMetrics| m.snapshot.filter(|s| s.index >= index);
         let deadline = Instant::now() + SNAPSHOT_TIMEOUT;
+        // The snapshot position is in the data metrics, sent only when a
+        // position changes.
+        let mut data = self.raft.data_metrics();
         loop {
             // openraft drops the request while a snapshot is being built,
             // and that one may end short of `index`: when a snapshot ends
             // without covering it, ask again.
-            let before = self.raft.metrics().borrow().snapshot;
+            let before = data.borrow_and_update().snapshot;
             self.raft
                 .trigger()
                 .snapshot()
                 .await
                 .map_err(|e| ClusterError::Raft(e.to_string()))?;
-            let now = self
-                .raft
-                .wait(Some(deadline.saturating_duration_since(Instant::now())))
-                .metrics(
-                    |m| m.snapshot != before || m.snapshot.is_some_and(|s| s.index >= index),
-                    "snapshot",
-                )
-                .await
-                .map_err(|e| ClusterError::SnapshotTimeout(e.to_string()))?;
-            if let Some(taken) = now.snapshot.filter(|s| s.index >= index) {
+            let ended = data.wait_for(|m| m.snapshot != before || covering(m).is_some());
+            let now = match timeout_at(deadline, ended).await {
+                Ok(Ok(now)) => covering(&now),
+                Ok(Err(_)) => return Err(ClusterError::SnapshotTimeout("raft stopped".into())),
+                Err(_) => {
+                    return Err(ClusterError::SnapshotTimeout(format!(
+                        "no snapshot at index {index} or beyond after {SNAPSHOT_TIMEOUT:?}"
+                    )))
+                }
+            };
+            if let Some(taken) = now {
                 return Ok(taken.index);
             }
         }
