@@ -43,9 +43,10 @@ def scale_figure(report):
         ("seconds to write the keys", lambda s: s["preload_secs"]),
         ("disk per member, GB", lambda s: mean_disk(s) / 1e9),
         ("RSS of the 3 members, GB", lambda s: s["rss_after_load_bytes"] / 1e9),
+        ("puts/s at 64 in flight, fresh cluster", lambda s: s["fresh_put"]["ops_per_sec"]),
         ("puts/s at 64 in flight afterwards", lambda s: s["put"]["ops_per_sec"]),
     ]
-    fig, axes = plt.subplots(1, len(panels), figsize=(12, 4))
+    fig, axes = plt.subplots(1, len(panels), figsize=(15, 4))
     for ax, (name, value) in zip(axes, panels):
         for x, (side, colour) in enumerate(SIDES):
             values = [value(s) for s in report["scale"] if s["side"] == side]

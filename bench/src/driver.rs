@@ -9,6 +9,7 @@
 //! on followers).
 
 use std::future::Future;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -167,14 +168,19 @@ pub async fn drive<S: Store>(
     }
 }
 
-/// Writes every key of the key space once, from `in_flight` workers;
-/// returns how long it took, the operations that failed and the longest
-/// write.
-pub async fn preload<S: Store>(stores: &[S], in_flight: usize, data: Data) -> (Duration, Outcome) {
+/// Writes each key of `keys` once, values of `value_size` bytes, from
+/// `in_flight` workers; returns how long it took, the operations that
+/// failed and the longest write.
+pub async fn preload<S: Store>(
+    stores: &[S],
+    in_flight: usize,
+    keys: Range<u64>,
+    value_size: usize,
+) -> (Duration, Outcome) {
     let started = Instant::now();
     let shared = Arc::new(Shared::default());
-    let next = Arc::new(AtomicU64::new(0));
-    let value = vec![b'x'; data.value_size];
+    let (next, end) = (Arc::new(AtomicU64::new(keys.start)), keys.end);
+    let value = vec![b'x'; value_size];
     let mut workers = Vec::with_capacity(in_flight);
     for w in 0..in_flight {
         let mut store = stores[w % stores.len()].clone();
@@ -182,7 +188,7 @@ pub async fn preload<S: Store>(stores: &[S], in_flight: usize, data: Data) -> (D
         workers.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= data.keyspace {
+                if i >= end {
                     return;
                 }
                 let began = Instant::now();
@@ -201,7 +207,7 @@ pub async fn preload<S: Store>(stores: &[S], in_flight: usize, data: Data) -> (D
     let (errors, first_error) = shared.failures.take();
     let outcome = Outcome {
         seconds: took.as_secs_f64(),
-        ops: data.keyspace - errors,
+        ops: keys.end.saturating_sub(keys.start) - errors,
         errors,
         first_error,
         max_ms: shared.longest_us.load(Ordering::Relaxed) as f64 / 1000.0,
@@ -246,17 +252,21 @@ impl Failures {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     /// A store in memory that fails every seventh put.
     #[derive(Clone, Default)]
     struct Fake {
         calls: Arc<AtomicU64>,
+        written: Arc<Mutex<BTreeSet<Vec<u8>>>>,
     }
 
     impl Store for Fake {
         async fn put(&mut self, key: Vec<u8>, value: Vec<u8>) -> anyhow::Result<()> {
             assert_eq!((key.len(), value.len()), (16, 8));
+            self.written.lock().unwrap().insert(key);
             let n = self.calls.fetch_add(1, Ordering::Relaxed);
             tokio::task::yield_now().await;
             anyhow::ensure!(n % 7 != 6, "the seventh put fails");
@@ -296,11 +306,25 @@ mod tests {
     #[tokio::test]
     async fn preload_writes_each_key_once_and_counts_failures() {
         let stores = [Fake::default()];
-        let (_, outcome) = preload(&stores, 3, DATA).await;
+        let (_, outcome) = preload(&stores, 3, 0..100, 8).await;
         assert_eq!(stores[0].calls.load(Ordering::Relaxed), 100);
         assert_eq!((outcome.ops, outcome.errors), (86, 14));
         assert!(outcome.first_error.unwrap().contains("seventh"));
         assert!(outcome.max_ms > 0.0);
+    }
+
+    /// `--scale` writes the key space in two parts, with a measurement
+    /// between them: the second part starts where the first ended.
+    #[tokio::test]
+    async fn preload_writes_only_the_keys_of_its_range() {
+        let stores = [Fake::default(), Fake::default()];
+        let (_, outcome) = preload(&stores, 3, 40..100, 8).await;
+        let written: BTreeSet<Vec<u8>> = stores
+            .iter()
+            .flat_map(|s| s.written.lock().unwrap().clone())
+            .collect();
+        assert_eq!(written, (40..100).map(key).collect());
+        assert_eq!(outcome.ops + outcome.errors, 60);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! etcd, builds both binaries, runs this and plots what it wrote.
 //!
 //! Modes: the headline workloads (the default), `--quick` (the test suite's
-//! short run) and `--scale` (a million keys, then puts). Every repetition
+//! short run) and `--scale` (puts on the fresh cluster, then a million
+//! keys, then the same puts on the same cluster). Every repetition
 //! starts fresh clusters, one side at a time, alternating etcd and raftset,
 //! so a change in the machine's other load falls on both. After the
 //! workloads, the headline and quick runs kill the leader of more fresh
@@ -17,6 +18,7 @@ mod report;
 mod servers;
 mod stores;
 
+use std::ops::Range;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -35,8 +37,10 @@ struct Args {
     /// 1,000 keys. Checks that everything runs, measures nothing.
     #[arg(long, conflicts_with = "scale")]
     quick: bool,
-    /// Write 1,000,000 keys through every member (128 in flight), then put
-    /// at 64 in flight: time, disk per member, RSS. Several minutes a side.
+    /// Put at 64 in flight once 100,000 keys are written, write the rest of
+    /// 1,000,000 keys through every member (128 in flight), then put at 64
+    /// in flight again: time, disk per member, RSS, and the puts at a
+    /// million keys against the fresh cluster's. Several minutes a side.
     #[arg(long)]
     scale: bool,
     /// The raftset binary the nodes run.
@@ -81,6 +85,13 @@ pub const WORKLOADS: &[Workload] = &[
     Workload::new("increment one key, 64", Op::Increment, 64),
 ];
 
+/// `--scale`'s puts on the fresh cluster, once the headline's key space is
+/// written: the figure its puts at a million keys are compared with, from
+/// the same cluster.
+const PUT_FRESH: Workload = Workload::new("put, 64 in flight, fresh cluster", Op::Put, 64);
+/// The keys written before [`PUT_FRESH`], and drawn from by it: the
+/// headline's key space.
+pub const FRESH_KEYS: u64 = 100_000;
 /// `--scale`'s puts again, while every raftset member writes a snapshot.
 const PUT_DURING_SNAPSHOTS: Workload =
     Workload::new("put, 64 in flight, every member snapshotting", Op::Put, 64);
@@ -245,18 +256,42 @@ async fn one_cluster<S: Store>(
     } else {
         PRELOAD_IN_FLIGHT
     };
-    eprintln!(
-        "{} #{rep}: writing {} keys, {preload_in_flight} in flight",
-        cluster.side.name(),
-        plan.keyspace
+    // At scale the puts are measured twice on the same cluster: with the
+    // headline's key space written, then with all of it.
+    let fresh_keys = if scale {
+        FRESH_KEYS.min(plan.keyspace)
+    } else {
+        0
+    };
+    let fresh = Data {
+        keyspace: fresh_keys,
+        ..plan.data()
+    };
+    let mut load = Load::default();
+    let mut fresh_put = None;
+    if fresh_keys > 0 {
+        load.add(write_keys(cluster, stores, preload_in_flight, 0..fresh_keys, plan, rep).await);
+        let run = measure(plan, cluster, stores, PUT_FRESH, fresh, rep).await?;
+        eprintln!("  {}", run.summary());
+        fresh_put = Some(run);
+    }
+    load.add(
+        write_keys(
+            cluster,
+            stores,
+            preload_in_flight,
+            fresh_keys..plan.keyspace,
+            plan,
+            rep,
+        )
+        .await,
     );
-    let (took, loaded) = driver::preload(stores, preload_in_flight, plan.data()).await;
     let after_load = Usage::of(&pids)?;
     let disk_after_load = cluster.disk_per_member();
     let workloads: &[Workload] = if scale { &WORKLOADS[1..2] } else { WORKLOADS };
     let mut runs = Vec::new();
     for &workload in workloads {
-        let run = measure(plan, cluster, stores, workload, rep).await?;
+        let run = measure(plan, cluster, stores, workload, plan.data(), rep).await?;
         eprintln!("  {}", run.summary());
         runs.push(run);
     }
@@ -265,11 +300,11 @@ async fn one_cluster<S: Store>(
         rep,
         idle_rss_bytes: idle.rss_bytes,
         idle_anon_bytes: idle.anon_bytes,
-        preload_secs: took.as_secs_f64(),
+        preload_secs: load.took.as_secs_f64(),
         preload_in_flight,
-        preload_errors: loaded.errors,
-        preload_max_ms: loaded.max_ms,
-        preload_first_error: loaded.first_error,
+        preload_errors: load.errors,
+        preload_max_ms: load.max_ms,
+        preload_first_error: load.first_error,
         rss_after_load_bytes: after_load.rss_bytes,
         disk_after_load_per_member: disk_after_load,
         rss_end_bytes: Usage::of(&pids)?.rss_bytes,
@@ -282,6 +317,7 @@ async fn one_cluster<S: Store>(
         };
         report.scale.push(ScaleResult {
             life,
+            fresh_put: fresh_put.context("the fresh cluster's puts")?,
             put: runs.remove(0),
             during_snapshots,
         });
@@ -290,6 +326,42 @@ async fn one_cluster<S: Store>(
         report.runs.extend(runs);
     }
     Ok(())
+}
+
+/// The keys written so far, over one or more calls of [`write_keys`].
+#[derive(Default)]
+struct Load {
+    took: Duration,
+    errors: u64,
+    max_ms: f64,
+    first_error: Option<String>,
+}
+
+impl Load {
+    fn add(&mut self, (took, outcome): (Duration, driver::Outcome)) {
+        self.took += took;
+        self.errors += outcome.errors;
+        self.max_ms = self.max_ms.max(outcome.max_ms);
+        self.first_error = self.first_error.take().or(outcome.first_error);
+    }
+}
+
+/// Writes the keys of `keys` once, saying so first.
+async fn write_keys<S: Store>(
+    cluster: &Cluster,
+    stores: &[S],
+    in_flight: usize,
+    keys: Range<u64>,
+    plan: &Plan,
+    rep: usize,
+) -> (Duration, driver::Outcome) {
+    eprintln!(
+        "{} #{rep}: writing keys {} to {}, {in_flight} in flight",
+        cluster.side.name(),
+        keys.start,
+        keys.end
+    );
+    driver::preload(stores, in_flight, keys, plan.value_size).await
 }
 
 /// The puts of `--scale` again, with every member asked for a snapshot
@@ -306,7 +378,14 @@ async fn measure_during_snapshots<S: Store>(
         cluster.snapshot_every_member().await
     };
     let (run, took) = tokio::join!(
-        measure(plan, cluster, stores, PUT_DURING_SNAPSHOTS, rep),
+        measure(
+            plan,
+            cluster,
+            stores,
+            PUT_DURING_SNAPSHOTS,
+            plan.data(),
+            rep
+        ),
         snapshots
     );
     let snapshot = SnapshotRun {
@@ -341,6 +420,7 @@ async fn measure<S: Store>(
     cluster: &Cluster,
     stores: &[S],
     workload: Workload,
+    data: Data,
     rep: usize,
 ) -> anyhow::Result<Run> {
     let pids = cluster.pids();
@@ -351,7 +431,7 @@ async fn measure<S: Store>(
         stores,
         workload.op,
         workload.in_flight,
-        plan.data(),
+        data,
         Duration::from_secs_f64(plan.warmup_secs),
         Duration::from_secs_f64(plan.seconds),
         |_| readings.push(Counters::read(&pids)),

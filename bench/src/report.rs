@@ -11,7 +11,7 @@ use anyhow::Context;
 use crate::driver::{Op, Outcome};
 use crate::failover::{self, Observed, IN_FLIGHT};
 use crate::servers::{Binaries, Side};
-use crate::{Counters, Plan, Workload, SNAPSHOTS_AFTER, WORKLOADS};
+use crate::{Counters, Plan, Workload, FRESH_KEYS, SNAPSHOTS_AFTER, WORKLOADS};
 
 /// One workload on one cluster.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -152,6 +152,9 @@ impl FailoverTrial {
 pub struct ScaleResult {
     #[serde(flatten)]
     pub life: ClusterLife,
+    /// The same puts as `put`, on the same cluster before most keys were
+    /// written: the fresh figure `put` is compared with.
+    pub fresh_put: Run,
     pub put: Run,
     /// raftset's puts again, while every member writes a snapshot.
     pub during_snapshots: Option<SnapshotRun>,
@@ -526,7 +529,22 @@ impl Report {
         let col = |f: &dyn Fn(&ScaleResult) -> String| {
             [Side::Etcd, Side::Raftset].map(|side| by(side).map(f).collect::<Vec<_>>().join(" / "))
         };
-        let rows: [(String, [String; 2]); 6] = [
+        let puts = |run: &Run| {
+            format!(
+                "{} ({:.0}, {:.0})",
+                thousands(run.ops_per_sec),
+                run.outcome.p99_ms,
+                run.outcome.max_ms
+            )
+        };
+        let rows: [(String, [String; 2]); 8] = [
+            (
+                format!(
+                    "puts/s at 64 in flight on the fresh cluster, {} keys written (p99, max ms)",
+                    thousands(FRESH_KEYS.min(self.plan.keyspace) as f64)
+                ),
+                col(&|s| puts(&s.fresh_put)),
+            ),
             (
                 format!(
                     "time to write {} keys ({} in flight)",
@@ -558,14 +576,11 @@ impl Report {
             ),
             (
                 "puts/s at 64 in flight afterwards (p99, max ms)".into(),
-                col(&|s| {
-                    format!(
-                        "{} ({:.0}, {:.0})",
-                        thousands(s.put.ops_per_sec),
-                        s.put.outcome.p99_ms,
-                        s.put.outcome.max_ms
-                    )
-                }),
+                col(&|s| puts(&s.put)),
+            ),
+            (
+                "puts/s afterwards / on the fresh cluster".into(),
+                col(&|s| format!("{:.2}×", s.put.ops_per_sec / s.fresh_put.ops_per_sec)),
             ),
             (
                 format!(
@@ -598,7 +613,7 @@ impl Report {
             .iter()
             .filter_map(|s| s.during_snapshots.as_ref());
         (self.runs.iter())
-            .chain(self.scale.iter().map(|s| &s.put))
+            .chain(self.scale.iter().flat_map(|s| [&s.fresh_put, &s.put]))
             .chain(during_snapshots.map(|d| &d.run))
     }
 
