@@ -14,6 +14,7 @@ mod e2e;
 mod failover;
 mod http_endpoints;
 mod lifecycle;
+mod local;
 mod page;
 mod peer_tls;
 mod watch;
