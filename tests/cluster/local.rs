@@ -1,7 +1,8 @@
 //! The README's first command, `raftset local --replicas 3`, used as the
 //! README says: on the ports it prints, one counter through every node, a
 //! child that dies comes back, Ctrl-C stops them all, and running it again
-//! on the same directory resumes the same cluster.
+//! on the same directory resumes the same cluster. Each node runs its share
+//! of the machine's cores in workers.
 //!
 //! It binds the fixed ports the README promises on 127.0.0.1 (every other
 //! test has loopback addresses of its own), so it fails early, saying so,
@@ -41,6 +42,7 @@ impl Local {
             .args(["local", "--replicas", "3", "--dir"])
             .arg(dir)
             .env("RUST_LOG", "warn")
+            .env_remove("TOKIO_WORKER_THREADS")
             .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -162,6 +164,19 @@ async fn local_runs_one_counter_restarts_a_dead_node_stops_on_ctrl_c_and_resumes
     ports_are_free();
     let dir = tempfile::tempdir().unwrap();
     let local = Local::start(dir.path()).await;
+
+    // The nodes share this machine's cores: each runs its share of
+    // workers, not one per core.
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let share = format!("TOKIO_WORKER_THREADS={}", (cores / 3).max(1));
+    for name in ["raftset-0", "raftset-1", "raftset-2"] {
+        let pid = node_pid(dir.path(), name).expect("the node runs");
+        let environ = std::fs::read(format!("/proc/{}/environ", pid.as_raw_nonzero())).unwrap();
+        assert!(
+            environ.split(|b| *b == 0).any(|v| v == share.as_bytes()),
+            "{name} runs with {share}"
+        );
+    }
 
     assert_eq!(visit(HTTP[0]).await, 1);
     assert_eq!(visit(HTTP[1]).await, 2, "another node, the same counter");
