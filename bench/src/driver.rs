@@ -179,7 +179,8 @@ pub async fn preload<S: Store>(
 ) -> (Duration, Outcome) {
     let started = Instant::now();
     let shared = Arc::new(Shared::default());
-    let (next, end) = (Arc::new(AtomicU64::new(keys.start)), keys.end);
+    let next = Arc::new(AtomicU64::new(keys.start));
+    let end = keys.end;
     let value = vec![b'x'; value_size];
     let mut workers = Vec::with_capacity(in_flight);
     for w in 0..in_flight {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::http::{fetch, fetch_with, get};
+use crate::support::http::{fetch, fetch_with, get, visits_in};
 use crate::support::openmetrics::{scrape, scrape_prometheus_text, Scrape};
 use crate::support::{poll, wait_for, Cluster, Harness};
 
@@ -50,12 +50,8 @@ async fn every_pod_counts_the_same_visits() {
         let node = &cluster.nodes[i % 3];
         let reply = get(&node.http(), "/", "*/*").await;
         assert_eq!(reply.status, 200, "{}", reply.body);
-        let count: i64 = reply
-            .body
-            .lines()
-            .find_map(|l| l.strip_prefix("visits: "))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no count in {:?}", reply.body));
+        let count =
+            visits_in(&reply.body).unwrap_or_else(|| panic!("no count in {:?}", reply.body));
         assert_eq!(count, last + 1, "each 200 counts exactly one visit");
         assert!(
             reply.body.contains(&format!("served by: {}", node.name)),

@@ -15,7 +15,7 @@ use rustix::process::{kill_process, kill_process_group, test_kill_process_group,
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::support::http::get;
+use crate::support::http::{get, visits, visits_in};
 use crate::support::{wait_for, DEADLINE};
 
 const HTTP: [&str; 3] = ["127.0.0.1:8080", "127.0.0.1:8081", "127.0.0.1:8082"];
@@ -134,29 +134,10 @@ fn node_pid(dir: &Path, name: &str) -> Option<Pid> {
 }
 
 /// `curl http://<addr>/`: counts a visit, returns the count it answered.
-async fn visit(addr: &str) -> u64 {
+async fn visit(addr: &str) -> i64 {
     let reply = get(addr, "/", "*/*").await;
     assert_eq!(reply.status, 200, "GET http://{addr}/: {}", reply.body);
-    count_in(&reply.body)
-}
-
-fn count_in(body: &str) -> u64 {
-    body.lines()
-        .find_map(|line| line.strip_prefix("visits: "))
-        .and_then(|count| count.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no `visits: <n>` line in {body:?}"))
-}
-
-/// `curl http://<addr>/visits`: the count, without counting a visit.
-async fn visits(addr: &str) -> Result<u64, String> {
-    let reply = crate::support::http::fetch(addr, "/visits", "*/*", DEADLINE).await?;
-    if reply.status != 200 {
-        return Err(format!("{}: {}", reply.status, reply.body));
-    }
-    let json: serde_json::Value = serde_json::from_str(&reply.body).map_err(|e| e.to_string())?;
-    json["visits"]
-        .as_u64()
-        .ok_or_else(|| format!("no count in {}", reply.body))
+    visits_in(&reply.body).unwrap_or_else(|| panic!("no `visits: <n>` line in {:?}", reply.body))
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -11,7 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 
 use crate::support::browser::{dom_after, screenshot};
-use crate::support::http::get;
+use crate::support::http::{self, get};
 use crate::support::{wait_for, Cluster, Harness, DEADLINE};
 
 /// Virtual time a page runs for: a few of its 2 s refreshes.
@@ -19,10 +19,7 @@ const BUDGET: Duration = Duration::from_secs(7);
 
 /// The visits counted so far, read from `http` without counting one.
 async fn visits(http: &str) -> i64 {
-    let reply = get(http, "/visits", "application/json").await;
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    let json: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
-    json["visits"].as_i64().unwrap()
+    http::visits(http).await.unwrap()
 }
 
 /// The table row of member `name` in `dom`.

@@ -70,13 +70,6 @@ async fn first_deploy_parallel() {
     .await;
 }
 
-/// The count a `GET /` answered: "visits: N\n...".
-fn visits_in(body: &str) -> Option<i64> {
-    body.lines()
-        .find_map(|l| l.strip_prefix("visits: "))
-        .and_then(|n| n.trim().parse().ok())
-}
-
 /// The visit counter hit through every pod in turn, as a load balancer
 /// would: N answers of 200 make the count N on every pod, and the counts
 /// the visits saw are exactly 1..=N.
@@ -95,7 +88,8 @@ async fn visit_counter_agrees_on_every_pod() {
                 status: 200, body, ..
             }) => {
                 ok += 1;
-                let count = visits_in(&body).unwrap_or_else(|| panic!("no count in {body:?}"));
+                let count =
+                    http::visits_in(&body).unwrap_or_else(|| panic!("no count in {body:?}"));
                 assert!(seen.insert(count), "two visits saw count {count}");
             }
             Ok(Reply { status, body, .. }) => refused.push(format!("{status} {}", body.trim())),

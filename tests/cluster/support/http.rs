@@ -81,3 +81,22 @@ pub async fn get(addr: &str, path: &str, accept: &str) -> Reply {
         .await
         .unwrap_or_else(|e| panic!("{e}"))
 }
+
+/// The count a `GET /` answered: its `visits: N` line.
+pub fn visits_in(body: &str) -> Option<i64> {
+    body.lines()
+        .find_map(|line| line.strip_prefix("visits: "))
+        .and_then(|count| count.trim().parse().ok())
+}
+
+/// `GET /visits`: the count so far, read without counting a visit.
+pub async fn visits(addr: &str) -> Result<i64, String> {
+    let reply = fetch(addr, "/visits", "application/json", DEADLINE).await?;
+    if reply.status != 200 {
+        return Err(format!("GET /visits: {}: {}", reply.status, reply.body));
+    }
+    let json: serde_json::Value = serde_json::from_str(&reply.body).map_err(|e| e.to_string())?;
+    json["visits"]
+        .as_i64()
+        .ok_or_else(|| format!("no count in {}", reply.body))
+}
