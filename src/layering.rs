@@ -271,6 +271,46 @@ fn imports_point_down_the_floors_and_faces_do_not_know_each_other() {
     );
 }
 
+/// The README's architecture section and ARCHITECTURE.md name every room:
+/// a module added without a floor, or left out of the two pages a newcomer
+/// reads, fails here.
+#[test]
+fn every_top_level_module_has_a_floor_and_is_in_both_architecture_pages() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let read = |file: &str| std::fs::read_to_string(root.join(file)).expect(file);
+    let readme = read("README.md");
+    let section = readme
+        .split("\n## Architecture\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("the README's architecture section");
+    let architecture = read("ARCHITECTURE.md");
+    let src = root.join("src");
+    let top: BTreeSet<String> = modules(&src)
+        .into_keys()
+        .filter_map(|module| module.first().cloned())
+        .filter(|name| name != "layering")
+        .collect();
+    let mut missing = Vec::new();
+    for name in top {
+        let path = if src.join(&name).is_dir() {
+            format!("{name}/")
+        } else {
+            format!("{name}.rs")
+        };
+        if !FLOORS.iter().any(|(floor, _)| *floor == name) {
+            missing.push(format!("{path}: no floor in layering::FLOORS"));
+        }
+        if !section.contains(&format!("`src/{path}`")) {
+            missing.push(format!("{path}: not in the README's architecture table"));
+        }
+        if !architecture.contains(&path) {
+            missing.push(format!("{path}: not in ARCHITECTURE.md"));
+        }
+    }
+    assert!(missing.is_empty(), "{}", missing.join("\n"));
+}
+
 #[test]
 fn no_module_imports_in_a_circle() {
     let graph = import_graph();
