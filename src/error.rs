@@ -365,6 +365,9 @@ pub enum ClusterError {
     /// An election hold from a node that does not lead here.
     #[error("only the current leader may hold an election (asked by {from:016x})")]
     HoldRefused { from: NodeId },
+    /// A request to campaign from a node that does not lead here.
+    #[error("only the current leader may ask for a campaign (asked by {from:016x})")]
+    CampaignRefused { from: NodeId },
     /// Another membership change is in progress: retry once it finished.
     #[error("membership change refused for now: {0}")]
     MembershipBusy(String),
@@ -460,6 +463,7 @@ impl ClusterError {
             | ClusterError::Invalid(_) => Code::InvalidArgument,
             ClusterError::NoOtherVoter
             | ClusterError::HoldRefused { .. }
+            | ClusterError::CampaignRefused { .. }
             | ClusterError::NotCaughtUp { .. }
             | ClusterError::NotApplied { .. }
             | ClusterError::NoDigest { .. }
@@ -645,6 +649,10 @@ mod tests {
             (ClusterError::NoOtherVoter, Code::FailedPrecondition),
             (
                 ClusterError::HoldRefused { from: 1 },
+                Code::FailedPrecondition,
+            ),
+            (
+                ClusterError::CampaignRefused { from: 1 },
                 Code::FailedPrecondition,
             ),
             (

@@ -129,6 +129,8 @@ pub enum ProposalFailure {
     Timeout,
     /// Leadership moved while the entry was in flight.
     LeaderChanged,
+    /// This leader was stepping down, so it sent the write on instead.
+    SteppingDown,
     /// Raft never answered the entry (see the proposer's entry timeout).
     Unanswered,
     /// Raft stopped or refused the entry.
@@ -138,12 +140,13 @@ pub enum ProposalFailure {
 }
 
 impl ProposalFailure {
-    pub const ALL: [ProposalFailure; 8] = [
+    pub const ALL: [ProposalFailure; 9] = [
         ProposalFailure::NotServing,
         ProposalFailure::NoQuorum,
         ProposalFailure::Overloaded,
         ProposalFailure::Timeout,
         ProposalFailure::LeaderChanged,
+        ProposalFailure::SteppingDown,
         ProposalFailure::Unanswered,
         ProposalFailure::Raft,
         ProposalFailure::Quota,
@@ -156,6 +159,7 @@ impl ProposalFailure {
             ProposalFailure::Overloaded => "overloaded",
             ProposalFailure::Timeout => "timeout",
             ProposalFailure::LeaderChanged => "leader_changed",
+            ProposalFailure::SteppingDown => "stepping_down",
             ProposalFailure::Unanswered => "unanswered",
             ProposalFailure::Raft => "raft",
             ProposalFailure::Quota => "quota",

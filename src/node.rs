@@ -275,6 +275,7 @@ impl Node {
             contacts,
             digests,
             stop: stop.clone(),
+            step_down: requests.step_down(),
             tasks: peer_tasks.clone(),
         });
         let http = HttpState {

@@ -1,11 +1,18 @@
 //! Moving leadership on purpose: to a chosen voter (`transfer-leader`), or
-//! to any follower before this leader stops (a short pause in writes
-//! instead of a failover that first has to notice a dead leader).
+//! to the most caught-up follower before this leader stops (a short pause
+//! in writes instead of a failover that first has to notice a dead leader).
 //!
 //! openraft 0.9 has no leadership-transfer call, and followers refuse votes
-//! while the leader's lease lasts. So a transfer holds every other voter's
-//! election, stops this leader's heartbeats, and lets the target's election
-//! timer make it the only candidate once the lease runs out.
+//! while the leader's lease lasts: its longest election timeout since the
+//! last AppendEntries they had from it. So a leader steps down in order:
+//! it shuts the request path's gate ([`StepDown`]: every AppendEntries it
+//! sent for a write or a read round would renew the leases), holds every
+//! other voter's election, waits until the target has every entry, stops
+//! its heartbeats, lets the leases run out, and asks the target to
+//! campaign at once instead of after its own election timer. Writes pause
+//! for about one lease (three quarters of `--election-timeout-ms`).
+//!
+//! [`StepDown`]: crate::raft::step_down::StepDown
 
 use std::time::Duration;
 
@@ -13,35 +20,32 @@ use super::formation::ASK_TIMEOUT;
 use super::ClusterContext;
 use crate::error::ClusterError;
 use crate::grpc::call;
-use crate::types::{matched_index, NodeId};
+use crate::types::{matched_index, NodeId, RaftMetrics};
 
 /// How long a transfer waits for the target to have every entry.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Lets a follower take over before this leader stops: it stops sending
-/// heartbeats and campaigning, and waits (bounded) until another node has
-/// been elected.
+/// How long after its lease the target is asked to campaign: the last
+/// AppendEntries, sent before the heartbeats stopped, reaches its voter
+/// within this on any network a cluster runs on. Were it later, that voter
+/// refuses this one campaign, and the target's own timer campaigns again.
+const LEASE_MARGIN: Duration = Duration::from_millis(50);
+
+/// Lets the most caught-up follower take over before this leader stops.
 pub async fn hand_over(ctx: &ClusterContext) {
     let metrics = ctx.raft_metrics();
-    let membership = metrics.membership_config.membership();
-    let other_voters = membership.voter_ids().filter(|id| *id != ctx.id).count();
+    let other_voters = metrics
+        .membership_config
+        .membership()
+        .voter_ids()
+        .filter(|id| *id != ctx.id)
+        .count();
     if metrics.current_leader != Some(ctx.id) || other_voters == 0 {
         return;
     }
     tracing::info!("leader shutting down: handing leadership to a follower");
-    ctx.raft.runtime_config().elect(false);
-    ctx.raft.runtime_config().heartbeat(false);
-    let id = ctx.id;
-    match ctx
-        .raft
-        .wait(Some(hold_time(ctx)))
-        .metrics(
-            |m| m.current_leader.is_some_and(|l| l != id),
-            "a new leader",
-        )
-        .await
-    {
-        Ok(m) => tracing::info!(new_leader = ?m.current_leader, "leadership handed over"),
+    match transfer(ctx, None).await {
+        Ok(new_leader) => tracing::info!(new_leader, "leadership handed over"),
         Err(e) => tracing::warn!("no new leader before shutting down: {e}"),
     }
 }
@@ -80,6 +84,22 @@ pub fn hold_election(
     Ok(())
 }
 
+/// At `from`'s request, campaigns now: the leader stepping down in this
+/// node's favour has let the voters' leases run out. Only the current
+/// leader may ask, as only it may hold an election.
+pub async fn campaign(ctx: &ClusterContext, from: NodeId) -> Result<(), ClusterError> {
+    if ctx.leader().map(|(id, _)| id) != Some(from) {
+        tracing::warn!(from, "refused to campaign for a node that does not lead");
+        return Err(ClusterError::CampaignRefused { from });
+    }
+    tracing::info!(from, "campaigning: the leader steps down for this node");
+    ctx.raft
+        .trigger()
+        .elect()
+        .await
+        .map_err(|e| ClusterError::Raft(e.to_string()))
+}
+
 /// Moves leadership from this leader to `to` (or to the most caught-up
 /// voter). Returns the new leader.
 pub async fn transfer(ctx: &ClusterContext, to: Option<NodeId>) -> Result<NodeId, ClusterError> {
@@ -98,16 +118,25 @@ pub async fn transfer(ctx: &ClusterContext, to: Option<NodeId>) -> Result<NodeId
             .max_by_key(|id| matched_index(&metrics, **id))
             .ok_or(ClusterError::NoOtherVoter)?,
     };
-    let last = metrics.last_log_index.unwrap_or(0);
+    let stepping = ctx.step_down.begin();
+    // Writes that passed the gate before it shut still commit: the target
+    // must have them, and this node must have applied them, which follows
+    // their commit (whose AppendEntries renews the leases once more).
     let caught_up = ctx
         .raft
         .wait(Some(CATCH_UP_TIMEOUT))
-        .metrics(|m| matched_index(m, target) >= last, "target caught up")
+        .metrics(
+            |m| {
+                let last = m.last_log_index.unwrap_or(0);
+                applied_index(m) >= last && matched_index(m, target) >= last
+            },
+            "target caught up",
+        )
         .await;
     if caught_up.is_err() {
         return Err(ClusterError::NotCaughtUp {
             target,
-            index: last,
+            index: ctx.raft_metrics().last_log_index.unwrap_or(0),
         });
     }
     let hold = hold_time(ctx);
@@ -121,6 +150,9 @@ pub async fn transfer(ctx: &ClusterContext, to: Option<NodeId>) -> Result<NodeId
     hold_others(ctx, &others, hold).await;
     ctx.raft.runtime_config().elect(false);
     ctx.raft.runtime_config().heartbeat(false);
+    let lease = Duration::from_millis(ctx.raft.config().election_timeout_max);
+    tokio::time::sleep(lease + LEASE_MARGIN).await;
+    ask_to_campaign(ctx, &metrics, target).await;
     // With no target named, any other voter winning is the transfer done.
     let me = ctx.id;
     let moved = ctx
@@ -137,6 +169,7 @@ pub async fn transfer(ctx: &ClusterContext, to: Option<NodeId>) -> Result<NodeId
     ctx.raft.runtime_config().heartbeat(true);
     ctx.raft.runtime_config().elect(true);
     hold_others(ctx, &others, Duration::ZERO).await;
+    drop(stepping);
     match moved {
         Ok(m) => {
             let leader = m.current_leader.unwrap_or(target);
@@ -147,6 +180,30 @@ pub async fn transfer(ctx: &ClusterContext, to: Option<NodeId>) -> Result<NodeId
             target,
             detail: e.to_string(),
         }),
+    }
+}
+
+fn applied_index(metrics: &RaftMetrics) -> u64 {
+    metrics.last_applied.map_or(0, |l| l.index)
+}
+
+/// Asks `target` to campaign now. One that cannot be told is logged, not
+/// fatal: its own election timer campaigns a moment later.
+async fn ask_to_campaign(ctx: &ClusterContext, metrics: &RaftMetrics, target: NodeId) {
+    let membership = metrics.membership_config.membership();
+    let Some(member) = membership.get_node(&target) else {
+        return;
+    };
+    let sent: Result<(), String> = match ctx.peer(&member.peer_addr) {
+        Ok(mut client) => call(&ctx.cluster_id, target, &ctx.id, ASK_TIMEOUT, |r| {
+            client.campaign(r)
+        })
+        .await
+        .map_err(|s| s.message().to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = sent {
+        tracing::warn!(target, "could not ask it to campaign: {e}");
     }
 }
 

@@ -63,6 +63,7 @@ use crate::error::{ClusterError, PeerError};
 use crate::proto::cluster_peer_client::ClusterPeerClient;
 use crate::raft::leader_of;
 use crate::raft::network::{Contacts, PeerClients};
+use crate::raft::step_down::StepDown;
 use crate::store::state_machine::Digests;
 use crate::store::Meta;
 use crate::types::{ClusterId, DataMetrics, Digest, Formation, Member, NodeId, Raft, RaftMetrics};
@@ -131,6 +132,9 @@ pub struct ClusterContext {
     /// State digests taken at checkpoints, for `verify`.
     pub digests: Digests,
     pub stop: StopSignal,
+    /// Shut while this leader steps down, so that nothing renews the
+    /// followers' leases (see [`leadership`]).
+    pub step_down: StepDown,
     /// Background work the node waits for on shutdown.
     pub tasks: TaskTracker,
 }

@@ -78,6 +78,17 @@ impl ClusterPeer for ClusterService {
         Ok(reply(&()))
     }
 
+    async fn campaign(
+        &self,
+        mut request: Request<PeerMessage>,
+    ) -> Result<Response<PeerMessage>, Status> {
+        let caller = Caller::take(&mut request);
+        let from: NodeId = open(&self.ctx.cluster_id, self.ctx.id, request)?;
+        check_sender(&self.ctx.raft, &caller, from)?;
+        leadership::campaign(&self.ctx, from).await?;
+        Ok(reply(&()))
+    }
+
     async fn digest(&self, request: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
         let index: u64 = open(&self.ctx.cluster_id, self.ctx.id, request)?;
         let digest = self.ctx.digest_at(index, self.digest_timeout).await?;

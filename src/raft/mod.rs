@@ -4,7 +4,8 @@
 //! writes on a follower (`forwarder`), both taken off their queues as
 //! `batch` does, and the request path
 //! every client entry point shares (`requests`: writes proposed here or
-//! forwarded to the leader, reads behind a linearizable barrier).
+//! forwarded to the leader, reads behind a linearizable barrier), and the
+//! gate that holds it while a leader steps down (`step_down`).
 //!
 //! Raft knows nothing of clusters being formed, of clients or of HTTP: it
 //! imports only the ground floor and the store. Whoever needs it receives
@@ -21,6 +22,7 @@ pub mod read_index;
 pub mod requests;
 pub mod rounds;
 pub mod service;
+pub mod step_down;
 
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::watch;

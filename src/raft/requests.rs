@@ -37,6 +37,7 @@ use super::network::PeerClients;
 use super::proposer::{ProposeError, Proposer};
 use super::read_index::{acknowledged_index, LeaderState, ReadIndexAsk};
 use super::rounds::Rounds;
+use super::step_down::StepDown;
 use crate::error::{Error, Result};
 use crate::metrics::{ProposalFailure, ProposalMetrics};
 use crate::store::state_machine::{ScanPage, ScanRange};
@@ -91,6 +92,8 @@ pub struct Requests {
     settings: RequestSettings,
     /// Writes are taken only while this says the node serves.
     formation: Formation,
+    /// Holds writes and read rounds while this leader steps down.
+    step_down: StepDown,
     /// Failed and pending proposals on this node as leader.
     metrics: ProposalMetrics,
     /// One leadership check for all the reads waiting, while this leads.
@@ -156,10 +159,17 @@ impl Requests {
             reader,
             settings,
             formation,
+            step_down: StepDown::default(),
             metrics,
             leader_reads,
             forwarded_reads,
         }
+    }
+
+    /// The gate that holds this path's writes and read rounds, for whoever
+    /// steps this leader down.
+    pub fn step_down(&self) -> StepDown {
+        self.step_down.clone()
     }
 
     /// The longest any request waits.
@@ -240,6 +250,9 @@ impl Requests {
         if !self.formation.is_serving() {
             return Err((Why::NotServing, Attempt::Fail(Error::NotServing)));
         }
+        if self.step_down.is_stepping_down() {
+            return Err((Why::SteppingDown, self.wait_out_step_down(deadline).await));
+        }
         if let Some(millis) = self.millis_without_quorum() {
             return Err((Why::NoQuorum, Attempt::Fail(Error::NoQuorum { millis })));
         }
@@ -317,6 +330,9 @@ impl Requests {
     /// index a linearizable read must wait for. Reads waiting together
     /// share one confirmation round (see [`super::rounds`]).
     pub async fn read_index_as_leader(&self, deadline: Instant) -> Result<u64, Attempt> {
+        if self.step_down.is_stepping_down() {
+            return Err(self.wait_out_step_down(deadline).await);
+        }
         if let Some(millis) = self.millis_without_quorum() {
             return Err(Attempt::Fail(Error::NoQuorum { millis }));
         }
@@ -351,6 +367,29 @@ impl Requests {
         match acknowledged {
             Ok(Some(index)) => Ok(index),
             _ => self.read_index_as_leader(deadline).await,
+        }
+    }
+
+    /// While this leader steps down: waits until another node leads or it
+    /// leads on (at most until `deadline`), and has the request sent round
+    /// again, to whoever leads by then. Nothing was proposed.
+    async fn wait_out_step_down(&self, deadline: Instant) -> Attempt {
+        let me = self.id;
+        let mut metrics = self.raft.metrics();
+        let moved = async move {
+            // A closed channel means Raft stopped: nothing to wait for.
+            let _ = metrics.wait_for(|m| m.current_leader != Some(me)).await;
+        };
+        let _ = timeout_at(deadline, async {
+            tokio::select! {
+                () = moved => {}
+                () = self.step_down.over() => {}
+            }
+        })
+        .await;
+        Attempt::Retry {
+            proposed: false,
+            why: Error::NoLeader,
         }
     }
 

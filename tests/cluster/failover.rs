@@ -337,6 +337,69 @@ async fn a_leader_stopped_with_sigterm_hands_over_and_writes_continue() {
     assert_eq!(client.get(b"before").await.unwrap().unwrap().value, b"1");
 }
 
+/// A leader stopped while its followers forward it writes still hands
+/// over. The hand-over used to stop only the heartbeats: every forwarded
+/// write's AppendEntries renewed the followers' leases, so no follower
+/// campaigned, and the leader gave up after six election timeouts and
+/// exited into a failover. Now it takes no more proposals or reads while
+/// it steps down, and asks its most caught-up follower to campaign once
+/// the leases have run out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_stopped_while_followers_forward_it_writes_hands_over() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let mut cluster = Cluster::start(3).await;
+    let old = cluster.leader().await;
+    let writing = Arc::new(AtomicBool::new(true));
+    let acknowledged = Arc::new(AtomicU64::new(0));
+    let mut writers = Vec::new();
+    for i in (0..3).filter(|i| *i != old) {
+        let mut client = cluster.client(i).await;
+        let (writing, acknowledged) = (writing.clone(), acknowledged.clone());
+        writers.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while writing.load(Ordering::Relaxed) {
+                n += 1;
+                let key = format!("w{i}-{n}");
+                if client.put(key.as_bytes(), b"v").await.is_ok() {
+                    acknowledged.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    wait_for("writes forwarded through both followers", || {
+        let acknowledged = acknowledged.load(Ordering::Relaxed);
+        async move {
+            (acknowledged >= 50)
+                .then_some(())
+                .ok_or(format!("{acknowledged} so far"))
+        }
+    })
+    .await;
+
+    cluster.stop(old).await;
+    let before = acknowledged.load(Ordering::Relaxed);
+    wait_for("writes acknowledged under the new leader", || {
+        let acknowledged = acknowledged.load(Ordering::Relaxed);
+        async move {
+            (acknowledged >= before + 20)
+                .then_some(())
+                .ok_or(format!("{acknowledged} so far"))
+        }
+    })
+    .await;
+    writing.store(false, Ordering::Relaxed);
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let log = cluster.log_of(old);
+    assert!(
+        log.contains("leadership handed over"),
+        "the leader handed over under forwarded writes:\n{log}"
+    );
+}
+
 /// Election holds are how a leadership transfer steers the next election,
 /// and a window in which a dead leader is not replaced. Anyone who reached
 /// the peer port could open one for ever: holds naming a huge duration,
@@ -375,4 +438,39 @@ async fn election_holds_cannot_keep_a_dead_leader_unreplaced() {
         .wait_for_leader_among(&followers, Some(leader_id), status.term + 1)
         .await;
     assert_ne!(new.id, leader_id);
+}
+
+/// Asking a voter to campaign now is the last step of a leader stepping
+/// down. Only the leader may ask: from anyone else it would be a way to
+/// depose a healthy leader at will.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_may_ask_a_voter_to_campaign() {
+    use raftset::proto::cluster_peer_client::ClusterPeerClient;
+    use raftset::proto::PeerMessage;
+
+    let cluster = Cluster::start(3).await;
+    let (leader, status) = cluster.wait_for_leader().await;
+    let follower = (leader + 1) % 3;
+    let mut peer = ClusterPeerClient::connect(format!("http://{}", cluster.nodes[follower].peer()))
+        .await
+        .unwrap();
+    let refused = peer
+        .campaign(PeerMessage {
+            cluster_id: status.cluster_id.clone(),
+            payload: postcard::to_allocvec(&12345u64).unwrap().into(),
+            target_id: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Code::FailedPrecondition,
+        "a campaign asked by a node that does not lead: {refused}"
+    );
+    let (_, after) = cluster.wait_for_leader().await;
+    assert_eq!(
+        (after.id, after.term),
+        (status.id, status.term),
+        "the leader stayed"
+    );
 }
