@@ -2,15 +2,18 @@
 //! to the most caught-up follower before this leader stops (a short pause
 //! in writes instead of a failover that first has to notice a dead leader).
 //!
-//! openraft 0.9 has no leadership-transfer call, and followers refuse votes
-//! while the leader's lease lasts: its longest election timeout since the
-//! last AppendEntries they had from it. So a leader steps down in order:
-//! it shuts the request path's gate ([`StepDown`]: every AppendEntries it
-//! sent for a write or a read round would renew the leases), holds every
-//! other voter's election, waits until the target has every entry, stops
-//! its heartbeats, lets the leases run out, and asks the target to
-//! campaign at once instead of after its own election timer. Writes pause
-//! for about one lease (three quarters of `--election-timeout-ms`).
+//! openraft 0.9 has no leadership-transfer call, and a voter refuses votes
+//! while its leader's lease lasts: its longest election timeout since the
+//! voter last heard from the leader, or, on the leader itself, since it
+//! was elected. So a leader steps down in order: it shuts the request
+//! path's gate ([`StepDown`]: it proposes nothing more, and every
+//! AppendEntries would renew its followers' leases), waits until the
+//! target has every entry, holds every other voter's election, stops its
+//! heartbeats and asks the target to campaign. The leader's own vote and
+//! the target's are a majority of three, and a leader elected more than a
+//! lease ago grants it, so writes pause for an election round trip. A
+//! leader elected less than a lease ago refuses, as its followers do: then
+//! the target is asked again once every lease has run out.
 //!
 //! [`StepDown`]: crate::raft::step_down::StepDown
 
@@ -25,10 +28,10 @@ use crate::types::{matched_index, NodeId, RaftMetrics};
 /// How long a transfer waits for the target to have every entry.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long after its lease the target is asked to campaign: the last
+/// How long after a lease the target is asked again: the last
 /// AppendEntries, sent before the heartbeats stopped, reaches its voter
 /// within this on any network a cluster runs on. Were it later, that voter
-/// refuses this one campaign, and the target's own timer campaigns again.
+/// refuses this campaign too, and the target's own timer campaigns again.
 const LEASE_MARGIN: Duration = Duration::from_millis(50);
 
 /// Lets the most caught-up follower take over before this leader stops.
@@ -150,27 +153,36 @@ pub async fn transfer(ctx: &ClusterContext, to: Option<NodeId>) -> Result<NodeId
     hold_others(ctx, &others, hold).await;
     ctx.raft.runtime_config().elect(false);
     ctx.raft.runtime_config().heartbeat(false);
-    let lease = Duration::from_millis(ctx.raft.config().election_timeout_max);
-    tokio::time::sleep(lease + LEASE_MARGIN).await;
-    ask_to_campaign(ctx, &metrics, target).await;
     // With no target named, any other voter winning is the transfer done.
     let me = ctx.id;
-    let moved = ctx
+    let moved = |m: &RaftMetrics| match to {
+        Some(_) => m.current_leader == Some(target),
+        None => m.current_leader.is_some_and(|l| l != me),
+    };
+    let lease = Duration::from_millis(ctx.raft.config().election_timeout_max);
+    ask_to_campaign(ctx, &metrics, target).await;
+    let mut outcome = ctx
         .raft
-        .wait(Some(hold))
-        .metrics(
-            |m| match to {
-                Some(_) => m.current_leader == Some(target),
-                None => m.current_leader.is_some_and(|l| l != me),
-            },
-            "the transfer target to lead",
-        )
+        .wait(Some(lease + LEASE_MARGIN))
+        .metrics(moved, "the transfer target to lead")
         .await;
+    if outcome.is_err() {
+        tracing::info!(
+            target,
+            "the first campaign fell within a lease: asking again"
+        );
+        ask_to_campaign(ctx, &metrics, target).await;
+        outcome = ctx
+            .raft
+            .wait(Some(hold))
+            .metrics(moved, "the transfer target to lead")
+            .await;
+    }
     ctx.raft.runtime_config().heartbeat(true);
     ctx.raft.runtime_config().elect(true);
     hold_others(ctx, &others, Duration::ZERO).await;
     drop(stepping);
-    match moved {
+    match outcome {
         Ok(m) => {
             let leader = m.current_leader.unwrap_or(target);
             tracing::info!(to = leader, "leadership transferred");

@@ -40,6 +40,19 @@ async fn members_transfer_leader_and_verify_through_any_node() {
     assert_eq!(cluster.nodes[cluster.leader().await].name, *target_name);
     client.put(b"after-transfer", b"v").await.unwrap();
 
+    // Straight back: a leader elected moments ago refuses the first
+    // campaign (its lease on its own election), so it asks again.
+    let old = cluster.nodes[leader].name.clone();
+    let old_id = members
+        .members
+        .iter()
+        .map(|m| m.member.clone().unwrap())
+        .find(|m| m.name == old)
+        .unwrap()
+        .id;
+    let status = client.transfer_leader(Some(old_id)).await.unwrap();
+    assert_eq!(status.leader_id, Some(old_id), "leadership moved back");
+
     let report = client.verify().await.unwrap();
     assert!(report.agree, "{report:?}");
     assert_eq!(report.members.len(), 3);
