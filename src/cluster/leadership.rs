@@ -122,21 +122,27 @@ pub async fn transfer(ctx: &ClusterContext, to: Option<NodeId>) -> Result<NodeId
             .ok_or(ClusterError::NoOtherVoter)?,
     };
     let stepping = ctx.step_down.begin();
-    // Writes that passed the gate before it shut still commit: the target
-    // must have them, and this node must have applied them, which follows
-    // their commit (whose AppendEntries renews the leases once more).
-    let caught_up = ctx
-        .raft
-        .wait(Some(CATCH_UP_TIMEOUT))
-        .metrics(
-            |m| {
-                let last = m.last_log_index.unwrap_or(0);
-                applied_index(m) >= last && matched_index(m, target) >= last
-            },
-            "target caught up",
-        )
-        .await;
-    if caught_up.is_err() {
+    // Writes let through before the gate shut may still be on their way
+    // into the log. Once they are all answered the log ends where it ends,
+    // and the target must have all of it: a voter with more refuses it.
+    let deadline = tokio::time::Instant::now() + CATCH_UP_TIMEOUT;
+    let drained = tokio::time::timeout_at(deadline, ctx.step_down.drained()).await;
+    let caught_up = match drained {
+        Err(_) => false,
+        Ok(()) => ctx
+            .raft
+            .wait(Some(deadline - tokio::time::Instant::now()))
+            .metrics(
+                |m| {
+                    let last = m.last_log_index.unwrap_or(0);
+                    applied_index(m) >= last && matched_index(m, target) >= last
+                },
+                "target caught up",
+            )
+            .await
+            .is_ok(),
+    };
+    if !caught_up {
         return Err(ClusterError::NotCaughtUp {
             target,
             index: ctx.raft_metrics().last_log_index.unwrap_or(0),
@@ -169,8 +175,13 @@ pub async fn transfer(ctx: &ClusterContext, to: Option<NodeId>) -> Result<NodeId
     if outcome.is_err() {
         tracing::info!(
             target,
-            "the first campaign fell within a lease: asking again"
+            "the first campaign failed: asking again after the leases"
         );
+        // Any successor will do for a hand-over: let the others campaign
+        // too, should the target be the one that cannot win.
+        if to.is_none() {
+            hold_others(ctx, &others, Duration::ZERO).await;
+        }
         ask_to_campaign(ctx, &metrics, target).await;
         outcome = ctx
             .raft

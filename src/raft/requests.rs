@@ -92,7 +92,8 @@ pub struct Requests {
     settings: RequestSettings,
     /// Writes are taken only while this says the node serves.
     formation: Formation,
-    /// Holds writes and read rounds while this leader steps down.
+    /// Every proposal and read round passes it; shut while this leader
+    /// steps down.
     step_down: StepDown,
     /// Failed and pending proposals on this node as leader.
     metrics: ProposalMetrics,
@@ -250,9 +251,9 @@ impl Requests {
         if !self.formation.is_serving() {
             return Err((Why::NotServing, Attempt::Fail(Error::NotServing)));
         }
-        if self.step_down.is_stepping_down() {
+        let Some(_pass) = self.step_down.pass() else {
             return Err((Why::SteppingDown, self.wait_out_step_down(deadline).await));
-        }
+        };
         if let Some(millis) = self.millis_without_quorum() {
             return Err((Why::NoQuorum, Attempt::Fail(Error::NoQuorum { millis })));
         }
@@ -330,9 +331,9 @@ impl Requests {
     /// index a linearizable read must wait for. Reads waiting together
     /// share one confirmation round (see [`super::rounds`]).
     pub async fn read_index_as_leader(&self, deadline: Instant) -> Result<u64, Attempt> {
-        if self.step_down.is_stepping_down() {
+        let Some(_pass) = self.step_down.pass() else {
             return Err(self.wait_out_step_down(deadline).await);
-        }
+        };
         if let Some(millis) = self.millis_without_quorum() {
             return Err(Attempt::Fail(Error::NoQuorum { millis }));
         }
