@@ -27,7 +27,7 @@ use clap::Parser;
 
 use driver::{Data, Op, Store};
 use procfs::Usage;
-use report::{ClusterLife, FailoverTrial, Report, Run, ScaleResult, SnapshotRun};
+use report::{ClusterLife, FailoverTrial, Report, Run, ScaleResult, SnapshotRun, Stop};
 use servers::{Binaries, Cluster, Side};
 
 #[derive(Debug, Parser)]
@@ -66,8 +66,9 @@ struct Args {
     /// --scale: 1,000,000].
     #[arg(long)]
     keyspace: Option<u64>,
-    /// Fresh clusters per side whose leader is killed under load
-    /// [default: 5; --quick: 1; --scale: 0].
+    /// Fresh clusters per side whose leader is killed under load, and as
+    /// many whose leader is stopped with SIGTERM [default: 5; --quick: 1;
+    /// --scale: 0].
     #[arg(long)]
     failover_trials: Option<usize>,
     #[arg(long, default_value_t = 256)]
@@ -216,22 +217,24 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     for trial in 1..=plan.failover_trials {
-        for side in [Side::Etcd, Side::Raftset] {
-            let dir = args.data_dir.join(side.name());
-            let mut cluster = Cluster::start(side, &binaries, &dir).await?;
-            let observed = match side {
-                Side::Etcd => {
-                    let stores = cluster.etcd_stores().await?;
-                    kill_the_leader(&plan, &mut cluster, &stores).await?
-                }
-                Side::Raftset => {
-                    let stores = cluster.raftset_stores().await?;
-                    kill_the_leader(&plan, &mut cluster, &stores).await?
-                }
-            };
-            let trial = FailoverTrial::new(side, trial, observed);
-            eprintln!("  {}", trial.summary());
-            report.failovers.push(trial);
+        for stop in [Stop::Kill, Stop::Term] {
+            for side in [Side::Etcd, Side::Raftset] {
+                let dir = args.data_dir.join(side.name());
+                let mut cluster = Cluster::start(side, &binaries, &dir).await?;
+                let observed = match side {
+                    Side::Etcd => {
+                        let stores = cluster.etcd_stores().await?;
+                        stop_the_leader(&plan, &mut cluster, &stores, stop).await?
+                    }
+                    Side::Raftset => {
+                        let stores = cluster.raftset_stores().await?;
+                        stop_the_leader(&plan, &mut cluster, &stores, stop).await?
+                    }
+                };
+                let trial = FailoverTrial::new(side, trial, stop, observed);
+                eprintln!("  {}", trial.summary());
+                report.failovers.push(trial);
+            }
         }
     }
     report.finish();
@@ -400,15 +403,20 @@ async fn measure_during_snapshots<S: Store>(
     Ok(snapshot)
 }
 
-/// Puts through every member of `cluster` while its leader is killed.
-async fn kill_the_leader<S: Store>(
+/// Puts through every member of `cluster` while its leader is stopped.
+async fn stop_the_leader<S: Store>(
     plan: &Plan,
     cluster: &mut Cluster,
     stores: &[S],
+    stop: Stop,
 ) -> anyhow::Result<failover::Observed> {
     failover::run(stores, plan.data(), async {
         let leader = cluster.leader().await?;
-        Ok((leader, cluster.kill(leader)?))
+        let at = match stop {
+            Stop::Kill => cluster.kill(leader)?,
+            Stop::Term => cluster.terminate(leader)?,
+        };
+        Ok((leader, at))
     })
     .await
 }

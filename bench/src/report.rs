@@ -10,7 +10,7 @@ use anyhow::Context;
 
 use crate::driver::{Op, Outcome};
 use crate::failover::{self, Observed, IN_FLIGHT};
-use crate::servers::{Binaries, Side};
+use crate::servers::{Binaries, Side, ELECTION_TIMEOUT_MS};
 use crate::{Counters, Plan, Workload, FRESH_KEYS, SNAPSHOTS_AFTER, WORKLOADS};
 
 /// One workload on one cluster.
@@ -111,21 +111,43 @@ pub struct ClusterLife {
     pub disk_end_per_member: Vec<u64>,
 }
 
-/// A fresh cluster whose leader was killed under load.
+/// How a trial stops the leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Stop {
+    /// `kill -9`: a crash, which the followers notice by silence.
+    #[serde(rename = "kill -9")]
+    Kill,
+    /// SIGTERM, as a rolling restart stops a pod: the leader hands over.
+    #[serde(rename = "SIGTERM")]
+    Term,
+}
+
+impl Stop {
+    pub fn name(self) -> &'static str {
+        match self {
+            Stop::Kill => "`kill -9`",
+            Stop::Term => "SIGTERM",
+        }
+    }
+}
+
+/// A fresh cluster whose leader was stopped under load.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct FailoverTrial {
     pub side: Side,
     pub trial: usize,
+    pub stop: Stop,
     pub in_flight: usize,
     #[serde(flatten)]
     pub observed: Observed,
 }
 
 impl FailoverTrial {
-    pub fn new(side: Side, trial: usize, observed: Observed) -> FailoverTrial {
+    pub fn new(side: Side, trial: usize, stop: Stop, observed: Observed) -> FailoverTrial {
         FailoverTrial {
             side,
             trial,
+            stop,
             in_flight: IN_FLIGHT,
             observed,
         }
@@ -135,11 +157,13 @@ impl FailoverTrial {
     pub fn summary(&self) -> String {
         let r = &self.observed.recovery;
         format!(
-            "{:<7} failover #{}: killed member {}, first put acknowledged {}, steady {}, {} failed puts, {} missed deadlines",
+            "{:<7} failover #{}: {} to member {}, first put acknowledged {}, longest pause {}, steady {}, {} failed puts, {} missed deadlines",
             self.side.name(),
             self.trial,
+            self.stop.name(),
             self.observed.killed,
             after_kill(r.first_ack_ms),
+            after_kill(r.longest_pause_ms),
             after_kill(r.steady_ms),
             self.observed.errors,
             self.observed.missed_deadlines
@@ -633,8 +657,11 @@ impl Report {
                  deadline, and after a failure or a missed deadline its worker moves to the next \
                  member. The first put counted is the first one sent after the kill and \
                  acknowledged; steady is the first {} ms from then on in which every {} ms \
-                 acknowledges at least {:.0}% of what it did before the kill. Median (max) over \
-                 the trials (`failover.rs`).",
+                 acknowledges at least {:.0}% of what it did before the kill. Hand-over: as many \
+                 fresh clusters per side again, the same load, the leader stopped with SIGTERM \
+                 as a rolling restart stops it (both sides hand leadership over then); the pause \
+                 is the longest time from the signal until the steady window ends in which no \
+                 put was acknowledged. Median (max) over the trials (`failover.rs`).",
                 self.plan.failover_trials,
                 failover::BEFORE_KILL.as_millis(),
                 failover::PUT_DEADLINE.as_millis(),
@@ -648,8 +675,10 @@ impl Report {
              |---|---|---|---|---|---|\n",
         );
         if !self.failovers.is_empty() {
-            let first = |side| self.failover_times(side, |f| f.observed.recovery.first_ack_ms);
-            let steady = |side| self.failover_times(side, |f| f.observed.recovery.steady_ms);
+            let first =
+                |side| self.failover_times(side, Stop::Kill, |f| f.observed.recovery.first_ack_ms);
+            let steady =
+                |side| self.failover_times(side, Stop::Kill, |f| f.observed.recovery.steady_ms);
             let (etcd, raftset) = (first(Side::Etcd), first(Side::Raftset));
             let ratio = raftset.median / etcd.median;
             let _ = writeln!(
@@ -665,6 +694,18 @@ impl Report {
                 "| `kill -9` of the leader → steady put rate again | {etcd} | {raftset} | {} |  |  |",
                 times(raftset.median / etcd.median)
             );
+            let pause = |side| {
+                self.failover_times(side, Stop::Term, |f| f.observed.recovery.longest_pause_ms)
+            };
+            let (etcd, raftset) = (pause(Side::Etcd), pause(Side::Raftset));
+            let _ = writeln!(
+                md,
+                "| SIGTERM of the leader (hand-over) → longest pause in acknowledged puts | \
+                 {etcd} | {raftset} | {} | < one election timeout ({} ms), every trial | {} |",
+                times(raftset.median / etcd.median),
+                thousands(ELECTION_TIMEOUT_MS as f64),
+                yes_no(raftset.missing == 0 && raftset.max < ELECTION_TIMEOUT_MS as f64)
+            );
         }
         let (etcd, raftset) = (changes(Side::Etcd), changes(Side::Raftset));
         let _ = writeln!(
@@ -679,9 +720,12 @@ impl Report {
     fn failover_times(
         &self,
         side: Side,
+        stop: Stop,
         f: impl Fn(&FailoverTrial) -> Option<f64>,
     ) -> FailoverTimes {
-        let trials: Vec<_> = self.failovers.iter().filter(|t| t.side == side).collect();
+        let trials: Vec<_> = (self.failovers.iter())
+            .filter(|t| t.side == side && t.stop == stop)
+            .collect();
         let values: Vec<f64> = trials.iter().filter_map(|t| f(t)).collect();
         FailoverTimes {
             median: median(values.clone()),
@@ -692,19 +736,21 @@ impl Report {
 
     fn every_failover(&self, md: &mut String) {
         md.push_str(
-            "\nEvery failover trial, in the order it ran (times after the kill):\n\n\
-             | side | trial | leader killed | first put acknowledged | steady again | puts/s before → steady | failed puts | missed deadlines |\n\
-             |---|---|---|---|---|---|---|---|\n",
+            "\nEvery failover and hand-over trial, in the order it ran (times after the signal):\n\n\
+             | side | trial | leader stopped | first put acknowledged | longest pause | steady again | puts/s before → steady | failed puts | missed deadlines |\n\
+             |---|---|---|---|---|---|---|---|---|\n",
         );
         for f in &self.failovers {
             let r = &f.observed.recovery;
             let _ = writeln!(
                 md,
-                "| {} | {} | member {} | {} | {} | {} → {} | {} | {} |",
+                "| {} | {} | member {}, {} | {} | {} | {} | {} → {} | {} | {} |",
                 f.side.name(),
                 f.trial,
                 f.observed.killed,
+                f.stop.name(),
                 after_kill(r.first_ack_ms),
+                after_kill(r.longest_pause_ms),
                 after_kill(r.steady_ms),
                 thousands(r.puts_per_sec_before),
                 r.puts_per_sec_after.map_or("–".into(), thousands),

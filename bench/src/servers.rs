@@ -18,6 +18,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::stores::{Etcd, Raftset};
 
+/// Both sides' election timeout; the hand-over's goal is a write pause
+/// shorter than one.
+pub const ELECTION_TIMEOUT_MS: u64 = 1000;
+
 /// Which store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -173,6 +177,19 @@ impl Cluster {
         Ok(at)
     }
 
+    /// Asks member `i` to stop with SIGTERM, as a rolling restart does;
+    /// returns the instant just before the signal went. Both sides hand
+    /// leadership over when a leader is stopped this way.
+    pub fn terminate(&mut self, i: usize) -> anyhow::Result<Instant> {
+        let child = &self.children[i];
+        let pid = rustix::process::Pid::from_raw(child.id() as i32)
+            .with_context(|| format!("{} member {i} has no pid", self.side.name()))?;
+        let at = Instant::now();
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM)
+            .with_context(|| format!("stopping {} member {i}", self.side.name()))?;
+        Ok(at)
+    }
+
     /// The leaders each member has seen since it started, from its metrics.
     pub async fn leaders_seen(&self) -> anyhow::Result<Vec<u64>> {
         let name = self.side.leader_changes_metric();
@@ -320,7 +337,8 @@ fn etcd_member(etcd: &Path, i: usize, data_dir: &Path) -> (Command, String, Stri
         .args(["--initial-cluster", &initial_cluster])
         .args(["--initial-cluster-state", "new"])
         .args(["--initial-cluster-token", "raftset-bench"])
-        .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
+        .args(["--heartbeat-interval", "100", "--election-timeout"])
+        .arg(ELECTION_TIMEOUT_MS.to_string())
         .args(["--quota-backend-bytes", ETCD_QUOTA])
         .args(["--logger", "zap", "--log-level", "warn"]);
     (command, client.clone(), client)
@@ -349,7 +367,8 @@ fn raftset_node(raftset: &Path, i: usize, data_dir: &Path) -> (Command, String, 
         .args(["--listen-probes", &format!("{}:8081", raftset_host(i))])
         .args(["--listen-admin", &raftset_admin(i)])
         .args(["--peers", &peers, "--insecure-peers"])
-        .args(["--heartbeat-ms", "100", "--election-timeout-ms", "1000"])
+        .args(["--heartbeat-ms", "100", "--election-timeout-ms"])
+        .arg(ELECTION_TIMEOUT_MS.to_string())
         .args(["--quota-bytes", RAFTSET_QUOTA])
         .env("RUST_LOG", "warn");
     (command, api, http)
