@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::batch;
+use super::step_down::Pass;
 use crate::types::{Command, Outcome, Proposal, Raft};
 
 /// Entries proposed but not yet committed, at most. More split the same
@@ -91,6 +92,10 @@ impl Log for Raft {
 struct Pending {
     command: Command,
     reply: oneshot::Sender<Result<Outcome, ProposeError>>,
+    /// Held until the log answers the entry, whether or not the caller
+    /// still waits: a leader stepping down waits for every command it let
+    /// through to be in the log or refused.
+    pass: Pass,
 }
 
 /// The handle writes are proposed through.
@@ -123,12 +128,17 @@ impl Proposer {
         Proposer { queue }
     }
 
-    /// Proposes one command and waits for its outcome. Callers bound how
-    /// many commands wait here (the node's pending-proposal limit).
-    pub async fn propose(&self, command: Command) -> Result<Outcome, ProposeError> {
+    /// Proposes one command, let through by `pass`, and waits for its
+    /// outcome. Callers bound how many commands wait here (the node's
+    /// pending-proposal limit).
+    pub async fn propose(&self, command: Command, pass: Pass) -> Result<Outcome, ProposeError> {
         let (reply, outcome) = oneshot::channel();
         self.queue
-            .send(Pending { command, reply })
+            .send(Pending {
+                command,
+                reply,
+                pass,
+            })
             .map_err(|_| ProposeError::Stopped)?;
         outcome.await.unwrap_or(Err(ProposeError::Stopped))
     }
@@ -160,8 +170,14 @@ async fn run<L: Log>(
         let log = log.clone();
         tasks.spawn(async move {
             let _slot = slot;
-            let (commands, replies): (Vec<Command>, Vec<_>) =
-                batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+            let mut commands = Vec::with_capacity(batch.len());
+            let mut replies = Vec::with_capacity(batch.len());
+            let mut _passes = Vec::with_capacity(batch.len());
+            for pending in batch {
+                commands.push(pending.command);
+                replies.push(pending.reply);
+                _passes.push(pending.pass);
+            }
             let proposed_at_ms = now_ms();
             let proposal = Proposal {
                 proposed_at_ms,
@@ -205,6 +221,7 @@ mod tests {
     use tokio::sync::Notify;
 
     use super::*;
+    use crate::raft::step_down::StepDown;
     use crate::types::Op;
 
     /// A log whose first entry is never answered, as openraft leaves an
@@ -244,6 +261,10 @@ mod tests {
         }
     }
 
+    fn pass() -> Pass {
+        StepDown::default().pass().expect("an open gate")
+    }
+
     const ENTRY_TIMEOUT: Duration = Duration::from_secs(5);
     /// Far longer than anything here should take (time is paused).
     const PATIENCE: Duration = Duration::from_secs(600);
@@ -261,14 +282,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_entry_never_answered_frees_its_slot_after_the_entry_timeout() {
         let proposer = proposer(FirstUnanswered::default());
-        let first = tokio::time::timeout(PATIENCE, proposer.propose(delete(1)))
+        let first = tokio::time::timeout(PATIENCE, proposer.propose(delete(1), pass()))
             .await
             .expect("the stranded entry is given up");
         assert!(
             matches!(first, Err(ProposeError::Unanswered(_))),
             "{first:?}"
         );
-        let second = tokio::time::timeout(PATIENCE, proposer.propose(delete(2)))
+        let second = tokio::time::timeout(PATIENCE, proposer.propose(delete(2), pass()))
             .await
             .expect("the next entry gets the slot");
         assert!(second.is_ok(), "{second:?}");
@@ -280,7 +301,7 @@ mod tests {
         let proposer = proposer(log.clone());
         let first = tokio::spawn({
             let proposer = proposer.clone();
-            async move { proposer.propose(delete(1)).await }
+            async move { proposer.propose(delete(1), pass()).await }
         });
         tokio::task::yield_now().await;
         log.deposed.notify_one();
@@ -289,5 +310,34 @@ mod tests {
             .expect("answered before the entry timeout")
             .unwrap();
         assert!(matches!(first, Err(ProposeError::NotLeader)), "{first:?}");
+    }
+
+    /// A command whose caller gave up is still on its way into the log: a
+    /// leader stepping down must not take its log as final until the log
+    /// has answered it, so the command's pass is held until then.
+    #[tokio::test(start_paused = true)]
+    async fn a_command_holds_its_pass_until_the_log_answers_though_its_caller_gave_up() {
+        let log = FirstUnanswered::default();
+        let proposer = proposer(log.clone());
+        let gate = StepDown::default();
+        let caller = tokio::time::timeout(
+            Duration::from_millis(10),
+            proposer.propose(delete(1), gate.pass().expect("an open gate")),
+        )
+        .await;
+        assert!(caller.is_err(), "the caller gave up: {caller:?}");
+
+        let _stepping = gate.begin();
+        let drained = tokio::spawn({
+            let gate = gate.clone();
+            async move { gate.drained().await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!drained.is_finished(), "the entry is not answered yet");
+        log.deposed.notify_waiters();
+        tokio::time::timeout(PATIENCE, drained)
+            .await
+            .expect("the pass comes back once the log answers")
+            .unwrap();
     }
 }

@@ -251,7 +251,7 @@ impl Requests {
         if !self.formation.is_serving() {
             return Err((Why::NotServing, Attempt::Fail(Error::NotServing)));
         }
-        let Some(_pass) = self.step_down.pass() else {
+        let Some(pass) = self.step_down.pass() else {
             return Err((Why::SteppingDown, self.wait_out_step_down(deadline).await));
         };
         if let Some(millis) = self.millis_without_quorum() {
@@ -270,7 +270,7 @@ impl Requests {
             ));
         };
         let _pending = self.metrics.pending();
-        match timeout_at(deadline, self.proposer.propose(command)).await {
+        match timeout_at(deadline, self.proposer.propose(command, pass)).await {
             Err(_) => Err((
                 Why::Timeout,
                 Attempt::Fail(Error::OutcomeUnknown {

@@ -11,7 +11,9 @@
 //! successor is found caught up.
 //!
 //! So the request path passes this gate for each proposal and each
-//! read-index round, and holds a [`Pass`] while it lasts. Whoever steps the
+//! read-index round, and holds a [`Pass`] while it lasts: a proposal's
+//! goes with its command into the proposer and is dropped when the log
+//! answers the entry, even when the caller gave up before. Whoever steps the
 //! leader down shuts the gate, waits until the passes in flight are back
 //! ([`StepDown::drained`]), and from then on the log ends where it ends.
 //! Requests turned away wait until another node leads (or the gate opens
