@@ -37,12 +37,8 @@ const LEASE_MARGIN: Duration = Duration::from_millis(50);
 /// Lets the most caught-up follower take over before this leader stops.
 pub async fn hand_over(ctx: &ClusterContext) {
     let metrics = ctx.raft_metrics();
-    let other_voters = metrics
-        .membership_config
-        .membership()
-        .voter_ids()
-        .filter(|id| *id != ctx.id)
-        .count();
+    let membership = metrics.membership_config.membership();
+    let other_voters = membership.voter_ids().filter(|id| *id != ctx.id).count();
     if metrics.current_leader != Some(ctx.id) || other_voters == 0 {
         return;
     }

@@ -65,8 +65,12 @@ impl StepDown {
     pub fn pass(&self) -> Option<Pass> {
         // Counted before the gate is looked at, and `begin` shuts it before
         // `drained` counts: either this sees the gate shut, or `drained`
-        // sees this pass.
-        self.0.passing.send_modify(|n| *n += 1);
+        // sees this pass. Only a count back at zero is news to `drained`,
+        // so no other change wakes it: this runs for every request.
+        self.0.passing.send_if_modified(|n| {
+            *n += 1;
+            false
+        });
         let pass = Pass(self.0.clone());
         (!*self.0.shut.borrow()).then_some(pass)
     }
@@ -93,7 +97,10 @@ impl Drop for Stepping {
 
 impl Drop for Pass {
     fn drop(&mut self) {
-        self.0.passing.send_modify(|n| *n -= 1);
+        self.0.passing.send_if_modified(|n| {
+            *n -= 1;
+            *n == 0
+        });
     }
 }
 
