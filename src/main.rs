@@ -7,8 +7,8 @@ use tracing_subscriber::EnvFilter;
 use raftset::cli::{parse, report_failure, run};
 
 // glibc's malloc took a seventh of the servers' CPU under load; mimalloc's
-// per-thread free lists cut the CPU per operation by a fifth (README,
-// "Performance"). Built without transparent huge pages: with them every
+// per-thread free lists cut the CPU per operation by a fifth
+// (`bench/FINDINGS.md`). Built without transparent huge pages: with them every
 // thread's first allocation made 2 MiB resident.
 #[cfg(feature = "mimalloc")]
 #[global_allocator]

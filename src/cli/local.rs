@@ -51,7 +51,7 @@ const WORKER_THREADS_VAR: &str = "TOKIO_WORKER_THREADS";
 /// them, as pods each get their own under a CPU limit; a node with a worker
 /// per core of the whole machine spends its CPU on workers waking each
 /// other (three nodes on two cores: a serializable get took 25 µs of CPU
-/// with two workers each and 18 µs with one; README, "Performance").
+/// with two workers each and 18 µs with one; `bench/FINDINGS.md`).
 fn workers_per_node(cores: usize, nodes: usize) -> usize {
     (cores / nodes.max(1)).max(1)
 }
