@@ -97,6 +97,12 @@ impl PurgeGate {
         }
     }
 
+    /// How far the log is purged: the state must be applied at least as far,
+    /// or what lies between is gone.
+    pub(super) fn purged(&self) -> std::io::Result<Option<LogId>> {
+        read_value(&self.raft, PURGED_KEY)
+    }
+
     fn request(&self, upto: LogId) -> std::io::Result<()> {
         let mut state = self.state.lock().expect("purge gate lock");
         if upto.index <= state.applied {
@@ -494,6 +500,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
 #[cfg(test)]
 mod tests {
+    use openraft::storage::RaftStateMachine;
     use openraft::CommittedLeaderId;
 
     use super::*;
@@ -501,10 +508,6 @@ mod tests {
 
     fn log_id(index: u64) -> LogId {
         LogId::new(CommittedLeaderId::new(1, 0), index)
-    }
-
-    fn purged(gate: &PurgeGate) -> Option<LogId> {
-        read_value(&gate.raft, PURGED_KEY).unwrap()
     }
 
     fn bounds(gate: &PurgeGate) -> Option<(u64, u64)> {
@@ -525,29 +528,37 @@ mod tests {
         gate.applied(2).unwrap();
 
         gate.request(log_id(2)).unwrap();
-        assert_eq!(purged(gate), Some(log_id(2)), "applied, so purged at once");
+        assert_eq!(
+            gate.purged().unwrap(),
+            Some(log_id(2)),
+            "applied, so purged at once"
+        );
         assert_eq!(bounds(gate), Some((3, 6)));
 
         gate.request(log_id(5)).unwrap();
-        assert_eq!(purged(gate), Some(log_id(2)), "5 is not applied yet");
+        assert_eq!(
+            gate.purged().unwrap(),
+            Some(log_id(2)),
+            "5 is not applied yet"
+        );
         assert_eq!(bounds(gate), Some((3, 6)));
         gate.applied(4).unwrap();
         assert_eq!(bounds(gate), Some((3, 6)), "applied 4 of the 5 it removes");
 
         gate.applied(5).unwrap();
-        assert_eq!(purged(gate), Some(log_id(5)));
+        assert_eq!(gate.purged().unwrap(), Some(log_id(5)));
         assert_eq!(bounds(gate), Some((6, 6)));
         gate.applied(6).unwrap();
-        assert_eq!(purged(gate), Some(log_id(5)), "a purge runs once");
+        assert_eq!(gate.purged().unwrap(), Some(log_id(5)), "a purge runs once");
     }
 
     /// The size the log reports is the bytes of the entries it holds,
     /// through appends that replace entries, truncations and purges, and
     /// the same when the store is opened again.
-    #[test]
-    fn the_log_size_follows_appends_truncations_and_purges() {
+    #[tokio::test]
+    async fn the_log_size_follows_appends_truncations_and_purges() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let mut store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
         let (wal, size) = (&store.log.wal, store.log.size());
         let entries: Vec<_> = (1..=10).map(|i| (i, vec![0; 100])).collect();
         wal.append(&entries).unwrap();
@@ -557,7 +568,13 @@ mod tests {
 
         wal.truncate(9).unwrap();
         assert_eq!(size.bytes(), 800, "truncated from 9 on");
-        store.log.purges.applied(8).unwrap();
+        // A purge waits for the state machine (and a reopened store refuses
+        // a state behind its purged log).
+        let blanks = (1..=8).map(|index| Entry {
+            log_id: log_id(index),
+            payload: openraft::EntryPayload::Blank,
+        });
+        store.state_machine.apply(blanks).await.unwrap();
         store.log.purges.request(log_id(3)).unwrap();
         assert_eq!(size.bytes(), 500, "purged up to 3");
         wal.sync().unwrap();

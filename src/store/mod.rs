@@ -28,7 +28,9 @@
 //! - applying entries is not flushed by itself: applied state is recovered by
 //!   re-applying the durable log. sled is flushed when a snapshot is taken
 //!   or installed, and again before a purge deletes any segment, so the log
-//!   always reaches back to the durable applied state. The commit hint may
+//!   always reaches back to the durable applied state (a state found behind
+//!   it, which sled's recovery makes of a damaged record without an error,
+//!   is refused at open). The commit hint may
 //!   reach disk ahead of the entries; it is read back no further than they;
 //! - a snapshot file is fsynced (with its directory) before it is used;
 //! - a re-founding is flushed (new cluster id last) before its `REFOUND`

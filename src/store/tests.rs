@@ -1069,8 +1069,6 @@ async fn state_in_another_data_format_is_refused() {
     assert!(detail.contains("data format 1"), "{detail}");
 }
 
-/// sled panics on damage inside its file; the panic must become an error
-/// naming the directory, not a crash without one.
 /// State and snapshots in format 2, from before the outcomes of node-made
 /// ids were filed per entry, are read (format 3 only adds `o` records),
 /// and state is marked format 3 once opened or installed, so that a
@@ -1109,10 +1107,9 @@ async fn state_and_snapshots_in_format_2_are_read_and_become_format_3() {
     assert_eq!(format_of(&other.state_machine), [3]);
 }
 
-#[tokio::test]
-async fn damage_inside_the_database_file_is_refused_with_its_path() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = open(dir.path(), StoreOptions::default());
+/// Applies 4,000 puts of 1 KB, one entry each, and purges the log up to the
+/// last, as a snapshot lets a node do (a purge makes the state durable).
+async fn fill_and_purge(store: &mut Store) {
     let value = "v".repeat(1000);
     for batch in 0..40u64 {
         let ops = (0..100)
@@ -1120,11 +1117,20 @@ async fn damage_inside_the_database_file_is_refused_with_its_path() {
             .collect();
         apply(&mut store.state_machine, batch * 100 + 1, ops).await;
     }
-    store.meta.make_durable().unwrap();
+    store.log.purge(log_id(4000)).await.unwrap();
+}
+
+/// Damage inside the state's file makes sled's recovery either panic (the
+/// panic must become an error naming the directory, not a crash without
+/// one) or stop at the damaged record and open the state as it was before
+/// it (which, with the log purged, must be refused too: see the next test).
+#[tokio::test]
+async fn damage_inside_the_database_file_is_refused_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), StoreOptions::default());
+    fill_and_purge(&mut store).await;
     drop(store);
 
-    // 64 bytes at every sixteenth of the file: some land where sled's
-    // recovery reads (damage it does not read goes unnoticed).
     let file = state_dir(dir.path()).join("db");
     let len = std::fs::metadata(&file).unwrap().len();
     let mut f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
@@ -1136,7 +1142,49 @@ async fn damage_inside_the_database_file_is_refused_with_its_path() {
 
     let (path, detail) = refused_as_corrupted(dir.path());
     assert!(path.starts_with(dir.path()), "{path:?}");
-    assert!(detail.contains("sled could not recover"), "{detail}");
+    assert!(
+        detail.contains("sled could not recover") || detail.contains("lost writes"),
+        "{detail}"
+    );
+}
+
+/// A state database that comes back older than it was (what sled's recovery
+/// makes of a damaged record) while the log no longer holds the entries
+/// in between is refused: openraft could not re-apply them, and the node
+/// would serve a state that silently lost acknowledged writes.
+#[tokio::test]
+async fn a_state_older_than_the_purged_log_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), StoreOptions::default());
+    apply(&mut store.state_machine, 1, vec![put("early", "1")]).await;
+    store.meta.make_durable().unwrap();
+    let state = state_dir(dir.path());
+    let early = tempfile::tempdir().unwrap();
+    copy_dir(&state, early.path());
+    fill_and_purge(&mut store).await;
+    drop(store);
+    std::fs::remove_dir_all(&state).unwrap();
+    copy_dir(early.path(), &state);
+
+    let (path, detail) = refused_as_corrupted(dir.path());
+    assert_eq!(path, state);
+    assert!(
+        detail.contains("applied up to log index 1, but the log was purged up to 4000"),
+        "{detail}"
+    );
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
 }
 
 #[tokio::test]

@@ -154,6 +154,24 @@ impl StateMachine {
         let applied: Option<LogId> = read_value::<Option<LogId>>(&tree, APPLIED)
             .map_err(|e| corrupted(format!("unreadable applied log id: {e}")))?
             .flatten();
+        // sled's recovery takes a damaged record for the torn end of its log
+        // and opens the state as it was before that record, without a word.
+        // openraft re-applies what the log still holds after it; once the log
+        // is purged past the state, those writes are lost, so say so.
+        let purged = purges.purged().map_err(|source| StoreError::Io {
+            path: shared.path.join(super::WAL_DIR),
+            source,
+        })?;
+        let index = |id: Option<LogId>| id.map_or(0, |id| id.index);
+        if index(purged) > index(applied) {
+            return Err(corrupted(format!(
+                "its state is applied up to log index {}, but the log was purged up to {}: \
+                 the state database lost writes it had made durable (its file is damaged); \
+                 start this node on an empty volume (it rejoins), or restore a backup",
+                index(applied),
+                index(purged)
+            )));
+        }
         let recent = RecentIds::load(&tree)
             .map_err(|e| corrupted(format!("unreadable request id records: {e}")))?;
         let current = Arc::new(RwLock::new(tree));
