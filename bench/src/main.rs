@@ -26,7 +26,7 @@ use anyhow::Context;
 use clap::Parser;
 
 use driver::{Data, Op, Store};
-use procfs::Usage;
+use procfs::{MachineCpu, Usage};
 use report::{ClusterLife, FailoverTrial, Report, Run, ScaleResult, SnapshotRun, Stop};
 use servers::{Binaries, Cluster, Side};
 
@@ -480,8 +480,7 @@ pub struct Counters {
     pub servers: Usage,
     /// The load generator.
     pub client: Usage,
-    /// The machine's (busy, total) CPU seconds.
-    pub machine: (f64, f64),
+    pub machine: MachineCpu,
 }
 
 impl Counters {
@@ -498,10 +497,7 @@ impl Counters {
         Counters {
             servers: later.servers.since(&self.servers),
             client: later.client.since(&self.client),
-            machine: (
-                later.machine.0 - self.machine.0,
-                later.machine.1 - self.machine.1,
-            ),
+            machine: later.machine.since(&self.machine),
         }
     }
 }

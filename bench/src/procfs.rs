@@ -1,6 +1,7 @@
-//! What the benchmark reads from `/proc`: each server's CPU time, bytes
-//! written to disk and resident memory, the machine's busy time and its
-//! load average. Counters are read before and after a run; the report
+//! What the benchmark reads from `/proc`: each server's CPU time (and how
+//! much of it the kernel's), thread switches, bytes written to disk and
+//! resident memory, the machine's busy and stolen time and its load
+//! average. Counters are read before and after a run; the report
 //! divides their difference by the operations the run completed.
 
 use std::path::Path;
@@ -12,6 +13,12 @@ use anyhow::Context;
 pub struct Usage {
     /// utime + stime, in seconds.
     pub cpu_secs: f64,
+    /// Of it, stime: the kernel's work for the processes (syscalls,
+    /// loopback TCP, waking and switching threads). Runs on different
+    /// machines differ most here when a VM makes the kernel's paths dear.
+    pub kernel_cpu_secs: f64,
+    /// Voluntary and involuntary switches of every thread.
+    pub switches: u64,
     /// Bytes the processes caused to be written to the block layer
     /// (`write_bytes` of `/proc/<pid>/io`): the log, the database and their
     /// fsyncs, not writes that stayed in the page cache and were dropped.
@@ -32,6 +39,8 @@ impl Usage {
         for &pid in pids {
             let one = Usage::of_one(&format!("/proc/{pid}"))?;
             total.cpu_secs += one.cpu_secs;
+            total.kernel_cpu_secs += one.kernel_cpu_secs;
+            total.switches += one.switches;
             total.write_bytes += one.write_bytes;
             total.rss_bytes += one.rss_bytes;
             total.anon_bytes += one.anon_bytes;
@@ -54,6 +63,8 @@ impl Usage {
         let ticks =
             |i: usize| -> anyhow::Result<u64> { Ok(fields.get(i).context("short stat")?.parse()?) };
         let cpu_secs = (ticks(11)? + ticks(12)?) as f64 / USER_HZ;
+        let kernel_cpu_secs = ticks(12)? as f64 / USER_HZ;
+        let switches = thread_switches(dir)?;
         let io = read(&format!("{dir}/io"))?;
         let write_bytes = field(&io, "write_bytes:")?;
         let status = read(&format!("{dir}/status"))?;
@@ -61,6 +72,8 @@ impl Usage {
         let anon_bytes = field(&status, "RssAnon:")? * 1024;
         Ok(Usage {
             cpu_secs,
+            kernel_cpu_secs,
+            switches,
             write_bytes,
             rss_bytes,
             anon_bytes,
@@ -71,6 +84,9 @@ impl Usage {
     pub fn since(&self, earlier: &Usage) -> Usage {
         Usage {
             cpu_secs: self.cpu_secs - earlier.cpu_secs,
+            kernel_cpu_secs: self.kernel_cpu_secs - earlier.kernel_cpu_secs,
+            // A thread that exited takes its count along.
+            switches: self.switches.saturating_sub(earlier.switches),
             write_bytes: self.write_bytes.saturating_sub(earlier.write_bytes),
             rss_bytes: self.rss_bytes,
             anon_bytes: self.anon_bytes,
@@ -78,9 +94,53 @@ impl Usage {
     }
 }
 
-/// The whole machine's CPU time from `/proc/stat`: (busy, total) seconds
-/// summed over every core.
-pub fn machine_cpu() -> anyhow::Result<(f64, f64)> {
+/// The switches of every thread of a process: a process's own `status`
+/// counts only its first thread's.
+fn thread_switches(dir: &str) -> anyhow::Result<u64> {
+    let tasks =
+        std::fs::read_dir(format!("{dir}/task")).with_context(|| format!("listing {dir}/task"))?;
+    let mut total = 0;
+    for task in tasks.flatten() {
+        // A thread may exit between the listing and the read.
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        total += field(&status, "voluntary_ctxt_switches:")?
+            + field(&status, "nonvoluntary_ctxt_switches:")?;
+    }
+    Ok(total)
+}
+
+/// The whole machine's CPU time from `/proc/stat`, summed over every core.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct MachineCpu {
+    /// Seconds not idle, stolen ones included.
+    pub busy: f64,
+    pub total: f64,
+    /// Seconds the hypervisor gave a core of this VM to something else.
+    pub steal: f64,
+}
+
+impl MachineCpu {
+    pub fn since(&self, earlier: &MachineCpu) -> MachineCpu {
+        MachineCpu {
+            busy: self.busy - earlier.busy,
+            total: self.total - earlier.total,
+            steal: self.steal - earlier.steal,
+        }
+    }
+
+    /// `part` as a share of the total time.
+    pub fn share(&self, part: f64) -> f64 {
+        if self.total > 0.0 {
+            part / self.total
+        } else {
+            0.0
+        }
+    }
+}
+
+pub fn machine_cpu() -> anyhow::Result<MachineCpu> {
     let stat = read("/proc/stat")?;
     let line = stat.lines().next().context("empty /proc/stat")?;
     let ticks: Vec<u64> = line
@@ -90,8 +150,13 @@ pub fn machine_cpu() -> anyhow::Result<(f64, f64)> {
         .collect::<Result<_, _>>()?;
     // user nice system idle iowait irq softirq steal (guest is in user).
     let total: u64 = ticks.iter().take(8).sum();
-    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
-    Ok(((total - idle) as f64 / USER_HZ, total as f64 / USER_HZ))
+    let at = |i: usize| ticks.get(i).copied().unwrap_or(0);
+    let idle = at(3) + at(4);
+    Ok(MachineCpu {
+        busy: (total - idle) as f64 / USER_HZ,
+        total: total as f64 / USER_HZ,
+        steal: at(7) as f64 / USER_HZ,
+    })
 }
 
 /// The 1-, 5- and 15-minute load averages.
@@ -161,9 +226,29 @@ mod tests {
         let usage = Usage::of_self().unwrap();
         assert!(usage.rss_bytes > 0);
         assert!(usage.anon_bytes > 0 && usage.anon_bytes < usage.rss_bytes);
-        let (busy, total) = machine_cpu().unwrap();
-        assert!(busy > 0.0 && total >= busy);
+        assert!(usage.kernel_cpu_secs >= 0.0 && usage.kernel_cpu_secs <= usage.cpu_secs);
+        let machine = machine_cpu().unwrap();
+        assert!(machine.busy > 0.0 && machine.total >= machine.busy);
+        assert!(machine.steal >= 0.0 && machine.steal <= machine.busy);
         assert!(load_average().unwrap()[0] >= 0.0);
+    }
+
+    /// Every thread's switches count: a thread that only sleeps adds its own.
+    #[test]
+    fn counts_the_switches_of_every_thread() {
+        let before = Usage::of_self().unwrap().switches;
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let sleeper = std::thread::spawn(move || {
+            for _ in 0..20 {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            let _ = stopped.recv();
+        });
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let during = Usage::of_self().unwrap().switches;
+        drop(stop);
+        sleeper.join().unwrap();
+        assert!(during >= before + 20, "{before} → {during}");
     }
 
     #[test]

@@ -26,12 +26,18 @@ pub struct Run {
     pub ops_per_sec: f64,
     /// CPU time of the three servers together per completed operation.
     pub server_cpu_us_per_op: f64,
+    /// The kernel's share of that CPU time.
+    pub server_kernel_share: f64,
+    /// Thread switches in the three servers together per operation.
+    pub server_switches_per_op: f64,
     /// Bytes the three servers together wrote to disk per operation.
     pub disk_bytes_per_op: f64,
     /// The load generator's own CPU per operation.
     pub client_cpu_us_per_op: f64,
     /// The share of all cores busy during the window (anything's load).
     pub machine_busy: f64,
+    /// The share of all cores' time the hypervisor gave elsewhere.
+    pub machine_steal: f64,
     /// The three servers' resident memory when the window closed.
     pub rss_after_bytes: u64,
     /// 1-, 5- and 15-minute load averages before and after the run.
@@ -53,7 +59,6 @@ impl Run {
         leader_changes: u64,
     ) -> Run {
         let ops = outcome.ops.max(1) as f64;
-        let (busy, total) = used.machine;
         Run {
             side,
             rep,
@@ -62,9 +67,16 @@ impl Run {
             in_flight: workload.in_flight,
             ops_per_sec: outcome.ops_per_sec(),
             server_cpu_us_per_op: used.servers.cpu_secs * 1e6 / ops,
+            server_kernel_share: if used.servers.cpu_secs > 0.0 {
+                used.servers.kernel_cpu_secs / used.servers.cpu_secs
+            } else {
+                0.0
+            },
+            server_switches_per_op: used.servers.switches as f64 / ops,
             disk_bytes_per_op: used.servers.write_bytes as f64 / ops,
             client_cpu_us_per_op: used.client.cpu_secs * 1e6 / ops,
-            machine_busy: if total > 0.0 { busy / total } else { 0.0 },
+            machine_busy: used.machine.share(used.machine.busy),
+            machine_steal: used.machine.share(used.machine.steal),
             rss_after_bytes: used.servers.rss_bytes,
             load_start,
             load_end,
@@ -499,10 +511,11 @@ impl Report {
         }
 
         md.push_str(
-            "\nEvery workload per operation (servers' CPU, their disk writes, the load \
-             generator's CPU) and the machine's busy share:\n\n\
-             | workload | server CPU µs/op etcd / raftset | disk B/op etcd / raftset | load generator CPU µs/op etcd / raftset | cores busy etcd / raftset |\n\
-             |---|---|---|---|---|\n",
+            "\nEvery workload per operation (servers' CPU, the kernel's share of it, their \
+             thread switches and disk writes, the load generator's CPU) and the machine's busy \
+             and stolen shares:\n\n\
+             | workload | server CPU µs/op etcd / raftset | of it in the kernel | thread switches/op | disk B/op etcd / raftset | load generator CPU µs/op etcd / raftset | cores busy etcd / raftset | stolen |\n\
+             |---|---|---|---|---|---|---|---|\n",
         );
         for w in WORKLOADS {
             let pair = |f: fn(&Run) -> f64, show: fn(f64) -> String| {
@@ -514,12 +527,15 @@ impl Report {
             };
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
                 w.name,
                 pair(|r| r.server_cpu_us_per_op, |v| format!("{v:.0}")),
+                pair(|r| r.server_kernel_share, percent),
+                pair(|r| r.server_switches_per_op, |v| format!("{v:.1}")),
                 pair(|r| r.disk_bytes_per_op, |v| format!("{v:.0}")),
                 pair(|r| r.client_cpu_us_per_op, |v| format!("{v:.0}")),
-                pair(|r| r.machine_busy, |v| format!("{:.0}%", v * 100.0)),
+                pair(|r| r.machine_busy, percent),
+                pair(|r| r.machine_steal, percent),
             );
         }
     }
@@ -822,6 +838,10 @@ fn median(mut values: Vec<f64>) -> f64 {
         n if n % 2 == 1 => values[n / 2],
         n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
     }
+}
+
+fn percent(share: f64) -> String {
+    format!("{:.0}%", share * 100.0)
 }
 
 fn yes_no(met: bool) -> &'static str {
