@@ -4,7 +4,8 @@
 //!
 //! Owns: the accepting side of the gRPC listeners ([`incoming`]: Nagle off,
 //! a cap on open connections, a TLS handshake where the port speaks TLS,
-//! with the certificate the caller presented); reading a CA, a certificate
+//! with the certificate the caller presented, and their writes gathered
+//! into fewer syscalls, see [`gather`]); reading a CA, a certificate
 //! and a key from a directory (a mounted Secret) and reading them again
 //! when they change, so a rotated Secret is used without a restart; the
 //! connecting side (a connector for tonic channels); and the one identity
@@ -20,6 +21,7 @@
 //! open keep the certificate they were made with.
 
 pub mod client;
+mod gather;
 pub mod issue;
 
 use std::io;
@@ -316,6 +318,8 @@ pub struct ConnInfo {
 /// listener's connection cap until it closes.
 pub struct Connection {
     io: Io,
+    /// What this end writes, gathered into fewer syscalls.
+    gather: gather::Gather,
     conn: ConnInfo,
     _slot: tokio::sync::OwnedSemaphorePermit,
 }
@@ -361,6 +365,7 @@ pub fn incoming(
             let Some(tls) = tls.clone() else {
                 let stream = Connection {
                     io: Io::Plain(tcp),
+                    gather: Default::default(),
                     conn: ConnInfo {
                         remote: Some(remote),
                         certificate: None,
@@ -385,6 +390,7 @@ pub fn incoming(
                     .map(|c| c.clone().into_owned());
                 let stream = Connection {
                     io: Io::Tls(Box::new(stream)),
+                    gather: Default::default(),
                     conn: ConnInfo {
                         remote: Some(remote),
                         certificate,
@@ -425,7 +431,41 @@ impl AsyncWrite for Connection {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().io {
+        let this = self.get_mut();
+        (this.gather).poll_write_vectored(&mut this.io, cx, &[io::IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.gather.poll_write_vectored(&mut this.io, cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.gather.poll_flush(&mut this.io, cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.gather.poll_shutdown(&mut this.io, cx)
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
@@ -436,28 +476,28 @@ impl AsyncWrite for Connection {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().io {
+        match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
-        match &self.io {
+        match self {
             Io::Plain(s) => s.is_write_vectored(),
             Io::Tls(s) => s.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().io {
+        match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_flush(cx),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().io {
+        match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
