@@ -6,7 +6,7 @@
 //! own: under load, one `writev` per response. On loopback every write runs
 //! the whole TCP path and wakes the reader, and that was the largest part
 //! of a read's CPU (a serializable get cost the servers 32 µs, 44% of it in
-//! the kernel, against etcd's 7%; 1.2 `writev`s per get, `perf trace -s`).
+//! the kernel, against etcd's 7%; 1.3 `writev`s per get, `perf stat`).
 //! So a flush with bytes pending is put off once: the connection's task
 //! yields (tokio runs it again after the tasks already waiting, the calls
 //! finishing their responses among them) and the next flush writes
