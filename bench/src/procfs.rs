@@ -132,11 +132,16 @@ impl MachineCpu {
 
     /// `part` as a share of the total time.
     pub fn share(&self, part: f64) -> f64 {
-        if self.total > 0.0 {
-            part / self.total
-        } else {
-            0.0
-        }
+        share(part, self.total)
+    }
+}
+
+/// `part / whole`, and 0 when nothing was counted at all.
+pub fn share(part: f64, whole: f64) -> f64 {
+    if whole > 0.0 {
+        part / whole
+    } else {
+        0.0
     }
 }
 

@@ -10,6 +10,7 @@ use anyhow::Context;
 
 use crate::driver::{Op, Outcome};
 use crate::failover::{self, Observed, IN_FLIGHT};
+use crate::procfs;
 use crate::servers::{Binaries, Side, ELECTION_TIMEOUT_MS};
 use crate::{Counters, Plan, Workload, FRESH_KEYS, SNAPSHOTS_AFTER, WORKLOADS};
 
@@ -67,11 +68,7 @@ impl Run {
             in_flight: workload.in_flight,
             ops_per_sec: outcome.ops_per_sec(),
             server_cpu_us_per_op: used.servers.cpu_secs * 1e6 / ops,
-            server_kernel_share: if used.servers.cpu_secs > 0.0 {
-                used.servers.kernel_cpu_secs / used.servers.cpu_secs
-            } else {
-                0.0
-            },
+            server_kernel_share: procfs::share(used.servers.kernel_cpu_secs, used.servers.cpu_secs),
             server_switches_per_op: used.servers.switches as f64 / ops,
             disk_bytes_per_op: used.servers.write_bytes as f64 / ops,
             client_cpu_us_per_op: used.client.cpu_secs * 1e6 / ops,

@@ -432,7 +432,8 @@ impl AsyncWrite for Connection {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        (this.gather).poll_write_vectored(&mut this.io, cx, &[io::IoSlice::new(buf)])
+        this.gather
+            .poll_write_vectored(&mut this.io, cx, &[io::IoSlice::new(buf)])
     }
 
     fn poll_write_vectored(

@@ -159,7 +159,7 @@ impl StateMachine {
         // openraft re-applies what the log still holds after it; once the log
         // is purged past the state, those writes are lost, so say so.
         let purged = purges.purged().map_err(|source| StoreError::Io {
-            path: shared.path.join(super::WAL_DIR),
+            path: shared.meta.dir.clone(),
             source,
         })?;
         let index = |id: Option<LogId>| id.map_or(0, |id| id.index);
