@@ -21,6 +21,7 @@ use crate::proto::admin_client::AdminClient;
 use crate::proto::compare_and_swap_request::{Expected, New};
 use crate::proto::kv_client::KvClient;
 use crate::tls::client::ClientTls;
+use crate::tls::Dial;
 use crate::types::KeyValue;
 
 /// How long a call may take unless the client is told otherwise.
@@ -104,22 +105,8 @@ impl Client {
             .map_err(connect_error)?
             .connect_timeout(Duration::from_secs(3))
             .tcp_nodelay(true);
-        let channel = match tls {
-            None => endpoint_config.connect().await,
-            Some(tls) => {
-                let tls = tls.clone();
-                let connector = tower::service_fn(move |uri: tonic::codegen::http::Uri| {
-                    let tls = tls.clone();
-                    async move {
-                        let host = uri.host().unwrap_or_default();
-                        let host = host.trim_start_matches('[').trim_end_matches(']');
-                        tls.connect(host, uri.port_u16().unwrap_or(443)).await
-                    }
-                });
-                endpoint_config.connect_with_connector(connector).await
-            }
-        }
-        .map_err(connect_error)?;
+        let dial = tls.map_or(Dial::Plain, |tls| Dial::Client(tls.clone()));
+        let channel = dial.channel(endpoint_config).await.map_err(connect_error)?;
         Ok(Client {
             kv: KvClient::new(channel.clone())
                 .max_decoding_message_size(MAX_CLIENT_RESPONSE)

@@ -39,15 +39,25 @@ impl Store for Raftset {
     }
 }
 
-/// etcd through `etcd-client`, one connection per member.
+/// etcd through `etcd-client`, one connection per member. The connection
+/// is made as raftset's client makes its own (Nagle off, writes gathered),
+/// so the two clients differ only in their requests.
 #[derive(Clone)]
 pub struct Etcd(pub KvClient);
 
 impl Etcd {
     pub async fn connect(endpoint: &str) -> anyhow::Result<Etcd> {
-        let client = etcd_client::Client::connect([format!("http://{endpoint}")], None)
+        let connecting = || format!("connecting to etcd at {endpoint}");
+        let uri = tonic::transport::Endpoint::from_shared(format!("http://{endpoint}"))
+            .with_context(connecting)?
+            .connect_timeout(std::time::Duration::from_secs(3));
+        let channel = raftset::tls::Dial::Plain
+            .channel(uri)
             .await
-            .with_context(|| format!("connecting to etcd at {endpoint}"))?;
+            .with_context(connecting)?;
+        let client = etcd_client::Client::from_channel(etcd_client::Channel::Tonic(channel), None)
+            .await
+            .with_context(connecting)?;
         Ok(Etcd(client.kv_client()))
     }
 }

@@ -29,7 +29,7 @@ use crate::limits::MAX_PEER_MESSAGE;
 use crate::metrics::PeerMetrics;
 use crate::proto::raft_peer_client::RaftPeerClient;
 use crate::proto::PeerMessage;
-use crate::tls::PeerTls;
+use crate::tls::{Dial, PeerTls};
 use crate::types::{ClusterId, Member, NodeId, TypeConfig};
 
 /// How long a peer connection attempt may take before the peer counts as
@@ -42,7 +42,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct PeerClients {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     cluster_id: ClusterId,
-    tls: Option<PeerTls>,
+    /// How connections to the peers are made.
+    dial: Dial,
 }
 
 impl PeerClients {
@@ -50,7 +51,7 @@ impl PeerClients {
         PeerClients {
             channels: Arc::default(),
             cluster_id,
-            tls,
+            dial: tls.map_or(Dial::Plain, Dial::Peer),
         }
     }
 
@@ -70,10 +71,7 @@ impl PeerClients {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5));
-        let channel = match &self.tls {
-            None => endpoint.connect_lazy(),
-            Some(tls) => tls.connect_lazy(endpoint),
-        };
+        let channel = self.dial.lazy_channel(endpoint);
         channels.insert(addr.to_string(), channel.clone());
         Ok(channel)
     }

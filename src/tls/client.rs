@@ -6,7 +6,6 @@
 //! Unlike the peer port, clients may speak TLS 1.2 as well as 1.3: the
 //! callers are whatever gRPC tools and libraries users have.
 
-use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -14,8 +13,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, ServerConfig};
 
 use super::{
-    read_identity, read_roots, Acceptor, PeerClientStream, TlsError, CA_FILE, SHARED_CERT_FILE,
-    SHARED_KEY_FILE,
+    read_identity, read_roots, Acceptor, TlsError, CA_FILE, SHARED_CERT_FILE, SHARED_KEY_FILE,
 };
 use crate::reload::Reloading;
 
@@ -152,9 +150,8 @@ impl ClientTls {
         })
     }
 
-    /// Connects to `host:port`, checking that the node's certificate names
-    /// `host`.
-    pub async fn connect(&self, host: &str, port: u16) -> io::Result<PeerClientStream> {
-        super::connect_tls(self.config.clone(), host, port).await
+    /// The configuration each connection is made with ([`super::Dial`]).
+    pub(super) fn config(&self) -> Arc<ClientConfig> {
+        self.config.clone()
     }
 }

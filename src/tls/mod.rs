@@ -1,6 +1,6 @@
 //! TLS with rustls: mutual TLS on the peer port (TLS 1.3 only), TLS on
-//! the client gRPC port ([`client`]), and the accepted connections of
-//! every gRPC listener.
+//! the client gRPC port ([`client`]), and every gRPC connection, accepted
+//! or made.
 //!
 //! Owns: the accepting side of the gRPC listeners ([`incoming`]: Nagle off,
 //! a cap on open connections, a TLS handshake where the port speaks TLS,
@@ -8,8 +8,10 @@
 //! into fewer syscalls, see [`gather`]); reading a CA, a certificate
 //! and a key from a directory (a mounted Secret) and reading them again
 //! when they change, so a rotated Secret is used without a restart; the
-//! connecting side (a connector for tonic channels); and the one identity
-//! question the services ask, whether a certificate names a host.
+//! connecting side ([`Dial`]: the channels to peers and to client ports,
+//! Nagle off and writes gathered there too, over TLS where asked); and
+//! the one identity question the services ask, whether a certificate
+//! names a host.
 //! [`issue`] makes a CA and certificates for `raftset certs`, `raftset
 //! local --tls` and the tests.
 //!
@@ -42,6 +44,8 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
+use tonic::codegen::http::Uri;
+use tonic::transport::{Channel, Endpoint};
 
 use crate::reload::Reloading;
 
@@ -213,12 +217,6 @@ impl PeerTls {
         })
     }
 
-    /// Connects to `host:port` over TLS, checking that the peer's
-    /// certificate names `host` and presenting this node's own.
-    pub async fn connect(&self, host: &str, port: u16) -> io::Result<PeerClientStream> {
-        connect_tls(self.configs.get().client.clone(), host, port).await
-    }
-
     /// The handshake of the peer port's connections.
     pub fn acceptor(&self) -> Acceptor {
         let tls = self.clone();
@@ -231,22 +229,6 @@ impl PeerTls {
 
 /// Connects to `host:port` over TLS with `config`, checking that the
 /// server's certificate names `host`.
-async fn connect_tls(
-    config: Arc<ClientConfig>,
-    host: &str,
-    port: u16,
-) -> io::Result<PeerClientStream> {
-    let name = ServerName::try_from(host.to_string())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let tcp = TcpStream::connect((host, port)).await?;
-    tcp.set_nodelay(true)?;
-    let connector = TlsConnector::from(config);
-    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, tcp))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
-    Ok(hyper_util::rt::TokioIo::new(tls))
-}
-
 /// The server side of a listener's TLS handshakes: the configuration as
 /// the files are now, for each new connection.
 #[derive(Clone)]
@@ -280,29 +262,86 @@ impl Acceptor {
     }
 }
 
-impl PeerTls {
-    /// A channel to `endpoint` over mutual TLS, connected when first used
-    /// and again after a failure, each time with the files as they are
-    /// then. The peer's certificate must name the host dialled, so the
-    /// address taken from the membership is the peer's own.
-    pub fn connect_lazy(&self, endpoint: tonic::transport::Endpoint) -> tonic::transport::Channel {
-        let tls = self.clone();
-        endpoint.connect_with_connector_lazy(tower::service_fn(
-            move |uri: tonic::codegen::http::Uri| {
-                let tls = tls.clone();
-                async move {
-                    let host = uri.host().unwrap_or_default();
-                    let host = host.trim_start_matches('[').trim_end_matches(']');
-                    let port = uri.port_u16().unwrap_or(80);
-                    tls.connect(host, port).await
-                }
-            },
-        ))
+/// How this end secures the gRPC connections it makes: a peer's, a
+/// client's. Every connection it makes has Nagle off and its writes
+/// gathered ([`gather`]).
+#[derive(Clone)]
+pub enum Dial {
+    /// Plaintext: a peer port under `--insecure-peers`, a client port
+    /// without TLS.
+    Plain,
+    /// Mutual TLS to a peer port, with the files as they are at each
+    /// connection.
+    Peer(PeerTls),
+    /// TLS to a client port that speaks it.
+    Client(client::ClientTls),
+}
+
+impl Dial {
+    /// Connects to `host:port`; over TLS, the certificate presented must
+    /// name `host`.
+    pub async fn connect(&self, host: &str, port: u16) -> io::Result<ClientStream> {
+        let config = match self {
+            Dial::Plain => None,
+            Dial::Peer(tls) => Some(tls.configs.get().client.clone()),
+            Dial::Client(tls) => Some(tls.config()),
+        };
+        let tcp = TcpStream::connect((host, port)).await?;
+        tcp.set_nodelay(true)?;
+        let io = match config {
+            None => Io::Plain(tcp),
+            Some(config) => {
+                let name = ServerName::try_from(host.to_string())
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+                let handshake = TlsConnector::from(config).connect(name, tcp);
+                let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+                    .await
+                    .map_err(|_| {
+                        io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
+                    })??;
+                Io::Tls(Box::new(tls.into()))
+            }
+        };
+        Ok(hyper_util::rt::TokioIo::new(gather::Gathered::new(io)))
+    }
+
+    /// A channel to `endpoint`, connected when first used and again after
+    /// a failure. The address dialled is the URI's host: taken from the
+    /// membership, it is the peer's own, which its certificate must name.
+    pub fn lazy_channel(&self, endpoint: Endpoint) -> Channel {
+        endpoint.connect_with_connector_lazy(self.connector())
+    }
+
+    /// A channel to `endpoint`, connected now.
+    pub async fn channel(&self, endpoint: Endpoint) -> Result<Channel, tonic::transport::Error> {
+        endpoint.connect_with_connector(self.connector()).await
+    }
+
+    fn connector(
+        &self,
+    ) -> impl tower::Service<
+        Uri,
+        Response = ClientStream,
+        Error = io::Error,
+        Future = impl std::future::Future<Output = io::Result<ClientStream>> + Send,
+    > + Clone
+           + Send
+           + 'static {
+        let dial = self.clone();
+        tower::service_fn(move |uri: Uri| {
+            let dial = dial.clone();
+            async move {
+                let host = uri.host().unwrap_or_default();
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                let port = uri.port_u16().unwrap_or(80);
+                dial.connect(host, port).await
+            }
+        })
     }
 }
 
-/// A connection made to a peer, as tonic's connector hands it to hyper.
-pub type PeerClientStream = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+/// A connection this end made, as tonic's connector hands it to hyper.
+pub type ClientStream = hyper_util::rt::TokioIo<gather::Gathered<Io>>;
 
 /// What an accepted connection proved about its other end: tonic puts it
 /// in every request's extensions.
@@ -317,16 +356,15 @@ pub struct ConnInfo {
 /// An accepted connection, plaintext or TLS, holding its place under the
 /// listener's connection cap until it closes.
 pub struct Connection {
-    io: Io,
-    /// What this end writes, gathered into fewer syscalls.
-    gather: gather::Gather,
+    io: gather::Gathered<Io>,
     conn: ConnInfo,
     _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
-enum Io {
+/// A connection's stream, either way round.
+pub enum Io {
     Plain(TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    Tls(Box<tokio_rustls::TlsStream<TcpStream>>),
 }
 
 /// The accepted connections of a gRPC listener until `stop`, Nagle off,
@@ -364,8 +402,7 @@ pub fn incoming(
             let _ = tcp.set_nodelay(true);
             let Some(tls) = tls.clone() else {
                 let stream = Connection {
-                    io: Io::Plain(tcp),
-                    gather: Default::default(),
+                    io: gather::Gathered::new(Io::Plain(tcp)),
                     conn: ConnInfo {
                         remote: Some(remote),
                         certificate: None,
@@ -389,8 +426,7 @@ pub fn incoming(
                     .and_then(|chain| chain.first())
                     .map(|c| c.clone().into_owned());
                 let stream = Connection {
-                    io: Io::Tls(Box::new(stream)),
-                    gather: Default::default(),
+                    io: gather::Gathered::new(Io::Tls(Box::new(stream.into()))),
                     conn: ConnInfo {
                         remote: Some(remote),
                         certificate,
@@ -418,10 +454,7 @@ impl AsyncRead for Connection {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().io {
-            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
     }
 }
 
@@ -431,9 +464,7 @@ impl AsyncWrite for Connection {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        this.gather
-            .poll_write_vectored(&mut this.io, cx, &[io::IoSlice::new(buf)])
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -441,22 +472,32 @@ impl AsyncWrite for Connection {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        this.gather.poll_write_vectored(&mut this.io, cx, bufs)
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        true
+        self.io.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        this.gather.poll_flush(&mut this.io, cx)
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        this.gather.poll_shutdown(&mut this.io, cx)
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
     }
 }
 
@@ -584,6 +625,28 @@ mod tests {
         assert!(!caller.is_at("127.0.0.3:7001"));
         assert!(!caller.is("raftset-1.raftset-peers"));
         assert!(Caller::Unchecked.is("anything"));
+    }
+
+    /// A connection this end makes holds its first flush back, as an
+    /// accepted one does: requests sent meanwhile leave with it.
+    #[tokio::test]
+    async fn a_connection_made_gathers_its_writes() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (made, accepted) =
+            tokio::join!(Dial::Plain.connect("127.0.0.1", port), listener.accept());
+        let mut made = made.unwrap().into_inner();
+        let (mut accepted, _) = accepted.unwrap();
+        made.write_all(b"first").await.unwrap();
+        let flushed = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut made).poll_flush(cx)));
+        assert!(flushed.await.is_pending(), "the first flush is put off");
+        made.write_all(b" second").await.unwrap();
+        made.flush().await.unwrap();
+        let mut received = [0; 12];
+        accepted.read_exact(&mut received).await.unwrap();
+        assert_eq!(&received, b"first second");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use raftset::proto::cluster_peer_client::ClusterPeerClient;
 use raftset::proto::raft_peer_client::RaftPeerClient;
 use raftset::proto::{ClusterInfoRequest, JoinRequest, PeerMessage};
 use raftset::tls::issue::Authority;
-use raftset::tls::PeerTls;
+use raftset::tls::{Dial, PeerTls};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::support::{Cluster, Harness};
@@ -50,7 +50,7 @@ fn channel_as(cluster: &Cluster, ca: &Authority, name: &str, ip: &str, i: usize)
     Cluster::certify(ca, &dir, name, ip);
     let tls = PeerTls::load(&dir, name).expect("the impostor's certificate");
     let endpoint = Endpoint::from_shared(format!("http://{}", cluster.nodes[i].peer())).unwrap();
-    tls.connect_lazy(endpoint)
+    Dial::Peer(tls).lazy_channel(endpoint)
 }
 
 fn envelope<T: serde::Serialize>(cluster_id: &str, target: u64, payload: &T) -> PeerMessage {
