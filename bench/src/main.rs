@@ -1,6 +1,7 @@
 //! `raftset-bench`: raftset beside etcd on one machine, three members each
 //! on loopback, driven by one closed-loop load generator (`driver.rs`)
-//! through each store's own tonic client (`stores.rs`). `bench/run` installs
+//! through each store's own tonic client, on connections made alike
+//! (`stores.rs`). `bench/run` installs
 //! etcd, builds both binaries, runs this and plots what it wrote.
 //!
 //! Modes: the headline workloads (the default), `--quick` (the test suite's

@@ -324,8 +324,9 @@ impl Report {
              timeout 1 s. One side runs at a time, on fresh clusters, alternating etcd and \
              raftset; {} repetition(s) each.\n\
              - Closed loop, one load generator (`bench/src/driver.rs`) over each side's own \
-             tonic client, one connection per member, workers spread over them (2/3 of the \
-             requests land on followers). 16 B keys over {} keys, written once before the \
+             tonic client, on connections made the same way for both (raftset's `tls::Dial`: \
+             Nagle off, writes gathered), one connection per member, workers spread over them \
+             (2/3 of the requests land on followers). 16 B keys over {} keys, written once before the \
              workloads; {} B values; {} s measured per workload after {} s of warm-up.\n\
              - CPU and disk per operation: the three servers' utime + stime and `write_bytes` \
              from `/proc/<pid>/stat` and `/proc/<pid>/io` over the measured window, divided by \
