@@ -286,7 +286,11 @@ impl Dial {
             Dial::Peer(tls) => Some(tls.configs.get().client.clone()),
             Dial::Client(tls) => Some(tls.config()),
         };
-        let tcp = TcpStream::connect((host, port)).await?;
+        // Said as hyper's own connector says it, so a refused connection
+        // reads the same whichever connector made it.
+        let tcp = TcpStream::connect((host, port))
+            .await
+            .map_err(|e| io::Error::new(e.kind(), format!("tcp connect error: {e}")))?;
         tcp.set_nodelay(true)?;
         let io = match config {
             None => Io::Plain(tcp),
