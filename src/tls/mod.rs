@@ -337,11 +337,20 @@ impl Dial {
             async move {
                 let host = uri.host().unwrap_or_default();
                 let host = host.trim_start_matches('[').trim_end_matches(']');
-                let port = uri.port_u16().unwrap_or(80);
-                dial.connect(host, port).await
+                dial.connect(host, port_of(&uri)).await
             }
         })
     }
+}
+
+/// The port a URI names, or its scheme's: a client given `https://host`
+/// dials 443, as it did before the connectors became one.
+fn port_of(uri: &Uri) -> u16 {
+    let default = match uri.scheme_str() {
+        Some("https") => 443,
+        _ => 80,
+    };
+    uri.port_u16().unwrap_or(default)
 }
 
 /// A connection this end made, as tonic's connector hands it to hyper.
@@ -651,6 +660,14 @@ mod tests {
         let mut received = [0; 12];
         accepted.read_exact(&mut received).await.unwrap();
         assert_eq!(&received, b"first second");
+    }
+
+    #[test]
+    fn a_uri_without_a_port_dials_its_schemes() {
+        let port = |uri: &str| port_of(&uri.parse().unwrap());
+        assert_eq!(port("https://node.example"), 443);
+        assert_eq!(port("http://node.example"), 80);
+        assert_eq!(port("https://node.example:7000"), 7000);
     }
 
     #[test]
