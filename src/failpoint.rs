@@ -1,8 +1,9 @@
 //! Named points where a test build kills its own process, so a test can
 //! show that a crash at exactly that moment leaves a node that starts and
 //! catches up; stalls one thread, so a test can show what goes on while a
-//! slow step is under way; or fails a storage step with an I/O error, as a
-//! failing disk would. Compiled in only with the `failpoints` feature (the
+//! slow step is under way; fails a storage step with an I/O error, as a
+//! failing disk would; or leaves a step unanswered, as a peer that never
+//! replies would. Compiled in only with the `failpoints` feature (the
 //! binary the process tests run); in the shipped binary a point is nothing
 //! at all.
 //!
@@ -10,7 +11,7 @@
 //! the `fail` crate's syntax: `FAILPOINTS=snapshot-install-copied=return`,
 //! `FAILPOINTS=snapshot-write=return(10000)` (a stall of 10 s). Owns
 //! nothing else and never decides anything: it only ends the process,
-//! waits, or fails the step.
+//! waits, fails the step, or tells the step to wait for good.
 
 /// Ends the process with SIGKILL when the point `name` is armed: no
 /// destructor runs and sled flushes nothing more, as when the kernel kills
@@ -48,4 +49,16 @@ pub fn io_error_point(name: &str) -> std::io::Result<()> {
         Err(std::io::Error::other(format!("failpoint {name}")))
     });
     Ok(())
+}
+
+/// Whether the caller's step goes unanswered for good (`name=return`), as
+/// when no peer ever replies to it; the caller then waits forever.
+pub fn unanswered_point(name: &str) -> bool {
+    #[cfg(not(feature = "failpoints"))]
+    let _ = name;
+    fail::fail_point!(name, |_| {
+        tracing::warn!("failpoint {name}: leaving the step unanswered");
+        true
+    });
+    false
 }

@@ -40,6 +40,7 @@ use crate::limits::{
 use crate::proto::{self, PeerMessage};
 use crate::raft::forwarder::{BatchAnswer, ForwardedWrite};
 use crate::raft::network::RaftReply;
+use crate::raft::read_index::{ReadIndexAnswer, ReadIndexAsk, Stamp};
 use crate::store::state_machine::ScanRange;
 use crate::store::{snapshot, Store, StoreOptions};
 use crate::types::{
@@ -223,7 +224,7 @@ fn open_every_payload(ours: &ClusterId, message: &PeerMessage) {
         }
     }
     // ReadIndex.
-    opens::<()>(ours, message);
+    opens::<ReadIndexAsk>(ours, message);
     // ClusterPeer: HoldElection, Digest.
     opens::<(NodeId, u64)>(ours, message);
     opens::<u64>(ours, message);
@@ -232,6 +233,7 @@ fn open_every_payload(ours: &ClusterId, message: &PeerMessage) {
     opens::<RaftReply<VoteResponse<NodeId>>>(ours, message);
     opens::<RaftReply<InstallSnapshotResponse<NodeId>, InstallSnapshotError>>(ours, message);
     opens::<BatchAnswer>(ours, message);
+    opens::<ReadIndexAnswer>(ours, message);
     opens::<Digest>(ours, message);
 }
 
@@ -535,6 +537,10 @@ mod tests {
             snapshot_id: "2-0000abcd".into(),
         };
         let ops = ops();
+        let stamp = Stamp {
+            leader: 0x5eed,
+            round: 12,
+        };
         let payloads = [
             grpc::encode(&AppendEntriesRequest::<TypeConfig> {
                 vote,
@@ -564,6 +570,12 @@ mod tests {
                 timeout_ms: 2_000,
             }]),
             grpc::encode(&(ME, 500u64)),
+            grpc::encode(&ReadIndexAsk {
+                from: ME,
+                vote,
+                seen: Some(stamp),
+            }),
+            grpc::encode(&ReadIndexAnswer { index: 7, stamp }),
             grpc::encode(&RaftReply::<_>::Ok(
                 AppendEntriesResponse::<NodeId>::Success,
             )),

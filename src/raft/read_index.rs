@@ -20,19 +20,149 @@
 //! own term is committed the commit index covers it. Anything less (an
 //! older vote, a pair that is not a quorum, nothing committed in this
 //! term) falls back to the heartbeat round.
+//!
+//! **The same ask confirms the leader's own reads.** The leader's reads
+//! need a quorum's acknowledgement too, given after they began. Each answer
+//! carries a [`Stamp`]: the newest round of the leader's own reads opened
+//! when it left ([`OwnRounds`]). The asker's next ask returns the stamp it
+//! last received, and reads its vote only after. So that vote was read
+//! after every read of those rounds arrived (a round opens once its reads
+//! are in), and an ask that acknowledges the leader, as above, acknowledges
+//! it for those rounds as well: the leader's commit index, read as it
+//! answers, is their read index. While followers ask, the leader's reads
+//! need no heartbeat round of their own; when none asks in time, the round
+//! is a heartbeat round as before. A stamp names the leader's incarnation
+//! besides the round, since a restarted leader counts its rounds from the
+//! start again and an asker may still hold a stamp from before.
 
 use std::collections::BTreeSet;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
 use openraft::{LogId, ServerState, Vote};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use crate::types::{majority_of_each, NodeId};
 
-/// A follower's ReadIndex request: who asks, and its vote as its core held
-/// it after the reads it asks for arrived.
+/// A follower's ReadIndex request: who asks, its vote as its core held it
+/// after the reads it asks for arrived, and the stamp of the last answer it
+/// had received before it read that vote.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ReadIndexAsk {
     pub from: NodeId,
     pub vote: Vote<NodeId>,
+    pub seen: Option<Stamp>,
+}
+
+/// The leader's answer: the index the asker's reads wait for, and the
+/// newest round of the leader's own reads opened before it left.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ReadIndexAnswer {
+    pub index: u64,
+    pub stamp: Stamp,
+}
+
+/// A round of a leader's own reads: which incarnation of the leader (a
+/// random number drawn at start-up) and which of its rounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Stamp {
+    pub leader: u64,
+    pub round: u64,
+}
+
+/// The leader's own read rounds, waiting for an ask to acknowledge them.
+pub struct OwnRounds {
+    incarnation: u64,
+    state: Mutex<Waiting>,
+}
+
+#[derive(Default)]
+struct Waiting {
+    /// The newest round opened.
+    opened: u64,
+    rounds: Vec<(u64, oneshot::Sender<u64>)>,
+    /// When an ask last acknowledged this leader.
+    last_acknowledged: Option<Instant>,
+    /// How many reads a round answered lately, a moving average.
+    reads_per_round: f64,
+}
+
+impl Default for OwnRounds {
+    fn default() -> Self {
+        OwnRounds {
+            incarnation: rand::random(),
+            state: Mutex::default(),
+        }
+    }
+}
+
+impl OwnRounds {
+    fn lock(&self) -> MutexGuard<'_, Waiting> {
+        self.state.lock().expect("own read rounds lock")
+    }
+
+    /// Opens a round for the `reads` that arrived before this call: every
+    /// answer that leaves from now on carries it. The receiver gets the
+    /// read index once an ask acknowledges it.
+    pub fn open(&self, reads: usize) -> (u64, oneshot::Receiver<u64>) {
+        let (acknowledged, wait) = oneshot::channel();
+        let mut state = self.lock();
+        // Over about the last eight rounds.
+        state.reads_per_round += (reads as f64 - state.reads_per_round) / 8.0;
+        state.opened += 1;
+        let round = state.opened;
+        state.rounds.push((round, acknowledged));
+        (round, wait)
+    }
+
+    /// Stops waiting for `round`: a heartbeat round answered it.
+    pub fn close(&self, round: u64) {
+        let mut state = self.lock();
+        state.rounds.retain(|(r, _)| *r != round);
+    }
+
+    /// What an answer leaving now carries.
+    pub fn stamp(&self) -> Stamp {
+        let state = self.lock();
+        Stamp {
+            leader: self.incarnation,
+            round: state.opened,
+        }
+    }
+
+    /// An ask that had seen `seen` acknowledged this leader, whose commit
+    /// index as it checked was `index`: the rounds the stamp covers read
+    /// at `index`.
+    pub fn acknowledged(&self, seen: Option<Stamp>, index: u64) {
+        let mut state = self.lock();
+        state.last_acknowledged = Some(Instant::now());
+        let Some(seen) = seen.filter(|s| s.leader == self.incarnation) else {
+            return;
+        };
+        let (covered, waiting) = std::mem::take(&mut state.rounds)
+            .into_iter()
+            .partition(|(round, _)| *round <= seen.round);
+        state.rounds = waiting;
+        drop(state);
+        for (_, round) in covered {
+            let _ = round.send(index);
+        }
+    }
+
+    /// How many reads a round answered lately: how busy this leader is.
+    pub fn reads_per_round(&self) -> f64 {
+        self.lock().reads_per_round
+    }
+
+    /// Whether an ask acknowledged this leader within `within`: followers
+    /// are asking, so one will likely acknowledge a round opened now soon.
+    pub fn followers_asking(&self, within: Duration) -> bool {
+        let state = self.lock();
+        state
+            .last_acknowledged
+            .is_some_and(|at| at.elapsed() <= within)
+    }
 }
 
 /// This leader's state as its core holds it, at the moment it answers.
@@ -102,7 +232,76 @@ mod tests {
         ReadIndexAsk {
             from: FOLLOWER,
             vote,
+            seen: None,
         }
+    }
+
+    /// A round is answered only by an ask whose stamp came from an answer
+    /// that left after the round opened, from this incarnation.
+    #[tokio::test]
+    async fn a_round_is_acknowledged_only_by_an_ask_that_had_seen_it() {
+        let own = OwnRounds::default();
+        let before = own.stamp();
+        let (round, mut acknowledged) = own.open(1);
+        let after = own.stamp();
+        assert_eq!(after.round, round);
+        assert!(before.round < round);
+
+        // Asks that had seen nothing, or only answers from before the round,
+        // or a stamp of another incarnation of the leader, leave it waiting.
+        own.acknowledged(None, 7);
+        own.acknowledged(Some(before), 7);
+        let restarted = Stamp {
+            leader: after.leader.wrapping_add(1),
+            round: after.round + 10,
+        };
+        own.acknowledged(Some(restarted), 7);
+        assert!(acknowledged.try_recv().is_err());
+
+        // One that had seen an answer from after it answers it, and every
+        // round before.
+        let (later, mut later_acknowledged) = own.open(1);
+        assert!(later > round);
+        own.acknowledged(Some(after), 9);
+        assert_eq!(acknowledged.await, Ok(9));
+        assert!(later_acknowledged.try_recv().is_err());
+        own.acknowledged(Some(own.stamp()), 11);
+        assert_eq!(later_acknowledged.await, Ok(11));
+    }
+
+    #[tokio::test]
+    async fn a_closed_round_is_answered_by_no_ask() {
+        let own = OwnRounds::default();
+        let (round, acknowledged) = own.open(1);
+        own.close(round);
+        own.acknowledged(Some(own.stamp()), 3);
+        assert!(acknowledged.await.is_err());
+    }
+
+    #[test]
+    fn the_reads_per_round_follow_the_recent_rounds() {
+        let own = OwnRounds::default();
+        assert_eq!(own.reads_per_round(), 0.0);
+        for _ in 0..40 {
+            own.open(10);
+        }
+        assert!(own.reads_per_round() > 9.0, "{}", own.reads_per_round());
+        for _ in 0..40 {
+            own.open(1);
+        }
+        assert!(own.reads_per_round() < 2.0, "{}", own.reads_per_round());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn followers_are_asking_only_while_their_asks_keep_coming() {
+        let own = OwnRounds::default();
+        let within = Duration::from_millis(3);
+        assert!(!own.followers_asking(within));
+        // Any acknowledging ask counts, whatever it had seen.
+        own.acknowledged(None, 1);
+        assert!(own.followers_asking(within));
+        tokio::time::advance(Duration::from_millis(4)).await;
+        assert!(!own.followers_asking(within));
     }
 
     #[test]

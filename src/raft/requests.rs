@@ -21,7 +21,7 @@
 //! be acknowledged before.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::error::RaftError;
@@ -35,7 +35,9 @@ use super::forwarder::{Forwarder, ToLeader};
 use super::leader_of;
 use super::network::PeerClients;
 use super::proposer::{ProposeError, Proposer};
-use super::read_index::{acknowledged_index, LeaderState, ReadIndexAsk};
+use super::read_index::{
+    acknowledged_index, LeaderState, OwnRounds, ReadIndexAnswer, ReadIndexAsk, Stamp,
+};
 use super::rounds::Rounds;
 use super::step_down::StepDown;
 use crate::error::{Error, Result};
@@ -54,6 +56,19 @@ const ATTEMPT_TIME: Duration = Duration::from_millis(100);
 /// How long before the caller's deadline a request is answered, at most
 /// (a tenth of the deadline when that is shorter).
 const ANSWER_MARGIN: Duration = Duration::from_millis(200);
+/// How long the leader's own reads wait for a follower's ReadIndex to
+/// acknowledge their round before a heartbeat round does, and how recent
+/// such an ask must be for them to wait at all. Under load the followers'
+/// rounds follow each other within a millisecond or two; a follower that
+/// asks rarely is not waited for.
+const ACKNOWLEDGEMENT_PATIENCE: Duration = Duration::from_millis(3);
+/// The fewest reads the leader's rounds must have answered lately for a
+/// round to wait for a follower's acknowledgement. Rounds of a read or two
+/// are a lightly loaded leader, whose heartbeat rounds are cheap and whose
+/// reads would only wait longer; rounds of many are a leader whose reads
+/// queue for the CPU anyway, and the heartbeat rounds it saves are CPU the
+/// reads get.
+const READS_WORTH_WAITING: f64 = 3.0;
 
 /// The request path's timing and limits.
 #[derive(Debug, Clone)]
@@ -99,6 +114,8 @@ pub struct Requests {
     metrics: ProposalMetrics,
     /// One leadership check for all the reads waiting, while this leads.
     leader_reads: Rounds<Result<u64, Attempt>>,
+    /// The rounds of `leader_reads` that followers' asks may acknowledge.
+    own_rounds: Arc<OwnRounds>,
     /// One ReadIndex to the leader for all the reads waiting, as a follower.
     forwarded_reads: Rounds<Result<u64, Attempt>>,
 }
@@ -133,20 +150,23 @@ impl Requests {
             tasks,
             stop.clone(),
         );
+        let own_rounds = Arc::new(OwnRounds::default());
         let leader_reads = {
             let raft = raft.clone();
+            let own_rounds = own_rounds.clone();
             let timeout = settings.proposal_timeout;
             Rounds::start(
-                move || confirm_leadership(raft.clone(), timeout),
+                move |reads| confirm_leadership(raft.clone(), own_rounds.clone(), reads, timeout),
                 tasks,
                 stop.clone(),
             )
         };
         let forwarded_reads = {
             let raft = raft.clone();
+            let seen = Arc::new(Mutex::new(None));
             let timeout = settings.proposal_timeout;
             Rounds::start(
-                move || ask_the_leader(id, raft.clone(), peers.clone(), timeout),
+                move |_| ask_the_leader(id, raft.clone(), peers.clone(), seen.clone(), timeout),
                 tasks,
                 stop,
             )
@@ -163,6 +183,7 @@ impl Requests {
             step_down: StepDown::default(),
             metrics,
             leader_reads,
+            own_rounds,
             forwarded_reads,
         }
     }
@@ -342,13 +363,16 @@ impl Requests {
 
     /// As the leader, for a follower's round: the index its reads must
     /// wait for, without a heartbeat round when its request acknowledges
-    /// this leader ([`super::read_index`]), else as for a read here.
+    /// this leader ([`super::read_index`]), else as for a read here. An
+    /// acknowledgement answers the rounds of this leader's own reads the
+    /// asker had seen too.
     pub async fn read_index_for(
         &self,
         ask: ReadIndexAsk,
         deadline: Instant,
-    ) -> Result<u64, Attempt> {
+    ) -> Result<ReadIndexAnswer, Attempt> {
         let me = self.id;
+        let seen = ask.seen;
         let acknowledged = self
             .raft
             .with_raft_state(move |state| {
@@ -365,10 +389,17 @@ impl Requests {
                 )
             })
             .await;
-        match acknowledged {
-            Ok(Some(index)) => Ok(index),
-            _ => self.read_index_as_leader(deadline).await,
-        }
+        let index = match acknowledged {
+            Ok(Some(index)) => {
+                self.own_rounds.acknowledged(seen, index);
+                index
+            }
+            _ => self.read_index_as_leader(deadline).await?,
+        };
+        Ok(ReadIndexAnswer {
+            index,
+            stamp: self.own_rounds.stamp(),
+        })
     }
 
     /// While this leader steps down: waits until another node leads or it
@@ -480,9 +511,42 @@ impl Requests {
     }
 }
 
-/// One leadership confirmation: a heartbeat round to a quorum, then the
-/// index reads must wait for (once this leader applied it).
-async fn confirm_leadership(raft: Raft, timeout: Duration) -> Result<u64, Attempt> {
+/// One leadership confirmation for the `reads` waiting on the leader: the
+/// first follower ReadIndex that had seen this round and acknowledges the
+/// leader ([`super::read_index`]), or else a heartbeat round to a quorum.
+/// That round starts at once, unless rounds have answered
+/// [`READS_WORTH_WAITING`] lately and followers asked lately: then only
+/// after [`ACKNOWLEDGEMENT_PATIENCE`]. Returns the index the reads wait
+/// for.
+async fn confirm_leadership(
+    raft: Raft,
+    own_rounds: Arc<OwnRounds>,
+    reads: usize,
+    timeout: Duration,
+) -> Result<u64, Attempt> {
+    let (round, acknowledged) = own_rounds.open(reads);
+    let wait = own_rounds.reads_per_round() >= READS_WORTH_WAITING
+        && own_rounds.followers_asking(ACKNOWLEDGEMENT_PATIENCE);
+    let heartbeat_round = async {
+        if wait {
+            tokio::time::sleep(ACKNOWLEDGEMENT_PATIENCE).await;
+        }
+        heartbeat_round(raft, timeout).await
+    };
+    let answer = tokio::select! {
+        Ok(index) = acknowledged => Ok(index),
+        answer = heartbeat_round => answer,
+    };
+    own_rounds.close(round);
+    answer
+}
+
+/// A heartbeat round to a quorum, then the index reads must wait for (once
+/// this leader applied it).
+async fn heartbeat_round(raft: Raft, timeout: Duration) -> Result<u64, Attempt> {
+    if crate::failpoint::unanswered_point("read-heartbeat-round-unanswered") {
+        std::future::pending::<()>().await;
+    }
     match tokio::time::timeout(timeout, raft.ensure_linearizable()).await {
         Err(_) => Err(Attempt::Fail(Error::NoQuorum {
             millis: timeout.as_millis() as u64,
@@ -498,31 +562,40 @@ async fn confirm_leadership(raft: Raft, timeout: Duration) -> Result<u64, Attemp
 
 /// One ReadIndex request to the leader this node knows when it is sent,
 /// with this node's vote as its core holds it now, after the reads of the
-/// round arrived (the metrics may lag behind a vote just granted): see
+/// round arrived (the metrics may lag behind a vote just granted), and the
+/// stamp of the last answer, `seen`, taken before that vote: see
 /// [`super::read_index`].
 async fn ask_the_leader(
     me: NodeId,
     raft: Raft,
     peers: PeerClients,
+    seen: Arc<Mutex<Option<Stamp>>>,
     timeout: Duration,
 ) -> Result<u64, Attempt> {
     let leader = leader_of(&raft.metrics().borrow());
     match leader {
         Some((id, leader)) if id != me => {
             let deadline = Instant::now() + timeout;
+            let last_stamp = *seen.lock().expect("read stamp lock");
             let vote = raft
                 .with_raft_state(|state| *state.vote_ref())
                 .await
                 .map_err(|e| Attempt::Fail(Error::Raft(e.to_string())))?;
-            let ask = ReadIndexAsk { from: me, vote };
-            forward(
+            let ask = ReadIndexAsk {
+                from: me,
+                vote,
+                seen: last_stamp,
+            };
+            let answer: ReadIndexAnswer = forward(
                 &peers,
                 &leader,
                 &ask,
                 deadline,
                 |mut client, r| async move { client.read_index(r).await },
             )
-            .await
+            .await?;
+            *seen.lock().expect("read stamp lock") = Some(answer.stamp);
+            Ok(answer.index)
         }
         // Leadership moved here or away meanwhile: the caller looks again.
         _ => Err(Attempt::Retry {

@@ -27,10 +27,11 @@ pub struct Rounds<T> {
 
 impl<T: Clone + Send + 'static> Rounds<T> {
     /// Runs rounds of `round` on `tasks`, one at a time, until `stop` or
-    /// until every handle is dropped.
+    /// until every handle is dropped. `round` is told how many callers the
+    /// round answers.
     pub fn start<F, Fut>(round: F, tasks: &TaskTracker, stop: CancellationToken) -> Rounds<T>
     where
-        F: Fn() -> Fut + Send + 'static,
+        F: Fn(usize) -> Fut + Send + 'static,
         Fut: Future<Output = T> + Send,
     {
         let (queue, mut waiting) = mpsc::unbounded_channel::<oneshot::Sender<T>>();
@@ -44,7 +45,7 @@ impl<T: Clone + Send + 'static> Rounds<T> {
                 while let Ok(next) = waiting.try_recv() {
                     callers.push(next);
                 }
-                let answer = round().await;
+                let answer = round(callers.len()).await;
                 for caller in callers {
                     let _ = caller.send(answer.clone());
                 }
@@ -83,7 +84,7 @@ mod tests {
             let arrived = arrived.clone();
             let rounds_run = rounds_run.clone();
             Arc::new(Rounds::start(
-                move || {
+                move |_| {
                     let index = arrived.load(Ordering::SeqCst);
                     rounds_run.fetch_add(1, Ordering::SeqCst);
                     async move {

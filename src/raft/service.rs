@@ -194,11 +194,11 @@ impl RaftPeer for RaftService {
     ) -> Result<Response<PeerMessage>, Status> {
         let deadline = deadline_of(&request, self.requests.proposal_timeout());
         let ask: ReadIndexAsk = self.open_from(request, |ask: &ReadIndexAsk| Some(ask.from))?;
-        let index = self
+        let answer = self
             .requests
             .read_index_for(ask, deadline)
             .await
             .map_err(Error::from)?;
-        Ok(reply(&index))
+        Ok(reply(&answer))
     }
 }

@@ -336,3 +336,52 @@ async fn a_leader_restarted_before_an_election_serves_no_stale_read() {
     let after = cluster.status(leader).await.unwrap();
     assert!(after.term > before.term, "{after:?}");
 }
+
+/// While the followers keep asking for read indexes, their asks confirm
+/// the leader's own linearizable reads: with every heartbeat round for
+/// reads left unanswered, reads through the leader still see the latest
+/// write, and once the followers stop asking they cannot be confirmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_followers_asks_confirm_the_leaders_own_reads() {
+    let mut cluster = Cluster::unstarted(3, &[]);
+    for i in 0..3 {
+        cluster.restart_armed(i, "read-heartbeat-round-unanswered=return");
+    }
+    cluster.wait_for_voters(3).await;
+    for i in 0..3 {
+        cluster.wait_ready(i).await;
+    }
+    let (leader, _) = cluster.wait_for_leader().await;
+    let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let mut through_leader = cluster.client(leader).await;
+    through_leader.put(b"k", b"0").await.unwrap();
+
+    let asking = Arc::new(AtomicBool::new(true));
+    let mut readers = Vec::new();
+    for &follower in &followers {
+        let mut client = cluster.client(follower).await;
+        let asking = asking.clone();
+        readers.push(tokio::spawn(async move {
+            while asking.load(Ordering::SeqCst) {
+                client.get(b"k").await.expect("a read through a follower");
+            }
+        }));
+    }
+    for i in 1..=20 {
+        let value = i.to_string();
+        through_leader.put(b"k", value.as_bytes()).await.unwrap();
+        let read = through_leader.get(b"k").await.unwrap().expect("k is there");
+        assert_eq!(read.value, value.as_bytes(), "read {i} through the leader");
+    }
+
+    asking.store(false, Ordering::SeqCst);
+    for reader in readers {
+        reader.await.unwrap();
+    }
+    // The point is armed: without the followers' asks nothing confirms it.
+    let alone = through_leader
+        .with_timeout(std::time::Duration::from_secs(2))
+        .get(b"k")
+        .await;
+    assert!(alone.is_err(), "{alone:?}");
+}
