@@ -71,6 +71,31 @@ pub struct Stamp {
     pub round: u64,
 }
 
+/// How long the leader's own reads wait for a follower's ReadIndex to
+/// acknowledge their round before a heartbeat round does, and how recent
+/// such an ask must be for them to wait at all. Under load the followers'
+/// rounds follow each other within a millisecond or two; a follower that
+/// asks rarely is not waited for.
+pub const ACKNOWLEDGEMENT_PATIENCE: Duration = Duration::from_millis(3);
+/// The fewest reads the leader's rounds must have answered lately for a
+/// round to wait for a follower's acknowledgement. Rounds of a read or two
+/// are a lightly loaded leader, whose heartbeat rounds are cheap and whose
+/// reads would only wait longer; rounds of many are a leader whose reads
+/// queue for the CPU anyway, and the heartbeat rounds it saves are CPU the
+/// reads get.
+const READS_WORTH_WAITING: f64 = 3.0;
+
+/// A round of the leader's own reads, just opened.
+pub struct OpenRound {
+    pub round: u64,
+    /// The read index, once an ask acknowledged the round.
+    pub acknowledged: oneshot::Receiver<u64>,
+    /// Whether the round should give the followers' asks
+    /// [`ACKNOWLEDGEMENT_PATIENCE`] before its heartbeat round: the leader
+    /// is busy and they are asking.
+    pub worth_waiting: bool,
+}
+
 /// The leader's own read rounds, waiting for an ask to acknowledge them.
 pub struct OwnRounds {
     incarnation: u64,
@@ -103,9 +128,9 @@ impl OwnRounds {
     }
 
     /// Opens a round for the `reads` that arrived before this call: every
-    /// answer that leaves from now on carries it. The receiver gets the
-    /// read index once an ask acknowledges it.
-    pub fn open(&self, reads: usize) -> (u64, oneshot::Receiver<u64>) {
+    /// answer that leaves from now on carries it. The round's receiver gets
+    /// the read index once an ask acknowledges it.
+    pub fn open(&self, reads: usize) -> OpenRound {
         let (acknowledged, wait) = oneshot::channel();
         let mut state = self.lock();
         // Over about the last eight rounds.
@@ -113,7 +138,14 @@ impl OwnRounds {
         state.opened += 1;
         let round = state.opened;
         state.rounds.push((round, acknowledged));
-        (round, wait)
+        let followers_asking = state
+            .last_acknowledged
+            .is_some_and(|at| at.elapsed() <= ACKNOWLEDGEMENT_PATIENCE);
+        OpenRound {
+            round,
+            acknowledged: wait,
+            worth_waiting: followers_asking && state.reads_per_round >= READS_WORTH_WAITING,
+        }
     }
 
     /// Stops waiting for `round`: a heartbeat round answered it.
@@ -124,7 +156,10 @@ impl OwnRounds {
 
     /// What an answer leaving now carries.
     pub fn stamp(&self) -> Stamp {
-        let state = self.lock();
+        self.stamp_of(&self.lock())
+    }
+
+    fn stamp_of(&self, state: &Waiting) -> Stamp {
         Stamp {
             leader: self.incarnation,
             round: state.opened,
@@ -133,12 +168,13 @@ impl OwnRounds {
 
     /// An ask that had seen `seen` acknowledged this leader, whose commit
     /// index as it checked was `index`: the rounds the stamp covers read
-    /// at `index`.
-    pub fn acknowledged(&self, seen: Option<Stamp>, index: u64) {
+    /// at `index`. Returns what the answer to that ask carries.
+    pub fn acknowledged(&self, seen: Option<Stamp>, index: u64) -> Stamp {
         let mut state = self.lock();
         state.last_acknowledged = Some(Instant::now());
+        let stamp = self.stamp_of(&state);
         let Some(seen) = seen.filter(|s| s.leader == self.incarnation) else {
-            return;
+            return stamp;
         };
         let (covered, waiting) = std::mem::take(&mut state.rounds)
             .into_iter()
@@ -148,20 +184,7 @@ impl OwnRounds {
         for (_, round) in covered {
             let _ = round.send(index);
         }
-    }
-
-    /// How many reads a round answered lately: how busy this leader is.
-    pub fn reads_per_round(&self) -> f64 {
-        self.lock().reads_per_round
-    }
-
-    /// Whether an ask acknowledged this leader within `within`: followers
-    /// are asking, so one will likely acknowledge a round opened now soon.
-    pub fn followers_asking(&self, within: Duration) -> bool {
-        let state = self.lock();
-        state
-            .last_acknowledged
-            .is_some_and(|at| at.elapsed() <= within)
+        stamp
     }
 }
 
@@ -242,7 +265,11 @@ mod tests {
     async fn a_round_is_acknowledged_only_by_an_ask_that_had_seen_it() {
         let own = OwnRounds::default();
         let before = own.stamp();
-        let (round, mut acknowledged) = own.open(1);
+        let OpenRound {
+            round,
+            mut acknowledged,
+            ..
+        } = own.open(1);
         let after = own.stamp();
         assert_eq!(after.round, round);
         assert!(before.round < round);
@@ -260,48 +287,52 @@ mod tests {
 
         // One that had seen an answer from after it answers it, and every
         // round before.
-        let (later, mut later_acknowledged) = own.open(1);
-        assert!(later > round);
-        own.acknowledged(Some(after), 9);
+        let later = own.open(1);
+        assert!(later.round > round);
+        let mut later_acknowledged = later.acknowledged;
+        let stamp = own.acknowledged(Some(after), 9);
         assert_eq!(acknowledged.await, Ok(9));
         assert!(later_acknowledged.try_recv().is_err());
-        own.acknowledged(Some(own.stamp()), 11);
+        // The answer to that ask carries the later round.
+        assert_eq!(stamp.round, later.round);
+        own.acknowledged(Some(stamp), 11);
         assert_eq!(later_acknowledged.await, Ok(11));
     }
 
     #[tokio::test]
     async fn a_closed_round_is_answered_by_no_ask() {
         let own = OwnRounds::default();
-        let (round, acknowledged) = own.open(1);
-        own.close(round);
+        let opened = own.open(1);
+        own.close(opened.round);
         own.acknowledged(Some(own.stamp()), 3);
-        assert!(acknowledged.await.is_err());
+        assert!(opened.acknowledged.await.is_err());
     }
 
-    #[test]
-    fn the_reads_per_round_follow_the_recent_rounds() {
+    /// A round is worth waiting for only while the leader's rounds answer
+    /// many reads (an average over the recent ones) and followers ask.
+    #[tokio::test(start_paused = true)]
+    async fn rounds_wait_only_while_busy_and_while_followers_keep_asking() {
         let own = OwnRounds::default();
-        assert_eq!(own.reads_per_round(), 0.0);
         for _ in 0..40 {
-            own.open(10);
+            assert!(!own.open(10).worth_waiting, "no follower asked yet");
         }
-        assert!(own.reads_per_round() > 9.0, "{}", own.reads_per_round());
+        // Any acknowledging ask counts, whatever it had seen.
+        own.acknowledged(None, 1);
+        assert!(own.open(10).worth_waiting);
+        // A few light rounds do not undo a busy average at once...
+        assert!(own.open(1).worth_waiting);
+        // ...but a run of them does.
         for _ in 0..40 {
             own.open(1);
         }
-        assert!(own.reads_per_round() < 2.0, "{}", own.reads_per_round());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn followers_are_asking_only_while_their_asks_keep_coming() {
-        let own = OwnRounds::default();
-        let within = Duration::from_millis(3);
-        assert!(!own.followers_asking(within));
-        // Any acknowledging ask counts, whatever it had seen.
+        assert!(!own.open(1).worth_waiting);
+        for _ in 0..40 {
+            own.open(10);
+        }
         own.acknowledged(None, 1);
-        assert!(own.followers_asking(within));
-        tokio::time::advance(Duration::from_millis(4)).await;
-        assert!(!own.followers_asking(within));
+        assert!(own.open(10).worth_waiting);
+        tokio::time::advance(ACKNOWLEDGEMENT_PATIENCE + Duration::from_millis(1)).await;
+        assert!(!own.open(10).worth_waiting, "the asks stopped");
     }
 
     #[test]

@@ -36,7 +36,8 @@ use super::leader_of;
 use super::network::PeerClients;
 use super::proposer::{ProposeError, Proposer};
 use super::read_index::{
-    acknowledged_index, LeaderState, OwnRounds, ReadIndexAnswer, ReadIndexAsk, Stamp,
+    acknowledged_index, LeaderState, OpenRound, OwnRounds, ReadIndexAnswer, ReadIndexAsk, Stamp,
+    ACKNOWLEDGEMENT_PATIENCE,
 };
 use super::rounds::Rounds;
 use super::step_down::StepDown;
@@ -56,19 +57,6 @@ const ATTEMPT_TIME: Duration = Duration::from_millis(100);
 /// How long before the caller's deadline a request is answered, at most
 /// (a tenth of the deadline when that is shorter).
 const ANSWER_MARGIN: Duration = Duration::from_millis(200);
-/// How long the leader's own reads wait for a follower's ReadIndex to
-/// acknowledge their round before a heartbeat round does, and how recent
-/// such an ask must be for them to wait at all. Under load the followers'
-/// rounds follow each other within a millisecond or two; a follower that
-/// asks rarely is not waited for.
-const ACKNOWLEDGEMENT_PATIENCE: Duration = Duration::from_millis(3);
-/// The fewest reads the leader's rounds must have answered lately for a
-/// round to wait for a follower's acknowledgement. Rounds of a read or two
-/// are a lightly loaded leader, whose heartbeat rounds are cheap and whose
-/// reads would only wait longer; rounds of many are a leader whose reads
-/// queue for the CPU anyway, and the heartbeat rounds it saves are CPU the
-/// reads get.
-const READS_WORTH_WAITING: f64 = 3.0;
 
 /// The request path's timing and limits.
 #[derive(Debug, Clone)]
@@ -389,17 +377,19 @@ impl Requests {
                 )
             })
             .await;
-        let index = match acknowledged {
-            Ok(Some(index)) => {
-                self.own_rounds.acknowledged(seen, index);
-                index
+        match acknowledged {
+            Ok(Some(index)) => Ok(ReadIndexAnswer {
+                index,
+                stamp: self.own_rounds.acknowledged(seen, index),
+            }),
+            _ => {
+                let index = self.read_index_as_leader(deadline).await?;
+                Ok(ReadIndexAnswer {
+                    index,
+                    stamp: self.own_rounds.stamp(),
+                })
             }
-            _ => self.read_index_as_leader(deadline).await?,
-        };
-        Ok(ReadIndexAnswer {
-            index,
-            stamp: self.own_rounds.stamp(),
-        })
+        }
     }
 
     /// While this leader steps down: waits until another node leads or it
@@ -514,21 +504,22 @@ impl Requests {
 /// One leadership confirmation for the `reads` waiting on the leader: the
 /// first follower ReadIndex that had seen this round and acknowledges the
 /// leader ([`super::read_index`]), or else a heartbeat round to a quorum.
-/// That round starts at once, unless rounds have answered
-/// [`READS_WORTH_WAITING`] lately and followers asked lately: then only
-/// after [`ACKNOWLEDGEMENT_PATIENCE`]. Returns the index the reads wait
-/// for.
+/// That round starts at once, unless the round is worth waiting for
+/// ([`OpenRound::worth_waiting`]): then only after
+/// [`ACKNOWLEDGEMENT_PATIENCE`]. Returns the index the reads wait for.
 async fn confirm_leadership(
     raft: Raft,
     own_rounds: Arc<OwnRounds>,
     reads: usize,
     timeout: Duration,
 ) -> Result<u64, Attempt> {
-    let (round, acknowledged) = own_rounds.open(reads);
-    let wait = own_rounds.reads_per_round() >= READS_WORTH_WAITING
-        && own_rounds.followers_asking(ACKNOWLEDGEMENT_PATIENCE);
+    let OpenRound {
+        round,
+        acknowledged,
+        worth_waiting,
+    } = own_rounds.open(reads);
     let heartbeat_round = async {
-        if wait {
+        if worth_waiting {
             tokio::time::sleep(ACKNOWLEDGEMENT_PATIENCE).await;
         }
         heartbeat_round(raft, timeout).await
