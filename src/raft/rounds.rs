@@ -40,6 +40,13 @@ impl<T: Clone + Send + 'static> Rounds<T> {
                 let Some(first) = batch::first(&mut waiting, &stop).await else {
                     return;
                 };
+                // Reads that arrive together are made ready in one turn of
+                // the scheduler, but tokio runs a task just woken next, so
+                // the first of them would start a round alone and the rest
+                // wait for the next. Yielding lets everything ready run
+                // first, and the I/O that has arrived be read, before the
+                // round gathers: one round where there were two.
+                tokio::task::yield_now().await;
                 // Everyone who arrived before the round starts is in it.
                 let mut callers = vec![first];
                 while let Ok(next) = waiting.try_recv() {
@@ -113,5 +120,37 @@ mod tests {
         }
         let rounds_run = rounds_run.load(Ordering::SeqCst);
         assert!(rounds_run < 200, "{rounds_run} rounds for 200 callers");
+    }
+
+    /// Callers made ready in the same turn of the scheduler share one
+    /// round, although the first of them wakes the rounds at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn callers_ready_in_the_same_turn_share_one_round() {
+        const CALLERS: usize = 8;
+        let tasks = TaskTracker::new();
+        // Each round answers how many callers it had.
+        let rounds = Arc::new(Rounds::start(
+            |callers| async move { callers },
+            &tasks,
+            CancellationToken::new(),
+        ));
+        // Spawned from the worker, so that all of them are queued on it
+        // before any runs, as requests read in one turn are.
+        let answers = tokio::spawn(async move {
+            let callers: Vec<_> = (0..CALLERS)
+                .map(|_| {
+                    let rounds = rounds.clone();
+                    tokio::spawn(async move { rounds.join().await })
+                })
+                .collect();
+            let mut answers = Vec::new();
+            for caller in callers {
+                answers.push(caller.await.unwrap());
+            }
+            answers
+        })
+        .await
+        .unwrap();
+        assert_eq!(answers, vec![Some(CALLERS); CALLERS]);
     }
 }
