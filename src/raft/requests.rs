@@ -377,19 +377,14 @@ impl Requests {
                 )
             })
             .await;
-        match acknowledged {
-            Ok(Some(index)) => Ok(ReadIndexAnswer {
-                index,
-                stamp: self.own_rounds.acknowledged(seen, index),
-            }),
+        let (index, stamp) = match acknowledged {
+            Ok(Some(index)) => (index, self.own_rounds.acknowledged(seen, index)),
             _ => {
                 let index = self.read_index_as_leader(deadline).await?;
-                Ok(ReadIndexAnswer {
-                    index,
-                    stamp: self.own_rounds.stamp(),
-                })
+                (index, self.own_rounds.stamp())
             }
-        }
+        };
+        Ok(ReadIndexAnswer { index, stamp })
     }
 
     /// While this leader steps down: waits until another node leads or it

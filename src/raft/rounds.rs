@@ -45,7 +45,10 @@ impl<T: Clone + Send + 'static> Rounds<T> {
                 // the first of them would start a round alone and the rest
                 // wait for the next. Yielding lets everything ready run
                 // first, and the I/O that has arrived be read, before the
-                // round gathers: one round where there were two.
+                // round gathers: one round where there were two. Batches of
+                // writes do without: they queue behind the entry or call in
+                // flight, and the same yield there gained nothing
+                // (bench/FINDINGS.md).
                 tokio::task::yield_now().await;
                 // Everyone who arrived before the round starts is in it.
                 let mut callers = vec![first];

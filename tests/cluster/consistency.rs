@@ -343,14 +343,7 @@ async fn a_leader_restarted_before_an_election_serves_no_stale_read() {
 /// write, and once the followers stop asking they cannot be confirmed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_followers_asks_confirm_the_leaders_own_reads() {
-    let mut cluster = Cluster::unstarted(3, &[]);
-    for i in 0..3 {
-        cluster.restart_armed(i, "read-heartbeat-round-unanswered=return");
-    }
-    cluster.wait_for_voters(3).await;
-    for i in 0..3 {
-        cluster.wait_ready(i).await;
-    }
+    let cluster = Cluster::start_armed(3, "read-heartbeat-round-unanswered=return").await;
     let (leader, _) = cluster.wait_for_leader().await;
     let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
     let mut through_leader = cluster.client(leader).await;

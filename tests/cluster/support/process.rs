@@ -97,14 +97,29 @@ impl Cluster {
     }
 
     pub async fn start_with(n: usize, args: &[&str]) -> Cluster {
-        let cluster = Cluster::spawn(n, args).await;
-        cluster.wait_for_voters(n).await;
+        Cluster::spawn(n, args).await.formed().await
+    }
+
+    /// Starts `n` nodes with `failpoints` armed on every one (see
+    /// `raftset::failpoint`), and waits until they have formed one cluster.
+    pub async fn start_armed(n: usize, failpoints: &str) -> Cluster {
+        let mut cluster = Cluster::unstarted(n, &[]);
+        for i in 0..n {
+            cluster.launch_armed(i, failpoints);
+        }
+        cluster.formed().await
+    }
+
+    /// This cluster once every node is a voter and serves.
+    async fn formed(self) -> Cluster {
+        let n = self.nodes.len();
+        self.wait_for_voters(n).await;
         // A joiner is a voter a moment before its formation ends and it
         // serves; tests that start writing at once need it serving.
         for i in 0..n {
-            cluster.wait_ready(i).await;
+            self.wait_ready(i).await;
         }
-        cluster
+        self
     }
 
     /// Starts `n` nodes at once without waiting for anything, as a
