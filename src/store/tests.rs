@@ -965,6 +965,45 @@ async fn an_install_waits_for_the_snapshot_copy_in_progress() {
     );
 }
 
+/// A batch of many commands applies off the runtime's worker: while it
+/// waits (here for a lock another thread holds), the worker runs the
+/// node's other tasks, as a follower answering the leader's appends must.
+#[test]
+fn a_long_batch_leaves_the_runtimes_worker_to_other_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), StoreOptions::default());
+    let preimages = store.state_machine.snapshot_preimages();
+    let (held, lock_held) = std::sync::mpsc::channel();
+    let (ran, other_task_ran) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let _held = preimages.lock().unwrap();
+        held.send(()).unwrap();
+        // The deadline only ends a test that fails: the other task never runs.
+        other_task_ran
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .is_ok()
+    });
+    lock_held.recv().unwrap();
+    let puts = (0..16).map(|i| put(&numbered(i), "v")).collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .build()
+        .unwrap();
+    let outcomes = runtime.block_on(async move {
+        let applying = tokio::spawn(async move {
+            // Queued on the only worker, behind the apply.
+            tokio::spawn(async move { ran.send(()) });
+            apply(&mut store.state_machine, 1, puts).await
+        });
+        applying.await.unwrap()
+    });
+    assert!(
+        holder.join().unwrap(),
+        "another task ran while the batch waited"
+    );
+    assert_eq!(outcomes.len(), 16);
+}
+
 /// A node that led when it stopped starts as a follower, its vote for
 /// itself no longer committed but in the same term; a vote for another
 /// leader is kept as it was.
