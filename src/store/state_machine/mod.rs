@@ -482,8 +482,8 @@ fn blocks_long(entries: &[Entry]) -> bool {
 /// answer only as long as the heartbeat interval (100 ms). Under puts at
 /// 64 in flight the leader's appends timed out 60 to 210 times a minute,
 /// writes stalled for up to 1.2 s while two members were busy, and once
-/// the followers held an election; with this, 0 to 3 times a minute, and
-/// the longest write took 0.13 to 0.53 s (`bench/FINDINGS.md`). On a
+/// the followers held an election; with this, 1 to 3 times a minute, and
+/// the longest write took 0.27 to 0.53 s (`bench/FINDINGS.md`). On a
 /// multi-thread runtime the worker first hands its queue to another
 /// thread; a current-thread runtime (an embedder's, a test's) has no
 /// other thread to hand it to.
