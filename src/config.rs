@@ -132,13 +132,18 @@ pub struct Config {
     #[arg(long, env = "RAFTSET_ELECTION_TIMEOUT_MS", default_value_t = 1000)]
     pub election_timeout_ms: u64,
 
-    /// Take a snapshot (and purge the log below it) after this many entries.
+    /// Take a snapshot (and purge the log below it) after this many entries,
+    /// in this member's turn: turns of a third of this many entries go to
+    /// ordinals 0, 1 and 2 in rotation, so that members copy their state one
+    /// at a time. Past twice this many, at once.
     #[arg(long, env = "RAFTSET_SNAPSHOT_ENTRIES", default_value_t = 10_000)]
     pub snapshot_entries: u64,
 
     /// Take a snapshot, and purge the log up to it, once the log holds this
     /// many bytes of entries, however few they are: large values would
-    /// otherwise fill the volume long before `--snapshot-entries` pass.
+    /// otherwise fill the volume long before `--snapshot-entries` pass. In
+    /// this member's turn, as for `--snapshot-entries`; past twice this many
+    /// bytes, at once.
     #[arg(long, env = "RAFTSET_SNAPSHOT_LOG_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub snapshot_log_bytes: u64,
 

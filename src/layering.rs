@@ -17,6 +17,7 @@ const FLOORS: &[(&str, u8)] = &[
     ("limits", 0),
     ("failpoint", 0),
     ("reload", 0),
+    ("stagger", 0),
     ("tls", 0),
     ("auth", 0),
     ("config", 0),

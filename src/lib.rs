@@ -53,6 +53,7 @@ pub(crate) mod node;
 pub mod proto;
 pub(crate) mod raft;
 pub(crate) mod reload;
+pub(crate) mod stagger;
 pub(crate) mod store;
 pub mod tls;
 pub(crate) mod types;

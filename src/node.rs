@@ -31,9 +31,11 @@ use crate::limits;
 use crate::metrics::Metrics;
 use crate::proto::admin_server::AdminServer;
 use crate::raft::body_limit::PeerRequestLimits;
+use crate::raft::compaction::SnapshotBounds;
 use crate::raft::network::{Contacts, NetworkFactory, PeerClients};
 use crate::raft::requests::{Quota, RequestSettings, Requests};
 use crate::raft::service::RaftService;
+use crate::stagger::Stagger;
 use crate::store::{DefragPolicy, FlushStats, Store, StoreError, StoreOptions};
 use crate::tls::client::{ClientPortTls, Protocol};
 use crate::tls::PeerTls;
@@ -72,11 +74,17 @@ pub fn store_options(config: &Config) -> StoreOptions {
         history_bytes: config.history_bytes,
         defrag: DefragPolicy {
             min_bytes: config.defrag_min_mb.saturating_mul(1024 * 1024),
+            stagger: stagger_of(config),
             ..DefragPolicy::default()
-        }
-        .staggered(identity::ordinal_of(&config.name).unwrap_or(0)),
+        },
         ..StoreOptions::default()
     }
+}
+
+/// This member's place in the rota of copies of its state (defrag
+/// bounds, snapshot turns), from its ordinal in the set.
+fn stagger_of(config: &Config) -> Stagger {
+    identity::ordinal_of(&config.name).map_or(Stagger::NONE, Stagger::of_ordinal)
 }
 
 /// A running node. Dropping it does not stop it: call [`Node::shutdown`].
@@ -157,7 +165,8 @@ impl Node {
             heartbeat_interval: config.heartbeat_ms,
             election_timeout_min: config.election_timeout_min_ms(),
             election_timeout_max: config.election_timeout_max_ms(),
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_entries),
+            // `raft::compaction` decides, in this member's turns.
+            snapshot_policy: openraft::SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: config.snapshot_entries / 10,
             max_payload_entries: crate::limits::MAX_ENTRIES_PER_APPEND,
             snapshot_max_chunk_size: crate::limits::SNAPSHOT_CHUNK,
@@ -383,10 +392,14 @@ impl Node {
             metrics.leader_changes(),
             stop_peers.clone(),
         ));
-        peer_tasks.spawn(crate::raft::compaction::bound_log_size(
+        peer_tasks.spawn(crate::raft::compaction::bound_the_log(
             raft.clone(),
             log_size,
-            cluster.config.snapshot_log_bytes,
+            SnapshotBounds {
+                entries: cluster.config.snapshot_entries,
+                log_bytes: cluster.config.snapshot_log_bytes,
+                stagger: stagger_of(&cluster.config),
+            },
             stop_peers.clone(),
         ));
         peer_tasks.spawn(watch_for_fatal(
@@ -584,21 +597,22 @@ async fn watch_for_fatal(raft: Raft, cluster: Arc<ClusterContext>, stop: Cancell
 
 #[cfg(test)]
 mod tests {
-    use super::{store_options, Config};
+    use super::{stagger_of, store_options, Config};
 
     #[test]
-    fn each_ordinal_of_a_set_defragments_at_a_size_of_its_own() {
+    fn each_ordinal_of_a_set_copies_its_state_at_bounds_of_its_own() {
         let stagger = |name: &str| {
             let config = Config {
                 name: name.into(),
                 ..Config::default()
             };
-            store_options(&config).defrag.stagger_percent
+            assert_eq!(store_options(&config).defrag.stagger, stagger_of(&config));
+            stagger_of(&config).raise(100)
         };
-        assert_eq!(stagger("raftset-0"), 0);
-        assert_eq!(stagger("raftset-1"), 25);
-        assert_eq!(stagger("raftset-2"), 50);
-        assert_eq!(stagger("raftset-3"), 0);
-        assert_eq!(stagger("standalone"), 0);
+        assert_eq!(stagger("raftset-0"), 100);
+        assert_eq!(stagger("raftset-1"), 125);
+        assert_eq!(stagger("raftset-2"), 150);
+        assert_eq!(stagger("raftset-3"), 100);
+        assert_eq!(stagger("standalone"), 100);
     }
 }

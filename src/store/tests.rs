@@ -2033,7 +2033,7 @@ async fn a_defrag_waits_for_the_snapshot_copy_in_progress_to_begin() {
 const DEFRAG_AT_ONCE: DefragPolicy = DefragPolicy {
     min_bytes: 1,
     ratio: 1,
-    stagger_percent: 0,
+    stagger: crate::stagger::Stagger::NONE,
 };
 
 /// Waits until `data_dir` holds one state database, not `first`.

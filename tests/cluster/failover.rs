@@ -160,10 +160,12 @@ async fn the_log_is_bounded_by_bytes_as_well_as_by_entries() {
         cluster.wait_for_applied(i, written).await;
     }
 
-    // The bound holds on every node once the purges have run (openraft
-    // waits for replication to move past what it purges); one entry may
-    // pass it, since the bound is checked after each append.
-    let bound = (LIMIT + 2 * raftset::limits::MAX_VALUE_LEN) as f64;
+    // Twice the bound holds on every node once the purges have run (openraft
+    // waits for replication to move past what it purges); past the bound a
+    // node snapshots in its turn of the log, and the writes may have stopped
+    // before it came. One entry may pass it, since the bound is checked
+    // after each append.
+    let bound = (2 * LIMIT + 2 * raftset::limits::MAX_VALUE_LEN) as f64;
     for i in 0..3 {
         let http = cluster.nodes[i].http();
         let size = wait_for("the log within its bound", || {
@@ -180,6 +182,44 @@ async fn the_log_is_bounded_by_bytes_as_well_as_by_entries() {
         .await;
         assert!(size > 0.0, "node {i} still holds the latest entries");
     }
+}
+
+/// Members apply the same entries, so with one bound they all reached it
+/// at the same index and copied their state at once. Each ordinal
+/// snapshots in turns of the log of its own, so the members snapshot at
+/// indexes of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_member_snapshots_at_an_index_of_its_own() {
+    const ENTRIES: usize = 40;
+    let entries = ENTRIES.to_string();
+    let cluster = Cluster::start_with(3, &["--snapshot-entries", &entries]).await;
+    let leader = cluster.leader().await;
+    let mut client = cluster.client(leader).await;
+    for i in 0..2 * ENTRIES {
+        client.put(format!("k{i}").as_bytes(), b"v").await.unwrap();
+    }
+    let written = cluster.status(leader).await.unwrap().applied_index;
+    let mut taken = Vec::new();
+    for i in 0..3 {
+        cluster.wait_for_applied(i, written).await;
+        let status = wait_for("a snapshot on every node", || {
+            let cluster = &cluster;
+            async move {
+                let status = cluster.status(i).await?;
+                if status.snapshot_index > 0 {
+                    Ok(status)
+                } else {
+                    Err(format!("node {i} has no snapshot yet"))
+                }
+            }
+        })
+        .await;
+        taken.push(status.snapshot_index);
+    }
+    assert!(
+        taken[0] != taken[1] && taken[1] != taken[2] && taken[0] != taken[2],
+        "snapshot indexes by ordinal: {taken:?}"
+    );
 }
 
 /// The default heartbeat and election timeout, which leave room for one

@@ -35,17 +35,21 @@ use super::super::database::{Database, SyncPacer, SYNC_EVERY};
 use super::super::snapshot::SnapshotDir;
 use super::super::Shared;
 use super::databases;
+use crate::stagger::Stagger;
 
 /// When the state database is defragmented: once its files take more than
 /// `min_bytes`, more than `ratio` times the latest snapshot (the live
 /// records, as of that snapshot), and more than twice what the last
 /// defrag left (so that a state that outgrew its snapshot is not
-/// copied over and over); that bound raised by `stagger_percent`.
+/// copied over and over); that bound raised by the member's `stagger`.
+/// Members copying at once slowed every member together (put p99 231 ms
+/// at 64 in flight, up from 27, in the headline runs of d84b4fb); the
+/// highest raise, 1.5×, stays under the default space quota.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DefragPolicy {
     pub min_bytes: u64,
     pub ratio: u64,
-    pub stagger_percent: u64,
+    pub stagger: Stagger,
 }
 
 impl Default for DefragPolicy {
@@ -53,40 +57,18 @@ impl Default for DefragPolicy {
         DefragPolicy {
             min_bytes: 256 << 20,
             ratio: 4,
-            stagger_percent: 0,
+            stagger: Stagger::NONE,
         }
     }
 }
 
-/// How much later than the member before it each member of a set
-/// defragments, in percent of the bound, and after how many members the
-/// steps start again.
-const STAGGER_STEP_PERCENT: u64 = 25;
-const STAGGER_STEPS: u32 = 3;
-
 impl DefragPolicy {
-    /// The policy of the member in `slot` (its ordinal) of a set. Members
-    /// apply the same entries, so their databases grow in step: with one
-    /// bound they all crossed it within a second and copied at once, and
-    /// the copies' CPU slowed every member together (put p99 231 ms at 64
-    /// in flight, up from 27, in the headline runs of d84b4fb). With the
-    /// bound a quarter higher per ordinal, a copy on one member leaves the
-    /// other two a quorum that is not copying, and the highest bound, 1.5×,
-    /// stays under the default space quota.
-    pub fn staggered(self, slot: u32) -> Self {
-        DefragPolicy {
-            stagger_percent: u64::from(slot % STAGGER_STEPS) * STAGGER_STEP_PERCENT,
-            ..self
-        }
-    }
-
     pub(super) fn due(&self, size: u64, snapshot_bytes: u64, defragged_bytes: u64) -> bool {
         let bound = self
             .min_bytes
             .max(snapshot_bytes.saturating_mul(self.ratio))
             .max(defragged_bytes.saturating_mul(2));
-        let stagger = bound.saturating_mul(self.stagger_percent) / 100;
-        size > bound.saturating_add(stagger)
+        size > self.stagger.raise(bound)
     }
 }
 
@@ -426,7 +408,7 @@ fn run(parts: Parts, policy: DefragPolicy, stop: Arc<AtomicBool>) {
 
 #[cfg(test)]
 mod tests {
-    use super::{DefragPolicy, Pacing};
+    use super::{DefragPolicy, Pacing, Stagger};
     use std::time::Duration;
 
     fn policy_of(min_bytes: u64, ratio: u64) -> DefragPolicy {
@@ -499,7 +481,10 @@ mod tests {
             (4, 500, 1000),
         ];
         for (ordinal, bound, bound_of_snapshot) in cases {
-            let member = policy.staggered(ordinal);
+            let member = DefragPolicy {
+                stagger: Stagger::of_ordinal(ordinal),
+                ..policy
+            };
             assert!(!member.due(bound, 0, 0), "ordinal {ordinal} at {bound}");
             assert!(
                 member.due(bound + 1, 0, 0),
@@ -511,6 +496,10 @@ mod tests {
                 "ordinal {ordinal}"
             );
         }
-        assert!(!policy.staggered(2).due(u64::MAX, u64::MAX, 0), "saturates");
+        let last = DefragPolicy {
+            stagger: Stagger::of_ordinal(2),
+            ..policy
+        };
+        assert!(!last.due(u64::MAX, u64::MAX, 0), "saturates");
     }
 }
