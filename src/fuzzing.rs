@@ -40,7 +40,7 @@ use crate::limits::{
 use crate::proto::{self, PeerMessage};
 use crate::raft::forwarder::{BatchAnswer, ForwardedWrite};
 use crate::raft::network::RaftReply;
-use crate::raft::read_index::{ReadIndexAnswer, ReadIndexAsk, Stamp};
+use crate::raft::read_index::{ReadIndexAnswer, ReadIndexAsk};
 use crate::store::state_machine::ScanRange;
 use crate::store::{snapshot, Store, StoreOptions};
 use crate::types::{
@@ -399,6 +399,7 @@ async fn read_and_apply(sm: &mut crate::store::StateMachine, meta: &SnapshotMeta
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::raft::read_index::Stamp;
     use crate::types::{Member, Outcome};
     use openraft::{Membership, Vote};
     use std::collections::{BTreeMap, BTreeSet};
