@@ -1874,16 +1874,69 @@ async fn a_snapshot_is_copied_on_a_thread_below_those_that_serve() {
     // The copy's first chunk waits for this lock: the thread stays put.
     let held = preimages.lock().unwrap();
     let build = tokio::spawn(async move { builder.build_snapshot().await });
-    // Asleep, it waits for the lock: it has set its priority by then.
-    let nice = loop {
-        if let Some(('S', nice)) = state_and_nice_of_thread("raftset-snapsho") {
-            break nice;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    };
+    let nice = nice_once_asleep("raftset-snapsho");
     drop(held);
     assert_eq!(nice, 10);
     build.await.unwrap().expect("built");
+}
+
+/// A defrag's copy runs on a thread of its own below those that serve.
+#[tokio::test]
+async fn a_defrag_is_copied_on_a_thread_below_those_that_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), StoreOptions::default());
+    apply(&mut store.state_machine, 1, vec![put("k", "v")]).await;
+    let parts = store.state_machine.defrag_parts();
+    let copy = parts.begin_copy(0).unwrap();
+    let mirror = copy.mirror.clone();
+    // The copy's first chunk waits for this lock: the thread stays put.
+    let held = mirror.progress.lock().unwrap();
+    let fill = std::thread::spawn(move || parts.fill_below_serving(copy, &AtomicBool::new(false)));
+    let nice = nice_once_asleep("raftset-defcopy");
+    drop(held);
+    assert_eq!(nice, 10);
+    assert!(fill.join().unwrap().unwrap().is_some(), "copied");
+}
+
+/// The copy reads and writes each chunk without a lock that applying
+/// takes: entries that overwrite, delete and create keys behind it, ahead
+/// of it, and inside a chunk it has read but not yet written land between
+/// its steps, and after the switch the state is exactly what it was before.
+#[tokio::test]
+async fn a_defrag_copied_while_entries_apply_switches_to_the_state_they_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), StoreOptions::default());
+    let sm = &mut store.state_machine;
+    let keys = (0..3_000).map(|i| put(&numbered(i), "before")).collect();
+    apply(sm, 1, keys).await;
+
+    use rand::SeedableRng;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let mut next_index = 3_001;
+    let before = state_dir(dir.path());
+    let parts = sm.defrag_parts();
+    let copy = parts.begin_copy(0).unwrap();
+    while let Some(chunk) = copy.read_chunk().expect("read a chunk") {
+        apply(sm, next_index, random_changes(&mut rng, 300)).await;
+        copy.write_chunk(chunk).expect("write a chunk");
+        apply(sm, next_index + 300, random_changes(&mut rng, 25)).await;
+        next_index += 325;
+    }
+    let state = state_records(sm);
+    assert!(parts.switch(copy).unwrap().is_some(), "switched");
+    assert_ne!(state_dir(dir.path()), before, "a fresh database");
+    assert!(state_records(sm) == state, "the state the entries left");
+}
+
+/// The nice value of the thread named `comm` once it is asleep: waiting
+/// for a lock the test holds, it has set its priority by then.
+fn nice_once_asleep(comm: &str) -> i64 {
+    loop {
+        if let Some(('S', nice)) = state_and_nice_of_thread(comm) {
+            return nice;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
 }
 
 /// The state and nice value of a thread of this process named `comm` (as

@@ -391,20 +391,12 @@ impl EntryWrites<sled::Tree> {
     /// After a crash either the redo record is the previous entry's, and of
     /// this entry at most its history record is there (applying the entry
     /// again writes the same one), or `StateMachine::open` replays it
-    /// (harmless: the writes set final values). `mirror`, a defrag's fresh
-    /// tree, gets the same writes after.
-    pub(super) fn write(
-        self,
-        log_index: u64,
-        mirror: Option<&sled::Tree>,
-    ) -> Result<(), sled::Error> {
+    /// (harmless: the writes set final values). Gives the records written,
+    /// for a defrag's fresh tree to get the same writes after.
+    pub(super) fn write(self, log_index: u64) -> Result<EntryRecords, sled::Error> {
         let entry = self.into_records(log_index);
-        for tree in std::iter::once(&entry.base).chain(mirror) {
-            entry.write_redo(tree)?;
-            crate::failpoint::crash_point("apply-mid-entry");
-            apply_writes(tree, &entry.writes)?;
-        }
-        Ok(())
+        entry.write_to(&entry.base)?;
+        Ok(entry)
     }
 
     fn into_records(mut self, log_index: u64) -> EntryRecords {
@@ -424,7 +416,7 @@ impl EntryWrites<sled::Tree> {
 }
 
 /// An entry's writes in the order [`EntryWrites::write`] makes them.
-struct EntryRecords {
+pub(super) struct EntryRecords {
     base: sled::Tree,
     history: Option<([u8; 9], Vec<u8>)>,
     redo: Vec<u8>,
@@ -432,6 +424,21 @@ struct EntryRecords {
 }
 
 impl EntryRecords {
+    /// Writes the entry to `tree` in the order that makes it atomic.
+    pub(super) fn write_to(&self, tree: &sled::Tree) -> Result<(), sled::Error> {
+        self.write_redo(tree)?;
+        crate::failpoint::crash_point("apply-mid-entry");
+        apply_writes(tree, &self.writes)
+    }
+
+    /// The keys the entry removes.
+    pub(super) fn removed_keys(&self) -> impl Iterator<Item = &[u8]> {
+        self.writes
+            .iter()
+            .filter(|(_, value)| value.is_none())
+            .map(|(key, _)| key.as_slice())
+    }
+
     /// The history record, then the redo record: what a crash right after
     /// leaves for `StateMachine::open` to replay.
     fn write_redo(&self, tree: &sled::Tree) -> Result<(), sled::Error> {
@@ -972,7 +979,7 @@ mod tests {
             let mut writes = EntryWrites::new(tree.clone());
             write_kv(&mut writes, b"old", b"x", None, 1);
             writes.insert(REVISION, encode(&1u64));
-            writes.write(1, None).unwrap();
+            writes.write(1).unwrap();
             let entry = an_entry(tree, 2);
             entry.write_redo(tree).unwrap();
             apply_writes(tree, &entry.writes).unwrap();
@@ -1033,7 +1040,7 @@ mod tests {
         let stale = tree.get(REDO).unwrap().unwrap();
         let mut writes = EntryWrites::new(tree.clone());
         write_kv(&mut writes, b"a", b"later", None, 9);
-        writes.write(3, None).unwrap();
+        writes.write(3).unwrap();
         let applied = LogId::new(openraft::CommittedLeaderId::new(1, 0), 3);
         tree.insert(APPLIED, encode(&Some(applied))).unwrap();
         tree.insert(REDO, stale).unwrap();

@@ -7,26 +7,37 @@
 //! 15–30× the live records. A database filled once, in key order, takes
 //! two to three times them. So when the state database has grown past
 //! [`DefragPolicy`]'s bound (a thread of its own looks every second), it
-//! copies the state into a fresh database while entries go
-//! on applying:
-//! - the copy reads the current tree in chunks, each under the state lock
-//!   held shared, and writes each chunk into the fresh tree before it lets
-//!   go, so no entry lands between reading a record and copying it;
+//! copies the state into a fresh database while entries go on applying:
+//! - the copy reads the current tree in chunks without any lock that
+//!   applying takes, on a thread below those that serve and apply, and
+//!   writes a record into the fresh tree only where that tree has none
+//!   for its key yet (a compare-and-swap from nothing);
 //! - meanwhile every applied entry writes its whole write set to the fresh
-//!   tree too (the mirror), after the current one.
+//!   tree too (the mirror), after the current one, and notes the keys it
+//!   removes that the copy has not yet written past.
 //!
-//! A record the copy reaches after an entry changed it is copied as changed;
-//! one it copied before is changed again by the mirror. When the copy has
-//! reached the end and synced the fresh database, the thread waits for the
-//! batch of entries being applied to end (and holds the next), syncs what
-//! was mirrored since, points the metadata at the fresh database, swaps it
-//! in and removes the old one; an idle node is defragmented too. A crash
+//! Why the fresh tree ends up as the state, key by key: the mirror makes
+//! every change since the copy began, in order, so a value it wrote is the
+//! latest and the copy, which only fills empty keys, never overwrites it.
+//! A value the copy wrote is overwritten by every later change of its key,
+//! except a removal that lands between the copy's read of the key and its
+//! write: that removal finds nothing to remove and the copy brings the old
+//! value back. Those keys are among the noted ones; a key removed once the
+//! copy wrote past it needs nothing, and one removed ahead of the copy's
+//! chunk is read by the copy only after its removal, so the notes shrink to
+//! the chunk in flight as the copy moves on.
+//!
+//! When the copy has reached the end and synced the fresh database, the
+//! thread waits for the batch of entries being applied to end (and holds
+//! the next), sets each noted key in the fresh tree as the current tree
+//! holds it, syncs, points the metadata at the fresh database, swaps it in
+//! and removes the old one; an idle node is defragmented too. A crash
 //! before the pointer moved leaves the old database current and the fresh
 //! one abandoned (removed at start-up); after it, the fresh one is current
 //! and durable up to the last applied entry. A snapshot install outdates a
 //! copy in progress: it replaces the state itself.
 
-use std::ops::Bound;
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -34,7 +45,8 @@ use std::time::{Duration, Instant};
 use super::super::database::{Database, SyncPacer, SYNC_EVERY};
 use super::super::snapshot::SnapshotDir;
 use super::super::Shared;
-use super::databases;
+use super::apply::EntryRecords;
+use super::{copy_below_serving, databases, records_after};
 use crate::stagger::Stagger;
 
 /// When the state database is defragmented: once its files take more than
@@ -80,14 +92,10 @@ const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// tens of MB a second), defragmenting takes at most a tenth of the time.
 const PAUSE_PER_DEFRAG_TIME: u32 = 9;
 
-/// How many records the copy reads and writes per hold of the state lock:
-/// an entry being applied waits for one such chunk at most. Inserting into
-/// a fresh sled tree costs about 20 µs a record under load, so a chunk
-/// holds the lock for well under a millisecond. The thread runs at the
-/// priority of those that apply: at nice 10 it was preempted while holding
-/// the lock, and under full load writes waited up to 0.9 s behind it (the
-/// headline run of e27372d).
-const COPY_CHUNK_RECORDS: usize = 32;
+/// How many records the copy reads before it writes them. No entry waits
+/// for a chunk; the keys an entry removes inside the chunk in flight are
+/// noted until the switch, so a chunk is small against the state.
+const COPY_CHUNK_RECORDS: usize = 1024;
 
 /// How often a switch that waits for a snapshot copy looks again.
 const SNAPSHOT_TURN_POLL: Duration = Duration::from_millis(5);
@@ -166,8 +174,10 @@ pub(in crate::store) struct Parts {
     pub(super) applying: Arc<Mutex<()>>,
     /// Counts installs: a copy begun before one is stale.
     pub(super) installs: Arc<AtomicU64>,
-    /// The fresh tree every applied entry also writes to while a copy runs.
-    pub(super) mirror: Arc<Mutex<Option<sled::Tree>>>,
+    /// The fresh tree every applied entry also writes to while a copy runs;
+    /// set and cleared under the state lock held alone, so an entry writes
+    /// either to both trees or only to one that no copy has read yet.
+    pub(super) mirror: Arc<Mutex<Option<Arc<Mirror>>>>,
     /// A switch that failed half-way, which applying reports (fatal).
     pub(super) failed: Arc<Mutex<Option<String>>>,
     /// A snapshot copy's turn: a switch waits for the copy in progress,
@@ -175,10 +185,47 @@ pub(in crate::store) struct Parts {
     pub(super) snapshot_turn: Arc<tokio::sync::Mutex<()>>,
 }
 
-/// A complete, durable copy of the state, still mirrored, not switched to.
-pub(in crate::store) struct Copied {
-    fresh: Database,
+/// The fresh tree a copy fills, which applying writes to as well (see the
+/// module doc).
+pub(in crate::store) struct Mirror {
     tree: sled::Tree,
+    pub(in crate::store) progress: Mutex<Progress>,
+}
+
+#[derive(Default)]
+pub(in crate::store) struct Progress {
+    /// The last key the copy has written, `None` before its first chunk.
+    copied_through: Option<sled::IVec>,
+    /// Keys removed past `copied_through` that the copy may have read
+    /// before their removal; the switch sets each as the current tree
+    /// holds it.
+    removed: BTreeSet<Vec<u8>>,
+}
+
+impl Mirror {
+    /// Writes an entry that has reached the current tree, noting first the
+    /// keys it removes that the copy has not written past.
+    pub(super) fn write(&self, entry: &EntryRecords) -> sled::Result<()> {
+        {
+            let mut progress = self.progress.lock().expect("mirror lock");
+            let Progress {
+                copied_through,
+                removed,
+            } = &mut *progress;
+            let ahead = |key: &&[u8]| copied_through.as_deref().is_none_or(|c| *key > c);
+            removed.extend(entry.removed_keys().filter(ahead).map(<[u8]>::to_vec));
+        }
+        entry.write_to(&self.tree)
+    }
+}
+
+/// A copy of the state into a fresh database, mirrored until its switch.
+pub(in crate::store) struct FreshCopy {
+    fresh: Database,
+    pub(in crate::store) mirror: Arc<Mirror>,
+    /// The current tree when the copy began: only an install (which
+    /// outdates the copy) or this copy's switch replaces it.
+    from: sled::Tree,
     installs: u64,
     started: Instant,
     size_before: u64,
@@ -186,95 +233,165 @@ pub(in crate::store) struct Copied {
     pub(in crate::store) syncs: u32,
 }
 
+/// Records the copy read past its mark, not yet written.
+pub(in crate::store) struct Chunk(Vec<(sled::IVec, sled::IVec)>);
+
+impl FreshCopy {
+    /// The next chunk of records after what the copy has written, read
+    /// without a lock that applying takes; `None` past the last key.
+    pub(in crate::store) fn read_chunk(&self) -> std::io::Result<Option<Chunk>> {
+        let after = self.progress().copied_through.clone();
+        let read = records_after(&self.from, after, COPY_CHUNK_RECORDS)?;
+        Ok((!read.is_empty()).then_some(Chunk(read)))
+    }
+
+    /// Writes `chunk`'s records into the fresh tree where the mirror has
+    /// not written their keys, and moves the mark past them; gives the
+    /// bytes read.
+    pub(in crate::store) fn write_chunk(&self, Chunk(read): Chunk) -> std::io::Result<u64> {
+        let last = read.last().map(|(key, _)| key.clone());
+        let mut bytes = 0;
+        for (key, value) in read {
+            bytes += (key.len() + value.len()) as u64;
+            // A key the mirror wrote meanwhile holds a later value: the
+            // swap fails and leaves it.
+            let _ = (self.mirror.tree)
+                .compare_and_swap(key, None::<&[u8]>, Some(value))
+                .map_err(std::io::Error::other)?;
+        }
+        let mut progress = self.progress();
+        if let Some(last) = &last {
+            // Keys past the chunk: the copy reads them after their removal.
+            progress
+                .removed
+                .retain(|key| key.as_slice() <= last.as_ref());
+        }
+        progress.copied_through = last;
+        Ok(bytes)
+    }
+
+    fn progress(&self) -> std::sync::MutexGuard<'_, Progress> {
+        self.mirror.progress.lock().expect("mirror lock")
+    }
+
+    /// Sets each key an entry removed while the copy could bring it back
+    /// as `from` holds it; between batches of entries, when `from` is
+    /// still.
+    fn settle_removed_keys(&self) -> sled::Result<()> {
+        let removed = std::mem::take(&mut self.progress().removed);
+        for key in removed {
+            match self.from.get(&key)? {
+                Some(value) => self.mirror.tree.insert(key, value)?,
+                None => self.mirror.tree.remove(key)?,
+            };
+        }
+        Ok(())
+    }
+}
+
 impl Parts {
     /// Copies the state into a fresh database while entries go on applying
-    /// (mirrored into it); `None` when `stop` was set or an install came.
+    /// (mirrored into it), on a thread below those that serve and apply;
+    /// `None` when `stop` was set or an install came.
     pub(in crate::store) fn copy(
         &self,
         size_before: u64,
         stop: &AtomicBool,
-    ) -> std::io::Result<Option<Copied>> {
-        let installs = self.installs.load(Ordering::SeqCst);
-        let started = Instant::now();
-        let fresh = databases::create(&self.shared.path, self.cache_bytes)
-            .map_err(std::io::Error::other)?;
-        tracing::info!(size_before, path = %fresh.dir.display(), "defragmenting the state database");
-        let copied = databases::state_tree(&fresh)
-            .map_err(std::io::Error::other)
-            .and_then(|tree| {
-                *self.mirror.lock().expect("mirror lock") = Some(tree.clone());
-                let syncs = self.copy_into(&fresh, &tree, installs, stop)?;
-                fresh.sync()?;
-                Ok(syncs.map(|syncs| (tree, syncs)))
-            });
+    ) -> std::io::Result<Option<FreshCopy>> {
+        let copy = self.begin_copy(size_before)?;
+        self.fill_below_serving(copy, stop)
+    }
+
+    /// Fills `copy` on a thread of its own below those that serve and
+    /// apply; `None` when `stop` was set or an install came (the fresh
+    /// database is removed).
+    pub(in crate::store) fn fill_below_serving(
+        &self,
+        mut copy: FreshCopy,
+        stop: &AtomicBool,
+    ) -> std::io::Result<Option<FreshCopy>> {
+        let copied = std::thread::scope(|scope| {
+            let fill = || {
+                copy_below_serving();
+                self.fill(&mut copy, stop)
+            };
+            std::thread::Builder::new()
+                .name("raftset-defcopy".into())
+                .spawn_scoped(scope, fill)?
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("the defrag copy thread panicked")))
+        });
         match copied {
-            Ok(Some((tree, syncs))) => Ok(Some(Copied {
-                fresh,
-                tree,
-                installs,
-                started,
-                size_before,
-                syncs,
-            })),
+            Ok(true) => Ok(Some(copy)),
             stopped_or_failed => {
                 self.mirror.lock().expect("mirror lock").take();
-                databases::remove(fresh);
+                databases::remove(copy.fresh);
                 stopped_or_failed.map(|_| None)
             }
         }
     }
 
-    /// Copies the current tree into `to` (of `fresh`) chunk by chunk, each
-    /// under the state lock held shared, syncing `fresh` between chunks
-    /// every [`SYNC_EVERY`] bytes, so that the copy's writeback never holds
-    /// up the log's fdatasync for long. Gives how often it synced, or
-    /// `None` when stopped or outdated by an install.
-    fn copy_into(
-        &self,
-        fresh: &Database,
-        to: &sled::Tree,
-        installs: u64,
-        stop: &AtomicBool,
-    ) -> std::io::Result<Option<u32>> {
-        let mut after: Option<sled::IVec> = None;
-        let (mut pacer, mut syncs) = (SyncPacer::new(SYNC_EVERY), 0);
+    /// Creates the fresh database and has applying mirror every entry into
+    /// it from here on.
+    pub(in crate::store) fn begin_copy(&self, size_before: u64) -> std::io::Result<FreshCopy> {
+        let installs = self.installs.load(Ordering::SeqCst);
+        let started = Instant::now();
+        let fresh = databases::create(&self.shared.path, self.cache_bytes)
+            .map_err(std::io::Error::other)?;
+        tracing::info!(size_before, path = %fresh.dir.display(), "defragmenting the state database");
+        let tree = match databases::state_tree(&fresh) {
+            Ok(tree) => tree,
+            Err(e) => {
+                databases::remove(fresh);
+                return Err(std::io::Error::other(e));
+            }
+        };
+        let mirror = Arc::new(Mirror {
+            tree,
+            progress: Mutex::default(),
+        });
+        let current = self.current.write().expect("state machine lock");
+        *self.mirror.lock().expect("mirror lock") = Some(mirror.clone());
+        Ok(FreshCopy {
+            fresh,
+            mirror,
+            from: current.clone(),
+            installs,
+            started,
+            size_before,
+            syncs: 0,
+        })
+    }
+
+    /// Copies every record of `copy`'s tree and syncs the fresh database,
+    /// also every [`SYNC_EVERY`] bytes on the way, so that the copy's
+    /// writeback never holds up the log's fdatasync for long. `false` when
+    /// stopped or outdated by an install.
+    fn fill(&self, copy: &mut FreshCopy, stop: &AtomicBool) -> std::io::Result<bool> {
+        let mut pacer = SyncPacer::new(SYNC_EVERY);
         loop {
-            if stop.load(Ordering::SeqCst) || self.installs.load(Ordering::SeqCst) != installs {
-                return Ok(None);
+            if stop.load(Ordering::SeqCst) || self.installs.load(Ordering::SeqCst) != copy.installs
+            {
+                return Ok(false);
             }
-            let current = self.current.read().expect("state machine lock");
-            let range = match after.take() {
-                Some(last) => {
-                    current.range::<sled::IVec, _>((Bound::Excluded(last), Bound::Unbounded))
-                }
-                None => current.iter(),
+            let Some(chunk) = copy.read_chunk()? else {
+                copy.fresh.sync()?;
+                return Ok(true);
             };
-            let (mut copied, mut bytes) = (0, 0);
-            for item in range.take(COPY_CHUNK_RECORDS) {
-                let (key, value) = item.map_err(std::io::Error::other)?;
-                bytes += (key.len() + value.len()) as u64;
-                to.insert(key.clone(), value)
-                    .map_err(std::io::Error::other)?;
-                after = Some(key);
-                copied += 1;
-            }
-            drop(current);
-            if copied == 0 {
-                return Ok(Some(syncs));
-            }
-            if pacer.wrote(bytes) {
-                fresh.sync()?;
-                syncs += 1;
+            if pacer.wrote(copy.write_chunk(chunk)?) {
+                copy.fresh.sync()?;
+                copy.syncs += 1;
             }
         }
     }
 
-    /// Switches to `copied` between two batches of entries: syncs what was
-    /// mirrored since the copy, moves the pointer, swaps the database in
-    /// and removes the old one. Gives the size left, or `None` when an
-    /// install came since the copy began (the copy is removed). A failure
-    /// once the switch has begun is kept for applying to report.
-    pub(in crate::store) fn switch(&self, copied: Copied) -> std::io::Result<Option<u64>> {
+    /// Switches to `copied` between two batches of entries: settles the
+    /// keys removed during the copy, syncs what was mirrored since, moves
+    /// the pointer, swaps the database in and removes the old one. Gives
+    /// the size left, or `None` when an install came since the copy began
+    /// (the copy is removed). A failure once the switch has begun is kept
+    /// for applying to report.
+    pub(in crate::store) fn switch(&self, copied: FreshCopy) -> std::io::Result<Option<u64>> {
         let _no_snapshot_copy = self.snapshot_turn();
         let applying = self.applying.lock().unwrap_or_else(|e| e.into_inner());
         let held_from = Instant::now();
@@ -283,7 +400,8 @@ impl Parts {
             databases::remove(copied.fresh);
             return Ok(None);
         }
-        let switched = copied.fresh.sync().and_then(|()| {
+        let settled = copied.settle_removed_keys().map_err(std::io::Error::other);
+        let switched = settled.and_then(|()| copied.fresh.sync()).and_then(|()| {
             crate::failpoint::crash_point("defrag-before-switch");
             databases::point_to(&self.pointer, &self.shared.meta, &copied.fresh)
         });
@@ -294,7 +412,7 @@ impl Parts {
         }
         crate::failpoint::crash_point("defrag-switched");
         let size_after = copied.fresh.size_on_disk();
-        let old = self.replace_state(copied.fresh, copied.tree);
+        let old = self.replace_state(copied.fresh, copied.mirror.tree.clone());
         drop(applying);
         let applying_held = held_from.elapsed();
         databases::remove(old);

@@ -9,7 +9,6 @@
 //! openraft may purge the log below it.
 
 use std::collections::HashMap;
-use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 
 use openraft::{RaftSnapshotBuilder, StorageIOError};
@@ -21,7 +20,7 @@ use super::databases;
 use super::feed::FeedItem;
 use super::read::{read_revision, read_value};
 use super::recent::RecentIds;
-use super::StateMachine;
+use super::{copy_below_serving, records_after, StateMachine};
 use crate::store::database::Database;
 use crate::store::keys::{is_redo, APPLIED, DATA_FORMAT, FORMAT, KEY, MEMBERSHIP};
 use crate::store::snapshot;
@@ -299,14 +298,7 @@ impl SnapshotCopy {
             .expect("a copy in progress has its preimages")
             .copied_through
             .clone();
-        let range = match after {
-            Some(last) => self.tree.range((Bound::Excluded(last), Bound::Unbounded)),
-            None => self.tree.iter(),
-        };
-        let read = range
-            .take(CHUNK_RECORDS)
-            .collect::<sled::Result<Vec<_>>>()
-            .map_err(std::io::Error::other)?;
+        let read = records_after(&self.tree, after.map(sled::IVec::from), CHUNK_RECORDS)?;
         // Past the last key the mark stays put: keys created after it are
         // new since the snapshot began and kept as absent.
         Ok((!read.is_empty()).then_some(Chunk(read)))
@@ -353,17 +345,6 @@ pub struct SnapshotBuilder {
     pub(in crate::store) copy: Option<std::io::Result<SnapshotCopy>>,
 }
 
-/// The copy's thread runs below those that serve and apply. At a million
-/// keys, with every member copying, puts at 64 in flight had a median p99
-/// of 64 ms at nice 0, 48 ms at 10 and 47 ms at 19 (24 ms without a
-/// snapshot; four runs each). The copy holds no lock that applying waits
-/// for except briefly per chunk, so it can be preempted without holding
-/// entries up, the mistake an early defrag made at nice 10 under the state
-/// lock. 10 rather than 19: under full load a copy still ends (4 s at
-/// nice 0, 6 to 10 s at 10), and the log it lets openraft purge stays
-/// bounded.
-const COPY_NICE: i32 = 10;
-
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let copy = self
@@ -371,12 +352,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .take()
             .unwrap_or_else(|| Err(std::io::Error::other("snapshot already taken")));
         let (done, written) = tokio::sync::oneshot::channel();
-        // A thread of its own, not tokio's blocking pool: a thread that
-        // lowered its priority may not raise it again without privilege.
         let spawned = std::thread::Builder::new()
             .name("raftset-snapshot".into())
             .spawn(move || {
-                let _ = rustix::process::setpriority_process(None, COPY_NICE);
+                copy_below_serving();
                 let _ = done.send(copy.and_then(write_and_open));
             });
         let written = match spawned {
