@@ -1928,6 +1928,34 @@ async fn a_defrag_copied_while_entries_apply_switches_to_the_state_they_left() {
     assert!(state_records(sm) == state, "the state the entries left");
 }
 
+/// The mirror writes only what the copy has passed: entries applied before
+/// the copy's first chunk leave the fresh tree empty, since the copy reads
+/// their keys afterwards.
+#[tokio::test]
+async fn a_defrag_mirrors_only_the_keys_its_copy_has_passed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), StoreOptions::default());
+    let sm = &mut store.state_machine;
+    let keys = (0..3_000).map(|i| put(&numbered(i), "before")).collect();
+    apply(sm, 1, keys).await;
+    let parts = sm.defrag_parts();
+    let copy = parts.begin_copy(0).unwrap();
+
+    use rand::SeedableRng;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(13);
+    apply(sm, 3_001, random_changes(&mut rng, 300)).await;
+    assert!(
+        copy.mirror.tree.is_empty(),
+        "nothing mirrored ahead of the copy"
+    );
+    while let Some(chunk) = copy.read_chunk().expect("read a chunk") {
+        copy.write_chunk(chunk).expect("write a chunk");
+    }
+    let state = state_records(sm);
+    assert!(parts.switch(copy).unwrap().is_some(), "switched");
+    assert!(state_records(sm) == state, "the state the entries left");
+}
+
 /// The nice value of the thread named `comm` once it is asleep: waiting
 /// for a lock the test holds, it has set its priority by then.
 fn nice_once_asleep(comm: &str) -> i64 {

@@ -431,12 +431,12 @@ impl EntryRecords {
         apply_writes(tree, &self.writes)
     }
 
-    /// The keys the entry removes.
-    pub(super) fn removed_keys(&self) -> impl Iterator<Item = &[u8]> {
-        self.writes
-            .iter()
-            .filter(|(_, value)| value.is_none())
-            .map(|(key, _)| key.as_slice())
+    /// Every record the entry writes, with its value, or removes (`None`).
+    pub(super) fn records(&self) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
+        let history = (self.history.iter()).map(|(key, record)| (&key[..], Some(&record[..])));
+        let redo = std::iter::once((REDO, Some(self.redo.as_slice())));
+        let writes = (self.writes.iter()).map(|(key, value)| (key.as_slice(), value.as_deref()));
+        history.chain(redo).chain(writes)
     }
 
     /// The history record, then the redo record: what a crash right after

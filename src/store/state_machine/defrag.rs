@@ -9,23 +9,30 @@
 //! [`DefragPolicy`]'s bound (a thread of its own looks every second), it
 //! copies the state into a fresh database while entries go on applying:
 //! - the copy reads the current tree in chunks without any lock that
-//!   applying takes, on a thread below those that serve and apply, and
-//!   writes a record into the fresh tree only where that tree has none
-//!   for its key yet (a compare-and-swap from nothing);
-//! - meanwhile every applied entry writes its whole write set to the fresh
-//!   tree too (the mirror), after the current one, and notes the keys it
-//!   removes that the copy has not yet written past.
+//!   applying takes, on a thread below those that serve and apply, writes
+//!   each chunk into the fresh tree as it read it, and then moves its mark
+//!   (the last key it has written) past the chunk;
+//! - meanwhile every applied entry, after its writes reached the current
+//!   tree, makes those of keys behind the mark in the fresh tree too (the
+//!   mirror), and notes the other keys it changes.
 //!
-//! Why the fresh tree ends up as the state, key by key: the mirror makes
-//! every change since the copy began, in order, so a value it wrote is the
-//! latest and the copy, which only fills empty keys, never overwrites it.
-//! A value the copy wrote is overwritten by every later change of its key,
-//! except a removal that lands between the copy's read of the key and its
-//! write: that removal finds nothing to remove and the copy brings the old
-//! value back. Those keys are among the noted ones; a key removed once the
-//! copy wrote past it needs nothing, and one removed ahead of the copy's
-//! chunk is read by the copy only after its removal, so the notes shrink to
-//! the chunk in flight as the copy moves on.
+//! Why the fresh tree ends up as the state, key by key:
+//! - a key behind the mark was written by the copy before the mark moved
+//!   past it, and the mirror makes every later change of it, in order;
+//! - a key ahead of the chunk in flight is read by the copy only after
+//!   every change noted so far reached the current tree, so moving the
+//!   mark drops its notes;
+//! - a key inside the chunk in flight may have changed between the copy's
+//!   read and its write (the copy then wrote the older value), or been
+//!   created after the read (the copy missed it): its note stays until the
+//!   switch, which sets each noted key as the current tree holds it. So
+//!   the notes hold the keys changed while a chunk was in flight, plus the
+//!   handful each entry writes past the copy (the revision, the applied
+//!   log id, the redo record), dropped at every chunk.
+//!
+//! The mirror skips what the copy will read anyway (about half of every
+//! entry's writes, on average over a copy), and neither writer reads the
+//! fresh tree before writing it.
 //!
 //! When the copy has reached the end and synced the fresh database, the
 //! thread waits for the batch of entries being applied to end (and holds
@@ -93,7 +100,7 @@ const CHECK_EVERY: Duration = Duration::from_secs(1);
 const PAUSE_PER_DEFRAG_TIME: u32 = 9;
 
 /// How many records the copy reads before it writes them. No entry waits
-/// for a chunk; the keys an entry removes inside the chunk in flight are
+/// for a chunk; the keys an entry changes inside the chunk in flight are
 /// noted until the switch, so a chunk is small against the state.
 const COPY_CHUNK_RECORDS: usize = 1024;
 
@@ -188,7 +195,7 @@ pub(in crate::store) struct Parts {
 /// The fresh tree a copy fills, which applying writes to as well (see the
 /// module doc).
 pub(in crate::store) struct Mirror {
-    tree: sled::Tree,
+    pub(in crate::store) tree: sled::Tree,
     pub(in crate::store) progress: Mutex<Progress>,
 }
 
@@ -196,26 +203,41 @@ pub(in crate::store) struct Mirror {
 pub(in crate::store) struct Progress {
     /// The last key the copy has written, `None` before its first chunk.
     copied_through: Option<sled::IVec>,
-    /// Keys removed past `copied_through` that the copy may have read
-    /// before their removal; the switch sets each as the current tree
-    /// holds it.
-    removed: BTreeSet<Vec<u8>>,
+    /// Keys changed past `copied_through` that the copy may have read
+    /// before their change, or missed; the switch sets each as the current
+    /// tree holds it.
+    changed: BTreeSet<Vec<u8>>,
 }
 
 impl Mirror {
-    /// Writes an entry that has reached the current tree, noting first the
-    /// keys it removes that the copy has not written past.
+    /// Makes the changes of an entry that has reached the current tree to
+    /// the keys the copy has written past, and notes the others.
     pub(super) fn write(&self, entry: &EntryRecords) -> sled::Result<()> {
+        let mut behind = Vec::new();
         {
             let mut progress = self.progress.lock().expect("mirror lock");
             let Progress {
                 copied_through,
-                removed,
+                changed,
             } = &mut *progress;
-            let ahead = |key: &&[u8]| copied_through.as_deref().is_none_or(|c| *key > c);
-            removed.extend(entry.removed_keys().filter(ahead).map(<[u8]>::to_vec));
+            for (key, value) in entry.records() {
+                match copied_through {
+                    Some(mark) if key <= mark.as_ref() => behind.push((key, value)),
+                    _ => {
+                        changed.insert(key.to_vec());
+                    }
+                }
+            }
         }
-        entry.write_to(&self.tree)
+        // Outside the lock: the copy writes only keys past the mark it
+        // read, so it never writes one of these.
+        for (key, value) in behind {
+            match value {
+                Some(value) => self.tree.insert(key, value)?,
+                None => self.tree.remove(key)?,
+            };
+        }
+        Ok(())
     }
 }
 
@@ -245,25 +267,22 @@ impl FreshCopy {
         Ok((!read.is_empty()).then_some(Chunk(read)))
     }
 
-    /// Writes `chunk`'s records into the fresh tree where the mirror has
-    /// not written their keys, and moves the mark past them; gives the
-    /// bytes read.
+    /// Writes `chunk`'s records into the fresh tree as they were read, and
+    /// moves the mark past them; gives the bytes read.
     pub(in crate::store) fn write_chunk(&self, Chunk(read): Chunk) -> std::io::Result<u64> {
         let last = read.last().map(|(key, _)| key.clone());
         let mut bytes = 0;
         for (key, value) in read {
             bytes += (key.len() + value.len()) as u64;
-            // A key the mirror wrote meanwhile holds a later value: the
-            // swap fails and leaves it.
-            let _ = (self.mirror.tree)
-                .compare_and_swap(key, None::<&[u8]>, Some(value))
+            (self.mirror.tree)
+                .insert(key, value)
                 .map_err(std::io::Error::other)?;
         }
         let mut progress = self.progress();
         if let Some(last) = &last {
-            // Keys past the chunk: the copy reads them after their removal.
+            // Keys past the chunk: the copy reads them after their change.
             progress
-                .removed
+                .changed
                 .retain(|key| key.as_slice() <= last.as_ref());
         }
         progress.copied_through = last;
@@ -274,12 +293,12 @@ impl FreshCopy {
         self.mirror.progress.lock().expect("mirror lock")
     }
 
-    /// Sets each key an entry removed while the copy could bring it back
+    /// Sets each key an entry changed where the copy may have missed it
     /// as `from` holds it; between batches of entries, when `from` is
     /// still.
-    fn settle_removed_keys(&self) -> sled::Result<()> {
-        let removed = std::mem::take(&mut self.progress().removed);
-        for key in removed {
+    fn settle_changed_keys(&self) -> sled::Result<()> {
+        let changed = std::mem::take(&mut self.progress().changed);
+        for key in changed {
             match self.from.get(&key)? {
                 Some(value) => self.mirror.tree.insert(key, value)?,
                 None => self.mirror.tree.remove(key)?,
@@ -386,7 +405,7 @@ impl Parts {
     }
 
     /// Switches to `copied` between two batches of entries: settles the
-    /// keys removed during the copy, syncs what was mirrored since, moves
+    /// keys changed during the copy, syncs what was mirrored since, moves
     /// the pointer, swaps the database in and removes the old one. Gives
     /// the size left, or `None` when an install came since the copy began
     /// (the copy is removed). A failure once the switch has begun is kept
@@ -400,7 +419,7 @@ impl Parts {
             databases::remove(copied.fresh);
             return Ok(None);
         }
-        let settled = copied.settle_removed_keys().map_err(std::io::Error::other);
+        let settled = copied.settle_changed_keys().map_err(std::io::Error::other);
         let switched = settled.and_then(|()| copied.fresh.sync()).and_then(|()| {
             crate::failpoint::crash_point("defrag-before-switch");
             databases::point_to(&self.pointer, &self.shared.meta, &copied.fresh)

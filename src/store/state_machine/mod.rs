@@ -272,7 +272,7 @@ impl StateMachine {
     /// Writes one entry's write set while no read is in progress, so every
     /// read sees the state before the entry or after it, never part of it.
     /// A snapshot being copied meanwhile keeps what the entry overwrites.
-    /// A defrag in progress gets the same writes (see [`defrag`]).
+    /// A defrag in progress gets those behind its copy (see [`defrag`]).
     fn write_entry(
         &self,
         log_index: u64,
