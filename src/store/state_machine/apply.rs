@@ -533,7 +533,8 @@ pub(super) enum ReplayError {
     Sled(#[from] sled::Error),
 }
 
-fn apply_writes<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+/// Writes each key's value, or removes the key (`None`), in order.
+pub(super) fn apply_writes<K: AsRef<[u8]>, V: AsRef<[u8]>>(
     tree: &sled::Tree,
     writes: &[(K, Option<V>)],
 ) -> Result<(), sled::Error> {

@@ -52,7 +52,7 @@ use std::time::{Duration, Instant};
 use super::super::database::{Database, SyncPacer, SYNC_EVERY};
 use super::super::snapshot::SnapshotDir;
 use super::super::Shared;
-use super::apply::EntryRecords;
+use super::apply::{apply_writes, EntryRecords};
 use super::{copy_below_serving, databases, records_after};
 use crate::stagger::Stagger;
 
@@ -231,13 +231,7 @@ impl Mirror {
         }
         // Outside the lock: the copy writes only keys past the mark it
         // read, so it never writes one of these.
-        for (key, value) in behind {
-            match value {
-                Some(value) => self.tree.insert(key, value)?,
-                None => self.tree.remove(key)?,
-            };
-        }
-        Ok(())
+        apply_writes(&self.tree, &behind)
     }
 }
 
