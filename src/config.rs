@@ -160,8 +160,9 @@ pub struct Config {
     #[arg(long, env = "RAFTSET_HISTORY_REVISIONS", default_value_t = 10_000)]
     pub history_revisions: u64,
 
-    /// Bytes of change history kept for Watch, whatever the revisions: the
-    /// oldest entries' changes go first (the newest entry's always stay).
+    /// Bytes of change history kept for Watch (its records, and the values
+    /// later changes replaced), whatever the revisions: the oldest
+    /// entries' changes go first (the newest entry's always stay).
     #[arg(long, env = "RAFTSET_HISTORY_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub history_bytes: u64,
 

@@ -2,8 +2,11 @@
 //!
 //! Everything lives in one sled tree; a key's first byte says what it is:
 //! - `k` + key → the value and its revision counters
-//! - `h` + last revision of an entry → the changes that entry made, in
-//!   order (Watch history)
+//! - `h` + last revision of an entry + `0` → the changes that entry made,
+//!   in order, without their values (Watch history); a key one byte
+//!   shorter, as format 3 wrote it, holds the values too
+//! - `p` + revision + key → the value a change set at that revision, once
+//!   a later change replaced it while the history still holds the change
 //! - `d` + request id → the outcome of that request (deduplication), for
 //!   ids of clients
 //! - `e` + filing time (ms) + log index → the client request ids that entry
@@ -22,19 +25,21 @@
 
 pub const KEY: u8 = b'k';
 pub const HISTORY: u8 = b'h';
+pub const PRIOR: u8 = b'p';
 pub const DEDUP: u8 = b'd';
 pub const EXPIRY: u8 = b'e';
 pub const OUTCOMES: u8 = b'o';
 pub const APPLIED: &[u8] = b"a";
 pub const MEMBERSHIP: &[u8] = b"m";
 pub const COMPACTED: &[u8] = b"c";
-/// Bytes of the history records kept (absent in trees from before it was
-/// counted: their older records then count for nothing until compacted).
+/// Bytes of the history records and `p` records kept (absent in trees from
+/// before it was counted: their older records then count for nothing until
+/// compacted).
 pub const HISTORY_BYTES: &[u8] = b"b";
 pub const REVISION: &[u8] = b"r";
-/// The last entry's redo record: its log index, its writes but those of
-/// values, and the key of its history record, whose changes give the values
-/// again. Replayed at start-up (see `EntryWrites::write`).
+/// The last entry's redo record: its log index and its writes (format 3
+/// left out the values and named its history record, whose changes gave
+/// them). Replayed at start-up (see `EntryWrites::write`).
 pub const REDO: &[u8] = b"x";
 /// The redo record of versions before the `x` record: the last entry's
 /// whole write set, values included. Replayed at start-up and removed, so
@@ -50,11 +55,14 @@ pub const FORMAT: &[u8] = b"v";
 /// Which layout of records this version writes. Snapshot files carry it
 /// too. 2: history and expiry records per entry; 3: the outcomes of
 /// node-made request ids per entry (`o`), where format 2 filed each in a
-/// `d` record of its own.
-pub const DATA_FORMAT: u8 = 3;
+/// `d` record of its own; 4: history records without values, and `p`
+/// records.
+pub const DATA_FORMAT: u8 = 4;
 /// The oldest format this version reads: format 2 is format 3 without `o`
-/// records, so state in it is read as it is and marked format 3, and a
-/// version that reads only format 2 refuses it from then on.
+/// records, and format 3 is format 4 with the values in the history
+/// records, which this version reads too; so state in either is read as it
+/// is and marked format 4, and a version that reads only older formats
+/// refuses it from then on.
 pub const OLDEST_READABLE_FORMAT: u8 = 2;
 
 /// Whether this version reads state or a snapshot in `format`.
@@ -93,7 +101,22 @@ pub fn history_key(revision: u64) -> [u8; 9] {
     key
 }
 
-/// The revision a [`history_key`] names; `None` for a key too short.
+/// The key of an entry's history record as this version writes it (format
+/// 4): one byte longer than the [`history_key`] of a record that holds the
+/// values, so the length tells them apart and both sort by revision.
+pub fn history_key_without_values(revision: u64) -> [u8; 10] {
+    let mut key = [0; 10];
+    key[..9].copy_from_slice(&history_key(revision));
+    key
+}
+
+/// The key of the `p` record of the change at `revision` to `key`.
+pub fn prior_key(revision: u64, key: &[u8]) -> Vec<u8> {
+    [&[PRIOR][..], &revision.to_be_bytes(), key].concat()
+}
+
+/// The revision a [`history_key`] (of either length) names; `None` for a
+/// key too short.
 pub fn history_revision(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(key.get(1..9)?.try_into().ok()?))
 }

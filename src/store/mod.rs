@@ -108,7 +108,8 @@ pub struct StoreOptions {
     /// sled's page cache, in bytes.
     pub cache_bytes: u64,
     /// How much change history Watch can replay: revisions, and bytes of
-    /// history records (the newest entry's is always kept).
+    /// history records and the values they need (the newest entry's is
+    /// always kept).
     pub history_revisions: u64,
     pub history_bytes: u64,
     /// Capacity of the live change feed for watchers.

@@ -9,7 +9,7 @@ use openraft::testing::{StoreBuilder, Suite};
 use openraft::{CommittedLeaderId, EntryPayload, RaftLogReader, RaftSnapshotBuilder};
 
 use super::state_machine::read::ReadError;
-use super::state_machine::{FeedItem, ScanRange, SnapshotCopy};
+use super::state_machine::{Change, FeedItem, ScanRange, SnapshotCopy};
 use super::*;
 use crate::types::{Command, Entry, KeyValue, LogId, Op, Outcome, Proposal, TypeConfig};
 
@@ -632,10 +632,19 @@ async fn history_pages_are_bounded_in_bytes_and_add_up_to_the_whole() {
     assert_eq!((all.changes.len(), all.next), (10, None));
 }
 
-/// History is also bounded in bytes: the oldest entries' records go once
-/// the records take more than the budget, whatever the revision count,
-/// the newest always stays, and a replay from before says where history
-/// starts now.
+/// The bytes the history's records and the values it kept take.
+fn history_bytes_kept(tree: &sled::Tree) -> usize {
+    [b'h', b'p']
+        .into_iter()
+        .flat_map(|prefix| tree.scan_prefix([prefix]))
+        .map(|item| item.unwrap().1.len())
+        .sum()
+}
+
+/// History is also bounded in bytes: the oldest entries' records, with the
+/// replaced values they need, go once they take more than the budget,
+/// whatever the revision count, the newest always stays, and a replay from
+/// before says where history starts now.
 #[tokio::test]
 async fn history_is_bounded_in_bytes_as_well_as_in_revisions() {
     let dir = tempfile::tempdir().unwrap();
@@ -649,12 +658,11 @@ async fn history_is_bounded_in_bytes_as_well_as_in_revisions() {
         apply(&mut store.state_machine, index, vec![put("k", &value)]).await;
     }
     let tree = store.state_machine.tree();
-    let kept: usize = tree
-        .scan_prefix([b'h'])
-        .map(|item| item.unwrap().1.len())
-        .sum();
+    let kept = history_bytes_kept(&tree);
     assert!(kept <= 1_000, "{kept} bytes of history kept");
     assert!(kept > 600, "only {kept} bytes kept: more than needed went");
+    let counted: u64 = postcard::from_bytes(&tree.get(b"b").unwrap().unwrap()).unwrap();
+    assert_eq!(counted, kept as u64, "the count is what the records take");
     let reader = store.state_machine.reader();
     match reader.history_page(b"", 1, usize::MAX) {
         Err(ReadError::Compacted { oldest, .. }) => {
@@ -663,15 +671,96 @@ async fn history_is_bounded_in_bytes_as_well_as_in_revisions() {
         }
         other => panic!("expected Compacted, got {other:?}"),
     }
-    // One entry larger than the budget is kept alone.
+    // An entry that replaces more than the budget is kept alone.
     let large = "v".repeat(5_000);
     apply(&mut store.state_machine, 21, vec![put("k", &large)]).await;
+    apply(&mut store.state_machine, 22, vec![put("k", "small")]).await;
     let records: Vec<u64> = tree
         .scan_prefix([b'h'])
         .keys()
         .map(|k| u64::from_be_bytes(k.unwrap()[1..9].try_into().unwrap()))
         .collect();
-    assert_eq!(records, [21]);
+    assert_eq!(records, [22]);
+    let page = reader.history_page(b"", 22, usize::MAX).unwrap();
+    assert_eq!(page.changes[0].kv.value, b"small");
+}
+
+/// The history holds each change without its value: the key's record
+/// gives it while the change is the key's latest, and a record of its own
+/// once a later change replaced it. Watch replays every value as it was,
+/// overwritten, deleted and written again alike.
+#[tokio::test]
+async fn history_replays_values_since_replaced_without_holding_them_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), StoreOptions::default());
+    // One entry each.
+    let entries = [
+        vec![put("k", "first-value"), put("j", "other-value")],
+        vec![put("k", "second-value")],
+        vec![Op::Delete { key: b"k".to_vec() }],
+        vec![put("k", "third-value"), put("k", "fourth-value")],
+    ];
+    apply(&mut store.state_machine, 1, entries.concat()).await;
+    let changes = store
+        .state_machine
+        .reader()
+        .history_page(b"", 1, usize::MAX)
+        .unwrap()
+        .changes;
+    let replayed: Vec<(u64, &[u8], &[u8], bool)> = changes
+        .iter()
+        .map(|c| (c.revision, &c.kv.key[..], &c.kv.value[..], c.deleted))
+        .collect();
+    let expected: [(u64, &[u8], &[u8], bool); 6] = [
+        (1, b"k", b"first-value", false),
+        (2, b"j", b"other-value", false),
+        (3, b"k", b"second-value", false),
+        (4, b"k", b"", true),
+        (5, b"k", b"third-value", false),
+        (6, b"k", b"fourth-value", false),
+    ];
+    assert_eq!(replayed, expected);
+    let tree = store.state_machine.tree();
+    for item in tree.scan_prefix([b'h']) {
+        let record = item.unwrap().1;
+        assert!(
+            !record.windows(6).any(|w| w == b"-value"),
+            "a history record holds a value"
+        );
+    }
+}
+
+/// A history record as the version before wrote it (with the values,
+/// under a key one byte shorter) is replayed beside this version's.
+#[tokio::test]
+async fn history_records_with_their_values_are_still_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), StoreOptions::default());
+    let old = vec![Change {
+        revision: 1,
+        kv: KeyValue {
+            key: b"k".to_vec(),
+            value: b"from-format-3".to_vec(),
+            create_revision: 1,
+            mod_revision: 1,
+            version: 1,
+        },
+        deleted: false,
+    }];
+    let tree = store.state_machine.tree();
+    tree.insert(keys::history_key(1), postcard::to_stdvec(&old).unwrap())
+        .unwrap();
+    tree.insert(b"r", postcard::to_stdvec(&1u64).unwrap())
+        .unwrap();
+    apply(&mut store.state_machine, 1, vec![put("k", "now")]).await;
+    let values: Vec<Vec<u8>> = (store.state_machine.reader())
+        .history_page(b"", 1, usize::MAX)
+        .unwrap()
+        .changes
+        .into_iter()
+        .map(|c| c.kv.value)
+        .collect();
+    assert_eq!(values, [b"from-format-3".to_vec(), b"now".to_vec()]);
 }
 
 /// Entries carrying many commands each (the leader batches writes) must
@@ -1108,42 +1197,45 @@ async fn state_in_another_data_format_is_refused() {
     assert!(detail.contains("data format 1"), "{detail}");
 }
 
-/// State and snapshots in format 2, from before the outcomes of node-made
-/// ids were filed per entry, are read (format 3 only adds `o` records),
-/// and state is marked format 3 once opened or installed, so that a
-/// version reading only format 2 refuses it afterwards.
+/// State and snapshots in formats 2 and 3 are read (format 3 only added
+/// `o` records to format 2, and format 4 history records without values
+/// and `p` records, which this version reads beside format 3's history
+/// records), and state is marked format 4 once opened or installed, so
+/// that a version reading only older formats refuses it afterwards.
 #[tokio::test]
-async fn state_and_snapshots_in_format_2_are_read_and_become_format_3() {
+async fn state_and_snapshots_in_formats_2_and_3_are_read_and_become_format_4() {
     let format_of = |sm: &StateMachine| sm.tree().get(keys::FORMAT).unwrap().unwrap().to_vec();
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = open(dir.path(), StoreOptions::default());
-    apply(&mut store.state_machine, 1, vec![put("a", "1")]).await;
-    assert_eq!(format_of(&store.state_machine), [3]);
-    store
-        .state_machine
-        .tree()
-        .insert(keys::FORMAT, &[2u8])
-        .unwrap();
-    store.meta.make_durable().unwrap();
-    drop(store);
+    for older in [2u8, 3] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path(), StoreOptions::default());
+        apply(&mut store.state_machine, 1, vec![put("a", "1")]).await;
+        assert_eq!(format_of(&store.state_machine), [4]);
+        store
+            .state_machine
+            .tree()
+            .insert(keys::FORMAT, &[older])
+            .unwrap();
+        store.meta.make_durable().unwrap();
+        drop(store);
 
-    let mut store = open(dir.path(), StoreOptions::default());
-    assert_eq!(format_of(&store.state_machine), [3]);
-    let (meta, mut bytes) = build(&mut store.state_machine).await;
-    // The same snapshot as format 2 wrote it: its format byte, and the
-    // file's checksum over every byte before it.
-    bytes[7] = 2;
-    let body = bytes.len() - 4;
-    let crc = crc32fast::hash(&bytes[..body]);
-    bytes[body..].copy_from_slice(&crc.to_be_bytes());
-    let other_dir = tempfile::tempdir().unwrap();
-    let mut other = open(other_dir.path(), StoreOptions::default());
-    receive(&mut other.state_machine, &meta, &bytes)
-        .await
-        .unwrap();
-    let value = other.state_machine.reader().get(b"a").unwrap().0.unwrap();
-    assert_eq!(value.value, b"1");
-    assert_eq!(format_of(&other.state_machine), [3]);
+        let mut store = open(dir.path(), StoreOptions::default());
+        assert_eq!(format_of(&store.state_machine), [4]);
+        let (meta, mut bytes) = build(&mut store.state_machine).await;
+        // The same snapshot as the older format wrote it: its format byte,
+        // and the file's checksum over every byte before it.
+        bytes[7] = older;
+        let body = bytes.len() - 4;
+        let crc = crc32fast::hash(&bytes[..body]);
+        bytes[body..].copy_from_slice(&crc.to_be_bytes());
+        let other_dir = tempfile::tempdir().unwrap();
+        let mut other = open(other_dir.path(), StoreOptions::default());
+        receive(&mut other.state_machine, &meta, &bytes)
+            .await
+            .unwrap();
+        let value = other.state_machine.reader().get(b"a").unwrap().0.unwrap();
+        assert_eq!(value.value, b"1");
+        assert_eq!(format_of(&other.state_machine), [4]);
+    }
 }
 
 /// Applies 4,000 puts of 1 KB, one entry each, and purges the log up to the
@@ -1845,15 +1937,17 @@ async fn a_defrag_cut_short_before_its_switch_leaves_the_state_where_it_was() {
 async fn a_defrag_copy_syncs_its_database_every_few_megabytes() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = open(dir.path(), StoreOptions::default());
-    let value = "v".repeat(16 << 10);
-    let puts = (0..1_600)
+    // Values of 8 KiB: a chunk of the copy (1,024 records) is about the
+    // bytes between two syncs, so the copy may sync after every chunk.
+    let value = "v".repeat(8 << 10);
+    let puts = (0..3_200)
         .map(|k| put(&format!("k{k:05}"), &value))
         .collect();
     apply(&mut store.state_machine, 1, puts).await;
 
     let parts = store.state_machine.defrag_parts();
     let copied = parts.copy(0, &AtomicBool::new(false)).unwrap().unwrap();
-    let copied_bytes = 1_600 * (16 << 10);
+    let copied_bytes = 3_200 * (8 << 10);
     assert!(
         copied.syncs >= copied_bytes / (super::database::SYNC_EVERY as u32) - 1,
         "{} syncs while copying {copied_bytes} bytes",

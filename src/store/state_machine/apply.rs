@@ -5,8 +5,9 @@
 //! Applying is total: a lost compare-and-swap or a counter that is not an
 //! integer is an [`Outcome`], never an error; only an unreadable tree fails.
 //! A command whose request id is remembered changes nothing and returns its
-//! first outcome again. History, request-id expiry and the outcomes of
-//! node-made ids ([`super::recent`]) are recorded once per entry, and
+//! first outcome again. History (without the values, which the key
+//! records hold, and `p` records once replaced), request-id expiry and the
+//! outcomes of node-made ids ([`super::recent`]) are recorded once per entry, and
 //! trimmed at the end of each entry by an amount fixed by the entry and the
 //! state before it, so every replica forgets the same things.
 
@@ -17,11 +18,14 @@ use serde::Serialize;
 use serde_bytes::{ByteBuf, Bytes};
 
 use super::feed::Change;
-use super::read::{read_kv, read_revision, read_value, Lookup, ReadError, StoredValue};
+use super::read::{
+    read_kv, read_revision, read_value, Lookup, ReadError, StoredChange, StoredValue,
+};
 use super::recent::{made_by_a_node, EntryOutcomes, IndexChanges, RecentIds, Remembered};
 use crate::store::keys::{
-    dedup_key, history_key, history_revision, key_key, outcomes_key, timed_key, APPLIED, COMPACTED,
-    EXPIRY, HISTORY, HISTORY_BYTES, KEY, OUTCOMES, REDO, REVISION, WHOLE_REDO,
+    dedup_key, history_key, history_key_without_values, history_revision, key_key, outcomes_key,
+    prior_key, timed_key, APPLIED, COMPACTED, EXPIRY, HISTORY, HISTORY_BYTES, OUTCOMES, REDO,
+    REVISION, WHOLE_REDO,
 };
 use crate::types::{
     node_id_lifetime_ms, Command, KeyValue, LogId, Op, Outcome, Proposal, RequestId,
@@ -59,7 +63,7 @@ pub(super) fn execute<L: Lookup>(
     let (outcome, change) = match &command.op {
         Op::Put { key, value } | Op::PutReturningPrev { key, value } => {
             let prev = read_kv(writes, key)?;
-            let change = write_kv(writes, key, value, prev.as_ref(), next);
+            let change = write_kv(writes, key, value, prev.as_ref(), next)?;
             let returning_prev = matches!(command.op, Op::PutReturningPrev { .. });
             (
                 Outcome::Put {
@@ -71,7 +75,7 @@ pub(super) fn execute<L: Lookup>(
         }
         Op::Delete { key } => match read_kv(writes, key)? {
             Some(prev) => {
-                let change = delete_kv(writes, &prev, next);
+                let change = delete_kv(writes, &prev, next)?;
                 (
                     Outcome::Deleted {
                         revision: next,
@@ -98,11 +102,11 @@ pub(super) fn execute<L: Lookup>(
             match (matches, new, &found) {
                 (false, _, _) => (Outcome::CompareFailed { current: found }, None),
                 (true, Some(value), _) => {
-                    let change = write_kv(writes, key, value, found.as_ref(), next);
+                    let change = write_kv(writes, key, value, found.as_ref(), next)?;
                     (Outcome::Swapped { revision: next }, Some(change))
                 }
                 (true, None, Some(prev)) => {
-                    let change = delete_kv(writes, prev, next);
+                    let change = delete_kv(writes, prev, next)?;
                     (Outcome::Swapped { revision: next }, Some(change))
                 }
                 (true, None, None) => (Outcome::Swapped { revision: current }, None),
@@ -124,7 +128,7 @@ pub(super) fn execute<L: Lookup>(
                     None => (Outcome::Overflow { current: counter }, None),
                     Some(value) => {
                         let bytes = value.to_string().into_bytes();
-                        let change = write_kv(writes, key, &bytes, prev.as_ref(), next);
+                        let change = write_kv(writes, key, &bytes, prev.as_ref(), next)?;
                         (
                             Outcome::Incremented {
                                 revision: next,
@@ -170,11 +174,20 @@ pub(super) fn finish_entry(
     let history = std::mem::take(&mut writes.history);
     if !history.is_empty() {
         writes.insert(REVISION, encode(&revision));
-        let record = encode(&history);
-        let added = record.len() as u64;
-        writes.insert(history_key(revision), record);
-        writes.history_record = Some(history_key(revision));
-        compact_history(&tree, writes, revision, retention, added)?;
+        let record: Vec<StoredChange<&Bytes>> = history.iter().map(stored_change).collect();
+        let record = encode(&record);
+        let priors = std::mem::take(&mut writes.priors);
+        compact_history(
+            &tree,
+            writes,
+            revision,
+            retention,
+            record.len() as u64,
+            priors,
+        )?;
+        let key = history_key_without_values(revision);
+        writes.insert(key, record);
+        writes.history_record = Some(key);
     }
     for (at_ms, ids) in by_filing_time(proposal, std::mem::take(&mut writes.remembered), |id| id) {
         writes.insert(
@@ -276,30 +289,36 @@ fn expire(
 }
 
 /// How much Watch history is kept: the last `revisions` revisions, and
-/// at most `bytes` of history records (the newest entry's always).
+/// at most `bytes` of history and `p` records (the newest entry's always).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct HistoryRetention {
     pub revisions: u64,
     pub bytes: u64,
 }
 
-/// Drops up to [`EXPIRE_PER_ENTRY`] of the oldest entries' history records
-/// while they lie wholly outside the retained revisions or the records
-/// take more than the retained bytes (`added` of them this entry's), and
-/// records how far. Every replica applies the same entries with the same
-/// records, so every replica keeps the same history.
+/// Drops up to [`EXPIRE_PER_ENTRY`] of the oldest entries' history records,
+/// with the `p` records of their changes, while they lie wholly outside the
+/// retained revisions or the records take more than the retained bytes
+/// (`added` of them this entry's history record, and `priors` its `p`
+/// records), writes the entry's `p` records that stay, and records how far.
+/// Every replica applies the same entries with the same records, so every
+/// replica keeps the same history.
 fn compact_history(
     tree: &sled::Tree,
     batch: &mut EntryWrites<sled::Tree>,
     revision: u64,
     retention: HistoryRetention,
     added: u64,
+    priors: Vec<Prior>,
 ) -> Result<(), ReadError> {
     let cutoff = revision.saturating_sub(retention.revisions);
+    let prior_bytes: u64 = priors.iter().map(|prior| prior.value.len() as u64).sum();
     let mut retained = read_value::<u64>(tree, HISTORY_BYTES)?
         .unwrap_or(0)
-        .saturating_add(added);
+        .saturating_add(added)
+        .saturating_add(prior_bytes);
     let mut highest = None;
+    let mut priors_from = 0;
     // This entry's own record is not in the tree yet: it is never dropped.
     for item in tree
         .range([HISTORY].as_slice()..history_key(revision).as_slice())
@@ -314,8 +333,22 @@ fn compact_history(
             break;
         }
         retained = retained.saturating_sub(record.len() as u64);
+        let dropped_priors = prior_key(priors_from, &[])..prior_key(last.saturating_add(1), &[]);
+        for item in tree.range(dropped_priors) {
+            let (key, value) = item?;
+            retained = retained.saturating_sub(value.len() as u64);
+            batch.remove(key);
+        }
+        priors_from = last.saturating_add(1);
         highest = Some(last);
         batch.remove(key);
+    }
+    for prior in priors {
+        if highest.is_some_and(|highest| prior.revision <= highest) {
+            retained = retained.saturating_sub(prior.value.len() as u64);
+        } else {
+            batch.insert(prior_key(prior.revision, &prior.key), prior.value);
+        }
     }
     batch.insert(HISTORY_BYTES, encode(&retained));
     if let Some(highest) = highest {
@@ -334,7 +367,12 @@ pub(super) struct EntryWrites<L> {
     /// record each by [`finish_entry`].
     history: Vec<Change>,
     /// The key of the entry's history record, once written into `pending`.
-    history_record: Option<[u8; 9]>,
+    history_record: Option<[u8; 10]>,
+    /// The values the entry's changes replace that the history still
+    /// needs, written as `p` records by [`finish_entry`].
+    priors: Vec<Prior>,
+    /// The highest revision compacted out of the history, once read.
+    compacted: Option<u64>,
     remembered: Vec<RequestId>,
     /// The entry's node-made ids and their outcomes, filed in one record.
     made: Vec<(RequestId, Outcome)>,
@@ -350,6 +388,8 @@ impl<L: Lookup> EntryWrites<L> {
             pending: Default::default(),
             history: Vec::new(),
             history_record: None,
+            priors: Vec::new(),
+            compacted: None,
             remembered: Vec::new(),
             made: Vec::new(),
             index: IndexChanges::default(),
@@ -374,6 +414,33 @@ impl<L: Lookup> EntryWrites<L> {
         let (key, value) = kv_write(change);
         self.pending.insert(key, value);
     }
+
+    /// Keeps the value a change replaces (`prev`, the key as it was) for
+    /// Watch, if the history still holds the change that set it: the
+    /// history record names that change without its value.
+    fn keep_prior(&mut self, prev: &KeyValue) -> Result<(), ReadError> {
+        let compacted = match self.compacted {
+            Some(compacted) => compacted,
+            None => *self
+                .compacted
+                .insert(read_value(&self.base, COMPACTED)?.unwrap_or(0)),
+        };
+        if prev.mod_revision > compacted {
+            self.priors.push(Prior {
+                revision: prev.mod_revision,
+                key: prev.key.clone(),
+                value: prev.value.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A value an entry replaced, and the revision that set it: a `p` record.
+pub(super) struct Prior {
+    revision: u64,
+    key: Vec<u8>,
+    value: Vec<u8>,
 }
 
 impl EntryWrites<sled::Tree> {
@@ -385,9 +452,9 @@ impl EntryWrites<sled::Tree> {
     /// Writes the entry atomically without a sled batch (which costs two
     /// synced writes). sled recovers writes in order, so the entry writes
     /// first its history record, then its redo record, then everything
-    /// else. The redo record holds the entry's log index, the key of that
-    /// history record and every write but the values' (the history
-    /// record's changes give those again, so no value is written twice).
+    /// else. The redo record holds the entry's log index and every other
+    /// write; the history record holds no value, so a value goes into sled
+    /// twice (its key's record and the redo record), not three times.
     /// After a crash either the redo record is the previous entry's, and of
     /// this entry at most its history record is there (applying the entry
     /// again writes the same one), or `StateMachine::open` replays it
@@ -405,7 +472,7 @@ impl EntryWrites<sled::Tree> {
             Some((key, record))
         });
         let writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = self.pending.into_iter().collect();
-        let redo = redo_record(log_index, history.as_ref().map(|(key, _)| key), &writes);
+        let redo = redo_record(log_index, &writes);
         EntryRecords {
             base: self.base,
             history,
@@ -418,7 +485,7 @@ impl EntryWrites<sled::Tree> {
 /// An entry's writes in the order [`EntryWrites::write`] makes them.
 pub(super) struct EntryRecords {
     base: sled::Tree,
-    history: Option<([u8; 9], Vec<u8>)>,
+    history: Option<([u8; 10], Vec<u8>)>,
     redo: Vec<u8>,
     writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
@@ -451,24 +518,20 @@ impl EntryRecords {
 }
 
 /// The redo record of the entry at `log_index` (see [`EntryWrites::write`]):
-/// `writes` (a key, and its value or `None` for a removal) less those of
-/// values when the history record under `history` gives them again. Each key
-/// and value goes in as one byte string, which postcard writes exactly as
-/// it writes a `Vec<u8>` (its length, then its bytes) but copied whole.
-fn redo_record(
-    log_index: u64,
-    history: Option<&[u8; 9]>,
-    writes: &[(Vec<u8>, Option<Vec<u8>>)],
-) -> Vec<u8> {
+/// `writes`, each a key and its value or `None` for a removal. Each key and
+/// value goes in as one byte string, which postcard writes exactly as it
+/// writes a `Vec<u8>` (its length, then its bytes) but copied whole.
+fn redo_record(log_index: u64, writes: &[(Vec<u8>, Option<Vec<u8>>)]) -> Vec<u8> {
     let writes: Vec<(&Bytes, Option<&Bytes>)> = writes
         .iter()
-        .filter(|(key, _)| history.is_none() || key.first() != Some(&KEY))
         .map(|(key, value)| (Bytes::new(key), value.as_deref().map(Bytes::new)))
         .collect();
-    encode(&(log_index, history.map(|key| Bytes::new(key)), writes))
+    encode(&(log_index, None::<&Bytes>, writes))
 }
 
-/// A redo record as [`redo_record`] encodes it.
+/// A redo record as [`redo_record`] encodes it. Format 3 left out the
+/// writes of key records and named its history record (the middle field),
+/// whose changes gave them.
 type Redo = (u64, Option<ByteBuf>, Vec<(ByteBuf, Option<ByteBuf>)>);
 
 /// Finishes, at start-up, the last entry written before the node stopped
@@ -566,7 +629,10 @@ fn write_kv<L: Lookup>(
     value: &[u8],
     prev: Option<&KeyValue>,
     revision: u64,
-) -> Change {
+) -> Result<Change, ReadError> {
+    if let Some(prev) = prev {
+        batch.keep_prior(prev)?;
+    }
     let change = Change {
         revision,
         kv: KeyValue {
@@ -579,10 +645,15 @@ fn write_kv<L: Lookup>(
         deleted: false,
     };
     batch.write_change(&change);
-    change
+    Ok(change)
 }
 
-fn delete_kv<L: Lookup>(batch: &mut EntryWrites<L>, prev: &KeyValue, revision: u64) -> Change {
+fn delete_kv<L: Lookup>(
+    batch: &mut EntryWrites<L>,
+    prev: &KeyValue,
+    revision: u64,
+) -> Result<Change, ReadError> {
+    batch.keep_prior(prev)?;
     let change = Change {
         revision,
         kv: KeyValue {
@@ -595,12 +666,23 @@ fn delete_kv<L: Lookup>(batch: &mut EntryWrites<L>, prev: &KeyValue, revision: u
         deleted: true,
     };
     batch.write_change(&change);
-    change
+    Ok(change)
+}
+
+/// `change` as the entry's history record holds it, without its value.
+fn stored_change(change: &Change) -> StoredChange<&Bytes> {
+    StoredChange {
+        revision: change.revision,
+        key: Bytes::new(&change.kv.key),
+        create_revision: change.kv.create_revision,
+        version: change.kv.version,
+        deleted: change.deleted,
+    }
 }
 
 /// The write `change` makes to its key's record: the one place a change
-/// becomes a write, both when it is applied and when a redo record's
-/// history record is replayed, so the two cannot differ.
+/// becomes a write, both when it is applied and when the history record a
+/// format 3 redo record names is replayed, so the two cannot differ.
 fn kv_write(change: &Change) -> (Vec<u8>, Option<Vec<u8>>) {
     let kv = &change.kv;
     let record = (!change.deleted).then(|| {
@@ -623,6 +705,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+    use crate::store::keys::{KEY, PRIOR};
 
     /// A state before the command, as a plain map: applying needs nothing
     /// of sled but point reads.
@@ -643,7 +726,8 @@ mod tests {
                 value.as_bytes(),
                 None,
                 i as u64 + 1,
-            );
+            )
+            .unwrap();
         }
         Map(writes
             .pending
@@ -871,8 +955,14 @@ mod tests {
             revisions: 1,
             bytes: 0,
         };
-        let compacted =
-            compact_history(&tree, &mut EntryWrites::new(tree.clone()), 5, retention, 10);
+        let compacted = compact_history(
+            &tree,
+            &mut EntryWrites::new(tree.clone()),
+            5,
+            retention,
+            10,
+            Vec::new(),
+        );
         assert!(matches!(
             compacted,
             Err(ReadError::MalformedKey {
@@ -893,7 +983,7 @@ mod tests {
             bytes: 0,
         };
         let mut writes = EntryWrites::new(tree.clone());
-        compact_history(&tree, &mut writes, 5, retention, 10).unwrap();
+        compact_history(&tree, &mut writes, 5, retention, 10, Vec::new()).unwrap();
         let retained: u64 = read_value(&writes, HISTORY_BYTES).unwrap().unwrap();
         assert_eq!(retained, u64::MAX);
     }
@@ -978,7 +1068,7 @@ mod tests {
         let (a, b) = (installed(&[]), installed(&[]));
         for tree in [&a, &b] {
             let mut writes = EntryWrites::new(tree.clone());
-            write_kv(&mut writes, b"old", b"x", None, 1);
+            write_kv(&mut writes, b"old", b"x", None, 1).unwrap();
             writes.insert(REVISION, encode(&1u64));
             writes.write(1).unwrap();
             let entry = an_entry(tree, 2);
@@ -988,22 +1078,22 @@ mod tests {
         (a, b)
     }
 
-    /// The redo record holds no value: a crash right after it leaves the
-    /// entry's values to come from its history record. Replaying it gives
-    /// every record a whole write gives (the values of a key written twice,
-    /// a delete, an increment, a compacted history), and replaying it again
-    /// changes nothing.
+    /// The redo record holds the values, which the history record does not:
+    /// a crash right after it leaves the entry to be finished from it.
+    /// Replaying it gives every record a whole write gives (the values of a
+    /// key written twice, a delete, an increment, replaced values, a
+    /// compacted history), and replaying it again changes nothing.
     #[test]
-    fn a_crash_after_the_redo_record_is_finished_from_the_history_record() {
+    fn a_crash_after_the_redo_record_is_finished_from_it() {
         let (crashed, whole) = two_entries_in();
         let entry = an_entry(&crashed, 3);
         entry.write_redo(&crashed).unwrap();
         let redo = crashed.get(REDO).unwrap().unwrap();
-        let (_, _, redone): Redo = postcard::from_bytes(&redo).unwrap();
-        assert!(
-            redone.iter().all(|(key, _)| key.first() != Some(&KEY)),
-            "the redo record holds no value"
-        );
+        let (_, history, redone): Redo = postcard::from_bytes(&redo).unwrap();
+        assert_eq!(history, None);
+        let written = |prefix: u8| redone.iter().filter(|(key, _)| key[0] == prefix).count();
+        assert_eq!(written(KEY), 3, "a, b and n (old went in the entry before)");
+        assert!(written(PRIOR) > 0, "the replaced values the history needs");
         let entry = an_entry(&whole, 3);
         entry.write_redo(&whole).unwrap();
         apply_writes(&whole, &entry.writes).unwrap();
@@ -1040,7 +1130,7 @@ mod tests {
         let (tree, _) = two_entries_in();
         let stale = tree.get(REDO).unwrap().unwrap();
         let mut writes = EntryWrites::new(tree.clone());
-        write_kv(&mut writes, b"a", b"later", None, 9);
+        write_kv(&mut writes, b"a", b"later", None, 9).unwrap();
         writes.write(3).unwrap();
         let applied = LogId::new(openraft::CommittedLeaderId::new(1, 0), 3);
         tree.insert(APPLIED, encode(&Some(applied))).unwrap();
@@ -1051,14 +1141,48 @@ mod tests {
         assert_eq!(read_kv(&tree, b"a").unwrap().unwrap().value, b"later");
     }
 
-    /// A redo record naming a history record that is not there is
+    /// A redo record as format 3 wrote it: the writes but the key
+    /// records', and the key of the history record whose changes (with
+    /// their values) give those.
+    fn a_format_3_redo_record(log_index: u64, history: [u8; 9]) -> Vec<u8> {
+        let writes = vec![(Bytes::new(REVISION), Some(Bytes::new(&[2])))];
+        encode(&(log_index, Some(Bytes::new(&history)), writes))
+    }
+
+    /// A node of the version before stopped right after an entry's redo
+    /// record: this one finishes the entry from the history record it
+    /// names, values and removals included.
+    #[test]
+    fn a_redo_record_of_format_3_is_finished_from_its_history_record() {
+        let change = |revision, key: &str, value: &str, deleted| Change {
+            revision,
+            kv: KeyValue {
+                key: key.into(),
+                value: value.into(),
+                create_revision: 1,
+                mod_revision: revision,
+                version: revision,
+            },
+            deleted,
+        };
+        let changes = vec![change(1, "a", "1", false), change(2, "gone", "", true)];
+        let tree = installed(&[
+            (key_key(b"gone").as_slice(), b"left".to_vec()),
+            (&history_key(2)[..], encode(&changes)),
+            (REDO, a_format_3_redo_record(1, history_key(2))),
+        ]);
+        finish_last_entry(&tree).unwrap();
+        let a = read_kv(&tree, b"a").unwrap().unwrap();
+        assert_eq!((a.value.as_slice(), a.mod_revision), (&b"1"[..], 1));
+        assert_eq!(read_kv(&tree, b"gone").unwrap(), None);
+        assert_eq!(read_revision(&tree).unwrap(), 2);
+    }
+
+    /// A format 3 redo record naming a history record that is not there is
     /// corruption, not an entry silently left half-written.
     #[test]
     fn a_redo_record_whose_history_record_is_missing_is_an_error() {
-        let (tree, _) = two_entries_in();
-        let redo = tree.get(REDO).unwrap().unwrap();
-        let (_, history, _): Redo = postcard::from_bytes(&redo).unwrap();
-        tree.remove(history.unwrap()).unwrap();
+        let tree = installed(&[(REDO, a_format_3_redo_record(1, history_key(2)))]);
         assert!(matches!(
             finish_last_entry(&tree),
             Err(ReplayError::HistoryMissing)

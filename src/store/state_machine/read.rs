@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::feed::Change;
 use crate::error::Error;
 use crate::store::keys::{
-    history_key, key_key, prefix_successor, COMPACTED, HISTORY, KEY, REVISION,
+    history_key, key_key, prefix_successor, prior_key, COMPACTED, HISTORY, KEY, REVISION,
 };
 use crate::types::KeyValue;
 
@@ -25,6 +25,54 @@ pub(super) struct StoredValue<'a> {
     pub create_revision: u64,
     pub mod_revision: u64,
     pub version: u64,
+}
+
+/// A change as an entry's history record holds it (format 4): without its
+/// value, which is the key's record's while the change is the key's latest
+/// and a `p` record's after a later change replaced it (see
+/// `apply::EntryWrites::keep_prior`). A value went into sled twice when
+/// the history held it too, and sled's rewrites of the leaves at the
+/// history's end made that the largest share of a put's bytes and a
+/// seventh of its CPU (`bench/FINDINGS.md`). Written from borrowed keys
+/// (`K` = `&Bytes`), read back into owned ones.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct StoredChange<K> {
+    pub revision: u64,
+    pub key: K,
+    pub create_revision: u64,
+    pub version: u64,
+    pub deleted: bool,
+}
+
+impl StoredChange<serde_bytes::ByteBuf> {
+    /// The change with its value, from the view it was read in.
+    fn with_value(self, view: &impl Lookup) -> Result<Change, ReadError> {
+        let value = if self.deleted {
+            Vec::new()
+        } else if let Some(prior) = view.lookup(&prior_key(self.revision, &self.key))? {
+            prior.to_vec()
+        } else {
+            match read_kv(view, &self.key)? {
+                Some(latest) if latest.mod_revision == self.revision => latest.value,
+                _ => {
+                    return Err(ReadError::HistoryValueMissing {
+                        revision: self.revision,
+                    })
+                }
+            }
+        };
+        Ok(Change {
+            revision: self.revision,
+            kv: KeyValue {
+                key: self.key.into_vec(),
+                value,
+                create_revision: self.create_revision,
+                mod_revision: self.revision,
+                version: self.version,
+            },
+            deleted: self.deleted,
+        })
+    }
 }
 
 /// Read access for Get, Scan and Watch. Follows the state machine across
@@ -141,13 +189,24 @@ impl KvReader {
                     next: Some(resume),
                 });
             }
-            let (_, bytes) = item?;
-            let entry: Vec<Change> = postcard::from_bytes(&bytes)?;
-            resume = entry.last().map_or(resume, |c| c.revision + 1);
-            for change in entry {
-                if change.revision >= from && change.kv.key.starts_with(prefix) {
-                    bytes_so_far += change.kv.key.len() + change.kv.value.len();
-                    changes.push(change);
+            let (key, bytes) = item?;
+            let mut replay = |change: Change| {
+                bytes_so_far += change.kv.key.len() + change.kv.value.len();
+                changes.push(change);
+            };
+            if key.len() == history_key(0).len() {
+                // A record of format 3, with the values.
+                let entry: Vec<Change> = postcard::from_bytes(&bytes)?;
+                resume = entry.last().map_or(resume, |c| c.revision + 1);
+                let wanted = |c: &Change| c.revision >= from && c.kv.key.starts_with(prefix);
+                entry.into_iter().filter(wanted).for_each(replay);
+            } else {
+                let entry: Vec<StoredChange<serde_bytes::ByteBuf>> = postcard::from_bytes(&bytes)?;
+                resume = entry.last().map_or(resume, |c| c.revision + 1);
+                for change in entry {
+                    if change.revision >= from && change.key.starts_with(prefix) {
+                        replay(change.with_value(&*view)?);
+                    }
                 }
             }
         }
@@ -223,6 +282,10 @@ pub enum ReadError {
     /// the length its prefix says.
     #[error("malformed {kind} key of {len} bytes")]
     MalformedKey { kind: &'static str, len: usize },
+    /// A history record names a change whose value neither its key's
+    /// record nor a `p` record holds: the state is damaged.
+    #[error("the value of the change at revision {revision} is missing")]
+    HistoryValueMissing { revision: u64 },
 }
 
 impl From<ReadError> for Error {
