@@ -149,7 +149,7 @@ async fn snapshot_and_backup_contain_every_acknowledged_write() {
     while let Some(chunk) = stream.message().await.unwrap() {
         bytes.extend_from_slice(&chunk.data);
     }
-    assert!(bytes.starts_with(b"RAFTSET\x03"), "a raftset snapshot file");
+    assert!(bytes.starts_with(b"RAFTSET\x04"), "a raftset snapshot file");
     for i in 0..50 {
         let key = format!("backup-key-{i:02}");
         assert!(
@@ -271,7 +271,7 @@ async fn the_cli_prints_tables_or_json_and_exits_non_zero_on_failure() {
         &endpoint,
     ]);
     assert!(backup.status.success(), "{backup:?}");
-    assert!(std::fs::read(&file).unwrap().starts_with(b"RAFTSET\x03"));
+    assert!(std::fs::read(&file).unwrap().starts_with(b"RAFTSET\x04"));
     let stderr = String::from_utf8_lossy(&backup.stderr);
     assert!(
         stderr.starts_with("backup: ") && stderr.lines().count() == 1,
